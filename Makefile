@@ -1,0 +1,30 @@
+# `make demo` runs the main job end to end; `make test` runs the test suite. Each sets itself up.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export HYBRIDIR_DATA_DIR ?= $(abspath ../shared/data)
+
+.PHONY: setup demo test bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+demo: setup
+	$(PY) -m hybridir.demo --data_dir=$(HYBRIDIR_DATA_DIR) --output_dir=out/demo
+
+test: setup
+	$(PY) -m pytest -q tests
+
+bench: setup
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	$(PY) bench/encode.py
+
+clean:
+	rm -rf $(VENV) out

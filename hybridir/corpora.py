@@ -1,0 +1,484 @@
+"""Reading and validating parallel QA corpora and the LAReQA / MIRACL evaluation files.
+
+Training corpora are parallel question-passage pairs: a `pair_id` names one QA item and all its
+translations. Every reader validates as it goes and raises `CorpusError` naming the file, the line
+(JSONL, TSV) or the record id (SQuAD) and what is wrong. No TensorFlow, no JAX.
+"""
+import bisect
+import collections
+import dataclasses
+import json
+import logging
+import os
+import pathlib
+import re
+from typing import Iterator, Mapping, Sequence
+
+import numpy as np
+
+PathLike = str | os.PathLike
+
+# The 101 mT5 (mC4) languages and the CC-100 languages (a superset of XLM-R's 100; romanized and
+# script variants folded into their language), as ISO 639-1 codes where one exists, else ISO 639-3,
+# with the aliases both models use (iw/he, fil/tl, no/nb/nn).
+_MT5_LANGUAGES = (
+    "af am ar az be bg bn ca ceb co cs cy da de el en eo es et eu fa fi fil fr fy ga gd gl gu "
+    "ha haw hi hmn ht hu hy id ig is it iw ja jv ka kk km kn ko ku ky la lb lo lt lv mg mi mk ml "
+    "mn mr ms mt my ne nl no ny pa pl ps pt ro ru sd si sk sl sm sn so sq sr st su sv sw ta te "
+    "tg th tr uk ur uz vi xh yi yo zh zu")
+_XLMR_LANGUAGES = (
+    "af am ar as az be bg bn br bs ca cs cy da de el en eo es et eu fa ff fi fr fy ga gd gl gn "
+    "gu ha he hi hr hu hy id ig is it ja jv ka kk km kn ko ku ky la lg li ln lo lt lv mg mk ml "
+    "mn mr ms my ne nl no nso om or pa pl ps pt qu rm ro ru sa sc sd si sk sl so sq sr ss su sv "
+    "sw ta te th tl tn tr ug uk ur uz vi wo xh yi yo zh zu")
+KNOWN_LANGUAGES = frozenset(_MT5_LANGUAGES.split() + _XLMR_LANGUAGES.split() + ["nb", "nn"])
+
+PASSAGE_UNITS = ("paragraph", "sentence")
+LAREQA_FOLDERS = {"xquad_r": "xquad-r", "mlqa_r": "mlqa-r"}
+LAREQA_LANGUAGES = {
+    "xquad_r": ("ar", "de", "el", "en", "es", "hi", "ru", "th", "tr", "vi", "zh"),
+    "mlqa_r": ("ar", "de", "en", "es", "hi", "vi", "zh"),
+}
+
+
+class CorpusError(ValueError):
+  """A corpus file is unreadable or holds an invalid record."""
+
+
+def check_language(code: object, where: str) -> str:
+  """Returns `code` if it is a known language code, else raises naming `where`."""
+  if not isinstance(code, str) or code not in KNOWN_LANGUAGES:
+    raise CorpusError(f"{where}: unknown language code {code!r} (expected an ISO 639 code of an "
+                      "mT5 or XLM-R language, e.g. 'en', 'zh', 'ceb')")
+  return code
+
+
+@dataclasses.dataclass(frozen=True)
+class QAPair:
+  """One question and its passage in one language; `pair_id` is shared by its translations."""
+  pair_id: str
+  language: str
+  question: str
+  passage: str
+  article_id: str
+  answer_sentence: str | None = None
+
+
+def _text(record: Mapping, field: str, where: str) -> str:
+  """The non-empty string `record[field]`, else a CorpusError naming `where` and `field`."""
+  if field not in record:
+    raise CorpusError(f"{where}: missing field {field!r}")
+  value = record[field]
+  if not isinstance(value, str):
+    raise CorpusError(f"{where}: field {field!r} must be a string, found {type(value).__name__}")
+  if not value.strip():
+    raise CorpusError(f"{where}: field {field!r} is empty")
+  return value
+
+
+def _load_json(path: pathlib.Path) -> object:
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:
+    raise CorpusError(f"{path}: malformed or truncated JSON at line {e.lineno} column {e.colno}: "
+                      f"{e.msg}") from e
+  except UnicodeDecodeError as e:
+    raise CorpusError(f"{path}: not UTF-8 text: {e}") from e
+
+
+_SENTENCE_END = re.compile(r"[.!?\u0964][\"'\u201d\u2019)\]]*\s+|[\u3002\uff01\uff1f]\s*")
+
+
+def split_sentences(text: str) -> list[tuple[int, int]]:
+  """Sentence breaks [start, end) that tile `text`: after . ! ? danda + space, or CJK 。！？."""
+  breaks, start = [], 0
+  for match in _SENTENCE_END.finditer(text):
+    if text[start:match.end()].strip():
+      breaks.append((start, match.end()))
+      start = match.end()
+  if text[start:].strip() or not breaks:
+    breaks.append((start, len(text)))
+  else:
+    breaks[-1] = (breaks[-1][0], len(text))
+  return breaks
+
+
+@dataclasses.dataclass(frozen=True)
+class _SquadQuestion:
+  qid: str
+  text: str
+  sentence_index: int  # The sentence holding the first answer's start.
+
+
+@dataclasses.dataclass(frozen=True)
+class _SquadParagraph:
+  article_id: str
+  context: str
+  sentences: tuple[str, ...]
+  questions: tuple[_SquadQuestion, ...]
+
+
+def _paragraph_sentences(paragraph: Mapping, context: str, where: str):
+  """The paragraph's sentences and breaks: its own `sentences`/`sentence_breaks`, else split."""
+  if "sentences" not in paragraph and "sentence_breaks" not in paragraph:
+    breaks = split_sentences(context)
+    return [context[s:e].strip() for s, e in breaks], breaks
+  sentences, breaks = paragraph.get("sentences"), paragraph.get("sentence_breaks")
+  if not isinstance(sentences, list) or not isinstance(breaks, list):
+    raise CorpusError(f"{where}: 'sentences' and 'sentence_breaks' must both be lists")
+  if len(sentences) != len(breaks):
+    raise CorpusError(f"{where}: {len(sentences)} sentences but {len(breaks)} sentence_breaks")
+  for i, (sentence, span) in enumerate(zip(sentences, breaks)):
+    if not isinstance(sentence, str) or not sentence.strip():
+      raise CorpusError(f"{where}: sentence {i} is empty or not a string")
+    if (not isinstance(span, list) or len(span) != 2 or not all(isinstance(x, int) for x in span)
+        or not 0 <= span[0] <= span[1] <= len(context)):
+      raise CorpusError(f"{where}: sentence_breaks[{i}] = {span!r} is not [start, end] inside "
+                        f"the context of {len(context)} characters")
+  return sentences, [tuple(span) for span in breaks]
+
+
+def _answer_sentence_index(qa: Mapping, breaks: Sequence[tuple[int, int]], where: str) -> int:
+  """Index of the sentence whose [start, end) holds the first answer's `answer_start`."""
+  answers = qa.get("answers")
+  if not isinstance(answers, list) or not answers or not isinstance(answers[0], Mapping):
+    raise CorpusError(f"{where}: missing field 'answers' (a non-empty list)")
+  start = answers[0].get("answer_start")
+  if not isinstance(start, int):
+    raise CorpusError(f"{where}: missing field 'answer_start' (an integer) in answers[0]")
+  index = bisect.bisect_right([s for s, _ in breaks], start) - 1
+  if index < 0 or not breaks[index][0] <= start < breaks[index][1]:
+    raise CorpusError(f"{where}: answer_start {start} is outside every sentence break")
+  return index
+
+
+def _read_squad_paragraphs(path: PathLike) -> Iterator[_SquadParagraph]:
+  """Validated paragraphs of a SQuAD v1.1 file (plus optional LAReQA sentence breaks)."""
+  path = pathlib.Path(path)
+  root = _load_json(path)
+  if not isinstance(root, Mapping) or not isinstance(root.get("data"), list):
+    raise CorpusError(f"{path}: missing field 'data' (a list of articles)")
+  for a, article in enumerate(root["data"]):
+    where = f"{path}: article {a}"
+    if not isinstance(article, Mapping) or not isinstance(article.get("paragraphs"), list):
+      raise CorpusError(f"{where}: missing field 'paragraphs' (a list)")
+    title = article.get("title")
+    article_id = title if isinstance(title, str) and title.strip() else f"article-{a}"
+    for p, paragraph in enumerate(article["paragraphs"]):
+      where = f"{path}: article {a} ({article_id!r}) paragraph {p}"
+      if not isinstance(paragraph, Mapping):
+        raise CorpusError(f"{where}: paragraph is not an object")
+      context = _text(paragraph, "context", where)
+      sentences, breaks = _paragraph_sentences(paragraph, context, where)
+      if not isinstance(paragraph.get("qas"), list):
+        raise CorpusError(f"{where}: missing field 'qas' (a list)")
+      questions = []
+      for q, qa in enumerate(paragraph["qas"]):
+        if not isinstance(qa, Mapping):
+          raise CorpusError(f"{where} question {q}: question is not an object")
+        qid = _text(qa, "id", f"{where} question {q}")
+        record = f"{path}: record id {qid!r}"
+        questions.append(_SquadQuestion(qid, _text(qa, "question", record),
+                                        _answer_sentence_index(qa, breaks, record)))
+      yield _SquadParagraph(article_id, context, tuple(sentences), tuple(questions))
+
+
+def _check_passage_unit(passage_unit: str) -> None:
+  if passage_unit not in PASSAGE_UNITS:
+    raise ValueError(f"passage_unit must be one of {PASSAGE_UNITS}, found {passage_unit!r}")
+
+
+def read_squad(path: PathLike, language: str, passage_unit: str = "paragraph") -> list[QAPair]:
+  """QA pairs of one language's SQuAD file; the passage is the paragraph or the answer sentence."""
+  _check_passage_unit(passage_unit)
+  check_language(language, f"{path}")
+  pairs, seen = [], set()
+  for paragraph in _read_squad_paragraphs(path):
+    for question in paragraph.questions:
+      if question.qid in seen:
+        raise CorpusError(f"{path}: record id {question.qid!r}: duplicate id")
+      seen.add(question.qid)
+      sentence = paragraph.sentences[question.sentence_index]
+      passage = paragraph.context if passage_unit == "paragraph" else sentence
+      pairs.append(QAPair(question.qid, language, question.text, passage, paragraph.article_id,
+                          sentence))
+  return pairs
+
+
+def _read_lines(path: PathLike) -> Iterator[tuple[str, str]]:
+  """(where, line) for each non-blank line, `where` naming file and line number."""
+  with open(path, encoding="utf-8") as f:
+    for number, line in enumerate(f, start=1):
+      if line.strip():
+        yield f"{path}: line {number}", line.rstrip("\n")
+
+
+def _read_json_lines(path: PathLike) -> Iterator[tuple[str, Mapping]]:
+  """(where, record) for each non-blank line of a JSON lines file."""
+  for where, line in _read_lines(path):
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise CorpusError(f"{where}: malformed or truncated JSON: {e.msg}") from e
+    if not isinstance(record, Mapping):
+      raise CorpusError(f"{where}: a record must be a JSON object")
+    yield where, record
+
+
+def read_jsonl(path: PathLike) -> list[QAPair]:
+  """QA pairs from JSON lines {"id", "lang", "question", "passage"[, "article_id", ...]}."""
+  pairs = []
+  for where, record in _read_json_lines(path):
+    pair_id = _text(record, "id", where)
+    where = f"{where} (record id {pair_id!r})"
+    language = check_language(_text(record, "lang", where), where)
+    article_id = _text(record, "article_id", where) if "article_id" in record else pair_id
+    answer_sentence = record.get("answer_sentence")
+    if answer_sentence is not None:
+      answer_sentence = _text(record, "answer_sentence", where)
+    pairs.append(QAPair(pair_id, language, _text(record, "question", where),
+                        _text(record, "passage", where), article_id, answer_sentence))
+  return pairs
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ParallelCorpus:
+  """QA pairs by language and pair id: `pairs[language][pair_id] -> QAPair`."""
+  languages: tuple[str, ...]
+  pairs: Mapping[str, Mapping[str, QAPair]]
+
+  def pair_ids(self) -> list[str]:
+    """Every pair id present in at least one language, sorted."""
+    return sorted(set().union(*(self.pairs[language] for language in self.languages)))
+
+  def missing_report(self) -> dict[str, int]:
+    """Per language the number of pair ids it lacks, plus 'total_ids' (ids in any language)."""
+    total = len(self.pair_ids())
+    report = {language: total - len(self.pairs[language]) for language in self.languages}
+    report["total_ids"] = total
+    return report
+
+  def article_ids(self) -> frozenset[str]:
+    """Every article (document) id, in any language."""
+    return frozenset(pair.article_id for language in self.languages
+                     for pair in self.pairs[language].values())
+
+  def _article_groups(self) -> list[list[str]]:
+    """Pair ids grouped so that an article, in any language, lies in exactly one group.
+
+    Titles differ across languages (MLQA), so ids are linked through every language's article.
+    """
+    parent = {}
+
+    def find(node):
+      while parent.setdefault(node, node) != node:
+        parent[node] = parent[parent[node]]
+        node = parent[node]
+      return node
+
+    for language in self.languages:
+      for pair_id, pair in self.pairs[language].items():
+        parent[find(("id", pair_id))] = find(("article", language, pair.article_id))
+    groups = collections.defaultdict(list)
+    for pair_id in self.pair_ids():
+      groups[find(("id", pair_id))].append(pair_id)
+    return sorted(groups.values())
+
+  def restrict(self, pair_ids: set[str] | frozenset[str]) -> "ParallelCorpus":
+    """The corpus holding only `pair_ids`."""
+    return ParallelCorpus(self.languages, {
+        language: {i: pair for i, pair in self.pairs[language].items() if i in pair_ids}
+        for language in self.languages})
+
+  def split_by_article(self, test_fraction: float,
+                       seed: int = 0) -> tuple["ParallelCorpus", "ParallelCorpus"]:
+    """(train, test): a seeded split of whole articles, so no article lies in both."""
+    if not 0 < test_fraction < 1:
+      raise ValueError(f"test_fraction must be in (0, 1), found {test_fraction}")
+    groups = self._article_groups()
+    if len(groups) < 2:
+      raise ValueError(f"cannot split {len(groups)} article(s) into train and test")
+    order = np.random.default_rng(seed).permutation(len(groups))
+    num_test = min(max(1, round(test_fraction * len(groups))), len(groups) - 1)
+    test_ids = {i for g in order[:num_test] for i in groups[g]}
+    train_ids = {i for g in order[num_test:] for i in groups[g]}
+    return self.restrict(train_ids), self.restrict(test_ids)
+
+
+def load_parallel_corpus(path: PathLike, passage_unit: str = "paragraph",
+                         languages: Sequence[str] | None = None) -> ParallelCorpus:
+  """A folder of `<lang>.json` SQuAD files and/or `.jsonl` files (or one `.jsonl` file)."""
+  _check_passage_unit(passage_unit)
+  path = pathlib.Path(path)
+  if path.is_file():
+    files = [path]
+  elif path.is_dir():
+    files = sorted(p for p in path.iterdir() if p.suffix in (".json", ".jsonl"))
+  else:
+    raise CorpusError(f"{path}: no such file or folder")
+  if languages is not None:
+    for language in languages:
+      check_language(language, f"languages argument for {path}")
+  by_language = collections.defaultdict(dict)
+  for file in files:
+    if file.suffix == ".json":
+      if languages is not None and file.stem not in languages:
+        continue
+      pairs = read_squad(file, check_language(file.stem, f"{file} (the file name)"), passage_unit)
+    else:
+      pairs = read_jsonl(file)
+    for pair in pairs:
+      if languages is not None and pair.language not in languages:
+        continue
+      if pair.pair_id in by_language[pair.language]:
+        raise CorpusError(f"{file}: record id {pair.pair_id!r}: duplicate id in language "
+                          f"{pair.language!r}")
+      by_language[pair.language][pair.pair_id] = pair
+  found = tuple(sorted(by_language))
+  if not found:
+    raise CorpusError(f"{path}: no <lang>.json or .jsonl QA files found")
+  absent = sorted(set(languages or ()) - set(found))
+  if absent:
+    raise CorpusError(f"{path}: no QA pairs for requested languages {absent}; found {list(found)}")
+  corpus = ParallelCorpus(found, {language: by_language[language] for language in found})
+  report = corpus.missing_report()
+  if any(report[language] for language in found):
+    counts = ", ".join(f"{language} {report[language]}" for language in found)
+    logging.getLogger(__name__).warning("%s: of %d pair ids, missing per language: %s", path,
+                                        report["total_ids"], counts)
+  return corpus
+
+
+@dataclasses.dataclass(frozen=True)
+class Question:
+  question_id: str
+  language: str
+  text: str
+  relevant: tuple[str, ...]  # Candidate ids, in any language.
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+  candidate_id: str
+  language: str
+  text: str
+  context: str  # The paragraph around the sentence (LAReQA) or the document title (MIRACL).
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RetrievalDataset:
+  """Questions and candidates by language, for mono/cross/multilingual retrieval evaluation."""
+  name: str
+  questions: dict[str, list[Question]]
+  candidates: dict[str, list[Candidate]]
+
+  def stats(self) -> dict[str, dict[str, int]]:
+    """Per language: questions, candidates, and (question, relevant candidate) pairs."""
+    return {language: {
+        "questions": len(self.questions.get(language, ())),
+        "candidates": len(self.candidates.get(language, ())),
+        "relevant_pairs": sum(len(q.relevant) for q in self.questions.get(language, ())),
+    } for language in sorted(set(self.questions) | set(self.candidates))}
+
+
+def _lareqa_folder(data_dir: PathLike, dataset: str) -> pathlib.Path:
+  """`data_dir/<dataset folder>` if it exists, else `data_dir` itself."""
+  if dataset not in LAREQA_FOLDERS:
+    raise ValueError(f"dataset must be one of {sorted(LAREQA_FOLDERS)}, found {dataset!r}")
+  folder = pathlib.Path(data_dir) / LAREQA_FOLDERS[dataset]
+  return folder if folder.is_dir() else pathlib.Path(data_dir)
+
+
+def load_lareqa(data_dir: PathLike, dataset: str = "xquad_r",
+                languages: Sequence[str] | None = None,
+                split: Sequence[str] | None = None) -> RetrievalDataset:
+  """LAReQA's XQuAD-R or MLQA-R: every sentence of every paragraph is a candidate.
+
+  Candidates are NOT deduplicated: one per (paragraph, sentence position), which reproduces
+  LAReQA's published counts exactly (deduplicating identical sentence text, or (sentence,
+  paragraph), gives fewer for ar, hi, ru, tr, zh and MLQA-R ar, en, hi, vi). A question's relevant
+  candidates are the sentences holding its answer_start ([start, end) of sentence_breaks) in every
+  language where its id exists. `split`, a list of article titles, keeps those articles and, in
+  every language, the articles holding their question ids (MLQA titles are per language).
+  """
+  folder = _lareqa_folder(data_dir, dataset)
+  languages = tuple(languages or LAREQA_LANGUAGES[dataset])
+  paragraphs = {}
+  for language in languages:
+    check_language(language, f"languages argument for {dataset}")
+    paragraphs[language] = list(_read_squad_paragraphs(folder / f"{language}.json"))
+  if split is not None:
+    paragraphs = _restrict_to_articles(paragraphs, set(split), folder)
+  candidates, answers, texts = {}, collections.defaultdict(dict), {}
+  for language in languages:
+    candidates[language], texts[language] = [], {}
+    for p, paragraph in enumerate(paragraphs[language]):
+      ids = [f"{language}:{p}:{s}" for s in range(len(paragraph.sentences))]
+      candidates[language] += [Candidate(i, language, sentence, paragraph.context)
+                               for i, sentence in zip(ids, paragraph.sentences)]
+      for question in paragraph.questions:
+        answers[question.qid][language] = ids[question.sentence_index]
+        texts[language][question.qid] = question.text
+  questions = {language: [
+      Question(qid, language, text, tuple(answers[qid][other] for other in languages
+                                          if other in answers[qid]))
+      for qid, text in texts[language].items()] for language in languages}
+  return RetrievalDataset(dataset, questions, candidates)
+
+
+def _restrict_to_articles(paragraphs: dict[str, list[_SquadParagraph]], titles: set[str],
+                          folder: pathlib.Path) -> dict[str, list[_SquadParagraph]]:
+  kept_ids = {q.qid for ps in paragraphs.values() for p in ps if p.article_id in titles
+              for q in p.questions}
+  if not kept_ids:
+    raise CorpusError(f"{folder}: none of the {len(titles)} split articles were found")
+  kept_articles = {(language, p.article_id) for language, ps in paragraphs.items() for p in ps
+                   if p.article_id in titles or any(q.qid in kept_ids for q in p.questions)}
+  return {language: [
+      dataclasses.replace(p, questions=tuple(q for q in p.questions if q.qid in kept_ids))
+      for p in ps if (language, p.article_id) in kept_articles]
+          for language, ps in paragraphs.items()}
+
+
+def load_miracl(topics_tsv: PathLike, qrels_trec: PathLike, corpus_jsonl: PathLike,
+                language: str) -> RetrievalDataset:
+  """One MIRACL language: topics `qid<TAB>query`, qrels `qid Q0 docid rel`, corpus JSONL.
+
+  Only judgements with rel > 0 are relevant; a topic without one keeps an empty `relevant`.
+  Candidate text is the passage text, its context the document title.
+  """
+  check_language(language, f"{topics_tsv}")
+  documents = {}
+  for where, record in _read_json_lines(corpus_jsonl):
+    docid = _text(record, "docid", where)
+    where = f"{where} (docid {docid!r})"
+    if not isinstance(record.get("title"), str):
+      raise CorpusError(f"{where}: missing field 'title' (a string)")
+    if docid in documents:
+      raise CorpusError(f"{where}: duplicate docid")
+    documents[docid] = Candidate(docid, language, _text(record, "text", where), record["title"])
+  topics = {}
+  for where, line in _read_lines(topics_tsv):
+    fields = line.split("\t")
+    if len(fields) != 2 or not fields[0].strip() or not fields[1].strip():
+      raise CorpusError(f"{where}: expected 'qid<TAB>query' with both non-empty, found {line!r}")
+    if fields[0] in topics:
+      raise CorpusError(f"{where}: duplicate qid {fields[0]!r}")
+    topics[fields[0]] = fields[1].strip()
+  relevant = {qid: [] for qid in topics}
+  for where, line in _read_lines(qrels_trec):
+    fields = line.split()
+    if len(fields) != 4 or not re.fullmatch(r"-?\d+", fields[3]):
+      raise CorpusError(f"{where}: expected 'qid Q0 docid rel' with an integer rel, found {line!r}")
+    qid, _, docid, rel = fields
+    if qid not in topics:
+      raise CorpusError(f"{where}: qid {qid!r} is not in {topics_tsv}")
+    if int(rel) > 0:
+      if docid not in documents:
+        raise CorpusError(f"{where}: docid {docid!r} is not in {corpus_jsonl}")
+      if docid not in relevant[qid]:
+        relevant[qid].append(docid)
+  questions = [Question(qid, language, text, tuple(relevant[qid])) for qid, text in topics.items()]
+  return RetrievalDataset(f"miracl_{language}", {language: questions},
+                          {language: list(documents.values())})

@@ -1,0 +1,94 @@
+"""Data command line: LAReQA statistics and the hybrid batch schedule, as JSON.
+
+  python -m hybridir.data stats --dataset xquad_r [--data_dir DIR]
+  python -m hybridir.data batches --corpus DIR --alpha 0.5 --batch_size 32 --steps 10 \
+      [--seed 0] [--host_index 0 --host_count 1]
+"""
+import argparse
+import json
+import os
+import pathlib
+import sys
+from typing import Sequence
+
+from hybridir import corpora
+from hybridir import hybrid
+
+
+def default_data_dir(dataset: str) -> pathlib.Path:
+  """$HYBRIDIR_DATA_DIR/<dataset folder>, else ../shared/data/<dataset folder>."""
+  root = os.environ.get("HYBRIDIR_DATA_DIR",
+                        pathlib.Path(__file__).resolve().parents[2] / "shared" / "data")
+  return pathlib.Path(root) / corpora.LAREQA_FOLDERS[dataset]
+
+
+def _alpha(value: str) -> float | str:
+  if value == "by_size":
+    return value
+  try:
+    return float(value)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a number in [0, 1] or 'by_size', found {value!r}")
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="python -m hybridir.data", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  commands = parser.add_subparsers(dest="command", required=True)
+  stats = commands.add_parser("stats", help="per-language LAReQA question/candidate counts")
+  stats.add_argument("--dataset", choices=sorted(corpora.LAREQA_FOLDERS), required=True)
+  stats.add_argument("--data_dir", help="folder of <lang>.json (default: shared data)")
+  stats.add_argument("--languages", nargs="+", help="default: all of the dataset's")
+  batches = commands.add_parser("batches", help="one JSON line per step of the hybrid schedule")
+  batches.add_argument("--corpus", required=True, help="folder of <lang>.json or .jsonl files")
+  batches.add_argument("--alpha", type=_alpha, default=0.5)
+  batches.add_argument("--batch_size", type=int, required=True, help="global batch size")
+  batches.add_argument("--steps", type=int, required=True)
+  batches.add_argument("--start_step", type=int, default=0)
+  batches.add_argument("--seed", type=int, default=0)
+  batches.add_argument("--host_index", type=int, default=0)
+  batches.add_argument("--host_count", type=int, default=1)
+  batches.add_argument("--temperature", type=float, default=1.0)
+  batches.add_argument("--language_sampling", choices=hybrid.LANGUAGE_SAMPLINGS,
+                       default="uniform")
+  batches.add_argument("--mono_mixed_languages", action="store_true")
+  batches.add_argument("--cross_mixed_pairs", action="store_true")
+  batches.add_argument("--passage_unit", choices=corpora.PASSAGE_UNITS, default="paragraph")
+  batches.add_argument("--languages", nargs="+", help="default: all in the corpus")
+  return parser
+
+
+def _stats(args: argparse.Namespace) -> None:
+  data_dir = args.data_dir or default_data_dir(args.dataset)
+  dataset = corpora.load_lareqa(data_dir, args.dataset, languages=args.languages)
+  print(json.dumps(dataset.stats(), indent=2, sort_keys=True))
+
+
+def _batches(args: argparse.Namespace) -> None:
+  corpus = corpora.load_parallel_corpus(args.corpus, args.passage_unit, args.languages)
+  sampler = hybrid.HybridSampler(
+      corpus, args.batch_size, alpha=args.alpha, temperature=args.temperature,
+      mono_mixed_languages=args.mono_mixed_languages, cross_mixed_pairs=args.cross_mixed_pairs,
+      language_sampling=args.language_sampling, seed=args.seed)
+  for step in range(args.start_step, args.start_step + args.steps):
+    spec = sampler.batch(step, args.host_index, args.host_count)
+    print(json.dumps({"step": spec.step, "kind": spec.kind,
+                      "query_language": spec.query_language,
+                      "passage_language": spec.passage_language,
+                      "pair_ids": list(spec.pair_ids),
+                      "query_languages": list(spec.query_languages),
+                      "passage_languages": list(spec.passage_languages)}, ensure_ascii=False))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = _parser().parse_args(argv)
+  try:
+    (_stats if args.command == "stats" else _batches)(args)
+  except ValueError as e:  # CorpusError and invalid sampler settings: say why, no traceback.
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,288 @@
+"""Zero-shot evaluation: the monolingual, cross-lingual and multilingual settings, TREC files, a CLI.
+
+    python -m hybridir.evaluate --run RUN --qrels QRELS [--per_query] [--measures map,recall_10]
+
+reads a TREC run (`qid Q0 docid rank score tag`) and qrels (`qid 0 docid relevance`) and prints the
+measures as JSON under pytrec_eval's names.
+"""
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import tempfile
+from typing import Iterator, Mapping, Optional, Sequence
+
+import numpy as np
+
+from hybridir import metrics
+from hybridir import retrieval
+
+# {lang: [(qid, relevant candidate ids), ...]}; candidate ids are unique across all languages.
+Questions = Mapping[str, Sequence[tuple[str, Sequence[str]]]]
+
+
+def _tie_priority(docids: Sequence[str]) -> np.ndarray:
+  """Position of each candidate in trec_eval's tie order (docid descending), so ranks match trec_eval."""
+  priority = np.empty(len(docids), np.int64)
+  priority[sorted(range(len(docids)), key=lambda i: docids[i], reverse=True)] = np.arange(len(docids))
+  return priority
+
+
+def _evaluate_pool(questions: Sequence[tuple[str, Sequence[str]]], question_emb: np.ndarray,
+                   pool_ids: Sequence[str], pool_emb: np.ndarray, measures: Sequence[str]):
+  """Per-query measures and relevant ranks of questions against one pool; relevance is pool-restricted."""
+  position = {docid: i for i, docid in enumerate(pool_ids)}
+  kept, targets = [], []
+  for row, (qid, relevant) in enumerate(questions):
+    in_pool = [position[docid] for docid in relevant if docid in position]
+    if in_pool:  # Queries with no relevant candidate in this pool are skipped (as trec_eval would).
+      kept.append(row)
+      targets.append(in_pool)
+  if not kept:
+    return {}, {}
+  width = max(len(t) for t in targets)
+  target_matrix = np.array([t + [-1] * (width - len(t)) for t in targets], np.int64)
+  ranks = retrieval.ranks_of(question_emb[kept], pool_emb, target_matrix, _tie_priority(pool_ids))
+  per_query, relevant_ranks = {}, {}
+  for row, rank_row, target_row in zip(kept, ranks, targets):
+    qid = questions[row][0]
+    rank_row = rank_row[:len(target_row)]
+    per_query[qid] = metrics.measures_from_ranks(rank_row, np.ones(len(rank_row)), measures)
+    relevant_ranks[qid] = {pool_ids[t]: int(r) for t, r in zip(target_row, rank_row)}
+  return per_query, relevant_ranks
+
+
+def _summary(per_query: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+  return {"num_q": len(per_query), **metrics.aggregate(per_query)}
+
+
+def _macro_average(entries: Sequence[Mapping[str, float]]) -> dict[str, float]:
+  """Unweighted mean over languages (or pairs) of each measure; entries without queries are left out."""
+  entries = [e for e in entries if e["num_q"] > 0]
+  names = [name for name in (entries[0] if entries else {}) if name != "num_q"]
+  return {name: float(np.mean([e[name] for e in entries])) for name in names}
+
+
+def _validate_settings_input(questions, question_emb, candidates, candidate_emb) -> dict[str, str]:
+  """Checks counts and ids; returns {candidate id: language}."""
+  candidate_language = {}
+  for lang in sorted(candidates):
+    if lang not in candidate_emb or len(candidates[lang]) != len(candidate_emb[lang]):
+      raise ValueError(f"candidates[{lang!r}] has {len(candidates[lang])} ids but candidate_emb has "
+                       f"{len(candidate_emb.get(lang, ()))} rows")
+    for docid in candidates[lang]:
+      if docid in candidate_language:
+        raise ValueError(f"candidate id {docid!r} appears in {candidate_language[docid]!r} and "
+                         f"{lang!r}; ids must be unique across languages")
+      candidate_language[docid] = lang
+  for lang in sorted(questions):
+    if lang not in question_emb or len(questions[lang]) != len(question_emb[lang]):
+      raise ValueError(f"questions[{lang!r}] has {len(questions[lang])} entries but question_emb "
+                       f"has {len(question_emb.get(lang, ()))} rows")
+    for qid, relevant in questions[lang]:
+      unknown = [docid for docid in relevant if docid not in candidate_language]
+      if unknown:
+        raise ValueError(f"question {qid!r} ({lang}): relevant ids {unknown[:3]} are not candidates")
+  return candidate_language
+
+
+def evaluate_settings(questions: Questions, question_emb: Mapping[str, np.ndarray],
+                      candidates: Mapping[str, Sequence[str]],
+                      candidate_emb: Mapping[str, np.ndarray],
+                      measures: Sequence[str] = metrics.DEFAULT_MEASURES) -> dict:
+  """Monolingual, cross-lingual and multilingual results over precomputed embeddings.
+
+  Args:
+    questions: `{lang: [(qid, relevant candidate ids), ...]}`, rows aligned with `question_emb[lang]`.
+    question_emb: `{lang: [num_questions, dim]}`.
+    candidates: `{lang: [candidate id, ...]}`, ids unique across languages, aligned with
+      `candidate_emb[lang]` ([num_candidates, dim]).
+    measures: metric names (see hybridir.metrics).
+
+  Returns:
+    `{"monolingual": {"per_language": {X: m}, "average": m},
+      "cross_lingual": {"per_pair": {X: {Y: m}}, "average": m},
+      "multilingual": {"per_language": {X: m}, "average": m}}`, where `m` maps each measure to its
+    mean over queries (plus `num_q`; multilingual adds `rank_distance`, see metrics.rank_distance)
+    and averages are unweighted over languages or pairs. Monolingual: questions in X against
+    candidates in X; cross-lingual: every X != Y; multilingual: X against all languages' candidates.
+    Only relevant candidates inside the pool count, and queries with none there are skipped.
+  """
+  for name in measures:
+    metrics.parse_measure(name)
+  candidate_language = _validate_settings_input(questions, question_emb, candidates, candidate_emb)
+  languages = sorted(questions)
+  mono, cross, multi = {}, {}, {}
+  for lang in languages:
+    per_query, _ = _evaluate_pool(questions[lang], np.asarray(question_emb[lang]),
+                                  candidates.get(lang, []),
+                                  np.asarray(candidate_emb.get(lang, np.zeros((0, 1)))), measures)
+    mono[lang] = _summary(per_query)
+  for query_lang in languages:
+    cross[query_lang] = {}
+    for pool_lang in sorted(candidates):
+      if pool_lang != query_lang:
+        per_query, _ = _evaluate_pool(questions[query_lang], np.asarray(question_emb[query_lang]),
+                                      candidates[pool_lang], np.asarray(candidate_emb[pool_lang]),
+                                      measures)
+        cross[query_lang][pool_lang] = _summary(per_query)
+  pool_ids = [docid for lang in sorted(candidates) for docid in candidates[lang]]
+  pool_emb = np.concatenate([np.asarray(candidate_emb[lang]) for lang in sorted(candidates)])
+  for lang in languages:
+    per_query, ranks = _evaluate_pool(questions[lang], np.asarray(question_emb[lang]), pool_ids,
+                                      pool_emb, measures)
+    multi[lang] = _summary(per_query)
+    if per_query:
+      multi[lang]["rank_distance"] = metrics.rank_distance_from_ranks(ranks, candidate_language)
+  return {
+      "monolingual": {"per_language": mono, "average": _macro_average(list(mono.values()))},
+      "cross_lingual": {"per_pair": cross, "average": _macro_average(
+          [entry for row in cross.values() for entry in row.values()])},
+      "multilingual": {"per_language": multi, "average": _macro_average(list(multi.values()))},
+  }
+
+
+def degradation(in_domain: Mapping[str, float],
+                out_of_domain: Mapping[str, float]) -> dict[str, dict[str, float]]:
+  """Per metric: both values, absolute drop (in - out) and relative drop ((in - out) / in; NaN if in is 0)."""
+  if set(in_domain) != set(out_of_domain):
+    raise ValueError(f"metrics differ: only in-domain {sorted(set(in_domain) - set(out_of_domain))}, "
+                     f"only out-of-domain {sorted(set(out_of_domain) - set(in_domain))}")
+  result = {}
+  for name in in_domain:
+    inside, outside = float(in_domain[name]), float(out_of_domain[name])
+    result[name] = {"in_domain": inside, "out_of_domain": outside, "absolute": inside - outside,
+                    "relative": (inside - outside) / inside if inside else math.nan}
+  return result
+
+
+@contextlib.contextmanager
+def atomic_output(path: str) -> Iterator[str]:
+  """Yields a temporary path beside `path`; renames it onto `path` only if the block succeeds."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  suffix = os.path.splitext(path)[1]
+  handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=suffix,
+                                       dir=directory)
+  os.close(handle)
+  try:
+    yield temporary
+    os.replace(temporary, path)
+  finally:
+    if os.path.exists(temporary):
+      os.remove(temporary)
+
+
+def write_text_atomically(path: str, text: str) -> None:
+  """Writes `text` to `path` via a temporary file and a rename."""
+  with atomic_output(path) as temporary:
+    with open(temporary, "w", encoding="utf-8") as f:
+      f.write(text)
+
+
+def _check_token(value: str, what: str) -> str:
+  if not value or any(c.isspace() for c in value):
+    raise ValueError(f"{what} {value!r} is empty or contains whitespace; TREC files cannot hold it")
+  return value
+
+
+def write_trec_run(path: str, run: metrics.Run, tag: str) -> None:
+  """Writes `run` as a TREC run file, each query in trec_eval's order (score desc, docid desc)."""
+  _check_token(tag, "run tag")
+  lines = []
+  for qid in sorted(run):
+    _check_token(qid, "qid")
+    for rank, docid in enumerate(metrics.trec_order(run[qid]), start=1):
+      lines.append(f"{qid} Q0 {_check_token(docid, 'docid')} {rank} {float(run[qid][docid])!r} {tag}\n")
+  write_text_atomically(path, "".join(lines))
+
+
+def write_trec_qrels(path: str, qrels: metrics.Qrels) -> None:
+  """Writes `qrels` as a TREC qrels file (`qid 0 docid relevance`)."""
+  lines = [f"{_check_token(qid, 'qid')} 0 {_check_token(docid, 'docid')} {int(rel)}\n"
+           for qid in sorted(qrels) for docid, rel in sorted(qrels[qid].items())]
+  write_text_atomically(path, "".join(lines))
+
+
+def _read_table(path: str, num_fields: int, layout: str):
+  """Yields (line number, fields) of the non-blank lines; wrong field counts raise naming the line."""
+  with open(path, encoding="utf-8") as f:
+    for number, line in enumerate(f, start=1):
+      fields = line.split()
+      if not fields:
+        continue
+      if len(fields) != num_fields:
+        raise ValueError(f"{path}:{number}: expected {num_fields} fields '{layout}', found "
+                         f"{len(fields)}: {line.rstrip()!r}")
+      yield number, fields
+
+
+def _parse(path, number, value, kind, what):
+  try:
+    parsed = kind(value)
+  except ValueError:
+    raise ValueError(f"{path}:{number}: {what} {value!r} is not a valid {kind.__name__}") from None
+  if kind is float and not math.isfinite(parsed):
+    raise ValueError(f"{path}:{number}: {what} {value!r} is not finite")
+  return parsed
+
+
+def read_trec_run(path: str) -> dict[str, dict[str, float]]:
+  """Reads a TREC run file into `{qid: {docid: score}}`; duplicates and bad fields raise with the line."""
+  run, first_line = {}, {}
+  for number, (qid, _, docid, rank, score, _) in _read_table(path, 6, "qid Q0 docid rank score tag"):
+    _parse(path, number, rank, int, "rank")
+    if (qid, docid) in first_line:
+      raise ValueError(f"{path}:{number}: document {docid!r} repeated for query {qid!r} (first on "
+                       f"line {first_line[qid, docid]})")
+    first_line[qid, docid] = number
+    run.setdefault(qid, {})[docid] = _parse(path, number, score, float, "score")
+  return run
+
+
+def read_trec_qrels(path: str) -> dict[str, dict[str, int]]:
+  """Reads a TREC qrels file into `{qid: {docid: relevance}}`."""
+  qrels, first_line = {}, {}
+  for number, (qid, _, docid, rel) in _read_table(path, 4, "qid 0 docid relevance"):
+    if (qid, docid) in first_line:
+      raise ValueError(f"{path}:{number}: document {docid!r} judged twice for query {qid!r} (first "
+                       f"on line {first_line[qid, docid]})")
+    first_line[qid, docid] = number
+    qrels.setdefault(qid, {})[docid] = _parse(path, number, rel, int, "relevance")
+  return qrels
+
+
+def evaluate_files(run_path: str, qrels_path: str, measures: Sequence[str],
+                   per_query: bool = False) -> dict:
+  """`{"all": {num_q, measure: mean}}`, plus `"per_query": {qid: {measure: value}}` if asked."""
+  for name in measures:
+    metrics.parse_measure(name)
+  results = metrics.evaluate_run(read_trec_run(run_path), read_trec_qrels(qrels_path), measures)
+  output = {"all": {"num_q": len(results), **metrics.aggregate(results)}}
+  if per_query:
+    output["per_query"] = results
+  return output
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m hybridir.evaluate", description=__doc__.split("\n")[0])
+  parser.add_argument("--run", required=True, help="TREC run file: qid Q0 docid rank score tag")
+  parser.add_argument("--qrels", required=True, help="TREC qrels file: qid 0 docid relevance")
+  parser.add_argument("--measures", default=",".join(metrics.DEFAULT_MEASURES),
+                      help="comma-separated pytrec_eval measure names")
+  parser.add_argument("--per_query", action="store_true", help="also print every query's measures")
+  args = parser.parse_args(argv)
+  measures = [name.strip() for name in args.measures.split(",") if name.strip()]
+  try:
+    output = evaluate_files(args.run, args.qrels, measures, args.per_query)
+  except (OSError, ValueError) as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 1
+  print(json.dumps(output, indent=1, sort_keys=True))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,283 @@
+"""Import pretrained checkpoints into the Flax dual encoder: Hugging Face and T5X.
+
+Both importers return `(model, params)` with `params` shaped exactly as `model.init` makes them.
+Every tensor is checked against the model's shapes before anything is used: a mismatch raises
+`CheckpointMismatchError` naming every offending parameter, both shapes, and the unknown and
+missing tensors.
+"""
+import json
+import os
+import re
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hybridir.models import dual_encoder
+from hybridir.models import t5
+from hybridir.models import xlmr
+
+# Tensors that a checkpoint may hold but an encoder does not use (decoder, LM head, pooler, ...).
+_HF_UNUSED = re.compile(r"^(decoder\.|lm_head\.|pooler\.|embeddings\.position_ids$|"
+                        r"encoder\.embed_tokens\.weight$|cls\.|lm_head$)")
+_T5X_UNUSED = re.compile(r"^(decoder/|logits_dense/)")
+
+
+class CheckpointMismatchError(ValueError):
+  """A checkpoint does not fit the model config; the message lists every problem."""
+
+
+def abstract_params(model: dual_encoder.DualEncoder) -> dict:
+  """Parameter shapes of a model, without allocating them."""
+  tokens = jnp.ones((1, 8), jnp.int32)
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), tokens, tokens))
+  return nn.unbox(variables)["params"]
+
+
+def _flatten(tree: dict) -> dict[str, object]:
+  return {"/".join(k): v for k, v in flax.traverse_util.flatten_dict(tree).items()}
+
+
+def assemble_params(model: dual_encoder.DualEncoder, tensors: dict[str, np.ndarray],
+                    unknown: list[str], source: str) -> dict:
+  """Checks tensors (keyed by param path) against the model's shapes and builds the params."""
+  expected = _flatten(abstract_params(model))
+  problems = []
+  for path in sorted(set(expected) & set(tensors)):
+    if tuple(tensors[path].shape) != tuple(expected[path].shape):
+      problems.append(f"  shape mismatch {path}: checkpoint {tuple(tensors[path].shape)}, "
+                      f"model {tuple(expected[path].shape)}")
+  problems += [f"  missing in checkpoint: {p} {tuple(expected[p].shape)}"
+               for p in sorted(set(expected) - set(tensors))]
+  problems += [f"  unknown tensor: {name}" for name in sorted(unknown)]
+  problems += [f"  unknown tensor: {p}" for p in sorted(set(tensors) - set(expected))]
+  if problems:
+    raise CheckpointMismatchError(
+        f"checkpoint {source} does not fit the model ({len(problems)} problems):\n"
+        + "\n".join(problems))
+  flat = {tuple(p.split("/")): np.asarray(tensors[p], np.float32) for p in expected}
+  return flax.traverse_util.unflatten_dict(flat)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face
+
+def config_from_hf(hf_config: dict, source: str = "config.json") -> dual_encoder.EncoderConfig:
+  """Our encoder config from a transformers config.json (T5/mT5 or XLM-R)."""
+  model_type = hf_config.get("model_type")
+  if model_type in ("t5", "mt5"):
+    proj = hf_config.get("feed_forward_proj", "relu")
+    activations = {"relu": ("relu",), "gated-gelu": ("gelu", "linear"),
+                   "gated-relu": ("relu", "linear")}
+    if proj not in activations:
+      raise ValueError(f"{source}: unsupported feed_forward_proj {proj!r}; "
+                       f"expected one of {sorted(activations)}")
+    return t5.T5Config(
+        vocab_size=hf_config["vocab_size"], emb_dim=hf_config["d_model"],
+        num_layers=hf_config["num_layers"], num_heads=hf_config["num_heads"],
+        head_dim=hf_config["d_kv"], mlp_dim=hf_config["d_ff"], mlp_activations=activations[proj],
+        relative_attention_num_buckets=hf_config.get("relative_attention_num_buckets", 32),
+        relative_attention_max_distance=hf_config.get("relative_attention_max_distance", 128),
+        dropout_rate=hf_config.get("dropout_rate", 0.1),
+        layer_norm_epsilon=hf_config.get("layer_norm_epsilon", 1e-6),
+        pad_id=hf_config.get("pad_token_id", 0), eos_id=hf_config.get("eos_token_id", 1))
+  if model_type in ("xlm-roberta", "roberta"):
+    act = hf_config.get("hidden_act", "gelu")
+    acts = {"gelu": "gelu_exact", "gelu_new": "gelu", "relu": "relu"}
+    if act not in acts:
+      raise ValueError(f"{source}: unsupported hidden_act {act!r}; expected one of {sorted(acts)}")
+    hidden, heads = hf_config["hidden_size"], hf_config["num_attention_heads"]
+    return xlmr.XLMRConfig(
+        vocab_size=hf_config["vocab_size"], emb_dim=hidden,
+        num_layers=hf_config["num_hidden_layers"], num_heads=heads, head_dim=hidden // heads,
+        mlp_dim=hf_config["intermediate_size"],
+        max_position_embeddings=hf_config["max_position_embeddings"],
+        type_vocab_size=hf_config.get("type_vocab_size", 1),
+        dropout_rate=hf_config.get("hidden_dropout_prob", 0.1),
+        attention_dropout_rate=hf_config.get("attention_probs_dropout_prob", 0.1),
+        layer_norm_epsilon=hf_config.get("layer_norm_eps", 1e-5), mlp_activation=acts[act],
+        bos_id=hf_config.get("bos_token_id", 0), pad_id=hf_config.get("pad_token_id", 1),
+        eos_id=hf_config.get("eos_token_id", 2))
+  raise ValueError(f"{source}: unsupported model_type {model_type!r}; "
+                   "expected t5, mt5 or xlm-roberta")
+
+
+def _hf_t5_names(cfg: t5.T5Config) -> dict[str, tuple[str, bool]]:
+  """HF tensor name -> (our encoder param path, transpose?)."""
+  names = {"shared.weight": ("token_embedder/embedding", False),
+           "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight":
+               ("relpos_bias/rel_embedding", True),
+           "encoder.final_layer_norm.weight": ("encoder_norm/scale", False)}
+  mlp = ["wi"] if len(cfg.mlp_activations) == 1 else [
+      f"wi_{i}" for i in range(len(cfg.mlp_activations))]
+  for i in range(cfg.num_layers):
+    hf, ours = f"encoder.block.{i}.layer", f"layers_{i}"
+    for a, b in (("q", "query"), ("k", "key"), ("v", "value"), ("o", "out")):
+      names[f"{hf}.0.SelfAttention.{a}.weight"] = (f"{ours}/attention/{b}/kernel", True)
+    names[f"{hf}.0.layer_norm.weight"] = (f"{ours}/pre_attention_layer_norm/scale", False)
+    names[f"{hf}.1.layer_norm.weight"] = (f"{ours}/pre_mlp_layer_norm/scale", False)
+    for w in mlp + ["wo"]:
+      names[f"{hf}.1.DenseReluDense.{w}.weight"] = (f"{ours}/mlp/{w}/kernel", True)
+  return names
+
+
+def _hf_xlmr_names(cfg: xlmr.XLMRConfig) -> dict[str, tuple[str, bool]]:
+  names = {"embeddings.word_embeddings.weight": ("token_embedder/embedding", False),
+           "embeddings.position_embeddings.weight": ("position_embedder/embedding", False),
+           "embeddings.token_type_embeddings.weight": ("token_type_embedder/embedding", False),
+           "embeddings.LayerNorm.weight": ("embedding_norm/scale", False),
+           "embeddings.LayerNorm.bias": ("embedding_norm/bias", False)}
+  for i in range(cfg.num_layers):
+    hf, ours = f"encoder.layer.{i}", f"layers_{i}"
+    pairs = [("attention.self.query", "attention/query"), ("attention.self.key", "attention/key"),
+             ("attention.self.value", "attention/value"), ("attention.output.dense", "attention/out"),
+             ("intermediate.dense", "wi"), ("output.dense", "wo")]
+    for a, b in pairs:
+      names[f"{hf}.{a}.weight"] = (f"{ours}/{b}/kernel", True)
+      names[f"{hf}.{a}.bias"] = (f"{ours}/{b}/bias", False)
+    for a, b in (("attention.output.LayerNorm", "attention_norm"), ("output.LayerNorm", "mlp_norm")):
+      names[f"{hf}.{a}.weight"] = (f"{ours}/{b}/scale", False)
+      names[f"{hf}.{a}.bias"] = (f"{ours}/{b}/bias", False)
+  return names
+
+
+def _read_hf_tensors(model_dir: str) -> dict[str, np.ndarray]:
+  """All tensors of a HF model directory: (sharded) safetensors, else PyTorch .bin."""
+  files = sorted(f for f in os.listdir(model_dir) if f.endswith(".safetensors"))
+  if files:
+    from safetensors.numpy import load_file
+    tensors = {}
+    for f in files:
+      try:
+        tensors.update(load_file(os.path.join(model_dir, f)))
+      except Exception as e:  # safetensors raises its own error types.
+        raise ValueError(f"{os.path.join(model_dir, f)}: unreadable safetensors file: {e}") from e
+    return tensors
+  bins = sorted(f for f in os.listdir(model_dir) if f.startswith("pytorch_model") and
+                f.endswith(".bin"))
+  if not bins:
+    raise FileNotFoundError(f"{model_dir}: no model.safetensors or pytorch_model.bin")
+  try:
+    import torch
+  except ImportError as e:
+    raise ImportError(f"{model_dir}: reading pytorch_model.bin needs torch (pip install "
+                      "torch), or convert the checkpoint to safetensors") from e
+  tensors = {}
+  for f in bins:
+    state = torch.load(os.path.join(model_dir, f), map_location="cpu", weights_only=True)
+    tensors.update({k: v.float().numpy() for k, v in state.items()})
+  return tensors
+
+
+def load_hf(model_dir: str, **dual_encoder_options) -> tuple[dual_encoder.DualEncoder, dict]:
+  """A transformers MT5EncoderModel / T5EncoderModel / MT5Model / XLMRobertaModel directory."""
+  config_path = os.path.join(model_dir, "config.json")
+  if not os.path.exists(config_path):
+    raise FileNotFoundError(f"{model_dir}: no config.json (not a Hugging Face model directory)")
+  with open(config_path) as f:
+    cfg = config_from_hf(json.load(f), config_path)
+  names = _hf_t5_names(cfg) if cfg.family == "t5" else _hf_xlmr_names(cfg)
+  tensors, unknown = {}, []
+  for name, value in _read_hf_tensors(model_dir).items():
+    for prefix in ("roberta.", "model.", ""):
+      if name.startswith(prefix) and name[len(prefix):] in names:
+        name = name[len(prefix):]
+        break
+    if name in names:
+      path, transpose = names[name]
+      tensors["encoder/" + path] = value.T if transpose else value
+    elif name == "encoder.embed_tokens.weight" and "encoder/token_embedder/embedding" not in tensors:
+      tensors["encoder/token_embedder/embedding"] = value  # Saved without the tied `shared`.
+    elif not _HF_UNUSED.match(name) and not re.match(
+        r"^encoder\.block\.\d+\.layer\.0\.SelfAttention\.relative_attention_bias", name):
+      unknown.append(name)
+  model = dual_encoder.DualEncoder(cfg, **dual_encoder_options)
+  return model, assemble_params(model, tensors, unknown, model_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# T5X
+
+def _kvstore(path: str) -> dict:
+  if path.startswith("gs://"):
+    bucket, _, prefix = path[len("gs://"):].partition("/")
+    return {"driver": "gcs", "bucket": bucket, "path": prefix}
+  return {"driver": "file", "path": os.path.abspath(path) + ("/" if path.endswith("/") else "")}
+
+
+def read_t5x_checkpoint(path: str) -> dict[str, np.ndarray]:
+  """Parameters of a T5X checkpoint (msgpack `checkpoint` + tensorstore arrays), flat by path."""
+  import tensorstore as ts
+  ckpt_dir = path[:-len("/checkpoint")] if path.endswith("/checkpoint") else path.rstrip("/")
+  store = ts.KvStore.open(_kvstore(ckpt_dir + "/")).result()
+  raw = store.read("checkpoint").result()
+  if raw.state != "value":
+    raise FileNotFoundError(f"{ckpt_dir}: no T5X `checkpoint` file")
+  try:
+    tree = flax.serialization.msgpack_restore(bytes(raw.value))
+    target = tree["optimizer"]["target"]
+  except Exception as e:
+    raise ValueError(f"{ckpt_dir}/checkpoint: not a T5X checkpoint: {e}") from e
+
+  def is_spec(x):
+    return isinstance(x, dict) and "driver" in x and "kvstore" in x
+
+  out = {}
+  for keys, leaf in flax.traverse_util.flatten_dict(target, is_leaf=lambda _, x: is_spec(x)).items():
+    name = "/".join(keys)
+    if is_spec(leaf):
+      spec = dict(leaf)
+      relative = spec["kvstore"].get("path") or spec.get("path")
+      spec["kvstore"] = _kvstore(f"{ckpt_dir}/{relative}")
+      spec.pop("path", None)
+      try:
+        leaf = ts.open(spec, open=True, read=True).result().read().result()
+      except Exception as e:
+        raise ValueError(f"{ckpt_dir}/{relative}: unreadable tensorstore array for {name}: {e}")
+    out[name] = np.asarray(leaf)
+  return out
+
+
+def config_from_t5x(tensors: dict[str, np.ndarray], **overrides) -> t5.T5Config:
+  """Infers a T5 config from a T5X checkpoint's shapes (T5X checkpoints carry no config).
+
+  `wi` means a T5 1.0 ReLU MLP and `wi_0`/`wi_1` a gated-GELU one; anything else (dropout,
+  max distance, ...) can be given in `overrides`.
+  """
+  num_layers = len({k.split("/")[1] for k in tensors if re.match(r"^encoder/layers_\d+/", k)})
+  rel = tensors["encoder/relpos_bias/rel_embedding"]
+  embedding = tensors["token_embedder/embedding"]
+  gated = "encoder/layers_0/mlp/wi_0/kernel" in tensors
+  wi = tensors["encoder/layers_0/mlp/wi_0/kernel" if gated else "encoder/layers_0/mlp/wi/kernel"]
+  fields = dict(vocab_size=embedding.shape[0], emb_dim=embedding.shape[1], num_layers=num_layers,
+                num_heads=rel.shape[0], head_dim=tensors["encoder/layers_0/attention/query/kernel"]
+                .shape[1] // rel.shape[0], mlp_dim=wi.shape[1],
+                mlp_activations=("gelu", "linear") if gated else ("relu",),
+                relative_attention_num_buckets=rel.shape[1])
+  fields.update(overrides)
+  return t5.T5Config(**fields)
+
+
+def load_t5x(path: str, config: t5.T5Config | None = None,
+             **dual_encoder_options) -> tuple[dual_encoder.DualEncoder, dict]:
+  """A T5X (dual) encoder checkpoint: `token_embedder`, `encoder/...`, optional projection."""
+  flat = read_t5x_checkpoint(path)
+  for required in ("token_embedder/embedding", "encoder/relpos_bias/rel_embedding"):
+    if required not in flat:
+      raise CheckpointMismatchError(f"{path}: no {required}; not a T5X T5 encoder checkpoint "
+                                    f"(found {sorted(flat)[:8]} ...)")
+  cfg = config or config_from_t5x(flat)
+  if "projection_layer/kernel" in flat:
+    dual_encoder_options.setdefault("projection_dim", flat["projection_layer/kernel"].shape[1])
+  tensors, unknown = {}, []
+  for name, value in flat.items():
+    if name.startswith("token_embedder/"):
+      tensors["encoder/" + name] = value
+    elif name.startswith("encoder/") or name.startswith("projection_layer/"):
+      tensors[name] = value
+    elif not _T5X_UNUSED.match(name):
+      unknown.append(name)
+  model = dual_encoder.DualEncoder(cfg, **dual_encoder_options)
+  return model, assemble_params(model, tensors, unknown, path)

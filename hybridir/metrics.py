@@ -1,0 +1,213 @@
+"""Ranking metrics as pure functions, numerically equal to trec_eval / pytrec_eval.
+
+Inputs use pytrec_eval's shapes: a run is `{qid: {docid: score}}`, qrels are `{qid: {docid: relevance}}`.
+Measure names are trec_eval's: `map`, `recall_K`, `ndcg_cut_K`, `recip_rank`, `P_K`, `success_K`, plus
+`recip_rank_cut_K` (MRR@K: reciprocal rank counting only the top K), which trec_eval lacks.
+
+trec_eval conventions followed here (checked against pytrec_eval in tests/test_metrics.py):
+  * a run is ordered by score descending, ties broken by docid descending (byte order);
+  * a document is relevant when its relevance is >= 1; nDCG's gain is the relevance (negative as 0);
+  * queries absent from the qrels, or with no judgements at all, are skipped; a judged query with no
+    relevant document scores 0 on every measure;
+  * P_K divides by K even when fewer than K documents were retrieved.
+"""
+import math
+import re
+from typing import Hashable, Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+
+Run = Mapping[str, Mapping[str, float]]
+Qrels = Mapping[str, Mapping[str, int]]
+
+DEFAULT_MEASURES = ("map", "recip_rank", "recip_rank_cut_10", "recall_10", "recall_100",
+                    "ndcg_cut_10", "P_1")
+
+_MEASURE = re.compile(r"^(map|recip_rank)$|^(recall|ndcg_cut|recip_rank_cut|P|success)_([1-9][0-9]*)$")
+
+
+def parse_measure(name: str) -> tuple[str, Optional[int]]:
+  """Splits a measure name into (family, cutoff), e.g. 'ndcg_cut_10' -> ('ndcg_cut', 10)."""
+  match = _MEASURE.match(name)
+  if not match:
+    raise ValueError(f"unknown measure {name!r}; expected one of map, recip_rank, recall_K, "
+                     f"ndcg_cut_K, recip_rank_cut_K, P_K, success_K (K a positive integer)")
+  if match.group(1):
+    return match.group(1), None
+  return match.group(2), int(match.group(3))
+
+
+def trec_order(doc_scores: Mapping[str, float]) -> list[str]:
+  """Docids in trec_eval's ranking order: score descending, then docid descending."""
+  return sorted(doc_scores, key=lambda docid: (doc_scores[docid], docid), reverse=True)
+
+
+def relevant_ranks(ranking: Sequence[str],
+                   relevance: Mapping[str, int]) -> tuple[np.ndarray, np.ndarray]:
+  """1-based ranks (0 = not retrieved) and gains of the relevant documents of one query."""
+  position = {docid: rank for rank, docid in enumerate(ranking, start=1)}
+  relevant = [docid for docid, grade in relevance.items() if grade >= 1]
+  ranks = np.array([position.get(docid, 0) for docid in relevant], dtype=np.int64)
+  gains = np.array([relevance[docid] for docid in relevant], dtype=np.float64)
+  return ranks, gains
+
+
+def measures_from_ranks(ranks: np.ndarray, gains: np.ndarray,
+                        measures: Iterable[str]) -> dict[str, float]:
+  """All `measures` of one query from its relevant documents' ranks (0 = not retrieved) and gains.
+
+  This is the core every other entry point uses: the ranks of the relevant documents determine every
+  supported measure, so callers with a full score matrix never need to build a ranked list.
+  """
+  ranks = np.asarray(ranks, dtype=np.int64)
+  gains = np.asarray(gains, dtype=np.float64)
+  if ranks.shape != gains.shape or ranks.ndim != 1:
+    raise ValueError(f"ranks {ranks.shape} and gains {gains.shape} must be 1-D and of equal length")
+  retrieved = np.sort(ranks[ranks > 0])
+  num_relevant = len(ranks)
+  out = {}
+  for name in measures:
+    family, cutoff = parse_measure(name)
+    if num_relevant == 0:
+      out[name] = 0.0
+    elif family == "map":
+      out[name] = _average_precision(retrieved, num_relevant)
+    elif family == "recall":
+      out[name] = np.count_nonzero(retrieved <= cutoff) / num_relevant
+    elif family == "P":
+      out[name] = np.count_nonzero(retrieved <= cutoff) / cutoff
+    elif family == "success":
+      out[name] = float(len(retrieved) > 0 and retrieved[0] <= cutoff)
+    elif family == "recip_rank":
+      out[name] = 1.0 / retrieved[0] if len(retrieved) else 0.0
+    elif family == "recip_rank_cut":
+      out[name] = 1.0 / retrieved[0] if len(retrieved) and retrieved[0] <= cutoff else 0.0
+    else:
+      out[name] = _ndcg(ranks, gains, cutoff)
+    out[name] = float(out[name])
+  return out
+
+
+def _average_precision(sorted_ranks: np.ndarray, num_relevant: int) -> float:
+  # AP = (1/R) * sum_i i / rank_i over the retrieved relevant documents in rank order (LAReQA's mAP).
+  hits = np.arange(1, len(sorted_ranks) + 1)
+  return float(np.sum(hits / sorted_ranks) / num_relevant)
+
+
+def _ndcg(ranks: np.ndarray, gains: np.ndarray, cutoff: int) -> float:
+  # trec_eval ndcg_cut: DCG = sum gain / log2(rank + 1) over ranks <= K, over the same for the ideal.
+  in_cut = (ranks > 0) & (ranks <= cutoff)
+  dcg = np.sum(gains[in_cut] / np.log2(ranks[in_cut] + 1.0))
+  ideal = np.sort(gains)[::-1][:cutoff]
+  idcg = np.sum(ideal / np.log2(np.arange(2, len(ideal) + 2)))
+  return float(dcg / idcg) if idcg > 0 else 0.0
+
+
+def _one(ranking: Sequence[str], relevance: Mapping[str, int], measure: str) -> float:
+  ranks, gains = relevant_ranks(ranking, relevance)
+  return measures_from_ranks(ranks, gains, [measure])[measure]
+
+
+def average_precision(ranking: Sequence[str], relevance: Mapping[str, int]) -> float:
+  """AP over a ranked list of docids; relevant documents not in the list count as precision 0."""
+  return _one(ranking, relevance, "map")
+
+
+def recall_at_k(ranking: Sequence[str], relevance: Mapping[str, int], k: int) -> float:
+  """Fraction of the relevant documents in the top k."""
+  return _one(ranking, relevance, f"recall_{k}")
+
+
+def precision_at_k(ranking: Sequence[str], relevance: Mapping[str, int], k: int) -> float:
+  """Relevant documents in the top k, divided by k."""
+  return _one(ranking, relevance, f"P_{k}")
+
+
+def ndcg_at_k(ranking: Sequence[str], relevance: Mapping[str, int], k: int) -> float:
+  """trec_eval's ndcg_cut_k: gain = relevance grade, discount log2(rank + 1)."""
+  return _one(ranking, relevance, f"ndcg_cut_{k}")
+
+
+def reciprocal_rank(ranking: Sequence[str], relevance: Mapping[str, int],
+                    k: Optional[int] = None) -> float:
+  """1 / rank of the first relevant document (0 if none); with k, only the top k count (MRR@k)."""
+  return _one(ranking, relevance, "recip_rank" if k is None else f"recip_rank_cut_{k}")
+
+
+def evaluate_run(run: Run, qrels: Qrels,
+                 measures: Iterable[str] = DEFAULT_MEASURES) -> dict[str, dict[str, float]]:
+  """Per-query measures, `{qid: {measure: value}}`, for the queries of `run` judged in `qrels`."""
+  measures = list(measures)
+  for name in measures:
+    parse_measure(name)
+  per_query = {}
+  for qid, doc_scores in run.items():
+    if not qrels.get(qid):
+      continue
+    ranks, gains = relevant_ranks(trec_order(doc_scores), qrels[qid])
+    per_query[qid] = measures_from_ranks(ranks, gains, measures)
+  return per_query
+
+
+def aggregate(per_query: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+  """Mean of each measure over the queries (trec_eval's 'all' line, without num_q)."""
+  if not per_query:
+    return {}
+  names = next(iter(per_query.values())).keys()
+  return {name: float(np.mean([values[name] for values in per_query.values()])) for name in names}
+
+
+def rank_distance_from_ranks(relevant_ranks_by_query: Mapping[str, Mapping[str, int]],
+                             candidate_language: Mapping[str, Hashable]) -> float:
+  """Mean rank distance over queries, from each query's `{relevant docid: 1-based rank}`.
+
+  See `rank_distance` for the definition. Returns NaN when no query has relevant candidates in two
+  languages.
+  """
+  per_query = []
+  for qid, ranks in relevant_ranks_by_query.items():
+    docids = list(ranks)
+    for docid in docids:
+      if docid not in candidate_language:
+        raise ValueError(f"query {qid!r}: relevant candidate {docid!r} has no language")
+    distances = [abs(ranks[a] - ranks[b])
+                 for i, a in enumerate(docids) for b in docids[i + 1:]
+                 if candidate_language[a] != candidate_language[b]]
+    if distances:
+      per_query.append(np.mean(distances))
+  return float(np.mean(per_query)) if per_query else math.nan
+
+
+def rank_distance(rankings: Mapping[str, Sequence[str]],
+                  candidate_language: Mapping[str, Hashable],
+                  relevant: Mapping[str, Iterable[str]]) -> float:
+  """Language bias as rank distance: how far apart a query's relevant candidates of different languages rank.
+
+  Definition (after Hu et al. 2023's language-bias analysis on LAReQA): for a query q with relevant
+  candidates c_1..c_n at 1-based ranks r_1..r_n in its ranking over a multilingual pool,
+
+      RD(q) = mean over pairs {i, j} with language(c_i) != language(c_j) of |r_i - r_j|,
+
+  and the score is the mean of RD(q) over queries that have at least one such pair. With one relevant
+  candidate in each of L languages the minimum, (L + 1) / 3, is reached exactly when they occupy L
+  adjacent ranks (a language-agnostic ranking); a ranking that puts the query language's candidates
+  first pushes the others down by a whole language's pool and gives a large value. Lower is better.
+
+  Args:
+    rankings: `{qid: docids in rank order}`; must contain every relevant candidate (a full ranking).
+    candidate_language: `{docid: language}` for at least the relevant candidates.
+    relevant: `{qid: relevant docids}` (any iterable); queries absent from `rankings` are skipped.
+  """
+  ranks_by_query = {}
+  for qid, relevant_docids in relevant.items():
+    if qid not in rankings:
+      continue
+    position = {docid: rank for rank, docid in enumerate(rankings[qid], start=1)}
+    ranks = {}
+    for docid in relevant_docids:
+      if docid not in position:
+        raise ValueError(f"query {qid!r}: relevant candidate {docid!r} is not in its ranking; rank "
+                         f"distance needs the full ranking of the pool")
+      ranks[docid] = position[docid]
+    ranks_by_query[qid] = ranks
+  return rank_distance_from_ranks(ranks_by_query, candidate_language)

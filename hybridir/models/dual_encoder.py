@@ -1,0 +1,82 @@
+"""The dual encoder: a text encoder, pooling, optional projection and L2 normalisation.
+
+With shared towers (the default) queries and passages go through one encoder, whose parameters
+live under `encoder`; with separate towers under `query_encoder` and `passage_encoder`.
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from hybridir.models import layers
+from hybridir.models import t5
+from hybridir.models import xlmr
+
+EncoderConfig = t5.T5Config | xlmr.XLMRConfig
+POOLINGS = ("mean", "first")
+
+
+def encoder_module(config: EncoderConfig, name: str | None = None) -> nn.Module:
+  """The Flax encoder for a config: T5Encoder or XLMREncoder."""
+  if isinstance(config, t5.T5Config):
+    return t5.T5Encoder(config, name=name)
+  if isinstance(config, xlmr.XLMRConfig):
+    return xlmr.XLMREncoder(config, name=name)
+  raise TypeError(f"unsupported encoder config {type(config).__name__}")
+
+
+def pool(hidden: jax.Array, mask: jax.Array, pooling: str) -> jax.Array:
+  """[batch, length, features] -> [batch, features], in float32; padding never counts."""
+  hidden = hidden.astype(jnp.float32)
+  if pooling == "mean":
+    weights = mask.astype(jnp.float32)[..., None]
+    return jnp.sum(hidden * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
+  if pooling == "first":
+    return hidden[:, 0]
+  raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
+
+
+def l2_normalize(x: jax.Array, epsilon: float = 1e-12) -> jax.Array:
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=-1, keepdims=True), epsilon))
+
+
+class DualEncoder(nn.Module):
+  """Embeds queries and passages into one space: encode -> pool -> (project) -> (normalise)."""
+  encoder_config: EncoderConfig
+  pooling: str = "mean"
+  projection_dim: int | None = None
+  normalize: bool = True
+  shared_towers: bool = True
+
+  def setup(self):
+    if self.pooling not in POOLINGS:
+      raise ValueError(f"DualEncoder.pooling must be one of {POOLINGS}, got {self.pooling!r}")
+    if self.shared_towers:
+      self.encoder = encoder_module(self.encoder_config)
+    else:
+      self.query_encoder = encoder_module(self.encoder_config)
+      self.passage_encoder = encoder_module(self.encoder_config)
+    if self.projection_dim:
+      self.projection_layer = layers.Dense(self.projection_dim, ("embed", "projection"))
+
+  def encode(self, tokens: jax.Array, tower: str = "query", *,
+             deterministic: bool = True) -> jax.Array:
+    """tokens [batch, length] -> embeddings [batch, dim] (float32)."""
+    if self.shared_towers:
+      encoder = self.encoder
+    elif tower in ("query", "passage"):
+      encoder = self.query_encoder if tower == "query" else self.passage_encoder
+    else:
+      raise ValueError(f"tower must be 'query' or 'passage', got {tower!r}")
+    mask = tokens != self.encoder_config.pad_id
+    hidden = encoder(tokens, mask, deterministic=deterministic)
+    embeddings = pool(hidden, mask, self.pooling)
+    if self.projection_dim:
+      embeddings = self.projection_layer(embeddings)
+    if self.normalize:
+      embeddings = l2_normalize(embeddings)
+    return layers.constrain(embeddings, ("batch", "embed"))
+
+  def __call__(self, query_tokens: jax.Array, passage_tokens: jax.Array, *,
+               deterministic: bool = True) -> tuple[jax.Array, jax.Array]:
+    return (self.encode(query_tokens, "query", deterministic=deterministic),
+            self.encode(passage_tokens, "passage", deterministic=deterministic))

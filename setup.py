@@ -1,0 +1,47 @@
+"""hybridir: hybrid-batch training of multilingual dense retrievers (mT5, XLM-R) in JAX."""
+import setuptools
+
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "seqio==0.0.20",
+    "tensorflow==2.21.0",
+    "tensorflow-text==2.21.1",
+    "tensorflow-datasets==4.9.10",
+    "ml-collections==1.1.0",
+    "gin-config==0.5.0",
+    "sentencepiece==0.2.3",
+    "safetensors==0.8.0",
+    "tensorstore==0.1.86",
+    "numpy==2.4.6",
+    "msgpack==1.2.4",
+    "absl-py==2.5.1",
+    "tqdm==4.70.1",
+    "matplotlib==3.11.2",
+    "protobuf==7.36.2",
+]
+
+EXTRAS_REQUIRE = {
+    # Reference implementations, used only by parity tests and benchmarks.
+    "test": [
+        "pytest==9.2.0",
+        "torch==2.13.0",
+        "transformers==5.23.0",
+        "pytrec-eval-terrier==0.5.11",
+    ],
+    "bench": ["faiss-cpu==1.15.1"],
+}
+
+setuptools.setup(
+    name="hybridir",
+    version="0.1.0",
+    description=__doc__,
+    packages=setuptools.find_packages(include=["hybridir", "hybridir.*", "tasks", "tasks.*"]),
+    package_data={"": ["*.gin"]},
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+)

@@ -1,0 +1,60 @@
+"""The Flax encoders equal transformers' PyTorch models on the same weights and padded batches."""
+import numpy as np
+import pytest
+
+from hybridir import importers
+from tests import reference_models as ref
+
+T5_CONFIGS = {
+    "gated_gelu_dkv_differs": dict(d_model=16, d_kv=8, num_heads=3, num_layers=2),
+    "relu_t5_1_0": dict(feed_forward_proj="relu", d_model=12, d_kv=4, num_heads=3, num_layers=1),
+    "many_buckets_long_distance": dict(relative_attention_num_buckets=32,
+                                       relative_attention_max_distance=128, num_layers=3,
+                                       num_heads=2, d_kv=6, d_model=10),
+    "big_vocab_few_buckets": dict(vocab_size=700, relative_attention_num_buckets=4,
+                                  relative_attention_max_distance=8, num_heads=4, d_kv=4),
+}
+XLMR_CONFIGS = {
+    "base_like": dict(),
+    "one_layer_wide_heads": dict(num_hidden_layers=1, num_attention_heads=2, hidden_size=32),
+    "three_layers_big_vocab": dict(num_hidden_layers=3, vocab_size=500, intermediate_size=16),
+}
+LENGTHS = [40, 23, 7, 1]  # Longer than max_distance, so log-spaced buckets are exercised.
+
+
+def assert_close_on_real_tokens(ours, theirs, mask):
+  real = mask.astype(bool)
+  error = np.abs(ours[real] - theirs[real]).max() / np.abs(theirs[real]).max()
+  assert error < 1e-5, f"relative error {error:.2e}"
+
+
+@pytest.mark.parametrize("name", sorted(T5_CONFIGS))
+def test_mt5_encoder_matches_transformers(tmp_path, name):
+  overrides = dict(T5_CONFIGS[name])
+  vocab_size = overrides.pop("vocab_size", 300)
+  torch_model = ref.save_random_mt5(tmp_path, vocab_size=vocab_size, **overrides)
+  model, params = importers.load_hf(str(tmp_path))
+  tokens, mask = ref.random_padded_batch(vocab_size, LENGTHS, pad_id=0)
+  assert_close_on_real_tokens(ref.flax_hidden(model, params, tokens, mask),
+                              ref.torch_hidden(torch_model, tokens, mask), mask)
+
+
+@pytest.mark.parametrize("name", sorted(XLMR_CONFIGS))
+def test_xlmr_encoder_matches_transformers(tmp_path, name):
+  overrides = dict(XLMR_CONFIGS[name])
+  vocab_size = overrides.pop("vocab_size", 302)
+  torch_model = ref.save_random_xlmr(tmp_path, vocab_size=vocab_size, **overrides)
+  model, params = importers.load_hf(str(tmp_path))
+  tokens, mask = ref.random_padded_batch(vocab_size, LENGTHS, pad_id=1)
+  assert_close_on_real_tokens(ref.flax_hidden(model, params, tokens, mask),
+                              ref.torch_hidden(torch_model, tokens, mask), mask)
+
+
+def test_padding_does_not_change_real_token_outputs(tmp_path):
+  ref.save_random_mt5(tmp_path)
+  model, params = importers.load_hf(str(tmp_path))
+  tokens, mask = ref.random_padded_batch(300, [9], pad_id=0)
+  padded = np.pad(tokens, ((0, 0), (0, 20)))
+  short = ref.flax_hidden(model, params, tokens, mask)
+  long = ref.flax_hidden(model, params, padded, padded != 0)
+  np.testing.assert_allclose(long[:, :9], short, rtol=1e-5, atol=1e-6)

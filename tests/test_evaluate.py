@@ -1,0 +1,156 @@
+"""Specification of hybridir.evaluate: the three settings, TREC files and the CLI, degradation."""
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import pytrec_eval
+
+from hybridir import evaluate
+from hybridir import metrics
+
+MEASURES = ("map", "recip_rank", "recall_2", "ndcg_cut_3", "P_1")
+
+
+def _two_language_case():
+  """Axes 0-1: meaning; axes 2-3: language (en, de). Each language's own candidates get +1."""
+  questions = {"en": [("q1", ("e1", "d1")), ("q2", ("e2", "d2"))],
+               "de": [("q1", ("e1", "d1")), ("q2", ("e2", "d2"))]}
+  question_emb = {"en": np.array([[1, 0, 1, 0], [0, 1, 1, 0]], np.float32),
+                  "de": np.array([[1, 0, 0, 1], [0, 1, 0, 1]], np.float32)}
+  candidates = {"en": ["e1", "e2", "e3"], "de": ["d1", "d2", "d3"]}
+  candidate_emb = {"en": np.array([[1, 0, 1, 0], [0, 1, 1, 0], [0, 0, 1, 0]], np.float32),
+                   "de": np.array([[1, 0, 0, 1], [0, 1, 0, 1], [0, 0, 0, 1]], np.float32)}
+  return questions, question_emb, candidates, candidate_emb
+
+
+def test_settings_on_a_language_biased_toy_case_give_the_hand_computed_values():
+  results = evaluate.evaluate_settings(*_two_language_case(), measures=["map", "recip_rank"])
+  assert results["monolingual"]["per_language"]["en"] == {"num_q": 2, "map": 1.0, "recip_rank": 1.0}
+  assert results["cross_lingual"]["per_pair"]["en"]["de"]["map"] == 1.0
+  assert set(results["cross_lingual"]["per_pair"]["en"]) == {"de"}  # No X -> X pair.
+  # English q1 over the mixed pool: e1 = 2; e2, e3, d1 = 1 (ties: docid descending, e3 > e2 > d1);
+  # d1 at rank 4 -> AP = (1/1 + 2/4) / 2 = 0.75 and rank distance |1 - 4| = 3. Same for q2 (d2 at 4).
+  english = results["multilingual"]["per_language"]["en"]
+  assert english["map"] == pytest.approx(0.75)
+  assert english["rank_distance"] == pytest.approx(3.0)
+  # German q1: d1 = 2; d2, d3, e1 = 1, but now the tie order 'e1' > 'd3' > 'd2' puts e1 at rank 2.
+  german = results["multilingual"]["per_language"]["de"]
+  assert (german["map"], german["rank_distance"]) == (1.0, 1.0)
+  assert results["multilingual"]["average"] == {"map": 0.875, "recip_rank": 1.0, "rank_distance": 2.0}
+
+
+def test_cross_lingual_skips_queries_without_a_relevant_candidate_in_the_pool():
+  questions, question_emb, candidates, candidate_emb = _two_language_case()
+  questions["en"] = [("q1", ("e1", "d1")), ("q2", ("e2",))]  # q2 has no German answer.
+  results = evaluate.evaluate_settings(questions, question_emb, candidates, candidate_emb, ["map"])
+  assert results["cross_lingual"]["per_pair"]["en"]["de"]["num_q"] == 1
+  assert results["monolingual"]["per_language"]["en"]["num_q"] == 2
+
+
+def _pytrec_eval_mean(question_emb, questions, pool_ids, pool_emb):
+  """Reference: full score matrix -> run dict -> pytrec_eval, relevance restricted to the pool."""
+  scores = question_emb @ pool_emb.T
+  run = {qid: dict(zip(pool_ids, map(float, row))) for (qid, _), row in zip(questions, scores)}
+  qrels = {qid: {d: 1 for d in relevant if d in pool_ids} for qid, relevant in questions}
+  qrels = {qid: judged for qid, judged in qrels.items() if judged}
+  per_query = pytrec_eval.RelevanceEvaluator(qrels, set(MEASURES)).evaluate(run)
+  return {name: np.mean([v[name] for v in per_query.values()]) for name in MEASURES}
+
+
+def test_every_setting_equals_pytrec_eval_on_the_full_score_matrix():
+  rng = np.random.default_rng(0)
+  languages = ["ar", "en", "zh"]
+  candidates = {lang: [f"{lang}-{i}" for i in range(30)] for lang in languages}
+  candidate_emb = {lang: rng.integers(-2, 3, (30, 6)).astype(np.float32) for lang in languages}
+  questions = {lang: [(f"q{i}", tuple(f"{other}-{i}" for other in languages if (i + len(other)) % 4))
+                      for i in range(12)] for lang in languages}
+  question_emb = {lang: rng.integers(-2, 3, (12, 6)).astype(np.float32) for lang in languages}
+  results = evaluate.evaluate_settings(questions, question_emb, candidates, candidate_emb, MEASURES)
+  pool_ids = [d for lang in languages for d in candidates[lang]]
+  pool_emb = np.concatenate([candidate_emb[lang] for lang in languages])
+  for x in languages:
+    cases = [(results["monolingual"]["per_language"][x], candidates[x], candidate_emb[x]),
+             (results["multilingual"]["per_language"][x], pool_ids, pool_emb)]
+    cases += [(results["cross_lingual"]["per_pair"][x][y], candidates[y], candidate_emb[y])
+              for y in languages if y != x]
+    for found, ids, emb in cases:
+      expected = _pytrec_eval_mean(question_emb[x], questions[x], ids, emb)
+      for name in MEASURES:
+        assert found[name] == pytest.approx(expected[name], abs=1e-6), (x, name)
+
+
+def test_unknown_relevant_candidate_is_named():
+  questions, question_emb, candidates, candidate_emb = _two_language_case()
+  questions["de"] = [("q1", ("x9",)), ("q2", ("d2",))]
+  with pytest.raises(ValueError, match=r"question 'q1' \(de\): relevant ids \['x9'\]"):
+    evaluate.evaluate_settings(questions, question_emb, candidates, candidate_emb)
+
+
+@pytest.fixture
+def trec_files(tmp_path):
+  rng = np.random.default_rng(5)
+  run = {f"q{q}": {f"d{d}": float(rng.integers(0, 4)) for d in range(15)} for q in range(6)}
+  qrels = {f"q{q}": {f"d{d}": int(rng.integers(0, 3)) for d in range(0, 20, 3)} for q in range(5)}
+  evaluate.write_trec_run(str(tmp_path / "run.trec"), run, tag="toy")
+  evaluate.write_trec_qrels(str(tmp_path / "qrels.trec"), qrels)
+  return tmp_path, run, qrels
+
+
+def test_trec_files_round_trip(trec_files):
+  tmp_path, run, qrels = trec_files
+  assert evaluate.read_trec_run(str(tmp_path / "run.trec")) == run
+  assert evaluate.read_trec_qrels(str(tmp_path / "qrels.trec")) == qrels
+  assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # No temporaries left.
+
+
+def test_cli_prints_pytrec_eval_numbers(trec_files, capsys):
+  tmp_path, run, qrels = trec_files
+  argv = ["--run", str(tmp_path / "run.trec"), "--qrels", str(tmp_path / "qrels.trec"),
+          "--measures", ",".join(MEASURES), "--per_query"]
+  assert evaluate.main(argv) == 0
+  output = json.loads(capsys.readouterr().out)
+  expected = pytrec_eval.RelevanceEvaluator(qrels, set(MEASURES)).evaluate(run)
+  assert output["all"]["num_q"] == len(expected) == 5
+  for name in MEASURES:
+    assert output["all"][name] == pytest.approx(np.mean([v[name] for v in expected.values()]))
+    for qid in expected:
+      assert output["per_query"][qid][name] == pytest.approx(expected[qid][name], abs=1e-6)
+
+
+def test_cli_runs_as_a_module(trec_files):
+  tmp_path, _, _ = trec_files
+  completed = subprocess.run(
+      [sys.executable, "-m", "hybridir.evaluate", "--run", str(tmp_path / "run.trec"), "--qrels",
+       str(tmp_path / "qrels.trec"), "--measures", "map"], capture_output=True, text=True, check=True)
+  assert set(json.loads(completed.stdout)["all"]) == {"num_q", "map"}
+
+
+def test_bad_run_line_names_the_file_and_line(trec_files, capsys):
+  tmp_path, _, _ = trec_files
+  lines = (tmp_path / "run.trec").read_text().splitlines()
+  lines[2] = "q0 Q0 d3 3 0.5"  # The tag is missing.
+  (tmp_path / "run.trec").write_text("\n".join(lines))
+  assert evaluate.main(["--run", str(tmp_path / "run.trec"), "--qrels", str(tmp_path / "qrels.trec")]) == 1
+  error = capsys.readouterr().err
+  assert f"{tmp_path / 'run.trec'}:3: expected 6 fields 'qid Q0 docid rank score tag', found 5" in error
+
+
+def test_bad_score_and_relevance_values_name_the_line(tmp_path):
+  (tmp_path / "run").write_text("q1 Q0 d1 1 high tag\n")
+  with pytest.raises(ValueError, match=r"run:1: score 'high' is not a valid float"):
+    evaluate.read_trec_run(str(tmp_path / "run"))
+  (tmp_path / "qrels").write_text("q1 0 d1 1\n\nq1 0 d1 2\n")
+  with pytest.raises(ValueError, match=r"qrels:3: document 'd1' judged twice .* line 1"):
+    evaluate.read_trec_qrels(str(tmp_path / "qrels"))
+
+
+def test_degradation_reports_absolute_and_relative_drops():
+  result = evaluate.degradation({"map": 0.8, "recall_10": 0.0}, {"map": 0.6, "recall_10": 0.0})
+  assert result["map"] == pytest.approx(
+      {"in_domain": 0.8, "out_of_domain": 0.6, "absolute": 0.2, "relative": 0.25})
+  assert math.isnan(result["recall_10"]["relative"])
+  with pytest.raises(ValueError, match=r"only in-domain \['map'\]"):
+    evaluate.degradation({"map": 0.8}, {})

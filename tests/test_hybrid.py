@@ -1,0 +1,233 @@
+"""Specification of the hybrid batch schedule (mono vs cross-lingual batches)."""
+import collections
+import itertools
+
+import numpy as np
+import pytest
+
+from hybridir import corpora
+from hybridir import hybrid
+
+STEPS = 10_000
+BATCH_SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def xquad_corpus(data_dir):
+  return corpora.load_parallel_corpus(data_dir / "xquad-r")
+
+
+@pytest.fixture(scope="module")
+def mlqa_corpus(data_dir):
+  return corpora.load_parallel_corpus(data_dir / "mlqa-r")
+
+
+@pytest.fixture(scope="module")
+def xquad_stream(xquad_corpus):
+  """10,000 default batches (alpha 0.5, uniform languages) over XQuAD-R's 11 languages."""
+  sampler = hybrid.HybridSampler(xquad_corpus, BATCH_SIZE, alpha=0.5, seed=0)
+  return [sampler.batch(step) for step in range(STEPS)]
+
+
+@pytest.fixture(scope="module")
+def mlqa_size_stream(mlqa_corpus):
+  """10,000 batches over partly parallel MLQA-R, languages drawn by number of pairs."""
+  sampler = hybrid.HybridSampler(mlqa_corpus, BATCH_SIZE, alpha=0.5, language_sampling="size",
+                                 seed=1)
+  return [sampler.batch(step) for step in range(STEPS)]
+
+
+def shares(counter):
+  total = sum(counter.values())
+  return {key: count / total for key, count in counter.items()}
+
+
+def total_variation(observed, expected):
+  return 0.5 * sum(abs(observed.get(key, 0) - p) for key, p in expected.items())
+
+
+def shared_ids(corpus, x, y):
+  return set(corpus.pairs[x]) & set(corpus.pairs[y])
+
+
+@pytest.mark.parametrize("alpha", [0.2, 0.5, 0.8])
+def test_mono_share_is_within_two_points_of_alpha(xquad_corpus, alpha):
+  sampler = hybrid.HybridSampler(xquad_corpus, BATCH_SIZE, alpha=alpha, seed=2)
+  kinds = [sampler.batch(step).kind for step in range(STEPS)]
+  assert abs(kinds.count("mono") / STEPS - alpha) <= 0.02
+
+
+def test_default_mono_batch_has_one_language(xquad_stream):
+  for spec in (s for s in xquad_stream if s.kind == "mono"):
+    assert set(spec.query_languages) == set(spec.passage_languages) == {spec.query_language}
+    assert spec.passage_language == spec.query_language
+
+
+def test_default_cross_batch_has_one_language_pair_of_different_languages(xquad_stream):
+  for spec in (s for s in xquad_stream if s.kind == "cross"):
+    assert set(spec.query_languages) == {spec.query_language}
+    assert set(spec.passage_languages) == {spec.passage_language}
+    assert spec.query_language != spec.passage_language
+
+
+def test_default_batch_never_repeats_a_pair_id(xquad_stream, mlqa_size_stream):
+  for spec in xquad_stream + mlqa_size_stream:
+    assert len(set(spec.pair_ids)) == BATCH_SIZE
+
+
+def test_uniform_sampling_gives_every_language_an_equal_share(mlqa_corpus):
+  sampler = hybrid.HybridSampler(mlqa_corpus, BATCH_SIZE, alpha=1.0, seed=3)
+  observed = shares(collections.Counter(sampler.batch(s).query_language for s in range(STEPS)))
+  assert total_variation(observed, {lang: 1 / 7 for lang in mlqa_corpus.languages}) < 0.03
+
+
+def test_size_sampling_gives_languages_shares_proportional_to_their_pairs(mlqa_corpus,
+                                                                          mlqa_size_stream):
+  sizes = {lang: len(mlqa_corpus.pairs[lang]) for lang in mlqa_corpus.languages}
+  expected = {lang: n / sum(sizes.values()) for lang, n in sizes.items()}
+  observed = shares(collections.Counter(
+      s.query_language for s in mlqa_size_stream if s.kind == "mono"))
+  assert total_variation(observed, expected) < 0.03
+  assert observed["en"] > 0.25  # English holds 1148 of 4199 (id, language) pairs; uniform: 1/7.
+
+
+def test_uniform_sampling_gives_every_cross_pair_an_equal_share(xquad_stream):
+  observed = shares(collections.Counter(
+      (s.query_language, s.passage_language) for s in xquad_stream if s.kind == "cross"))
+  assert len(observed) == 110
+  assert total_variation(observed, {pair: 1 / 110 for pair in observed}) < 0.1
+
+
+def test_size_sampling_gives_cross_pairs_shares_proportional_to_shared_ids(mlqa_corpus,
+                                                                           mlqa_size_stream):
+  sizes = {(x, y): len(shared_ids(mlqa_corpus, x, y))
+           for x, y in itertools.permutations(mlqa_corpus.languages, 2)}
+  expected = {pair: n / sum(sizes.values()) for pair, n in sizes.items()}
+  observed = shares(collections.Counter(
+      (s.query_language, s.passage_language) for s in mlqa_size_stream if s.kind == "cross"))
+  assert total_variation(observed, expected) < 0.05
+  assert total_variation(expected, {pair: 1 / 42 for pair in sizes}) > 0.15  # Not uniform.
+
+
+def test_batch_uses_only_pair_ids_present_in_its_languages(mlqa_corpus, mlqa_size_stream):
+  for spec in mlqa_size_stream:
+    for pair_id, x, y in zip(spec.pair_ids, spec.query_languages, spec.passage_languages):
+      assert pair_id in mlqa_corpus.pairs[x] and pair_id in mlqa_corpus.pairs[y]
+
+
+def test_mixed_batches_use_only_pair_ids_present_in_each_example_languages(mlqa_corpus):
+  sampler = hybrid.HybridSampler(mlqa_corpus, BATCH_SIZE, mono_mixed_languages=True,
+                                 cross_mixed_pairs=True, seed=4)
+  for spec in (sampler.batch(step) for step in range(1000)):
+    for pair_id, x, y in zip(spec.pair_ids, spec.query_languages, spec.passage_languages):
+      assert pair_id in mlqa_corpus.pairs[x] and pair_id in mlqa_corpus.pairs[y]
+
+
+def test_by_size_alpha_is_the_mono_share_of_example_language_pair_combinations(xquad_corpus):
+  sampler = hybrid.HybridSampler(xquad_corpus, BATCH_SIZE, alpha="by_size")
+  # 11 mono languages and 110 ordered cross pairs, each over the same 1190 ids.
+  assert sampler.alpha_mono == pytest.approx(11 / (11 + 110))
+
+
+def test_by_size_alpha_moves_toward_one_half_as_temperature_rises(mlqa_corpus):
+  mono = sum(len(mlqa_corpus.pairs[lang]) for lang in mlqa_corpus.languages)
+  cross = sum(len(shared_ids(mlqa_corpus, x, y))
+              for x, y in itertools.permutations(mlqa_corpus.languages, 2))
+  cold = hybrid.HybridSampler(mlqa_corpus, BATCH_SIZE, alpha="by_size", temperature=1.0)
+  warm = hybrid.HybridSampler(mlqa_corpus, BATCH_SIZE, alpha="by_size", temperature=4.0)
+  assert cold.alpha_mono == pytest.approx(mono / (mono + cross))
+  assert cold.alpha_mono < warm.alpha_mono < 0.5
+
+
+def test_mixed_mono_batch_pairs_each_query_with_a_passage_in_its_own_language(xquad_corpus):
+  sampler = hybrid.HybridSampler(xquad_corpus, BATCH_SIZE, alpha=1.0, mono_mixed_languages=True)
+  spec = sampler.batch(0)
+  assert spec.query_language == spec.passage_language == "mixed"
+  assert spec.query_languages == spec.passage_languages
+  assert len(set(spec.query_languages)) > 1 and len(set(spec.pair_ids)) == BATCH_SIZE
+
+
+def test_mixed_cross_batch_has_several_pairs_each_of_different_languages(xquad_corpus):
+  sampler = hybrid.HybridSampler(xquad_corpus, BATCH_SIZE, alpha=0.0, cross_mixed_pairs=True)
+  for spec in (sampler.batch(step) for step in range(200)):
+    assert len(set(zip(spec.query_languages, spec.passage_languages))) > 1
+    assert all(x != y for x, y in zip(spec.query_languages, spec.passage_languages))
+    assert len(set(spec.pair_ids)) == BATCH_SIZE
+
+
+def test_parallel_duplicates_appear_only_when_allowed(xquad_corpus):
+  def repeats(allow):
+    sampler = hybrid.HybridSampler(xquad_corpus, 512, alpha=1.0, mono_mixed_languages=True,
+                                   allow_parallel_duplicates=allow, seed=5)
+    return sum(512 - len(set(sampler.batch(step).pair_ids)) for step in range(20))
+  assert repeats(allow=False) == 0 and repeats(allow=True) > 0
+
+
+def test_two_hosts_draw_the_same_kind_and_languages(xquad_corpus):
+  sampler = hybrid.HybridSampler(xquad_corpus, BATCH_SIZE, seed=6)
+  for step in range(500):
+    first, second = (sampler.batch(step, host, 2) for host in (0, 1))
+    assert (first.kind, first.query_language, first.passage_language) == (
+        second.kind, second.query_language, second.passage_language)
+
+
+def test_two_hosts_take_disjoint_halves_of_the_single_host_batch(xquad_corpus):
+  two_hosts = hybrid.HybridSampler(xquad_corpus, BATCH_SIZE, seed=6)
+  one_host = hybrid.HybridSampler(xquad_corpus, BATCH_SIZE, seed=6)
+  for step in range(500):
+    first, second = (two_hosts.batch(step, host, 2) for host in (0, 1))
+    assert len(first.pair_ids) == len(second.pair_ids) == BATCH_SIZE // 2
+    assert not set(first.pair_ids) & set(second.pair_ids)
+    assert first.pair_ids + second.pair_ids == one_host.batch(step).pair_ids
+
+
+def test_restart_at_step_n_gives_the_uninterrupted_stream_from_n(xquad_corpus, xquad_stream):
+  restarted = hybrid.HybridSampler(xquad_corpus, BATCH_SIZE, alpha=0.5, seed=0)
+  assert [restarted.batch(step) for step in range(7_000, STEPS)] == xquad_stream[7_000:]
+
+
+def test_another_seed_gives_another_stream(xquad_corpus, xquad_stream):
+  other = hybrid.HybridSampler(xquad_corpus, BATCH_SIZE, alpha=0.5, seed=1)
+  assert [other.batch(step) for step in range(100)] != xquad_stream[:100]
+
+
+def test_examples_of_one_language_do_not_repeat_within_an_epoch(xquad_stream):
+  steps_per_epoch = 1190 // BATCH_SIZE
+  seen = collections.defaultdict(list)
+  for spec in xquad_stream:
+    if spec.kind == "mono" and spec.query_language == "en":
+      seen[spec.step // steps_per_epoch] += spec.pair_ids
+  assert all(len(ids) == len(set(ids)) for ids in seen.values())
+  assert sum(len(ids) for ids in seen.values()) > 10 * 1190  # Many epochs were checked.
+
+
+def test_every_pair_id_is_drawn_about_equally_often(xquad_stream):
+  counts = collections.Counter(i for spec in xquad_stream for i in spec.pair_ids)
+  assert len(counts) == 1190
+  assert np.std(list(counts.values())) / np.mean(list(counts.values())) < 0.1
+
+
+def test_batch_size_not_divisible_by_host_count_is_rejected(xquad_corpus):
+  sampler = hybrid.HybridSampler(xquad_corpus, BATCH_SIZE)
+  with pytest.raises(ValueError, match="batch_size 32 is not divisible by host_count 3"):
+    sampler.batch(0, host_index=0, host_count=3)
+
+
+def test_batch_larger_than_a_language_pair_pool_is_rejected(mlqa_corpus):
+  smallest = min(len(shared_ids(mlqa_corpus, x, y))
+                 for x, y in itertools.permutations(mlqa_corpus.languages, 2))
+  with pytest.raises(ValueError, match=rf"larger than the {smallest} pair ids available for "
+                                       r"language pair \((es, zh|ar, es|es, ar|zh, es)\)"):
+    hybrid.HybridSampler(mlqa_corpus, smallest + 1)
+
+
+def test_batch_larger_than_a_language_pool_is_rejected(xquad_corpus):
+  with pytest.raises(ValueError, match=r"larger than the 1190 pair ids available for language "
+                                       r"\(ar, ar\)"):
+    hybrid.HybridSampler(xquad_corpus, 2048, alpha=1.0)
+
+
+def test_cross_batches_need_two_languages(xquad_corpus):
+  english = corpora.ParallelCorpus(("en",), {"en": xquad_corpus.pairs["en"]})
+  with pytest.raises(ValueError, match="cross-lingual batches need two languages"):
+    hybrid.HybridSampler(english, BATCH_SIZE, alpha=0.5)

@@ -1,0 +1,120 @@
+"""Specification of hybridir.metrics: equal to pytrec_eval, and rank distance by hand."""
+import math
+
+import numpy as np
+import pytest
+import pytrec_eval
+
+from hybridir import metrics
+
+MEASURES = ("map", "recip_rank", "recall_1", "recall_5", "recall_10", "recall_100", "ndcg_cut_1",
+            "ndcg_cut_5", "ndcg_cut_10", "ndcg_cut_100", "P_1", "P_5", "P_10", "success_1",
+            "success_10")
+
+
+def _random_run_and_qrels(seed, num_queries=40, num_docs=60):
+  """Scores drawn from few values (many ties), graded relevance -1..3, some unjudged queries."""
+  rng = np.random.default_rng(seed)
+  run, qrels = {}, {}
+  for q in range(num_queries):
+    qid = f"q{q}"
+    retrieved = rng.choice(num_docs, size=rng.integers(1, num_docs), replace=False)
+    run[qid] = {f"d{d}": float(rng.integers(0, 6)) / 2 for d in retrieved}
+    if q % 10 == 9:
+      continue  # Unjudged: trec_eval skips it.
+    judged = rng.choice(num_docs, size=rng.integers(1, 20), replace=False)
+    qrels[qid] = {f"d{d}": int(rng.choice([-1, 0, 0, 1, 2, 3])) for d in judged}
+  qrels["q_only_in_qrels"] = {"d1": 1}
+  return run, qrels
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_evaluate_run_equals_pytrec_eval_with_ties_and_graded_relevance(seed):
+  run, qrels = _random_run_and_qrels(seed)
+  expected = pytrec_eval.RelevanceEvaluator(qrels, set(MEASURES)).evaluate(run)
+  found = metrics.evaluate_run(run, qrels, MEASURES)
+  assert found.keys() == expected.keys()
+  for qid in expected:
+    for name in MEASURES:
+      assert found[qid][name] == pytest.approx(expected[qid][name], abs=1e-6), (qid, name)
+
+
+def test_recip_rank_cut_equals_pytrec_eval_recip_rank_on_the_top_k():
+  run, qrels = _random_run_and_qrels(3)
+  top10 = {qid: {d: scores[d] for d in metrics.trec_order(scores)[:10]} for qid, scores in run.items()}
+  expected = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(top10)
+  found = metrics.evaluate_run(run, qrels, ["recip_rank_cut_10"])
+  for qid in expected:
+    assert found[qid]["recip_rank_cut_10"] == pytest.approx(expected[qid]["recip_rank"], abs=1e-6)
+
+
+def test_aggregate_is_the_mean_over_queries():
+  run, qrels = _random_run_and_qrels(4)
+  per_query = metrics.evaluate_run(run, qrels, ["map", "ndcg_cut_10"])
+  mean = metrics.aggregate(per_query)
+  assert mean["map"] == pytest.approx(np.mean([v["map"] for v in per_query.values()]))
+  assert metrics.aggregate({}) == {}
+
+
+def test_ties_are_broken_by_docid_descending():
+  assert metrics.trec_order({"a": 1.0, "c": 1.0, "b": 1.0, "z": 0.5}) == ["c", "b", "a", "z"]
+  assert metrics.reciprocal_rank(metrics.trec_order({"a": 1.0, "b": 1.0}), {"a": 1}) == 0.5
+
+
+def test_average_precision_counts_unretrieved_relevant_as_zero():
+  # Relevant at ranks 1 and 3, a third never retrieved: (1/1 + 2/3) / 3.
+  ap = metrics.average_precision(["r1", "x", "r2", "y"], {"r1": 1, "r2": 1, "r3": 1, "x": 0})
+  assert ap == pytest.approx((1 + 2 / 3) / 3)
+
+
+def test_judged_query_without_relevant_documents_scores_zero():
+  assert metrics.evaluate_run({"q": {"a": 1.0}}, {"q": {"a": 0}}, ["map", "ndcg_cut_10"]) == {
+      "q": {"map": 0.0, "ndcg_cut_10": 0.0}}
+
+
+def test_single_metric_functions_agree_with_hand_values():
+  ranking = ["a", "b", "c", "d"]
+  relevance = {"b": 2, "d": 1}
+  assert metrics.recall_at_k(ranking, relevance, 2) == 0.5
+  assert metrics.precision_at_k(ranking, relevance, 4) == 0.5
+  assert metrics.reciprocal_rank(ranking, relevance) == 0.5
+  assert metrics.reciprocal_rank(ranking, relevance, k=1) == 0.0
+  ideal = 2 + 1 / math.log2(3)
+  assert metrics.ndcg_at_k(ranking, relevance, 4) == pytest.approx(
+      (2 / math.log2(3) + 1 / math.log2(5)) / ideal)
+
+
+def test_unknown_measure_is_rejected_with_its_name():
+  with pytest.raises(ValueError, match="ndcg_10"):
+    metrics.evaluate_run({}, {}, ["ndcg_10"])
+
+
+LANGUAGE = {"en1": "en", "de1": "de", "fr1": "fr", "en_x": "en", "en_y": "en", "de_x": "de"}
+
+
+def test_rank_distance_of_adjacent_relevant_candidates_is_the_minimum():
+  # One relevant per language at ranks 1, 2, 3: pairwise |diff| 1, 2, 1 -> 4/3 = (L + 1) / 3.
+  rankings = {"q": ["en1", "de1", "fr1", "en_x", "en_y", "de_x"]}
+  relevant = {"q": ("en1", "de1", "fr1")}
+  assert metrics.rank_distance(rankings, LANGUAGE, relevant) == pytest.approx(4 / 3)
+
+
+def test_rank_distance_of_same_language_first_ranking_is_large():
+  # English first (ranks 1-3), then German (4-5), then French (6): |1-4|, |1-6|, |4-6| -> 10/3.
+  rankings = {"q": ["en1", "en_x", "en_y", "de1", "de_x", "fr1"]}
+  relevant = {"q": ("en1", "de1", "fr1")}
+  biased = metrics.rank_distance(rankings, LANGUAGE, relevant)
+  assert biased == pytest.approx(10 / 3)
+  assert biased > 4 / 3
+
+
+def test_rank_distance_ignores_same_language_pairs_and_averages_queries():
+  rankings = {"q1": ["en1", "en_x", "de1"], "q2": ["de1", "en1"], "q3": ["en1", "en_x"]}
+  relevant = {"q1": ("en1", "en_x", "de1"), "q2": ("en1", "de1"), "q3": ("en1", "en_x")}
+  # q1: en1-de1 = 2, en_x-de1 = 1 -> 1.5; q2: 1; q3 has no cross-language pair and is skipped.
+  assert metrics.rank_distance(rankings, LANGUAGE, relevant) == pytest.approx(1.25)
+
+
+def test_rank_distance_needs_every_relevant_candidate_ranked():
+  with pytest.raises(ValueError, match="'fr1' is not in its ranking"):
+    metrics.rank_distance({"q": ["en1", "de1"]}, LANGUAGE, {"q": ("en1", "fr1")})
