@@ -1,4 +1,4 @@
-"""Zero-shot evaluation: the monolingual, cross-lingual and multilingual settings, TREC files, a CLI.
+"""Zero-shot evaluation: monolingual, cross-lingual and multilingual settings, TREC files, a CLI.
 
     python -m hybridir.evaluate --run RUN --qrels QRELS [--per_query] [--measures map,recall_10]
 
@@ -24,15 +24,16 @@ Questions = Mapping[str, Sequence[tuple[str, Sequence[str]]]]
 
 
 def _tie_priority(docids: Sequence[str]) -> np.ndarray:
-  """Position of each candidate in trec_eval's tie order (docid descending), so ranks match trec_eval."""
+  """Each candidate's place in trec_eval's tie order (docid descending): ranks match trec_eval."""
   priority = np.empty(len(docids), np.int64)
-  priority[sorted(range(len(docids)), key=lambda i: docids[i], reverse=True)] = np.arange(len(docids))
+  order = sorted(range(len(docids)), key=lambda i: docids[i], reverse=True)
+  priority[order] = np.arange(len(docids))
   return priority
 
 
 def _evaluate_pool(questions: Sequence[tuple[str, Sequence[str]]], question_emb: np.ndarray,
                    pool_ids: Sequence[str], pool_emb: np.ndarray, measures: Sequence[str]):
-  """Per-query measures and relevant ranks of questions against one pool; relevance is pool-restricted."""
+  """Per-query measures and relevant ranks against one pool; only relevant ids in the pool count."""
   position = {docid: i for i, docid in enumerate(pool_ids)}
   kept, targets = [], []
   for row, (qid, relevant) in enumerate(questions):
@@ -59,7 +60,7 @@ def _summary(per_query: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
 
 
 def _macro_average(entries: Sequence[Mapping[str, float]]) -> dict[str, float]:
-  """Unweighted mean over languages (or pairs) of each measure; entries without queries are left out."""
+  """Unweighted mean over languages (or pairs) of each measure; entries without queries left out."""
   entries = [e for e in entries if e["num_q"] > 0]
   names = [name for name in (entries[0] if entries else {}) if name != "num_q"]
   return {name: float(np.mean([e[name] for e in entries])) for name in names}
@@ -70,8 +71,8 @@ def _validate_settings_input(questions, question_emb, candidates, candidate_emb)
   candidate_language = {}
   for lang in sorted(candidates):
     if lang not in candidate_emb or len(candidates[lang]) != len(candidate_emb[lang]):
-      raise ValueError(f"candidates[{lang!r}] has {len(candidates[lang])} ids but candidate_emb has "
-                       f"{len(candidate_emb.get(lang, ()))} rows")
+      raise ValueError(f"candidates[{lang!r}] has {len(candidates[lang])} ids but candidate_emb "
+                       f"has {len(candidate_emb.get(lang, ()))} rows")
     for docid in candidates[lang]:
       if docid in candidate_language:
         raise ValueError(f"candidate id {docid!r} appears in {candidate_language[docid]!r} and "
@@ -84,7 +85,8 @@ def _validate_settings_input(questions, question_emb, candidates, candidate_emb)
     for qid, relevant in questions[lang]:
       unknown = [docid for docid in relevant if docid not in candidate_language]
       if unknown:
-        raise ValueError(f"question {qid!r} ({lang}): relevant ids {unknown[:3]} are not candidates")
+        raise ValueError(f"question {qid!r} ({lang}): relevant ids {unknown[:3]} are not "
+                         f"candidates")
   return candidate_language
 
 
@@ -95,7 +97,8 @@ def evaluate_settings(questions: Questions, question_emb: Mapping[str, np.ndarra
   """Monolingual, cross-lingual and multilingual results over precomputed embeddings.
 
   Args:
-    questions: `{lang: [(qid, relevant candidate ids), ...]}`, rows aligned with `question_emb[lang]`.
+    questions: `{lang: [(qid, relevant candidate ids), ...]}`, rows aligned with
+      `question_emb[lang]`.
     question_emb: `{lang: [num_questions, dim]}`.
     candidates: `{lang: [candidate id, ...]}`, ids unique across languages, aligned with
       `candidate_emb[lang]` ([num_candidates, dim]).
@@ -146,10 +149,14 @@ def evaluate_settings(questions: Questions, question_emb: Mapping[str, np.ndarra
 
 def degradation(in_domain: Mapping[str, float],
                 out_of_domain: Mapping[str, float]) -> dict[str, dict[str, float]]:
-  """Per metric: both values, absolute drop (in - out) and relative drop ((in - out) / in; NaN if in is 0)."""
+  """Per metric: both values, the absolute drop (in - out) and the relative drop ((in - out) / in).
+
+  The relative drop is NaN where the in-domain value is 0.
+  """
   if set(in_domain) != set(out_of_domain):
-    raise ValueError(f"metrics differ: only in-domain {sorted(set(in_domain) - set(out_of_domain))}, "
-                     f"only out-of-domain {sorted(set(out_of_domain) - set(in_domain))}")
+    only_in, only_out = set(in_domain) - set(out_of_domain), set(out_of_domain) - set(in_domain)
+    raise ValueError(f"metrics differ: only in-domain {sorted(only_in)}, "
+                     f"only out-of-domain {sorted(only_out)}")
   result = {}
   for name in in_domain:
     inside, outside = float(in_domain[name]), float(out_of_domain[name])
@@ -195,7 +202,8 @@ def write_trec_run(path: str, run: metrics.Run, tag: str) -> None:
   for qid in sorted(run):
     _check_token(qid, "qid")
     for rank, docid in enumerate(metrics.trec_order(run[qid]), start=1):
-      lines.append(f"{qid} Q0 {_check_token(docid, 'docid')} {rank} {float(run[qid][docid])!r} {tag}\n")
+      score = float(run[qid][docid])
+      lines.append(f"{qid} Q0 {_check_token(docid, 'docid')} {rank} {score!r} {tag}\n")
   write_text_atomically(path, "".join(lines))
 
 
@@ -207,7 +215,7 @@ def write_trec_qrels(path: str, qrels: metrics.Qrels) -> None:
 
 
 def _read_table(path: str, num_fields: int, layout: str):
-  """Yields (line number, fields) of the non-blank lines; wrong field counts raise naming the line."""
+  """Yields (line number, fields) of non-blank lines; a wrong field count raises naming the line."""
   with open(path, encoding="utf-8") as f:
     for number, line in enumerate(f, start=1):
       fields = line.split()
@@ -230,9 +238,10 @@ def _parse(path, number, value, kind, what):
 
 
 def read_trec_run(path: str) -> dict[str, dict[str, float]]:
-  """Reads a TREC run file into `{qid: {docid: score}}`; duplicates and bad fields raise with the line."""
+  """Reads a TREC run file into `{qid: {docid: score}}`; duplicates and bad fields name the line."""
   run, first_line = {}, {}
-  for number, (qid, _, docid, rank, score, _) in _read_table(path, 6, "qid Q0 docid rank score tag"):
+  rows = _read_table(path, 6, "qid Q0 docid rank score tag")
+  for number, (qid, _, docid, rank, score, _) in rows:
     _parse(path, number, rank, int, "rank")
     if (qid, docid) in first_line:
       raise ValueError(f"{path}:{number}: document {docid!r} repeated for query {qid!r} (first on "
@@ -267,7 +276,8 @@ def evaluate_files(run_path: str, qrels_path: str, measures: Sequence[str],
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m hybridir.evaluate", description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(prog="python -m hybridir.evaluate",
+                                   description=__doc__.split("\n")[0])
   parser.add_argument("--run", required=True, help="TREC run file: qid Q0 docid rank score tag")
   parser.add_argument("--qrels", required=True, help="TREC qrels file: qid 0 docid relevance")
   parser.add_argument("--measures", default=",".join(metrics.DEFAULT_MEASURES),

@@ -98,13 +98,14 @@ def config_from_hf(hf_config: dict, source: str = "config.json") -> dual_encoder
         dropout_rate=hf_config.get("hidden_dropout_prob", 0.1),
         attention_dropout_rate=hf_config.get("attention_probs_dropout_prob", 0.1),
         layer_norm_epsilon=hf_config.get("layer_norm_eps", 1e-5), mlp_activation=acts[act],
+        initializer_range=hf_config.get("initializer_range", 0.02),
         bos_id=hf_config.get("bos_token_id", 0), pad_id=hf_config.get("pad_token_id", 1),
         eos_id=hf_config.get("eos_token_id", 2))
   raise ValueError(f"{source}: unsupported model_type {model_type!r}; "
                    "expected t5, mt5 or xlm-roberta")
 
 
-def _hf_t5_names(cfg: t5.T5Config) -> dict[str, tuple[str, bool]]:
+def hf_t5_names(cfg: t5.T5Config) -> dict[str, tuple[str, bool]]:
   """HF tensor name -> (our encoder param path, transpose?)."""
   names = {"shared.weight": ("token_embedder/embedding", False),
            "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight":
@@ -123,7 +124,7 @@ def _hf_t5_names(cfg: t5.T5Config) -> dict[str, tuple[str, bool]]:
   return names
 
 
-def _hf_xlmr_names(cfg: xlmr.XLMRConfig) -> dict[str, tuple[str, bool]]:
+def hf_xlmr_names(cfg: xlmr.XLMRConfig) -> dict[str, tuple[str, bool]]:
   names = {"embeddings.word_embeddings.weight": ("token_embedder/embedding", False),
            "embeddings.position_embeddings.weight": ("position_embedder/embedding", False),
            "embeddings.token_type_embeddings.weight": ("token_type_embedder/embedding", False),
@@ -178,7 +179,7 @@ def load_hf(model_dir: str, **dual_encoder_options) -> tuple[dual_encoder.DualEn
     raise FileNotFoundError(f"{model_dir}: no config.json (not a Hugging Face model directory)")
   with open(config_path) as f:
     cfg = config_from_hf(json.load(f), config_path)
-  names = _hf_t5_names(cfg) if cfg.family == "t5" else _hf_xlmr_names(cfg)
+  names = hf_t5_names(cfg) if cfg.family == "t5" else hf_xlmr_names(cfg)
   tensors, unknown = {}, []
   for name, value in _read_hf_tensors(model_dir).items():
     for prefix in ("roberta.", "model.", ""):

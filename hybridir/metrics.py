@@ -1,8 +1,9 @@
 """Ranking metrics as pure functions, numerically equal to trec_eval / pytrec_eval.
 
-Inputs use pytrec_eval's shapes: a run is `{qid: {docid: score}}`, qrels are `{qid: {docid: relevance}}`.
-Measure names are trec_eval's: `map`, `recall_K`, `ndcg_cut_K`, `recip_rank`, `P_K`, `success_K`, plus
-`recip_rank_cut_K` (MRR@K: reciprocal rank counting only the top K), which trec_eval lacks.
+Inputs use pytrec_eval's shapes: a run is `{qid: {docid: score}}`, qrels are
+`{qid: {docid: relevance}}`. Measure names are trec_eval's: `map`, `recall_K`, `ndcg_cut_K`,
+`recip_rank`, `P_K`, `success_K`, plus `recip_rank_cut_K` (MRR@K: reciprocal rank counting only the
+top K), which trec_eval lacks.
 
 trec_eval conventions followed here (checked against pytrec_eval in tests/test_metrics.py):
   * a run is ordered by score descending, ties broken by docid descending (byte order);
@@ -23,7 +24,8 @@ Qrels = Mapping[str, Mapping[str, int]]
 DEFAULT_MEASURES = ("map", "recip_rank", "recip_rank_cut_10", "recall_10", "recall_100",
                     "ndcg_cut_10", "P_1")
 
-_MEASURE = re.compile(r"^(map|recip_rank)$|^(recall|ndcg_cut|recip_rank_cut|P|success)_([1-9][0-9]*)$")
+_MEASURE = re.compile(
+    r"^(map|recip_rank)$|^(recall|ndcg_cut|recip_rank_cut|P|success)_([1-9][0-9]*)$")
 
 
 def parse_measure(name: str) -> tuple[str, Optional[int]]:
@@ -89,13 +91,14 @@ def measures_from_ranks(ranks: np.ndarray, gains: np.ndarray,
 
 
 def _average_precision(sorted_ranks: np.ndarray, num_relevant: int) -> float:
-  # AP = (1/R) * sum_i i / rank_i over the retrieved relevant documents in rank order (LAReQA's mAP).
+  # AP = (1/R) * sum_i i / rank_i over the retrieved relevant documents in rank order
+  # (LAReQA's mAP: relevant documents never retrieved add 0).
   hits = np.arange(1, len(sorted_ranks) + 1)
   return float(np.sum(hits / sorted_ranks) / num_relevant)
 
 
 def _ndcg(ranks: np.ndarray, gains: np.ndarray, cutoff: int) -> float:
-  # trec_eval ndcg_cut: DCG = sum gain / log2(rank + 1) over ranks <= K, over the same for the ideal.
+  # trec_eval ndcg_cut: DCG = sum gain / log2(rank + 1) over ranks <= K, divided by the ideal DCG.
   in_cut = (ranks > 0) & (ranks <= cutoff)
   dcg = np.sum(gains[in_cut] / np.log2(ranks[in_cut] + 1.0))
   ideal = np.sort(gains)[::-1][:cutoff]
@@ -181,17 +184,18 @@ def rank_distance_from_ranks(relevant_ranks_by_query: Mapping[str, Mapping[str, 
 def rank_distance(rankings: Mapping[str, Sequence[str]],
                   candidate_language: Mapping[str, Hashable],
                   relevant: Mapping[str, Iterable[str]]) -> float:
-  """Language bias as rank distance: how far apart a query's relevant candidates of different languages rank.
+  """Language bias as rank distance: how far apart relevant candidates of different languages rank.
 
   Definition (after Hu et al. 2023's language-bias analysis on LAReQA): for a query q with relevant
   candidates c_1..c_n at 1-based ranks r_1..r_n in its ranking over a multilingual pool,
 
       RD(q) = mean over pairs {i, j} with language(c_i) != language(c_j) of |r_i - r_j|,
 
-  and the score is the mean of RD(q) over queries that have at least one such pair. With one relevant
-  candidate in each of L languages the minimum, (L + 1) / 3, is reached exactly when they occupy L
-  adjacent ranks (a language-agnostic ranking); a ranking that puts the query language's candidates
-  first pushes the others down by a whole language's pool and gives a large value. Lower is better.
+  and the score is the mean of RD(q) over queries that have at least one such pair. With one
+  relevant candidate in each of L languages the minimum, (L + 1) / 3, is reached exactly when they
+  occupy L adjacent ranks (a language-agnostic ranking); a ranking that puts the query language's
+  candidates first pushes the others down by a whole language's pool and gives a large value.
+  Lower is better.
 
   Args:
     rankings: `{qid: docids in rank order}`; must contain every relevant candidate (a full ranking).

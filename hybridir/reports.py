@@ -54,7 +54,7 @@ def _languages(results: Mapping[str, Any]) -> list[str]:
 
 
 def _cross_matrix(results: Mapping[str, Any], measure: str) -> tuple[list[str], np.ndarray]:
-  """[query language, candidate language] matrix of `measure`; the diagonal is the monolingual value."""
+  """[question language, candidate language] matrix of `measure`; the diagonal is monolingual."""
   languages = sorted(set(_languages(results)) |
                      {y for row in results["cross_lingual"]["per_pair"].values() for y in row})
   matrix = np.full((len(languages), len(languages)), np.nan)
@@ -102,7 +102,7 @@ def _save(figure: Figure, path: str) -> None:
 
 
 def plot_cross_lingual_heatmap(path: str, results: Mapping[str, Any], measure: str = "map") -> None:
-  """Heat map of `measure` for every (question language, candidate language); diagonal monolingual."""
+  """Heat map of `measure` per (question language, candidate language); diagonal: monolingual."""
   languages, matrix = _cross_matrix(results, measure)
   size = 1.0 + 0.6 * len(languages)
   figure = Figure(figsize=(size + 1.5, size))
@@ -123,7 +123,7 @@ def plot_cross_lingual_heatmap(path: str, results: Mapping[str, Any], measure: s
 
 
 def plot_per_language_bars(path: str, results: Mapping[str, Any], measure: str = "map") -> None:
-  """Grouped bars per question language: monolingual, cross-lingual (mean over pools), multilingual."""
+  """Bars per question language: monolingual, cross-lingual (mean over pools), multilingual."""
   languages = _languages(results)
   values = {"monolingual": [], "cross-lingual": [], "multilingual": []}
   for lang in languages:
@@ -146,7 +146,7 @@ def plot_per_language_bars(path: str, results: Mapping[str, Any], measure: str =
 
 
 def plot_rank_distance(path: str, results: Mapping[str, Any]) -> None:
-  """Bars of the multilingual rank distance (language bias; lower is better) per question language."""
+  """Bars of the multilingual rank distance (language bias, lower is better) per language."""
   per_language = results["multilingual"]["per_language"]
   languages = sorted(per_language)
   heights = [per_language[lang].get("rank_distance", np.nan) for lang in languages]
@@ -161,7 +161,7 @@ def plot_rank_distance(path: str, results: Mapping[str, Any]) -> None:
 
 def write_report(output_dir: str, results: Mapping[str, Any], measure: str = "map",
                  name: str = "results") -> dict[str, str]:
-  """Writes `<name>.json`, `<name>.md` and three PNG plots into `output_dir`; returns their paths."""
+  """Writes `<name>.json`, `<name>.md` and three PNG plots to `output_dir`; returns the paths."""
   paths = {kind: os.path.join(output_dir, f"{name}{suffix}") for kind, suffix in (
       ("json", ".json"), ("markdown", ".md"), ("heatmap", "_cross_lingual.png"),
       ("bars", "_per_language.png"), ("rank_distance", "_rank_distance.png"))}

@@ -1,8 +1,9 @@
 """Exact maximum-inner-product search over large pools, in bounded memory.
 
-`top_k` scans the pool in fixed-size blocks (one compilation), keeps a running top-k per query chunk on
-the device, and can spread consecutive blocks over all local devices. It never forms the Q x N score
-matrix: peak memory is O(query_block_size * block_size * devices + Q * k) plus one group of blocks.
+`top_k` scans the pool in fixed-size blocks (one compilation), keeps a running top-k per query chunk
+on the device, and can spread consecutive blocks over all local devices. It never forms the Q x N
+score matrix: peak memory is O(query_block_size * block_size * devices + Q * k) plus a few groups of
+blocks.
 """
 import functools
 from typing import Optional, Sequence
@@ -18,8 +19,8 @@ _POOL_AXIS = "pool_blocks"
 def aligned_empty(shape: Sequence[int], dtype=np.float32, alignment: int = 64) -> np.ndarray:
   """An uninitialised array whose data starts on an `alignment`-byte boundary.
 
-  XLA:CPU reads 64-byte-aligned host arrays in place; `top_k` over a pool built in such an array skips
-  copying every block to the device (numpy's own large arrays are usually only 16-byte aligned).
+  XLA:CPU reads 64-byte-aligned host arrays in place; `top_k` over a pool built in such an array
+  skips copying every block to the device (numpy's own large arrays are usually 16-byte aligned).
   """
   dtype = np.dtype(dtype)
   count = int(np.prod(shape))
@@ -33,7 +34,10 @@ def _validate(query_emb: np.ndarray, pool_emb: np.ndarray, k: int) -> None:
     raise ValueError(f"query_emb and pool_emb must be 2-D [count, dim], got {query_emb.shape} and "
                      f"{pool_emb.shape}")
   if query_emb.shape[1] != pool_emb.shape[1]:
-    raise ValueError(f"embedding dims differ: queries {query_emb.shape[1]}, pool {pool_emb.shape[1]}")
+    raise ValueError(f"embedding dims differ: queries {query_emb.shape[1]}, "
+                     f"pool {pool_emb.shape[1]}")
+  if pool_emb.shape[0] >= 2**31:
+    raise ValueError(f"pool of {pool_emb.shape[0]} rows: indices are int32, split it below 2**31")
   if not 1 <= k <= pool_emb.shape[0]:
     raise ValueError(f"k must be in [1, pool size {pool_emb.shape[0]}], got {k}")
 
@@ -56,7 +60,7 @@ def _block_top_k(queries, block, block_start, pool_size, k):
 
 @functools.lru_cache(maxsize=None)
 def _group_step(devices: tuple[jax.Device, ...], k: int):
-  """Jitted: fold one group of blocks [num_devices, B, D] (one block per device) into a running top-k."""
+  """Jitted: folds a group of blocks [num_devices, B, D] (one per device) into a running top-k."""
   mesh = jax.sharding.Mesh(np.asarray(devices), (_POOL_AXIS,))
   spec = jax.sharding.PartitionSpec
 
@@ -65,7 +69,8 @@ def _group_step(devices: tuple[jax.Device, ...], k: int):
     scores, indices = _block_top_k(queries, blocks[0], block_start, pool_size, k)
     return scores[None], indices[None]
 
-  sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(spec(), spec(_POOL_AXIS), spec(), spec()),
+  sharded = jax.shard_map(per_device, mesh=mesh,
+                          in_specs=(spec(), spec(_POOL_AXIS), spec(), spec()),
                           out_specs=(spec(_POOL_AXIS), spec(_POOL_AXIS)))
 
   def step(queries, blocks, group_start, pool_size, best_scores, best_indices):
@@ -81,7 +86,7 @@ def _group_step(devices: tuple[jax.Device, ...], k: int):
 
 
 def block_rows(pool_size: int, block_size: int, num_devices: int, k: int) -> int:
-  """Rows per block actually used: at most `block_size`, spread evenly so the last group is barely padded."""
+  """Rows per block used: at most `block_size`, spread evenly so the last group is barely padded."""
   num_groups = -(-pool_size // (block_size * num_devices))
   rows = -(-pool_size // (num_groups * num_devices))
   return max(-(-rows // 8) * 8, k)
@@ -92,9 +97,9 @@ def top_k(query_emb: np.ndarray, pool_emb: np.ndarray, k: int, block_size: int =
           devices: Optional[Sequence[jax.Device]] = None) -> tuple[np.ndarray, np.ndarray]:
   """Exact top-k pool rows by inner product: (scores [Q, k] float32, indices [Q, k] int64).
 
-  Rows come in score order; equal scores keep the lower pool index first. `pool_emb` may be any array
-  that supports row slicing (e.g. a np.memmap): it is read one group of blocks at a time. With
-  `shard=True` each local device (or each of `devices`) scores its own block of every group.
+  Rows come in score order; equal scores keep the lower pool index first. `pool_emb` may be any
+  array that supports row slicing (e.g. a np.memmap): it is read one group of blocks at a time.
+  With `shard=True` each local device (or each of `devices`) scores its own block of every group.
   """
   query_emb = np.asarray(query_emb)
   _validate(query_emb, pool_emb, k)
@@ -117,6 +122,7 @@ def top_k(query_emb: np.ndarray, pool_emb: np.ndarray, k: int, block_size: int =
                    jax.device_put(np.full((query_block_size, k), -1, np.int32), replicated)])
 
   group_rows = block_size * len(devices)
+  in_flight = None  # Wait for the previous group before reading another: bounded host memory.
   for group_start in range(0, pool_size, group_rows):
     group = np.asarray(pool_emb[group_start:group_start + group_rows], dtype)
     if len(group) < group_rows:  # The last group: zero rows, masked to -inf inside the step.
@@ -126,6 +132,9 @@ def top_k(query_emb: np.ndarray, pool_emb: np.ndarray, k: int, block_size: int =
     offset = np.int32(group_start)
     for chunk in chunks:
       chunk[1], chunk[2] = step(chunk[0], blocks, offset, np.int32(pool_size), chunk[1], chunk[2])
+    if in_flight is not None:
+      in_flight.block_until_ready()
+    in_flight = chunks[-1][1]
 
   scores = np.concatenate([np.asarray(chunk[1]) for chunk in chunks])[:num_queries]
   indices = np.concatenate([np.asarray(chunk[2]) for chunk in chunks])[:num_queries]
@@ -134,7 +143,7 @@ def top_k(query_emb: np.ndarray, pool_emb: np.ndarray, k: int, block_size: int =
 
 def ranks_of(query_emb: np.ndarray, pool_emb: np.ndarray, targets: np.ndarray,
              tie_priority: Optional[np.ndarray] = None, query_block_size: int = 128) -> np.ndarray:
-  """1-based rank of pool rows `targets[q, t]` in query q's full ranking of the pool (0 where t < 0).
+  """1-based rank of pool row `targets[q, t]` in query q's full ranking of the pool (0 if t < 0).
 
   The ranking is by score descending, then by `tie_priority` ascending (default: pool index). Memory
   stays O(query_block_size * N): the full ranking is never sorted.
@@ -164,6 +173,7 @@ def ranking_to_run(qids: Sequence[str], docids: Sequence[str], scores: np.ndarra
                    indices: np.ndarray) -> dict[str, dict[str, float]]:
   """A pytrec_eval-style run `{qid: {docid: score}}` from `top_k`'s output."""
   if len(qids) != len(scores) or scores.shape != indices.shape:
-    raise ValueError(f"{len(qids)} qids, scores {scores.shape} and indices {indices.shape} disagree")
+    raise ValueError(f"{len(qids)} qids, scores {scores.shape} and indices {indices.shape} "
+                     f"disagree")
   return {qid: {docids[j]: float(s) for s, j in zip(score_row, index_row)}
           for qid, score_row, index_row in zip(qids, scores, indices)}

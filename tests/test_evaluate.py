@@ -9,7 +9,6 @@ import pytest
 import pytrec_eval
 
 from hybridir import evaluate
-from hybridir import metrics
 
 MEASURES = ("map", "recip_rank", "recall_2", "ndcg_cut_3", "P_1")
 
@@ -32,14 +31,15 @@ def test_settings_on_a_language_biased_toy_case_give_the_hand_computed_values():
   assert results["cross_lingual"]["per_pair"]["en"]["de"]["map"] == 1.0
   assert set(results["cross_lingual"]["per_pair"]["en"]) == {"de"}  # No X -> X pair.
   # English q1 over the mixed pool: e1 = 2; e2, e3, d1 = 1 (ties: docid descending, e3 > e2 > d1);
-  # d1 at rank 4 -> AP = (1/1 + 2/4) / 2 = 0.75 and rank distance |1 - 4| = 3. Same for q2 (d2 at 4).
+  # d1 at rank 4 -> AP = (1/1 + 2/4) / 2 = 0.75, rank distance |1 - 4| = 3. Same for q2 (d2 at 4).
   english = results["multilingual"]["per_language"]["en"]
   assert english["map"] == pytest.approx(0.75)
   assert english["rank_distance"] == pytest.approx(3.0)
   # German q1: d1 = 2; d2, d3, e1 = 1, but now the tie order 'e1' > 'd3' > 'd2' puts e1 at rank 2.
   german = results["multilingual"]["per_language"]["de"]
   assert (german["map"], german["rank_distance"]) == (1.0, 1.0)
-  assert results["multilingual"]["average"] == {"map": 0.875, "recip_rank": 1.0, "rank_distance": 2.0}
+  assert results["multilingual"]["average"] == {
+      "map": 0.875, "recip_rank": 1.0, "rank_distance": 2.0}
 
 
 def test_cross_lingual_skips_queries_without_a_relevant_candidate_in_the_pool():
@@ -65,8 +65,9 @@ def test_every_setting_equals_pytrec_eval_on_the_full_score_matrix():
   languages = ["ar", "en", "zh"]
   candidates = {lang: [f"{lang}-{i}" for i in range(30)] for lang in languages}
   candidate_emb = {lang: rng.integers(-2, 3, (30, 6)).astype(np.float32) for lang in languages}
-  questions = {lang: [(f"q{i}", tuple(f"{other}-{i}" for other in languages if (i + len(other)) % 4))
-                      for i in range(12)] for lang in languages}
+  relevant = [tuple(f"{other}-{i}" for other in languages if (i + len(other)) % 4)
+              for i in range(12)]
+  questions = {lang: [(f"q{i}", relevant[i]) for i in range(12)] for lang in languages}
   question_emb = {lang: rng.integers(-2, 3, (12, 6)).astype(np.float32) for lang in languages}
   results = evaluate.evaluate_settings(questions, question_emb, candidates, candidate_emb, MEASURES)
   pool_ids = [d for lang in languages for d in candidates[lang]]
@@ -124,7 +125,8 @@ def test_cli_runs_as_a_module(trec_files):
   tmp_path, _, _ = trec_files
   completed = subprocess.run(
       [sys.executable, "-m", "hybridir.evaluate", "--run", str(tmp_path / "run.trec"), "--qrels",
-       str(tmp_path / "qrels.trec"), "--measures", "map"], capture_output=True, text=True, check=True)
+       str(tmp_path / "qrels.trec"), "--measures", "map"],
+      capture_output=True, text=True, check=True)
   assert set(json.loads(completed.stdout)["all"]) == {"num_q", "map"}
 
 
@@ -133,9 +135,11 @@ def test_bad_run_line_names_the_file_and_line(trec_files, capsys):
   lines = (tmp_path / "run.trec").read_text().splitlines()
   lines[2] = "q0 Q0 d3 3 0.5"  # The tag is missing.
   (tmp_path / "run.trec").write_text("\n".join(lines))
-  assert evaluate.main(["--run", str(tmp_path / "run.trec"), "--qrels", str(tmp_path / "qrels.trec")]) == 1
+  argv = ["--run", str(tmp_path / "run.trec"), "--qrels", str(tmp_path / "qrels.trec")]
+  assert evaluate.main(argv) == 1
   error = capsys.readouterr().err
-  assert f"{tmp_path / 'run.trec'}:3: expected 6 fields 'qid Q0 docid rank score tag', found 5" in error
+  assert (f"{tmp_path / 'run.trec'}:3: expected 6 fields 'qid Q0 docid rank score tag', found 5"
+          in error)
 
 
 def test_bad_score_and_relevance_values_name_the_line(tmp_path):

@@ -41,7 +41,8 @@ def test_evaluate_run_equals_pytrec_eval_with_ties_and_graded_relevance(seed):
 
 def test_recip_rank_cut_equals_pytrec_eval_recip_rank_on_the_top_k():
   run, qrels = _random_run_and_qrels(3)
-  top10 = {qid: {d: scores[d] for d in metrics.trec_order(scores)[:10]} for qid, scores in run.items()}
+  top10 = {qid: {d: scores[d] for d in metrics.trec_order(scores)[:10]}
+           for qid, scores in run.items()}
   expected = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(top10)
   found = metrics.evaluate_run(run, qrels, ["recip_rank_cut_10"])
   for qid in expected:

@@ -1,4 +1,4 @@
-"""Specification of hybridir.retrieval: blocked exact search equals brute force, in bounded memory."""
+"""Specification of hybridir.retrieval: blocked exact search equals brute force, bounded memory."""
 import math
 
 import jax
@@ -102,7 +102,8 @@ def test_ranks_of_equals_the_position_in_a_full_sort():
 
 
 def test_ranking_to_run_maps_indices_to_docids():
-  run = retrieval.ranking_to_run(["q1"], ["a", "b", "c"], np.array([[0.5, 0.25]]), np.array([[2, 0]]))
+  run = retrieval.ranking_to_run(["q1"], ["a", "b", "c"], np.array([[0.5, 0.25]]),
+                                 np.array([[2, 0]]))
   assert run == {"q1": {"c": 0.5, "a": 0.25}}
 
 

@@ -28,6 +28,7 @@ class XLMRConfig:
   attention_dropout_rate: float = 0.1
   layer_norm_epsilon: float = 1e-5
   mlp_activation: str = "gelu_exact"
+  initializer_range: float = 0.02  # Stddev of every weight's normal initialiser (HF's name).
   dtype: str = "float32"  # Activation dtype; parameters are always float32.
   bos_id: int = 0
   pad_id: int = 1
@@ -64,7 +65,7 @@ class EncoderLayer(nn.Module):
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
     dropout = functools.partial(nn.Dropout(cfg.dropout_rate), deterministic=deterministic)
-    init = nn.initializers.normal(stddev=0.02)
+    init = nn.initializers.normal(stddev=cfg.initializer_range)
     dense = functools.partial(layers.Dense, use_bias=True, dtype=dtype, kernel_init=init)
     h = layers.SelfAttention(cfg.num_heads, cfg.head_dim, cfg.attention_dropout_rate,
                              use_bias=True, scale_logits=True, dtype=dtype, kernel_init=init,
@@ -91,7 +92,7 @@ class XLMREncoder(nn.Module):
       raise ValueError(f"input length {tokens.shape[1]} exceeds XLM-R's maximum {cfg.max_length}")
     if mask is None:
       mask = tokens != cfg.pad_id
-    init = nn.initializers.normal(stddev=0.02)
+    init = nn.initializers.normal(stddev=cfg.initializer_range)
     embed = functools.partial(layers.Embed, features=cfg.emb_dim, dtype=dtype, embedding_init=init)
     x = embed(cfg.vocab_size, table_axis="vocab", name="token_embedder")(tokens)
     x = x + embed(cfg.max_position_embeddings, table_axis="abspos", name="position_embedder")(

@@ -1,0 +1,222 @@
+"""From a registered task or mixture name to host-local numpy batches for the trainer.
+
+Every (language, pair) question and passage is tokenised once, through the seqio tasks, into padded
+numpy arrays kept in memory; a batch is then fancy indexing. Batches are a pure function of
+(seed, step, host): a run restarted at step N sees what an uninterrupted run would.
+
+  hybrid mixture (`{corpus}_hybrid`): `hybrid.HybridSampler` picks the kind, the languages and the
+    pair ids; hosts draw the same kind and languages and disjoint examples.
+  seqio task: one seeded permutation of its examples per epoch, sliced by step.
+  seqio mixture: each example draws its task by mixing rate, then examples without repeats.
+  Both are served from the corpus's mono-task tokens (a cross task's query_x, passage_y are the
+  mono tasks' query_x and passage_y).
+"""
+import weakref
+from typing import Iterator, Mapping
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from hybridir import hybrid
+from tasks import qa
+
+FEATURES = ("query", "passage")
+EXAMPLE = "example"  # BatchSpec.kind of a seqio task or mixture batch (no batch-level kind).
+# Hybrid mixture -> {(query length, passage length): {(feature, language): token table}}.
+_TOKEN_CACHE = weakref.WeakKeyDictionary()
+
+
+def _check_lengths(task_feature_lengths: Mapping[str, int]) -> dict[str, int]:
+  missing = [f for f in FEATURES if f not in task_feature_lengths]
+  if missing:
+    raise ValueError(f"task_feature_lengths must give {list(FEATURES)}, missing {missing} in "
+                     f"{dict(task_feature_lengths)}")
+  for feature in FEATURES:
+    length = task_feature_lengths[feature]
+    if not isinstance(length, (int, np.integer)) or length < 2:
+      raise ValueError(f"task_feature_lengths[{feature!r}] must be an integer >= 2 (room for a "
+                       f"token and the end token), found {length!r}")
+  return {feature: int(task_feature_lengths[feature]) for feature in FEATURES}
+
+
+def task_to_numpy(task: seqio.Task, task_feature_lengths: Mapping[str, int],
+                  split: str | None = None) -> dict[str, np.ndarray]:
+  """A task's examples, in order, as arrays: token features padded to their length, the rest 1-D.
+
+  Token features the task lacks (an evaluation task has one of query/passage) are left out.
+  """
+  split = split or task.splits[0]
+  vocabulary = task.output_features[FEATURES[0]].vocabulary
+  dataset = task.get_dataset(dict(task_feature_lengths), split=split, shuffle=False)
+  token_keys = [f for f in FEATURES if f in dataset.element_spec]
+  other_keys = [k for k, spec in dataset.element_spec.items()
+                if k not in token_keys and spec.shape.rank == 0]
+  dataset = dataset.map(lambda ex: {k: ex[k] for k in token_keys + other_keys})
+  dataset = dataset.padded_batch(
+      1024, padded_shapes={**{k: [task_feature_lengths[k]] for k in token_keys},
+                           **{k: [] for k in other_keys}},
+      padding_values={**{k: tf.constant(vocabulary.pad_id, tf.int32) for k in token_keys},
+                      **{k: None for k in other_keys}})
+  chunks = list(dataset.as_numpy_iterator())
+  if not chunks:
+    return {**{k: np.zeros((0, task_feature_lengths[k]), np.int32) for k in token_keys},
+            **{k: np.zeros(0, dataset.element_spec[k].dtype.as_numpy_dtype) for k in other_keys}}
+  return {k: np.concatenate([c[k] for c in chunks]) for k in token_keys + other_keys}
+
+
+class HybridInput:
+  """Host-local numpy batches of a hybrid mixture, seqio task or seqio mixture.
+
+  Args:
+    mixture_or_task_name: a `{corpus}_hybrid` mixture, or a task or mixture of one corpus's QA
+      tasks (`{corpus}_mono_de`, `{corpus}_all_mix`, ...); see `tasks.register_parallel_qa`.
+    task_feature_lengths: {'query': query_length, 'passage': passage_length}.
+    batch_size: the GLOBAL batch size; each host gets batch_size // host_count examples.
+    seed: the schedule's seed.
+    host_index, host_count: this host and the number of hosts.
+  """
+
+  def __init__(self, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
+               batch_size: int, seed: int = 0, host_index: int = 0, host_count: int = 1):
+    self.task_feature_lengths = _check_lengths(task_feature_lengths)
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+      raise ValueError(f"batch_size must be a positive integer, found {batch_size!r}")
+    if not isinstance(host_count, (int, np.integer)) or host_count < 1:
+      raise ValueError(f"host_count must be a positive integer, found {host_count!r}")
+    if not 0 <= host_index < host_count:
+      raise ValueError(f"host_index must be in [0, {host_count}), found {host_index!r}")
+    if batch_size % host_count:
+      raise ValueError(f"batch_size {batch_size} is not divisible by host_count {host_count}")
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+      raise ValueError(f"seed must be a non-negative integer, found {seed!r}")
+    self.name = mixture_or_task_name
+    self.batch_size, self.seed = int(batch_size), int(seed)
+    self.host_index, self.host_count = int(host_index), int(host_count)
+    self.local_batch_size = self.batch_size // self.host_count
+    if self.name in qa.hybrid_mixture_names():
+      self._corpus = qa.get_hybrid_mixture(self.name)
+      self._sampler = self._corpus.sampler(self.batch_size, self.seed)
+    else:
+      self._corpus = self._load_seqio(self.name)
+      self._sampler = None
+    self.vocabulary, self.family = self._corpus.vocabulary, self._corpus.family
+    self._tokens = _token_tables(self._corpus, self.task_feature_lengths)
+
+  def _load_seqio(self, name: str) -> qa.HybridMixture:
+    """Checks a seqio task or mixture and notes its tasks; returns the corpus they come from."""
+    try:
+      provider = seqio.get_mixture_or_task(name)
+    except ValueError:
+      raise ValueError(f"unknown task or mixture {name!r}; hybrid mixtures: "
+                       f"{qa.hybrid_mixture_names()} (register a corpus with "
+                       "tasks.register_parallel_qa first)") from None
+    subtasks = seqio.get_subtasks(provider)
+    for task in subtasks:
+      if qa.owner(task.name) is None:
+        raise ValueError(f"task {task.name!r} (in {name!r}) is not a parallel QA task: "
+                         "HybridInput needs query, passage and pair_id examples from "
+                         "tasks.register_parallel_qa")
+    owners = {qa.owner(task.name) for task in subtasks}
+    if len(owners) > 1:
+      raise ValueError(f"{name!r} mixes tasks of {len(owners)} corpora "
+                       f"({sorted(o.name for o in owners)}); HybridInput serves one")
+    corpus = owners.pop()
+    # (query language, passage language, integer pair ids in the task's order) per task.
+    self._tasks = []
+    for task in subtasks:
+      x, y = corpus.tasks[task.name]
+      rows = np.array([corpus.pair_index[i] for i in corpus.task_pair_ids(x, y)], np.int64)
+      self._tasks.append((x, y, rows))
+    self._sizes = np.array([len(rows) for _, _, rows in self._tasks])
+    self._rates = None
+    if isinstance(provider, seqio.Mixture):
+      rates = np.array([provider.get_rate(task) for task in subtasks], np.float64)
+      self._rates = rates / rates.sum()
+    if self.batch_size > self._sizes.sum():
+      raise ValueError(f"batch_size {self.batch_size} is larger than the {self._sizes.sum()} "
+                       f"examples of {name!r}")
+    return corpus
+
+  def _seqio_global(self, step: int) -> list[tuple[int, int]]:
+    """(task index, example index) of each example of the global batch at `step`."""
+    sizes = self._sizes
+    if self._rates is None:  # One task: seeded epochs without repeats.
+      epoch, slot = divmod(step, sizes[0] // self.batch_size)
+      order = np.random.default_rng([self.seed, epoch, 2]).permutation(sizes[0])
+      return [(0, int(i)) for i in order[slot * self.batch_size:(slot + 1) * self.batch_size]]
+    rng = np.random.default_rng([self.seed, step, 2])
+    counts = rng.multinomial(self.batch_size, self._rates)
+    while np.any(counts > sizes):  # A small task cannot give more than it has: move the excess.
+      over = int(np.argmax(counts - sizes))
+      counts[over] -= 1
+      counts[int(rng.choice(np.flatnonzero(counts < sizes)))] += 1
+    picks = [(t, int(i)) for t, count in enumerate(counts)
+             for i in rng.choice(sizes[t], size=count, replace=False)]
+    return [picks[i] for i in rng.permutation(len(picks))]
+
+  def batch_spec(self, step: int) -> hybrid.BatchSpec:
+    """This host's batch at `step`: kind, languages and string pair ids (for logging)."""
+    if not isinstance(step, (int, np.integer)) or step < 0:
+      raise ValueError(f"step must be a non-negative integer, found {step!r}")
+    step = int(step)
+    if self._sampler is not None:
+      return self._sampler.batch(step, self.host_index, self.host_count)
+    share = self.local_batch_size
+    picks = self._seqio_global(step)[self.host_index * share:(self.host_index + 1) * share]
+    query_languages = [self._tasks[t][0] for t, _ in picks]
+    passage_languages = [self._tasks[t][1] for t, _ in picks]
+    query_language = query_languages[0] if len(set(query_languages)) == 1 else hybrid.MIXED
+    passage_language = passage_languages[0] if len(set(passage_languages)) == 1 else hybrid.MIXED
+    return hybrid.BatchSpec(step, EXAMPLE, query_language, passage_language,
+                            tuple(self._corpus.pair_ids[self._tasks[t][2][i]] for t, i in picks),
+                            tuple(query_languages), tuple(passage_languages))
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    """{query_tokens [local, Lq], passage_tokens [local, Lp], pair_ids [local]}, int32."""
+    spec = self.batch_spec(step)
+    rows = np.array([self._corpus.pair_index[p] for p in spec.pair_ids], np.int64)
+    return {"query_tokens": self._gather("query", spec.query_languages, rows),
+            "passage_tokens": self._gather("passage", spec.passage_languages, rows),
+            "pair_ids": rows.astype(np.int32)}
+
+  def _gather(self, feature: str, languages: tuple[str, ...], rows: np.ndarray) -> np.ndarray:
+    if len(set(languages)) == 1:
+      return self._tokens[feature, languages[0]][rows]
+    out = np.empty((len(rows), self.task_feature_lengths[feature]), np.int32)
+    languages = np.asarray(languages)
+    for language in set(languages.tolist()):
+      mask = languages == language
+      out[mask] = self._tokens[feature, language][rows[mask]]
+    return out
+
+  def iterate(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    """Batches from `start_step` on, forever."""
+    step = start_step
+    while True:
+      yield self.batch(step)
+      step += 1
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    return self.iterate(0)
+
+
+def _token_tables(corpus: qa.HybridMixture, task_feature_lengths: Mapping[str, int]):
+  """{(feature, language): [num pair ids, length] int32}, rows by integer pair id, padded.
+
+  Tokenised once per corpus and lengths through the corpus's mono seqio tasks, then shared.
+  """
+  lengths = (task_feature_lengths["query"], task_feature_lengths["passage"])
+  cached = _TOKEN_CACHE.setdefault(corpus, {})
+  if lengths not in cached:
+    pad, size = corpus.vocabulary.pad_id, len(corpus.pair_ids)
+    tokens = {}
+    for language, task_name in corpus.mono_tasks.items():
+      arrays = task_to_numpy(seqio.TaskRegistry.get(task_name), task_feature_lengths)
+      for feature in FEATURES:
+        table = np.full((size, task_feature_lengths[feature]), pad, np.int32)
+        table[arrays["pair_id"]] = arrays[feature]
+        table.flags.writeable = False
+        tokens[feature, language] = table
+    cached[lengths] = tokens
+  return cached[lengths]

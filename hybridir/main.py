@@ -1,0 +1,107 @@
+"""The gin entry point: `python -m hybridir.main --gin_file=gin_configs/runs/train.gin
+--gin.MODEL_DIR="'/tmp/run'" --gin.TRAIN_STEPS=100`.
+
+A run file binds `RUN` (the function to call: train, evaluate or export) and may bind `SETUP`,
+a list of calls made first (task registration, vocabulary preparation). `--gin.KEY=VALUE` flags
+are gin bindings, as in T5X. Bad bindings and missing required settings fail before any compute.
+"""
+import inspect
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import gin
+import jax
+
+from hybridir import gin_utils
+
+_GIN_FILE = flags.DEFINE_multi_string("gin_file", [], "Gin files, parsed in order.")
+_GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings (after the files).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0, for multi-host runs off Cloud TPU.")
+_PROCESS_COUNT = flags.DEFINE_integer("process_count", None, "Number of processes (hosts).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_MULTIHOST = flags.DEFINE_bool("multihost", None, "Initialise jax.distributed (default: "
+                               "auto, on when a coordinator is given or a TPU pod is detected).")
+
+
+def gin_flags_to_bindings(argv: list[str]) -> tuple[list[str], list[str]]:
+  """Splits T5X-style `--gin.KEY=VALUE` flags off argv, returning (argv, bindings)."""
+  rest, bindings = [], []
+  for arg in argv:
+    if arg.startswith("--gin."):
+      key, sep, value = arg[len("--gin."):].partition("=")
+      if not sep:
+        raise app.UsageError(f"{arg}: gin flags take the form --gin.KEY=VALUE")
+      bindings.append(f"{key} = {value}")
+    else:
+      rest.append(arg)
+  return rest, bindings
+
+
+def initialize_distributed() -> None:
+  """jax.distributed.initialize when several processes run the job."""
+  on_tpu_pod = "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
+  wanted = _MULTIHOST.value if _MULTIHOST.value is not None else (
+      bool(_COORDINATOR.value) or on_tpu_pod)
+  if not wanted:
+    return
+  jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                             num_processes=_PROCESS_COUNT.value, process_id=_PROCESS_ID.value)
+  logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def _missing_required(fn) -> list[str]:
+  """Keyword arguments without a default that no gin binding supplies."""
+  bound = set(gin.get_bindings(fn))
+  return [name for name, p in inspect.signature(fn).parameters.items()
+          if p.default is inspect.Parameter.empty and name not in bound
+          and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def resolve_run():
+  """The function bound to RUN, checked for missing required settings."""
+  try:
+    reference = gin.query_parameter("%RUN")
+  except ValueError as e:
+    raise app.UsageError("no RUN bound: include a run file (gin_configs/runs/*.gin)") from e
+  fn = reference.configurable.wrapped
+  missing = _missing_required(fn)
+  if missing:
+    raise app.UsageError(
+        f"{reference.configurable.name} is missing required settings: "
+        + ", ".join(missing) + " (bind them in a gin file or with --gin.KEY=VALUE)")
+  return reference.scoped_configurable_fn
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  initialize_distributed()
+  gin_utils.parse(_GIN_FILE.value, _GIN_BINDINGS.value + _EXTRA_BINDINGS)
+  run = resolve_run()
+  if jax.process_index() == 0:
+    logging.info("gin config:\n%s", gin.config_str())
+  try:
+    setup = gin.query_parameter("%SETUP")
+  except ValueError:
+    setup = []
+  for call in setup:
+    call.scoped_configurable_fn()
+  run()
+
+
+_EXTRA_BINDINGS: list[str] = []
+
+
+def console_main():
+  argv, bindings = gin_flags_to_bindings(sys.argv)
+  _EXTRA_BINDINGS.extend(bindings)
+  app.run(main, argv=argv)
+
+
+if __name__ == "__main__":
+  console_main()

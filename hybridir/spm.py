@@ -1,0 +1,74 @@
+"""Trains a SentencePiece model on a corpus's questions and passages, for runs from scratch.
+
+  python -m hybridir.spm --corpus DIR_OR_FILE --family t5|xlmr --vocab_size N --output PREFIX \
+      [--languages en de ...] [--passage_unit paragraph|sentence] [--character_coverage 0.9995]
+
+writes PREFIX.model and PREFIX.vocab (each passage counted once) and prints the model path. The
+family fixes the special ids: t5 pad 0, eos 1, unk 2; xlmr as XLM-R's model (fairseq adds <pad>).
+"""
+import argparse
+import os
+import sys
+import tempfile
+from typing import Sequence
+
+from hybridir import corpora
+from hybridir import vocab
+
+
+def corpus_texts(corpus: corpora.ParallelCorpus) -> list[str]:
+  """Every question, then every distinct passage, of every language (in a fixed order)."""
+  pairs = [corpus.pairs[language][i] for language in corpus.languages
+           for i in sorted(corpus.pairs[language])]
+  return [p.question for p in pairs] + list(dict.fromkeys(p.passage for p in pairs))
+
+
+def train(corpus_path: str, family: str, vocab_size: int, output: str,
+          languages: Sequence[str] | None = None, passage_unit: str = "paragraph",
+          character_coverage: float = 0.9995) -> str:
+  """Trains on the corpus and writes `output`.model/.vocab atomically; returns the model path."""
+  if vocab_size < 8:
+    raise ValueError(f"vocab_size must be at least 8, found {vocab_size}")
+  corpus = corpora.load_parallel_corpus(corpus_path, passage_unit, languages)
+  folder = os.path.dirname(os.path.abspath(output))
+  os.makedirs(folder, exist_ok=True)
+  with tempfile.TemporaryDirectory(dir=folder) as scratch:
+    prefix = os.path.join(scratch, "spm")
+    try:
+      vocab.train_sentencepiece(corpus_texts(corpus), prefix, vocab_size, family,
+                                character_coverage)
+    except RuntimeError as e:  # SentencePiece's own message says which setting to change.
+      raise ValueError(f"training on {corpus_path} failed: {e}") from e
+    os.replace(prefix + ".vocab", output + ".vocab")
+    os.replace(prefix + ".model", output + ".model")  # Last: a complete .model means done.
+  return output + ".model"
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="python -m hybridir.spm", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--corpus", required=True, help="folder of <lang>.json/.jsonl, or a .jsonl")
+  parser.add_argument("--family", choices=("t5", "xlmr"), required=True)
+  parser.add_argument("--vocab_size", type=int, required=True)
+  parser.add_argument("--output", required=True, help="model prefix: writes PREFIX.model")
+  parser.add_argument("--languages", nargs="+", help="default: all in the corpus")
+  parser.add_argument("--passage_unit", choices=corpora.PASSAGE_UNITS, default="paragraph")
+  parser.add_argument("--character_coverage", type=float, default=0.9995,
+                      help="share of characters covered (SentencePiece allows 0.98 to 1)")
+  return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = _parser().parse_args(argv)
+  try:
+    path = train(args.corpus, args.family, args.vocab_size, args.output, args.languages,
+                 args.passage_unit, args.character_coverage)
+  except ValueError as e:  # CorpusError and bad settings: say why, no traceback.
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print(path)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

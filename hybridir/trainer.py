@@ -1,0 +1,269 @@
+"""The training loop, T5X-style: sharded state born on the mesh, one compiled step, orbax
+checkpoints with the data position, TensorBoard summaries, evaluation hook, progress with ETA."""
+import dataclasses
+import math
+import os
+import signal
+import time
+from typing import Any, Callable
+
+from absl import logging
+import flax
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hybridir import checkpoints
+from hybridir import importers
+from hybridir import optim
+from hybridir import partitioning
+from hybridir import train_step as step_lib
+from hybridir.models import dual_encoder
+
+
+@dataclasses.dataclass
+class TrainResult:
+  state: step_lib.TrainState
+  history: list[dict]  # Host-side metrics of every step run in this call.
+  eval_history: list[dict]
+  compilations: int  # Times the train step was traced: 1 in a healthy run.
+  stopped_early: bool  # By SIGTERM (preemption): the state at that step was saved.
+
+
+class _Preemption:
+  """Turns SIGTERM (how Cloud TPU announces a preemption) into a flag the loop checks."""
+
+  def __init__(self):
+    self.requested = False
+
+  def __enter__(self):
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM received: saving a checkpoint and stopping")
+    self.requested = True
+
+  def __exit__(self, *exc):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+class _SummaryWriter:
+  """TensorBoard scalars from process 0 only."""
+
+  def __init__(self, logdir: str | None):
+    self._writer = None
+    if logdir and jax.process_index() == 0:
+      import tensorflow as tf  # Only the writer needs TensorFlow.
+      self._tf = tf
+      self._writer = tf.summary.create_file_writer(logdir)
+
+  def write(self, step: int, scalars: dict) -> None:
+    if self._writer is None:
+      return
+    with self._writer.as_default(step=step):
+      for name, value in scalars.items():
+        self._tf.summary.scalar(name, value)
+    self._writer.flush()
+
+
+def _to_host(metrics) -> dict:
+  return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def _imported_params(model: dual_encoder.DualEncoder, path: str) -> dict:
+  """Parameters from a Hugging Face directory or T5X checkpoint, checked against `model`."""
+  if os.path.exists(os.path.join(path, "config.json")):
+    _, params = importers.load_hf(path)
+  else:
+    _, params = importers.load_t5x(path, model.encoder_config)
+  tensors = {"/".join(k): v for k, v in flax.traverse_util.flatten_dict(params).items()}
+  return importers.assemble_params(model, tensors, [], path)  # Raises listing every mismatch.
+
+
+@gin.configurable
+def train(*, model: dual_encoder.DualEncoder, train_input: Any, task_feature_lengths: dict,
+          train_steps: int, model_dir: str, learning_rate_schedule: Callable | float,
+          optimizer_fn: Callable = optim.create_optimizer,
+          loss_config: step_lib.LossConfig = step_lib.LossConfig(), seed: int = 0,
+          mesh=None, logical_axis_rules=None, init_checkpoint: str | None = None,
+          checkpoint_period: int = 100, checkpointer_fn: Callable = checkpoints.Checkpointer,
+          eval_input: Any = None, eval_period: int = 0, eval_steps: int = 4,
+          best_metric: str | None = None, log_period: int = 10) -> TrainResult:
+  """Trains `model` on batches from `train_input.batch(step)` for `train_steps` steps.
+
+  Resumes from the latest checkpoint under `model_dir/checkpoints` (the data stream is a pure
+  function of (seed, step), so the step restores the data position too).
+  """
+  if train_steps < 1:
+    raise ValueError(f"train_steps must be >= 1, got {train_steps}")
+  missing = {"query", "passage"} - set(task_feature_lengths)
+  if missing:
+    raise ValueError(f"task_feature_lengths lacks {sorted(missing)}: {task_feature_lengths}")
+  if jax.default_backend() == "cpu":
+    # Measured fastest for dropout on XLA:CPU (PERFORMANCE-NOTES.md); TPU/GPU keep the default.
+    jax.config.update("jax_threefry_partitionable", False)
+  train_input = _host_input(train_input)
+  eval_input = _host_input(eval_input) if eval_input is not None else None
+  mesh = mesh or partitioning.create_mesh()
+  rules = logical_axis_rules or partitioning.standard_logical_axis_rules()
+  query_length, passage_length = task_feature_lengths["query"], task_feature_lengths["passage"]
+  optimizer = optimizer_fn(learning_rate_schedule=learning_rate_schedule)
+  schedule = (learning_rate_schedule if callable(learning_rate_schedule)
+              else lambda step: learning_rate_schedule)
+
+  replicated = partitioning.replicated(mesh)
+  with partitioning.axis_rules_context(rules, mesh):
+    boxed = step_lib.abstract_model_variables(model, query_length, passage_length)
+    param_shardings = {"model": partitioning.params_shardings(boxed, mesh, rules),
+                       "log_scale": replicated}
+    abstract_params = {"model": step_lib.strip_boxes(boxed),
+                       "log_scale": jax.ShapeDtypeStruct((), jnp.float32)}
+    state_shardings = step_lib.TrainState(
+        step=replicated, params=param_shardings,
+        opt_state=optim.optimizer_state_shardings(optimizer, abstract_params, param_shardings,
+                                                  mesh))
+    abstract_state = jax.eval_shape(lambda p: step_lib.TrainState(
+        jnp.zeros((), jnp.int32), p, optimizer.init(p)), abstract_params)
+
+  checkpointer = checkpointer_fn(os.path.join(model_dir, "checkpoints"), best_metric=best_metric)
+  start_step = checkpointer.latest_step()
+  if start_step is not None:
+    state, data_position = checkpointer.restore(start_step, abstract_state, state_shardings)
+    if data_position.get("seed") != seed:
+      logging.warning("checkpoint was written with seed %s, this run uses %s",
+                      data_position.get("seed"), seed)
+    logging.info("resumed from %s at step %d", model_dir, start_step)
+  else:
+    start_step = 0
+    state = _initial_state(model, optimizer, loss_config, seed, init_checkpoint, query_length,
+                           passage_length, abstract_params, param_shardings, state_shardings,
+                           mesh, rules)
+
+  compilations = [0]
+  train_step, _ = step_lib.make_train_step(
+      model, optimizer, loss_config,
+      constrain_batch=lambda x: jax.lax.with_sharding_constraint(
+          x, partitioning.batch_sharding(mesh)))
+
+  def counted_step(state, batch, rng):
+    compilations[0] += 1
+    return train_step(state, batch, rng)
+
+  batch_sharding = partitioning.batch_sharding(mesh)
+  p_train_step = jax.jit(counted_step, in_shardings=(state_shardings, batch_sharding, replicated),
+                         out_shardings=(state_shardings, replicated), donate_argnums=0)
+  p_eval_step = jax.jit(step_lib.make_eval_step(model, loss_config),
+                        in_shardings=(param_shardings, batch_sharding), out_shardings=replicated)
+  dropout_rng = jax.random.PRNGKey(seed + 1)
+  writer = _SummaryWriter(os.path.join(model_dir, "train") if jax.process_index() == 0 else None)
+  eval_writer = _SummaryWriter(os.path.join(model_dir, "eval") if eval_input is not None else None)
+
+  def data_position(step):
+    return {"step": step, "seed": seed, "input": str(getattr(train_input, "name", ""))}
+
+  def run_eval(params, step):
+    results = [_to_host(p_eval_step(params, partitioning.host_local_to_global(
+        eval_input.batch(i), mesh))) for i in range(eval_steps)]
+    metrics = {f"eval/{k}": float(np.mean([r[k] for r in results])) for k in results[0]}
+    eval_writer.write(step, metrics)
+    logging.info("eval at step %d: %s", step, _format(metrics))
+    return metrics
+
+  history, eval_history = [], []
+  last_saved = start_step if start_step else None
+  pending = None  # (step, metrics on device, seconds, tokens) of the step before.
+  started = time.time()
+  stopped_early = False
+
+  def finish(pending_step):
+    """Fetches a step's metrics, stops on NaN/Inf, logs and writes them."""
+    step, metrics, seconds, tokens = pending_step
+    metrics = _to_host(metrics)
+    if not math.isfinite(metrics["loss"]):
+      checkpointer.wait()
+      raise FloatingPointError(
+          f"loss is {metrics['loss']} at step {step}; stopping. Last good checkpoint: "
+          + (f"{model_dir}/checkpoints/{last_saved}" if last_saved is not None else "none"))
+    examples = train_input.batch_size if hasattr(train_input, "batch_size") else float("nan")
+    metrics.update(learning_rate=float(schedule(step - 1)), seconds_per_step=seconds,
+                   examples_per_second=examples / seconds, tokens_per_second=tokens / seconds)
+    history.append(dict(metrics, step=step))
+    writer.write(step, metrics)
+    if step % log_period == 0 or step == train_steps:
+      done = step - start_step
+      eta = (time.time() - started) / done * (train_steps - step)
+      logging.info("step %d/%d %s eta %s", step, train_steps, _format(metrics), _eta(eta))
+
+  with partitioning.axis_rules_context(rules, mesh), _Preemption() as preemption:
+    for step in range(start_step, train_steps):
+      host_batch = train_input.batch(step)
+      tokens = sum(int(np.sum(host_batch[k] != model.encoder_config.pad_id))
+                   for k in ("query_tokens", "passage_tokens")) * jax.process_count()
+      batch = partitioning.host_local_to_global(host_batch, mesh)
+      tick = time.time()
+      state, metrics = p_train_step(state, batch, dropout_rng)
+      if pending:
+        finish(pending)
+      jax.block_until_ready(metrics)
+      pending = (step + 1, metrics, time.time() - tick, tokens)
+      done_step = step + 1
+      eval_metrics = None
+      if eval_input is not None and eval_period and done_step % eval_period == 0:
+        finish(pending)
+        pending = None
+        eval_metrics = run_eval(state.params, done_step)
+        eval_history.append(dict(eval_metrics, step=done_step))
+      if done_step % checkpoint_period == 0 or done_step == train_steps or preemption.requested:
+        if pending:
+          finish(pending)
+          pending = None
+        checkpointer.save(done_step, state, data_position(done_step), eval_metrics,
+                          force=True)
+        last_saved = done_step
+      if preemption.requested:
+        stopped_early = True
+        break
+    if pending:
+      finish(pending)
+  checkpointer.close()
+  return TrainResult(state, history, eval_history, compilations[0], stopped_early)
+
+
+def _host_input(source):
+  """An object with .batch(step), or a factory (e.g. gin's @HybridInput) building this host's."""
+  if hasattr(source, "batch") and not isinstance(source, type):
+    return source
+  return source(host_index=jax.process_index(), host_count=jax.process_count())
+
+
+def _initial_state(model, optimizer, loss_config, seed, init_checkpoint, query_length,
+                   passage_length, abstract_params, param_shardings, state_shardings, mesh, rules):
+  """A fresh state born sharded: from scratch (jitted init) or from an imported checkpoint."""
+  if init_checkpoint:
+    model_params = _imported_params(model, init_checkpoint)
+    params = jax.device_put(step_lib.initial_params(model_params, loss_config), param_shardings)
+    opt_state = jax.jit(optimizer.init, out_shardings=state_shardings.opt_state)(params)
+    step = jax.device_put(jnp.zeros((), jnp.int32), state_shardings.step)
+    logging.info("initialised from %s", init_checkpoint)
+    return step_lib.TrainState(step, params, opt_state)
+
+  def init(rng):
+    params = step_lib.initial_params(
+        step_lib.init_model_params(model, rng, query_length, passage_length), loss_config)
+    return step_lib.TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+
+  return jax.jit(init, out_shardings=state_shardings)(jax.random.PRNGKey(seed))
+
+
+def _format(metrics: dict) -> str:
+  keys = ("loss", "accuracy", "mrr", "learning_rate", "grad_norm", "examples_per_second",
+          "eval/loss", "eval/mrr", "eval/accuracy")
+  return " ".join(f"{k}={metrics[k]:.4g}" for k in keys if k in metrics)
+
+
+def _eta(seconds: float) -> str:
+  seconds = int(seconds)
+  return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

@@ -1,0 +1,245 @@
+"""SeqIO registrations of a parallel QA corpus: mono/cross-lingual tasks and their mixtures.
+
+`register_parallel_qa("xquad", path, "t5", spm)` registers, for languages l, x != y:
+
+  xquad_mono_{l}       query_l, passage_l          xquad_mono_mix   mono tasks, rates by size
+  xquad_cross_{x}_{y}  query_x, passage_y          xquad_cross_mix  cross tasks, rates by size
+                                                   xquad_all_mix    both, rates by size
+  xquad_hybrid         a `HybridMixture` (not a seqio Mixture): batch-level mono/cross sampling
+
+Every example holds `query` and `passage` (token ids: T5 appends EOS, XLM-R wraps in <s> ... </s>,
+truncated to the feature length keeping the end token), `pair_id` (the index of the string pair id
+in the sorted ids of the whole corpus, so the same in every language and split) and
+`query_language` / `passage_language`.
+"""
+import functools
+import os
+from typing import Sequence
+
+import gin
+import seqio
+import tensorflow as tf
+
+from hybridir import corpora
+from hybridir import hybrid
+from hybridir import vocab
+
+SPLIT = "train"  # The seqio split of every QA task; `split` below chooses its content.
+TEST_FRACTION = 0.2  # split="train"/"test": a seeded split of whole articles (seed 0).
+FAMILIES = ("t5", "xlmr")
+
+
+@functools.lru_cache(maxsize=None)
+def get_vocabulary(family: str, spm_path: str) -> seqio.SentencePieceVocabulary:
+  """The family's seqio vocabulary, loaded once per (family, path)."""
+  if family not in FAMILIES:
+    raise ValueError(f"family must be one of {FAMILIES}, found {family!r}")
+  if not str(spm_path).startswith("gs://") and not os.path.isfile(spm_path):
+    raise FileNotFoundError(f"spm_path {spm_path}: no such SentencePiece model file")
+  return vocab.get_vocabulary(family, str(spm_path))
+
+
+def output_features(family: str, spm_path: str, required: bool = True) -> dict[str, seqio.Feature]:
+  """`query` and `passage` token ids ending in the family's end token (EOS, or XLM-R's </s>).
+
+  Evaluation tasks hold one of the two (`required=False`): a seqio Mixture needs equal features.
+  """
+  vocabulary = get_vocabulary(family, spm_path)
+  return {name: seqio.Feature(vocabulary, add_eos=True, required=required, dtype=tf.int32)
+          for name in ("query", "passage")}
+
+
+@seqio.map_over_dataset
+def _prepend_bos(features):
+  """XLM-R's <s> before the token features (the tokenised ones: `*_pretokenized` kept)."""
+  out = dict(features)
+  for key in ("query", "passage"):
+    if key in out and out[key].dtype == tf.int32:
+      out[key] = tf.concat([[vocab.XLMRVocabulary.BOS_ID], out[key]], axis=0)
+  return out
+
+
+def preprocessors(family: str) -> list:
+  """Tokenise, add XLM-R's <s>, trim to length - 1 and append the end token."""
+  steps = [seqio.preprocessors.tokenize]
+  if family == "xlmr":
+    steps.append(_prepend_bos)
+  return steps + [seqio.preprocessors.append_eos_after_trim]
+
+
+def function_source(examples_fn, split: str, num_examples: int) -> seqio.FunctionDataSource:
+  """A seqio source of one split from `examples_fn() -> dict of equal-length lists`."""
+
+  def dataset_fn(split, shuffle_files, seed=None):
+    del split, shuffle_files, seed  # In-memory, ordered; shuffling is the input pipeline's job.
+    return tf.data.Dataset.from_tensor_slices(examples_fn())
+
+  return seqio.FunctionDataSource(dataset_fn, splits=(split,),
+                                  num_input_examples={split: num_examples})
+
+
+def remove_providers(names: Sequence[str]) -> None:
+  """Forgets tasks and mixtures (seqio raises on duplicate names)."""
+  for name in names:
+    seqio.MixtureRegistry.remove(name)
+    seqio.TaskRegistry.remove(name)
+
+
+@gin.configurable(allowlist=["alpha", "temperature", "mono_mixed_languages", "cross_mixed_pairs",
+                             "language_sampling"])
+class HybridMixture:
+  """A corpus registered for hybrid batches: the input pipeline draws whole batches from it.
+
+  Args:
+    name: the registered name, `{corpus name}_hybrid`.
+    corpus: the (split) parallel corpus the batches come from.
+    family: 't5' or 'xlmr'.
+    spm_path: the SentencePiece model.
+    pair_ids: the string pair id of each integer `pair_id` (sorted ids of the whole corpus).
+    alpha, temperature, mono_mixed_languages, cross_mixed_pairs, language_sampling: as
+      `hybrid.HybridSampler`; gin-configurable (`HybridMixture.alpha = 0.3`).
+
+  `tasks` ({task name: (query language, passage language)}) lists the corpus's seqio tasks.
+  """
+
+  def __init__(self, name: str, corpus: corpora.ParallelCorpus, family: str, spm_path: str,
+               pair_ids: Sequence[str], alpha: float | str = 0.5, temperature: float = 1.0,
+               mono_mixed_languages: bool = False, cross_mixed_pairs: bool = False,
+               language_sampling: str = "uniform"):
+    self.name = name
+    self.corpus = corpus
+    self.family = family
+    self.spm_path = spm_path
+    self.pair_ids = tuple(pair_ids)
+    self.pair_index = {pair_id: i for i, pair_id in enumerate(self.pair_ids)}
+    self.tasks: dict[str, tuple[str, str]] = {}
+    self.options = dict(alpha=alpha, temperature=temperature,
+                        mono_mixed_languages=mono_mixed_languages,
+                        cross_mixed_pairs=cross_mixed_pairs, language_sampling=language_sampling)
+    try:  # Fail at registration, not at the first batch, on a bad option.
+      self.sampler(batch_size=1)
+    except ValueError as e:
+      raise ValueError(f"hybrid mixture {name!r}: {e}") from e
+
+  @property
+  def mono_tasks(self) -> dict[str, str]:
+    """{language: its mono task}: these tokenise every question and passage once."""
+    return {x: task for task, (x, y) in self.tasks.items() if x == y}
+
+  def task_pair_ids(self, query_language: str, passage_language: str) -> list[str]:
+    """The pair ids present in both languages, in integer `pair_id` order (a task's order)."""
+    shared = (self.corpus.pairs[query_language].keys()
+              & self.corpus.pairs[passage_language].keys())
+    return sorted(shared, key=self.pair_index.get)
+
+  @property
+  def vocabulary(self) -> seqio.SentencePieceVocabulary:
+    return get_vocabulary(self.family, self.spm_path)
+
+  @property
+  def languages(self) -> tuple[str, ...]:
+    return self.corpus.languages
+
+  def sampler(self, batch_size: int, seed: int = 0) -> hybrid.HybridSampler:
+    """The batch schedule over this corpus with this mixture's options."""
+    return hybrid.HybridSampler(self.corpus, batch_size, seed=seed, **self.options)
+
+
+_HYBRID_MIXTURES: dict[str, HybridMixture] = {}
+_REGISTERED: dict[str, list[str]] = {}  # Corpus name -> the seqio names it registered.
+_OWNER: dict[str, HybridMixture] = {}  # Task or mixture name -> its corpus's hybrid mixture.
+
+
+def get_hybrid_mixture(name: str) -> HybridMixture:
+  """The registered hybrid mixture `name`, else a ValueError listing those registered."""
+  if name not in _HYBRID_MIXTURES:
+    raise ValueError(f"no hybrid mixture {name!r}; registered: {sorted(_HYBRID_MIXTURES)}")
+  return _HYBRID_MIXTURES[name]
+
+
+def hybrid_mixture_names() -> list[str]:
+  return sorted(_HYBRID_MIXTURES)
+
+
+def owner(task_or_mixture_name: str) -> HybridMixture | None:
+  """The hybrid mixture of the corpus a QA task or mixture was registered from, if any."""
+  return _OWNER.get(task_or_mixture_name)
+
+
+def _apply_split(corpus: corpora.ParallelCorpus, split, where: str) -> corpora.ParallelCorpus:
+  """None: all; "train"/"test": a seeded article split; a list of article titles: those."""
+  if split is None:
+    return corpus
+  if split in ("train", "test"):
+    train, test = corpus.split_by_article(TEST_FRACTION, seed=0)
+    return train if split == "train" else test
+  if isinstance(split, str):
+    raise ValueError(f"{where}: split must be None, 'train', 'test' or a list of article titles, "
+                     f"found {split!r}")
+  titles = set(split)
+  kept = {pair_id for language in corpus.languages
+          for pair_id, pair in corpus.pairs[language].items() if pair.article_id in titles}
+  if not kept:
+    raise ValueError(f"{where}: none of the {len(titles)} split article titles were found")
+  return corpus.restrict(kept)
+
+
+def _examples_fn(mixture: HybridMixture, query_language: str, passage_language: str):
+  def examples():
+    ids = mixture.task_pair_ids(query_language, passage_language)
+    queries = mixture.corpus.pairs[query_language]
+    passages = mixture.corpus.pairs[passage_language]
+    return {"query": [queries[i].question for i in ids],
+            "passage": [passages[i].passage for i in ids],
+            "pair_id": tf.constant([mixture.pair_index[i] for i in ids], tf.int32),
+            "query_language": [query_language] * len(ids),
+            "passage_language": [passage_language] * len(ids)}
+  return examples
+
+
+@gin.configurable
+def register_parallel_qa(name: str, corpus_path: str, family: str, spm_path: str,
+                         languages: Sequence[str] | None = None, passage_unit: str = "paragraph",
+                         split=None, **hybrid_options) -> HybridMixture:
+  """Registers a corpus's mono and cross tasks, mixtures and `{name}_hybrid`; returns the last.
+
+  Registering `name` again replaces what the earlier call registered. `hybrid_options` override
+  `HybridMixture`'s gin-configured alpha, temperature, ...
+  """
+  where = f"register_parallel_qa({name!r}, {str(corpus_path)!r})"
+  if family not in FAMILIES:
+    raise ValueError(f"{where}: family must be one of {FAMILIES}, found {family!r}")
+  features = output_features(family, str(spm_path))
+  full = corpora.load_parallel_corpus(corpus_path, passage_unit, languages)
+  mixture = HybridMixture(f"{name}_hybrid", _apply_split(full, split, where), family,
+                          str(spm_path), full.pair_ids(), **hybrid_options)
+  unregister_parallel_qa(name)
+  mono, cross = [], []
+  for x in mixture.languages:
+    for y in mixture.languages:
+      size = len(mixture.task_pair_ids(x, y))
+      if x != y and not size:
+        continue
+      task_name = f"{name}_mono_{x}" if x == y else f"{name}_cross_{x}_{y}"
+      seqio.TaskRegistry.add(task_name, function_source(_examples_fn(mixture, x, y), SPLIT, size),
+                             output_features=features, preprocessors=preprocessors(family))
+      mixture.tasks[task_name] = (x, y)
+      (mono if x == y else cross).append((task_name, size))
+  mixtures = {f"{name}_mono_mix": mono, f"{name}_cross_mix": cross, f"{name}_all_mix": mono + cross}
+  for mixture_name, rates in mixtures.items():
+    if rates:
+      seqio.MixtureRegistry.add(mixture_name, [(t, max(n, 1)) for t, n in rates])
+  registered = [t for t, _ in mono + cross] + [m for m, rates in mixtures.items() if rates]
+  _REGISTERED[name] = registered
+  _HYBRID_MIXTURES[mixture.name] = mixture
+  _OWNER.update({provider: mixture for provider in registered + [mixture.name]})
+  return mixture
+
+
+def unregister_parallel_qa(name: str) -> None:
+  """Removes what `register_parallel_qa(name, ...)` registered; no-op if nothing."""
+  registered = _REGISTERED.pop(name, [])
+  remove_providers(registered)
+  for provider in registered + [f"{name}_hybrid"]:
+    _OWNER.pop(provider, None)
+  _HYBRID_MIXTURES.pop(f"{name}_hybrid", None)

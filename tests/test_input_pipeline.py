@@ -1,0 +1,166 @@
+"""HybridInput: host-local numpy batches of hybrid mixtures, seqio tasks and seqio mixtures."""
+import numpy as np
+import pytest
+import seqio
+
+import tasks
+from hybridir import input_pipeline
+from hybridir import vocab
+from tests.test_tasks import spm_models  # noqa: F401  (the shared SentencePiece fixture)
+
+LANGUAGES = ("de", "en", "zh")
+LENGTHS = {"query": 16, "passage": 32}
+
+
+@pytest.fixture(scope="module")
+def mixture(data_dir, spm_models):  # noqa: F811
+  return tasks.register_parallel_qa("ip", data_dir / "xquad-r", "t5", spm_models["t5"],
+                                    languages=LANGUAGES)
+
+
+def hybrid_input(mixture, **kwargs):
+  kwargs.setdefault("batch_size", 8)
+  return input_pipeline.HybridInput(mixture.name, LENGTHS, **kwargs)
+
+
+def test_batch_is_host_local_int32_of_the_feature_lengths(mixture):
+  batch = hybrid_input(mixture, host_index=1, host_count=2).batch(0)
+  assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {
+      "query_tokens": ((4, 16), np.int32), "passage_tokens": ((4, 32), np.int32),
+      "pair_ids": ((4,), np.int32)}
+
+
+def test_restart_at_step_n_gives_the_batches_of_an_uninterrupted_run(mixture):
+  uninterrupted = hybrid_input(mixture, seed=3)
+  first = [batch for batch, _ in zip(uninterrupted, range(8))][5:]
+  restarted = hybrid_input(mixture, seed=3).iterate(start_step=5)
+  for expected in first:
+    actual = next(restarted)
+    for key in expected:
+      np.testing.assert_array_equal(actual[key], expected[key])
+
+
+def test_seeds_give_different_schedules(mixture):
+  one, two = hybrid_input(mixture, seed=0), hybrid_input(mixture, seed=1)
+  assert any(not np.array_equal(one.batch(s)["pair_ids"], two.batch(s)["pair_ids"])
+             for s in range(4))
+
+
+def test_two_hosts_share_kind_and_languages_and_draw_disjoint_pairs(mixture):
+  hosts = [hybrid_input(mixture, host_index=i, host_count=2) for i in range(2)]
+  whole = hybrid_input(mixture)
+  for step in range(10):
+    specs = [host.batch_spec(step) for host in hosts]
+    assert len({(s.kind, s.query_language, s.passage_language) for s in specs}) == 1
+    ids = [host.batch(step)["pair_ids"] for host in hosts]
+    assert not set(ids[0]) & set(ids[1])
+    np.testing.assert_array_equal(np.concatenate(ids), whole.batch(step)["pair_ids"])
+
+
+def test_default_batches_have_no_duplicate_pair_ids(mixture):
+  source = hybrid_input(mixture, batch_size=32)
+  for step in range(20):
+    assert len(set(source.batch(step)["pair_ids"].tolist())) == 32
+
+
+def expected_tokens(vocabulary, text, length):
+  """Ids without the end token, as the family's tokenizer truncates them."""
+  return vocab.tokenize(vocabulary, "t5", text, length)[:-1]
+
+
+def test_mono_batch_queries_and_passages_are_that_languages_texts(mixture):
+  source = hybrid_input(mixture)
+  step = next(s for s in range(50) if source.batch_spec(s).kind == "mono")
+  spec, batch = source.batch_spec(step), source.batch(step)
+  language = spec.query_language
+  for row, pair_id in enumerate(spec.pair_ids):
+    pair = mixture.corpus.pairs[language][pair_id]
+    query, passage = batch["query_tokens"][row], batch["passage_tokens"][row]
+    assert query[query != 0].tolist()[:-1] == expected_tokens(source.vocabulary, pair.question, 16)
+    assert passage[passage != 0].tolist()[:-1] == expected_tokens(source.vocabulary, pair.passage,
+                                                                  32)
+    assert mixture.pair_index[pair_id] == batch["pair_ids"][row]
+
+
+def test_cross_batch_passages_are_in_the_passage_language(mixture):
+  source = hybrid_input(mixture)
+  step = next(s for s in range(50) if source.batch_spec(s).kind == "cross")
+  spec, batch = source.batch_spec(step), source.batch(step)
+  assert spec.query_language != spec.passage_language
+  pair = mixture.corpus.pairs[spec.passage_language][spec.pair_ids[0]]
+  passage = batch["passage_tokens"][0]
+  assert passage[passage != 0].tolist()[:-1] == expected_tokens(source.vocabulary, pair.passage,
+                                                                32)
+
+
+def test_mixed_pair_batches_gather_each_examples_languages(data_dir, spm_models):  # noqa: F811
+  mixed = tasks.register_parallel_qa("ipm", data_dir / "xquad-r", "t5", spm_models["t5"],
+                                     languages=LANGUAGES, alpha=0.0, cross_mixed_pairs=True)
+  source = hybrid_input(mixed)
+  spec, batch = source.batch_spec(0), source.batch(0)
+  assert spec.query_language == "mixed" and len(set(spec.query_languages)) > 1
+  for row, (pair_id, language) in enumerate(zip(spec.pair_ids, spec.query_languages)):
+    query = batch["query_tokens"][row]
+    question = mixed.corpus.pairs[language][pair_id].question
+    assert query[query != 0].tolist()[:-1] == expected_tokens(source.vocabulary, question, 16)
+
+
+def test_xlmr_batches_pad_with_1_after_bos_0_and_eos_2(data_dir, spm_models):  # noqa: F811
+  xlmr = tasks.register_parallel_qa("ipx", data_dir / "xquad-r", "xlmr", spm_models["xlmr"],
+                                    languages=("de", "en"))
+  source = input_pipeline.HybridInput(xlmr.name, {"query": 64, "passage": 32}, batch_size=4)
+  query = source.batch(0)["query_tokens"]
+  assert source.family == "xlmr" and source.vocabulary.pad_id == 1
+  assert np.all(query[:, 0] == 0) and np.all(query[:, -1] == 1)
+  for row in query:
+    assert row[row != 1][-1] == 2
+
+
+def test_seqio_task_batches_are_deterministic_epochs_of_distinct_examples(mixture):
+  one = input_pipeline.HybridInput("ip_cross_en_de", LENGTHS, batch_size=8, seed=2)
+  two = input_pipeline.HybridInput("ip_cross_en_de", LENGTHS, batch_size=8, seed=2)
+  np.testing.assert_array_equal(one.batch(7)["passage_tokens"], two.batch(7)["passage_tokens"])
+  epoch = np.concatenate([one.batch(step)["pair_ids"] for step in range(1190 // 8)])
+  assert len(set(epoch.tolist())) == len(epoch)
+  spec = one.batch_spec(0)
+  assert (spec.kind, spec.query_language, spec.passage_language) == ("example", "en", "de")
+  assert spec.pair_ids[0] in mixture.pair_index
+
+
+def test_seqio_task_batches_hold_the_tasks_own_examples(mixture):
+  source = input_pipeline.HybridInput("ip_cross_zh_de", LENGTHS, batch_size=8)
+  examples = input_pipeline.task_to_numpy(seqio.TaskRegistry.get("ip_cross_zh_de"), LENGTHS)
+  row_of = {pair_id: row for row, pair_id in enumerate(examples["pair_id"])}
+  batch = source.batch(3)
+  rows = [row_of[pair_id] for pair_id in batch["pair_ids"]]
+  np.testing.assert_array_equal(batch["query_tokens"], examples["query"][rows])
+  np.testing.assert_array_equal(batch["passage_tokens"], examples["passage"][rows])
+
+
+def test_example_mixture_batches_mix_tasks_on_each_host(mixture):
+  hosts = [input_pipeline.HybridInput("ip_mono_mix", LENGTHS, batch_size=16, seed=0,
+                                      host_index=i, host_count=2) for i in range(2)]
+  specs = [host.batch_spec(0) for host in hosts]
+  assert set(specs[0].query_languages + specs[1].query_languages) == set(LANGUAGES)
+  assert all(s.query_languages == s.passage_languages for s in specs)
+  assert hosts[0].batch(0)["query_tokens"].shape == (8, 16)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(mixture_or_task_name="nope_hybrid"), "unknown task or mixture 'nope_hybrid'"),
+    (dict(task_feature_lengths={"query": 1, "passage": 32}), r"\['query'\] must be .* >= 2"),
+    (dict(task_feature_lengths={"query": 16}), r"missing \['passage'\]"),
+    (dict(batch_size=6, host_count=4), "batch_size 6 is not divisible by host_count 4"),
+    (dict(batch_size=4, host_index=2, host_count=2), r"host_index must be in \[0, 2\)"),
+    (dict(batch_size=2000), "batch_size 2000 is larger than the 1190 pair ids"),
+])
+def test_invalid_settings_fail_early_and_say_why(mixture, kwargs, message):
+  settings = dict(mixture_or_task_name=mixture.name, task_feature_lengths=LENGTHS, batch_size=8)
+  with pytest.raises(ValueError, match=message):
+    input_pipeline.HybridInput(**{**settings, **kwargs})
+
+
+def test_evaluation_task_is_refused_as_training_input(data_dir, spm_models):  # noqa: F811
+  tasks.register_lareqa("xquad_r", data_dir, "t5", spm_models["t5"], languages=("en",))
+  with pytest.raises(ValueError, match=r"'xquad_r_en_\w+' .* is not a parallel QA task"):
+    input_pipeline.HybridInput("lareqa_xquad_r", LENGTHS, batch_size=8)

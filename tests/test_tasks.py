@@ -1,0 +1,183 @@
+"""SeqIO registrations: parallel QA tasks and mixtures, the hybrid mixture, evaluation mixtures."""
+import gin
+import pytest
+import seqio
+
+import tasks
+from hybridir import corpora
+from hybridir import vocab
+
+LANGUAGES = ("de", "en", "zh")
+LENGTHS = {"query": 16, "passage": 24}
+
+
+@pytest.fixture(scope="session")
+def spm_models(data_dir, tmp_path_factory):
+  """{'t5': path, 'xlmr': path}: small SentencePiece models of XQuAD-R de/en/zh questions."""
+  corpus = corpora.load_parallel_corpus(data_dir / "xquad-r", languages=LANGUAGES)
+  texts = [pair.question for language in LANGUAGES for pair in corpus.pairs[language].values()]
+  folder = tmp_path_factory.mktemp("spm")
+  return {family: vocab.train_sentencepiece(texts, str(folder / family), 800, family,
+                                            character_coverage=0.98)
+          for family in ("t5", "xlmr")}
+
+
+@pytest.fixture(scope="module")
+def xquad(data_dir):
+  return corpora.load_parallel_corpus(data_dir / "xquad-r", languages=LANGUAGES)
+
+
+def register(data_dir, spm_models, name="xq", family="t5", **kwargs):
+  kwargs.setdefault("languages", LANGUAGES)
+  return tasks.register_parallel_qa(name, data_dir / "xquad-r", family, spm_models[family],
+                                    **kwargs)
+
+
+def first_examples(task_name, count=3):
+  task = seqio.get_mixture_or_task(task_name)
+  dataset = task.get_dataset(LENGTHS, split=task.splits[0], shuffle=False)
+  return list(dataset.take(count).as_numpy_iterator())
+
+
+def test_registration_creates_a_mono_task_per_language_and_a_cross_task_per_ordered_pair(
+    data_dir, spm_models):
+  register(data_dir, spm_models)
+  names = {n for n in seqio.TaskRegistry.names() if n.startswith("xq_")}
+  assert names == {"xq_mono_de", "xq_mono_en", "xq_mono_zh", "xq_cross_de_en", "xq_cross_de_zh",
+                   "xq_cross_en_de", "xq_cross_en_zh", "xq_cross_zh_de", "xq_cross_zh_en"}
+  mixtures = {n for n in seqio.MixtureRegistry.names() if n.startswith("xq_")}
+  assert mixtures == {"xq_mono_mix", "xq_cross_mix", "xq_all_mix"}
+  assert "xq_hybrid" in tasks.hybrid_mixture_names()
+
+
+def test_mono_example_has_one_language_and_t5_ids_end_in_eos(data_dir, spm_models, xquad):
+  register(data_dir, spm_models)
+  vocabulary = tasks.get_vocabulary("t5", spm_models["t5"])
+  for example in first_examples("xq_mono_de"):
+    assert example["query_language"] == example["passage_language"] == b"de"
+    pair = xquad.pairs["de"][tasks.get_hybrid_mixture("xq_hybrid").pair_ids[example["pair_id"]]]
+    assert example["query"].tolist() == vocab.tokenize(vocabulary, "t5", pair.question, 16)
+    assert example["query"][-1] == vocabulary.eos_id == 1
+
+
+def test_long_passage_is_truncated_to_its_length_keeping_eos(data_dir, spm_models):
+  register(data_dir, spm_models)
+  passage = first_examples("xq_mono_en", count=1)[0]["passage"]
+  assert len(passage) == LENGTHS["passage"] and passage[-1] == 1 and 0 not in passage
+
+
+def test_cross_example_pairs_a_question_with_the_translated_passage(data_dir, spm_models, xquad):
+  register(data_dir, spm_models)
+  pair_ids = tasks.get_hybrid_mixture("xq_hybrid").pair_ids
+  for example in first_examples("xq_cross_en_zh"):
+    assert (example["query_language"], example["passage_language"]) == (b"en", b"zh")
+    pair_id = pair_ids[example["pair_id"]]
+    assert example["query_pretokenized"].decode() == xquad.pairs["en"][pair_id].question
+    assert example["passage_pretokenized"].decode() == xquad.pairs["zh"][pair_id].passage
+
+
+def test_pair_id_is_the_same_index_in_every_language(data_dir, spm_models):
+  register(data_dir, spm_models)
+  by_language = [[(e["pair_id"], e["query_pretokenized"]) for e in first_examples(f"xq_mono_{x}")]
+                 for x in LANGUAGES]
+  assert [[i for i, _ in examples] for examples in by_language] == [[0, 1, 2]] * 3
+  assert len({text for examples in by_language for _, text in examples}) == 9
+
+
+def test_xlmr_ids_start_with_bos_0_and_end_with_eos_2(data_dir, spm_models):
+  register(data_dir, spm_models, name="xqx", family="xlmr")
+  for example in first_examples("xqx_cross_de_en"):
+    for feature in ("query", "passage"):
+      assert example[feature][0] == 0 and example[feature][-1] == 2
+      assert not {0, 1, 2} & set(example[feature][1:-1].tolist())
+
+
+def test_reregistration_replaces_the_earlier_tasks(data_dir, spm_models):
+  register(data_dir, spm_models, name="xqr")
+  register(data_dir, spm_models, name="xqr")
+  register(data_dir, spm_models, name="xqr", languages=("de", "en"))
+  names = {n for n in seqio.TaskRegistry.names() if n.startswith("xqr_")}
+  assert names == {"xqr_mono_de", "xqr_mono_en", "xqr_cross_de_en", "xqr_cross_en_de"}
+  assert tasks.get_hybrid_mixture("xqr_hybrid").languages == ("de", "en")
+
+
+def test_example_mixtures_are_rated_by_task_size(data_dir, spm_models):
+  register(data_dir, spm_models)
+  mixture = seqio.get_mixture_or_task("xq_all_mix")
+  assert len(mixture.tasks) == 9
+  assert {mixture.get_rate(task) for task in mixture.tasks} == {1190}
+
+
+def test_hybrid_options_come_from_gin_unless_given(data_dir, spm_models):
+  with gin.unlock_config():
+    gin.bind_parameter("HybridMixture.alpha", 0.9)
+    gin.bind_parameter("HybridMixture.cross_mixed_pairs", True)
+  try:
+    configured = register(data_dir, spm_models, name="xqg")
+    explicit = register(data_dir, spm_models, name="xqg", alpha="by_size")
+  finally:
+    gin.clear_config()
+  assert configured.options["alpha"] == 0.9 and configured.options["cross_mixed_pairs"]
+  assert explicit.options["alpha"] == "by_size" and explicit.options["cross_mixed_pairs"]
+
+
+def test_invalid_hybrid_option_fails_at_registration(data_dir, spm_models):
+  with pytest.raises(ValueError, match="xqa_hybrid.*alpha must be in"):
+    register(data_dir, spm_models, name="xqa", alpha=1.5)
+
+
+def test_train_and_test_splits_hold_disjoint_articles(data_dir, spm_models):
+  train = register(data_dir, spm_models, name="xqtrain", split="train").corpus
+  test = register(data_dir, spm_models, name="xqtest", split="test").corpus
+  assert train.article_ids().isdisjoint(test.article_ids())
+  assert len(train.pair_ids()) + len(test.pair_ids()) == 1190
+
+
+def test_lareqa_mixtures_give_the_published_counts(data_dir, spm_models):
+  tasks.register_lareqa("xquad_r", data_dir, "t5", spm_models["t5"], languages=("de", "en"))
+  tasks.register_lareqa("mlqa_r", data_dir, "t5", spm_models["t5"], languages=("de", "en"))
+  for name in ("lareqa_xquad_r", "lareqa_mlqa_r", "lareqa"):
+    assert name in seqio.MixtureRegistry.names()
+  datasets = dict(tasks.evaluation_mixture_datasets("lareqa"))
+  assert {d: s.stats()["de"]["questions"] for d, s in datasets.items()} == {
+      "xquad_r": 1190, "mlqa_r": 512}
+  assert datasets["xquad_r"].stats()["en"]["candidates"] == 1180
+  assert datasets["mlqa_r"].stats()["en"]["candidates"] == 6264
+  assert [d for d, _ in tasks.evaluation_mixture_datasets("lareqa_mlqa_r")] == ["mlqa_r"]
+
+
+def test_lareqa_tasks_hold_queries_and_candidate_sentences(data_dir, spm_models):
+  tasks.register_lareqa("xquad_r", data_dir, "t5", spm_models["t5"], languages=("de", "en"))
+  assert set(tasks.dataset_tasks("xquad_r")) == {
+      "xquad_r_de_queries", "xquad_r_de_candidates", "xquad_r_en_queries",
+      "xquad_r_en_candidates"}
+  query = first_examples("xquad_r_en_queries", count=1)[0]
+  candidate = first_examples("xquad_r_en_candidates", count=1)[0]
+  assert "passage" not in query and query["query"][-1] == 1
+  assert "query" not in candidate and candidate["candidate_id"] == b"en:0:0"
+  size = seqio.get_mixture_or_task("xquad_r_en_candidates").num_input_examples("test")
+  assert size == 1180
+
+
+def test_miracl_language_joins_the_miracl_mixture(tmp_path, spm_models):
+  (tmp_path / "topics.tsv").write_text("q1\tWer war Kant?\n")
+  (tmp_path / "qrels.txt").write_text("q1 Q0 d1 1\nq1 Q0 d2 0\n")
+  (tmp_path / "corpus.jsonl").write_text(
+      '{"docid": "d1", "title": "Kant", "text": "Kant war ein Philosoph."}\n'
+      '{"docid": "d2", "title": "Bonn", "text": "Bonn liegt am Rhein."}\n')
+  tasks.register_miracl("de", tmp_path / "topics.tsv", tmp_path / "qrels.txt",
+                        tmp_path / "corpus.jsonl", "t5", spm_models["t5"])
+  [(name, dataset)] = tasks.evaluation_mixture_datasets("miracl")
+  assert name == "miracl_de" and dataset.questions["de"][0].relevant == ("d1",)
+  assert {"miracl_de_queries", "miracl_de_candidates"} <= set(seqio.TaskRegistry.names())
+
+
+def test_unknown_evaluation_mixture_names_those_registered():
+  with pytest.raises(ValueError, match="no evaluation mixture 'lareqa_tydi'"):
+    tasks.evaluation_mixture_datasets("lareqa_tydi")
+
+
+def test_missing_spm_model_is_named(data_dir, tmp_path):
+  with pytest.raises(FileNotFoundError, match="missing.model"):
+    tasks.register_parallel_qa("xqm", data_dir / "xquad-r", "t5", tmp_path / "missing.model")
+  assert not [n for n in seqio.TaskRegistry.names() if n.startswith("xqm_")]

@@ -1,0 +1,150 @@
+"""The sharded trainer: mesh equivalence, GradCache, compile-once, resume, NaN stop, preemption."""
+import os
+import signal
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec
+
+from hybridir import optim
+from hybridir import partitioning
+from hybridir import train_step as step_lib
+from hybridir import trainer
+from hybridir.models import dual_encoder
+from hybridir.models import t5
+
+LENGTHS = {"query": 8, "passage": 16}
+
+
+class SyntheticPairs:
+  """Deterministic token batches in which a passage starts with its query (learnable)."""
+  batch_size = 16
+  name = "synthetic"
+
+  def __init__(self, on_batch=None):
+    self.on_batch = on_batch
+
+  def batch(self, step):
+    if self.on_batch:
+      self.on_batch(step)
+    rng = np.random.default_rng([7, step])
+    query = rng.integers(3, 64, (self.batch_size, LENGTHS["query"])).astype(np.int32)
+    query[:, -1] = 1
+    passage = np.concatenate([query, rng.integers(3, 64, (self.batch_size, 8))], 1)
+    return dict(query_tokens=query, passage_tokens=passage.astype(np.int32),
+                pair_ids=np.arange(self.batch_size, dtype=np.int32) + 1000 * step)
+
+
+def tiny_model(dropout_rate=0.0):
+  return dual_encoder.DualEncoder(t5.T5Config(
+      vocab_size=64, emb_dim=16, num_layers=2, num_heads=2, head_dim=8, mlp_dim=32,
+      dropout_rate=dropout_rate))
+
+
+def adamw(learning_rate_schedule):
+  return optim.create_optimizer("adamw", learning_rate_schedule)
+
+
+def run(model_dir, steps, train_input=None, **kwargs):
+  options = dict(model=tiny_model(), train_input=train_input or SyntheticPairs(),
+                 task_feature_lengths=LENGTHS, train_steps=steps, model_dir=str(model_dir),
+                 learning_rate_schedule=3e-3, optimizer_fn=adamw, checkpoint_period=4,
+                 mesh=partitioning.create_mesh(2), log_period=100)
+  options.update(kwargs)
+  return trainer.train(**options)
+
+
+def grads_on_mesh(mesh, loss_config, batch):
+  model = tiny_model()
+  params = step_lib.initial_params(
+      step_lib.init_model_params(model, jax.random.PRNGKey(0), 8, 16), loss_config)
+  _, grads_fn = step_lib.make_train_step(model, adamw(1e-3), loss_config)
+  rules = partitioning.standard_logical_axis_rules()
+  with partitioning.axis_rules_context(rules, mesh):
+    batch = partitioning.host_local_to_global(batch, mesh)
+    (loss, _), grads = jax.jit(grads_fn)(params, batch, jax.random.PRNGKey(1))
+  return float(loss), jax.device_get(grads)
+
+
+def assert_trees_close(a, b, tolerance=1e-5):
+  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+    scale = max(float(np.abs(y).max()), 1e-6)
+    assert np.abs(x - y).max() / scale < tolerance, jax.tree_util.keystr(path)
+
+
+def test_loss_and_grads_on_data4_model2_mesh_equal_single_device():
+  batch = SyntheticPairs().batch(0)
+  config = step_lib.LossConfig()
+  loss_mesh, grads_mesh = grads_on_mesh(partitioning.create_mesh(2), config, batch)
+  single = partitioning.create_mesh(1, devices=jax.devices()[:1])
+  loss_one, grads_one = grads_on_mesh(single, config, batch)
+  assert abs(loss_mesh - loss_one) < 1e-5
+  assert_trees_close(grads_mesh, grads_one)
+
+
+def test_grad_cache_over_4_chunks_equals_unchunked_step():
+  batch = SyntheticPairs().batch(3)
+  mesh = partitioning.create_mesh(2)
+  loss_plain, grads_plain = grads_on_mesh(mesh, step_lib.LossConfig(temperature="learned"), batch)
+  loss_cached, grads_cached = grads_on_mesh(
+      mesh, step_lib.LossConfig(temperature="learned", grad_cache_chunks=4), batch)
+  assert abs(loss_plain - loss_cached) < 1e-5
+  assert_trees_close(grads_cached, grads_plain)
+
+
+def test_training_compiles_once_shards_params_by_rules_and_lowers_the_loss(tmp_path):
+  result = run(tmp_path, 24, learning_rate_schedule=1e-2)
+  assert result.compilations == 1
+  embedding = result.state.params["model"]["encoder"]["token_embedder"]["embedding"]
+  assert embedding.sharding.spec == PartitionSpec("model", None)
+  mlp = result.state.params["model"]["encoder"]["layers_0"]["mlp"]["wi_0"]["kernel"]
+  assert mlp.sharding.spec == PartitionSpec(None, "model")
+  losses = [h["loss"] for h in result.history]
+  assert np.mean(losses[-4:]) < 0.5 * np.mean(losses[:4])
+
+
+def test_resumed_run_equals_uninterrupted_run_bitwise(tmp_path):
+  straight = run(tmp_path / "straight", 8)
+  run(tmp_path / "resumed", 4)
+  resumed = run(tmp_path / "resumed", 8)
+  assert [h["step"] for h in resumed.history] == [5, 6, 7, 8]
+  for a, b in zip(jax.tree.leaves(straight.state), jax.tree.leaves(resumed.state)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_half_written_checkpoint_is_ignored_with_a_warning(tmp_path, caplog):
+  run(tmp_path, 4)
+  partial = tmp_path / "checkpoints" / "8.orbax-checkpoint-tmp-1234"
+  (partial / "state").mkdir(parents=True)
+  (partial / "state" / "_METADATA").write_text("{")
+  with caplog.at_level("WARNING"):
+    result = run(tmp_path, 6)
+  assert "ignoring half-written checkpoint" in caplog.text and "8.orbax-checkpoint-tmp" in caplog.text
+  assert [h["step"] for h in result.history] == [5, 6]
+
+
+def test_nan_loss_stops_naming_the_step_and_last_good_checkpoint(tmp_path):
+  schedule = lambda step: jnp.where(step >= 5, jnp.inf, 1e-3)
+  with pytest.raises(FloatingPointError, match=r"at step 7; .*Last good checkpoint: .*/checkpoints/4"):
+    run(tmp_path, 12, learning_rate_schedule=schedule)
+
+
+def test_sigterm_saves_the_current_step_and_rerun_resumes(tmp_path):
+  def preempt(step):
+    if step == 5:
+      os.kill(os.getpid(), signal.SIGTERM)
+  stopped = run(tmp_path, 12, SyntheticPairs(on_batch=preempt))
+  assert stopped.stopped_early and stopped.history[-1]["step"] == 6
+  assert 6 in [int(p) for p in os.listdir(tmp_path / "checkpoints") if p.isdigit()]
+  resumed = run(tmp_path, 8)
+  assert [h["step"] for h in resumed.history] == [7, 8]
+
+
+def test_init_from_imported_checkpoint_with_wrong_shapes_names_them(tmp_path, data_dir):
+  from hybridir import importers
+  with pytest.raises(importers.CheckpointMismatchError, match="token_embedder/embedding"):
+    run(tmp_path, 2, init_checkpoint=str(
+        data_dir / "t5x-tiny-checkpoint/test_de_t5_tiny.checkpoint_1000"))
