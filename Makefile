@@ -17,7 +17,8 @@ $(VENV)/.installed: setup.py
 	touch $@
 
 demo: setup
-	$(PY) -m hybridir.demo --data_dir=$(HYBRIDIR_DATA_DIR) --output_dir=out/demo
+	XLA_FLAGS= $(PY) -m hybridir.study --data_dir=$(HYBRIDIR_DATA_DIR) --output_dir=out/study
+	@echo "Report: out/study/study.md (plots and per-run results beside it)"
 
 test: setup
 	$(PY) -m pytest -q tests

@@ -33,7 +33,10 @@ EXTRAS_REQUIRE = {
         "torch==2.13.0",
         "transformers==5.23.0",
         "pytrec-eval-terrier==0.5.11",
+        "ctranslate2==4.8.5",
     ],
+    # The translation stage (python -m hybridir.translate).
+    "translate": ["torch==2.13.0", "transformers==5.23.0", "ctranslate2==4.8.5"],
     "bench": ["faiss-cpu==1.15.1"],
 }
 

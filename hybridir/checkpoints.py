@@ -37,7 +37,8 @@ class Checkpointer:
       raise ValueError(f"Checkpointer.keep_last must be >= 1, got {keep_last}")
     if best_mode not in ("max", "min"):
       raise ValueError(f"Checkpointer.best_mode must be 'max' or 'min', got {best_mode!r}")
-    self.directory = directory
+    # Orbax wants absolute paths; gs:// and other URLs pass through.
+    self.directory = directory if "://" in directory else os.path.abspath(directory)
     self._warn_about_incomplete()
     policies = [checkpoint_managers.LatestN(keep_last)]
     if best_metric and keep_best:
@@ -45,7 +46,7 @@ class Checkpointer:
           get_metric_fn=lambda metrics: metrics[best_metric], reverse=best_mode == "min",
           n=keep_best, keep_checkpoints_without_metrics=False))
     self._manager = ocp.CheckpointManager(
-        directory, options=ocp.CheckpointManagerOptions(
+        self.directory, options=ocp.CheckpointManagerOptions(
             preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
             enable_async_checkpointing=asynchronous, cleanup_tmp_directories=True,
             create=True))

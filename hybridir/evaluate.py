@@ -167,8 +167,13 @@ def degradation(in_domain: Mapping[str, float],
 
 @contextlib.contextmanager
 def atomic_output(path: str) -> Iterator[str]:
-  """Yields a temporary path beside `path`; renames it onto `path` only if the block succeeds."""
-  directory = os.path.dirname(os.path.abspath(path))
+  """Yields a temporary path beside `path`; renames it onto `path` only if the block succeeds.
+
+  For gs:// (or other remote) paths the temporary file is local and is uploaded at the end; an
+  object store only shows an object once its upload completes.
+  """
+  remote = "://" in path
+  directory = tempfile.gettempdir() if remote else os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   suffix = os.path.splitext(path)[1]
   handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=suffix,
@@ -176,7 +181,12 @@ def atomic_output(path: str) -> Iterator[str]:
   os.close(handle)
   try:
     yield temporary
-    os.replace(temporary, path)
+    if remote:
+      import tensorflow as tf  # Only remote writes need TensorFlow's file system.
+      tf.io.gfile.makedirs(path.rsplit("/", 1)[0])
+      tf.io.gfile.copy(temporary, path, overwrite=True)
+    else:
+      os.replace(temporary, path)
   finally:
     if os.path.exists(temporary):
       os.remove(temporary)

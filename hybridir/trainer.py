@@ -12,6 +12,7 @@ import flax
 import gin
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import numpy as np
 
 from hybridir import checkpoints
@@ -48,6 +49,13 @@ class _Preemption:
 
   def __exit__(self, *exc):
     signal.signal(signal.SIGTERM, self._previous)
+
+  def agreed(self) -> bool:
+    """Whether any process got SIGTERM. Hosts may get it a step apart, yet must all save and stop
+    at the same step (a save is collective), so they pool their flags at the same point."""
+    if jax.process_count() == 1:
+      return self.requested
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(self.requested))))
 
 
 class _SummaryWriter:
@@ -192,7 +200,7 @@ def train(*, model: dual_encoder.DualEncoder, train_input: Any, task_feature_len
                    examples_per_second=examples / seconds, tokens_per_second=tokens / seconds)
     history.append(dict(metrics, step=step))
     writer.write(step, metrics)
-    if step % log_period == 0 or step == train_steps:
+    if jax.process_index() == 0 and (step % log_period == 0 or step == train_steps):
       done = step - start_step
       eta = (time.time() - started) / done * (train_steps - step)
       logging.info("step %d/%d %s eta %s", step, train_steps, _format(metrics), _eta(eta))
@@ -216,14 +224,15 @@ def train(*, model: dual_encoder.DualEncoder, train_input: Any, task_feature_len
         pending = None
         eval_metrics = run_eval(state.params, done_step)
         eval_history.append(dict(eval_metrics, step=done_step))
-      if done_step % checkpoint_period == 0 or done_step == train_steps or preemption.requested:
+      preempted = preemption.agreed()
+      if done_step % checkpoint_period == 0 or done_step == train_steps or preempted:
         if pending:
           finish(pending)
           pending = None
         checkpointer.save(done_step, state, data_position(done_step), eval_metrics,
                           force=True)
         last_saved = done_step
-      if preemption.requested:
+      if preempted:
         stopped_early = True
         break
     if pending:

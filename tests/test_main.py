@@ -1,4 +1,5 @@
 """The gin entry point: smoke.gin trains end to end; bad or missing bindings fail before compute."""
+import json
 import os
 import subprocess
 import sys
@@ -14,7 +15,8 @@ def run_main(*args, timeout=600):
                         capture_output=True, text=True, timeout=timeout)
 
 
-def test_smoke_gin_trains_and_writes_checkpoints_and_summaries(tmp_path, data_dir):
+def test_run_files_train_export_and_evaluate_end_to_end(tmp_path, data_dir):
+  spm_path = tmp_path / "vocab" / "spm.model"
   result = run_main("--gin_file=gin_configs/runs/smoke.gin", f"--gin.MODEL_DIR='{tmp_path}'",
                     "--gin.TRAIN_STEPS=6", "--gin.CHECKPOINT_PERIOD=3",
                     f"--gin.CORPUS_DIR='{data_dir / 'xquad-r'}'",
@@ -23,6 +25,23 @@ def test_smoke_gin_trains_and_writes_checkpoints_and_summaries(tmp_path, data_di
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "6"]
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "train"))
   assert "step 6/6" in result.stderr
+
+  result = run_main("--gin_file=gin_configs/runs/export.gin",
+                    "--gin_file=gin_configs/models/mt5_tiny.gin", "--gin.VOCAB_SIZE=3000",
+                    f"--gin.MODEL_DIR='{tmp_path}'", f"--gin.EXPORT_DIR='{tmp_path / 'export'}'",
+                    f"--gin.SPM_PATH='{spm_path}'")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert os.path.exists(tmp_path / "export" / "manifest.json")
+
+  result = run_main("--gin_file=gin_configs/runs/eval.gin",
+                    f"--gin.ENCODER_PATH='{tmp_path / 'export'}'",
+                    f"--gin.EVAL_DIR='{tmp_path / 'eval'}'", f"--gin.SPM_PATH='{spm_path}'",
+                    f"--gin.DATA_DIR='{data_dir}'", "--gin.EVAL_LANGUAGES=['en', 'de']")
+  assert result.returncode == 0, result.stderr[-3000:]
+  summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+  assert 0 < summary["mlqa_r"]["multilingual/map"] <= 1
+  assert "monolingual/map" in summary["degradation"]["mlqa_r"]
+  assert (tmp_path / "eval" / "xquad_r" / "xquad_r_cross_lingual.png").stat().st_size > 1000
 
 
 def test_unknown_gin_binding_fails_before_compute_naming_it(tmp_path):

@@ -1,0 +1,107 @@
+"""Zero-shot retrieval evaluation of an encoder on a named SeqIO evaluation mixture.
+
+Every question and candidate is encoded once; the embeddings serve all three settings
+(monolingual, cross-lingual, multilingual). Results go to JSON, markdown and plots, one report
+per dataset plus a summary; with an in-domain dataset named, also the degradation of each
+out-of-domain dataset against it.
+"""
+import os
+from typing import Sequence
+
+from absl import logging
+import gin
+import jax
+import numpy as np
+
+import tasks
+from hybridir import corpora
+from hybridir import evaluate
+from hybridir import export
+from hybridir import metrics
+from hybridir import reports
+
+SUMMARY_MEASURES = ("map", "recall_10", "ndcg_cut_10", "recip_rank_cut_10")
+
+
+def candidate_text(candidate: corpora.Candidate, with_context: bool) -> str:
+  """The text a candidate is encoded from: its sentence, optionally followed by its context."""
+  return f"{candidate.text} {candidate.context}" if with_context else candidate.text
+
+
+def encode_dataset(encoder: export.Encoder, dataset: corpora.RetrievalDataset,
+                   with_context: bool = False) -> dict:
+  """evaluate.evaluate_settings's inputs for a dataset: ids and embeddings per language."""
+  questions, question_emb, candidates, candidate_emb = {}, {}, {}, {}
+  for language, items in dataset.questions.items():
+    questions[language] = [(q.question_id, q.relevant) for q in items]
+    question_emb[language] = encoder.encode([q.text for q in items], tower="query")
+  for language, items in dataset.candidates.items():
+    candidates[language] = [c.candidate_id for c in items]
+    candidate_emb[language] = encoder.encode(
+        [candidate_text(c, with_context) for c in items], tower="passage")
+  return dict(questions=questions, question_emb=question_emb, candidates=candidates,
+              candidate_emb=candidate_emb)
+
+
+def evaluate_dataset(encoder: export.Encoder, dataset: corpora.RetrievalDataset,
+                     measures: Sequence[str] = metrics.DEFAULT_MEASURES,
+                     with_context: bool = False) -> dict:
+  """The three settings' results (see evaluate.evaluate_settings) for one dataset."""
+  inputs = encode_dataset(encoder, dataset, with_context)
+  return evaluate.evaluate_settings(measures=measures, **inputs)
+
+
+def summary(results: dict, measures: Sequence[str] = SUMMARY_MEASURES) -> dict[str, float]:
+  """Flat `{setting/measure: value}` of the averages, plus multilingual rank distance."""
+  out = {}
+  for setting in ("monolingual", "cross_lingual", "multilingual"):
+    average = results.get(setting, {}).get("average", {})
+    for measure in list(measures) + (["rank_distance"] if setting == "multilingual" else []):
+      if measure in average:
+        out[f"{setting}/{measure}"] = float(average[measure])
+  return out
+
+
+@gin.configurable
+def run_evaluation(*, encoder_path: str, mixture_name: str, output_dir: str,
+                   in_domain: str | None = None,
+                   measures: Sequence[str] = metrics.DEFAULT_MEASURES,
+                   with_context: bool = False, batch_size: int = 64) -> dict:
+  """Evaluates an encoder (HF directory, T5X checkpoint or exported artifact) on a mixture.
+
+  `in_domain` names the mixture's dataset that is in-domain (e.g. the held-out split of the
+  training corpus); every other dataset's degradation against it is reported.
+  """
+  datasets = tasks.evaluation_mixture_datasets(mixture_name)
+  names = [name for name, _ in datasets]
+  if in_domain is not None and in_domain not in names:
+    raise ValueError(f"in_domain={in_domain!r} is not a dataset of {mixture_name!r}: {names}")
+  encoder = export.load_encoder(encoder_path, batch_size=batch_size)
+  writes = jax.process_index() == 0  # Every host computes the same numbers; one writes them.
+  results = {}
+  for name, dataset in datasets:
+    logging.info("evaluating %s on %s (%s)", encoder_path, name, dataset.stats())
+    results[name] = evaluate_dataset(encoder, dataset, measures, with_context)
+    if writes:
+      reports.write_report(os.path.join(output_dir, name), results[name], name=name)
+  overview = {name: summary(result, measures) for name, result in results.items()}
+  if in_domain is not None:
+    overview["degradation"] = {name: degradation(overview[in_domain], overview[name])
+                               for name in names if name != in_domain}
+  if writes:
+    reports.write_json(os.path.join(output_dir, "summary.json"), overview)
+  logging.info("summary: %s", {k: v for k, v in overview.items() if k != "degradation"})
+  return overview
+
+
+def degradation(in_domain: dict[str, float], out_of_domain: dict[str, float]) -> dict:
+  """evaluate.degradation over the measures both summaries have (settings can differ)."""
+  common = sorted(set(in_domain) & set(out_of_domain))
+  return evaluate.degradation({k: in_domain[k] for k in common},
+                              {k: out_of_domain[k] for k in common})
+
+
+def mean_and_spread(values: Sequence[float]) -> tuple[float, float]:
+  """Mean and sample standard deviation (0 for a single value) over seeds."""
+  values = np.asarray(values, np.float64)
+  return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0

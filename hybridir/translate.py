@@ -1,0 +1,510 @@
+"""Machine-translates a QA corpus into other languages, resumably, to make parallel training data.
+
+  python -m hybridir.translate --input FILE --source_language en --languages de,zh,sw \
+      --model PATH --output DIR [--engine ctranslate2|transformers] [--quantization int8|float32] \
+      [--unit passage|sentence] [--batch_size 16] [--beam_size 1] [--max_length 256]
+
+FILE is SQuAD JSON or the corpora JSONL format. `--model` is one Hugging Face seq2seq folder
+(M2M100, NLLB, a multilingual Marian) or a template such as `models/opus-mt-{src}-{tgt}`. Writes
+DIR/<lang>.jsonl for the source and every target language (`corpora.load_parallel_corpus(DIR)`
+loads them) and DIR/translation/summary.json (dropped records per filter, missing pair ids,
+sentences/s). Every distinct text (question, passage or sentence) is translated once; batches,
+sorted by length, are committed as numbered shard files, so a killed run restarts where it stopped
+and its final files equal an uninterrupted run's.
+"""
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import re
+import sys
+import tempfile
+import time
+from typing import Callable, Mapping, Sequence
+
+from hybridir import corpora
+
+Translator = Callable[[Sequence[str]], list[str]]
+ENGINES = ("ctranslate2", "transformers")
+UNITS = ("passage", "sentence")
+FILTERS = ("empty", "identical", "length_ratio", "repetition")
+WORK_FOLDER = "translation"  # Not a <lang>.json(l) name, so the corpus loader skips it.
+_UNSPACED_LANGUAGES = ("zh", "ja")  # Sentences are joined without a space.
+# Characters per unit of meaning relative to alphabetic scripts, for the length-ratio filter.
+_CHARACTER_DENSITY = {"zh": 3.0, "ja": 2.0, "ko": 2.0}
+# ISO 639-1 -> NLLB-200 (FLORES-200) codes of common languages.
+NLLB_CODES = dict(code.split(":") for code in (
+    "af:afr_Latn am:amh_Ethi ar:arb_Arab az:azj_Latn be:bel_Cyrl bg:bul_Cyrl bn:ben_Beng "
+    "ca:cat_Latn cs:ces_Latn cy:cym_Latn da:dan_Latn de:deu_Latn el:ell_Grek en:eng_Latn "
+    "es:spa_Latn et:est_Latn eu:eus_Latn fa:pes_Arab fi:fin_Latn fr:fra_Latn ga:gle_Latn "
+    "gl:glg_Latn gu:guj_Gujr ha:hau_Latn he:heb_Hebr hi:hin_Deva hr:hrv_Latn hu:hun_Latn "
+    "hy:hye_Armn id:ind_Latn ig:ibo_Latn is:isl_Latn it:ita_Latn ja:jpn_Jpan jv:jav_Latn "
+    "ka:kat_Geor kk:kaz_Cyrl km:khm_Khmr kn:kan_Knda ko:kor_Hang lo:lao_Laoo lt:lit_Latn "
+    "lv:lvs_Latn mk:mkd_Cyrl ml:mal_Mlym mr:mar_Deva ms:zsm_Latn my:mya_Mymr ne:npi_Deva "
+    "nl:nld_Latn no:nob_Latn pa:pan_Guru pl:pol_Latn pt:por_Latn ro:ron_Latn ru:rus_Cyrl "
+    "si:sin_Sinh sk:slk_Latn sl:slv_Latn so:som_Latn sr:srp_Cyrl sv:swe_Latn sw:swh_Latn "
+    "ta:tam_Taml te:tel_Telu th:tha_Thai tl:tgl_Latn tr:tur_Latn uk:ukr_Cyrl ur:urd_Arab "
+    "uz:uzn_Latn vi:vie_Latn yo:yor_Latn zh:zho_Hans zu:zul_Latn").split())
+
+
+class TranslateError(ValueError):
+  """A setting, model or earlier partial output cannot be used."""
+
+
+def nllb_code(language: str) -> str:
+  """The NLLB-200 code of an ISO 639-1 code, e.g. 'de' -> 'deu_Latn'."""
+  if language not in NLLB_CODES:
+    raise TranslateError(f"no NLLB code known for language {language!r}; known: "
+                         f"{', '.join(sorted(NLLB_CODES))}")
+  return NLLB_CODES[language]
+
+
+@dataclasses.dataclass(frozen=True)
+class FilterConfig:
+  """Which filters run and their bounds; a record is dropped when any of its texts fails one."""
+  enabled: tuple[str, ...] = FILTERS
+  min_length_ratio: float = 0.3  # Translation / source characters (density-scaled for CJK).
+  max_length_ratio: float = 3.0
+  max_repeats: int = 4  # Dropped when a stretch of text occurs this many times in a row.
+
+  def __post_init__(self):
+    unknown = sorted(set(self.enabled) - set(FILTERS))
+    if unknown:
+      raise TranslateError(f"unknown filters {unknown}; expected some of {list(FILTERS)}")
+    if not 0 <= self.min_length_ratio < self.max_length_ratio:
+      raise TranslateError(f"length ratio bounds must satisfy 0 <= min < max, found "
+                           f"[{self.min_length_ratio}, {self.max_length_ratio}]")
+    if self.max_repeats < 2:
+      raise TranslateError(f"max_repeats must be at least 2, found {self.max_repeats}")
+
+
+def is_identical(source: str, translation: str) -> bool:
+  """Same text up to whitespace, for a source of at least three words (names may stay as is)."""
+  words = [w for w in source.split() if any(c.isalpha() for c in w)]
+  return len(words) >= 3 and " ".join(source.split()) == " ".join(translation.split())
+
+
+def length_ratio(source: str, translation: str, source_language: str,
+                 target_language: str) -> float:
+  """Translation length over source length in characters, scaled by script density."""
+  source_length = len(source.strip()) * _CHARACTER_DENSITY.get(source_language, 1.0)
+  target_length = len(translation.strip()) * _CHARACTER_DENSITY.get(target_language, 1.0)
+  return target_length / max(source_length, 1.0)
+
+
+_REPEAT = re.compile(r"(.{2,50}?)\1+", re.S)
+
+
+def longest_repeat(text: str) -> int:
+  """The most copies in a row of one stretch of 2 to 50 characters holding a letter (any case)."""
+  text, best = " ".join(text.casefold().split()) + " ", 1 if text.strip() else 0
+  for match in _REPEAT.finditer(text):  # The space ends "la la la" like "la la la ".
+    if any(c.isalpha() for c in match.group(1)):
+      best = max(best, len(match.group(0)) // len(match.group(1)))
+  return best
+
+
+def rejection(source: str, translation: str, source_language: str, target_language: str,
+              config: FilterConfig) -> str | None:
+  """The first filter (in FILTERS order) the translation fails, or None."""
+  checks = {
+      "empty": lambda: not translation.strip(),
+      "identical": lambda: is_identical(source, translation),
+      "length_ratio": lambda: not (config.min_length_ratio <= length_ratio(
+          source, translation, source_language, target_language) <= config.max_length_ratio),
+      "repetition": lambda: longest_repeat(translation) >= config.max_repeats,
+  }
+  return next((name for name in FILTERS if name in config.enabled and checks[name]()), None)
+
+
+def read_input(path: corpora.PathLike, source_language: str) -> list[corpora.QAPair]:
+  """The source language's QA pairs of a SQuAD .json (passage = paragraph) or .jsonl file."""
+  path = pathlib.Path(path)
+  corpora.check_language(source_language, "--source_language")
+  if path.suffix == ".json":
+    pairs = corpora.read_squad(path, source_language, "paragraph")
+  elif path.suffix == ".jsonl":
+    pairs = [p for p in corpora.read_jsonl(path) if p.language == source_language]
+  else:
+    raise TranslateError(f"{path}: --input must be a SQuAD .json or a .jsonl file")
+  if not pairs:
+    raise TranslateError(f"{path}: no records in language {source_language!r}")
+  seen = set()
+  for pair in pairs:
+    if pair.pair_id in seen:
+      raise TranslateError(f"{path}: record id {pair.pair_id!r}: duplicate id")
+    seen.add(pair.pair_id)
+  return pairs
+
+
+def passage_parts(passage: str, anchors: Sequence[str], unit: str) -> tuple[str, ...]:
+  """The passage whole, or its sentences with each anchor (answer sentence) kept as one part."""
+  if unit == "passage":
+    return (passage,)
+  cuts = {end for _, end in corpora.split_sentences(passage)}
+  spans = []
+  for anchor in (a.strip() for a in anchors):
+    start = passage.find(anchor) if anchor else -1
+    if start >= 0:  # An anchor not in the passage is translated on its own.
+      spans.append((start, start + len(anchor)))
+  cuts = {c for c in cuts if not any(s < c < e for s, e in spans)}
+  cuts = sorted(cuts | {c for span in spans for c in span} | {0, len(passage)})
+  return tuple(p for p in (passage[a:b].strip() for a, b in zip(cuts, cuts[1:])) if p)
+
+
+def plan(pairs: Sequence[corpora.QAPair], unit: str) -> dict[str, tuple[str, ...]]:
+  """Passage -> its parts to translate, with every answer sentence of the passage as one part."""
+  if unit not in UNITS:
+    raise TranslateError(f"--unit must be one of {UNITS}, found {unit!r}")
+  anchors = {}
+  for pair in pairs:
+    anchors.setdefault(pair.passage, []).append(pair.answer_sentence or "")
+  return {passage: passage_parts(passage, sorted(set(a)), unit) for passage, a in anchors.items()}
+
+
+def segments(pairs: Sequence[corpora.QAPair], parts: Mapping[str, tuple[str, ...]]) -> list[str]:
+  """Every distinct text to translate, in first-use order."""
+  texts = []
+  for pair in pairs:
+    texts += [pair.question, *parts[pair.passage]]
+    if pair.answer_sentence:
+      texts.append(pair.answer_sentence.strip())
+  return list(dict.fromkeys(texts))
+
+
+def batches(texts: Sequence[str], batch_size: int) -> list[list[str]]:
+  """Texts sorted by length (ties by position) in chunks of `batch_size`."""
+  if batch_size < 1:
+    raise TranslateError(f"--batch_size must be at least 1, found {batch_size}")
+  order = sorted(range(len(texts)), key=lambda i: (len(texts[i]), i))
+  return [[texts[i] for i in order[k:k + batch_size]] for k in range(0, len(order), batch_size)]
+
+
+def write_atomic(path: pathlib.Path, text: str) -> None:
+  """Writes `text` to a temporary file, fsyncs it and renames it to `path`."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+  with open(temporary, "w", encoding="utf-8") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(temporary, path)
+  directory = os.open(path.parent, os.O_RDONLY)
+  try:
+    os.fsync(directory)  # Makes the rename itself durable.
+  finally:
+    os.close(directory)
+
+
+def _shard_path(folder: pathlib.Path, index: int) -> pathlib.Path:
+  return folder / f"batch-{index:06d}.json"
+
+
+def _check_manifest(folder: pathlib.Path, manifest: Mapping) -> None:
+  """Creates the shard folder's manifest, or checks a resumed run uses the same settings."""
+  path = folder / "manifest.json"
+  if not path.exists():
+    write_atomic(path, json.dumps(manifest, indent=1, sort_keys=True))
+    return
+  found = json.loads(path.read_text(encoding="utf-8"))
+  changed = [f"{key}={found.get(key)!r}, now {value!r}" for key, value in manifest.items()
+             if found.get(key) != value]
+  if changed:
+    raise TranslateError(f"{path}: this partial output was made with other settings ("
+                         f"{'; '.join(changed)}); rerun with the same settings or a new --output")
+
+
+def _load_shards(folder: pathlib.Path, batch_list: Sequence[Sequence[str]]) -> dict[str, str]:
+  """Source text -> translation from every shard, each checked against its batch."""
+  translations = {}
+  for index, batch in enumerate(batch_list):
+    path = _shard_path(folder, index)
+    shard = json.loads(path.read_text(encoding="utf-8"))
+    if shard["sources"] != list(batch) or len(shard["translations"]) != len(batch):
+      raise TranslateError(f"{path}: shard does not match batch {index} of this input")
+    translations.update(zip(shard["sources"], shard["translations"]))
+  return translations
+
+
+def _load_tokenizer(path: str, source: str, target: str):
+  """(tokenizer, text prefix, target token, ids to drop from outputs) for Marian/M2M100/NLLB."""
+  import transformers  # Heavy: imported only to translate.
+  tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+  kind = type(tokenizer).__name__
+  if kind.startswith("M2M100"):
+    for language in (source, target):
+      if language not in tokenizer.lang_code_to_id:
+        raise TranslateError(f"{path}: M2M100 model has no language {language!r}")
+    tokenizer.src_lang = source  # Its language tokens are not special to decode: drop them.
+    return (tokenizer, "", tokenizer.get_lang_token(target),
+            set(tokenizer.lang_token_to_id.values()))
+  if kind.startswith("Nllb"):
+    tokenizer.src_lang = nllb_code(source)
+    vocab = tokenizer.get_vocab()
+    return tokenizer, "", nllb_code(target), {vocab[c] for c in NLLB_CODES.values() if c in vocab}
+  if kind.startswith("Marian"):
+    codes = tokenizer.supported_language_codes
+    if codes:  # One model, many targets: the source text starts with >>tgt<<.
+      if f">>{target}<<" not in codes:
+        raise TranslateError(f"{path}: Marian model has no target code >>{target}<<; it has "
+                             f"{', '.join(codes[:20])}")
+      return tokenizer, f">>{target}<< ", None, set()
+    declared = getattr(tokenizer, "target_lang", None)
+    if declared and declared != target:
+      raise TranslateError(f"{path}: Marian model translates into {declared!r}, not {target!r}; "
+                           "give --model a template such as models/opus-mt-{src}-{tgt}")
+    return tokenizer, "", None, set()
+  raise TranslateError(f"{path}: unsupported tokenizer {kind} (expected Marian, M2M100 or NLLB)")
+
+
+def _convert_ctranslate2(path: str, cache_dir: pathlib.Path, quantization: str) -> pathlib.Path:
+  """The CTranslate2 copy of a Hugging Face checkpoint, converted once into `cache_dir`."""
+  import ctranslate2
+  digest = hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:10]
+  output = cache_dir / f"{pathlib.Path(path).name}-{digest}-{quantization}"
+  if (output / "model.bin").exists():
+    return output
+
+  class Converter(ctranslate2.converters.TransformersConverter):
+    def load_tokenizer(self, tokenizer_class, model_name_or_path, **kwargs):
+      tokenizer = super().load_tokenizer(tokenizer_class, model_name_or_path, **kwargs)
+      if hasattr(tokenizer, "lang_token_to_id"):  # transformers 5 hides M2M100's language tokens.
+        base = tokenizer.get_vocab
+        tokenizer.get_vocab = lambda: {**base(), **tokenizer.lang_token_to_id}
+      return tokenizer
+
+  cache_dir.mkdir(parents=True, exist_ok=True)
+  with tempfile.TemporaryDirectory(dir=cache_dir) as scratch:
+    Converter(path).convert(os.path.join(scratch, "model"), quantization=quantization, force=True)
+    os.replace(os.path.join(scratch, "model"), output)
+  return output
+
+
+def load_translator(model: str, source: str, target: str, engine: str = "ctranslate2",
+                    quantization: str = "float32", beam_size: int = 1, max_length: int = 256,
+                    device: str = "auto", cache_dir: corpora.PathLike = "ct2_cache",
+                    threads: int = 0) -> Translator:
+  """A function translating a batch of texts from `source` to `target`.
+
+  `model` is a folder or a template holding {src} and {tgt}; `threads` 0 is the library default.
+  """
+  path = model.format(src=source, tgt=target)
+  if not os.path.isdir(path):
+    raise TranslateError(f"--model: no model folder {path!r} for {source}->{target}")
+  if engine not in ENGINES or quantization not in ("int8", "float32"):
+    raise TranslateError(f"--engine must be one of {ENGINES} and --quantization int8 or float32, "
+                         f"found {engine!r}, {quantization!r}")
+  tokenizer, text_prefix, target_token, hidden = _load_tokenizer(path, source, target)
+  limit = min(tokenizer.model_max_length, 512)
+
+  def encode(texts, **options):
+    inputs = tokenizer([text_prefix + t for t in texts], truncation=True, max_length=limit,
+                       **options)
+    if any(len(ids) >= limit for ids in inputs["input_ids"]):
+      logging.getLogger(__name__).warning("texts cut at %d tokens; --unit sentence avoids it",
+                                          limit)
+    return inputs
+
+  def decode(ids):
+    ids = [i for i in ids if i not in hidden]
+    return tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+  if engine == "ctranslate2":
+    import ctranslate2
+    if device == "auto":
+      device = "cuda" if ctranslate2.get_cuda_device_count() else "cpu"
+    translator = ctranslate2.Translator(
+        str(_convert_ctranslate2(path, pathlib.Path(cache_dir), quantization)), device=device,
+        compute_type=quantization, intra_threads=threads)
+
+    def translate_ctranslate2(texts):
+      tokens = [tokenizer.convert_ids_to_tokens(i) for i in encode(texts)["input_ids"]]
+      prefix = [[target_token]] * len(texts) if target_token else None
+      results = translator.translate_batch(tokens, target_prefix=prefix, beam_size=beam_size,
+                                           max_decoding_length=max_length)
+      skip = 1 if target_token else 0
+      return [decode(tokenizer.convert_tokens_to_ids(r.hypotheses[0][skip:])) for r in results]
+    return translate_ctranslate2
+
+  if quantization != "float32":
+    raise TranslateError("--quantization int8 needs --engine ctranslate2")
+  import torch
+  import transformers
+  if device == "auto":
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+  if threads:
+    torch.set_num_threads(threads)
+  network = transformers.AutoModelForSeq2SeqLM.from_pretrained(path).to(device).eval()
+  network.generation_config.forced_eos_token_id = None  # Cut at max_length as CTranslate2 does.
+  forced = tokenizer.convert_tokens_to_ids(target_token) if target_token else None
+  leading = {network.config.decoder_start_token_id, forced}
+
+  def translate_transformers(texts):
+    inputs = encode(texts, padding=True, return_tensors="pt").to(device)
+    with torch.inference_mode():
+      output = network.generate(**inputs, num_beams=beam_size, do_sample=False,
+                                max_new_tokens=max_length, forced_bos_token_id=forced)
+    rows = [row.tolist() for row in output.cpu()]
+    return [decode(row[next((i for i, t in enumerate(row) if t not in leading), len(row)):])
+            for row in rows]
+  return translate_transformers
+
+
+def _record(pair: corpora.QAPair, language: str, question: str, passage: str,
+            answer_sentence: str | None) -> str:
+  record = {"id": pair.pair_id, "lang": language, "question": question, "passage": passage,
+            "article_id": pair.article_id}
+  if answer_sentence is not None:
+    record["answer_sentence"] = answer_sentence
+  return json.dumps(record, ensure_ascii=False)
+
+
+def _translate_language(pairs, parts, target, output_dir, make_translator, batch_size,
+                        settings, show_progress) -> tuple[dict[str, str], int, float]:
+  """(text -> translation, texts translated by this run, seconds) for one target language."""
+  texts = segments(pairs, parts)
+  batch_list = batches(texts, batch_size)
+  folder = pathlib.Path(output_dir) / WORK_FOLDER / "shards" / target
+  _check_manifest(folder, {**settings, "target_language": target, "batch_size": batch_size,
+                           "texts_sha256": hashlib.sha256(json.dumps(texts).encode()).hexdigest()})
+  for stale in folder.glob(".*.tmp"):  # Left by a killed run; never read.
+    stale.unlink()
+  pending = [i for i in range(len(batch_list)) if not _shard_path(folder, i).exists()]
+  started, done = time.monotonic(), 0
+  if pending:
+    import tqdm
+    translate = make_translator(target)
+    started = time.monotonic()
+    total = len(texts)
+    with tqdm.tqdm(total=total, initial=total - sum(len(batch_list[i]) for i in pending),
+                   unit="sentence", desc=f"translate {target}", disable=not show_progress) as bar:
+      for index in pending:
+        translations = list(translate(batch_list[index]))
+        if len(translations) != len(batch_list[index]):
+          raise TranslateError(f"translator gave {len(translations)} outputs for batch {index} "
+                               f"of {len(batch_list[index])} texts ({target})")
+        write_atomic(_shard_path(folder, index), json.dumps(
+            {"sources": batch_list[index], "translations": translations}, ensure_ascii=False))
+        done += len(translations)
+        bar.update(len(translations))
+  seconds = time.monotonic() - started
+  logging.getLogger(__name__).info("%s: %d texts translated in %.1f s (%.1f sentences/s)",
+                                   target, done, seconds, done / max(seconds, 1e-9))
+  return _load_shards(folder, batch_list), done, seconds
+
+
+def translate_corpus(pairs: Sequence[corpora.QAPair], source_language: str,
+                     languages: Sequence[str], output_dir: corpora.PathLike,
+                     make_translator: Callable[[str], Translator], unit: str = "passage",
+                     batch_size: int = 16, filters: FilterConfig = FilterConfig(),
+                     settings: Mapping | None = None, show_progress: bool = True) -> dict:
+  """Writes output_dir/<lang>.jsonl for the source and each target language; returns the summary.
+
+  `make_translator(target)` gives the function translating a batch of source texts; it is called
+  only for languages with batches left. `settings` (model, engine, ...) must match a resumed run.
+  """
+  output_dir = pathlib.Path(output_dir)
+  for language in languages:
+    corpora.check_language(language, "--languages")
+    if language == source_language:
+      raise TranslateError(f"--languages: {language!r} is the source language")
+  started, parts = time.monotonic(), plan(pairs, unit)
+  settings = {**(settings or {}), "source_language": source_language, "unit": unit}
+  write_atomic(output_dir / f"{source_language}.jsonl", "".join(
+      _record(p, source_language, p.question, p.passage, p.answer_sentence) + "\n"
+      for p in pairs))
+  summary = {"source_language": source_language, "unit": unit, "input_records": len(pairs),
+             "filters": {**dataclasses.asdict(filters), "enabled": list(filters.enabled)},
+             "languages": {}}
+  missing = {}
+  total_done = 0
+  for target in languages:
+    translations, done, seconds = _translate_language(
+        pairs, parts, target, output_dir, make_translator, batch_size, settings, show_progress)
+    total_done += done
+    verdicts = {text: rejection(text, translations[text], source_language, target, filters)
+                for text in translations}
+    joiner = "" if target in _UNSPACED_LANGUAGES else " "
+    lines, dropped = [], dict.fromkeys(FILTERS, 0)
+    for pair in pairs:
+      answer = pair.answer_sentence.strip() if pair.answer_sentence else None
+      texts = [pair.question, *parts[pair.passage]] + ([answer] if answer else [])
+      reason = next((verdicts[t] for t in texts if verdicts[t]), None)
+      if reason:
+        dropped[reason] += 1
+        missing.setdefault(pair.pair_id, []).append(target)
+        continue
+      passage = joiner.join(translations[t] for t in parts[pair.passage])
+      lines.append(_record(pair, target, translations[pair.question], passage,
+                           translations[answer] if answer else None) + "\n")
+    write_atomic(output_dir / f"{target}.jsonl", "".join(lines))
+    summary["languages"][target] = {
+        "records_written": len(lines), "dropped": dropped, "texts": len(translations),
+        "texts_translated_this_run": done, "seconds": round(seconds, 3),
+        "sentences_per_second": round(done / seconds, 2) if done else None}
+  seconds = time.monotonic() - started
+  summary.update(seconds=round(seconds, 3), missing_pair_ids=dict(sorted(missing.items())),
+                 sentences_per_second=round(total_done / seconds, 2) if total_done else None)
+  write_atomic(output_dir / WORK_FOLDER / "summary.json", json.dumps(summary, indent=1) + "\n")
+  return summary
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="python -m hybridir.translate", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--input", required=True, help="SQuAD .json or corpora .jsonl file")
+  parser.add_argument("--source_language", required=True)
+  parser.add_argument("--languages", required=True, help="comma-separated targets, e.g. de,zh")
+  parser.add_argument("--model", required=True, help="HF folder, or template with {src} {tgt}")
+  parser.add_argument("--output", required=True, help="folder for <lang>.jsonl")
+  parser.add_argument("--engine", choices=ENGINES, default="ctranslate2")
+  parser.add_argument("--quantization", choices=("int8", "float32"), default="float32",
+                      help="CTranslate2 weights (int8: faster on CPU)")
+  parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+  parser.add_argument("--unit", choices=UNITS, default="passage",
+                      help="translate whole passages, or sentence by sentence")
+  parser.add_argument("--batch_size", type=int, default=16)
+  parser.add_argument("--beam_size", type=int, default=1)
+  parser.add_argument("--max_length", type=int, default=256, help="most generated tokens")
+  parser.add_argument("--filters", default=",".join(FILTERS),
+                      help=f"comma-separated, of {','.join(FILTERS)}; 'none' for none")
+  parser.add_argument("--min_length_ratio", type=float, default=FilterConfig.min_length_ratio)
+  parser.add_argument("--max_length_ratio", type=float, default=FilterConfig.max_length_ratio)
+  parser.add_argument("--max_repeats", type=int, default=FilterConfig.max_repeats)
+  parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: library default)")
+  parser.add_argument("--quiet", action="store_true", help="no progress bar")
+  return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = _parser().parse_args(argv)
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  languages = [code.strip() for code in args.languages.split(",") if code.strip()]
+  enabled = () if args.filters == "none" else tuple(
+      name.strip() for name in args.filters.split(",") if name.strip())
+  settings = {"model": args.model, "engine": args.engine, "quantization": args.quantization,
+              "beam_size": args.beam_size, "max_length": args.max_length}
+  cache_dir = pathlib.Path(args.output) / WORK_FOLDER / "ct2"
+  try:
+    filters = FilterConfig(enabled, args.min_length_ratio, args.max_length_ratio,
+                           args.max_repeats)
+    pairs = read_input(args.input, args.source_language)
+    summary = translate_corpus(
+        pairs, args.source_language, languages, args.output,
+        lambda target: load_translator(args.model, args.source_language, target, args.engine,
+                                       args.quantization, args.beam_size, args.max_length,
+                                       args.device, cache_dir, args.threads),
+        args.unit, args.batch_size, filters, settings, show_progress=not args.quiet)
+  except (ValueError, OSError) as e:  # CorpusError, TranslateError, missing files: say why.
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  for language, stats in summary["languages"].items():
+    print(f"{language}: {stats['records_written']} records, dropped {stats['dropped']}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,47 @@
+"""The full-scale study configs parse into the published models; the sweep launches every run."""
+import glob
+import os
+import subprocess
+
+import gin
+import pytest
+
+from hybridir import gin_utils
+from tests.conftest import REPO_ROOT
+
+STUDY_FILES = sorted(glob.glob(str(REPO_ROOT / "gin_configs/runs/study/*.gin")))
+EMB_DIMS = {"mt5_base": 768, "mt5_large": 1024, "mt5_xl": 2048, "xlmr_base": 768,
+            "xlmr_large": 1024}
+
+
+@pytest.mark.parametrize("path", [p for p in STUDY_FILES if not p.endswith("base.gin")
+                                  or "_base" in os.path.basename(p)], ids=os.path.basename)
+def test_study_config_builds_its_published_model_from_a_checkpoint(path):
+  name = os.path.basename(path)[:-len(".gin")]
+  gin.clear_config()
+  gin_utils.parse([path], ["MODEL_DIR = '/tmp/x'", "CORPUS_DIR = '/tmp/corpus'"], finalize=False)
+  model = gin_utils.evaluate("MODEL")
+  assert model.encoder_config.emb_dim == EMB_DIMS[name]
+  assert model.encoder_config.family == gin_utils.evaluate("FAMILY")
+  assert gin_utils.evaluate("INIT_CHECKPOINT")
+  assert gin_utils.evaluate("TRAIN_SPLIT") == "train"
+  gin.clear_config()
+
+
+def test_sweep_dry_run_trains_exports_and_evaluates_every_run(tmp_path):
+  fake = tmp_path / "bin" / "gcloud"
+  fake.parent.mkdir()
+  fake.write_text("#!/bin/sh\nif [ \"$1 $2\" = 'config get-value' ]; then echo my-project; fi\n")
+  fake.chmod(0o755)
+  env = dict(os.environ, PATH=f"{fake.parent}:{os.environ['PATH']}")
+  result = subprocess.run(
+      ["launch/study_sweep.sh", "--bucket", "gs://b/study", "--corpus_dir", "gs://b/corpus",
+       "--zone", "us-central2-b", "--accelerator_type", "v4-32", "--models", "mt5_base xlmr_base",
+       "--strategies", "hybrid cross-lingual", "--seeds", "0", "--dry-run"],
+      cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+  jobs = [line for line in result.stdout.splitlines() if "hybridir.main" in line]
+  assert len(jobs) == 2 * 2 * 3  # models x strategies x (train, export, eval).
+  assert sum("runs/study/mt5_base.gin" in j and "ALPHA=0.5" in j for j in jobs) == 1
+  assert sum("EVAL_DIR=" in j and "gs://b/study/xlmr_base_cross-lingual_seed0/eval" in j
+             for j in jobs) == 1
