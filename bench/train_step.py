@@ -170,65 +170,73 @@ def proc_status_kib(field: str) -> int:
 
 
 def run_speed(args, peaks):
+  """Every (model, dtype) in turn; each one's models and states are freed before the next."""
   import torch
   torch.set_num_threads(args.threads)
   rows = []
   for name in args.models.split(","):
     for dtype in args.dtypes.split(","):
-      model = load_model(name, dtype)
-      cfg = model.encoder_config
-      batch = make_batch(cfg, args.batch_size, args.query_length, args.passage_length)
-      jax_batch = jax.tree.map(jnp.asarray, batch)
-      flops = model_flops(cfg, args.batch_size, (args.query_length, args.passage_length))
-      runners, compile_s = {}, {}
-      for optimizer_name in args.optimizers.split(","):
-        step, state = jax_step(model, optimizer_name, batch, args.learning_rate, args.weight_decay)
-        holder = {"state": state, "rng": jax.random.PRNGKey(1)}
-
-        def run(step=step, holder=holder):
-          holder["state"], metrics = step(holder["state"], jax_batch, holder["rng"])
-          jax.block_until_ready((holder["state"], metrics))
-          return float(metrics["loss"])
-
-        label = f"hybridir jit {optimizer_name}"
-        compile_s[label] = timed(run)  # Compiles; later warm-up steps settle allocations.
-        for _ in range(args.warmup_steps - 1):
-          run()
-        runners[label] = run
-      if args.peer:
-        peer = torch_peer(cfg, batch, dtype, args.learning_rate, args.weight_decay)
-        compile_s["pytorch eager adamw"] = timed(peer)
-        for _ in range(args.warmup_steps - 1):
-          peer()
-        runners["pytorch eager adamw"] = peer
-      timings = {label: [] for label in runners}
-      for _ in range(args.repeats):
-        for label, run in runners.items():
-          timings[label].append(timed(run))
-      print(f"\n{name} ({matmul_params(cfg) / 1e6:.1f}M matmul params, vocab {cfg.vocab_size}), "
-            f"{dtype} activations, batch {args.batch_size}, query {args.query_length}, passage "
-            f"{args.passage_length}, dropout {cfg.dropout_rate}, {args.repeats} alternating "
-            f"repeats; model FLOPs/step {flops / 1e12:.3f} T")
-      print(f"{'implementation':<24}{'median s':>9}{'min s':>8}{'ex/s':>7}{'GFLOP/s':>9}"
-            f"{'MFU f32':>9}{'first s':>9}  every run (s)")
-      medians = {}
-      for label, times in timings.items():
-        median = medians[label] = float(np.median(times))
-        rate = flops / median
-        print(f"{label:<24}{median:>9.2f}{min(times):>8.2f}{args.batch_size / median:>7.2f}"
-              f"{rate / 1e9:>9.1f}{rate / peaks['jax float32']:>9.1%}{compile_s[label]:>9.1f}  "
-              + " ".join(f"{t:.2f}" for t in times))
-        rows.append({"model": name, "dtype": dtype, "implementation": label, "median_s": median,
-                     "min_s": min(times), "examples_per_s": args.batch_size / median,
-                     "gflops": rate / 1e9, "mfu_f32": rate / peaks["jax float32"],
-                     "first_s": compile_s[label], "times": times})
-      if args.peer:
-        for label in medians:
-          if label.startswith("hybridir"):
-            print(f"ratio {label} / pytorch eager adamw (examples/s): "
-                  f"{medians['pytorch eager adamw'] / medians[label]:.2f}x")
-      del runners, timings
+      rows += speed_config(args, peaks, name, dtype)
   print(f"\nspeed process peak RSS (VmHWM): {proc_status_kib('VmHWM') / 2**20:.2f} GiB")
+  return rows
+
+
+def jax_runner(model, optimizer_name, batch, args):
+  """A closure running one step of hybridir's jitted train step (the state lives inside)."""
+  step, state = jax_step(model, optimizer_name, batch, args.learning_rate, args.weight_decay)
+  jax_batch = jax.tree.map(jnp.asarray, batch)
+  holder = {"state": state, "rng": jax.random.PRNGKey(1)}
+
+  def run():
+    holder["state"], metrics = step(holder["state"], jax_batch, holder["rng"])
+    jax.block_until_ready((holder["state"], metrics))
+    return float(metrics["loss"])
+
+  return run
+
+
+def speed_config(args, peaks, name, dtype):
+  """Times hybridir's step (each optimizer) and the peer's, alternately; prints one table."""
+  model = load_model(name, dtype)
+  cfg = model.encoder_config
+  batch = make_batch(cfg, args.batch_size, args.query_length, args.passage_length)
+  flops = model_flops(cfg, args.batch_size, (args.query_length, args.passage_length))
+  runners = {f"hybridir jit {optimizer_name}": jax_runner(model, optimizer_name, batch, args)
+             for optimizer_name in args.optimizers.split(",")}
+  if args.peer:
+    runners["pytorch eager adamw"] = torch_peer(cfg, batch, dtype, args.learning_rate,
+                                                args.weight_decay)
+  compile_s = {}
+  for label, run in runners.items():
+    compile_s[label] = timed(run)  # Compiles; later warm-up steps settle allocations.
+    for _ in range(args.warmup_steps - 1):
+      run()
+  timings = {label: [] for label in runners}
+  for _ in range(args.repeats):
+    for label, run in runners.items():
+      timings[label].append(timed(run))
+  print(f"\n{name} ({matmul_params(cfg) / 1e6:.1f}M matmul params, vocab {cfg.vocab_size}), "
+        f"{dtype} activations, batch {args.batch_size}, query {args.query_length}, passage "
+        f"{args.passage_length}, dropout {cfg.dropout_rate}, {args.repeats} alternating "
+        f"repeats; model FLOPs/step {flops / 1e12:.3f} T")
+  print(f"{'implementation':<24}{'median s':>9}{'min s':>8}{'ex/s':>7}{'GFLOP/s':>9}"
+        f"{'MFU f32':>9}{'first s':>9}  every run (s)")
+  medians, rows = {}, []
+  for label, times in timings.items():
+    median = medians[label] = float(np.median(times))
+    rate = flops / median
+    print(f"{label:<24}{median:>9.2f}{min(times):>8.2f}{args.batch_size / median:>7.2f}"
+          f"{rate / 1e9:>9.1f}{rate / peaks['jax float32']:>9.1%}{compile_s[label]:>9.1f}  "
+          + " ".join(f"{t:.2f}" for t in times), flush=True)
+    rows.append({"model": name, "dtype": dtype, "implementation": label, "median_s": median,
+                 "min_s": min(times), "examples_per_s": args.batch_size / median,
+                 "gflops": rate / 1e9, "mfu_f32": rate / peaks["jax float32"],
+                 "first_s": compile_s[label], "times": times})
+  if args.peer:
+    for label in medians:
+      if label.startswith("hybridir"):
+        print(f"ratio {label} / pytorch eager adamw (examples/s): "
+              f"{medians['pytorch eager adamw'] / medians[label]:.2f}x", flush=True)
   return rows
 
 

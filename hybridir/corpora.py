@@ -1,4 +1,4 @@
-"""Reading and validating parallel QA corpora and the LAReQA / MIRACL evaluation files.
+"""Reading and validating parallel QA corpora (evaluation files: hybridir.retrieval_data).
 
 Training corpora are parallel question-passage pairs: a `pair_id` names one QA item and all its
 translations. Every reader validates as it goes and raises `CorpusError` naming the file, the line
@@ -34,11 +34,6 @@ _XLMR_LANGUAGES = (
 KNOWN_LANGUAGES = frozenset(_MT5_LANGUAGES.split() + _XLMR_LANGUAGES.split() + ["nb", "nn"])
 
 PASSAGE_UNITS = ("paragraph", "sentence")
-LAREQA_FOLDERS = {"xquad_r": "xquad-r", "mlqa_r": "mlqa-r"}
-LAREQA_LANGUAGES = {
-    "xquad_r": ("ar", "de", "el", "en", "es", "hi", "ru", "th", "tr", "vi", "zh"),
-    "mlqa_r": ("ar", "de", "en", "es", "hi", "vi", "zh"),
-}
 
 
 class CorpusError(ValueError):
@@ -64,7 +59,7 @@ class QAPair:
   answer_sentence: str | None = None
 
 
-def _text(record: Mapping, field: str, where: str) -> str:
+def required_text(record: Mapping, field: str, where: str) -> str:
   """The non-empty string `record[field]`, else a CorpusError naming `where` and `field`."""
   if field not in record:
     raise CorpusError(f"{where}: missing field {field!r}")
@@ -105,18 +100,18 @@ def split_sentences(text: str) -> list[tuple[int, int]]:
 
 
 @dataclasses.dataclass(frozen=True)
-class _SquadQuestion:
+class SquadQuestion:
   qid: str
   text: str
   sentence_index: int  # The sentence holding the first answer's start.
 
 
 @dataclasses.dataclass(frozen=True)
-class _SquadParagraph:
+class SquadParagraph:
   article_id: str
   context: str
   sentences: tuple[str, ...]
-  questions: tuple[_SquadQuestion, ...]
+  questions: tuple[SquadQuestion, ...]
 
 
 def _paragraph_sentences(paragraph: Mapping, context: str, where: str):
@@ -153,7 +148,7 @@ def _answer_sentence_index(qa: Mapping, breaks: Sequence[tuple[int, int]], where
   return index
 
 
-def _read_squad_paragraphs(path: PathLike) -> Iterator[_SquadParagraph]:
+def read_squad_paragraphs(path: PathLike) -> Iterator[SquadParagraph]:
   """Validated paragraphs of a SQuAD v1.1 file (plus optional LAReQA sentence breaks)."""
   path = pathlib.Path(path)
   root = _load_json(path)
@@ -169,7 +164,7 @@ def _read_squad_paragraphs(path: PathLike) -> Iterator[_SquadParagraph]:
       where = f"{path}: article {a} ({article_id!r}) paragraph {p}"
       if not isinstance(paragraph, Mapping):
         raise CorpusError(f"{where}: paragraph is not an object")
-      context = _text(paragraph, "context", where)
+      context = required_text(paragraph, "context", where)
       sentences, breaks = _paragraph_sentences(paragraph, context, where)
       if not isinstance(paragraph.get("qas"), list):
         raise CorpusError(f"{where}: missing field 'qas' (a list)")
@@ -177,11 +172,11 @@ def _read_squad_paragraphs(path: PathLike) -> Iterator[_SquadParagraph]:
       for q, qa in enumerate(paragraph["qas"]):
         if not isinstance(qa, Mapping):
           raise CorpusError(f"{where} question {q}: question is not an object")
-        qid = _text(qa, "id", f"{where} question {q}")
+        qid = required_text(qa, "id", f"{where} question {q}")
         record = f"{path}: record id {qid!r}"
-        questions.append(_SquadQuestion(qid, _text(qa, "question", record),
+        questions.append(SquadQuestion(qid, required_text(qa, "question", record),
                                         _answer_sentence_index(qa, breaks, record)))
-      yield _SquadParagraph(article_id, context, tuple(sentences), tuple(questions))
+      yield SquadParagraph(article_id, context, tuple(sentences), tuple(questions))
 
 
 def _check_passage_unit(passage_unit: str) -> None:
@@ -194,7 +189,7 @@ def read_squad(path: PathLike, language: str, passage_unit: str = "paragraph") -
   _check_passage_unit(passage_unit)
   check_language(language, f"{path}")
   pairs, seen = [], set()
-  for paragraph in _read_squad_paragraphs(path):
+  for paragraph in read_squad_paragraphs(path):
     for question in paragraph.questions:
       if question.qid in seen:
         raise CorpusError(f"{path}: record id {question.qid!r}: duplicate id")
@@ -206,7 +201,7 @@ def read_squad(path: PathLike, language: str, passage_unit: str = "paragraph") -
   return pairs
 
 
-def _read_lines(path: PathLike) -> Iterator[tuple[str, str]]:
+def read_lines(path: PathLike) -> Iterator[tuple[str, str]]:
   """(where, line) for each non-blank line, `where` naming file and line number."""
   with open(path, encoding="utf-8") as f:
     for number, line in enumerate(f, start=1):
@@ -214,9 +209,9 @@ def _read_lines(path: PathLike) -> Iterator[tuple[str, str]]:
         yield f"{path}: line {number}", line.rstrip("\n")
 
 
-def _read_json_lines(path: PathLike) -> Iterator[tuple[str, Mapping]]:
+def read_json_lines(path: PathLike) -> Iterator[tuple[str, Mapping]]:
   """(where, record) for each non-blank line of a JSON lines file."""
-  for where, line in _read_lines(path):
+  for where, line in read_lines(path):
     try:
       record = json.loads(line)
     except json.JSONDecodeError as e:
@@ -229,16 +224,16 @@ def _read_json_lines(path: PathLike) -> Iterator[tuple[str, Mapping]]:
 def read_jsonl(path: PathLike) -> list[QAPair]:
   """QA pairs from JSON lines {"id", "lang", "question", "passage"[, "article_id", ...]}."""
   pairs = []
-  for where, record in _read_json_lines(path):
-    pair_id = _text(record, "id", where)
+  for where, record in read_json_lines(path):
+    pair_id = required_text(record, "id", where)
     where = f"{where} (record id {pair_id!r})"
-    language = check_language(_text(record, "lang", where), where)
-    article_id = _text(record, "article_id", where) if "article_id" in record else pair_id
+    language = check_language(required_text(record, "lang", where), where)
+    article_id = required_text(record, "article_id", where) if "article_id" in record else pair_id
     answer_sentence = record.get("answer_sentence")
     if answer_sentence is not None:
-      answer_sentence = _text(record, "answer_sentence", where)
-    pairs.append(QAPair(pair_id, language, _text(record, "question", where),
-                        _text(record, "passage", where), article_id, answer_sentence))
+      answer_sentence = required_text(record, "answer_sentence", where)
+    pairs.append(QAPair(pair_id, language, required_text(record, "question", where),
+                        required_text(record, "passage", where), article_id, answer_sentence))
   return pairs
 
 
@@ -348,137 +343,3 @@ def load_parallel_corpus(path: PathLike, passage_unit: str = "paragraph",
     logging.getLogger(__name__).warning("%s: of %d pair ids, missing per language: %s", path,
                                         report["total_ids"], counts)
   return corpus
-
-
-@dataclasses.dataclass(frozen=True)
-class Question:
-  question_id: str
-  language: str
-  text: str
-  relevant: tuple[str, ...]  # Candidate ids, in any language.
-
-
-@dataclasses.dataclass(frozen=True)
-class Candidate:
-  candidate_id: str
-  language: str
-  text: str
-  context: str  # The paragraph around the sentence (LAReQA) or the document title (MIRACL).
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class RetrievalDataset:
-  """Questions and candidates by language, for mono/cross/multilingual retrieval evaluation."""
-  name: str
-  questions: dict[str, list[Question]]
-  candidates: dict[str, list[Candidate]]
-
-  def stats(self) -> dict[str, dict[str, int]]:
-    """Per language: questions, candidates, and (question, relevant candidate) pairs."""
-    return {language: {
-        "questions": len(self.questions.get(language, ())),
-        "candidates": len(self.candidates.get(language, ())),
-        "relevant_pairs": sum(len(q.relevant) for q in self.questions.get(language, ())),
-    } for language in sorted(set(self.questions) | set(self.candidates))}
-
-
-def _lareqa_folder(data_dir: PathLike, dataset: str) -> pathlib.Path:
-  """`data_dir/<dataset folder>` if it exists, else `data_dir` itself."""
-  if dataset not in LAREQA_FOLDERS:
-    raise ValueError(f"dataset must be one of {sorted(LAREQA_FOLDERS)}, found {dataset!r}")
-  folder = pathlib.Path(data_dir) / LAREQA_FOLDERS[dataset]
-  return folder if folder.is_dir() else pathlib.Path(data_dir)
-
-
-def load_lareqa(data_dir: PathLike, dataset: str = "xquad_r",
-                languages: Sequence[str] | None = None,
-                split: Sequence[str] | None = None) -> RetrievalDataset:
-  """LAReQA's XQuAD-R or MLQA-R: every sentence of every paragraph is a candidate.
-
-  Candidates are NOT deduplicated: one per (paragraph, sentence position), which reproduces
-  LAReQA's published counts exactly (deduplicating identical sentence text, or (sentence,
-  paragraph), gives fewer for ar, hi, ru, tr, zh and MLQA-R ar, en, hi, vi). A question's relevant
-  candidates are the sentences holding its answer_start ([start, end) of sentence_breaks) in every
-  language where its id exists. `split`, a list of article titles, keeps those articles and, in
-  every language, the articles holding their question ids (MLQA titles are per language).
-  """
-  folder = _lareqa_folder(data_dir, dataset)
-  languages = tuple(languages or LAREQA_LANGUAGES[dataset])
-  paragraphs = {}
-  for language in languages:
-    check_language(language, f"languages argument for {dataset}")
-    paragraphs[language] = list(_read_squad_paragraphs(folder / f"{language}.json"))
-  if split is not None:
-    paragraphs = _restrict_to_articles(paragraphs, set(split), folder)
-  candidates, answers, texts = {}, collections.defaultdict(dict), {}
-  for language in languages:
-    candidates[language], texts[language] = [], {}
-    for p, paragraph in enumerate(paragraphs[language]):
-      ids = [f"{language}:{p}:{s}" for s in range(len(paragraph.sentences))]
-      candidates[language] += [Candidate(i, language, sentence, paragraph.context)
-                               for i, sentence in zip(ids, paragraph.sentences)]
-      for question in paragraph.questions:
-        answers[question.qid][language] = ids[question.sentence_index]
-        texts[language][question.qid] = question.text
-  questions = {language: [
-      Question(qid, language, text, tuple(answers[qid][other] for other in languages
-                                          if other in answers[qid]))
-      for qid, text in texts[language].items()] for language in languages}
-  return RetrievalDataset(dataset, questions, candidates)
-
-
-def _restrict_to_articles(paragraphs: dict[str, list[_SquadParagraph]], titles: set[str],
-                          folder: pathlib.Path) -> dict[str, list[_SquadParagraph]]:
-  kept_ids = {q.qid for ps in paragraphs.values() for p in ps if p.article_id in titles
-              for q in p.questions}
-  if not kept_ids:
-    raise CorpusError(f"{folder}: none of the {len(titles)} split articles were found")
-  kept_articles = {(language, p.article_id) for language, ps in paragraphs.items() for p in ps
-                   if p.article_id in titles or any(q.qid in kept_ids for q in p.questions)}
-  return {language: [
-      dataclasses.replace(p, questions=tuple(q for q in p.questions if q.qid in kept_ids))
-      for p in ps if (language, p.article_id) in kept_articles]
-          for language, ps in paragraphs.items()}
-
-
-def load_miracl(topics_tsv: PathLike, qrels_trec: PathLike, corpus_jsonl: PathLike,
-                language: str) -> RetrievalDataset:
-  """One MIRACL language: topics `qid<TAB>query`, qrels `qid Q0 docid rel`, corpus JSONL.
-
-  Only judgements with rel > 0 are relevant; a topic without one keeps an empty `relevant`.
-  Candidate text is the passage text, its context the document title.
-  """
-  check_language(language, f"{topics_tsv}")
-  documents = {}
-  for where, record in _read_json_lines(corpus_jsonl):
-    docid = _text(record, "docid", where)
-    where = f"{where} (docid {docid!r})"
-    if not isinstance(record.get("title"), str):
-      raise CorpusError(f"{where}: missing field 'title' (a string)")
-    if docid in documents:
-      raise CorpusError(f"{where}: duplicate docid")
-    documents[docid] = Candidate(docid, language, _text(record, "text", where), record["title"])
-  topics = {}
-  for where, line in _read_lines(topics_tsv):
-    fields = line.split("\t")
-    if len(fields) != 2 or not fields[0].strip() or not fields[1].strip():
-      raise CorpusError(f"{where}: expected 'qid<TAB>query' with both non-empty, found {line!r}")
-    if fields[0] in topics:
-      raise CorpusError(f"{where}: duplicate qid {fields[0]!r}")
-    topics[fields[0]] = fields[1].strip()
-  relevant = {qid: [] for qid in topics}
-  for where, line in _read_lines(qrels_trec):
-    fields = line.split()
-    if len(fields) != 4 or not re.fullmatch(r"-?\d+", fields[3]):
-      raise CorpusError(f"{where}: expected 'qid Q0 docid rel' with an integer rel, found {line!r}")
-    qid, _, docid, rel = fields
-    if qid not in topics:
-      raise CorpusError(f"{where}: qid {qid!r} is not in {topics_tsv}")
-    if int(rel) > 0:
-      if docid not in documents:
-        raise CorpusError(f"{where}: docid {docid!r} is not in {corpus_jsonl}")
-      if docid not in relevant[qid]:
-        relevant[qid].append(docid)
-  questions = [Question(qid, language, text, tuple(relevant[qid])) for qid, text in topics.items()]
-  return RetrievalDataset(f"miracl_{language}", {language: questions},
-                          {language: list(documents.values())})

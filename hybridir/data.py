@@ -12,6 +12,7 @@ import sys
 from typing import Sequence
 
 from hybridir import corpora
+from hybridir import retrieval_data
 from hybridir import hybrid
 
 
@@ -19,7 +20,7 @@ def default_data_dir(dataset: str) -> pathlib.Path:
   """$HYBRIDIR_DATA_DIR/<dataset folder>, else ../shared/data/<dataset folder>."""
   root = os.environ.get("HYBRIDIR_DATA_DIR",
                         pathlib.Path(__file__).resolve().parents[2] / "shared" / "data")
-  return pathlib.Path(root) / corpora.LAREQA_FOLDERS[dataset]
+  return pathlib.Path(root) / retrieval_data.LAREQA_FOLDERS[dataset]
 
 
 def _alpha(value: str) -> float | str:
@@ -36,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   commands = parser.add_subparsers(dest="command", required=True)
   stats = commands.add_parser("stats", help="per-language LAReQA question/candidate counts")
-  stats.add_argument("--dataset", choices=sorted(corpora.LAREQA_FOLDERS), required=True)
+  stats.add_argument("--dataset", choices=sorted(retrieval_data.LAREQA_FOLDERS), required=True)
   stats.add_argument("--data_dir", help="folder of <lang>.json (default: shared data)")
   stats.add_argument("--languages", nargs="+", help="default: all of the dataset's")
   batches = commands.add_parser("batches", help="one JSON line per step of the hybrid schedule")
@@ -60,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _stats(args: argparse.Namespace) -> None:
   data_dir = args.data_dir or default_data_dir(args.dataset)
-  dataset = corpora.load_lareqa(data_dir, args.dataset, languages=args.languages)
+  dataset = retrieval_data.load_lareqa(data_dir, args.dataset, languages=args.languages)
   print(json.dumps(dataset.stats(), indent=2, sort_keys=True))
 
 

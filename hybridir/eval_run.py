@@ -14,21 +14,22 @@ import jax
 import numpy as np
 
 import tasks
-from hybridir import corpora
+from hybridir import retrieval_data
 from hybridir import evaluate
 from hybridir import export
 from hybridir import metrics
 from hybridir import reports
+from hybridir import retrieval
 
 SUMMARY_MEASURES = ("map", "recall_10", "ndcg_cut_10", "recip_rank_cut_10")
 
 
-def candidate_text(candidate: corpora.Candidate, with_context: bool) -> str:
+def candidate_text(candidate: retrieval_data.Candidate, with_context: bool) -> str:
   """The text a candidate is encoded from: its sentence, optionally followed by its context."""
   return f"{candidate.text} {candidate.context}" if with_context else candidate.text
 
 
-def encode_dataset(encoder: export.Encoder, dataset: corpora.RetrievalDataset,
+def encode_dataset(encoder: export.Encoder, dataset: retrieval_data.RetrievalDataset,
                    with_context: bool = False) -> dict:
   """evaluate.evaluate_settings's inputs for a dataset: ids and embeddings per language."""
   questions, question_emb, candidates, candidate_emb = {}, {}, {}, {}
@@ -43,12 +44,39 @@ def encode_dataset(encoder: export.Encoder, dataset: corpora.RetrievalDataset,
               candidate_emb=candidate_emb)
 
 
-def evaluate_dataset(encoder: export.Encoder, dataset: corpora.RetrievalDataset,
+def evaluate_dataset(encoder: export.Encoder, dataset: retrieval_data.RetrievalDataset,
                      measures: Sequence[str] = metrics.DEFAULT_MEASURES,
                      with_context: bool = False) -> dict:
   """The three settings' results (see evaluate.evaluate_settings) for one dataset."""
   inputs = encode_dataset(encoder, dataset, with_context)
   return evaluate.evaluate_settings(measures=measures, **inputs)
+
+
+def write_multilingual_trec(directory: str, inputs: dict, depth: int = 100,
+                            tag: str = "hybridir") -> dict[str, str]:
+  """TREC run (top `depth` of the pool of every language) and qrels, for external tools.
+
+  Query ids are `{language}-{question id}`: LAReQA shares a question's id across languages.
+  """
+  pool_ids = [c for language in inputs["candidates"] for c in inputs["candidates"][language]]
+  pool_emb = np.concatenate([inputs["candidate_emb"][lang] for lang in inputs["candidates"]])
+  in_pool = set(pool_ids)
+  qids, question_emb, qrels = [], [], {}
+  for language, items in inputs["questions"].items():
+    for (qid, relevant), embedding in zip(items, inputs["question_emb"][language]):
+      key = f"{language}-{qid}"
+      qids.append(key)
+      question_emb.append(embedding)
+      judged = {c: 1 for c in relevant if c in in_pool}
+      if judged:
+        qrels[key] = judged
+  scores, indices = retrieval.top_k(np.stack(question_emb), pool_emb, min(depth, len(pool_ids)))
+  paths = {"run": os.path.join(directory, "multilingual.run"),
+           "qrels": os.path.join(directory, "multilingual.qrels")}
+  evaluate.write_trec_run(paths["run"], retrieval.ranking_to_run(qids, pool_ids, scores, indices),
+                          tag)
+  evaluate.write_trec_qrels(paths["qrels"], qrels)
+  return paths
 
 
 def summary(results: dict, measures: Sequence[str] = SUMMARY_MEASURES) -> dict[str, float]:
@@ -81,9 +109,11 @@ def run_evaluation(*, encoder_path: str, mixture_name: str, output_dir: str,
   results = {}
   for name, dataset in datasets:
     logging.info("evaluating %s on %s (%s)", encoder_path, name, dataset.stats())
-    results[name] = evaluate_dataset(encoder, dataset, measures, with_context)
+    inputs = encode_dataset(encoder, dataset, with_context)
+    results[name] = evaluate.evaluate_settings(measures=measures, **inputs)
     if writes:
       reports.write_report(os.path.join(output_dir, name), results[name], name=name)
+      write_multilingual_trec(os.path.join(output_dir, name), inputs)
   overview = {name: summary(result, measures) for name, result in results.items()}
   if in_domain is not None:
     overview["degradation"] = {name: degradation(overview[in_domain], overview[name])

@@ -12,8 +12,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hybridir import partitioning
+
 # A local 1-D mesh of pool blocks; unrelated to the training mesh in partitioning.py.
-_POOL_AXIS = "pool_blocks"
+_POOL_AXIS = partitioning.DATA_AXIS  # Pool blocks are split like a batch.
 
 
 def aligned_empty(shape: Sequence[int], dtype=np.float32, alignment: int = 64) -> np.ndarray:
@@ -61,7 +63,7 @@ def _block_top_k(queries, block, block_start, pool_size, k):
 @functools.lru_cache(maxsize=None)
 def _group_step(devices: tuple[jax.Device, ...], k: int):
   """Jitted: folds a group of blocks [num_devices, B, D] (one per device) into a running top-k."""
-  mesh = jax.sharding.Mesh(np.asarray(devices), (_POOL_AXIS,))
+  mesh = partitioning.create_mesh(1, devices=list(devices))
   spec = jax.sharding.PartitionSpec
 
   def per_device(queries, blocks, group_start, pool_size):

@@ -22,6 +22,7 @@ import numpy as np
 
 import tasks
 from hybridir import corpora
+from hybridir import retrieval_data
 from hybridir import eval_run
 from hybridir import export
 from hybridir import gin_utils
@@ -87,11 +88,11 @@ def train_vocabulary(corpus_dir: str, family: str, config: StudyConfig, output_d
   return path + ".model"
 
 
-def limit_questions(dataset: corpora.RetrievalDataset, limit: int | None):
+def limit_questions(dataset: retrieval_data.RetrievalDataset, limit: int | None):
   """The dataset with at most `limit` questions per language (candidates unchanged)."""
   if limit is None:
     return dataset
-  return corpora.RetrievalDataset(dataset.name, {lang: items[:limit] for lang, items in
+  return retrieval_data.RetrievalDataset(dataset.name, {lang: items[:limit] for lang, items in
                                                  dataset.questions.items()}, dataset.candidates)
 
 
@@ -101,7 +102,7 @@ def build_model(model_name: str, vocab_size: int):
   return gin_utils.evaluate("MODEL")
 
 
-def check_held_out(train_mixture: str, in_domain: corpora.RetrievalDataset) -> None:
+def check_held_out(train_mixture: str, in_domain: retrieval_data.RetrievalDataset) -> None:
   """Fails early if a held-out question's QA item is also a training pair."""
   train_ids = set(tasks.get_hybrid_mixture(train_mixture).corpus.pair_ids())
   test_ids = {q.question_id for items in in_domain.questions.values() for q in items}

@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from hybridir import corpora
+from hybridir import retrieval_data
 
 _RAW = "https://raw.githubusercontent.com/google-research-datasets/lareqa"
 XQUAD_R_COMMIT = "9bc8c7fb6dd8d01d72a05a93c2cb96882b0d299c"
@@ -66,15 +67,15 @@ class _LareqaBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       manual_dir = pathlib.Path(dl_manager.manual_dir)
     except AssertionError:  # TFDS's way of saying no manual folder was given or it is empty.
       return None
-    for folder in (manual_dir, manual_dir / corpora.LAREQA_FOLDERS[self._DATASET]):
+    for folder in (manual_dir, manual_dir / retrieval_data.LAREQA_FOLDERS[self._DATASET]):
       if (folder / f"{language}.json").is_file():
         return folder / f"{language}.json"
     raise FileNotFoundError(f"manual_dir {manual_dir}: no {language}.json there or in "
-                            f"{corpora.LAREQA_FOLDERS[self._DATASET]}/")
+                            f"{retrieval_data.LAREQA_FOLDERS[self._DATASET]}/")
 
   def _generate_examples(self, path: pathlib.Path):
     # The validating reader of corpora (one per repository); it raises naming file and record.
-    for paragraph in corpora._read_squad_paragraphs(path):  # pylint: disable=protected-access
+    for paragraph in corpora.read_squad_paragraphs(path):
       for question in paragraph.questions:
         yield question.qid, {
             "id": question.qid,
@@ -88,7 +89,7 @@ class _LareqaBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 def _configs(dataset: str) -> list[tfds.core.BuilderConfig]:
   return [tfds.core.BuilderConfig(name=language, description=f"{dataset}, language {language}")
-          for language in corpora.LAREQA_LANGUAGES[dataset]]
+          for language in retrieval_data.LAREQA_LANGUAGES[dataset]]
 
 
 class XquadR(_LareqaBuilder):

@@ -13,31 +13,32 @@ import gin
 import seqio
 
 from hybridir import corpora
+from hybridir import retrieval_data
 from tasks import qa
 
 SPLIT = "test"  # The seqio split of every evaluation task.
 LAREQA_MIXTURE = "lareqa"
 MIRACL_MIXTURE = "miracl"
 
-_DATASETS: dict[str, corpora.RetrievalDataset] = {}  # Dataset name -> its questions, candidates.
+_DATASETS: dict[str, retrieval_data.RetrievalDataset] = {}  # Dataset name -> its questions, candidates.
 _MIXTURES: dict[str, list[str]] = {}  # Evaluation mixture -> dataset names.
 _TASKS: dict[str, list[str]] = {}  # Dataset name -> its task names.
 
 
-def _queries_fn(questions: Sequence[corpora.Question]):
+def _queries_fn(questions: Sequence[retrieval_data.Question]):
   return lambda: {"query": [q.text for q in questions],
                   "question_id": [q.question_id for q in questions],
                   "language": [q.language for q in questions]}
 
 
-def _candidates_fn(candidates: Sequence[corpora.Candidate]):
+def _candidates_fn(candidates: Sequence[retrieval_data.Candidate]):
   return lambda: {"passage": [c.text for c in candidates],
                   "candidate_id": [c.candidate_id for c in candidates],
                   "context": [c.context for c in candidates],
                   "language": [c.language for c in candidates]}
 
 
-def _register_dataset(prefix: str, dataset: corpora.RetrievalDataset, family: str,
+def _register_dataset(prefix: str, dataset: retrieval_data.RetrievalDataset, family: str,
                       spm_path: str) -> list[str]:
   """Registers `{prefix}_{l}_queries` and `{prefix}_{l}_candidates`; returns their names."""
   qa.remove_providers(_TASKS.pop(dataset.name, []))
@@ -69,7 +70,7 @@ def _split_titles(data_dir, dataset: str, split) -> Sequence[str] | None:
   """Article titles of the QA split of the same name ("train"/"test"), else `split` itself."""
   if split not in ("train", "test"):
     return split
-  folder = pathlib.Path(data_dir) / corpora.LAREQA_FOLDERS[dataset]
+  folder = pathlib.Path(data_dir) / retrieval_data.LAREQA_FOLDERS[dataset]
   corpus = corpora.load_parallel_corpus(folder if folder.is_dir() else data_dir)
   train, test = corpus.split_by_article(qa.TEST_FRACTION, seed=0)
   return sorted((train if split == "train" else test).article_ids())
@@ -83,13 +84,13 @@ def register_lareqa(dataset: str, data_dir: str, family: str, spm_path: str,
   `split` as in `register_parallel_qa`: None, "train"/"test" (the same article split) or titles.
   Returns the task names.
   """
-  if dataset not in corpora.LAREQA_FOLDERS:
-    raise ValueError(f"dataset must be one of {sorted(corpora.LAREQA_FOLDERS)}, "
+  if dataset not in retrieval_data.LAREQA_FOLDERS:
+    raise ValueError(f"dataset must be one of {sorted(retrieval_data.LAREQA_FOLDERS)}, "
                      f"found {dataset!r}")
-  data = corpora.load_lareqa(data_dir, dataset, languages, _split_titles(data_dir, dataset, split))
+  data = retrieval_data.load_lareqa(data_dir, dataset, languages, _split_titles(data_dir, dataset, split))
   names = _register_dataset(dataset, data, family, str(spm_path))
   _add_mixture(f"lareqa_{dataset}", [dataset])
-  _add_mixture(LAREQA_MIXTURE, [d for d in corpora.LAREQA_FOLDERS if d in _DATASETS])
+  _add_mixture(LAREQA_MIXTURE, [d for d in retrieval_data.LAREQA_FOLDERS if d in _DATASETS])
   return names
 
 
@@ -97,7 +98,7 @@ def register_lareqa(dataset: str, data_dir: str, family: str, spm_path: str,
 def register_miracl(language: str, topics_tsv: str, qrels_trec: str, corpus_jsonl: str,
                     family: str, spm_path: str) -> list[str]:
   """Registers one MIRACL language (`miracl_{l}_queries`, `..._candidates`) and `miracl`."""
-  data = corpora.load_miracl(topics_tsv, qrels_trec, corpus_jsonl, language)
+  data = retrieval_data.load_miracl(topics_tsv, qrels_trec, corpus_jsonl, language)
   names = _register_dataset("miracl", data, family, str(spm_path))
   _add_mixture(MIRACL_MIXTURE, sorted(d for d in _DATASETS if d.startswith("miracl_")))
   return names
@@ -107,7 +108,7 @@ def evaluation_mixture_names() -> list[str]:
   return sorted(_MIXTURES)
 
 
-def evaluation_mixture_datasets(name: str) -> list[tuple[str, corpora.RetrievalDataset]]:
+def evaluation_mixture_datasets(name: str) -> list[tuple[str, retrieval_data.RetrievalDataset]]:
   """(dataset name, RetrievalDataset) behind an evaluation mixture, e.g. [('xquad_r', ...)]."""
   if name not in _MIXTURES:
     raise ValueError(f"no evaluation mixture {name!r}; registered: {evaluation_mixture_names()} "

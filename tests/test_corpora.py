@@ -6,6 +6,7 @@ import pathlib
 import pytest
 
 from hybridir import corpora
+from hybridir import retrieval_data
 
 # LAReQA's published table (questions, candidates); see ../shared/data/README.md.
 XQUAD_R_CANDIDATES = {"ar": 1222, "de": 1276, "el": 1234, "en": 1180, "es": 1215, "hi": 1244,
@@ -17,12 +18,12 @@ FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 
 @pytest.fixture(scope="module")
 def xquad_r(data_dir):
-  return corpora.load_lareqa(data_dir, "xquad_r")
+  return retrieval_data.load_lareqa(data_dir, "xquad_r")
 
 
 @pytest.fixture(scope="module")
 def mlqa_r(data_dir):
-  return corpora.load_lareqa(data_dir, "mlqa_r")
+  return retrieval_data.load_lareqa(data_dir, "mlqa_r")
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +102,7 @@ def test_relevant_english_sentence_holds_the_start_of_the_answer(data_dir, xquad
 
 def test_lareqa_split_keeps_only_questions_of_held_out_articles(data_dir, mlqa_corpus):
   _, test = mlqa_corpus.split_by_article(0.1, seed=3)
-  held_out = corpora.load_lareqa(data_dir, "mlqa_r", split=sorted(test.article_ids()))
+  held_out = retrieval_data.load_lareqa(data_dir, "mlqa_r", split=sorted(test.article_ids()))
   for language in MLQA_R_TABLE:
     assert {q.question_id for q in held_out.questions[language]} == set(test.pairs[language])
 
@@ -272,7 +273,7 @@ def test_split_by_article_is_the_same_for_the_same_seed(xquad_corpus):
 
 def load_fixture_miracl(language):
   folder = FIXTURES / "miracl" / language
-  return corpora.load_miracl(folder / "topics.tsv", folder / "qrels.tsv",
+  return retrieval_data.load_miracl(folder / "topics.tsv", folder / "qrels.tsv",
                              folder / "corpus.jsonl", language)
 
 
@@ -292,7 +293,7 @@ def test_miracl_qrels_with_unknown_docid_error_names_file_and_line(tmp_path):
   qrels = tmp_path / "qrels.tsv"
   qrels.write_text("10 Q0 201#0 1\n10 Q0 999#0 1\n", encoding="utf-8")
   with pytest.raises(corpora.CorpusError, match=r"qrels\.tsv: line 2: docid '999#0' is not in"):
-    corpora.load_miracl(folder / "topics.tsv", qrels, folder / "corpus.jsonl", "sw")
+    retrieval_data.load_miracl(folder / "topics.tsv", qrels, folder / "corpus.jsonl", "sw")
 
 
 def test_miracl_topic_without_tab_error_names_file_and_line(tmp_path):
@@ -300,7 +301,7 @@ def test_miracl_topic_without_tab_error_names_file_and_line(tmp_path):
   topics = tmp_path / "topics.tsv"
   topics.write_text("10\tMji mkuu wa Kenya ni upi?\n11 Mlima uko wapi?\n", encoding="utf-8")
   with pytest.raises(corpora.CorpusError, match=r"topics\.tsv: line 2: expected 'qid<TAB>query'"):
-    corpora.load_miracl(topics, folder / "qrels.tsv", folder / "corpus.jsonl", "sw")
+    retrieval_data.load_miracl(topics, folder / "qrels.tsv", folder / "corpus.jsonl", "sw")
 
 
 def test_miracl_document_without_text_error_names_file_line_and_docid(tmp_path):
@@ -308,4 +309,4 @@ def test_miracl_document_without_text_error_names_file_line_and_docid(tmp_path):
   corpus = write_jsonl(tmp_path / "corpus.jsonl", [{"docid": "201#0", "title": "Nairobi"}])
   with pytest.raises(corpora.CorpusError,
                      match=r"corpus\.jsonl: line 1 \(docid '201#0'\): missing field 'text'"):
-    corpora.load_miracl(folder / "topics.tsv", folder / "qrels.tsv", corpus, "sw")
+    retrieval_data.load_miracl(folder / "topics.tsv", folder / "qrels.tsv", corpus, "sw")

@@ -42,6 +42,19 @@ def test_run_files_train_export_and_evaluate_end_to_end(tmp_path, data_dir):
   assert 0 < summary["mlqa_r"]["multilingual/map"] <= 1
   assert "monolingual/map" in summary["degradation"]["mlqa_r"]
   assert (tmp_path / "eval" / "xquad_r" / "xquad_r_cross_lingual.png").stat().st_size > 1000
+  # The TREC files agree with the report through an independent path: `hybridir.evaluate`'s CLI.
+  folder = tmp_path / "eval" / "mlqa_r"
+  cli = subprocess.run([sys.executable, "-m", "hybridir.evaluate", "--run",
+                        str(folder / "multilingual.run"), "--qrels",
+                        str(folder / "multilingual.qrels"), "--measures", "recall_10"],
+                       capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+  assert cli.returncode == 0, cli.stderr
+  recall = json.loads(cli.stdout)["all"]["recall_10"]
+  per_language = json.loads((folder / "mlqa_r.json").read_text())["multilingual"]["per_language"]
+  weights = {lang: m["num_q"] for lang, m in per_language.items()}
+  expected = sum(per_language[l]["recall_10"] * w for l, w in weights.items()) / sum(
+      weights.values())
+  assert abs(recall - expected) < 1e-6
 
 
 def test_unknown_gin_binding_fails_before_compute_naming_it(tmp_path):

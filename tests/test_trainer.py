@@ -148,3 +148,29 @@ def test_init_from_imported_checkpoint_with_wrong_shapes_names_them(tmp_path, da
   with pytest.raises(importers.CheckpointMismatchError, match="token_embedder/embedding"):
     run(tmp_path, 2, init_checkpoint=str(
         data_dir / "t5x-tiny-checkpoint/test_de_t5_tiny.checkpoint_1000"))
+
+
+def test_keeps_the_last_checkpoint_plus_the_best_by_eval_metric(tmp_path):
+  import functools
+  from hybridir import checkpoints
+  keep = functools.partial(checkpoints.Checkpointer, keep_last=1, keep_best=1, best_mode="max")
+  result = run(tmp_path, 8, checkpoint_period=2, eval_input=SyntheticPairs(), eval_period=2,
+               eval_steps=1, best_metric="eval/loss", checkpointer_fn=keep)
+  losses = {h["step"]: h["eval/loss"] for h in result.eval_history}
+  assert sorted(losses) == [2, 4, 6, 8]
+  kept = sorted(int(p) for p in os.listdir(tmp_path / "checkpoints") if p.isdigit())
+  assert kept == sorted({max(losses, key=losses.get), 8})
+
+
+def test_init_from_hugging_face_checkpoint_starts_from_its_weights(tmp_path):
+  from hybridir import importers
+  from tests import reference_models
+  reference_models.save_random_mt5(
+      tmp_path / "hf", vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_heads=2,
+      relative_attention_num_buckets=32, relative_attention_max_distance=128)
+  _, imported = importers.load_hf(str(tmp_path / "hf"))
+  result = run(tmp_path / "run", 1, init_checkpoint=str(tmp_path / "hf"),
+               learning_rate_schedule=0.0)
+  trained = jax.device_get(result.state.params["model"])
+  for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(imported)):
+    np.testing.assert_array_equal(a, b)

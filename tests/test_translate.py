@@ -15,6 +15,7 @@ import sys
 import pytest
 
 from hybridir import corpora
+from hybridir import mt_engines
 from hybridir import translate
 from tests.conftest import REPO_ROOT
 
@@ -319,9 +320,9 @@ def test_batches_are_sorted_by_length_and_deterministic():
 
 
 def test_nllb_codes_and_unknown_languages_are_named(models):
-  assert translate.nllb_code("de") == "deu_Latn" and translate.nllb_code("zh") == "zho_Hans"
+  assert mt_engines.nllb_code("de") == "deu_Latn" and mt_engines.nllb_code("zh") == "zho_Hans"
   with pytest.raises(translate.TranslateError, match="'xx'"):
-    translate.nllb_code("xx")
+    mt_engines.nllb_code("xx")
   with pytest.raises(translate.TranslateError, match="no language 'qq'"):
     translate.load_translator(str(models / "m2m100"), "en", "qq", "transformers")
   with pytest.raises(translate.TranslateError, match="into 'de', not 'sw'"):

@@ -1,0 +1,154 @@
+"""LAReQA (XQuAD-R, MLQA-R) and MIRACL evaluation data: questions, candidates, relevance.
+
+Readers validate as they go and raise `corpora.CorpusError` naming the file, the line or the
+record and what is wrong. No TensorFlow, no JAX.
+"""
+import collections
+import dataclasses
+import pathlib
+import re
+from typing import Sequence
+
+from hybridir import corpora
+from hybridir.corpora import CorpusError
+from hybridir.corpora import PathLike
+
+LAREQA_FOLDERS = {"xquad_r": "xquad-r", "mlqa_r": "mlqa-r"}
+LAREQA_LANGUAGES = {
+    "xquad_r": ("ar", "de", "el", "en", "es", "hi", "ru", "th", "tr", "vi", "zh"),
+    "mlqa_r": ("ar", "de", "en", "es", "hi", "vi", "zh"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Question:
+  question_id: str
+  language: str
+  text: str
+  relevant: tuple[str, ...]  # Candidate ids, in any language.
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+  candidate_id: str
+  language: str
+  text: str
+  context: str  # The paragraph around the sentence (LAReQA) or the document title (MIRACL).
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RetrievalDataset:
+  """Questions and candidates by language, for mono/cross/multilingual retrieval evaluation."""
+  name: str
+  questions: dict[str, list[Question]]
+  candidates: dict[str, list[Candidate]]
+
+  def stats(self) -> dict[str, dict[str, int]]:
+    """Per language: questions, candidates, and (question, relevant candidate) pairs."""
+    return {language: {
+        "questions": len(self.questions.get(language, ())),
+        "candidates": len(self.candidates.get(language, ())),
+        "relevant_pairs": sum(len(q.relevant) for q in self.questions.get(language, ())),
+    } for language in sorted(set(self.questions) | set(self.candidates))}
+
+
+def _lareqa_folder(data_dir: PathLike, dataset: str) -> pathlib.Path:
+  """`data_dir/<dataset folder>` if it exists, else `data_dir` itself."""
+  if dataset not in LAREQA_FOLDERS:
+    raise ValueError(f"dataset must be one of {sorted(LAREQA_FOLDERS)}, found {dataset!r}")
+  folder = pathlib.Path(data_dir) / LAREQA_FOLDERS[dataset]
+  return folder if folder.is_dir() else pathlib.Path(data_dir)
+
+
+def load_lareqa(data_dir: PathLike, dataset: str = "xquad_r",
+                languages: Sequence[str] | None = None,
+                split: Sequence[str] | None = None) -> RetrievalDataset:
+  """LAReQA's XQuAD-R or MLQA-R: every sentence of every paragraph is a candidate.
+
+  Candidates are NOT deduplicated: one per (paragraph, sentence position), which reproduces
+  LAReQA's published counts exactly (deduplicating identical sentence text, or (sentence,
+  paragraph), gives fewer for ar, hi, ru, tr, zh and MLQA-R ar, en, hi, vi). A question's relevant
+  candidates are the sentences holding its answer_start ([start, end) of sentence_breaks) in every
+  language where its id exists. `split`, a list of article titles, keeps those articles and, in
+  every language, the articles holding their question ids (MLQA titles are per language).
+  """
+  folder = _lareqa_folder(data_dir, dataset)
+  languages = tuple(languages or LAREQA_LANGUAGES[dataset])
+  paragraphs = {}
+  for language in languages:
+    corpora.check_language(language, f"languages argument for {dataset}")
+    paragraphs[language] = list(corpora.read_squad_paragraphs(folder / f"{language}.json"))
+  if split is not None:
+    paragraphs = _restrict_to_articles(paragraphs, set(split), folder)
+  candidates, answers, texts = {}, collections.defaultdict(dict), {}
+  for language in languages:
+    candidates[language], texts[language] = [], {}
+    for p, paragraph in enumerate(paragraphs[language]):
+      ids = [f"{language}:{p}:{s}" for s in range(len(paragraph.sentences))]
+      candidates[language] += [Candidate(i, language, sentence, paragraph.context)
+                               for i, sentence in zip(ids, paragraph.sentences)]
+      for question in paragraph.questions:
+        answers[question.qid][language] = ids[question.sentence_index]
+        texts[language][question.qid] = question.text
+  questions = {language: [
+      Question(qid, language, text, tuple(answers[qid][other] for other in languages
+                                          if other in answers[qid]))
+      for qid, text in texts[language].items()] for language in languages}
+  return RetrievalDataset(dataset, questions, candidates)
+
+
+def _restrict_to_articles(paragraphs: dict[str, list[corpora.SquadParagraph]], titles: set[str],
+                          folder: pathlib.Path) -> dict[str, list[corpora.SquadParagraph]]:
+  kept_ids = {q.qid for ps in paragraphs.values() for p in ps if p.article_id in titles
+              for q in p.questions}
+  if not kept_ids:
+    raise CorpusError(f"{folder}: none of the {len(titles)} split articles were found")
+  kept_articles = {(language, p.article_id) for language, ps in paragraphs.items() for p in ps
+                   if p.article_id in titles or any(q.qid in kept_ids for q in p.questions)}
+  return {language: [
+      dataclasses.replace(p, questions=tuple(q for q in p.questions if q.qid in kept_ids))
+      for p in ps if (language, p.article_id) in kept_articles]
+          for language, ps in paragraphs.items()}
+
+
+def load_miracl(topics_tsv: PathLike, qrels_trec: PathLike, corpus_jsonl: PathLike,
+                language: str) -> RetrievalDataset:
+  """One MIRACL language: topics `qid<TAB>query`, qrels `qid Q0 docid rel`, corpus JSONL.
+
+  Only judgements with rel > 0 are relevant; a topic without one keeps an empty `relevant`.
+  Candidate text is the passage text, its context the document title.
+  """
+  corpora.check_language(language, f"{topics_tsv}")
+  documents = {}
+  for where, record in corpora.read_json_lines(corpus_jsonl):
+    docid = corpora.required_text(record, "docid", where)
+    where = f"{where} (docid {docid!r})"
+    if not isinstance(record.get("title"), str):
+      raise CorpusError(f"{where}: missing field 'title' (a string)")
+    if docid in documents:
+      raise CorpusError(f"{where}: duplicate docid")
+    documents[docid] = Candidate(docid, language, corpora.required_text(record, "text", where), record["title"])
+  topics = {}
+  for where, line in corpora.read_lines(topics_tsv):
+    fields = line.split("\t")
+    if len(fields) != 2 or not fields[0].strip() or not fields[1].strip():
+      raise CorpusError(f"{where}: expected 'qid<TAB>query' with both non-empty, found {line!r}")
+    if fields[0] in topics:
+      raise CorpusError(f"{where}: duplicate qid {fields[0]!r}")
+    topics[fields[0]] = fields[1].strip()
+  relevant = {qid: [] for qid in topics}
+  for where, line in corpora.read_lines(qrels_trec):
+    fields = line.split()
+    if len(fields) != 4 or not re.fullmatch(r"-?\d+", fields[3]):
+      raise CorpusError(f"{where}: expected 'qid Q0 docid rel' with an integer rel, found {line!r}")
+    qid, _, docid, rel = fields
+    if qid not in topics:
+      raise CorpusError(f"{where}: qid {qid!r} is not in {topics_tsv}")
+    if int(rel) > 0:
+      if docid not in documents:
+        raise CorpusError(f"{where}: docid {docid!r} is not in {corpus_jsonl}")
+      if docid not in relevant[qid]:
+        relevant[qid].append(docid)
+  questions = [Question(qid, language, text, tuple(relevant[qid])) for qid, text in topics.items()]
+  return RetrievalDataset(f"miracl_{language}", {language: questions},
+                          {language: list(documents.values())})
