@@ -46,7 +46,7 @@ setuptools.setup(
     description=__doc__,
     packages=setuptools.find_packages(include=["hybridir", "hybridir.*", "tasks", "tasks.*"]),
     package_data={"": ["*.gin"]},
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
 )

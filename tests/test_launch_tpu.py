@@ -393,5 +393,6 @@ def test_help_lists_every_option(env):
 def test_shellcheck_finds_nothing():
   if shutil.which("shellcheck") is None:
     pytest.skip("shellcheck is not installed (CI installs it: apt-get install -y shellcheck)")
-  result = subprocess.run(["shellcheck", str(SCRIPT)], capture_output=True, text=True, timeout=60)
+  result = subprocess.run(["shellcheck", str(SCRIPT), str(SCRIPT.parent / "study_sweep.sh")],
+                          capture_output=True, text=True, timeout=60)
   assert result.returncode == 0, result.stdout
