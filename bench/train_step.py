@@ -145,13 +145,13 @@ def torch_peer(cfg, batch, dtype, learning_rate, weight_decay):
     return torch.nn.functional.normalize(pooled, dim=-1)
 
   def step():
-    optimizer.zero_grad(set_to_none=True)
     with autocast():
       queries, passages = embed("query"), embed("passage")
     loss = torch.nn.functional.cross_entropy(queries @ passages.T / TEMPERATURE, labels)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(encoder.parameters(), CLIP_NORM)
     optimizer.step()
+    optimizer.zero_grad(set_to_none=True)  # Frees the gradients between steps, as JAX does.
     return loss.item()
 
   return step
@@ -254,6 +254,7 @@ def memory_child(args):
   jax_batch = jax.tree.map(jnp.asarray, batch)
   step, state = jax_step(model, args.memory_optimizer, batch, args.learning_rate,
                          args.weight_decay, args.memory_grad_cache_chunks)
+  state = jax.block_until_ready(state)
   result = {"model": args.memory_model, "dtype": args.memory_dtype,
             "optimizer": args.memory_optimizer, "batch_size": args.memory_batch_size,
             "grad_cache_chunks": args.memory_grad_cache_chunks, "vocab_size": cfg.vocab_size,
@@ -305,7 +306,7 @@ def run_memory(args):
   result = json.loads(lines[0][len("MEMORY_RESULT "):])
   gib = lambda n: f"{n / 2**30:.2f} GiB"
   print(f"parameters: {result['num_params'] / 1e6:.1f}M, {gib(result['param_bytes'])}; "
-        f"optimizer state {gib(result['opt_state_bytes'])}; XLA temporaries of the step "
+        f"optimizer state {result['opt_state_bytes'] / 2**20:.1f} MiB; XLA temporaries of the step "
         f"{gib(result.get('xla_temp_bytes', 0))}")
   # VmHWM is the child's own peak; ru_maxrss also counts the parent's peak, inherited at fork.
   print(f"RSS after init {gib(result['rss_after_init_bytes'])}; peak RSS (VmHWM) "
