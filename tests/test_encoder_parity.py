@@ -28,24 +28,19 @@ def assert_close_on_real_tokens(ours, theirs, mask):
   assert error < 1e-5, f"relative error {error:.2e}"
 
 
-@pytest.mark.parametrize("name", sorted(T5_CONFIGS))
-def test_mt5_encoder_matches_transformers(tmp_path, name):
-  overrides = dict(T5_CONFIGS[name])
-  vocab_size = overrides.pop("vocab_size", 300)
-  torch_model = ref.save_random_mt5(tmp_path, vocab_size=vocab_size, **overrides)
-  model, params = importers.load_hf(str(tmp_path))
-  tokens, mask = ref.random_padded_batch(vocab_size, LENGTHS, pad_id=0)
-  assert_close_on_real_tokens(ref.flax_hidden(model, params, tokens, mask),
-                              ref.torch_hidden(torch_model, tokens, mask), mask)
+REFERENCES = {"t5": (T5_CONFIGS, ref.save_random_mt5, 300, 0),
+              "xlmr": (XLMR_CONFIGS, ref.save_random_xlmr, 302, 1)}
 
 
-@pytest.mark.parametrize("name", sorted(XLMR_CONFIGS))
-def test_xlmr_encoder_matches_transformers(tmp_path, name):
-  overrides = dict(XLMR_CONFIGS[name])
-  vocab_size = overrides.pop("vocab_size", 302)
-  torch_model = ref.save_random_xlmr(tmp_path, vocab_size=vocab_size, **overrides)
+@pytest.mark.parametrize("family,name", [(family, name) for family in REFERENCES
+                                         for name in sorted(REFERENCES[family][0])])
+def test_encoder_matches_transformers_on_padded_batches(tmp_path, family, name):
+  configs, save_random, default_vocab_size, pad_id = REFERENCES[family]
+  overrides = dict(configs[name])
+  vocab_size = overrides.pop("vocab_size", default_vocab_size)
+  torch_model = save_random(tmp_path, vocab_size=vocab_size, **overrides)
   model, params = importers.load_hf(str(tmp_path))
-  tokens, mask = ref.random_padded_batch(vocab_size, LENGTHS, pad_id=1)
+  tokens, mask = ref.random_padded_batch(vocab_size, LENGTHS, pad_id=pad_id)
   assert_close_on_real_tokens(ref.flax_hidden(model, params, tokens, mask),
                               ref.torch_hidden(torch_model, tokens, mask), mask)
 
