@@ -129,9 +129,3 @@ def degradation(in_domain: dict[str, float], out_of_domain: dict[str, float]) ->
   common = sorted(set(in_domain) & set(out_of_domain))
   return evaluate.degradation({k: in_domain[k] for k in common},
                               {k: out_of_domain[k] for k in common})
-
-
-def mean_and_spread(values: Sequence[float]) -> tuple[float, float]:
-  """Mean and sample standard deviation (0 for a single value) over seeds."""
-  values = np.asarray(values, np.float64)
-  return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0

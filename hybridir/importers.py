@@ -172,8 +172,13 @@ def _read_hf_tensors(model_dir: str) -> dict[str, np.ndarray]:
   return tensors
 
 
-def load_hf(model_dir: str, **dual_encoder_options) -> tuple[dual_encoder.DualEncoder, dict]:
-  """A transformers MT5EncoderModel / T5EncoderModel / MT5Model / XLMRobertaModel directory."""
+def load_hf(model_dir: str, target: dual_encoder.DualEncoder | None = None,
+            **dual_encoder_options) -> tuple[dual_encoder.DualEncoder, dict]:
+  """A transformers MT5EncoderModel / T5EncoderModel / MT5Model / XLMRobertaModel directory.
+
+  `target`: check and assemble the tensors against this model (e.g. a gin-configured one to
+  initialise training) instead of one built from the checkpoint's config.json.
+  """
   config_path = os.path.join(model_dir, "config.json")
   if not os.path.exists(config_path):
     raise FileNotFoundError(f"{model_dir}: no config.json (not a Hugging Face model directory)")
@@ -194,7 +199,7 @@ def load_hf(model_dir: str, **dual_encoder_options) -> tuple[dual_encoder.DualEn
     elif not _HF_UNUSED.match(name) and not re.match(
         r"^encoder\.block\.\d+\.layer\.0\.SelfAttention\.relative_attention_bias", name):
       unknown.append(name)
-  model = dual_encoder.DualEncoder(cfg, **dual_encoder_options)
+  model = target or dual_encoder.DualEncoder(cfg, **dual_encoder_options)
   return model, assemble_params(model, tensors, unknown, model_dir)
 
 
@@ -262,14 +267,18 @@ def config_from_t5x(tensors: dict[str, np.ndarray], **overrides) -> t5.T5Config:
 
 
 def load_t5x(path: str, config: t5.T5Config | None = None,
+             target: dual_encoder.DualEncoder | None = None,
              **dual_encoder_options) -> tuple[dual_encoder.DualEncoder, dict]:
-  """A T5X (dual) encoder checkpoint: `token_embedder`, `encoder/...`, optional projection."""
+  """A T5X (dual) encoder checkpoint: `token_embedder`, `encoder/...`, optional projection.
+
+  `target`: check and assemble against this model instead of one built from `config` (or the
+  config inferred from the checkpoint's shapes).
+  """
   flat = read_t5x_checkpoint(path)
   for required in ("token_embedder/embedding", "encoder/relpos_bias/rel_embedding"):
     if required not in flat:
       raise CheckpointMismatchError(f"{path}: no {required}; not a T5X T5 encoder checkpoint "
                                     f"(found {sorted(flat)[:8]} ...)")
-  cfg = config or config_from_t5x(flat)
   if "projection_layer/kernel" in flat:
     dual_encoder_options.setdefault("projection_dim", flat["projection_layer/kernel"].shape[1])
   tensors, unknown = {}, []
@@ -280,5 +289,6 @@ def load_t5x(path: str, config: t5.T5Config | None = None,
       tensors[name] = value
     elif not _T5X_UNUSED.match(name):
       unknown.append(name)
-  model = dual_encoder.DualEncoder(cfg, **dual_encoder_options)
+  model = target or dual_encoder.DualEncoder(config or config_from_t5x(flat),
+                                             **dual_encoder_options)
   return model, assemble_params(model, tensors, unknown, path)

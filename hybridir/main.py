@@ -5,9 +5,11 @@ A run file binds `RUN` (the function to call: train, evaluate or export) and may
 a list of calls made first (task registration, vocabulary preparation). `--gin.KEY=VALUE` flags
 are gin bindings, as in T5X. Bad bindings and missing required settings fail before any compute.
 """
+import functools
 import inspect
 import os
 import sys
+from typing import Sequence
 
 from absl import app
 from absl import flags
@@ -77,11 +79,11 @@ def resolve_run():
   return reference.scoped_configurable_fn
 
 
-def main(argv):
+def main(argv, gin_flag_bindings: Sequence[str] = ()):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   initialize_distributed()
-  gin_utils.parse(_GIN_FILE.value, _GIN_BINDINGS.value + _EXTRA_BINDINGS)
+  gin_utils.parse(_GIN_FILE.value, _GIN_BINDINGS.value + list(gin_flag_bindings))
   run = resolve_run()
   if jax.process_index() == 0:
     logging.info("gin config:\n%s", gin.config_str())
@@ -94,13 +96,9 @@ def main(argv):
   run()
 
 
-_EXTRA_BINDINGS: list[str] = []
-
-
 def console_main():
   argv, bindings = gin_flags_to_bindings(sys.argv)
-  _EXTRA_BINDINGS.extend(bindings)
-  app.run(main, argv=argv)
+  app.run(functools.partial(main, gin_flag_bindings=bindings), argv=argv)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ def _format(value: Optional[float]) -> str:
   return str(value) if isinstance(value, int) else f"{value:.4f}"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   lines += ["| " + " | ".join(_format(c) if not isinstance(c, str) else c for c in row) + " |"
             for row in rows]
@@ -71,7 +71,7 @@ def markdown_tables(results: Mapping[str, Any], measure: str = "map") -> str:
   averages = [results[s]["average"] for s in SETTINGS]
   measures = sorted({name for avg in averages for name in avg})
   sections = ["## Averages over languages (pairs)",
-              _table(["setting"] + measures,
+              markdown_table(["setting"] + measures,
                      [[s] + [avg.get(m) for m in measures] for s, avg in zip(SETTINGS, averages)])]
   header = ["language", f"mono {measure}", f"cross {measure} (mean over pools)",
             f"multi {measure}", "multi rank_distance", "num_q (mono/multi)"]
@@ -84,17 +84,17 @@ def markdown_tables(results: Mapping[str, Any], measure: str = "map") -> str:
     rows.append([lang, mono.get(measure), float(np.mean(cross)) if cross else None,
                  multi.get(measure), multi.get("rank_distance"),
                  f"{mono['num_q']}/{multi.get('num_q', 0)}"])
-  sections += [f"## Per language ({measure})", _table(header, rows)]
+  sections += [f"## Per language ({measure})", markdown_table(header, rows)]
   languages, matrix = _cross_matrix(results, measure)
   sections += [f"## Cross-lingual {measure} (rows: questions, columns: candidates; diagonal: "
                f"monolingual)",
-               _table(["questions \\ candidates"] + languages,
+               markdown_table(["questions \\ candidates"] + languages,
                       [[x] + [None if math.isnan(v) else float(v) for v in row]
                        for x, row in zip(languages, matrix)])]
   return "\n\n".join(sections) + "\n"
 
 
-def _save(figure: Figure, path: str) -> None:
+def save_figure(figure: Figure, path: str) -> None:
   FigureCanvasAgg(figure)
   figure.tight_layout()
   with evaluate.atomic_output(path) as temporary:
@@ -119,7 +119,7 @@ def plot_cross_lingual_heatmap(path: str, results: Mapping[str, Any], measure: s
                 color="black" if value > 0.6 * top else "white")
   figure.colorbar(image, ax=axes, label=measure)
   axes.set_title(f"Cross-lingual {measure}")
-  _save(figure, path)
+  save_figure(figure, path)
 
 
 def plot_per_language_bars(path: str, results: Mapping[str, Any], measure: str = "map") -> None:
@@ -142,7 +142,7 @@ def plot_per_language_bars(path: str, results: Mapping[str, Any], measure: str =
   axes.set_ylabel(measure)
   axes.set_title(f"{measure} per question language")
   axes.legend()
-  _save(figure, path)
+  save_figure(figure, path)
 
 
 def plot_rank_distance(path: str, results: Mapping[str, Any]) -> None:
@@ -156,7 +156,7 @@ def plot_rank_distance(path: str, results: Mapping[str, Any]) -> None:
   axes.set_xticks(range(len(languages)), languages)
   axes.set_ylabel("rank distance (lower is better)")
   axes.set_title("Language bias in the multilingual pool")
-  _save(figure, path)
+  save_figure(figure, path)
 
 
 def write_report(output_dir: str, results: Mapping[str, Any], measure: str = "map",

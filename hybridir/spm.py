@@ -27,9 +27,16 @@ def train(corpus_path: str, family: str, vocab_size: int, output: str,
           languages: Sequence[str] | None = None, passage_unit: str = "paragraph",
           character_coverage: float = 0.9995) -> str:
   """Trains on the corpus and writes `output`.model/.vocab atomically; returns the model path."""
+  corpus = corpora.load_parallel_corpus(corpus_path, passage_unit, languages)
+  return train_on_corpus(corpus, family, vocab_size, output, character_coverage,
+                         source=str(corpus_path))
+
+
+def train_on_corpus(corpus: corpora.ParallelCorpus, family: str, vocab_size: int, output: str,
+                    character_coverage: float = 0.9995, source: str = "the corpus") -> str:
+  """Trains on a loaded (e.g. split) corpus; writes `output`.model/.vocab atomically."""
   if vocab_size < 8:
     raise ValueError(f"vocab_size must be at least 8, found {vocab_size}")
-  corpus = corpora.load_parallel_corpus(corpus_path, passage_unit, languages)
   folder = os.path.dirname(os.path.abspath(output))
   os.makedirs(folder, exist_ok=True)
   with tempfile.TemporaryDirectory(dir=folder) as scratch:
@@ -38,7 +45,7 @@ def train(corpus_path: str, family: str, vocab_size: int, output: str,
       vocab.train_sentencepiece(corpus_texts(corpus), prefix, vocab_size, family,
                                 character_coverage)
     except RuntimeError as e:  # SentencePiece's own message says which setting to change.
-      raise ValueError(f"training on {corpus_path} failed: {e}") from e
+      raise ValueError(f"training on {source} failed: {e}") from e
     os.replace(prefix + ".vocab", output + ".vocab")
     os.replace(prefix + ".model", output + ".model")  # Last: a complete .model means done.
   return output + ".model"

@@ -24,6 +24,7 @@ import tasks
 from hybridir import corpora
 from hybridir import retrieval_data
 from hybridir import eval_run
+from hybridir import evaluate
 from hybridir import export
 from hybridir import gin_utils
 from hybridir import input_pipeline
@@ -80,12 +81,8 @@ def train_vocabulary(corpus_dir: str, family: str, config: StudyConfig, output_d
     return path + ".model"
   corpus = corpora.load_parallel_corpus(corpus_dir, languages=list(config.languages))
   train, _ = corpus.split_by_article(tasks.qa.TEST_FRACTION, seed=0)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  prefix = vocab.train_sentencepiece(spm.corpus_texts(train), path + ".tmp", config.vocab_size,
-                                     family)
-  os.replace(prefix[:-len(".model")] + ".vocab", path + ".vocab")
-  os.replace(prefix, path + ".model")
-  return path + ".model"
+  return spm.train_on_corpus(train, family, config.vocab_size, path,
+                             source=f"{corpus_dir} (training articles)")
 
 
 def limit_questions(dataset: retrieval_data.RetrievalDataset, limit: int | None):
@@ -139,10 +136,7 @@ def train_and_evaluate(run_dir, model, mixture, spm_path, learning_rate, seed, c
          "train": {"first_loss": float(np.mean(losses[:10])) if losses else None,
                    "last_loss": float(np.mean(losses[-10:])) if losses else None,
                    "steps": config.train_steps}}
-  tmp = results_path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(out, f, allow_nan=True)
-  os.replace(tmp, results_path)
+  evaluate.write_text_atomically(results_path, json.dumps(out, allow_nan=True))
   return out
 
 

@@ -85,7 +85,7 @@ def markdown(table: dict, config, datasets: dict, description: str | None = None
   rows = [[model, strategy] + [_fmt(entry["map"][dataset][setting]) for dataset, _ in DATASETS
                                for setting, _ in SETTINGS]
           for model, strategies in table.items() for strategy, entry in strategies.items()]
-  lines += [reports._table(header, rows), "",
+  lines += [reports.markdown_table(header, rows), "",
             "## Degradation: in-domain mAP minus out-of-domain mAP", "",
             "Absolute in mAP points (x 100); relative in % of the in-domain mAP. Lower is better.", ""]
   header = ["model", "strategy"] + [f"{short} abs" for _, short in SETTINGS] + [
@@ -93,16 +93,16 @@ def markdown(table: dict, config, datasets: dict, description: str | None = None
   rows = [[model, strategy] + [_fmt(entry["degradation"][s]["absolute"]) for s, _ in SETTINGS]
           + [_fmt(entry["degradation"][s]["relative"]) for s, _ in SETTINGS]
           for model, strategies in table.items() for strategy, entry in strategies.items()]
-  lines += [reports._table(header, rows), "",
+  lines += [reports.markdown_table(header, rows), "",
             "## Language bias: rank distance in the multilingual setting (lower is less biased)", ""]
   header = ["model", "strategy"] + [label for _, label in DATASETS]
   rows = [[model, strategy] + [_fmt(entry["rank_distance"][d], scale=1.0) for d, _ in DATASETS]
           for model, strategies in table.items() for strategy, entry in strategies.items()]
-  lines += [reports._table(header, rows), "", "## Training loss (first 10 / last 10 steps)", ""]
+  lines += [reports.markdown_table(header, rows), "", "## Training loss (first 10 / last 10 steps)", ""]
   rows = [[model, strategy, _fmt(entry["train_loss"]["first_loss"], 1.0, 3),
            _fmt(entry["train_loss"]["last_loss"], 1.0, 3)]
           for model, strategies in table.items() for strategy, entry in strategies.items()]
-  lines += [reports._table(["model", "strategy", "first", "last"], rows), "", "## Data", ""]
+  lines += [reports.markdown_table(["model", "strategy", "first", "last"], rows), "", "## Data", ""]
   for name, stats in datasets.items():
     questions = sum(s["questions"] for s in stats.values())
     candidates = sum(s["candidates"] for s in stats.values())
@@ -130,7 +130,7 @@ def plot_degradation(path: str, table: dict) -> None:
   axes.axhline(0, color="black", linewidth=0.5)
   axes.legend()
   figure.tight_layout()
-  reports._save(figure, path)
+  reports.save_figure(figure, path)
 
 
 def write(output_dir: str, results: dict, config, datasets: dict,

@@ -68,6 +68,15 @@ def _passage_tokens(batch) -> jax.Array:
   return passages
 
 
+def _in_batch_loss(params, queries, passages, batch, loss_config: LossConfig):
+  """The configured in-batch loss of (global) query and passage embeddings: (loss, metrics)."""
+  return losses.in_batch_softmax_loss(
+      queries, passages, temperature=_temperature(params, loss_config),
+      pair_ids=batch["pair_ids"] if loss_config.mask_pair_ids else None,
+      hard_negatives_per_query=loss_config.hard_negatives_per_query,
+      symmetric=loss_config.symmetric)
+
+
 def make_train_step(model: dual_encoder.DualEncoder, optimizer: optax.GradientTransformation,
                     loss_config: LossConfig, constrain_batch: Callable = lambda x: x):
   """(state, batch, dropout_rng) -> (state, metrics). `constrain_batch` pins chunk shardings."""
@@ -76,20 +85,13 @@ def make_train_step(model: dual_encoder.DualEncoder, optimizer: optax.GradientTr
     return model.apply({"params": model_params}, tokens, tower, deterministic=False,
                        rngs={"dropout": rng}, method=dual_encoder.DualEncoder.encode)
 
-  def loss_from_embeddings(params, queries, passages, batch):
-    return losses.in_batch_softmax_loss(
-        queries, passages, temperature=_temperature(params, loss_config),
-        pair_ids=batch["pair_ids"] if loss_config.mask_pair_ids else None,
-        hard_negatives_per_query=loss_config.hard_negatives_per_query,
-        symmetric=loss_config.symmetric)
-
   def plain_grads(params, batch, rng):
     query_rng, passage_rng = jax.random.split(rng)
 
     def loss_fn(params):
       queries = encode(params["model"], batch["query_tokens"], "query", query_rng)
       passages = encode(params["model"], _passage_tokens(batch), "passage", passage_rng)
-      return loss_from_embeddings(params, queries, passages, batch)
+      return _in_batch_loss(params, queries, passages, batch, loss_config)
 
     return jax.value_and_grad(loss_fn, has_aux=True)(params)
 
@@ -118,7 +120,7 @@ def make_train_step(model: dual_encoder.DualEncoder, optimizer: optax.GradientTr
     embeddings = {name: jax.lax.stop_gradient(embed_all(name)) for name in towers}
 
     def loss_fn(params, queries, passages):
-      return loss_from_embeddings(params, queries, passages, batch)
+      return _in_batch_loss(params, queries, passages, batch, loss_config)
 
     (loss, metrics), (grads, query_cot, passage_cot) = jax.value_and_grad(
         loss_fn, argnums=(0, 1, 2), has_aux=True)(params, embeddings["query"],
@@ -156,12 +158,8 @@ def make_eval_step(model: dual_encoder.DualEncoder, loss_config: LossConfig):
   def eval_step(params, batch):
     encode = lambda tokens, tower: model.apply(
         {"params": params["model"]}, tokens, tower, method=dual_encoder.DualEncoder.encode)
-    return losses.in_batch_softmax_loss(
-        encode(batch["query_tokens"], "query"), encode(_passage_tokens(batch), "passage"),
-        temperature=_temperature(params, loss_config),
-        pair_ids=batch["pair_ids"] if loss_config.mask_pair_ids else None,
-        hard_negatives_per_query=loss_config.hard_negatives_per_query,
-        symmetric=loss_config.symmetric)[1]
+    return _in_batch_loss(params, encode(batch["query_tokens"], "query"),
+                          encode(_passage_tokens(batch), "passage"), batch, loss_config)[1]
 
   return eval_step
 

@@ -8,7 +8,6 @@ import time
 from typing import Any, Callable
 
 from absl import logging
-import flax
 import gin
 import jax
 import jax.numpy as jnp
@@ -83,12 +82,9 @@ def _to_host(metrics) -> dict:
 
 def _imported_params(model: dual_encoder.DualEncoder, path: str) -> dict:
   """Parameters from a Hugging Face directory or T5X checkpoint, checked against `model`."""
-  if os.path.exists(os.path.join(path, "config.json")):
-    _, params = importers.load_hf(path)
-  else:
-    _, params = importers.load_t5x(path, model.encoder_config)
-  tensors = {"/".join(k): v for k, v in flax.traverse_util.flatten_dict(params).items()}
-  return importers.assemble_params(model, tensors, [], path)  # Raises listing every mismatch.
+  load = importers.load_hf if os.path.exists(os.path.join(path, "config.json")) else (
+      importers.load_t5x)
+  return load(path, target=model)[1]  # Raises listing every mismatch.
 
 
 @gin.configurable
@@ -166,7 +162,7 @@ def train(*, model: dual_encoder.DualEncoder, train_input: Any, task_feature_len
   p_eval_step = jax.jit(step_lib.make_eval_step(model, loss_config),
                         in_shardings=(param_shardings, batch_sharding), out_shardings=replicated)
   dropout_rng = jax.random.PRNGKey(seed + 1)
-  writer = _SummaryWriter(os.path.join(model_dir, "train") if jax.process_index() == 0 else None)
+  writer = _SummaryWriter(os.path.join(model_dir, "train"))
   eval_writer = _SummaryWriter(os.path.join(model_dir, "eval") if eval_input is not None else None)
 
   def data_position(step):
