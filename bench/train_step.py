@@ -3,9 +3,10 @@
 speed: one full step (queries and passages through the shared encoder, dropout 0.1, in-batch
 softmax loss at temperature 0.05, backward, global-norm clipping 1.0, optimizer update) from
 `train_step.make_train_step`, jitted once (compile excluded), with AdamW and with Adafactor,
-alternating in one process with the same step in eager PyTorch (transformers' MT5EncoderModel /
+alternating step by step with the same step in eager PyTorch (transformers' MT5EncoderModel /
 XLMRobertaModel with the same dims, mean pooling + L2 norm, cross-entropy over q @ p.T / 0.05,
 torch.optim.AdamW, model.train()); bfloat16 runs the peer under torch.autocast (float32 weights).
+Each implementation runs in a worker process of its own (peak RSS per worker reported).
 MFU = model FLOPs / median step time / measured peak float32 matmul rate of jnp.dot.
 memory: in a subprocess, a few steps of a full-vocabulary mT5-base dual encoder (Adafactor),
 reporting peak RSS and parameter / optimizer-state sizes.
@@ -170,14 +171,11 @@ def proc_status_kib(field: str) -> int:
 
 
 def run_speed(args, peaks):
-  """Every (model, dtype) in turn; each one's models and states are freed before the next."""
-  import torch
-  torch.set_num_threads(args.threads)
+  """Every (model, dtype) in turn; each one's worker processes exit before the next."""
   rows = []
   for name in args.models.split(","):
     for dtype in args.dtypes.split(","):
       rows += speed_config(args, peaks, name, dtype)
-  print(f"\nspeed process peak RSS (VmHWM): {proc_status_kib('VmHWM') / 2**20:.2f} GiB")
   return rows
 
 
@@ -195,43 +193,106 @@ def jax_runner(model, optimizer_name, batch, args):
   return run
 
 
-def speed_config(args, peaks, name, dtype):
-  """Times hybridir's step (each optimizer) and the peer's, alternately; prints one table."""
+class StepWorker:
+  """One implementation's training step in its own process, run one step per request.
+
+  Each implementation gets a process of its own: in one shared process the other framework's
+  idle thread pool and allocations slowed both steps by ~30% (BENCHMARKS.md).
+  """
+
+  def __init__(self, args, implementation: str, name: str, dtype: str):
+    command = [sys.executable, os.path.abspath(__file__), "--step_worker", implementation,
+               "--models", name, "--dtypes", dtype, "--batch_size", str(args.batch_size),
+               "--query_length", str(args.query_length),
+               "--passage_length", str(args.passage_length), "--threads", str(args.threads),
+               "--learning_rate", str(args.learning_rate),
+               "--weight_decay", str(args.weight_decay)]
+    self.label = implementation
+    self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    text=True)
+    self._reply("ready")
+
+  def step(self) -> float:
+    """Seconds of one step, timed inside the worker."""
+    self.process.stdin.write("step\n")
+    self.process.stdin.flush()
+    return float(self._reply("seconds"))
+
+  def close(self) -> int:
+    """Stops the worker; returns its peak RSS in bytes."""
+    self.process.stdin.close()
+    peak = int(self._reply("peak_rss"))
+    self.process.wait()
+    return peak
+
+  def _reply(self, keyword: str) -> str:
+    for line in self.process.stdout:
+      if line.startswith(keyword + " ") or line.strip() == keyword:
+        return line[len(keyword):].strip()
+      print(line, end="")  # Anything else the worker prints.
+    raise RuntimeError(f"step worker {self.label!r} exited with status {self.process.wait()} "
+                       f"before answering {keyword!r} (-9 = killed, e.g. out of memory)")
+
+
+def step_worker(args):
+  """The worker's side of StepWorker: builds one step, then runs one per 'step' line on stdin."""
+  name, dtype = args.models, args.dtypes
   model = load_model(name, dtype)
-  cfg = model.encoder_config
-  batch = make_batch(cfg, args.batch_size, args.query_length, args.passage_length)
+  batch = make_batch(model.encoder_config, args.batch_size, args.query_length,
+                     args.passage_length)
+  if args.step_worker == "pytorch":
+    import torch
+    torch.set_num_threads(args.threads)
+    run = torch_peer(model.encoder_config, batch, dtype, args.learning_rate, args.weight_decay)
+  else:
+    run = jax_runner(model, args.step_worker, batch, args)
+  print("ready", flush=True)
+  for line in sys.stdin:
+    if line.strip() != "step":
+      raise SystemExit(f"step worker: unknown request {line!r}")
+    print(f"seconds {timed(run)!r}", flush=True)
+  print(f"peak_rss {proc_status_kib('VmHWM') * 1024}", flush=True)
+
+
+def speed_config(args, peaks, name, dtype):
+  """Times hybridir's step (each optimizer) and the peer's, alternately, each in its own
+  process; prints one table."""
+  cfg = load_model(name, dtype).encoder_config
   flops = model_flops(cfg, args.batch_size, (args.query_length, args.passage_length))
-  runners = {f"hybridir jit {optimizer_name}": jax_runner(model, optimizer_name, batch, args)
-             for optimizer_name in args.optimizers.split(",")}
+  implementations = {f"hybridir jit {optimizer}": optimizer
+                     for optimizer in args.optimizers.split(",")}
   if args.peer:
-    runners["pytorch eager adamw"] = torch_peer(cfg, batch, dtype, args.learning_rate,
-                                                args.weight_decay)
+    implementations["pytorch eager adamw"] = "pytorch"
+  workers = {label: StepWorker(args, implementation, name, dtype)
+             for label, implementation in implementations.items()}
   compile_s = {}
-  for label, run in runners.items():
-    compile_s[label] = timed(run)  # Compiles; later warm-up steps settle allocations.
+  for label, worker in workers.items():
+    compile_s[label] = worker.step()  # Compiles; later warm-up steps settle allocations.
     for _ in range(args.warmup_steps - 1):
-      run()
-  timings = {label: [] for label in runners}
+      worker.step()
+  timings = {label: [] for label in workers}
   for _ in range(args.repeats):
-    for label, run in runners.items():
-      timings[label].append(timed(run))
+    for label, worker in workers.items():
+      timings[label].append(worker.step())
+  peak_rss = {label: worker.close() for label, worker in workers.items()}
   print(f"\n{name} ({matmul_params(cfg) / 1e6:.1f}M matmul params, vocab {cfg.vocab_size}), "
         f"{dtype} activations, batch {args.batch_size}, query {args.query_length}, passage "
         f"{args.passage_length}, dropout {cfg.dropout_rate}, {args.repeats} alternating "
         f"repeats; model FLOPs/step {flops / 1e12:.3f} T")
   print(f"{'implementation':<24}{'median s':>9}{'min s':>8}{'ex/s':>7}{'GFLOP/s':>9}"
-        f"{'MFU f32':>9}{'first s':>9}  every run (s)")
+        f"{'MFU f32':>9}{'first s':>9}{'RSS GiB':>9}  every run (s)")
   medians, rows = {}, []
   for label, times in timings.items():
     median = medians[label] = float(np.median(times))
     rate = flops / median
     print(f"{label:<24}{median:>9.2f}{min(times):>8.2f}{args.batch_size / median:>7.2f}"
-          f"{rate / 1e9:>9.1f}{rate / peaks['jax float32']:>9.1%}{compile_s[label]:>9.1f}  "
+          f"{rate / 1e9:>9.1f}{rate / peaks['jax float32']:>9.1%}{compile_s[label]:>9.1f}"
+          f"{peak_rss[label] / 2**30:>9.2f}  "
           + " ".join(f"{t:.2f}" for t in times), flush=True)
     rows.append({"model": name, "dtype": dtype, "implementation": label, "median_s": median,
                  "min_s": min(times), "examples_per_s": args.batch_size / median,
                  "gflops": rate / 1e9, "mfu_f32": rate / peaks["jax float32"],
-                 "first_s": compile_s[label], "times": times})
+                 "first_s": compile_s[label], "times": times, "peak_rss_bytes": peak_rss[label]})
   if args.peer:
     for label in medians:
       if label.startswith("hybridir"):
@@ -341,10 +402,13 @@ def main():
   parser.add_argument("--memory_steps", type=int, default=3)
   parser.add_argument("--memory_grad_cache_chunks", type=int, default=1)
   parser.add_argument("--memory_child", action="store_true", help=argparse.SUPPRESS)
+  parser.add_argument("--step_worker", help=argparse.SUPPRESS)
   args = parser.parse_args()
   jax.config.update("jax_threefry_partitionable", False)  # As the trainer does on CPU.
   if args.memory_child:
     return memory_child(args)
+  if args.step_worker:
+    return step_worker(args)
   if args.warmup_steps < 1:
     raise SystemExit(f"--warmup_steps must be >= 1, got {args.warmup_steps}")
   parts = set(args.parts.split(","))

@@ -5,6 +5,7 @@ activations carry logical constraints, so that `hybridir.partitioning` can shard
 Dense projections run as 2-D matmuls ([tokens, features]) and attention is computed heads-major:
 both measured faster on XLA:CPU (shared/PERFORMANCE-NOTES.md) and neutral on TPU.
 """
+import functools
 from typing import Callable, Sequence
 
 import flax.linen as nn
@@ -28,6 +29,59 @@ def param_with_axes(module: nn.Module, name: str, init: Initializer, shape, axes
   return module.param(name, nn.with_logical_partitioning(init, tuple(axes)), shape, dtype)
 
 
+def matmul(x: Array, y: Array, dtype: jnp.dtype) -> Array:
+  """x [..., m, k] @ y [..., k, n] with `dtype` operands, accumulated and returned in float32.
+
+  `x` must already be `dtype`; `y` is `dtype` or a float32 parameter (cast here, so that its
+  gradient is returned in float32 without a round trip through `dtype`). In float32 this is a
+  plain matmul. In a lower precision the backward pass multiplies `dtype` operands too (the
+  incoming gradient is cast to `dtype`, as mixed-precision training does; bf16 x bf16 -> f32 is
+  what a TPU's MXU does).
+  """
+  dtype = jnp.dtype(dtype)
+  if x.dtype != dtype:
+    raise TypeError(f"matmul: x is {x.dtype}, expected {dtype}")
+  if dtype == jnp.float32:
+    return jnp.matmul(x, y, preferred_element_type=jnp.float32)
+  return _low_precision_matmul(x, y, dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _low_precision_matmul(x: Array, y: Array, dtype: jnp.dtype) -> Array:
+  return jnp.matmul(x, y.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def _low_precision_matmul_forward(x, y, dtype):
+  return _low_precision_matmul(x, y, dtype), (x, y)
+
+
+def _low_precision_matmul_backward(dtype, residuals, grad):
+  x, y = residuals
+  grad = grad.astype(dtype)
+  grad_x = jnp.matmul(grad, _transposed(y.astype(dtype)), preferred_element_type=jnp.float32)
+  grad_y = jnp.matmul(_transposed(x), grad, preferred_element_type=jnp.float32)
+  return grad_x.astype(dtype), grad_y.astype(y.dtype)
+
+
+_low_precision_matmul.defvjp(_low_precision_matmul_forward, _low_precision_matmul_backward)
+
+
+def _transposed(x: Array) -> Array:
+  """x with its last two axes swapped; on CPU materialised row-major, through a view with an
+  extra trailing axis that XLA does not fold into the consuming dot.
+
+  XLA:CPU runs a bf16 dot on the CPU's bf16 units (YNNPACK) only when neither operand is
+  transposed; otherwise it converts both to float32 first, at half the speed (measured in
+  BENCHMARKS.md). Copying the transposed operand costs a few percent of the dot.
+  """
+  axes = tuple(range(x.ndim - 2)) + (x.ndim - 1, x.ndim - 2)
+  if jax.default_backend() != "cpu":
+    return jnp.transpose(x, axes)
+  *leading, rows, cols = x.shape
+  swapped = jnp.transpose(x.reshape(*leading, rows, cols, 1), axes + (x.ndim,))
+  return swapped.reshape(*leading, cols, rows)
+
+
 class Dense(nn.Module):
   """A dense layer on the last axis, computed as one 2-D matmul over all leading axes."""
   features: int
@@ -43,11 +97,11 @@ class Dense(nn.Module):
     kernel = param_with_axes(self, "kernel", self.kernel_init, (in_features, self.features),
                              self.kernel_axes)
     leading = x.shape[:-1]
-    y = jnp.dot(x.reshape(-1, in_features).astype(self.dtype), kernel.astype(self.dtype))
+    y = matmul(x.reshape(-1, in_features).astype(self.dtype), kernel, self.dtype)
     if self.use_bias:
       bias = param_with_axes(self, "bias", self.bias_init, (self.features,), self.kernel_axes[1:])
-      y = y + bias.astype(self.dtype)
-    return y.reshape(*leading, self.features)
+      y = y + bias
+    return y.astype(self.dtype).reshape(*leading, self.features)
 
 
 class RMSNorm(nn.Module):
@@ -128,7 +182,8 @@ class SelfAttention(nn.Module):
     logits = jnp.einsum("bhqd,bhkd->bhqk", query, key, preferred_element_type=jnp.float32)
     weights = jax.nn.softmax(logits + bias.astype(jnp.float32), axis=-1).astype(self.dtype)
     weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
-    out = jnp.einsum("bhqk,bhkd->bhqd", weights, value)
+    out = jnp.einsum("bhqk,bhkd->bhqd", weights, value,
+                     preferred_element_type=jnp.float32).astype(self.dtype)
     out = out.transpose(0, 2, 1, 3).reshape(batch, length, joined)
     out = constrain(out, ("batch", "length", "joined_kv"))
     return Dense(features, ("joined_kv", "embed"), self.use_bias, self.dtype, self.kernel_init,
