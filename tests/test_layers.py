@@ -77,3 +77,31 @@ def test_forward_and_backward_dots_keep_bfloat16_operands_on_cpu():
   found = dot_operand_dtypes(hlo)
   assert len(found) == 3, hlo
   assert set(found) == {("bf16", "bf16")}, found
+
+
+def apply_dropout(rate, x, deterministic=False, seed=0):
+  return layers.Dropout(rate).apply({}, x, deterministic, rngs={"dropout": jax.random.PRNGKey(seed)})
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_dropout_drops_the_rate_and_rescales_the_rest(dtype):
+  x = jnp.ones((500, 400), dtype)
+  y = np.asarray(apply_dropout(0.1, x).astype(jnp.float32))
+  dropped = np.mean(y == 0)
+  assert abs(dropped - 0.1) < 0.003, dropped  # 200k draws: 4 standard deviations.
+  kept = np.unique(y[y != 0])
+  np.testing.assert_allclose(kept, [1 / 0.9], rtol=1e-2 if dtype == jnp.bfloat16 else 1e-4)
+  assert apply_dropout(0.1, x).dtype == dtype
+
+
+def test_dropout_masks_differ_by_key_and_vanish_when_deterministic():
+  x = jnp.ones((64, 64))
+  assert not np.array_equal(apply_dropout(0.5, x, seed=0), apply_dropout(0.5, x, seed=1))
+  np.testing.assert_array_equal(apply_dropout(0.5, x, deterministic=True), x)
+  np.testing.assert_array_equal(apply_dropout(0.0, x), x)
+  np.testing.assert_array_equal(apply_dropout(1.0, x), np.zeros_like(x))
+
+
+def test_dropout_rejects_a_rate_outside_zero_one():
+  with pytest.raises(ValueError, match="dropout rate must be in \\[0, 1\\], got 1.5"):
+    apply_dropout(1.5, jnp.ones((2, 2)))

@@ -96,7 +96,7 @@ class MLP(nn.Module):
                                               name=name)(x))
       hidden = h if hidden is None else hidden * h
     hidden = layers.constrain(hidden, ("batch", "length", "mlp"))
-    hidden = nn.Dropout(cfg.dropout_rate)(hidden, deterministic=deterministic)
+    hidden = layers.Dropout(cfg.dropout_rate)(hidden, deterministic=deterministic)
     return layers.Dense(x.shape[-1], ("mlp", "embed"), dtype=dtype, name="wo")(hidden)
 
 
@@ -108,7 +108,7 @@ class EncoderLayer(nn.Module):
   def __call__(self, x: jax.Array, bias: jax.Array, deterministic: bool) -> jax.Array:
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
-    dropout = functools.partial(nn.Dropout(cfg.dropout_rate), deterministic=deterministic)
+    dropout = functools.partial(layers.Dropout(cfg.dropout_rate), deterministic=deterministic)
     depth_scaling = cfg.head_dim ** -0.5
     default_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
     h = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_attention_layer_norm")(x)
@@ -135,7 +135,7 @@ class T5Encoder(nn.Module):
       mask = tokens != cfg.pad_id
     x = layers.Embed(cfg.vocab_size, cfg.emb_dim, "vocab", dtype, name="token_embedder")(tokens)
     x = layers.constrain(x, ("batch", "length", "embed"))
-    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    x = layers.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     bias = RelativePositionBias(cfg.num_heads, cfg.relative_attention_num_buckets,
                                 cfg.relative_attention_max_distance, name="relpos_bias")(
                                     tokens.shape[1])
@@ -143,4 +143,4 @@ class T5Encoder(nn.Module):
     for i in range(cfg.num_layers):
       x = EncoderLayer(cfg, name=f"layers_{i}")(x, bias, deterministic)
     x = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, name="encoder_norm")(x)
-    return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    return layers.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)

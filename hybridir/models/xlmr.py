@@ -64,7 +64,7 @@ class EncoderLayer(nn.Module):
   def __call__(self, x: jax.Array, bias: jax.Array, deterministic: bool) -> jax.Array:
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
-    dropout = functools.partial(nn.Dropout(cfg.dropout_rate), deterministic=deterministic)
+    dropout = functools.partial(layers.Dropout(cfg.dropout_rate), deterministic=deterministic)
     init = nn.initializers.normal(stddev=cfg.initializer_range)
     dense = functools.partial(layers.Dense, use_bias=True, dtype=dtype, kernel_init=init)
     h = layers.SelfAttention(cfg.num_heads, cfg.head_dim, cfg.attention_dropout_rate,
@@ -101,7 +101,7 @@ class XLMREncoder(nn.Module):
         jnp.zeros_like(tokens))
     x = layers.LayerNorm(cfg.layer_norm_epsilon, dtype, name="embedding_norm")(x)
     x = layers.constrain(x, ("batch", "length", "embed"))
-    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    x = layers.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     bias = layers.padding_bias(mask)
     for i in range(cfg.num_layers):
       x = EncoderLayer(cfg, name=f"layers_{i}")(x, bias, deterministic)
