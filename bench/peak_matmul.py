@@ -1,9 +1,12 @@
 """Measured peak matmul rate (FLOP/s) of this machine: one large square matmul, jitted, best of N.
 
 The denominator of model-FLOPs utilisation (bench/train_step.py). Reports JAX (XLA:CPU) and,
-as a reference for what the hardware can do, PyTorch, in float32 and bfloat16.
+as a reference for what the hardware can do, PyTorch, in float32 and bfloat16. `--forms` also
+times the dense layer's forward and backward matmuls ([tokens, in] @ [in, out]) in the forms
+XLA:CPU may see them: bf16 or float32 results, transposed operands folded into the dot (what
+autodiff gives) or materialised first (`hybridir.models.layers._transposed`).
 
-  python bench/peak_matmul.py [--size 4096] [--repeats 5]
+  python bench/peak_matmul.py [--size 4096] [--repeats 5] [--forms 4096,768,3072]
 """
 import argparse
 import os
@@ -12,9 +15,13 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+
+from hybridir.models import layers  # noqa: E402
 
 
 def jax_matmul_rate(dtype: str = "float32", size: int = 4096, repeats: int = 5) -> float:
@@ -40,6 +47,34 @@ def torch_matmul_rate(dtype: str = "float32", size: int = 4096, repeats: int = 5
   return 2 * size ** 3 / best
 
 
+def dense_forms(tokens: int, features_in: int, features_out: int, repeats: int = 5) -> dict:
+  """GFLOP/s of each form of a dense layer's three matmuls, jitted, best of `repeats`."""
+  rng = np.random.default_rng(0)
+  bf16, f32 = jnp.bfloat16, jnp.float32
+  x = jnp.asarray(rng.standard_normal((tokens, features_in)), bf16)
+  w = jnp.asarray(rng.standard_normal((features_in, features_out)), bf16)
+  g = jnp.asarray(rng.standard_normal((tokens, features_out)), bf16)
+  acc = dict(preferred_element_type=f32)
+  forms = {
+      "forward x @ w, float32": (lambda x, w: x.astype(f32) @ w.astype(f32), x, w),
+      "forward x @ w, bf16 result": (lambda x, w: x @ w, x, w),
+      "forward x @ w, bf16 -> f32 accumulation": (lambda x, w: jnp.dot(x, w, **acc), x, w),
+      "grad x: g @ w.T folded, bf16 -> f32": (lambda g, w: jnp.dot(g, w.T, **acc), g, w),
+      "grad x: g @ w.T materialised, bf16 -> f32":
+          (lambda g, w: jnp.dot(g, layers._transposed(w), **acc), g, w),
+      "grad w: x.T @ g folded, bf16 -> f32": (lambda x, g: jnp.dot(x.T, g, **acc), x, g),
+      "grad w: x.T @ g materialised, bf16 -> f32":
+          (lambda x, g: jnp.dot(layers._transposed(x), g, **acc), x, g),
+  }
+  rates = {}
+  for label, (fn, a, b) in forms.items():
+    compiled = jax.jit(fn)
+    compiled(a, b).block_until_ready()
+    best = min(_timed(lambda: compiled(a, b).block_until_ready()) for _ in range(repeats))
+    rates[label] = 2 * tokens * features_in * features_out / best
+  return rates
+
+
 def _timed(fn) -> float:
   start = time.perf_counter()
   fn()
@@ -50,6 +85,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--size", type=int, default=4096)
   parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--forms", default="", help="tokens,in,out: time the dense-layer forms")
   args = parser.parse_args()
   import torch
   torch.set_num_threads(os.cpu_count())
@@ -60,6 +96,12 @@ def main():
           f"{jax_matmul_rate(dtype, args.size, args.repeats) / 1e9:>10.1f}")
     print(f"{'pytorch':<16}{dtype:<10}"
           f"{torch_matmul_rate(dtype, args.size, args.repeats) / 1e9:>10.1f}")
+  if args.forms:
+    tokens, features_in, features_out = (int(n) for n in args.forms.split(","))
+    print(f"\ndense layer [{tokens}, {features_in}] @ [{features_in}, {features_out}], jax (jit), "
+          f"best of {args.repeats}")
+    for label, rate in dense_forms(tokens, features_in, features_out, args.repeats).items():
+      print(f"{label:<46}{rate / 1e9:>10.1f} GFLOP/s")
 
 
 if __name__ == "__main__":

@@ -6,13 +6,14 @@ softmax loss at temperature 0.05, backward, global-norm clipping 1.0, optimizer 
 alternating step by step with the same step in eager PyTorch (transformers' MT5EncoderModel /
 XLMRobertaModel with the same dims, mean pooling + L2 norm, cross-entropy over q @ p.T / 0.05,
 torch.optim.AdamW, model.train()); bfloat16 runs the peer under torch.autocast (float32 weights).
-Each implementation runs in a worker process of its own (peak RSS per worker reported).
+Each implementation runs in worker processes of its own, one at a time, in alternating rounds
+(compile, warm-up, `--repeats` timed steps per round); peak RSS per implementation reported.
 MFU = model FLOPs / median step time / measured peak float32 matmul rate of jnp.dot.
 memory: in a subprocess, a few steps of a full-vocabulary mT5-base dual encoder (Adafactor),
 reporting peak RSS and parameter / optimizer-state sizes.
 
   python bench/train_step.py [--models mt5_small,xlmr_base] [--dtypes float32,bfloat16]
-      [--batch_size 32] [--query_length 64] [--passage_length 256] [--repeats 3]
+      [--batch_size 32] [--query_length 64] [--passage_length 256] [--rounds 2] [--repeats 2]
       [--parts speed,memory] [--memory_model mt5_base] [--memory_batch_size 8]
 """
 import argparse
@@ -196,8 +197,9 @@ def jax_runner(model, optimizer_name, batch, args):
 class StepWorker:
   """One implementation's training step in its own process, run one step per request.
 
-  Each implementation gets a process of its own: in one shared process the other framework's
-  idle thread pool and allocations slowed both steps by ~30% (BENCHMARKS.md).
+  One implementation in memory at a time: with both frameworks' models, optimizer states and
+  activations resident (in one process or two), RAM ran nearly full and both steps slowed by
+  ~30% (BENCHMARKS.md).
   """
 
   def __init__(self, args, implementation: str, name: str, dtype: str):
@@ -255,30 +257,29 @@ def step_worker(args):
 
 
 def speed_config(args, peaks, name, dtype):
-  """Times hybridir's step (each optimizer) and the peer's, alternately, each in its own
-  process; prints one table."""
+  """Times hybridir's step (each optimizer) and the peer's in rounds: in each round every
+  implementation in turn starts a worker process, compiles, warms up, times `repeats` steps and
+  exits, so that only one implementation is in memory at a time. Prints one table."""
   cfg = load_model(name, dtype).encoder_config
   flops = model_flops(cfg, args.batch_size, (args.query_length, args.passage_length))
   implementations = {f"hybridir jit {optimizer}": optimizer
                      for optimizer in args.optimizers.split(",")}
   if args.peer:
     implementations["pytorch eager adamw"] = "pytorch"
-  workers = {label: StepWorker(args, implementation, name, dtype)
-             for label, implementation in implementations.items()}
-  compile_s = {}
-  for label, worker in workers.items():
-    compile_s[label] = worker.step()  # Compiles; later warm-up steps settle allocations.
-    for _ in range(args.warmup_steps - 1):
-      worker.step()
-  timings = {label: [] for label in workers}
-  for _ in range(args.repeats):
-    for label, worker in workers.items():
-      timings[label].append(worker.step())
-  peak_rss = {label: worker.close() for label, worker in workers.items()}
+  compile_s, timings, peak_rss = {}, {label: [] for label in implementations}, {}
+  for _ in range(args.rounds):
+    for label, implementation in implementations.items():
+      worker = StepWorker(args, implementation, name, dtype)
+      first = worker.step()  # Compiles; later warm-up steps settle allocations.
+      compile_s.setdefault(label, first)
+      for _ in range(args.warmup_steps - 1):
+        worker.step()
+      timings[label] += [worker.step() for _ in range(args.repeats)]
+      peak_rss[label] = max(peak_rss.get(label, 0), worker.close())
   print(f"\n{name} ({matmul_params(cfg) / 1e6:.1f}M matmul params, vocab {cfg.vocab_size}), "
         f"{dtype} activations, batch {args.batch_size}, query {args.query_length}, passage "
-        f"{args.passage_length}, dropout {cfg.dropout_rate}, {args.repeats} alternating "
-        f"repeats; model FLOPs/step {flops / 1e12:.3f} T")
+        f"{args.passage_length}, dropout {cfg.dropout_rate}, {args.rounds} alternating rounds "
+        f"of {args.repeats} steps; model FLOPs/step {flops / 1e12:.3f} T")
   print(f"{'implementation':<24}{'median s':>9}{'min s':>8}{'ex/s':>7}{'GFLOP/s':>9}"
         f"{'MFU f32':>9}{'first s':>9}{'RSS GiB':>9}  every run (s)")
   medians, rows = {}, []
@@ -388,7 +389,8 @@ def main():
   parser.add_argument("--batch_size", type=int, default=32)
   parser.add_argument("--query_length", type=int, default=64)
   parser.add_argument("--passage_length", type=int, default=256)
-  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--rounds", type=int, default=2, help="alternating rounds (speed)")
+  parser.add_argument("--repeats", type=int, default=2, help="timed steps per round (speed)")
   parser.add_argument("--warmup_steps", type=int, default=2, help=">= 1; the first compiles")
   parser.add_argument("--learning_rate", type=float, default=1e-4)
   parser.add_argument("--weight_decay", type=float, default=0.01)
