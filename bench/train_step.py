@@ -210,8 +210,11 @@ class StepWorker:
                "--learning_rate", str(args.learning_rate),
                "--weight_decay", str(args.weight_decay)]
     self.label = implementation
+    env = dict(os.environ)
+    if implementation != "pytorch" and args.malloc_hugepages:
+      env["GLIBC_TUNABLES"] = "glibc.malloc.hugetlb=1"
     self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    text=True)
+                                    text=True, env=env)
     self._reply("ready")
 
   def step(self) -> float:
@@ -386,6 +389,8 @@ def main():
   parser.add_argument("--dtypes", default="float32,bfloat16", help="ACTIVATION_DTYPE values")
   parser.add_argument("--optimizers", default="adamw,adafactor", help="for hybridir's step")
   parser.add_argument("--peer", type=int, default=1, help="0: skip the PyTorch peer")
+  parser.add_argument("--malloc_hugepages", type=int, default=0,
+                      help="1: run hybridir's workers with GLIBC_TUNABLES=glibc.malloc.hugetlb=1")
   parser.add_argument("--batch_size", type=int, default=32)
   parser.add_argument("--query_length", type=int, default=64)
   parser.add_argument("--passage_length", type=int, default=256)
