@@ -31,10 +31,8 @@ def jax_matmul_rate(dtype: str = "float32", size: int = 4096, repeats: int = 5) 
   rng = np.random.default_rng(0)
   a = jnp.asarray(rng.standard_normal((size, size), np.float32), dtype)
   b = jnp.asarray(rng.standard_normal((size, size), np.float32), dtype)
-  matmul = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
-  matmul(a, b).block_until_ready()
-  best = min(_timed(lambda: matmul(a, b).block_until_ready()) for _ in range(repeats))
-  return 2 * size ** 3 / best
+  matmul = lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32)
+  return 2 * size ** 3 / _best_jitted_time(matmul, a, b, repeats)
 
 
 def torch_matmul_rate(dtype: str = "float32", size: int = 4096, repeats: int = 5) -> float:
@@ -66,13 +64,16 @@ def dense_forms(tokens: int, features_in: int, features_out: int, repeats: int =
       "grad w: x.T @ g materialised, bf16 -> f32":
           (lambda x, g: jnp.dot(layers._transposed(x), g, **acc), x, g),
   }
-  rates = {}
-  for label, (fn, a, b) in forms.items():
-    compiled = jax.jit(fn)
-    compiled(a, b).block_until_ready()
-    best = min(_timed(lambda: compiled(a, b).block_until_ready()) for _ in range(repeats))
-    rates[label] = 2 * tokens * features_in * features_out / best
-  return rates
+  flops = 2 * tokens * features_in * features_out
+  return {label: flops / _best_jitted_time(fn, a, b, repeats)
+          for label, (fn, a, b) in forms.items()}
+
+
+def _best_jitted_time(fn, a, b, repeats: int) -> float:
+  """Seconds of jit(fn)(a, b): best of `repeats`, after a compiling warm-up call."""
+  compiled = jax.jit(fn)
+  compiled(a, b).block_until_ready()
+  return min(_timed(lambda: compiled(a, b).block_until_ready()) for _ in range(repeats))
 
 
 def _timed(fn) -> float:

@@ -32,57 +32,55 @@ def param_with_axes(module: nn.Module, name: str, init: Initializer, shape, axes
   return module.param(name, nn.with_logical_partitioning(init, tuple(axes)), shape, dtype)
 
 
-def matmul(x: Array, y: Array, dtype: jnp.dtype) -> Array:
-  """x [..., m, k] @ y [..., k, n] with `dtype` operands, accumulated and returned in float32.
+def matmul(x: Array, kernel: Array, dtype: jnp.dtype) -> Array:
+  """x [tokens, in] @ kernel [in, out] with `dtype` operands, accumulated and returned in float32.
 
-  `x` must already be `dtype`; `y` is `dtype` or a float32 parameter (cast here, so that its
-  gradient is returned in float32 without a round trip through `dtype`). In float32 this is a
-  plain matmul. In a lower precision the backward pass multiplies `dtype` operands too (the
-  incoming gradient is cast to `dtype`, as mixed-precision training does; bf16 x bf16 -> f32 is
-  what a TPU's MXU does).
+  `x` must already be `dtype`; `kernel` is the float32 parameter, cast here so that its gradient
+  is accumulated and returned in float32. In float32 this is a plain dot. In a lower precision the
+  backward pass multiplies `dtype` operands too (the incoming gradient is cast to `dtype`, as
+  mixed-precision training does; bf16 x bf16 -> f32 is what a TPU's MXU does).
   """
   dtype = jnp.dtype(dtype)
   if x.dtype != dtype:
     raise TypeError(f"matmul: x is {x.dtype}, expected {dtype}")
   if dtype == jnp.float32:
-    return jnp.matmul(x, y, preferred_element_type=jnp.float32)
-  return _low_precision_matmul(x, y, dtype)
+    return jnp.dot(x, kernel, preferred_element_type=jnp.float32)
+  return _low_precision_matmul(x, kernel, dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _low_precision_matmul(x: Array, y: Array, dtype: jnp.dtype) -> Array:
-  return jnp.matmul(x, y.astype(dtype), preferred_element_type=jnp.float32)
+def _low_precision_matmul(x: Array, kernel: Array, dtype: jnp.dtype) -> Array:
+  return _low_precision_matmul_forward(x, kernel, dtype)[0]
 
 
-def _low_precision_matmul_forward(x, y, dtype):
-  return _low_precision_matmul(x, y, dtype), (x, y)
+def _low_precision_matmul_forward(x, kernel, dtype):
+  kernel = kernel.astype(dtype)
+  return jnp.dot(x, kernel, preferred_element_type=jnp.float32), (x, kernel)
 
 
 def _low_precision_matmul_backward(dtype, residuals, grad):
-  x, y = residuals
+  x, kernel = residuals
   grad = grad.astype(dtype)
-  grad_x = jnp.matmul(grad, _transposed(y.astype(dtype)), preferred_element_type=jnp.float32)
-  grad_y = jnp.matmul(_transposed(x), grad, preferred_element_type=jnp.float32)
-  return grad_x.astype(dtype), grad_y.astype(y.dtype)
+  grad_x = jnp.dot(grad, _transposed(kernel), preferred_element_type=jnp.float32)
+  grad_kernel = jnp.dot(_transposed(x), grad, preferred_element_type=jnp.float32)
+  return grad_x.astype(dtype), grad_kernel
 
 
 _low_precision_matmul.defvjp(_low_precision_matmul_forward, _low_precision_matmul_backward)
 
 
 def _transposed(x: Array) -> Array:
-  """x with its last two axes swapped; on CPU materialised row-major, through a view with an
-  extra trailing axis that XLA does not fold into the consuming dot.
+  """x.T; on CPU materialised row-major, through a rank-3 view that XLA does not fold into the
+  consuming dot.
 
   XLA:CPU runs a bf16 dot on the CPU's bf16 units (YNNPACK) only when neither operand is
   transposed; otherwise it converts both to float32 first, at half the speed (measured in
   BENCHMARKS.md). Copying the transposed operand costs a few percent of the dot.
   """
-  axes = tuple(range(x.ndim - 2)) + (x.ndim - 1, x.ndim - 2)
   if jax.default_backend() != "cpu":
-    return jnp.transpose(x, axes)
-  *leading, rows, cols = x.shape
-  swapped = jnp.transpose(x.reshape(*leading, rows, cols, 1), axes + (x.ndim,))
-  return swapped.reshape(*leading, cols, rows)
+    return x.T
+  rows, cols = x.shape
+  return jnp.transpose(x.reshape(rows, cols, 1), (1, 0, 2)).reshape(cols, rows)
 
 
 class Dense(nn.Module):
