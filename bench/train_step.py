@@ -8,6 +8,8 @@ XLMRobertaModel with the same dims, mean pooling + L2 norm, cross-entropy over q
 torch.optim.AdamW, model.train()); bfloat16 runs the peer under torch.autocast (float32 weights).
 Each implementation runs in worker processes of its own, one at a time, in alternating rounds
 (compile, warm-up, `--repeats` timed steps per round); peak RSS per implementation reported.
+Every worker, ours and the peer's, starts with the same GLIBC_TUNABLES (`--glibc_tunables`,
+default glibc's defaults).
 MFU = model FLOPs / median step time / measured peak float32 matmul rate of jnp.dot.
 memory: in a subprocess, a few steps of a full-vocabulary mT5-base dual encoder (Adafactor),
 reporting peak RSS and parameter / optimizer-state sizes.
@@ -15,6 +17,7 @@ reporting peak RSS and parameter / optimizer-state sizes.
   python bench/train_step.py [--models mt5_small,xlmr_base] [--dtypes float32,bfloat16]
       [--batch_size 32] [--query_length 64] [--passage_length 256] [--rounds 2] [--repeats 2]
       [--parts speed,memory] [--memory_model mt5_base] [--memory_batch_size 8]
+      [--glibc_tunables glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:...]
 """
 import argparse
 import contextlib
@@ -210,11 +213,8 @@ class StepWorker:
                "--learning_rate", str(args.learning_rate),
                "--weight_decay", str(args.weight_decay)]
     self.label = implementation
-    env = dict(os.environ)
-    if implementation != "pytorch" and args.malloc_hugepages:
-      env["GLIBC_TUNABLES"] = "glibc.malloc.hugetlb=1"
     self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    text=True, env=env)
+                                    text=True, env=worker_env(args))
     self._reply("ready")
 
   def step(self) -> float:
@@ -237,6 +237,11 @@ class StepWorker:
       print(line, end="")  # Anything else the worker prints.
     raise RuntimeError(f"step worker {self.label!r} exited with status {self.process.wait()} "
                        f"before answering {keyword!r} (-9 = killed, e.g. out of memory)")
+
+
+def worker_env(args) -> dict:
+  """Every worker, either implementation's, starts with the same glibc malloc settings."""
+  return dict(os.environ, GLIBC_TUNABLES=args.glibc_tunables)
 
 
 def step_worker(args):
@@ -282,7 +287,8 @@ def speed_config(args, peaks, name, dtype):
   print(f"\n{name} ({matmul_params(cfg) / 1e6:.1f}M matmul params, vocab {cfg.vocab_size}), "
         f"{dtype} activations, batch {args.batch_size}, query {args.query_length}, passage "
         f"{args.passage_length}, dropout {cfg.dropout_rate}, {args.rounds} alternating rounds "
-        f"of {args.repeats} steps; model FLOPs/step {flops / 1e12:.3f} T")
+        f"of {args.repeats} steps; model FLOPs/step {flops / 1e12:.3f} T; "
+        f"GLIBC_TUNABLES={args.glibc_tunables!r}")
   print(f"{'implementation':<24}{'median s':>9}{'min s':>8}{'ex/s':>7}{'GFLOP/s':>9}"
         f"{'MFU f32':>9}{'first s':>9}{'RSS GiB':>9}  every run (s)")
   medians, rows = {}, []
@@ -357,7 +363,7 @@ def run_memory(args):
   with open("/proc/meminfo") as f:
     total = int(f.readline().split()[1]) * 1024
   start = time.perf_counter()
-  process = subprocess.run(command, capture_output=True, text=True)
+  process = subprocess.run(command, capture_output=True, text=True, env=worker_env(args))
   wall = time.perf_counter() - start
   lines = [line for line in process.stdout.splitlines() if line.startswith("MEMORY_RESULT ")]
   print(f"\nmemory: {args.memory_model} dual encoder, {args.memory_dtype} activations, "
@@ -389,8 +395,9 @@ def main():
   parser.add_argument("--dtypes", default="float32,bfloat16", help="ACTIVATION_DTYPE values")
   parser.add_argument("--optimizers", default="adamw,adafactor", help="for hybridir's step")
   parser.add_argument("--peer", type=int, default=1, help="0: skip the PyTorch peer")
-  parser.add_argument("--malloc_hugepages", type=int, default=0,
-                      help="1: run hybridir's workers with GLIBC_TUNABLES=glibc.malloc.hugetlb=1")
+  parser.add_argument("--glibc_tunables", default="",
+                      help="GLIBC_TUNABLES of every worker, ours and the peer's (default: "
+                           "glibc's defaults; BENCHMARKS.md, 'Page faults')")
   parser.add_argument("--batch_size", type=int, default=32)
   parser.add_argument("--query_length", type=int, default=64)
   parser.add_argument("--passage_length", type=int, default=256)
