@@ -109,7 +109,7 @@ def jax_step(model, optimizer_name, batch, learning_rate, weight_decay, grad_cac
     return step_lib.TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
 
   state = jax.jit(init)(jax.random.PRNGKey(0))
-  return jax.jit(train_step, donate_argnums=0), state
+  return jax.jit(train_step, donate_argnums=0, compiler_options=step_lib.compiler_options()), state
 
 
 def torch_peer(cfg, batch, dtype, learning_rate, weight_decay):

@@ -158,9 +158,11 @@ def train(*, model: dual_encoder.DualEncoder, train_input: Any, task_feature_len
 
   batch_sharding = partitioning.batch_sharding(mesh)
   p_train_step = jax.jit(counted_step, in_shardings=(state_shardings, batch_sharding, replicated),
-                         out_shardings=(state_shardings, replicated), donate_argnums=0)
+                         out_shardings=(state_shardings, replicated), donate_argnums=0,
+                         compiler_options=step_lib.compiler_options())
   p_eval_step = jax.jit(step_lib.make_eval_step(model, loss_config),
-                        in_shardings=(param_shardings, batch_sharding), out_shardings=replicated)
+                        in_shardings=(param_shardings, batch_sharding), out_shardings=replicated,
+                        compiler_options=step_lib.compiler_options())
   dropout_rng = jax.random.PRNGKey(seed + 1)
   writer = _SummaryWriter(os.path.join(model_dir, "train"))
   eval_writer = _SummaryWriter(os.path.join(model_dir, "eval") if eval_input is not None else None)

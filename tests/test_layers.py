@@ -105,3 +105,90 @@ def test_dropout_masks_differ_by_key_and_vanish_when_deterministic():
 def test_dropout_rejects_a_rate_outside_zero_one():
   with pytest.raises(ValueError, match="dropout rate must be in \\[0, 1\\], got 1.5"):
     apply_dropout(1.5, jnp.ones((2, 2)))
+
+
+def plain_attention(query, key, value, bias, keep, keep_prob):
+  """The attention core as plain jnp, differentiated by autodiff: the reference for `attend`."""
+  logits = jnp.einsum("bhqd,bhkd->bhqk", query, key, preferred_element_type=jnp.float32)
+  probs = jax.nn.softmax(logits + bias, axis=-1).astype(query.dtype)
+  if keep is not None:
+    probs = jnp.where(keep, probs / jnp.asarray(keep_prob, probs.dtype), 0).astype(probs.dtype)
+  return jnp.einsum("bhqk,bhkd->bhqd", probs, value,
+                    preferred_element_type=jnp.float32).astype(query.dtype)
+
+
+def attention_inputs(dtype, bias_shape, dropout, seed=0):
+  keys = jax.random.split(jax.random.PRNGKey(seed), 6)
+  shape = (2, 3, 7, 4)  # batch, heads, length, head_dim
+  query, key, value = (jax.random.normal(keys[i], shape).astype(dtype) for i in range(3))
+  bias = jax.random.normal(keys[3], bias_shape)
+  keep = jax.random.uniform(keys[4], (2, 3, 7, 7)) < 0.8 if dropout else None
+  cotangent = jax.random.normal(keys[5], shape).astype(dtype)
+  return (query, key, value, bias), keep, cotangent
+
+
+def attention_vjp(fn, inputs, keep, cotangent):
+  out, backward = jax.vjp(lambda q, k, v, b: fn(q, k, v, b, keep, 0.8), *inputs)
+  return (out,) + backward(cotangent)
+
+
+@pytest.mark.parametrize("bias_shape", [(2, 1, 1, 7), (1, 3, 7, 7)], ids=["padding", "relative"])
+@pytest.mark.parametrize("dropout", [False, True], ids=["no_dropout", "dropout"])
+def test_attend_gradients_equal_autodiff_in_float32(bias_shape, dropout):
+  """The hand-written backward (query, key, value and the broadcast bias) equals autodiff."""
+  inputs, keep, cotangent = attention_inputs(jnp.float32, bias_shape, dropout)
+  ours = attention_vjp(layers.attend, inputs, keep, cotangent)
+  reference = attention_vjp(plain_attention, inputs, keep, cotangent)
+  for name, a, b in zip(["out", "query", "key", "value", "bias"], ours, reference):
+    assert a.shape == b.shape, name
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_attend_bfloat16_gradients_match_float32_to_bfloat16_precision():
+  inputs, keep, cotangent = attention_inputs(jnp.bfloat16, (2, 1, 1, 7), True)
+  ours = attention_vjp(layers.attend, inputs, keep, cotangent)
+  as32 = lambda tree: jax.tree.map(lambda x: x.astype(jnp.float32), tree)
+  reference = attention_vjp(plain_attention, as32(inputs), keep, as32(cotangent))
+  assert [x.dtype for x in ours[:4]] == [jnp.bfloat16] * 4
+  for name, a, b in zip(["out", "query", "key", "value", "bias"], ours, reference):
+    np.testing.assert_allclose(as_f32(a), as_f32(b), rtol=0.05, atol=0.05, err_msg=name)
+
+
+def test_attend_rejects_a_bias_that_is_not_four_dimensional():
+  (query, key, value, _), _, _ = attention_inputs(jnp.float32, (2, 1, 1, 7), False)
+  with pytest.raises(ValueError, match="bias must be 4-D"):
+    layers.attend(query, key, value, jnp.zeros((7, 7)), None, 1.0)
+
+
+def saved_residual_bytes(fn, *args) -> dict[tuple[str, tuple[int, ...]], int]:
+  """Bytes autodiff keeps for the backward pass, by (dtype, shape)."""
+  from jax._src.ad_checkpoint import saved_residuals  # pylint: disable=g-import-not-at-top
+  found = {}
+  for residual, _ in saved_residuals(fn, *args):
+    key = (str(residual.dtype), tuple(residual.shape))
+    found[key] = found.get(key, 0) + residual.size * residual.dtype.itemsize
+  return found
+
+
+def test_bfloat16_attention_and_norms_keep_no_float32_activations_for_the_backward_pass():
+  """Attention keeps its probabilities in bf16 (not the float32 softmax), layer norm and GELU
+  only their bf16 inputs: the float32 copies autodiff would keep were most of the activation
+  memory (BENCHMARKS.md, "Activation memory")."""
+  from hybridir.models import xlmr  # pylint: disable=g-import-not-at-top
+  cfg = xlmr.XLMRConfig(vocab_size=64, emb_dim=32, num_layers=1, num_heads=2, head_dim=16,
+                        mlp_dim=64, dtype="bfloat16")
+  layer = xlmr.EncoderLayer(cfg)
+  x = jnp.ones((2, 8, 32), jnp.bfloat16)
+  bias = jnp.zeros((2, 1, 1, 8), jnp.float32)
+  rngs = {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}
+  params = layer.init(rngs, x, bias, False)
+
+  def loss(params, x):
+    y = layer.apply(params, x, bias, False, rngs={"dropout": jax.random.PRNGKey(2)})
+    return jnp.sum(y.astype(jnp.float32))
+
+  residuals = saved_residual_bytes(loss, params, x)
+  float32_activations = {k: v for k, v in residuals.items()
+                         if k[0] == "float32" and np.prod(k[1]) >= 2 * 8 * 16}  # Not the bias.
+  assert not float32_activations, float32_activations
+  assert ("bfloat16", (2, 2, 8, 8)) in residuals  # the attention probabilities

@@ -6,7 +6,9 @@ Dense projections run as 2-D matmuls ([tokens, features]) and attention is compu
 both measured faster on XLA:CPU (shared/PERFORMANCE-NOTES.md) and neutral on TPU. With bfloat16
 activations every dense matmul, forward and backward, multiplies bf16 operands with float32
 accumulation (`matmul`), and dropout draws 16 random bits per element (`Dropout`): both measured
-in BENCHMARKS.md ("Training step").
+in BENCHMARKS.md ("Training step"). What the backward pass keeps is held to one copy of each
+activation in the activation dtype: attention has a hand-written gradient (`attend`), norms and
+MLP activations are recomputed from their inputs (BENCHMARKS.md, "Activation memory").
 """
 import functools
 from typing import Callable, Sequence
@@ -113,9 +115,7 @@ class RMSNorm(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     scale = param_with_axes(self, "scale", nn.initializers.ones, (x.shape[-1],), ("embed",))
-    x32 = x.astype(jnp.float32)
-    variance = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
-    return (x32 * jax.lax.rsqrt(variance + self.epsilon) * scale).astype(self.dtype)
+    return _rms_norm(x, scale, self.epsilon, jnp.dtype(self.dtype))
 
 
 class LayerNorm(nn.Module):
@@ -128,10 +128,24 @@ class LayerNorm(nn.Module):
     features = x.shape[-1]
     scale = param_with_axes(self, "scale", nn.initializers.ones, (features,), ("embed",))
     bias = param_with_axes(self, "bias", nn.initializers.zeros, (features,), ("embed",))
-    x32 = x.astype(jnp.float32)
-    mean = jnp.mean(x32, axis=-1, keepdims=True)
-    variance = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
-    return ((x32 - mean) * jax.lax.rsqrt(variance + self.epsilon) * scale + bias).astype(self.dtype)
+    return _layer_norm(x, scale, bias, self.epsilon, jnp.dtype(self.dtype))
+
+
+# The norms are recomputed from their input in the backward pass (jax.checkpoint): autodiff would
+# keep two or three float32 copies of the activation for it instead of one in the activation dtype.
+@functools.partial(jax.checkpoint, static_argnums=(2, 3))
+def _rms_norm(x: Array, scale: Array, epsilon: float, dtype: jnp.dtype) -> Array:
+  x32 = x.astype(jnp.float32)
+  variance = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+  return (x32 * jax.lax.rsqrt(variance + epsilon) * scale).astype(dtype)
+
+
+@functools.partial(jax.checkpoint, static_argnums=(3, 4))
+def _layer_norm(x: Array, scale: Array, bias: Array, epsilon: float, dtype: jnp.dtype) -> Array:
+  x32 = x.astype(jnp.float32)
+  mean = jnp.mean(x32, axis=-1, keepdims=True)
+  variance = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+  return ((x32 - mean) * jax.lax.rsqrt(variance + epsilon) * scale + bias).astype(dtype)
 
 
 class Embed(nn.Module):
@@ -158,18 +172,34 @@ class Dropout(nn.Module):
   """
   rate: float
 
-  @nn.compact
-  def __call__(self, x: Array, deterministic: bool) -> Array:
+  @property
+  def threshold(self) -> int:
+    """Elements whose 16 random bits are below this are kept (2^16: all kept)."""
     if not 0.0 <= self.rate <= 1.0:
       raise ValueError(f"dropout rate must be in [0, 1], got {self.rate}")
-    threshold = round((1.0 - self.rate) * 2 ** 16)
-    if deterministic or threshold == 2 ** 16:
+    return round((1.0 - self.rate) * 2 ** 16)
+
+  @property
+  def keep_prob(self) -> float:
+    """The probability of keeping an element; kept elements are divided by it."""
+    return self.threshold / 2 ** 16
+
+  def active(self, deterministic: bool) -> bool:
+    """Whether a call drops anything."""
+    return not deterministic and self.threshold < 2 ** 16
+
+  def keep_mask(self, shape: Sequence[int]) -> Array:
+    """A bool mask of the elements to keep, drawn from the 'dropout' RNG stream."""
+    bits = jax.random.bits(self.make_rng("dropout"), tuple(shape), jnp.uint16)
+    return bits.astype(jnp.int32) < self.threshold
+
+  def __call__(self, x: Array, deterministic: bool) -> Array:
+    if not self.active(deterministic):
       return x
-    if threshold == 0:
+    if self.threshold == 0:
       return jnp.zeros_like(x)
-    bits = jax.random.bits(self.make_rng("dropout"), x.shape, jnp.uint16)
-    keep = bits.astype(jnp.int32) < threshold
-    return jnp.where(keep, x / jnp.asarray(threshold / 2 ** 16, x.dtype), 0).astype(x.dtype)
+    keep = self.keep_mask(x.shape)
+    return jnp.where(keep, x / jnp.asarray(self.keep_prob, x.dtype), 0).astype(x.dtype)
 
 
 class SelfAttention(nn.Module):
@@ -203,15 +233,77 @@ class SelfAttention(nn.Module):
     value = project("value", self.kernel_init)
     if self.scale_logits:
       query = query * jnp.asarray(self.head_dim ** -0.5, self.dtype)
-    logits = jnp.einsum("bhqd,bhkd->bhqk", query, key, preferred_element_type=jnp.float32)
-    weights = jax.nn.softmax(logits + bias.astype(jnp.float32), axis=-1).astype(self.dtype)
-    weights = Dropout(self.dropout_rate)(weights, deterministic=deterministic)
-    out = jnp.einsum("bhqk,bhkd->bhqd", weights, value,
-                     preferred_element_type=jnp.float32).astype(self.dtype)
+    dropout = Dropout(self.dropout_rate)
+    keep = None
+    if dropout.active(deterministic):
+      keep = dropout.keep_mask((batch, self.num_heads, length, length))
+    out = attend(query, key, value, bias.astype(jnp.float32), keep, dropout.keep_prob)
     out = out.transpose(0, 2, 1, 3).reshape(batch, length, joined)
     out = constrain(out, ("batch", "length", "joined_kv"))
     return Dense(features, ("joined_kv", "embed"), self.use_bias, self.dtype, self.kernel_init,
                  name="out")(out)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def attend(query: Array, key: Array, value: Array, bias: Array, keep: Array | None,
+           keep_prob: float) -> Array:
+  """The attention core: softmax(query key^T + bias), dropout, times value (no logit scaling).
+
+  query, key, value: [batch, heads, length, head_dim] in the activation dtype; bias: float32,
+  broadcastable to [batch, heads, q_length, k_length]; keep: the attention-dropout mask of that
+  full shape (None: no dropout), kept probabilities divided by `keep_prob`. Logits and softmax
+  are float32, the probabilities then cast to the activation dtype, and matmuls accumulate in
+  float32 (as autodiff of the plain expression would). The gradient is hand-written so that the
+  backward pass keeps only the probabilities (activation dtype) and the mask, where autodiff
+  keeps the float32 softmax and the dropped probabilities twice besides (3x the bytes in
+  bfloat16; BENCHMARKS.md, "Activation memory").
+  """
+  return _attend_forward(query, key, value, bias, keep, keep_prob)[0]
+
+
+def _dropped(probs: Array, keep: Array | None, keep_prob: float) -> Array:
+  if keep is None:
+    return probs
+  return jnp.where(keep, probs / jnp.asarray(keep_prob, probs.dtype), 0).astype(probs.dtype)
+
+
+def _attend_forward(query, key, value, bias, keep, keep_prob):
+  if bias.ndim != 4:
+    raise ValueError(f"attend: bias must be 4-D [batch or 1, heads or 1, q, k], got {bias.shape}")
+  dtype = query.dtype
+  logits = jnp.einsum("bhqd,bhkd->bhqk", query, key, preferred_element_type=jnp.float32)
+  probs = jax.nn.softmax(logits + bias, axis=-1).astype(dtype)
+  out = jnp.einsum("bhqk,bhkd->bhqd", _dropped(probs, keep, keep_prob), value,
+                   preferred_element_type=jnp.float32).astype(dtype)
+  return out, (query, key, value, bias, keep, probs)
+
+
+def _attend_backward(keep_prob, residuals, grad):
+  query, key, value, bias, keep, probs = residuals
+  dtype = query.dtype
+  grad = grad.astype(dtype)
+  # The dropped probabilities again, written differently from the forward pass: XLA would merge
+  # identical expressions and keep the forward's (float32 on CPU) copy alive until here.
+  scale = 1 / keep_prob if keep_prob else 0.0
+  dropped = probs if keep is None else probs * jnp.where(keep, scale, 0).astype(dtype)
+  grad_value = jnp.einsum("bhqk,bhqd->bhkd", dropped, grad,
+                          preferred_element_type=jnp.float32).astype(value.dtype)
+  grad_probs = jnp.einsum("bhqd,bhkd->bhqk", grad, value, preferred_element_type=jnp.float32)
+  if keep is not None:
+    grad_probs = jnp.where(keep, grad_probs * scale, 0.0)
+  probs32 = probs.astype(jnp.float32)
+  grad_logits = probs32 * (grad_probs - jnp.sum(grad_probs * probs32, axis=-1, keepdims=True))
+  grad_bias = jnp.sum(grad_logits, axis=tuple(i for i, n in enumerate(bias.shape) if n == 1),
+                      keepdims=True)
+  grad_logits = grad_logits.astype(dtype)
+  grad_query = jnp.einsum("bhqk,bhkd->bhqd", grad_logits, key,
+                          preferred_element_type=jnp.float32).astype(query.dtype)
+  grad_key = jnp.einsum("bhqk,bhqd->bhkd", grad_logits, query,
+                        preferred_element_type=jnp.float32).astype(key.dtype)
+  return grad_query, grad_key, grad_value, grad_bias.astype(bias.dtype), None
+
+
+attend.defvjp(_attend_forward, _attend_backward)
 
 
 def padding_bias(mask: Array) -> Array:
@@ -229,4 +321,6 @@ def activation(name: str) -> Callable[[Array], Array]:
   }
   if name not in table:
     raise ValueError(f"unknown activation {name!r}; expected one of {sorted(table)}")
-  return table[name]
+  # Recomputed from its input in the backward pass: autodiff of exact GELU keeps three
+  # intermediates of the [tokens, mlp] activation.
+  return jax.checkpoint(table[name])
