@@ -198,8 +198,7 @@ class Dropout(nn.Module):
       return x
     if self.threshold == 0:
       return jnp.zeros_like(x)
-    keep = self.keep_mask(x.shape)
-    return jnp.where(keep, x / jnp.asarray(self.keep_prob, x.dtype), 0).astype(x.dtype)
+    return _dropped(x, self.keep_mask(x.shape), self.keep_prob)
 
 
 class SelfAttention(nn.Module):
@@ -261,10 +260,11 @@ def attend(query: Array, key: Array, value: Array, bias: Array, keep: Array | No
   return _attend_forward(query, key, value, bias, keep, keep_prob)[0]
 
 
-def _dropped(probs: Array, keep: Array | None, keep_prob: float) -> Array:
+def _dropped(x: Array, keep: Array | None, keep_prob: float) -> Array:
+  """Inverted dropout with a given mask: kept elements divided by keep_prob, the rest zero."""
   if keep is None:
-    return probs
-  return jnp.where(keep, probs / jnp.asarray(keep_prob, probs.dtype), 0).astype(probs.dtype)
+    return x
+  return jnp.where(keep, x / jnp.asarray(keep_prob, x.dtype), 0).astype(x.dtype)
 
 
 def _attend_forward(query, key, value, bias, keep, keep_prob):
