@@ -1,19 +1,50 @@
 """Parsing gin files the way T5X does: includes resolve against the repository and the cwd."""
+import difflib
 import os
 import pathlib
+import re
 
 import gin
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+_MACRO_BINDING = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=")
+
+
+def declared_macros() -> set[str]:
+  """Names of the gin macros (`NAME = value`) parsed so far."""
+  return {name for name, selector in gin.config._CONFIG if selector == "gin.macro"}
+
+
+class UnknownMacroError(ValueError):
+  """A binding names a macro that no parsed gin file declares."""
+
+
+def check_macro_bindings(gin_bindings: list[str], known: set[str]) -> None:
+  """Fails on a binding to a macro no parsed file declares: gin would define a new, unused one.
+
+  `TRAIN_STEP = 3` after files that declare `TRAIN_STEPS` would otherwise train the default.
+  """
+  for binding in gin_bindings:
+    match = _MACRO_BINDING.match(binding)
+    if match and match.group(1) not in known:
+      name = match.group(1)
+      close = difflib.get_close_matches(name, sorted(known), n=3)
+      hint = f"; did you mean {', '.join(close)}?" if close else ""
+      raise UnknownMacroError(f"gin binding {binding.strip()!r}: no included file declares the macro "
+                       f"{name}{hint}")
+
+
 def parse(gin_files: list[str], gin_bindings: list[str] = (), finalize: bool = True) -> None:
-  """Parses files then bindings (later wins); a syntax error or unknown name fails here, with
-  the file and line, before anything is computed."""
+  """Parses files then bindings (later wins); a syntax error, unknown name or macro no file
+  declares fails here, with the file and line, before anything is computed."""
   for path in (os.getcwd(), str(REPO_ROOT)):
     if path not in gin.config._LOCATION_PREFIXES:  # Keep the search path free of duplicates.
       gin.add_config_file_search_path(path)
-  gin.parse_config_files_and_bindings(list(gin_files), list(gin_bindings), finalize_config=finalize)
+  gin.parse_config_files_and_bindings(list(gin_files), [], finalize_config=False)
+  check_macro_bindings(list(gin_bindings), declared_macros())
+  gin.parse_config_files_and_bindings([], list(gin_bindings), finalize_config=finalize)
 
 
 def evaluate(macro: str):

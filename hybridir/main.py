@@ -3,7 +3,8 @@
 
 A run file binds `RUN` (the function to call: train, evaluate or export) and may bind `SETUP`,
 a list of calls made first (task registration, vocabulary preparation). `--gin.KEY=VALUE` flags
-are gin bindings, as in T5X. Bad bindings and missing required settings fail before any compute.
+are gin bindings, as in T5X. Bad bindings, macros no file declares and missing required settings
+fail before any compute. A run stopped by SIGTERM exits with status 143 after saving its checkpoint.
 """
 import functools
 import inspect
@@ -18,6 +19,10 @@ import gin
 import jax
 
 from hybridir import gin_utils
+
+# Exit status after SIGTERM (preemption) once the checkpoint is saved: 128 + SIGTERM, as a shell
+# reports a process ended by it, so schedulers treat the run as interrupted, not finished.
+PREEMPTED_EXIT_CODE = 143
 
 _GIN_FILE = flags.DEFINE_multi_string("gin_file", [], "Gin files, parsed in order.")
 _GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings (after the files).")
@@ -83,7 +88,10 @@ def main(argv, gin_flag_bindings: Sequence[str] = ()):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   initialize_distributed()
-  gin_utils.parse(_GIN_FILE.value, _GIN_BINDINGS.value + list(gin_flag_bindings))
+  try:
+    gin_utils.parse(_GIN_FILE.value, _GIN_BINDINGS.value + list(gin_flag_bindings))
+  except gin_utils.UnknownMacroError as e:
+    raise app.UsageError(str(e)) from None
   run = resolve_run()
   if jax.process_index() == 0:
     logging.info("gin config:\n%s", gin.config_str())
@@ -93,7 +101,11 @@ def main(argv, gin_flag_bindings: Sequence[str] = ()):
     setup = []
   for call in setup:
     call.scoped_configurable_fn()
-  run()
+  result = run()
+  if getattr(result, "stopped_early", False):
+    logging.warning("preempted: checkpoint saved; exiting with status %d so a scheduler requeues "
+                    "the run (rerun the same command to resume)", PREEMPTED_EXIT_CODE)
+    sys.exit(PREEMPTED_EXIT_CODE)
 
 
 def console_main():

@@ -64,6 +64,26 @@ def test_unknown_gin_binding_fails_before_compute_naming_it(tmp_path):
   assert "nonsense" in result.stderr and "Saving checkpoint" not in result.stderr
 
 
+def test_misspelled_macro_fails_before_compute_naming_the_closest(tmp_path):
+  result = run_main("--gin_file=gin_configs/runs/smoke.gin", "--gin.TRAIN_STEP=3",
+                    f"--gin.MODEL_DIR='{tmp_path}'", timeout=120)
+  assert result.returncode != 0
+  assert "TRAIN_STEP" in result.stderr and "did you mean TRAIN_STEPS" in result.stderr
+  assert not (tmp_path / "checkpoints").exists() and "Traceback" not in result.stderr
+
+
+def test_preempted_run_saves_then_exits_with_the_documented_status(tmp_path):
+  from hybridir import main
+  run_file = tmp_path / "preempted.gin"
+  run_file.write_text("from __gin__ import dynamic_registration\n"
+                      "from tests import test_trainer\n"
+                      "RUN = @test_trainer.preempted_run\n"
+                      f"test_trainer.preempted_run.model_dir = '{tmp_path}'\n")
+  result = run_main(f"--gin_file={run_file}", timeout=300)
+  assert result.returncode == main.PREEMPTED_EXIT_CODE == 143, result.stderr[-2000:]
+  assert (tmp_path / "checkpoints" / "3").is_dir()
+
+
 def test_missing_required_setting_is_named(tmp_path):
   result = run_main("--gin_file=gin_configs/runs/train.gin",
                     "--gin_file=gin_configs/models/mt5_tiny.gin", timeout=120)

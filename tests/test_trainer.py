@@ -57,6 +57,14 @@ def run(model_dir, steps, train_input=None, **kwargs):
   return trainer.train(**options)
 
 
+def preempted_run(model_dir):
+  """A run that gets SIGTERM as it fetches step 3's batch (test_main runs it through main)."""
+  def preempt(step):
+    if step == 2:
+      os.kill(os.getpid(), signal.SIGTERM)
+  return run(model_dir, 12, SyntheticPairs(on_batch=preempt))
+
+
 def grads_on_mesh(mesh, loss_config, batch):
   model = tiny_model()
   params = step_lib.initial_params(
