@@ -111,6 +111,7 @@ def train(*, model: dual_encoder.DualEncoder, train_input: Any, task_feature_len
     jax.config.update("jax_threefry_partitionable", False)
   train_input = _host_input(train_input)
   eval_input = _host_input(eval_input) if eval_input is not None else None
+  _check_vocabulary_fits(train_input, model)
   mesh = mesh or partitioning.create_mesh()
   rules = logical_axis_rules or partitioning.standard_logical_axis_rules()
   query_length, passage_length = task_feature_lengths["query"], task_feature_lengths["passage"]
@@ -237,6 +238,16 @@ def train(*, model: dual_encoder.DualEncoder, train_input: Any, task_feature_len
       finish(pending)
   checkpointer.close()
   return TrainResult(state, history, eval_history, compilations[0], stopped_early)
+
+
+def _check_vocabulary_fits(train_input, model) -> None:
+  """Token ids past the embedding would train on garbage (NaN on CPU): refuse before compiling."""
+  vocabulary = getattr(train_input, "vocabulary", None)
+  embedding_rows = model.encoder_config.vocab_size
+  if vocabulary is not None and vocabulary.vocab_size > embedding_rows:
+    raise ValueError(f"the input's vocabulary ({getattr(train_input, 'name', 'train_input')}) has "
+                     f"{vocabulary.vocab_size} ids but the model's embedding has {embedding_rows} "
+                     "rows: set VOCAB_SIZE (the model file) to at least the vocabulary size")
 
 
 def _host_input(source):

@@ -151,6 +151,15 @@ def test_sigterm_saves_the_current_step_and_rerun_resumes(tmp_path):
   assert [h["step"] for h in resumed.history] == [7, 8]
 
 
+def test_vocabulary_larger_than_the_embedding_fails_before_training(tmp_path):
+  import types
+  pairs = SyntheticPairs()
+  pairs.vocabulary = types.SimpleNamespace(vocab_size=100)  # tiny_model embeds 64 ids.
+  with pytest.raises(ValueError, match="vocabulary .* 100 ids .* embedding has 64 rows"):
+    run(tmp_path, 2, pairs)
+  assert not (tmp_path / "checkpoints").exists()
+
+
 def test_init_from_imported_checkpoint_with_wrong_shapes_names_them(tmp_path, data_dir):
   from hybridir import importers
   with pytest.raises(importers.CheckpointMismatchError, match="token_embedder/embedding"):
