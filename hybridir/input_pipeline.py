@@ -11,6 +11,7 @@ numpy arrays kept in memory; a batch is then fancy indexing. Batches are a pure 
   Both are served from the corpus's mono-task tokens (a cross task's query_x, passage_y are the
   mono tasks' query_x and passage_y).
 """
+import hashlib
 import weakref
 from typing import Iterator, Mapping
 
@@ -189,6 +190,15 @@ class HybridInput:
       mask = languages == language
       out[mask] = self._tokens[feature, language][rows[mask]]
     return out
+
+  def identity(self) -> dict:
+    """What defines this data stream (stored with a run's checkpoints; see trainer.train)."""
+    settings = {k: v for k, v in vars(self._sampler).items()
+                if isinstance(v, (bool, int, float, str))} if self._sampler is not None else {}
+    vocabulary = getattr(self.vocabulary, "sp_model", None)
+    return {"input": self.name, "batch_size": self.batch_size, "seed": self.seed,
+            "languages": sorted(self._corpus.languages), "sampler": settings,
+            "vocabulary_sha256": hashlib.sha256(vocabulary).hexdigest() if vocabulary else None}
 
   def iterate(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
     """Batches from `start_step` on, forever."""

@@ -1,6 +1,7 @@
 """The training loop, T5X-style: sharded state born on the mesh, one compiled step, orbax
 checkpoints with the data position, TensorBoard summaries, evaluation hook, progress with ETA."""
 import dataclasses
+import json
 import math
 import os
 import signal
@@ -20,6 +21,10 @@ from hybridir import optim
 from hybridir import partitioning
 from hybridir import train_step as step_lib
 from hybridir.models import dual_encoder
+
+
+class RunChangedError(ValueError):
+  """Resuming a checkpoint with settings that change what the run trains on or what it trains."""
 
 
 @dataclasses.dataclass
@@ -95,11 +100,14 @@ def train(*, model: dual_encoder.DualEncoder, train_input: Any, task_feature_len
           mesh=None, logical_axis_rules=None, init_checkpoint: str | None = None,
           checkpoint_period: int = 100, checkpointer_fn: Callable = checkpoints.Checkpointer,
           eval_input: Any = None, eval_period: int = 0, eval_steps: int = 4,
-          best_metric: str | None = None, log_period: int = 10) -> TrainResult:
+          best_metric: str | None = None, log_period: int = 10,
+          allow_changed_run: bool = False) -> TrainResult:
   """Trains `model` on batches from `train_input.batch(step)` for `train_steps` steps.
 
   Resumes from the latest checkpoint under `model_dir/checkpoints` (the data stream is a pure
-  function of (seed, step), so the step restores the data position too).
+  function of (seed, step), so the step restores the data position too). The settings that define
+  the run (`run_identity`) are stored with each checkpoint; resuming with others is refused unless
+  `allow_changed_run`.
   """
   if train_steps < 1:
     raise ValueError(f"train_steps must be >= 1, got {train_steps}")
@@ -133,13 +141,13 @@ def train(*, model: dual_encoder.DualEncoder, train_input: Any, task_feature_len
     abstract_state = jax.eval_shape(lambda p: step_lib.TrainState(
         jnp.zeros((), jnp.int32), p, optimizer.init(p)), abstract_params)
 
+  identity = run_identity(model, train_input, task_feature_lengths, seed)
   checkpointer = checkpointer_fn(os.path.join(model_dir, "checkpoints"), best_metric=best_metric)
   start_step = checkpointer.latest_step()
   if start_step is not None:
     state, data_position = checkpointer.restore(start_step, abstract_state, state_shardings)
-    if data_position.get("seed") != seed:
-      logging.warning("checkpoint was written with seed %s, this run uses %s",
-                      data_position.get("seed"), seed)
+    _check_run_identity(data_position.get("identity"), identity, allow_changed_run,
+                        f"{model_dir}/checkpoints/{start_step}")
     logging.info("resumed from %s at step %d", model_dir, start_step)
   else:
     start_step = 0
@@ -169,7 +177,8 @@ def train(*, model: dual_encoder.DualEncoder, train_input: Any, task_feature_len
   eval_writer = _SummaryWriter(os.path.join(model_dir, "eval") if eval_input is not None else None)
 
   def data_position(step):
-    return {"step": step, "seed": seed, "input": str(getattr(train_input, "name", ""))}
+    return {"step": step, "seed": seed, "input": str(getattr(train_input, "name", "")),
+            "identity": identity}
 
   def run_eval(params, step):
     results = [_to_host(p_eval_step(params, partitioning.host_local_to_global(
@@ -238,6 +247,46 @@ def train(*, model: dual_encoder.DualEncoder, train_input: Any, task_feature_len
       finish(pending)
   checkpointer.close()
   return TrainResult(state, history, eval_history, compilations[0], stopped_early)
+
+
+def run_identity(model, train_input, task_feature_lengths: dict, seed: int) -> dict:
+  """The settings that define a run's model and data stream, as plain JSON values."""
+  describe = getattr(train_input, "identity", None)
+  identity = {"seed": seed, "task_feature_lengths": dict(task_feature_lengths),
+              "model": dataclasses.asdict(model.encoder_config),
+              "input": describe() if callable(describe) else {
+                  "input": str(getattr(train_input, "name", "")),
+                  "batch_size": getattr(train_input, "batch_size", None)}}
+  return json.loads(json.dumps(identity, default=str))
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def _check_run_identity(stored: dict | None, current: dict, allow_changed_run: bool,
+                        checkpoint: str) -> None:
+  """Refuses to resume a run whose data stream or model would mean something else."""
+  if stored is None:
+    logging.warning("%s records no run settings (written by an older version): resuming unchecked",
+                    checkpoint)
+    return
+  old, new = _flatten(stored), _flatten(current)
+  changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+             if old.get(k) != new.get(k)]
+  if not changed:
+    return
+  message = f"{checkpoint} was written by a run with other settings: " + "; ".join(changed)
+  if not allow_changed_run:
+    raise RunChangedError(message + " (use a new MODEL_DIR, or set ALLOW_CHANGED_RUN = True to "
+                          "resume anyway)")
+  logging.warning("%s; resuming as ALLOW_CHANGED_RUN says", message)
 
 
 def _check_vocabulary_fits(train_input, model) -> None:

@@ -151,6 +151,14 @@ def test_sigterm_saves_the_current_step_and_rerun_resumes(tmp_path):
   assert [h["step"] for h in resumed.history] == [7, 8]
 
 
+def test_resuming_with_other_run_settings_is_refused_unless_allowed(tmp_path):
+  run(tmp_path, 4)
+  with pytest.raises(trainer.RunChangedError, match=r"seed: 0 -> 3.*ALLOW_CHANGED_RUN"):
+    run(tmp_path, 6, seed=3)
+  resumed = run(tmp_path, 6, seed=3, allow_changed_run=True)
+  assert [h["step"] for h in resumed.history] == [5, 6]
+
+
 def test_vocabulary_larger_than_the_embedding_fails_before_training(tmp_path):
   import types
   pairs = SyntheticPairs()
