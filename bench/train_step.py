@@ -112,8 +112,8 @@ def jax_step(model, optimizer_name, batch, learning_rate, weight_decay, grad_cac
   return jax.jit(train_step, donate_argnums=0, compiler_options=step_lib.compiler_options()), state
 
 
-def torch_peer(cfg, batch, dtype, learning_rate, weight_decay):
-  """A closure running one eager PyTorch training step of the same dual encoder."""
+def torch_peer(cfg, batch, dtype, learning_rate, weight_decay, device="cpu"):
+  """A closure running one eager PyTorch training step of the same dual encoder on `device`."""
   import torch
   import transformers
   if isinstance(cfg, t5.T5Config):
@@ -134,13 +134,13 @@ def torch_peer(cfg, batch, dtype, learning_rate, weight_decay):
         layer_norm_eps=cfg.layer_norm_epsilon, pad_token_id=cfg.pad_id, bos_token_id=cfg.bos_id,
         eos_token_id=cfg.eos_id)
     encoder = transformers.XLMRobertaModel(hf, add_pooling_layer=False)
-  encoder.train()
+  encoder.to(device).train()
   optimizer = torch.optim.AdamW(encoder.parameters(), lr=learning_rate, weight_decay=weight_decay)
-  tensors = {name: torch.tensor(batch[f"{name}_tokens"], dtype=torch.long)
+  tensors = {name: torch.tensor(batch[f"{name}_tokens"], dtype=torch.long, device=device)
              for name in ("query", "passage")}
   masks = {name: tokens != cfg.pad_id for name, tokens in tensors.items()}
-  labels = torch.arange(batch["query_tokens"].shape[0])
-  autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "bfloat16" else (
+  labels = torch.arange(batch["query_tokens"].shape[0], device=device)
+  autocast = (lambda: torch.autocast(device, dtype=torch.bfloat16)) if dtype == "bfloat16" else (
       contextlib.nullcontext)
 
   def embed(name):
