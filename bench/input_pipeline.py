@@ -63,9 +63,10 @@ def main() -> None:
       print(f"trained SentencePiece (vocab 8000) in {time.perf_counter() - start:.1f} s")
     rows = []
     for label, name, options in (
-        ("hybrid, alpha 0.5 (one language (pair) per batch)", "bench", {}),
+        ("hybrid, alpha 0.5 (one language (pair) per batch)", "bench",
+         dict(cross_pairs="per_batch")),
         ("hybrid, alpha 0.5, per-example languages / pairs", "bench_mixed",
-         dict(mono_mixed_languages=True, cross_mixed_pairs=True)),
+         dict(mono_mixed_languages=True, cross_pairs="per_example")),
         ("seqio example mixture bench_all_mix (tokens shared with row 1)", "bench", None)):
       if options is not None:
         mixture = tasks.register_parallel_qa(name, corpus, args.family, spm_path, alpha=0.5,

@@ -1,7 +1,8 @@
 """Reading and validating parallel QA corpora (evaluation files: hybridir.retrieval_data).
 
 Training corpora are parallel question-passage pairs: a `pair_id` names one QA item and all its
-translations. Every reader validates as it goes and raises `CorpusError` naming the file, the line
+translations, and a `source` names the dataset it comes from (batches are drawn one source at a
+time, by source size: hybridir.hybrid). Every reader validates as it goes and raises `CorpusError` naming the file, the line
 (JSONL, TSV) or the record id (SQuAD) and what is wrong. No TensorFlow, no JAX.
 """
 import bisect
@@ -50,13 +51,18 @@ def check_language(code: object, where: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class QAPair:
-  """One question and its passage in one language; `pair_id` is shared by its translations."""
+  """One question and its passage in one language; `pair_id` is shared by its translations.
+
+  `source`: the source dataset (a JSONL record's `source`, else the file's folder); "" until
+  `load_parallel_corpus` fills in the default.
+  """
   pair_id: str
   language: str
   question: str
   passage: str
   article_id: str
   answer_sentence: str | None = None
+  source: str = ""
 
 
 def required_text(record: Mapping, field: str, where: str) -> str:
@@ -222,7 +228,7 @@ def read_json_lines(path: PathLike) -> Iterator[tuple[str, Mapping]]:
 
 
 def read_jsonl(path: PathLike) -> list[QAPair]:
-  """QA pairs from JSON lines {"id", "lang", "question", "passage"[, "article_id", ...]}."""
+  """QA pairs from JSON lines {"id", "lang", "question", "passage"[, "article_id", "source"...]}."""
   pairs = []
   for where, record in read_json_lines(path):
     pair_id = required_text(record, "id", where)
@@ -232,8 +238,10 @@ def read_jsonl(path: PathLike) -> list[QAPair]:
     answer_sentence = record.get("answer_sentence")
     if answer_sentence is not None:
       answer_sentence = required_text(record, "answer_sentence", where)
+    source = required_text(record, "source", where) if "source" in record else ""
     pairs.append(QAPair(pair_id, language, required_text(record, "question", where),
-                        required_text(record, "passage", where), article_id, answer_sentence))
+                        required_text(record, "passage", where), article_id, answer_sentence,
+                        source))
   return pairs
 
 
@@ -246,6 +254,14 @@ class ParallelCorpus:
   def pair_ids(self) -> list[str]:
     """Every pair id present in at least one language, sorted."""
     return sorted(set().union(*(self.pairs[language] for language in self.languages)))
+
+  def sources(self) -> dict[str, list[str]]:
+    """{source dataset: its pair ids, sorted}; a pair id has one source in every language."""
+    by_source = collections.defaultdict(set)
+    for language in self.languages:
+      for pair_id, pair in self.pairs[language].items():
+        by_source[pair.source].add(pair_id)
+    return {source: sorted(ids) for source, ids in sorted(by_source.items())}
 
   def missing_report(self) -> dict[str, int]:
     """Per language the number of pair ids it lacks, plus 'total_ids' (ids in any language)."""
@@ -301,22 +317,37 @@ class ParallelCorpus:
     return self.restrict(train_ids), self.restrict(test_ids)
 
 
+def _corpus_files(path: pathlib.Path) -> list[tuple[pathlib.Path, str]]:
+  """(file, default source) of a corpus: the file itself, or a folder's `.json`/`.jsonl` files
+  and those of its subfolders, one source dataset per subfolder (named after it)."""
+  if path.is_file():
+    return [(path, path.stem)]
+  if not path.is_dir():
+    raise CorpusError(f"{path}: no such file or folder")
+  qa_files = lambda folder: sorted(p for p in folder.iterdir()
+                                   if p.is_file() and p.suffix in (".json", ".jsonl"))
+  files = [(file, path.name) for file in qa_files(path)]
+  for folder in sorted(p for p in path.iterdir() if p.is_dir()):
+    files += [(file, folder.name) for file in qa_files(folder)]
+  return files
+
+
 def load_parallel_corpus(path: PathLike, passage_unit: str = "paragraph",
                          languages: Sequence[str] | None = None) -> ParallelCorpus:
-  """A folder of `<lang>.json` SQuAD files and/or `.jsonl` files (or one `.jsonl` file)."""
+  """A folder of `<lang>.json` SQuAD files and/or `.jsonl` files (or one `.jsonl` file).
+
+  Source datasets: a JSONL record's `source` field, else the subfolder holding the file (a folder
+  `corpus/<source>/<lang>.json` per source), else the corpus's own name (folder or file stem).
+  """
   _check_passage_unit(passage_unit)
   path = pathlib.Path(path)
-  if path.is_file():
-    files = [path]
-  elif path.is_dir():
-    files = sorted(p for p in path.iterdir() if p.suffix in (".json", ".jsonl"))
-  else:
-    raise CorpusError(f"{path}: no such file or folder")
+  files = _corpus_files(path)
   if languages is not None:
     for language in languages:
       check_language(language, f"languages argument for {path}")
   by_language = collections.defaultdict(dict)
-  for file in files:
+  source_of = {}
+  for file, default_source in files:
     if file.suffix == ".json":
       if languages is not None and file.stem not in languages:
         continue
@@ -329,6 +360,10 @@ def load_parallel_corpus(path: PathLike, passage_unit: str = "paragraph",
       if pair.pair_id in by_language[pair.language]:
         raise CorpusError(f"{file}: record id {pair.pair_id!r}: duplicate id in language "
                           f"{pair.language!r}")
+      pair = pair if pair.source else dataclasses.replace(pair, source=default_source)
+      if source_of.setdefault(pair.pair_id, pair.source) != pair.source:
+        raise CorpusError(f"{file}: record id {pair.pair_id!r}: source {pair.source!r}, but its "
+                          f"other languages have source {source_of[pair.pair_id]!r}")
       by_language[pair.language][pair.pair_id] = pair
   found = tuple(sorted(by_language))
   if not found:

@@ -2,7 +2,9 @@
 
   python -m hybridir.data stats --dataset xquad_r [--data_dir DIR]
   python -m hybridir.data batches --corpus DIR --alpha 0.5 --batch_size 32 --steps 10 \
-      [--seed 0] [--host_index 0 --host_count 1]
+      [--seed 0] [--host_index 0 --host_count 1] [--cross_pairs per_batch]
+
+`batches` prints each step's kind, source dataset and every example's pair id and languages.
 """
 import argparse
 import json
@@ -23,13 +25,14 @@ def default_data_dir(dataset: str) -> pathlib.Path:
   return pathlib.Path(root) / retrieval_data.LAREQA_FOLDERS[dataset]
 
 
-def _alpha(value: str) -> float | str:
-  if value == "by_size":
-    return value
+def _alpha(value: str) -> float:
   try:
     return float(value)
   except ValueError:
-    raise argparse.ArgumentTypeError(f"expected a number in [0, 1] or 'by_size', found {value!r}")
+    raise argparse.ArgumentTypeError(
+        f"expected a number in [0, 1], found {value!r}" + (
+            " ('by_size' was removed: batches are drawn by source dataset size, see "
+            "--source_temperature)" if value == "by_size" else "")) from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,11 +52,15 @@ def _parser() -> argparse.ArgumentParser:
   batches.add_argument("--seed", type=int, default=0)
   batches.add_argument("--host_index", type=int, default=0)
   batches.add_argument("--host_count", type=int, default=1)
-  batches.add_argument("--temperature", type=float, default=1.0)
+  batches.add_argument("--cross_pairs", choices=hybrid.CROSS_PAIRS, default="per_example",
+                       help="X-Y batches: each example its own (x, y) pair (the paper's), or one "
+                       "pair per batch")
+  batches.add_argument("--source_temperature", type=float, default=1.0,
+                       help="a batch's source dataset is drawn ~ size ** (1 / T)")
   batches.add_argument("--language_sampling", choices=hybrid.LANGUAGE_SAMPLINGS,
                        default="uniform")
+  batches.add_argument("--language_temperature", type=float, default=1.0)
   batches.add_argument("--mono_mixed_languages", action="store_true")
-  batches.add_argument("--cross_mixed_pairs", action="store_true")
   batches.add_argument("--passage_unit", choices=corpora.PASSAGE_UNITS, default="paragraph")
   batches.add_argument("--languages", nargs="+", help="default: all in the corpus")
   return parser
@@ -68,17 +75,21 @@ def _stats(args: argparse.Namespace) -> None:
 def _batches(args: argparse.Namespace) -> None:
   corpus = corpora.load_parallel_corpus(args.corpus, args.passage_unit, args.languages)
   sampler = hybrid.HybridSampler(
-      corpus, args.batch_size, alpha=args.alpha, temperature=args.temperature,
-      mono_mixed_languages=args.mono_mixed_languages, cross_mixed_pairs=args.cross_mixed_pairs,
-      language_sampling=args.language_sampling, seed=args.seed)
+      corpus, args.batch_size, alpha=args.alpha, cross_pairs=args.cross_pairs,
+      mono_mixed_languages=args.mono_mixed_languages, language_sampling=args.language_sampling,
+      language_temperature=args.language_temperature,
+      source_temperature=args.source_temperature, seed=args.seed)
   for step in range(args.start_step, args.start_step + args.steps):
     spec = sampler.batch(step, args.host_index, args.host_count)
-    print(json.dumps({"step": spec.step, "kind": spec.kind,
+    print(json.dumps({"step": spec.step, "kind": spec.kind, "source": spec.source,
                       "query_language": spec.query_language,
                       "passage_language": spec.passage_language,
                       "pair_ids": list(spec.pair_ids),
                       "query_languages": list(spec.query_languages),
-                      "passage_languages": list(spec.passage_languages)}, ensure_ascii=False))
+                      "passage_languages": list(spec.passage_languages),
+                      "language_pairs": [f"{x}-{y}" for x, y in zip(spec.query_languages,
+                                                                    spec.passage_languages)]},
+                     ensure_ascii=False))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

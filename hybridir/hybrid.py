@@ -1,9 +1,12 @@
-"""The hybrid batch schedule: which batch kind, which language (pair) and which examples.
+"""The hybrid batch schedule: which source, which batch kind, which languages and which examples.
 
-Each global batch is monolingual (queries and passages in one language) with probability
-`alpha_mono`, else cross-lingual (queries in x, passages in y, x != y). The schedule is a pure
-function of (seed, step): every host computes the same global batch and keeps its own slice, and a
-run restarted at step N sees the batches an uninterrupted run would. No TensorFlow, no JAX.
+The paper's batches (../shared/PAPER.md, section "Batches"): each global batch comes from one
+source dataset, drawn with probability proportional to its size (flattened by a temperature), and
+is monolingual (X-X-mono: queries and passages in one language, drawn uniformly) with probability
+`alpha`, else cross-lingual (X-Y: every example draws its own (x, y), x != y, so a batch mixes
+language pairs). The schedule is a pure function of (seed, step): every host computes the same
+global batch and keeps its own slice, and a run restarted at step N sees the batches an
+uninterrupted run would. No TensorFlow, no JAX.
 """
 import dataclasses
 import logging
@@ -14,15 +17,18 @@ from hybridir import corpora
 
 MONO, CROSS, MIXED = "mono", "cross", "mixed"
 LANGUAGE_SAMPLINGS = ("uniform", "size")
+# X-Y batches: each example its own (x, y) pair (the paper's), or one (x, y) for the whole batch.
+CROSS_PAIRS = ("per_example", "per_batch")
 _MAX_REDRAWS = 64  # Redraws of a duplicate example before listing what is left in its pool.
 
 
 @dataclasses.dataclass(frozen=True)
 class BatchSpec:
-  """One host's share of a batch: kind, languages and the pair ids of its examples.
+  """One host's share of a batch: kind, source, languages and the pair ids of its examples.
 
   `query_language`/`passage_language` are "mixed" when examples of one batch differ in language;
-  `query_languages`/`passage_languages` always give each example's languages.
+  `query_languages`/`passage_languages` always give each example's languages. `source` is the
+  source dataset of every example ("mixed" for a seqio mixture drawing from several).
   """
   step: int
   kind: str
@@ -31,6 +37,7 @@ class BatchSpec:
   pair_ids: tuple[str, ...]
   query_languages: tuple[str, ...]
   passage_languages: tuple[str, ...]
+  source: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,142 +48,181 @@ class _Config:
   pool: np.ndarray
 
 
-def _cumulative(sizes: list[int], language_sampling: str, temperature: float) -> np.ndarray:
-  """Cumulative probabilities: uniform, or proportional to size ** (1 / temperature)."""
-  if language_sampling == "uniform":
-    weights = np.ones(len(sizes))
-  else:
-    weights = np.asarray(sizes, np.float64) ** (1.0 / temperature)
-  cumulative = np.cumsum(weights)
+@dataclasses.dataclass(frozen=True)
+class _Source:
+  """One source dataset: its size (pair ids), mono and cross configs and their draw weights."""
+  name: str
+  size: int
+  configs: tuple[list[_Config], list[_Config]]  # (mono, cross)
+  cumulative: tuple[np.ndarray, np.ndarray]
+
+
+def _cumulative(weights) -> np.ndarray:
+  cumulative = np.cumsum(np.asarray(weights, np.float64))
   return cumulative / cumulative[-1]
 
 
+def _language_cumulative(configs: list[_Config], language_sampling: str,
+                         temperature: float) -> np.ndarray:
+  """Uniform over configs, or proportional to pool size ** (1 / temperature)."""
+  if not configs:
+    return np.ones(0)
+  if language_sampling == "uniform":
+    return _cumulative(np.ones(len(configs)))
+  return _cumulative(np.asarray([len(c.pool) for c in configs], np.float64) ** (1.0 / temperature))
+
+
+def _make_source(name: str, rows: np.ndarray, language_rows: dict[str, np.ndarray],
+                 language_sampling: str, language_temperature: float, named: bool) -> _Source:
+  """A source dataset's configs from its rows (indices of its pair ids) and each language's rows."""
+  available = {language: np.isin(rows, all_rows) for language, all_rows in language_rows.items()}
+  mono = [_Config(x, x, rows[available[x]]) for x in language_rows if available[x].any()]
+  cross = [_Config(x, y, pool) for x in language_rows for y in language_rows if x != y
+           for pool in [rows[available[x] & available[y]]] if len(pool)]
+  unused = len(mono) * (len(mono) - 1) - len(cross)
+  if unused:
+    logging.getLogger(__name__).warning("%d language pairs%s share no pair id: unused", unused,
+                                        f" in source {name!r}" if named else "")
+  cumulative = tuple(_language_cumulative(c, language_sampling, language_temperature)
+                     for c in (mono, cross))
+  return _Source(name, len(rows), (mono, cross), cumulative)
+
+
 class HybridSampler:
-  """Draws hybrid (mono / cross-lingual) batches of parallel QA pairs.
+  """Draws hybrid (X-X-mono / X-Y) batches of parallel QA pairs, one source dataset per batch.
 
   Args:
-    corpus: the parallel training corpus.
+    corpus: the parallel training corpus (its pairs' `source` names their source dataset).
     batch_size: the global batch size, over all hosts.
-    alpha: probability of a monolingual batch, or "by_size": the share of mono among all
-      (example, language pair) combinations, mono ** (1/T) / (mono ** (1/T) + cross ** (1/T)).
-    temperature: T above, also used by language_sampling="size" (probability ~ size ** (1/T)).
-    mono_mixed_languages: each example of a mono batch draws its own language.
-    cross_mixed_pairs: each example of a cross batch draws its own (x, y) pair.
-    language_sampling: languages (pairs) drawn "uniform"ly or by number of available pairs.
+    alpha: probability of a monolingual batch (the paper's best: 0.5).
+    cross_pairs: "per_example" (the paper's X-Y: each example draws its own (x, y), x != y) or
+      "per_batch" (one (x, y) pair for the whole batch; not the paper's).
+    mono_mixed_languages: each example of a mono batch draws its own language (not the paper's).
+    language_sampling: languages (pairs) drawn "uniform"ly (the paper's) or by number of pairs.
+    language_temperature: language_sampling="size" draws ~ size ** (1 / language_temperature).
+    source_temperature: a source is drawn with probability ~ its number of pair ids ** (1 / T).
     seed: the schedule's seed.
-    allow_parallel_duplicates: in mixed batches, let one pair id appear in different languages.
+    allow_parallel_duplicates: in per-example batches, let one pair id appear in different
+      languages (translations of one item in one batch: false negatives unless masked).
+
+  The source is drawn among those that can make the batch kind drawn (an English-only source
+  makes no X-Y batch); when every source can make both kinds, source and kind are independent.
   """
 
-  def __init__(self, corpus: corpora.ParallelCorpus, batch_size: int,
-               alpha: float | str = 0.5, temperature: float = 1.0,
-               mono_mixed_languages: bool = False, cross_mixed_pairs: bool = False,
-               language_sampling: str = "uniform", seed: int = 0,
+  def __init__(self, corpus: corpora.ParallelCorpus, batch_size: int, alpha: float = 0.5,
+               cross_pairs: str = "per_example", mono_mixed_languages: bool = False,
+               language_sampling: str = "uniform", language_temperature: float = 1.0,
+               source_temperature: float = 1.0, seed: int = 0,
                allow_parallel_duplicates: bool = False):
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
       raise ValueError(f"batch_size must be a positive integer, found {batch_size!r}")
+    if alpha == "by_size":
+      raise ValueError("alpha='by_size' was removed: alpha is the probability of a monolingual "
+                       "batch (a number in [0, 1]; the paper's 0.5), and every batch is drawn from "
+                       "one source dataset by size (source_temperature)")
+    if isinstance(alpha, (str, bool)) or not 0 <= alpha <= 1:
+      raise ValueError(f"alpha must be in [0, 1] (the probability of a monolingual batch), "
+                       f"found {alpha!r}")
+    if cross_pairs not in CROSS_PAIRS:
+      raise ValueError(f"cross_pairs must be one of {CROSS_PAIRS}, found {cross_pairs!r}")
     if language_sampling not in LANGUAGE_SAMPLINGS:
       raise ValueError(f"language_sampling must be one of {LANGUAGE_SAMPLINGS}, "
                        f"found {language_sampling!r}")
-    if not temperature > 0:
-      raise ValueError(f"temperature must be positive, found {temperature!r}")
+    for name, value in (("language_temperature", language_temperature),
+                        ("source_temperature", source_temperature)):
+      if not value > 0:
+        raise ValueError(f"{name} must be positive, found {value!r}")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
       raise ValueError(f"seed must be a non-negative integer, found {seed!r}")
     self.batch_size = int(batch_size)
     self.seed = int(seed)
+    self.alpha_mono = float(alpha)
     self.mono_mixed_languages = mono_mixed_languages
-    self.cross_mixed_pairs = cross_mixed_pairs
+    self.cross_pairs = cross_pairs
     self.allow_parallel_duplicates = allow_parallel_duplicates
     self._pair_ids = np.asarray(corpus.pair_ids(), dtype=object)
     index = {pair_id: i for i, pair_id in enumerate(self._pair_ids)}
-    available = {language: np.zeros(len(index), bool) for language in corpus.languages}
-    for language in corpus.languages:
-      available[language][[index[i] for i in corpus.pairs[language]]] = True
-    self._mono = [_Config(x, x, np.flatnonzero(available[x])) for x in corpus.languages]
-    self._cross = []
-    for x in corpus.languages:
-      for y in corpus.languages:
-        pool = np.flatnonzero(available[x] & available[y])
-        if x != y and len(pool):
-          self._cross.append(_Config(x, y, pool))
-        elif x != y:
-          logging.getLogger(__name__).warning("no pair id is in both %s and %s: pair unused", x, y)
-    self.alpha_mono = self._resolve_alpha(alpha, temperature)
-    self._mono_cumulative = _cumulative([len(c.pool) for c in self._mono], language_sampling,
-                                        temperature)
-    self._cross_cumulative = (_cumulative([len(c.pool) for c in self._cross], language_sampling,
-                                          temperature) if self._cross else np.ones(0))
-    if self.alpha_mono > 0:
-      self._check_pools(self._mono, mono_mixed_languages, "language")
-    if self.alpha_mono < 1:
-      self._check_pools(self._cross, cross_mixed_pairs, "language pair")
+    sources = corpus.sources()
+    language_rows = {language: np.fromiter((index[i] for i in corpus.pairs[language]), np.int64)
+                     for language in corpus.languages}
+    self._sources = [
+        _make_source(name, np.array([index[i] for i in ids], np.int64), language_rows,
+                     language_sampling, language_temperature, len(sources) > 1)
+        for name, ids in sources.items()]
+    # Per kind: the sources that can make it and their cumulative draw probabilities.
+    self._eligible, self._source_cumulative = [], []
+    for kind, needed in ((0, self.alpha_mono > 0), (1, self.alpha_mono < 1)):
+      eligible = [i for i, s in enumerate(self._sources) if s.configs[kind]]
+      if needed and not eligible:
+        raise ValueError(f"no {('language', 'language pair')[kind]} has any pair ids, so no batch "
+                         f"of this kind can be drawn; cross-lingual batches need two languages "
+                         f"sharing ids (or alpha=1)")
+      if needed and len(eligible) < len(self._sources):
+        left_out = sorted(set(s.name for s in self._sources) -
+                          {self._sources[i].name for i in eligible})
+        logging.getLogger(__name__).warning("sources %s make no %s batch", left_out,
+                                            (MONO, CROSS)[kind])
+      for i in eligible if needed else ():
+        self._check_pools(self._sources[i], kind, len(sources) > 1)
+      self._eligible.append(eligible)
+      self._source_cumulative.append(_cumulative(
+          [self._sources[i].size ** (1.0 / source_temperature) for i in eligible]
+      ) if eligible else np.ones(0))
     self._permutations = {}
     self._last_global = None
 
-  def _resolve_alpha(self, alpha: float | str, temperature: float) -> float:
-    if alpha == "by_size":
-      mono = sum(len(c.pool) for c in self._mono) ** (1.0 / temperature)
-      cross = sum(len(c.pool) for c in self._cross) ** (1.0 / temperature)
-      return mono / (mono + cross)
-    if isinstance(alpha, str) or not 0 <= alpha <= 1:
-      raise ValueError(f"alpha must be in [0, 1] or 'by_size', found {alpha!r}")
-    return float(alpha)
+  def _per_example(self, kind: int) -> bool:
+    return self.mono_mixed_languages if kind == 0 else self.cross_pairs == "per_example"
 
-  def _check_pools(self, configs: list[_Config], mixed: bool, what: str) -> None:
+  def _check_pools(self, source: _Source, kind: int, name_source: bool) -> None:
     """Fails early when no batch of this kind can be drawn without repeats."""
-    if not configs:
-      raise ValueError(f"no {what} has any pair ids, so no batch of this kind can be drawn; "
-                       f"cross-lingual batches need two languages sharing ids (or alpha=1)")
-    if mixed:
+    what = ("language", "language pair")[kind]
+    where = f" of source {source.name!r}" if name_source else ""
+    configs = source.configs[kind]
+    if self._per_example(kind):
       union = len(set().union(*(c.pool.tolist() for c in configs)))
       if union < self.batch_size and not self.allow_parallel_duplicates:
         raise ValueError(f"batch_size {self.batch_size} is larger than the {union} pair ids "
-                         f"available over all {what}s")
+                         f"available over all {what}s{where}")
       return
     for c in configs:
       if len(c.pool) < self.batch_size:
         raise ValueError(f"batch_size {self.batch_size} is larger than the {len(c.pool)} pair ids "
-                         f"available for {what} ({c.query_language}, {c.passage_language})")
+                         f"available for {what} ({c.query_language}, {c.passage_language}){where}")
 
-  def _epoch_permutation(self, kind: int, config_index: int, epoch: int) -> np.ndarray:
-    key = (kind, config_index, epoch)
+  def _epoch_slice(self, source: int, kind: int, config_index: int, step: int) -> np.ndarray:
+    """Slice `step` of the pool's walk through per-epoch permutations: no repeats in an epoch."""
+    pool = self._sources[source].configs[kind][config_index].pool
+    epoch, slot = divmod(step, len(pool) // self.batch_size)
+    key = (source, kind, config_index, epoch)
     if key not in self._permutations:
       if len(self._permutations) > 1024:
         self._permutations.clear()
-      pool = (self._mono if kind == 0 else self._cross)[config_index].pool
-      rng = np.random.default_rng([self.seed, kind, config_index, epoch, 1])
+      rng = np.random.default_rng([self.seed, kind, config_index, epoch, 1, source])
       self._permutations[key] = rng.permutation(pool)
-    return self._permutations[key]
+    return self._permutations[key][slot * self.batch_size:(slot + 1) * self.batch_size]
 
-  def _epoch_slice(self, kind: int, config_index: int, step: int) -> np.ndarray:
-    """Slice `step` of the pool's walk through per-epoch permutations: no repeats in an epoch."""
-    pool = (self._mono if kind == 0 else self._cross)[config_index].pool
-    epoch, slot = divmod(step, len(pool) // self.batch_size)
-    permutation = self._epoch_permutation(kind, config_index, epoch)
-    return permutation[slot * self.batch_size:(slot + 1) * self.batch_size]
-
-  def _draw_mixed(self, rng: np.random.Generator, configs: list[_Config],
-                  choices: np.ndarray) -> np.ndarray:
+  def _draw_per_example(self, rng: np.random.Generator, configs: list[_Config],
+                        choices: np.ndarray) -> np.ndarray:
     """One pair id per example from its config's pool; a pair id once per batch by default."""
     picks = np.empty(len(choices), np.int64)
     seen = set()
+    key_of = lambda pick, c: (pick, c) if self.allow_parallel_duplicates else pick
     for slot, (c, u) in enumerate(zip(choices, rng.random(len(choices)))):
       pool = configs[c].pool
       pick = pool[int(u * len(pool))]
-      key = (pick, c) if self.allow_parallel_duplicates else pick
       for _ in range(_MAX_REDRAWS):
-        if key not in seen:
+        if key_of(pick, c) not in seen:
           break
         pick = pool[rng.integers(len(pool))]
-        key = (pick, c) if self.allow_parallel_duplicates else pick
       else:
-        left = [p for p in pool if ((p, c) if self.allow_parallel_duplicates else p) not in seen]
+        left = [p for p in pool if key_of(p, c) not in seen]
         if not left:
           raise ValueError(f"step batch needs more distinct pair ids than the {len(pool)} of "
                            f"({configs[c].query_language}, {configs[c].passage_language}); "
                            "lower batch_size")
         pick = left[rng.integers(len(left))]
-        key = (pick, c) if self.allow_parallel_duplicates else pick
-      seen.add(key)
+      seen.add(key_of(pick, c))
       picks[slot] = pick
     return picks
 
@@ -188,23 +234,27 @@ class HybridSampler:
       return self._last_global
     rng = np.random.default_rng([self.seed, int(step)])
     kind = 0 if rng.random() < self.alpha_mono else 1
-    configs, cumulative = ((self._mono, self._mono_cumulative) if kind == 0 else
-                           (self._cross, self._cross_cumulative))
-    if (self.mono_mixed_languages, self.cross_mixed_pairs)[kind]:
+    eligible = self._eligible[kind]
+    source_index = eligible[int(np.searchsorted(self._source_cumulative[kind], rng.random(),
+                                                side="right"))]
+    source = self._sources[source_index]
+    configs, cumulative = source.configs[kind], source.cumulative[kind]
+    if self._per_example(kind):
       choices = np.searchsorted(cumulative, rng.random(self.batch_size), side="right")
-      indices = self._draw_mixed(rng, configs, choices)
+      indices = self._draw_per_example(rng, configs, choices)
       query_language = passage_language = MIXED
       query_languages = tuple(configs[c].query_language for c in choices)
       passage_languages = tuple(configs[c].passage_language for c in choices)
     else:
       choice = int(np.searchsorted(cumulative, rng.random(), side="right"))
-      indices = self._epoch_slice(kind, choice, int(step))
+      indices = self._epoch_slice(source_index, kind, choice, int(step))
       query_language = configs[choice].query_language
       passage_language = configs[choice].passage_language
       query_languages = (query_language,) * self.batch_size
       passage_languages = (passage_language,) * self.batch_size
     spec = BatchSpec(int(step), (MONO, CROSS)[kind], query_language, passage_language,
-                     tuple(self._pair_ids[indices]), query_languages, passage_languages)
+                     tuple(self._pair_ids[indices]), query_languages, passage_languages,
+                     source.name)
     self._last_global = spec
     return spec
 

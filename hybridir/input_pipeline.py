@@ -169,9 +169,11 @@ class HybridInput:
     passage_languages = [self._tasks[t][1] for t, _ in picks]
     query_language = query_languages[0] if len(set(query_languages)) == 1 else hybrid.MIXED
     passage_language = passage_languages[0] if len(set(passage_languages)) == 1 else hybrid.MIXED
-    return hybrid.BatchSpec(step, EXAMPLE, query_language, passage_language,
-                            tuple(self._corpus.pair_ids[self._tasks[t][2][i]] for t, i in picks),
-                            tuple(query_languages), tuple(passage_languages))
+    pair_ids = tuple(self._corpus.pair_ids[self._tasks[t][2][i]] for t, i in picks)
+    sources = {self._corpus.corpus.pairs[x][i].source for x, i in zip(query_languages, pair_ids)}
+    return hybrid.BatchSpec(step, EXAMPLE, query_language, passage_language, pair_ids,
+                            tuple(query_languages), tuple(passage_languages),
+                            sources.pop() if len(sources) == 1 else hybrid.MIXED)
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
     """{query_tokens [local, Lq], passage_tokens [local, Lp], pair_ids [local]}, int32."""

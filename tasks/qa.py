@@ -85,8 +85,8 @@ def remove_providers(names: Sequence[str]) -> None:
     seqio.TaskRegistry.remove(name)
 
 
-@gin.configurable(allowlist=["alpha", "temperature", "mono_mixed_languages", "cross_mixed_pairs",
-                             "language_sampling"])
+@gin.configurable(allowlist=["alpha", "cross_pairs", "mono_mixed_languages", "language_sampling",
+                             "language_temperature", "source_temperature"])
 class HybridMixture:
   """A corpus registered for hybrid batches: the input pipeline draws whole batches from it.
 
@@ -96,16 +96,17 @@ class HybridMixture:
     family: 't5' or 'xlmr'.
     spm_path: the SentencePiece model.
     pair_ids: the string pair id of each integer `pair_id` (sorted ids of the whole corpus).
-    alpha, temperature, mono_mixed_languages, cross_mixed_pairs, language_sampling: as
-      `hybrid.HybridSampler`; gin-configurable (`HybridMixture.alpha = 0.3`).
+    alpha, cross_pairs, mono_mixed_languages, language_sampling, language_temperature,
+      source_temperature: as `hybrid.HybridSampler` (its defaults are the paper's batches);
+      gin-configurable (`HybridMixture.alpha = 0.3`).
 
   `tasks` ({task name: (query language, passage language)}) lists the corpus's seqio tasks.
   """
 
   def __init__(self, name: str, corpus: corpora.ParallelCorpus, family: str, spm_path: str,
-               pair_ids: Sequence[str], alpha: float | str = 0.5, temperature: float = 1.0,
-               mono_mixed_languages: bool = False, cross_mixed_pairs: bool = False,
-               language_sampling: str = "uniform"):
+               pair_ids: Sequence[str], alpha: float = 0.5, cross_pairs: str = "per_example",
+               mono_mixed_languages: bool = False, language_sampling: str = "uniform",
+               language_temperature: float = 1.0, source_temperature: float = 1.0):
     self.name = name
     self.corpus = corpus
     self.family = family
@@ -113,9 +114,11 @@ class HybridMixture:
     self.pair_ids = tuple(pair_ids)
     self.pair_index = {pair_id: i for i, pair_id in enumerate(self.pair_ids)}
     self.tasks: dict[str, tuple[str, str]] = {}
-    self.options = dict(alpha=alpha, temperature=temperature,
+    self.options = dict(alpha=alpha, cross_pairs=cross_pairs,
                         mono_mixed_languages=mono_mixed_languages,
-                        cross_mixed_pairs=cross_mixed_pairs, language_sampling=language_sampling)
+                        language_sampling=language_sampling,
+                        language_temperature=language_temperature,
+                        source_temperature=source_temperature)
     try:  # Fail at registration, not at the first batch, on a bad option.
       self.sampler(batch_size=1)
     except ValueError as e:
@@ -204,7 +207,7 @@ def register_parallel_qa(name: str, corpus_path: str, family: str, spm_path: str
   """Registers a corpus's mono and cross tasks, mixtures and `{name}_hybrid`; returns the last.
 
   Registering `name` again replaces what the earlier call registered. `hybrid_options` override
-  `HybridMixture`'s gin-configured alpha, temperature, ...
+  `HybridMixture`'s gin-configured alpha, cross_pairs, ...
   """
   where = f"register_parallel_qa({name!r}, {str(corpus_path)!r})"
   if family not in FAMILIES:

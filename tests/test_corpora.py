@@ -247,6 +247,29 @@ def test_duplicate_id_in_one_language_is_rejected(tmp_path):
     corpora.load_parallel_corpus(tmp_path)
 
 
+def test_source_is_the_jsonl_field_else_the_subfolder_else_the_corpus_name(tmp_path):
+  corpus_dir = tmp_path / "mycorpus"
+  (corpus_dir / "duorc").mkdir(parents=True)
+  write_jsonl(corpus_dir / "a.jsonl", [JSONL_RECORD, dict(JSONL_RECORD, id="p2", source="nq")])
+  write_json(corpus_dir / "duorc" / "en.json", squad_record(qid="q1"))
+  write_json(corpus_dir / "duorc" / "de.json", squad_record(qid="q1"))
+  corpus = corpora.load_parallel_corpus(corpus_dir)
+  assert corpus.sources() == {"duorc": ["q1"], "mycorpus": ["p1"], "nq": ["p2"]}
+  assert corpus.pairs["de"]["q1"].source == "duorc"
+
+
+def test_one_pair_id_with_two_sources_is_rejected(tmp_path):
+  write_jsonl(tmp_path / "a.jsonl", [dict(JSONL_RECORD, source="nq"),
+                                     dict(JSONL_RECORD, lang="de", source="duorc")])
+  with pytest.raises(corpora.CorpusError, match=r"a\.jsonl: record id 'p1': source 'duorc', but "
+                                                r"its other languages have source 'nq'"):
+    corpora.load_parallel_corpus(tmp_path)
+
+
+def test_xquad_r_is_one_source_named_after_its_folder(xquad_corpus):
+  assert list(xquad_corpus.sources()) == ["xquad-r"]
+
+
 @pytest.mark.parametrize("folder", ["xquad-r", "mlqa-r"])
 def test_split_by_article_puts_no_article_in_both_parts(data_dir, folder):
   corpus = corpora.load_parallel_corpus(data_dir / folder, languages=["en", "de", "zh"])

@@ -39,9 +39,26 @@ def test_batches_prints_one_json_line_per_step(data_dir):
     assert {"query_language", "passage_language"} <= set(line)
 
 
+def test_batches_show_the_source_and_each_examples_languages(data_dir):
+  result = run_cli("batches", "--corpus", data_dir / "xquad-r", "--alpha", "0",
+                   "--batch_size", "8", "--steps", "2")
+  assert result.returncode == 0, result.stderr
+  for line in map(json.loads, result.stdout.splitlines()):
+    assert line["source"] == "xquad-r" and line["kind"] == "cross"
+    assert line["language_pairs"] == [f"{x}-{y}" for x, y in zip(line["query_languages"],
+                                                                line["passage_languages"])]
+    assert len(set(line["language_pairs"])) > 1
+
+
+def test_batches_alpha_by_size_is_refused_saying_what_replaced_it(data_dir):
+  result = run_cli("batches", "--corpus", data_dir / "xquad-r", "--alpha", "by_size",
+                   "--batch_size", "8", "--steps", "1")
+  assert result.returncode == 2 and "'by_size' was removed" in result.stderr
+
+
 def test_batches_hosts_print_disjoint_shares_of_one_batch(data_dir):
   def pair_ids(host_index):
-    result = run_cli("batches", "--corpus", data_dir / "mlqa-r", "--alpha", "by_size",
+    result = run_cli("batches", "--corpus", data_dir / "mlqa-r", "--alpha", "0.5",
                      "--batch_size", "8", "--steps", "3", "--host_index", host_index,
                      "--host_count", "2")
     assert result.returncode == 0, result.stderr

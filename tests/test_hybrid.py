@@ -1,6 +1,8 @@
-"""Specification of the hybrid batch schedule (mono vs cross-lingual batches)."""
+"""Specification of the hybrid batch schedule (X-X-mono vs X-Y batches, one source per batch)."""
 import collections
+import dataclasses
 import itertools
+import logging
 
 import numpy as np
 import pytest
@@ -26,6 +28,14 @@ def mlqa_corpus(data_dir):
 def xquad_stream(xquad_corpus):
   """10,000 default batches (alpha 0.5, uniform languages) over XQuAD-R's 11 languages."""
   sampler = hybrid.HybridSampler(xquad_corpus, BATCH_SIZE, alpha=0.5, seed=0)
+  return [sampler.batch(step) for step in range(STEPS)]
+
+
+@pytest.fixture(scope="module")
+def xquad_per_batch_stream(xquad_corpus):
+  """10,000 batches whose X-Y batches hold one language pair each (not the paper's X-Y)."""
+  sampler = hybrid.HybridSampler(xquad_corpus, BATCH_SIZE, alpha=0.5, cross_pairs="per_batch",
+                                 seed=0)
   return [sampler.batch(step) for step in range(STEPS)]
 
 
@@ -63,8 +73,36 @@ def test_default_mono_batch_has_one_language(xquad_stream):
     assert spec.passage_language == spec.query_language
 
 
-def test_default_cross_batch_has_one_language_pair_of_different_languages(xquad_stream):
+def test_default_cross_batch_pairs_each_query_with_a_passage_in_another_language(xquad_stream):
   for spec in (s for s in xquad_stream if s.kind == "cross"):
+    assert spec.query_language == spec.passage_language == "mixed"
+    assert all(x != y for x, y in zip(spec.query_languages, spec.passage_languages))
+
+
+def test_cross_lingual_batch_mixes_language_pairs(xquad_corpus):
+  """The paper's X-Y at batch 16 over 7 languages: several pairs, so a query's negatives include
+  passages in its own language."""
+  seven = ("ar", "de", "en", "es", "hi", "ru", "zh")
+  corpus = corpora.ParallelCorpus(seven, {lang: xquad_corpus.pairs[lang] for lang in seven})
+  sampler = hybrid.HybridSampler(corpus, 16, alpha=0.0, seed=7)
+  specs = [sampler.batch(step) for step in range(2000)]
+  pairs = [len(set(zip(s.query_languages, s.passage_languages))) for s in specs]
+  assert np.mean([n >= 2 for n in pairs]) >= 0.999 and np.mean(pairs) > 10
+  own_language_negative = [x in s.passage_languages for s in specs for x in s.query_languages]
+  assert np.mean(own_language_negative) > 0.9
+
+
+def test_per_example_cross_pairs_are_uniform_over_ordered_pairs(xquad_stream):
+  observed = shares(collections.Counter(
+      pair for s in xquad_stream if s.kind == "cross"
+      for pair in zip(s.query_languages, s.passage_languages)))
+  assert len(observed) == 110
+  assert total_variation(observed, {pair: 1 / 110 for pair in observed}) < 0.02
+
+
+def test_per_batch_cross_batch_has_one_language_pair_of_different_languages(
+    xquad_per_batch_stream):
+  for spec in (s for s in xquad_per_batch_stream if s.kind == "cross"):
     assert set(spec.query_languages) == {spec.query_language}
     assert set(spec.passage_languages) == {spec.passage_language}
     assert spec.query_language != spec.passage_language
@@ -91,9 +129,9 @@ def test_size_sampling_gives_languages_shares_proportional_to_their_pairs(mlqa_c
   assert observed["en"] > 0.25  # English holds 1148 of 4199 (id, language) pairs; uniform: 1/7.
 
 
-def test_uniform_sampling_gives_every_cross_pair_an_equal_share(xquad_stream):
+def test_uniform_sampling_gives_every_per_batch_cross_pair_an_equal_share(xquad_per_batch_stream):
   observed = shares(collections.Counter(
-      (s.query_language, s.passage_language) for s in xquad_stream if s.kind == "cross"))
+      (s.query_language, s.passage_language) for s in xquad_per_batch_stream if s.kind == "cross"))
   assert len(observed) == 110
   assert total_variation(observed, {pair: 1 / 110 for pair in observed}) < 0.1
 
@@ -104,7 +142,8 @@ def test_size_sampling_gives_cross_pairs_shares_proportional_to_shared_ids(mlqa_
            for x, y in itertools.permutations(mlqa_corpus.languages, 2)}
   expected = {pair: n / sum(sizes.values()) for pair, n in sizes.items()}
   observed = shares(collections.Counter(
-      (s.query_language, s.passage_language) for s in mlqa_size_stream if s.kind == "cross"))
+      pair for s in mlqa_size_stream if s.kind == "cross"
+      for pair in zip(s.query_languages, s.passage_languages)))
   assert total_variation(observed, expected) < 0.05
   assert total_variation(expected, {pair: 1 / 42 for pair in sizes}) > 0.15  # Not uniform.
 
@@ -115,28 +154,71 @@ def test_batch_uses_only_pair_ids_present_in_its_languages(mlqa_corpus, mlqa_siz
       assert pair_id in mlqa_corpus.pairs[x] and pair_id in mlqa_corpus.pairs[y]
 
 
-def test_mixed_batches_use_only_pair_ids_present_in_each_example_languages(mlqa_corpus):
-  sampler = hybrid.HybridSampler(mlqa_corpus, BATCH_SIZE, mono_mixed_languages=True,
-                                 cross_mixed_pairs=True, seed=4)
+def test_mixed_mono_batches_use_only_pair_ids_present_in_each_example_language(mlqa_corpus):
+  sampler = hybrid.HybridSampler(mlqa_corpus, BATCH_SIZE, mono_mixed_languages=True, seed=4)
   for spec in (sampler.batch(step) for step in range(1000)):
     for pair_id, x, y in zip(spec.pair_ids, spec.query_languages, spec.passage_languages):
       assert pair_id in mlqa_corpus.pairs[x] and pair_id in mlqa_corpus.pairs[y]
 
 
-def test_by_size_alpha_is_the_mono_share_of_example_language_pair_combinations(xquad_corpus):
-  sampler = hybrid.HybridSampler(xquad_corpus, BATCH_SIZE, alpha="by_size")
-  # 11 mono languages and 110 ordered cross pairs, each over the same 1190 ids.
-  assert sampler.alpha_mono == pytest.approx(11 / (11 + 110))
+def test_by_size_alpha_is_rejected_saying_what_replaced_it(xquad_corpus):
+  with pytest.raises(ValueError, match="alpha='by_size' was removed: .* by size"):
+    hybrid.HybridSampler(xquad_corpus, BATCH_SIZE, alpha="by_size")
 
 
-def test_by_size_alpha_moves_toward_one_half_as_temperature_rises(mlqa_corpus):
-  mono = sum(len(mlqa_corpus.pairs[lang]) for lang in mlqa_corpus.languages)
-  cross = sum(len(shared_ids(mlqa_corpus, x, y))
-              for x, y in itertools.permutations(mlqa_corpus.languages, 2))
-  cold = hybrid.HybridSampler(mlqa_corpus, BATCH_SIZE, alpha="by_size", temperature=1.0)
-  warm = hybrid.HybridSampler(mlqa_corpus, BATCH_SIZE, alpha="by_size", temperature=4.0)
-  assert cold.alpha_mono == pytest.approx(mono / (mono + cross))
-  assert cold.alpha_mono < warm.alpha_mono < 0.5
+def with_sources(corpus, source_of):
+  """The corpus with each pair's source replaced by source_of(pair)."""
+  return corpora.ParallelCorpus(corpus.languages, {
+      lang: {i: dataclasses.replace(pair, source=source_of(pair)) for i, pair in pairs.items()}
+      for lang, pairs in corpus.pairs.items()})
+
+
+@pytest.fixture(scope="module")
+def two_sources(xquad_corpus):
+  """XQuAD-R as two source datasets: articles of the first 36 titles ("big") and the rest."""
+  titles = sorted(xquad_corpus.article_ids())[:36]
+  return with_sources(xquad_corpus, lambda pair: "big" if pair.article_id in titles else "small")
+
+
+def test_each_batch_comes_from_one_source_drawn_by_its_size(two_sources):
+  sizes = {name: len(ids) for name, ids in two_sources.sources().items()}
+  sampler = hybrid.HybridSampler(two_sources, BATCH_SIZE, seed=8)
+  specs = [sampler.batch(step) for step in range(STEPS)]
+  for spec in specs:
+    assert all(two_sources.pairs["en"][i].source == spec.source for i in spec.pair_ids)
+  observed = shares(collections.Counter(s.source for s in specs))
+  expected = {name: n / sum(sizes.values()) for name, n in sizes.items()}
+  assert total_variation(observed, expected) < 0.02 and observed["big"] > 0.65
+
+
+def test_source_temperature_flattens_source_shares(two_sources):
+  sampler = hybrid.HybridSampler(two_sources, BATCH_SIZE, source_temperature=100.0, seed=8)
+  observed = shares(collections.Counter(sampler.batch(step).source for step in range(STEPS)))
+  assert total_variation(observed, {"big": 0.5, "small": 0.5}) < 0.03
+
+
+def test_source_is_drawn_independently_of_the_batch_kind(two_sources):
+  sampler = hybrid.HybridSampler(two_sources, BATCH_SIZE, alpha=0.3, seed=9)
+  specs = [sampler.batch(step) for step in range(STEPS)]
+  for source in ("big", "small"):
+    kinds = [s.kind for s in specs if s.source == source]
+    assert abs(kinds.count("mono") / len(kinds) - 0.3) < 0.04
+
+
+def test_a_one_language_source_makes_only_mono_batches(xquad_corpus, caplog):
+  english_only = set(sorted(xquad_corpus.pairs["en"])[:400])
+  corpus = with_sources(xquad_corpus, lambda pair: "en_only" if pair.pair_id in english_only
+                        else "parallel")
+  corpus = corpora.ParallelCorpus(corpus.languages, {
+      lang: {i: p for i, p in pairs.items() if lang == "en" or i not in english_only}
+      for lang, pairs in corpus.pairs.items()})
+  with caplog.at_level(logging.WARNING):
+    sampler = hybrid.HybridSampler(corpus, BATCH_SIZE, seed=10)
+  assert "['en_only'] make no cross batch" in caplog.text
+  specs = [sampler.batch(step) for step in range(2000)]
+  assert {s.source for s in specs if s.kind == "cross"} == {"parallel"}
+  assert {s.source for s in specs if s.kind == "mono"} == {"parallel", "en_only"}
+  assert {s.query_language for s in specs if s.source == "en_only"} == {"en"}
 
 
 def test_mixed_mono_batch_pairs_each_query_with_a_passage_in_its_own_language(xquad_corpus):
@@ -147,11 +229,8 @@ def test_mixed_mono_batch_pairs_each_query_with_a_passage_in_its_own_language(xq
   assert len(set(spec.query_languages)) > 1 and len(set(spec.pair_ids)) == BATCH_SIZE
 
 
-def test_mixed_cross_batch_has_several_pairs_each_of_different_languages(xquad_corpus):
-  sampler = hybrid.HybridSampler(xquad_corpus, BATCH_SIZE, alpha=0.0, cross_mixed_pairs=True)
-  for spec in (sampler.batch(step) for step in range(200)):
-    assert len(set(zip(spec.query_languages, spec.passage_languages))) > 1
-    assert all(x != y for x, y in zip(spec.query_languages, spec.passage_languages))
+def test_cross_batch_never_repeats_a_pair_id(xquad_stream):
+  for spec in (s for s in xquad_stream if s.kind == "cross"):
     assert len(set(spec.pair_ids)) == BATCH_SIZE
 
 
@@ -213,12 +292,18 @@ def test_batch_size_not_divisible_by_host_count_is_rejected(xquad_corpus):
     sampler.batch(0, host_index=0, host_count=3)
 
 
-def test_batch_larger_than_a_language_pair_pool_is_rejected(mlqa_corpus):
+def test_per_batch_larger_than_a_language_pair_pool_is_rejected(mlqa_corpus):
   smallest = min(len(shared_ids(mlqa_corpus, x, y))
                  for x, y in itertools.permutations(mlqa_corpus.languages, 2))
   with pytest.raises(ValueError, match=rf"larger than the {smallest} pair ids available for "
                                        r"language pair \((es, zh|ar, es|es, ar|zh, es)\)"):
-    hybrid.HybridSampler(mlqa_corpus, smallest + 1)
+    hybrid.HybridSampler(mlqa_corpus, smallest + 1, cross_pairs="per_batch")
+
+
+def test_per_example_batch_larger_than_all_shared_ids_is_rejected(xquad_corpus):
+  with pytest.raises(ValueError, match=r"larger than the 1190 pair ids available over all "
+                                       r"language pairs"):
+    hybrid.HybridSampler(xquad_corpus, 2048, alpha=0.0)
 
 
 def test_batch_larger_than_a_language_pool_is_rejected(xquad_corpus):

@@ -86,8 +86,8 @@ def test_cross_batch_passages_are_in_the_passage_language(mixture):
   source = hybrid_input(mixture)
   step = next(s for s in range(50) if source.batch_spec(s).kind == "cross")
   spec, batch = source.batch_spec(step), source.batch(step)
-  assert spec.query_language != spec.passage_language
-  pair = mixture.corpus.pairs[spec.passage_language][spec.pair_ids[0]]
+  assert spec.query_languages[0] != spec.passage_languages[0]
+  pair = mixture.corpus.pairs[spec.passage_languages[0]][spec.pair_ids[0]]
   passage = batch["passage_tokens"][0]
   assert passage[passage != 0].tolist()[:-1] == expected_tokens(source.vocabulary, pair.passage,
                                                                 32)
@@ -95,7 +95,7 @@ def test_cross_batch_passages_are_in_the_passage_language(mixture):
 
 def test_mixed_pair_batches_gather_each_examples_languages(data_dir, spm_models):  # noqa: F811
   mixed = tasks.register_parallel_qa("ipm", data_dir / "xquad-r", "t5", spm_models["t5"],
-                                     languages=LANGUAGES, alpha=0.0, cross_mixed_pairs=True)
+                                     languages=LANGUAGES, alpha=0.0)
   source = hybrid_input(mixed)
   spec, batch = source.batch_spec(0), source.batch(0)
   assert spec.query_language == "mixed" and len(set(spec.query_languages)) > 1

@@ -111,14 +111,14 @@ def test_example_mixtures_are_rated_by_task_size(data_dir, spm_models):
 def test_hybrid_options_come_from_gin_unless_given(data_dir, spm_models):
   with gin.unlock_config():
     gin.bind_parameter("HybridMixture.alpha", 0.9)
-    gin.bind_parameter("HybridMixture.cross_mixed_pairs", True)
+    gin.bind_parameter("HybridMixture.cross_pairs", "per_batch")
   try:
     configured = register(data_dir, spm_models, name="xqg")
-    explicit = register(data_dir, spm_models, name="xqg", alpha="by_size")
+    explicit = register(data_dir, spm_models, name="xqg", alpha=0.3)
   finally:
     gin.clear_config()
-  assert configured.options["alpha"] == 0.9 and configured.options["cross_mixed_pairs"]
-  assert explicit.options["alpha"] == "by_size" and explicit.options["cross_mixed_pairs"]
+  assert configured.options["alpha"] == 0.9 and configured.options["cross_pairs"] == "per_batch"
+  assert explicit.options["alpha"] == 0.3 and explicit.options["cross_pairs"] == "per_batch"
 
 
 def test_invalid_hybrid_option_fails_at_registration(data_dir, spm_models):
