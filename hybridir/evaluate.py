@@ -1,9 +1,11 @@
 """Zero-shot evaluation: monolingual, cross-lingual and multilingual settings, TREC files, a CLI.
 
-    python -m hybridir.evaluate --run RUN --qrels QRELS [--per_query] [--measures map,recall_10]
+    python -m hybridir.evaluate --run RUN --qrels QRELS [--per_query] [--measures map,recall_10] \
+        [--languages LANGS]
 
 reads a TREC run (`qid Q0 docid rank score tag`) and qrels (`qid 0 docid relevance`) and prints the
-measures as JSON under pytrec_eval's names.
+measures as JSON under pytrec_eval's names. With LANGS (TSV `id<TAB>language` for the candidates
+and optionally the queries) it adds `rank_distance`, the language bias of a multilingual run.
 """
 import argparse
 import contextlib
@@ -108,7 +110,8 @@ def evaluate_settings(questions: Questions, question_emb: Mapping[str, np.ndarra
     `{"monolingual": {"per_language": {X: m}, "average": m},
       "cross_lingual": {"per_pair": {X: {Y: m}}, "average": m},
       "multilingual": {"per_language": {X: m}, "average": m}}`, where `m` maps each measure to its
-    mean over queries (plus `num_q`; multilingual adds `rank_distance`, see metrics.rank_distance)
+    mean over queries (plus `num_q`; multilingual adds `rank_distance`, the maximum rank distance,
+    and `rank_distance_random`, a random ranking's expectation of it, see metrics.rank_distances)
     and averages are unweighted over languages or pairs. Monolingual: questions in X against
     candidates in X; cross-lingual: every X != Y; multilingual: X against all languages' candidates.
     Only relevant candidates inside the pool count, and queries with none there are skipped.
@@ -138,13 +141,79 @@ def evaluate_settings(questions: Questions, question_emb: Mapping[str, np.ndarra
                                       pool_emb, measures)
     multi[lang] = _summary(per_query)
     if per_query:
-      multi[lang]["rank_distance"] = metrics.rank_distance_from_ranks(ranks, candidate_language)
+      multi[lang].update(_rank_distance_means(
+          metrics.rank_distances(ranks, candidate_language, len(pool_ids))))
   return {
       "monolingual": {"per_language": mono, "average": _macro_average(list(mono.values()))},
       "cross_lingual": {"per_pair": cross, "average": _macro_average(
           [entry for row in cross.values() for entry in row.values()])},
       "multilingual": {"per_language": multi, "average": _macro_average(list(multi.values()))},
   }
+
+
+def _rank_distance_means(distances: Mapping[str, tuple[float, float]]) -> dict[str, float]:
+  """Mean maximum rank distance and a random ranking's mean over queries (NaN if none)."""
+  values = np.array(list(distances.values()), np.float64).reshape(-1, 2)
+  mean = values.mean(axis=0) if len(values) else (math.nan, math.nan)
+  return {"rank_distance": float(mean[0]), "rank_distance_random": float(mean[1])}
+
+
+def read_languages(path: str) -> dict[str, str]:
+  """`{id: language}` from a TSV file of `id<TAB>language` lines (candidates and/or queries)."""
+  languages, first_line = {}, {}
+  for number, fields in _read_table(path, 2, "id<TAB>language", separator="\t"):
+    docid, language = (field.strip() for field in fields)
+    if not docid or not language:
+      raise ValueError(f"{path}:{number}: empty id or language")
+    if docid in languages and languages[docid] != language:
+      raise ValueError(f"{path}:{number}: id {docid!r} has language {language!r}, but "
+                       f"{languages[docid]!r} on line {first_line[docid]}")
+    first_line.setdefault(docid, number)
+    languages[docid] = language
+  return languages
+
+
+def rank_distance_of_run(run: metrics.Run, qrels: metrics.Qrels,
+                         languages: Mapping[str, str]) -> dict:
+  """Language bias of a run over a multilingual pool, beside a random ranking's exact value.
+
+  Per query, the maximum rank distance (metrics.rank_distances) in its ranking by the run; its
+  mean per query language (queries' languages from `languages`, else one group "all"), then the
+  unweighted mean over query languages. `random`: the same means of a random ranking's
+  expectation, exact for each query's pool size and number of relevant candidates. Every relevant
+  candidate must be ranked (a full ranking of the pool).
+  """
+  ranks_by_query, pool_sizes = {}, {}
+  for qid in sorted(run):
+    relevant = [docid for docid, grade in qrels.get(qid, {}).items() if grade >= 1]
+    if not relevant:
+      continue
+    ranks, _ = metrics.relevant_ranks(metrics.trec_order(run[qid]), {d: 1 for d in relevant})
+    if not ranks.all():
+      missing = [d for d, r in zip(relevant, ranks) if not r]
+      raise ValueError(f"query {qid!r}: relevant candidates {missing[:3]} are not in its ranking; "
+                       "rank distance needs the full ranking of the pool")
+    ranks_by_query[qid] = dict(zip(relevant, ranks.tolist()))
+    pool_sizes[qid] = len(run[qid])
+  distances = metrics.rank_distances(ranks_by_query, languages, pool_sizes)
+  with_language = [qid for qid in distances if qid in languages]
+  if with_language and len(with_language) < len(distances):
+    unlabelled = sorted(set(distances) - set(with_language))
+    raise ValueError(f"queries {unlabelled[:3]} have no language, but {len(with_language)} others "
+                     "do: give every query's language or none")
+  groups = {}
+  for qid, values in distances.items():
+    groups.setdefault(languages[qid] if with_language else "all", {})[qid] = values
+  per_language = {}
+  for language, group in sorted(groups.items()):
+    means = _rank_distance_means(group)
+    per_language[language] = {"mean": means["rank_distance"],
+                              "random": means["rank_distance_random"], "num_q": len(group)}
+  return {"mean": float(np.mean([v["mean"] for v in per_language.values()]))
+          if per_language else math.nan,
+          "random": float(np.mean([v["random"] for v in per_language.values()]))
+          if per_language else math.nan,
+          "num_q": len(distances), "per_query_language": per_language}
 
 
 def degradation(in_domain: Mapping[str, float],
@@ -224,13 +293,13 @@ def write_trec_qrels(path: str, qrels: metrics.Qrels) -> None:
   write_text_atomically(path, "".join(lines))
 
 
-def _read_table(path: str, num_fields: int, layout: str):
+def _read_table(path: str, num_fields: int, layout: str, separator: str | None = None):
   """Yields (line number, fields) of non-blank lines; a wrong field count raises naming the line."""
   with open(path, encoding="utf-8") as f:
     for number, line in enumerate(f, start=1):
-      fields = line.split()
-      if not fields:
+      if not line.strip():
         continue
+      fields = line.rstrip("\r\n").split(separator)
       if len(fields) != num_fields:
         raise ValueError(f"{path}:{number}: expected {num_fields} fields '{layout}', found "
                          f"{len(fields)}: {line.rstrip()!r}")
@@ -274,14 +343,19 @@ def read_trec_qrels(path: str) -> dict[str, dict[str, int]]:
 
 
 def evaluate_files(run_path: str, qrels_path: str, measures: Sequence[str],
-                   per_query: bool = False) -> dict:
-  """`{"all": {num_q, measure: mean}}`, plus `"per_query": {qid: {measure: value}}` if asked."""
+                   per_query: bool = False, languages_path: Optional[str] = None) -> dict:
+  """`{"all": {num_q, measure: mean}}`, plus `"per_query": {qid: {measure: value}}` if asked and
+  `"rank_distance"` (see `rank_distance_of_run`) given a languages file."""
   for name in measures:
     metrics.parse_measure(name)
-  results = metrics.evaluate_run(read_trec_run(run_path), read_trec_qrels(qrels_path), measures)
+  languages = read_languages(languages_path) if languages_path else None
+  run, qrels = read_trec_run(run_path), read_trec_qrels(qrels_path)
+  results = metrics.evaluate_run(run, qrels, measures)
   output = {"all": {"num_q": len(results), **metrics.aggregate(results)}}
   if per_query:
     output["per_query"] = results
+  if languages is not None:
+    output["rank_distance"] = rank_distance_of_run(run, qrels, languages)
   return output
 
 
@@ -293,10 +367,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--measures", default=",".join(metrics.DEFAULT_MEASURES),
                       help="comma-separated pytrec_eval measure names")
   parser.add_argument("--per_query", action="store_true", help="also print every query's measures")
+  parser.add_argument("--languages", help="TSV id<TAB>language of the candidates (and optionally "
+                      "the queries): adds rank_distance, the language bias, beside its random value")
   args = parser.parse_args(argv)
   measures = [name.strip() for name in args.measures.split(",") if name.strip()]
   try:
-    output = evaluate_files(args.run, args.qrels, measures, args.per_query)
+    output = evaluate_files(args.run, args.qrels, measures, args.per_query, args.languages)
   except (OSError, ValueError) as error:
     print(f"error: {error}", file=sys.stderr)
     return 1

@@ -160,47 +160,57 @@ def aggregate(per_query: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
   return {name: float(np.mean([values[name] for values in per_query.values()])) for name in names}
 
 
-def rank_distance_from_ranks(relevant_ranks_by_query: Mapping[str, Mapping[str, int]],
-                             candidate_language: Mapping[str, Hashable]) -> float:
-  """Mean rank distance over queries, from each query's `{relevant docid: 1-based rank}`.
+def expected_random_rank_distance(pool_size: int, num_relevant: int) -> float:
+  """A random ranking's expected maximum rank distance: E[max - min] of `num_relevant` distinct
+  ranks drawn uniformly from 1..pool_size, exactly (k - 1)(N + 1) / (k + 1)."""
+  if not 1 <= num_relevant <= pool_size:
+    raise ValueError(f"need 1 <= num_relevant <= pool_size, found {num_relevant} relevant in a "
+                     f"pool of {pool_size}")
+  return (num_relevant - 1) * (pool_size + 1) / (num_relevant + 1)
 
-  See `rank_distance` for the definition. Returns NaN when no query has relevant candidates in two
-  languages.
+
+def rank_distances(relevant_ranks_by_query: Mapping[str, Mapping[str, int]],
+                   candidate_language: Mapping[str, Hashable],
+                   pool_size: int | Mapping[str, int]) -> dict[str, tuple[float, float]]:
+  """Language bias of each query: `{qid: (maximum rank distance, a random ranking's value)}`.
+
+  The maximum rank distance of a query (the paper's language bias, after Huang et al., SIGIR
+  2023) is the rank of its lowest-ranked relevant candidate minus the rank of its highest-ranked
+  one, in its ranking over a multilingual pool: n - 1 (the least) when its n relevant candidates
+  are adjacent, as a language-agnostic ranking puts them; large when its own language's candidates
+  come a whole pool ahead of the others. Lower is better. Queries whose relevant candidates lie in fewer
+  than two languages are left out (no language bias to measure).
+
+  Args:
+    relevant_ranks_by_query: `{qid: {relevant docid: 1-based rank}}`.
+    candidate_language: `{docid: language}` for at least the relevant candidates.
+    pool_size: the number of ranked candidates (for every query, or `{qid: size}`), for the
+      random ranking's expectation (`expected_random_rank_distance`).
   """
-  per_query = []
+  result = {}
   for qid, ranks in relevant_ranks_by_query.items():
-    docids = list(ranks)
-    for docid in docids:
+    for docid in ranks:
       if docid not in candidate_language:
         raise ValueError(f"query {qid!r}: relevant candidate {docid!r} has no language")
-    distances = [abs(ranks[a] - ranks[b])
-                 for i, a in enumerate(docids) for b in docids[i + 1:]
-                 if candidate_language[a] != candidate_language[b]]
-    if distances:
-      per_query.append(np.mean(distances))
-  return float(np.mean(per_query)) if per_query else math.nan
+    if len({candidate_language[docid] for docid in ranks}) < 2:
+      continue
+    size = pool_size if isinstance(pool_size, int) else pool_size[qid]
+    result[qid] = (float(max(ranks.values()) - min(ranks.values())),
+                   expected_random_rank_distance(size, len(ranks)))
+  return result
 
 
 def rank_distance(rankings: Mapping[str, Sequence[str]],
                   candidate_language: Mapping[str, Hashable],
                   relevant: Mapping[str, Iterable[str]]) -> float:
-  """Language bias as rank distance: how far apart relevant candidates of different languages rank.
-
-  Definition (after Hu et al. 2023's language-bias analysis on LAReQA): for a query q with relevant
-  candidates c_1..c_n at 1-based ranks r_1..r_n in its ranking over a multilingual pool,
-
-      RD(q) = mean over pairs {i, j} with language(c_i) != language(c_j) of |r_i - r_j|,
-
-  and the score is the mean of RD(q) over queries that have at least one such pair. With one
-  relevant candidate in each of L languages the minimum, (L + 1) / 3, is reached exactly when they
-  occupy L adjacent ranks (a language-agnostic ranking); a ranking that puts the query language's
-  candidates first pushes the others down by a whole language's pool and gives a large value.
-  Lower is better.
+  """Mean maximum rank distance (see `rank_distances`) over queries, from full rankings.
 
   Args:
     rankings: `{qid: docids in rank order}`; must contain every relevant candidate (a full ranking).
     candidate_language: `{docid: language}` for at least the relevant candidates.
     relevant: `{qid: relevant docids}` (any iterable); queries absent from `rankings` are skipped.
+
+  Returns NaN when no query has relevant candidates in two languages.
   """
   ranks_by_query = {}
   for qid, relevant_docids in relevant.items():
@@ -214,4 +224,6 @@ def rank_distance(rankings: Mapping[str, Sequence[str]],
                          f"distance needs the full ranking of the pool")
       ranks[docid] = position[docid]
     ranks_by_query[qid] = ranks
-  return rank_distance_from_ranks(ranks_by_query, candidate_language)
+  distances = rank_distances(ranks_by_query, candidate_language,
+                             {qid: len(rankings[qid]) for qid in ranks_by_query})
+  return float(np.mean([d for d, _ in distances.values()])) if distances else math.nan

@@ -38,8 +38,9 @@ def test_settings_on_a_language_biased_toy_case_give_the_hand_computed_values():
   # German q1: d1 = 2; d2, d3, e1 = 1, but now the tie order 'e1' > 'd3' > 'd2' puts e1 at rank 2.
   german = results["multilingual"]["per_language"]["de"]
   assert (german["map"], german["rank_distance"]) == (1.0, 1.0)
-  assert results["multilingual"]["average"] == {
-      "map": 0.875, "recip_rank": 1.0, "rank_distance": 2.0}
+  # A random ranking of 2 relevant among 6: E[max - min] = (2 - 1)(6 + 1) / (2 + 1) = 7/3.
+  assert results["multilingual"]["average"] == pytest.approx({
+      "map": 0.875, "recip_rank": 1.0, "rank_distance": 2.0, "rank_distance_random": 7 / 3})
 
 
 def test_cross_lingual_skips_queries_without_a_relevant_candidate_in_the_pool():
@@ -128,6 +129,65 @@ def test_cli_runs_as_a_module(trec_files):
        str(tmp_path / "qrels.trec"), "--measures", "map"],
       capture_output=True, text=True, check=True)
   assert set(json.loads(completed.stdout)["all"]) == {"num_q", "map"}
+
+
+def write_languages(path, languages):
+  path.write_text("".join(f"{docid}\t{language}\n" for docid, language in languages.items()),
+                  encoding="utf-8")
+  return str(path)
+
+
+def test_cli_rank_distance_is_max_minus_min_averaged_per_query_language(tmp_path, capsys):
+  # Pool e1 e2 d1 d2 (en, de); en-q1 ranks e1 d2 e2 d1 (relevant e1, d1: 4 - 1 = 3), en-q2 ranks
+  # e2 d2 e1 d1 (relevant e2, d2: 1), de-q1 ranks d1 e1 ... (1): en 2.0, de 1.0, macro 1.5.
+  orders = {"en-q1": ["e1", "d2", "e2", "d1"], "en-q2": ["e2", "d2", "e1", "d1"],
+            "de-q1": ["d1", "e1", "d2", "e2"]}
+  run = {qid: {docid: 4.0 - rank for rank, docid in enumerate(order)}
+         for qid, order in orders.items()}
+  qrels = {"en-q1": {"e1": 1, "d1": 1}, "en-q2": {"e2": 1, "d2": 1, "e1": 0},
+           "de-q1": {"e1": 1, "d1": 1}}
+  evaluate.write_trec_run(str(tmp_path / "run"), run, tag="toy")
+  evaluate.write_trec_qrels(str(tmp_path / "qrels"), qrels)
+  languages = {"e1": "en", "e2": "en", "d1": "de", "d2": "de", "en-q1": "en", "en-q2": "en",
+               "de-q1": "de"}
+  argv = ["--run", str(tmp_path / "run"), "--qrels", str(tmp_path / "qrels"), "--measures", "map",
+          "--languages", write_languages(tmp_path / "langs.tsv", languages)]
+  assert evaluate.main(argv) == 0
+  found = json.loads(capsys.readouterr().out)["rank_distance"]
+  assert found["per_query_language"] == {"de": {"mean": 1.0, "random": 5 / 3, "num_q": 1},
+                                         "en": {"mean": 2.0, "random": 5 / 3, "num_q": 2}}
+  assert (found["mean"], found["random"], found["num_q"]) == (1.5, pytest.approx(5 / 3), 3)
+
+
+def test_cli_rank_distance_of_a_random_run_is_near_its_random_value(tmp_path, capsys):
+  rng = np.random.default_rng(1)
+  languages = ["ar", "de", "en", "zh"]
+  pool = [f"{lang}-{i}" for lang in languages for i in range(25)]
+  run = {f"q{q}": dict(zip(pool, rng.random(len(pool)).tolist())) for q in range(400)}
+  qrels = {f"q{q}": {f"{lang}-{q % 25}": 1 for lang in languages} for q in range(400)}
+  evaluate.write_trec_run(str(tmp_path / "run"), run, tag="random")
+  evaluate.write_trec_qrels(str(tmp_path / "qrels"), qrels)
+  argv = ["--run", str(tmp_path / "run"), "--qrels", str(tmp_path / "qrels"), "--measures", "map",
+          "--languages", write_languages(tmp_path / "langs.tsv", {d: d[:2] for d in pool})]
+  assert evaluate.main(argv) == 0
+  found = json.loads(capsys.readouterr().out)["rank_distance"]
+  assert found["random"] == pytest.approx(3 * 101 / 5)  # (k - 1)(N + 1) / (k + 1), k 4, N 100.
+  assert list(found["per_query_language"]) == ["all"] and found["num_q"] == 400
+  assert found["mean"] == pytest.approx(found["random"], rel=0.05)
+
+
+def test_rank_distance_needs_every_relevant_candidate_and_its_language(tmp_path):
+  run = {"q": {"e1": 2.0, "d1": 1.0}}
+  with pytest.raises(ValueError, match=r"query 'q': relevant candidates \['f1'\] are not in its"):
+    evaluate.rank_distance_of_run(run, {"q": {"e1": 1, "f1": 1}}, {"e1": "en", "f1": "fr"})
+  with pytest.raises(ValueError, match=r"query 'q': relevant candidate 'd1' has no language"):
+    evaluate.rank_distance_of_run(run, {"q": {"e1": 1, "d1": 1}}, {"e1": "en"})
+
+
+def test_languages_file_with_a_bad_line_names_the_file_and_line(tmp_path):
+  (tmp_path / "langs.tsv").write_text("e1\ten\ne1 de\n", encoding="utf-8")
+  with pytest.raises(ValueError, match=r"langs\.tsv:2: expected 2 fields 'id<TAB>language'"):
+    evaluate.read_languages(str(tmp_path / "langs.tsv"))
 
 
 def test_bad_run_line_names_the_file_and_line(trec_files, capsys):

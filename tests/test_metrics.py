@@ -90,30 +90,55 @@ def test_unknown_measure_is_rejected_with_its_name():
     metrics.evaluate_run({}, {}, ["ndcg_10"])
 
 
-LANGUAGE = {"en1": "en", "de1": "de", "fr1": "fr", "en_x": "en", "en_y": "en", "de_x": "de"}
+LANGUAGE = {"en1": "en", "de1": "de", "fr1": "fr", "es1": "es", "en_x": "en", "en_y": "en",
+            "de_x": "de"}
 
 
-def test_rank_distance_of_adjacent_relevant_candidates_is_the_minimum():
-  # One relevant per language at ranks 1, 2, 3: pairwise |diff| 1, 2, 1 -> 4/3 = (L + 1) / 3.
+def test_rank_distance_of_adjacent_relevant_candidates_is_their_count_minus_one():
   rankings = {"q": ["en1", "de1", "fr1", "en_x", "en_y", "de_x"]}
-  relevant = {"q": ("en1", "de1", "fr1")}
-  assert metrics.rank_distance(rankings, LANGUAGE, relevant) == pytest.approx(4 / 3)
+  assert metrics.rank_distance(rankings, LANGUAGE, {"q": ("en1", "de1", "fr1")}) == 2
 
 
-def test_rank_distance_of_same_language_first_ranking_is_large():
-  # English first (ranks 1-3), then German (4-5), then French (6): |1-4|, |1-6|, |4-6| -> 10/3.
+def test_rank_distance_is_lowest_minus_highest_relevant_rank():
+  # English first (rank 1), then German (4), then French (6): 6 - 1.
   rankings = {"q": ["en1", "en_x", "en_y", "de1", "de_x", "fr1"]}
-  relevant = {"q": ("en1", "de1", "fr1")}
-  biased = metrics.rank_distance(rankings, LANGUAGE, relevant)
-  assert biased == pytest.approx(10 / 3)
-  assert biased > 4 / 3
+  assert metrics.rank_distance(rankings, LANGUAGE, {"q": ("en1", "de1", "fr1")}) == 5
 
 
-def test_rank_distance_ignores_same_language_pairs_and_averages_queries():
+def test_rank_distance_is_the_maximum_not_the_mean_over_pairs():
+  # a: relevant at 1, 2, 3, 10 -> max - min 9 (mean over pairs 28/6 = 4.7);
+  # b: relevant at 1, 2, 8, 9  -> max - min 8 (mean over pairs 30/6 = 5.0): b is less biased.
+  filler = [f"n{i}" for i in range(6)]  # Irrelevant candidates.
+  rankings = {"a": ["en1", "de1", "fr1"] + filler + ["es1"],
+              "b": ["en1", "de1"] + filler[:5] + ["fr1", "es1"]}
+  relevant = {"a": ("en1", "de1", "fr1", "es1"), "b": ("en1", "de1", "fr1", "es1")}
+  per_query = {qid: metrics.rank_distance(rankings, LANGUAGE, {qid: relevant[qid]})
+               for qid in relevant}
+  assert per_query == {"a": 9, "b": 8}
+  assert metrics.rank_distance(rankings, LANGUAGE, relevant) == 8.5
+
+
+def test_rank_distance_leaves_out_queries_with_one_language_and_averages_the_rest():
   rankings = {"q1": ["en1", "en_x", "de1"], "q2": ["de1", "en1"], "q3": ["en1", "en_x"]}
   relevant = {"q1": ("en1", "en_x", "de1"), "q2": ("en1", "de1"), "q3": ("en1", "en_x")}
-  # q1: en1-de1 = 2, en_x-de1 = 1 -> 1.5; q2: 1; q3 has no cross-language pair and is skipped.
-  assert metrics.rank_distance(rankings, LANGUAGE, relevant) == pytest.approx(1.25)
+  # q1: 3 - 1 = 2; q2: 2 - 1 = 1; q3's relevant candidates are all English: left out.
+  assert metrics.rank_distance(rankings, LANGUAGE, relevant) == pytest.approx(1.5)
+
+
+def test_random_ranking_rank_distance_matches_a_seeded_simulation():
+  rng = np.random.default_rng(0)
+  pool_size, num_relevant, draws = 60, 11, 20_000
+  ranks = np.array([rng.choice(pool_size, num_relevant, replace=False) for _ in range(draws)])
+  simulated = ranks.max(axis=1) - ranks.min(axis=1)
+  expected = metrics.expected_random_rank_distance(pool_size, num_relevant)
+  assert expected == pytest.approx(10 * 61 / 12)
+  assert abs(simulated.mean() - expected) < 4 * simulated.std() / np.sqrt(draws)
+
+
+def test_rank_distances_give_each_query_its_random_value():
+  distances = metrics.rank_distances({"q": {"en1": 3, "de1": 7}, "r": {"en1": 1, "en_x": 2}},
+                                     LANGUAGE, {"q": 10, "r": 10})
+  assert distances == {"q": (4.0, pytest.approx(11 / 3))}
 
 
 def test_rank_distance_needs_every_relevant_candidate_ranked():
