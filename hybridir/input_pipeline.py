@@ -10,6 +10,10 @@ numpy arrays kept in memory; a batch is then fancy indexing. Batches are a pure 
   seqio mixture: each example draws its task by mixing rate, then examples without repeats.
   Both are served from the corpus's mono-task tokens (a cross task's query_x, passage_y are the
   mono tasks' query_x and passage_y).
+
+Every example carries a passage key: examples whose positive passages are the same tokens in some
+language (several questions on one paragraph or sentence), or translations of such, share it, and
+the loss does not contrast them as negatives.
 """
 import hashlib
 import weakref
@@ -26,6 +30,8 @@ FEATURES = ("query", "passage")
 EXAMPLE = "example"  # BatchSpec.kind of a seqio task or mixture batch (no batch-level kind).
 # Hybrid mixture -> {(query length, passage length): {(feature, language): token table}}.
 _TOKEN_CACHE = weakref.WeakKeyDictionary()
+# Hybrid mixture -> {passage length: passage key of each integer pair id}.
+_KEY_CACHE = weakref.WeakKeyDictionary()
 
 
 def _check_lengths(task_feature_lengths: Mapping[str, int]) -> dict[str, int]:
@@ -103,6 +109,8 @@ class HybridInput:
       self._sampler = None
     self.vocabulary, self.family = self._corpus.vocabulary, self._corpus.family
     self._tokens = _token_tables(self._corpus, self.task_feature_lengths)
+    self.passage_keys = _passage_keys(self._corpus, self._tokens,
+                                      self.task_feature_lengths["passage"])
 
   def _load_seqio(self, name: str) -> qa.HybridMixture:
     """Checks a seqio task or mixture and notes its tasks; returns the corpus they come from."""
@@ -176,12 +184,14 @@ class HybridInput:
                             sources.pop() if len(sources) == 1 else hybrid.MIXED)
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
-    """{query_tokens [local, Lq], passage_tokens [local, Lp], pair_ids [local]}, int32."""
+    """{query_tokens [local, Lq], passage_tokens [local, Lp], pair_ids [local],
+    passage_keys [local]}, int32."""
     spec = self.batch_spec(step)
     rows = np.array([self._corpus.pair_index[p] for p in spec.pair_ids], np.int64)
     return {"query_tokens": self._gather("query", spec.query_languages, rows),
             "passage_tokens": self._gather("passage", spec.passage_languages, rows),
-            "pair_ids": rows.astype(np.int32)}
+            "pair_ids": rows.astype(np.int32),
+            "passage_keys": self.passage_keys[rows]}
 
   def _gather(self, feature: str, languages: tuple[str, ...], rows: np.ndarray) -> np.ndarray:
     if len(set(languages)) == 1:
@@ -232,3 +242,32 @@ def _token_tables(corpus: qa.HybridMixture, task_feature_lengths: Mapping[str, i
         tokens[feature, language] = table
     cached[lengths] = tokens
   return cached[lengths]
+
+
+def _passage_keys(corpus: qa.HybridMixture, tokens, passage_length: int) -> np.ndarray:
+  """[num pair ids] int32: the passage key of each integer pair id, cached per passage length.
+
+  Pair ids are linked when, in some language, their passages are the same tokens (what the
+  encoder sees); a key is the smallest pair id of its linked group, so it is language-independent
+  and every translation of an item has it.
+  """
+  cached = _KEY_CACHE.setdefault(corpus, {})
+  if passage_length not in cached:
+    keys = np.arange(len(corpus.pair_ids), dtype=np.int64)
+    groups = []  # (rows of one language, the group of identical passages of each row).
+    for language in corpus.mono_tasks:
+      rows = np.array([corpus.pair_index[i] for i in corpus.corpus.pairs[language]], np.int64)
+      _, group = np.unique(tokens["passage", language][rows], axis=0, return_inverse=True)
+      groups.append((rows, group.reshape(-1)))
+    while True:  # Each group takes its smallest key, until no key changes (linked groups agree).
+      before = keys.copy()
+      for rows, group in groups:
+        smallest = np.full(group.max() + 1, len(keys), np.int64)
+        np.minimum.at(smallest, group, keys[rows])
+        keys[rows] = smallest[group]
+      if np.array_equal(keys, before):
+        break
+    keys = keys.astype(np.int32)
+    keys.flags.writeable = False
+    cached[passage_length] = keys
+  return cached[passage_length]

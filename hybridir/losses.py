@@ -14,7 +14,7 @@ def in_batch_softmax_loss(query_emb: Array,
                           passage_emb: Array,
                           *,
                           temperature: Union[float, Array],
-                          pair_ids: Optional[Array] = None,
+                          passage_keys: Optional[Array] = None,
                           hard_negatives_per_query: int = 0,
                           symmetric: bool = False,
                           label_smoothing: float = 0.0) -> tuple[Array, dict[str, Array]]:
@@ -26,10 +26,11 @@ def in_batch_softmax_loss(query_emb: Array,
   Every passage is a candidate for every query. Under jit with a batch sharded over devices the
   score matrix spans the global batch, so negatives come from all devices.
 
-  pair_ids [B] (optional): queries sharing a pair id ask the same QA item (e.g. translations), so
-  for query i the positive of another query j with pair_ids[j] == pair_ids[i] is a false negative
-  and is removed from query i's candidates. Hard negatives are never removed: a hard negative of
-  item k is a non-answer for every query of item k, and other items' ids differ.
+  passage_keys [B] (optional): queries whose positives share a key have the same passage (one QA
+  item's translations, or several questions on one passage text), so for query i the positive of
+  another query j with passage_keys[j] == passage_keys[i] is a false negative and is removed from
+  query i's candidates. Hard negatives are never removed: a hard negative of item k is a
+  non-answer for every query of item k.
 
   symmetric: also the passage -> query loss over the B positives (passage i's positive is query i,
   same mask), averaged with the query -> passage loss.
@@ -46,7 +47,7 @@ def in_batch_softmax_loss(query_emb: Array,
   similarity = jnp.matmul(query_emb.astype(jnp.float32), passage_emb.astype(jnp.float32).T,
                           precision=jax.lax.Precision.HIGHEST)
   logits = similarity / temperature
-  masked = _pair_mask(pair_ids, batch_size, passage_count)
+  masked = _shared_passage_mask(passage_keys, batch_size, passage_count)
 
   query_to_passage = _cross_entropy(logits, masked, label_smoothing)
   loss = jnp.mean(query_to_passage)
@@ -101,13 +102,15 @@ def _validate(query_emb, passage_emb, temperature, hard_negatives_per_query, lab
   return batch_size, passage_count
 
 
-def _pair_mask(pair_ids: Optional[Array], batch_size: int, passage_count: int) -> Array:
-  """[B, P] bool: True where passage j is another query's positive for the same item as query i."""
-  if pair_ids is None:
+def _shared_passage_mask(passage_keys: Optional[Array], batch_size: int,
+                         passage_count: int) -> Array:
+  """[B, P] bool: True where passage j is another query's positive with query i's passage key."""
+  if passage_keys is None:
     return jnp.zeros((batch_size, passage_count), bool)
-  if jnp.shape(pair_ids) != (batch_size,):
-    raise ValueError(f"pair_ids must have shape ({batch_size},), got {jnp.shape(pair_ids)}")
-  same_item = pair_ids[:, None] == pair_ids[None, :]
+  if jnp.shape(passage_keys) != (batch_size,):
+    raise ValueError(f"passage_keys must have shape ({batch_size},), got "
+                     f"{jnp.shape(passage_keys)}")
+  same_item = passage_keys[:, None] == passage_keys[None, :]
   in_batch = same_item & ~jnp.eye(batch_size, dtype=bool)
   return jnp.pad(in_batch, ((0, 0), (0, passage_count - batch_size)))
 

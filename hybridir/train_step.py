@@ -31,11 +31,13 @@ class TrainState:
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
   """How the in-batch loss is taken. temperature: a number, or 'learned' (starting at
-  initial_temperature). grad_cache_chunks > 1 switches on gradient caching."""
+  initial_temperature). grad_cache_chunks > 1 switches on gradient caching. mask_shared_passages:
+  another example's positive with this example's passage key (same passage text, or a
+  translation of it) is no negative."""
   temperature: float | str = 0.05
   initial_temperature: float = 0.05
   symmetric: bool = False
-  mask_pair_ids: bool = True
+  mask_shared_passages: bool = True
   hard_negatives_per_query: int = 0
   grad_cache_chunks: int = 1
 
@@ -68,11 +70,16 @@ def _passage_tokens(batch) -> jax.Array:
   return passages
 
 
+def _passage_keys(batch) -> jax.Array:
+  """The batch's passage keys (input_pipeline.HybridInput); without them, each pair id its own."""
+  return batch["passage_keys"] if "passage_keys" in batch else batch["pair_ids"]
+
+
 def _in_batch_loss(params, queries, passages, batch, loss_config: LossConfig):
   """The configured in-batch loss of (global) query and passage embeddings: (loss, metrics)."""
   return losses.in_batch_softmax_loss(
       queries, passages, temperature=_temperature(params, loss_config),
-      pair_ids=batch["pair_ids"] if loss_config.mask_pair_ids else None,
+      passage_keys=_passage_keys(batch) if loss_config.mask_shared_passages else None,
       hard_negatives_per_query=loss_config.hard_negatives_per_query,
       symmetric=loss_config.symmetric)
 

@@ -1,4 +1,6 @@
 """HybridInput: host-local numpy batches of hybrid mixtures, seqio tasks and seqio mixtures."""
+import itertools
+
 import numpy as np
 import pytest
 import seqio
@@ -27,7 +29,7 @@ def test_batch_is_host_local_int32_of_the_feature_lengths(mixture):
   batch = hybrid_input(mixture, host_index=1, host_count=2).batch(0)
   assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {
       "query_tokens": ((4, 16), np.int32), "passage_tokens": ((4, 32), np.int32),
-      "pair_ids": ((4,), np.int32)}
+      "pair_ids": ((4,), np.int32), "passage_keys": ((4,), np.int32)}
 
 
 def test_restart_at_step_n_gives_the_batches_of_an_uninterrupted_run(mixture):
@@ -164,3 +166,35 @@ def test_evaluation_task_is_refused_as_training_input(data_dir, spm_models):  # 
   tasks.register_lareqa("xquad_r", data_dir, "t5", spm_models["t5"], languages=("en",))
   with pytest.raises(ValueError, match=r"'xquad_r_en_\w+' .* is not a parallel QA task"):
     input_pipeline.HybridInput("lareqa_xquad_r", LENGTHS, batch_size=8)
+
+
+def same_passage_text(corpus, first, second):
+  """Whether two pair ids' passages are the same text in some language both have."""
+  return any(first in pairs and second in pairs and pairs[first].passage == pairs[second].passage
+             for pairs in corpus.pairs.values())
+
+
+def test_questions_on_one_paragraph_share_a_passage_key_and_no_others_do(mixture):
+  keys = hybrid_input(mixture).passage_keys
+  paragraph_of = {pair_id: pair.passage for pair_id, pair in mixture.corpus.pairs["en"].items()}
+  groups = {}
+  for pair_id, row in mixture.pair_index.items():
+    groups.setdefault(keys[row], set()).add(paragraph_of[pair_id])
+  assert len(groups) == 240 and all(len(paragraphs) == 1 for paragraphs in groups.values())
+
+
+@pytest.mark.parametrize("passage_unit", ["paragraph", "sentence"])
+def test_default_batches_never_contrast_examples_whose_passages_are_one_text(
+    data_dir, spm_models, passage_unit):  # noqa: F811
+  registered = tasks.register_parallel_qa(f"ipk_{passage_unit}", data_dir / "xquad-r", "t5",
+                                          spm_models["t5"], languages=LANGUAGES,
+                                          passage_unit=passage_unit)
+  source = hybrid_input(registered, batch_size=32)
+  shared = 0
+  for step in range(40):
+    spec, keys = source.batch_spec(step), source.batch(step)["passage_keys"]
+    for i, j in itertools.combinations(range(32), 2):
+      if same_passage_text(registered.corpus, spec.pair_ids[i], spec.pair_ids[j]):
+        shared += 1
+        assert keys[i] == keys[j], (step, spec.pair_ids[i], spec.pair_ids[j])
+  assert shared > 10  # Shared passages are common at batch 32: the check is not vacuous.

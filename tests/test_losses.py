@@ -7,7 +7,7 @@ import pytest
 from hybridir import losses
 
 
-def numpy_in_batch_loss(query, passage, temperature, pair_ids=None, hard_negatives=0,
+def numpy_in_batch_loss(query, passage, temperature, passage_keys=None, hard_negatives=0,
                         symmetric=False, label_smoothing=0.0):
   """Reference: one query at a time, candidates listed explicitly, float64."""
   query, passage = np.asarray(query, np.float64), np.asarray(passage, np.float64)
@@ -15,9 +15,9 @@ def numpy_in_batch_loss(query, passage, temperature, pair_ids=None, hard_negativ
   scores = query @ passage.T / float(temperature)
 
   def candidates(i, columns):
-    if pair_ids is None:
+    if passage_keys is None:
       return list(range(columns))
-    return [j for j in range(columns) if not (j < batch and j != i and pair_ids[j] == pair_ids[i])]
+    return [j for j in range(columns) if not (j < batch and j != i and passage_keys[j] == passage_keys[i])]
 
   def row_loss(row, i, kept):
     log_probs = row[kept] - np.log(np.sum(np.exp(row[kept])))
@@ -53,7 +53,7 @@ def random_embeddings(batch=6, dim=16, hard_negatives=0, seed=0):
 def assert_matches_numpy(query, passage, **options):
   loss, metrics = losses.in_batch_softmax_loss(jnp.asarray(query), jnp.asarray(passage), **options)
   expected_loss, expected = numpy_in_batch_loss(
-      query, passage, options["temperature"], options.get("pair_ids"),
+      query, passage, options["temperature"], options.get("passage_keys"),
       options.get("hard_negatives_per_query", 0), options.get("symmetric", False),
       options.get("label_smoothing", 0.0))
   np.testing.assert_allclose(loss, expected_loss, rtol=1e-5)
@@ -75,18 +75,18 @@ def test_temperature_divides_scores():
   assert_matches_numpy(query, passage, temperature=jnp.float32(0.3))
 
 
-def test_pair_ids_remove_other_queries_positives_of_the_same_item():
+def test_passage_keys_remove_other_queries_positives_of_the_same_passage():
   query, passage = random_embeddings(seed=2)
-  pair_ids = np.array([0, 0, 1, 2, 2, 2])
-  metrics = assert_matches_numpy(query, passage, temperature=0.1, pair_ids=jnp.asarray(pair_ids))
+  passage_keys = np.array([0, 0, 1, 2, 2, 2])
+  metrics = assert_matches_numpy(query, passage, temperature=0.1, passage_keys=jnp.asarray(passage_keys))
   assert metrics["num_masked"] == 2 + 6  # Item 0: 2 ordered pairs; item 2: 6.
 
 
 def test_masked_passage_has_no_effect_on_its_masked_query():
   query, passage = random_embeddings(seed=3)
-  pair_ids = jnp.array([0, 0, 1, 2, 3, 4])
+  passage_keys = jnp.array([0, 0, 1, 2, 3, 4])
   grad_of_query_0 = lambda p: jax.grad(
-      lambda q: losses.in_batch_softmax_loss(q, p, temperature=0.1, pair_ids=pair_ids)[0])(
+      lambda q: losses.in_batch_softmax_loss(q, p, temperature=0.1, passage_keys=passage_keys)[0])(
           jnp.asarray(query))[0]
   moved = passage.copy()
   moved[1] = 50.0 * query[0]  # Would dominate query 0's softmax if it were a candidate.
@@ -96,8 +96,8 @@ def test_masked_passage_has_no_effect_on_its_masked_query():
 
 def test_hard_negatives_are_candidates_for_every_query_and_never_masked():
   query, passage = random_embeddings(hard_negatives=2, seed=4)
-  pair_ids = jnp.array([0, 0, 1, 1, 2, 3])
-  metrics = assert_matches_numpy(query, passage, temperature=0.2, pair_ids=pair_ids,
+  passage_keys = jnp.array([0, 0, 1, 1, 2, 3])
+  metrics = assert_matches_numpy(query, passage, temperature=0.2, passage_keys=passage_keys,
                                  hard_negatives_per_query=2)
   assert metrics["num_masked"] == 4
 
@@ -105,7 +105,7 @@ def test_hard_negatives_are_candidates_for_every_query_and_never_masked():
 def test_symmetric_averages_query_to_passage_and_passage_to_query():
   query, passage = random_embeddings(hard_negatives=1, seed=5)
   metrics = assert_matches_numpy(query, passage, temperature=0.1, symmetric=True,
-                                 hard_negatives_per_query=1, pair_ids=jnp.array([0, 1, 1, 2, 3, 3]))
+                                 hard_negatives_per_query=1, passage_keys=jnp.array([0, 1, 1, 2, 3, 3]))
   np.testing.assert_allclose(
       metrics["loss"],
       0.5 * (metrics["query_to_passage_loss"] + metrics["passage_to_query_loss"]), rtol=1e-6)
@@ -114,7 +114,7 @@ def test_symmetric_averages_query_to_passage_and_passage_to_query():
 def test_label_smoothing_spreads_mass_over_unmasked_candidates():
   query, passage = random_embeddings(hard_negatives=1, seed=6)
   assert_matches_numpy(query, passage, temperature=0.1, label_smoothing=0.1,
-                       hard_negatives_per_query=1, pair_ids=jnp.array([0, 0, 1, 2, 3, 4]))
+                       hard_negatives_per_query=1, passage_keys=jnp.array([0, 0, 1, 2, 3, 4]))
 
 
 def test_identical_queries_and_positives_rank_first():
@@ -127,7 +127,7 @@ def test_gradients_are_finite_with_every_option():
   query, passage = random_embeddings(hard_negatives=1, seed=7)
   loss_fn = lambda q, p, log_scale: losses.in_batch_softmax_loss(
       q, p, temperature=losses.temperature_from_log_scale(log_scale),
-      pair_ids=jnp.array([0, 0, 0, 1, 1, 2]), hard_negatives_per_query=1, symmetric=True,
+      passage_keys=jnp.array([0, 0, 0, 1, 1, 2]), hard_negatives_per_query=1, symmetric=True,
       label_smoothing=0.1)[0]
   grads = jax.grad(loss_fn, argnums=(0, 1, 2))(jnp.asarray(query), jnp.asarray(passage),
                                                jnp.float32(np.log(1 / 0.05)))

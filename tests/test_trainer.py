@@ -103,6 +103,23 @@ def test_grad_cache_over_4_chunks_equals_unchunked_step():
   assert_trees_close(grads_cached, grads_plain)
 
 
+def test_loss_masks_examples_sharing_a_passage_key_else_the_same_pair_id():
+  model = tiny_model()
+  batch = SyntheticPairs().batch(0)
+  keys = np.arange(16, dtype=np.int32)
+  keys[1] = keys[2] = keys[3] = 0  # Four examples on one passage: 4 * 3 masked entries.
+
+  def num_masked(loss_config, batch):
+    params = step_lib.initial_params(
+        step_lib.init_model_params(model, jax.random.PRNGKey(0), 8, 16), loss_config)
+    return float(jax.jit(step_lib.make_eval_step(model, loss_config))(params, batch)["num_masked"])
+
+  assert num_masked(step_lib.LossConfig(), dict(batch, passage_keys=keys)) == 12
+  assert num_masked(step_lib.LossConfig(), batch) == 0  # Without keys: distinct pair ids.
+  assert num_masked(step_lib.LossConfig(mask_shared_passages=False),
+                    dict(batch, passage_keys=keys)) == 0
+
+
 def test_training_compiles_once_shards_params_by_rules_and_lowers_the_loss(tmp_path):
   result = run(tmp_path, 24, learning_rate_schedule=1e-2)
   assert result.compilations == 1
