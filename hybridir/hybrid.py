@@ -139,6 +139,9 @@ class HybridSampler:
     self.alpha_mono = float(alpha)
     self.mono_mixed_languages = mono_mixed_languages
     self.cross_pairs = cross_pairs
+    self.language_sampling = language_sampling
+    self.language_temperature = float(language_temperature)
+    self.source_temperature = float(source_temperature)
     self.allow_parallel_duplicates = allow_parallel_duplicates
     self._pair_ids = np.asarray(corpus.pair_ids(), dtype=object)
     index = {pair_id: i for i, pair_id in enumerate(self._pair_ids)}

@@ -198,3 +198,11 @@ def test_default_batches_never_contrast_examples_whose_passages_are_one_text(
         shared += 1
         assert keys[i] == keys[j], (step, spec.pair_ids[i], spec.pair_ids[j])
   assert shared > 10  # Shared passages are common at batch 32: the check is not vacuous.
+
+
+def test_identity_records_every_batch_schedule_setting(mixture):
+  sampler = hybrid_input(mixture).identity()["sampler"]
+  assert {k: sampler[k] for k in ("alpha_mono", "cross_pairs", "language_sampling",
+                                  "language_temperature", "source_temperature")} == {
+      "alpha_mono": 0.5, "cross_pairs": "per_example", "language_sampling": "uniform",
+      "language_temperature": 1.0, "source_temperature": 1.0}
