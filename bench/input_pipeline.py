@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tasks  # noqa: E402
 from hybridir import input_pipeline  # noqa: E402
 from hybridir import spm  # noqa: E402
+from hybridir.models import families  # noqa: E402
 
 REQUIRED_RATIO = 5.0
 
@@ -43,7 +44,7 @@ def main() -> None:
   root = pathlib.Path(__file__).resolve().parents[1]
   parser.add_argument("--data_dir", default=os.environ.get(
       "HYBRIDIR_DATA_DIR", str(root.parent / "shared" / "data")))
-  parser.add_argument("--family", choices=("t5", "xlmr"), default="t5")
+  parser.add_argument("--family", choices=families.names(), default="t5")
   parser.add_argument("--spm_path", help="default: train one (vocab 8000) on XQuAD-R first")
   parser.add_argument("--batch_size", type=int, default=32)
   parser.add_argument("--query_length", type=int, default=64)

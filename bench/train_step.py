@@ -82,7 +82,7 @@ def make_tokens(cfg, batch_size: int, length: int, rng) -> np.ndarray:
   tokens = np.full((batch_size, length), cfg.pad_id, np.int32)
   for row, n in enumerate(rng.integers(length // 2, length + 1, batch_size)):
     tokens[row, :n] = rng.integers(3, cfg.vocab_size, n)
-    if cfg.family == "xlmr":
+    if hasattr(cfg, "bos_id"):  # RoBERTa's <s> first.
       tokens[row, 0] = cfg.bos_id
     tokens[row, n - 1] = cfg.eos_id
   return tokens

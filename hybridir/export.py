@@ -27,16 +27,12 @@ from hybridir import importers
 from hybridir import partitioning
 from hybridir import vocab as vocab_lib
 from hybridir.models import dual_encoder
-from hybridir.models import t5
-from hybridir.models import xlmr
+from hybridir.models import families
 
-# SentencePiece files as the Hugging Face hub names them, by encoder family.
-HF_SPM_FILES = {"t5": ("spiece.model",), "xlmr": ("sentencepiece.bpe.model", "spiece.model")}
 MIN_BUCKET = 16
 FORMAT, FORMAT_VERSION = "hybridir-encoder", 1
 MANIFEST, PARAMS_DIR, SPM_FILE = "manifest.json", "params", "sentencepiece.model"
 PARAM_DTYPES = ("float32", "bfloat16")
-_CONFIGS = {"t5": t5.T5Config, "xlmr": xlmr.XLMRConfig}
 
 
 @dataclasses.dataclass
@@ -71,7 +67,7 @@ class Encoder:
     return self.model.projection_dim or self.model.encoder_config.emb_dim
 
   def tokenize(self, texts: list[str]) -> list[list[int]]:
-    return [vocab_lib.tokenize(self.vocabulary, self.family, t, self.max_length) for t in texts]
+    return [vocab_lib.tokenize(self.vocabulary, t, self.max_length) for t in texts]
 
   def bucket(self, num_tokens: int) -> int:
     """The padded length of a batch whose longest text has num_tokens: a power of two."""
@@ -136,7 +132,7 @@ def check_vocabulary(config: dual_encoder.EncoderConfig, spm_path: str):
   """The family's vocabulary of a SentencePiece file, checked to fit the model's embedding."""
   if not spm_path.startswith("gs://") and not os.path.isfile(spm_path):
     raise FileNotFoundError(f"{spm_path}: SentencePiece model not found")
-  vocabulary = vocab_lib.get_vocabulary(config.family, spm_path)
+  vocabulary = families.of_config(config).make_vocabulary(spm_path)
   if vocabulary.vocab_size > config.vocab_size:
     raise ValueError(f"{spm_path}: vocabulary has {vocabulary.vocab_size} ids but the model's "
                      f"embedding has {config.vocab_size}")
@@ -166,7 +162,7 @@ def export_encoder(output_dir: str, model: dual_encoder.DualEncoder, params, spm
   cfg = model.encoder_config
   if dtype not in PARAM_DTYPES:
     raise ValueError(f"export_encoder dtype must be one of {PARAM_DTYPES}, got {dtype!r}")
-  longest = cfg.max_length if cfg.family == "xlmr" else None
+  longest = cfg.max_length
   if not isinstance(max_length, int) or max_length < 2 or (longest and max_length > longest):
     raise ValueError(f"export_encoder max_length must be an int in [2, {longest or 'inf'}], "
                      f"got {max_length!r}")
@@ -264,9 +260,9 @@ def read_manifest(path: str) -> dict:
   if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
     raise ValueError(f"{manifest_path}: format {manifest.get('format')!r} version "
                      f"{manifest.get('format_version')!r}; expected {FORMAT!r} {FORMAT_VERSION}")
-  if manifest.get("family") not in _CONFIGS:
+  if manifest.get("family") not in families.names():
     raise ValueError(f"{manifest_path}: unknown family {manifest.get('family')!r}; "
-                     f"expected one of {sorted(_CONFIGS)}")
+                     f"expected one of {list(families.names())}")
   return manifest
 
 
@@ -278,7 +274,7 @@ def _load_artifact(path: str, overrides: dict) -> tuple[dual_encoder.DualEncoder
       raise ValueError(f"{path}: the artifact was exported with {name}={manifest[name]!r}, "
                        f"not {value!r}")
   try:
-    cfg = _CONFIGS[manifest["family"]](**manifest["encoder_config"])
+    cfg = families.get(manifest["family"]).config_class(**manifest["encoder_config"])
   except TypeError as e:
     raise ValueError(f"{path}/{MANIFEST}: bad encoder_config: {e}") from e
   model = dual_encoder.DualEncoder(cfg, pooling=manifest["pooling"],
@@ -289,13 +285,13 @@ def _load_artifact(path: str, overrides: dict) -> tuple[dual_encoder.DualEncoder
   return model, params, manifest
 
 
-def _find_spm(model_dir: str, family: str) -> str:
-  for name in HF_SPM_FILES[family]:
+def _find_vocabulary(model_dir: str, family: families.EncoderFamily) -> str:
+  for name in family.vocabulary_files:
     if os.path.exists(os.path.join(model_dir, name)):
       return os.path.join(model_dir, name)
   raise FileNotFoundError(
-      f"{model_dir}: no SentencePiece model ({' or '.join(HF_SPM_FILES[family])}); hybridir "
-      "tokenises with SentencePiece: copy the model's file there or pass vocabulary=PATH")
+      f"{model_dir}: no vocabulary file ({' or '.join(family.vocabulary_files)}); hybridir "
+      "tokenises with it: copy the model's file there or pass vocabulary=PATH")
 
 
 def load_encoder(path: str, vocabulary: str | None = None, model_config=None,
@@ -321,7 +317,7 @@ def load_encoder(path: str, vocabulary: str | None = None, model_config=None,
       options["projection_dim"] = projection_dim
     if local and os.path.exists(os.path.join(path, "config.json")):
       model, params = importers.load_hf(path, **options)
-      spm_path = vocabulary or _find_spm(path, model.encoder_config.family)
+      spm_path = vocabulary or _find_vocabulary(path, families.of_config(model.encoder_config))
     elif not local or os.path.exists(os.path.join(path, "checkpoint")):
       if vocabulary is None:
         raise ValueError(f"{path}: a T5X checkpoint needs vocabulary=<SentencePiece model path>")
@@ -332,6 +328,5 @@ def load_encoder(path: str, vocabulary: str | None = None, model_config=None,
                               f"an exported artifact ({MANIFEST}) nor a T5X checkpoint "
                               "(checkpoint file)")
   cfg = model.encoder_config
-  default_length = cfg.max_length if cfg.family == "xlmr" else 512
-  return Encoder(model, params, check_vocabulary(cfg, spm_path), max_length or default_length,
+  return Encoder(model, params, check_vocabulary(cfg, spm_path), max_length or cfg.max_length or 512,
                  batch_size)

@@ -16,11 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from hybridir.models import dual_encoder
+from hybridir.models import families
 from hybridir.models import t5
-from hybridir.models import xlmr
 
 # Tensors that a checkpoint may hold but an encoder does not use (decoder, LM head, pooler, ...).
-_HF_UNUSED = re.compile(r"^(decoder\.|lm_head\.|pooler\.|embeddings\.position_ids$|"
+_HF_UNUSED = re.compile(r"^(decoder\.|lm_head\.|pooler\.|embeddings\.(position|token_type)_ids$|"
                         r"encoder\.embed_tokens\.weight$|cls\.|lm_head$)")
 _T5X_UNUSED = re.compile(r"^(decoder/|logits_dense/)")
 
@@ -65,83 +65,14 @@ def assemble_params(model: dual_encoder.DualEncoder, tensors: dict[str, np.ndarr
 # Hugging Face
 
 def config_from_hf(hf_config: dict, source: str = "config.json") -> dual_encoder.EncoderConfig:
-  """Our encoder config from a transformers config.json (T5/mT5 or XLM-R)."""
-  model_type = hf_config.get("model_type")
-  if model_type in ("t5", "mt5"):
-    proj = hf_config.get("feed_forward_proj", "relu")
-    activations = {"relu": ("relu",), "gated-gelu": ("gelu", "linear"),
-                   "gated-relu": ("relu", "linear")}
-    if proj not in activations:
-      raise ValueError(f"{source}: unsupported feed_forward_proj {proj!r}; "
-                       f"expected one of {sorted(activations)}")
-    return t5.T5Config(
-        vocab_size=hf_config["vocab_size"], emb_dim=hf_config["d_model"],
-        num_layers=hf_config["num_layers"], num_heads=hf_config["num_heads"],
-        head_dim=hf_config["d_kv"], mlp_dim=hf_config["d_ff"], mlp_activations=activations[proj],
-        relative_attention_num_buckets=hf_config.get("relative_attention_num_buckets", 32),
-        relative_attention_max_distance=hf_config.get("relative_attention_max_distance", 128),
-        dropout_rate=hf_config.get("dropout_rate", 0.1),
-        layer_norm_epsilon=hf_config.get("layer_norm_epsilon", 1e-6),
-        pad_id=hf_config.get("pad_token_id", 0), eos_id=hf_config.get("eos_token_id", 1))
-  if model_type in ("xlm-roberta", "roberta"):
-    act = hf_config.get("hidden_act", "gelu")
-    acts = {"gelu": "gelu_exact", "gelu_new": "gelu", "relu": "relu"}
-    if act not in acts:
-      raise ValueError(f"{source}: unsupported hidden_act {act!r}; expected one of {sorted(acts)}")
-    hidden, heads = hf_config["hidden_size"], hf_config["num_attention_heads"]
-    return xlmr.XLMRConfig(
-        vocab_size=hf_config["vocab_size"], emb_dim=hidden,
-        num_layers=hf_config["num_hidden_layers"], num_heads=heads, head_dim=hidden // heads,
-        mlp_dim=hf_config["intermediate_size"],
-        max_position_embeddings=hf_config["max_position_embeddings"],
-        type_vocab_size=hf_config.get("type_vocab_size", 1),
-        dropout_rate=hf_config.get("hidden_dropout_prob", 0.1),
-        attention_dropout_rate=hf_config.get("attention_probs_dropout_prob", 0.1),
-        layer_norm_epsilon=hf_config.get("layer_norm_eps", 1e-5), mlp_activation=acts[act],
-        initializer_range=hf_config.get("initializer_range", 0.02),
-        bos_id=hf_config.get("bos_token_id", 0), pad_id=hf_config.get("pad_token_id", 1),
-        eos_id=hf_config.get("eos_token_id", 2))
-  raise ValueError(f"{source}: unsupported model_type {model_type!r}; "
-                   "expected t5, mt5 or xlm-roberta")
+  """Our encoder config from a transformers config.json, by its family's record."""
+  family = families.from_hf_model_type(hf_config.get("model_type"), source)
+  return family.config_from_hf(hf_config, source)
 
 
-def hf_t5_names(cfg: t5.T5Config) -> dict[str, tuple[str, bool]]:
-  """HF tensor name -> (our encoder param path, transpose?)."""
-  names = {"shared.weight": ("token_embedder/embedding", False),
-           "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight":
-               ("relpos_bias/rel_embedding", True),
-           "encoder.final_layer_norm.weight": ("encoder_norm/scale", False)}
-  mlp = ["wi"] if len(cfg.mlp_activations) == 1 else [
-      f"wi_{i}" for i in range(len(cfg.mlp_activations))]
-  for i in range(cfg.num_layers):
-    hf, ours = f"encoder.block.{i}.layer", f"layers_{i}"
-    for a, b in (("q", "query"), ("k", "key"), ("v", "value"), ("o", "out")):
-      names[f"{hf}.0.SelfAttention.{a}.weight"] = (f"{ours}/attention/{b}/kernel", True)
-    names[f"{hf}.0.layer_norm.weight"] = (f"{ours}/pre_attention_layer_norm/scale", False)
-    names[f"{hf}.1.layer_norm.weight"] = (f"{ours}/pre_mlp_layer_norm/scale", False)
-    for w in mlp + ["wo"]:
-      names[f"{hf}.1.DenseReluDense.{w}.weight"] = (f"{ours}/mlp/{w}/kernel", True)
-  return names
-
-
-def hf_xlmr_names(cfg: xlmr.XLMRConfig) -> dict[str, tuple[str, bool]]:
-  names = {"embeddings.word_embeddings.weight": ("token_embedder/embedding", False),
-           "embeddings.position_embeddings.weight": ("position_embedder/embedding", False),
-           "embeddings.token_type_embeddings.weight": ("token_type_embedder/embedding", False),
-           "embeddings.LayerNorm.weight": ("embedding_norm/scale", False),
-           "embeddings.LayerNorm.bias": ("embedding_norm/bias", False)}
-  for i in range(cfg.num_layers):
-    hf, ours = f"encoder.layer.{i}", f"layers_{i}"
-    pairs = [("attention.self.query", "attention/query"), ("attention.self.key", "attention/key"),
-             ("attention.self.value", "attention/value"), ("attention.output.dense", "attention/out"),
-             ("intermediate.dense", "wi"), ("output.dense", "wo")]
-    for a, b in pairs:
-      names[f"{hf}.{a}.weight"] = (f"{ours}/{b}/kernel", True)
-      names[f"{hf}.{a}.bias"] = (f"{ours}/{b}/bias", False)
-    for a, b in (("attention.output.LayerNorm", "attention_norm"), ("output.LayerNorm", "mlp_norm")):
-      names[f"{hf}.{a}.weight"] = (f"{ours}/{b}/scale", False)
-      names[f"{hf}.{a}.bias"] = (f"{ours}/{b}/bias", False)
-  return names
+# BERT's and RoBERTa's dense tanh pooler: the DualEncoder's `pooler` with 'first_dense' pooling.
+HF_POOLER_NAMES = {"pooler.dense.weight": ("pooler/kernel", True),
+                   "pooler.dense.bias": ("pooler/bias", False)}
 
 
 def _read_hf_tensors(model_dir: str) -> dict[str, np.ndarray]:
@@ -174,7 +105,7 @@ def _read_hf_tensors(model_dir: str) -> dict[str, np.ndarray]:
 
 def load_hf(model_dir: str, target: dual_encoder.DualEncoder | None = None,
             **dual_encoder_options) -> tuple[dual_encoder.DualEncoder, dict]:
-  """A transformers MT5EncoderModel / T5EncoderModel / MT5Model / XLMRobertaModel directory.
+  """A transformers model directory of any family (MT5EncoderModel, XLMRobertaModel, BertModel...).
 
   `target`: check and assemble the tensors against this model (e.g. a gin-configured one to
   initialise training) instead of one built from the checkpoint's config.json.
@@ -184,22 +115,24 @@ def load_hf(model_dir: str, target: dual_encoder.DualEncoder | None = None,
     raise FileNotFoundError(f"{model_dir}: no config.json (not a Hugging Face model directory)")
   with open(config_path) as f:
     cfg = config_from_hf(json.load(f), config_path)
-  names = hf_t5_names(cfg) if cfg.family == "t5" else hf_xlmr_names(cfg)
+  family = families.of_config(cfg)
+  model = target or dual_encoder.DualEncoder(cfg, **dual_encoder_options)
+  names = {name: ("encoder/" + path, transpose)
+           for name, (path, transpose) in family.hf_names(cfg).items()}
+  if model.pooling == "first_dense":
+    names.update(HF_POOLER_NAMES)
   tensors, unknown = {}, []
   for name, value in _read_hf_tensors(model_dir).items():
-    for prefix in ("roberta.", "model.", ""):
-      if name.startswith(prefix) and name[len(prefix):] in names:
-        name = name[len(prefix):]
-        break
+    stripped = [name[len(p):] for p in family.hf_name_prefixes if name.startswith(p)]
+    name = next((n for n in stripped if n in names), stripped[0] if stripped else name)
     if name in names:
       path, transpose = names[name]
-      tensors["encoder/" + path] = value.T if transpose else value
+      tensors[path] = value.T if transpose else value
     elif name == "encoder.embed_tokens.weight" and "encoder/token_embedder/embedding" not in tensors:
       tensors["encoder/token_embedder/embedding"] = value  # Saved without the tied `shared`.
     elif not _HF_UNUSED.match(name) and not re.match(
         r"^encoder\.block\.\d+\.layer\.0\.SelfAttention\.relative_attention_bias", name):
       unknown.append(name)
-  model = target or dual_encoder.DualEncoder(cfg, **dual_encoder_options)
   return model, assemble_params(model, tensors, unknown, model_dir)
 
 

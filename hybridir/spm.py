@@ -1,10 +1,11 @@
-"""Trains a SentencePiece model on a corpus's questions and passages, for runs from scratch.
+"""Trains a family's vocabulary on a corpus's questions and passages, for runs from scratch.
 
-  python -m hybridir.spm --corpus DIR_OR_FILE --family t5|xlmr --vocab_size N --output PREFIX \
+  python -m hybridir.spm --corpus DIR_OR_FILE --family FAMILY --vocab_size N --output PREFIX \
       [--languages en de ...] [--passage_unit paragraph|sentence] [--character_coverage 0.9995]
 
-writes PREFIX.model and PREFIX.vocab (each passage counted once) and prints the model path. The
-family fixes the special ids: t5 pad 0, eos 1, unk 2; xlmr as XLM-R's model (fairseq adds <pad>).
+writes the vocabulary under PREFIX (each passage counted once) and prints its path. The family's
+record fixes the kind and special ids: SentencePiece PREFIX.model (+ .vocab) for t5 (pad 0,
+eos 1, unk 2) and xlmr (as XLM-R's model; fairseq adds <pad>), WordPiece PREFIX.txt for bert.
 """
 import argparse
 import os
@@ -13,7 +14,7 @@ import tempfile
 from typing import Sequence
 
 from hybridir import corpora
-from hybridir import vocab
+from hybridir.models import families
 
 
 def corpus_texts(corpus: corpora.ParallelCorpus) -> list[str]:
@@ -34,28 +35,32 @@ def train(corpus_path: str, family: str, vocab_size: int, output: str,
 
 def train_on_corpus(corpus: corpora.ParallelCorpus, family: str, vocab_size: int, output: str,
                     character_coverage: float = 0.9995, source: str = "the corpus") -> str:
-  """Trains on a loaded (e.g. split) corpus; writes `output`.model/.vocab atomically."""
+  """Trains on a loaded (e.g. split) corpus; writes the vocabulary under `output` atomically."""
   if vocab_size < 8:
     raise ValueError(f"vocab_size must be at least 8, found {vocab_size}")
+  record = families.get(family)
   folder = os.path.dirname(os.path.abspath(output))
   os.makedirs(folder, exist_ok=True)
   with tempfile.TemporaryDirectory(dir=folder) as scratch:
-    prefix = os.path.join(scratch, "spm")
+    prefix = os.path.join(scratch, "vocab")
     try:
-      vocab.train_sentencepiece(corpus_texts(corpus), prefix, vocab_size, family,
-                                character_coverage)
-    except RuntimeError as e:  # SentencePiece's own message says which setting to change.
+      path = record.train_vocabulary(corpus_texts(corpus), prefix, vocab_size,
+                                     character_coverage=character_coverage)
+    except RuntimeError as e:  # The trainer's own message says which setting to change.
       raise ValueError(f"training on {source} failed: {e}") from e
-    os.replace(prefix + ".vocab", output + ".vocab")
-    os.replace(prefix + ".model", output + ".model")  # Last: a complete .model means done.
-  return output + ".model"
+    for name in sorted(os.listdir(scratch)):
+      if os.path.join(scratch, name) != path:
+        os.replace(os.path.join(scratch, name), output + name[len("vocab"):])
+    trained = output + path[len(prefix):]
+    os.replace(path, trained)  # Last: a complete vocabulary file means done.
+  return trained
 
 
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="python -m hybridir.spm", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--corpus", required=True, help="folder of <lang>.json/.jsonl, or a .jsonl")
-  parser.add_argument("--family", choices=("t5", "xlmr"), required=True)
+  parser.add_argument("--family", choices=families.names(), required=True)
   parser.add_argument("--vocab_size", type=int, required=True)
   parser.add_argument("--output", required=True, help="model prefix: writes PREFIX.model")
   parser.add_argument("--languages", nargs="+", help="default: all in the corpus")

@@ -33,14 +33,13 @@ from hybridir import partitioning
 from hybridir import spm
 from hybridir import train_step
 from hybridir import trainer
-from hybridir import vocab
 from hybridir import study_report
 
 # The languages of both XQuAD-R and MLQA-R, so in- and out-of-domain cover the same languages.
 SHARED_LANGUAGES = ("ar", "de", "en", "es", "hi", "vi", "zh")
 STRATEGIES = {"monolingual": 1.0, "cross-lingual": 0.0, "hybrid": 0.5}
-MODEL_FILES = {"mT5": ("t5", "gin_configs/models/mt5_tiny.gin"),
-               "XLM-R": ("xlmr", "gin_configs/models/xlmr_tiny.gin")}
+MODEL_FILES = {"mT5": "gin_configs/models/mt5_tiny.gin",
+               "XLM-R": "gin_configs/models/xlmr_tiny.gin"}
 IN_DOMAIN, OUT_OF_DOMAIN = "xquad_r", "mlqa_r"
 
 
@@ -95,7 +94,7 @@ def limit_questions(dataset: retrieval_data.RetrievalDataset, limit: int | None)
 
 def build_model(model_name: str, vocab_size: int):
   gin.clear_config()
-  gin_utils.parse([MODEL_FILES[model_name][1]], [f"VOCAB_SIZE = {vocab_size}"], finalize=False)
+  gin_utils.parse([MODEL_FILES[model_name]], [f"VOCAB_SIZE = {vocab_size}"], finalize=False)
   return gin_utils.evaluate("MODEL")
 
 
@@ -151,9 +150,9 @@ def run_study(data_dir: str, output_dir: str, config: StudyConfig | None = None)
   cells = [(m, s, seed) for m in config.models for s in config.strategies for seed in config.seeds]
   results, started, done = {}, time.time(), 0
   for model_name in config.models:
-    family = MODEL_FILES[model_name][0]
+    family = build_model(model_name, config.vocab_size).encoder_config.family
     spm_path = train_vocabulary(corpus_dir, family, config, output_dir)
-    vocabulary = vocab.get_vocabulary(family, spm_path)
+    vocabulary = tasks.get_vocabulary(family, spm_path)
     model = build_model(model_name, vocabulary.vocab_size)
     tasks.register_lareqa(IN_DOMAIN, data_dir, family, spm_path, list(config.languages),
                           split="test")

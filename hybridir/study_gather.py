@@ -16,16 +16,16 @@ import tensorflow as tf
 
 from hybridir import study
 from hybridir import study_report
+from hybridir.models import families
 
 RUN_NAME = re.compile(r"^(?P<model>.+)_(?P<strategy>monolingual|cross-lingual|hybrid)"
                       r"_seed(?P<seed>\d+)$")
-MODEL_NAMES = {"mt5": "mT5", "xlmr": "XLM-R"}
 
 
 def model_name(prefix: str) -> str:
   """'mt5_base' -> 'mT5 base': the family's display name plus the size."""
   family, _, size = prefix.partition("_")
-  return f"{MODEL_NAMES.get(family, family)} {size}".strip()
+  return f"{families.display_names().get(family, family)} {size}".strip()
 
 
 def read_runs(runs_root: str) -> dict:

@@ -1,8 +1,9 @@
-"""Vocabularies: seqio SentencePiece vocabularies for mT5 and XLM-R, tokenisation, SPM training.
+"""Vocabularies: seqio SentencePiece and WordPiece vocabularies, tokenisation, their training.
 
 mT5 uses its SentencePiece ids directly (pad 0, eos 1, unk 2) and appends EOS. XLM-R uses
 fairseq's ids: <s>=0, <pad>=1, </s>=2, <unk>=3, every other SentencePiece id shifted by one,
-<mask> last; texts are wrapped as <s> ... </s>.
+<mask> last; texts are wrapped as <s> ... </s>. BERT uses a WordPiece vocab.txt, texts wrapped as
+[CLS] ... [SEP]. Which family uses which is the family record's business (hybridir.models).
 """
 import os
 from typing import Iterable, Sequence
@@ -21,6 +22,7 @@ class XLMRVocabulary(seqio.SentencePieceVocabulary):
   """XLM-R's vocabulary: a SentencePiece model read through fairseq's id mapping."""
 
   BOS_ID, PAD_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
+  start_id = BOS_ID  # Before every text (`tokenize`).
 
   def __init__(self, sentencepiece_model_file: str):
     super().__init__(sentencepiece_model_file, extra_ids=0)
@@ -73,39 +75,28 @@ class XLMRVocabulary(seqio.SentencePieceVocabulary):
     ids = tf.where(ids > self.UNK_ID, ids - 1, tf.cast(spm_eos, ids.dtype))
     return self.tf_tokenizer.detokenize(ids)
 
-def get_vocabulary(family: str, sentencepiece_model_file: str) -> seqio.SentencePieceVocabulary:
-  """The seqio vocabulary of an encoder family ('t5' or 'xlmr')."""
-  if family == "t5":
-    return seqio.SentencePieceVocabulary(sentencepiece_model_file, extra_ids=0)
-  if family == "xlmr":
-    return XLMRVocabulary(sentencepiece_model_file)
-  raise ValueError(f"unknown encoder family {family!r}; expected 't5' or 'xlmr'")
-
-
-def tokenize(vocabulary: seqio.Vocabulary, family: str, text: str, max_length: int) -> list[int]:
-  """Ids as the checkpoint's own tokenizer gives them: T5 appends EOS, XLM-R adds <s> ... </s>."""
+def tokenize(vocabulary: seqio.Vocabulary, text: str, max_length: int) -> list[int]:
+  """Ids as the checkpoint's own tokenizer gives them: the vocabulary's start id if it has one
+  (XLM-R's <s>, BERT's [CLS]), the text's ids truncated to fit, its end id (EOS, </s>, [SEP])."""
+  start = start_ids(vocabulary)
   ids = list(vocabulary.encode(text))
-  if family == "t5":
-    return ids[:max_length - 1] + [vocabulary.eos_id]
-  if family == "xlmr":
-    return [XLMRVocabulary.BOS_ID] + ids[:max_length - 2] + [XLMRVocabulary.EOS_ID]
-  raise ValueError(f"unknown encoder family {family!r}; expected 't5' or 'xlmr'")
+  return start + ids[:max_length - 1 - len(start)] + [vocabulary.eos_id]
+
+
+def start_ids(vocabulary: seqio.Vocabulary) -> list[int]:
+  """[the id put before every text] for XLM-R and BERT vocabularies, [] for T5's."""
+  start = getattr(vocabulary, "start_id", None)
+  return [] if start is None else [start]
 
 
 def train_sentencepiece(texts: Iterable[str], model_prefix: str, vocab_size: int,
-                        family: str = "t5", character_coverage: float = 0.9995) -> str:
-  """Trains a unigram SentencePiece model with the family's special ids; returns the model path.
-
-  t5: pad 0, eos 1, unk 2 (as mT5). xlmr: unk 0, bos 1, eos 2 (as XLM-R's model; fairseq adds pad).
-  """
+                        special_ids: dict[str, int], character_coverage: float = 0.9995) -> str:
+  """Trains a unigram SentencePiece model with the given special ids (the family record's, e.g.
+  pad_id=0, eos_id=1, unk_id=2, bos_id=-1 for mT5); returns the model path."""
   import sentencepiece as spm  # Imported here: only training needs the trainer.
-  ids = {"t5": dict(pad_id=0, eos_id=1, unk_id=2, bos_id=-1),
-         "xlmr": dict(unk_id=0, bos_id=1, eos_id=2, pad_id=-1)}
-  if family not in ids:
-    raise ValueError(f"unknown encoder family {family!r}; expected 't5' or 'xlmr'")
   os.makedirs(os.path.dirname(os.path.abspath(model_prefix)), exist_ok=True)
   spm.SentencePieceTrainer.train(
       sentence_iterator=iter(t for t in texts if t.strip()), model_prefix=model_prefix,
       vocab_size=vocab_size, model_type="unigram", character_coverage=character_coverage,
-      hard_vocab_limit=False, minloglevel=2, **ids[family])
+      hard_vocab_limit=False, minloglevel=2, **special_ids)
   return model_prefix + ".model"

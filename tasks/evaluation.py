@@ -52,7 +52,7 @@ def _register_dataset(prefix: str, dataset: retrieval_data.RetrievalDataset, fam
       qa.remove_providers([name])
       seqio.TaskRegistry.add(name, qa.function_source(examples_fn, SPLIT, count),
                              output_features=qa.output_features(family, spm_path, required=False),
-                             preprocessors=qa.preprocessors(family))
+                             preprocessors=qa.preprocessors(qa.get_vocabulary(family, spm_path)))
       names.append(name)
   _DATASETS[dataset.name] = dataset
   _TASKS[dataset.name] = names

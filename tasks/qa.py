@@ -1,14 +1,14 @@
 """SeqIO registrations of a parallel QA corpus: mono/cross-lingual tasks and their mixtures.
 
-`register_parallel_qa("xquad", path, "t5", spm)` registers, for languages l, x != y:
+`register_parallel_qa("xquad", path, family, spm)` registers, for languages l, x != y:
 
   xquad_mono_{l}       query_l, passage_l          xquad_mono_mix   mono tasks, rates by size
   xquad_cross_{x}_{y}  query_x, passage_y          xquad_cross_mix  cross tasks, rates by size
                                                    xquad_all_mix    both, rates by size
   xquad_hybrid         a `HybridMixture` (not a seqio Mixture): batch-level mono/cross sampling
 
-Every example holds `query` and `passage` (token ids: T5 appends EOS, XLM-R wraps in <s> ... </s>,
-truncated to the feature length keeping the end token), `pair_id` (the index of the string pair id
+Every example holds `query` and `passage` (token ids as `vocab.tokenize` gives them: T5 appends
+EOS, XLM-R wraps in <s> ... </s>, BERT in [CLS] ... [SEP], truncated keeping the end token), `pair_id` (the index of the string pair id
 in the sorted ids of the whole corpus, so the same in every language and split) and
 `query_language` / `passage_language`.
 """
@@ -23,24 +23,23 @@ import tensorflow as tf
 from hybridir import corpora
 from hybridir import hybrid
 from hybridir import vocab
+from hybridir.models import families
 
 SPLIT = "train"  # The seqio split of every QA task; `split` below chooses its content.
 TEST_FRACTION = 0.2  # split="train"/"test": a seeded split of whole articles (seed 0).
-FAMILIES = ("t5", "xlmr")
 
 
 @functools.lru_cache(maxsize=None)
-def get_vocabulary(family: str, spm_path: str) -> seqio.SentencePieceVocabulary:
+def get_vocabulary(family: str, spm_path: str) -> seqio.Vocabulary:
   """The family's seqio vocabulary, loaded once per (family, path)."""
-  if family not in FAMILIES:
-    raise ValueError(f"family must be one of {FAMILIES}, found {family!r}")
+  record = families.get(family)
   if not str(spm_path).startswith("gs://") and not os.path.isfile(spm_path):
-    raise FileNotFoundError(f"spm_path {spm_path}: no such SentencePiece model file")
-  return vocab.get_vocabulary(family, str(spm_path))
+    raise FileNotFoundError(f"spm_path {spm_path}: no such vocabulary file")
+  return record.make_vocabulary(str(spm_path))
 
 
 def output_features(family: str, spm_path: str, required: bool = True) -> dict[str, seqio.Feature]:
-  """`query` and `passage` token ids ending in the family's end token (EOS, or XLM-R's </s>).
+  """`query` and `passage` token ids ending in the family's end token (EOS, </s>, [SEP]).
 
   Evaluation tasks hold one of the two (`required=False`): a seqio Mixture needs equal features.
   """
@@ -49,21 +48,26 @@ def output_features(family: str, spm_path: str, required: bool = True) -> dict[s
           for name in ("query", "passage")}
 
 
-@seqio.map_over_dataset
-def _prepend_bos(features):
-  """XLM-R's <s> before the token features (the tokenised ones: `*_pretokenized` kept)."""
-  out = dict(features)
-  for key in ("query", "passage"):
-    if key in out and out[key].dtype == tf.int32:
-      out[key] = tf.concat([[vocab.XLMRVocabulary.BOS_ID], out[key]], axis=0)
-  return out
+def _prepend(start_ids: list[int]):
+  """A preprocessor putting `start_ids` before the token features (`*_pretokenized` kept)."""
+
+  @seqio.map_over_dataset
+  def prepend(features):
+    out = dict(features)
+    for key in ("query", "passage"):
+      if key in out and out[key].dtype == tf.int32:
+        out[key] = tf.concat([tf.constant(start_ids, tf.int32), out[key]], axis=0)
+    return out
+
+  return prepend
 
 
-def preprocessors(family: str) -> list:
-  """Tokenise, add XLM-R's <s>, trim to length - 1 and append the end token."""
+def preprocessors(vocabulary: seqio.Vocabulary) -> list:
+  """Tokenise, add the start token (XLM-R's <s>, BERT's [CLS]), trim to length - 1 and append
+  the end token: `vocab.tokenize`'s framing."""
   steps = [seqio.preprocessors.tokenize]
-  if family == "xlmr":
-    steps.append(_prepend_bos)
+  if vocab.start_ids(vocabulary):
+    steps.append(_prepend(vocab.start_ids(vocabulary)))
   return steps + [seqio.preprocessors.append_eos_after_trim]
 
 
@@ -93,7 +97,7 @@ class HybridMixture:
   Args:
     name: the registered name, `{corpus name}_hybrid`.
     corpus: the (split) parallel corpus the batches come from.
-    family: 't5' or 'xlmr'.
+    family: an encoder family (hybridir.models.families).
     spm_path: the SentencePiece model.
     pair_ids: the string pair id of each integer `pair_id` (sorted ids of the whole corpus).
     alpha, cross_pairs, mono_mixed_languages, language_sampling, language_temperature,
@@ -210,8 +214,10 @@ def register_parallel_qa(name: str, corpus_path: str, family: str, spm_path: str
   `HybridMixture`'s gin-configured alpha, cross_pairs, ...
   """
   where = f"register_parallel_qa({name!r}, {str(corpus_path)!r})"
-  if family not in FAMILIES:
-    raise ValueError(f"{where}: family must be one of {FAMILIES}, found {family!r}")
+  try:
+    families.get(family)
+  except ValueError as e:
+    raise ValueError(f"{where}: {e}") from e
   features = output_features(family, str(spm_path))
   full = corpora.load_parallel_corpus(corpus_path, passage_unit, languages)
   mixture = HybridMixture(f"{name}_hybrid", _apply_split(full, split, where), family,
@@ -225,7 +231,7 @@ def register_parallel_qa(name: str, corpus_path: str, family: str, spm_path: str
         continue
       task_name = f"{name}_mono_{x}" if x == y else f"{name}_cross_{x}_{y}"
       seqio.TaskRegistry.add(task_name, function_source(_examples_fn(mixture, x, y), SPLIT, size),
-                             output_features=features, preprocessors=preprocessors(family))
+                             output_features=features, preprocessors=preprocessors(mixture.vocabulary))
       mixture.tasks[task_name] = (x, y)
       (mono if x == y else cross).append((task_name, size))
   mixtures = {f"{name}_mono_mix": mono, f"{name}_cross_mix": cross, f"{name}_all_mix": mono + cross}

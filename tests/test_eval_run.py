@@ -6,7 +6,7 @@ import pytest
 import tasks
 from hybridir import eval_run
 from hybridir import evaluate
-from hybridir import vocab as vocab_lib
+from hybridir.models import families
 from tests import reference_models as ref
 from tests.conftest import REPO_ROOT
 
@@ -16,8 +16,8 @@ MIRACL = REPO_ROOT / "tests" / "fixtures" / "miracl"
 @pytest.fixture(scope="module")
 def encoder_dir(tmp_path_factory, data_dir):
   folder = tmp_path_factory.mktemp("encoder")
-  spm_path = vocab_lib.train_sentencepiece(ref.xquad_texts(data_dir), str(folder / "spm"), 300,
-                                           "t5")
+  spm_path = families.train_vocabulary("t5", ref.xquad_texts(data_dir), str(folder / "spm"),
+                                       300)
   ref.write_spm(folder, spm_path, "t5")
   ref.save_random_mt5(folder, vocab_size=300)
   for language in ("en", "sw"):

@@ -16,8 +16,8 @@ from hybridir import export
 from hybridir import hf_export
 from hybridir import importers
 from hybridir import train_step
-from hybridir import vocab as vocab_lib
 from hybridir.models import dual_encoder
+from hybridir.models import families
 from hybridir.models import t5
 from hybridir.models import xlmr
 from tests import reference_models as ref
@@ -43,7 +43,7 @@ def random_params(model, seed=0):
 
 
 def reference_encoder(model, params, spm_path, batch_size=8):
-  vocabulary = vocab_lib.get_vocabulary(model.encoder_config.family, spm_path)
+  vocabulary = families.of_config(model.encoder_config).make_vocabulary(spm_path)
   return export.Encoder(model, params, vocabulary, 128, batch_size)
 
 

@@ -67,7 +67,7 @@ def test_default_batches_have_no_duplicate_pair_ids(mixture):
 
 def expected_tokens(vocabulary, text, length):
   """Ids without the end token, as the family's tokenizer truncates them."""
-  return vocab.tokenize(vocabulary, "t5", text, length)[:-1]
+  return vocab.tokenize(vocabulary, text, length)[:-1]
 
 
 def test_mono_batch_queries_and_passages_are_that_languages_texts(mixture):

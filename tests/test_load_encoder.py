@@ -7,6 +7,7 @@ import transformers
 
 import hybridir
 from hybridir import vocab as vocab_lib
+from hybridir.models import families
 from tests import reference_models as ref
 
 TEXTS = [
@@ -24,7 +25,7 @@ TEXTS = [
 def spm_models(tmp_path_factory, data_dir):
   folder = tmp_path_factory.mktemp("spm")
   texts = ref.xquad_texts(data_dir)
-  return {family: vocab_lib.train_sentencepiece(texts, str(folder / family), 300, family)
+  return {family: families.train_vocabulary(family, texts, str(folder / family), 300)
           for family in ("t5", "xlmr")}
 
 
@@ -55,15 +56,15 @@ def test_token_ids_equal_transformers_tokenizer(tmp_path, spm_models, family):
     tokenizer = transformers.T5Tokenizer.from_pretrained(tmp_path, extra_ids=0)
   else:
     tokenizer = transformers.XLMRobertaTokenizer.from_pretrained(tmp_path)
-  vocabulary = vocab_lib.get_vocabulary(family, spm_models[family])
+  vocabulary = families.vocabulary(family, spm_models[family])
   assert vocabulary.vocab_size == len(tokenizer)
   for text in TEXTS:
-    assert vocab_lib.tokenize(vocabulary, family, text, 512) == tokenizer(text).input_ids, text
+    assert vocab_lib.tokenize(vocabulary, text, 512) == tokenizer(text).input_ids, text
 
 
 def test_xlmr_tf_tokenization_equals_python(spm_models):
   import tensorflow as tf
-  vocabulary = vocab_lib.get_vocabulary("xlmr", spm_models["xlmr"])
+  vocabulary = families.vocabulary("xlmr", spm_models["xlmr"])
   for text in TEXTS:
     assert vocabulary.encode_tf(tf.constant(text)).numpy().tolist() == vocabulary.encode(text)
 

@@ -3,6 +3,7 @@ import sentencepiece as spm
 
 from hybridir import spm as spm_cli
 from hybridir import vocab
+from hybridir.models import families
 
 
 def test_trains_a_t5_model_with_mt5_special_ids(data_dir, tmp_path, capsys):
@@ -20,8 +21,8 @@ def test_xlmr_model_from_one_file_reads_as_fairseq_ids(data_dir, tmp_path):
   output = tmp_path / "xlmr"
   assert spm_cli.main(["--corpus", str(data_dir / "xquad-r" / "en.json"), "--family", "xlmr",
                        "--vocab_size", "400", "--output", str(output)]) == 0
-  vocabulary = vocab.get_vocabulary("xlmr", f"{output}.model")
-  ids = vocab.tokenize(vocabulary, "xlmr", "Who led the Panthers?", 16)
+  vocabulary = families.vocabulary("xlmr", f"{output}.model")
+  ids = vocab.tokenize(vocabulary, "Who led the Panthers?", 16)
   assert ids[0] == 0 and ids[-1] == 2 and vocabulary.decode(ids) == "Who led the Panthers?"
 
 

@@ -6,6 +6,7 @@ import seqio
 import tasks
 from hybridir import corpora
 from hybridir import vocab
+from hybridir.models import families
 
 LANGUAGES = ("de", "en", "zh")
 LENGTHS = {"query": 16, "passage": 24}
@@ -17,7 +18,7 @@ def spm_models(data_dir, tmp_path_factory):
   corpus = corpora.load_parallel_corpus(data_dir / "xquad-r", languages=LANGUAGES)
   texts = [pair.question for language in LANGUAGES for pair in corpus.pairs[language].values()]
   folder = tmp_path_factory.mktemp("spm")
-  return {family: vocab.train_sentencepiece(texts, str(folder / family), 800, family,
+  return {family: families.train_vocabulary(family, texts, str(folder / family), 800,
                                             character_coverage=0.98)
           for family in ("t5", "xlmr")}
 
@@ -56,7 +57,7 @@ def test_mono_example_has_one_language_and_t5_ids_end_in_eos(data_dir, spm_model
   for example in first_examples("xq_mono_de"):
     assert example["query_language"] == example["passage_language"] == b"de"
     pair = xquad.pairs["de"][tasks.get_hybrid_mixture("xq_hybrid").pair_ids[example["pair_id"]]]
-    assert example["query"].tolist() == vocab.tokenize(vocabulary, "t5", pair.question, 16)
+    assert example["query"].tolist() == vocab.tokenize(vocabulary, pair.question, 16)
     assert example["query"][-1] == vocabulary.eos_id == 1
 
 

@@ -2,26 +2,25 @@
 
 With shared towers (the default) queries and passages go through one encoder, whose parameters
 live under `encoder`; with separate towers under `query_encoder` and `passage_encoder`.
+Pooling: 'mean' over real tokens, 'first' (the first token: BERT's [CLS], XLM-R's <s>), or
+'first_dense' (the first token through BERT's dense tanh pooler, params under `pooler`).
 """
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hybridir.models import families
 from hybridir.models import layers
-from hybridir.models import t5
-from hybridir.models import xlmr
 
-EncoderConfig = t5.T5Config | xlmr.XLMRConfig
-POOLINGS = ("mean", "first")
+EncoderConfig = Any  # The config of any family (hybridir.models.families).
+POOLINGS = ("mean", "first", "first_dense")
 
 
 def encoder_module(config: EncoderConfig, name: str | None = None) -> nn.Module:
-  """The Flax encoder for a config: T5Encoder or XLMREncoder."""
-  if isinstance(config, t5.T5Config):
-    return t5.T5Encoder(config, name=name)
-  if isinstance(config, xlmr.XLMRConfig):
-    return xlmr.XLMREncoder(config, name=name)
-  raise TypeError(f"unsupported encoder config {type(config).__name__}")
+  """The Flax encoder of a config's family."""
+  return families.of_config(config).encoder_class(config, name=name)
 
 
 def pool(hidden: jax.Array, mask: jax.Array, pooling: str) -> jax.Array:
@@ -30,7 +29,7 @@ def pool(hidden: jax.Array, mask: jax.Array, pooling: str) -> jax.Array:
   if pooling == "mean":
     weights = mask.astype(jnp.float32)[..., None]
     return jnp.sum(hidden * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
-  if pooling == "first":
+  if pooling in ("first", "first_dense"):
     return hidden[:, 0]
   raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
 
@@ -55,6 +54,9 @@ class DualEncoder(nn.Module):
     else:
       self.query_encoder = encoder_module(self.encoder_config)
       self.passage_encoder = encoder_module(self.encoder_config)
+    if self.pooling == "first_dense":
+      self.pooler = layers.Dense(self.encoder_config.emb_dim, ("embed", "projection"),
+                                 use_bias=True)
     if self.projection_dim:
       self.projection_layer = layers.Dense(self.projection_dim, ("embed", "projection"))
 
@@ -70,6 +72,8 @@ class DualEncoder(nn.Module):
     mask = tokens != self.encoder_config.pad_id
     hidden = encoder(tokens, mask, deterministic=deterministic)
     embeddings = pool(hidden, mask, self.pooling)
+    if self.pooling == "first_dense":
+      embeddings = jnp.tanh(self.pooler(embeddings))
     if self.projection_dim:
       embeddings = self.projection_layer(embeddings)
     if self.normalize:

@@ -1,4 +1,5 @@
-"""The T5 / mT5 encoder (T5 1.0 and T5 v1.1 / mT5), parameter names as T5X writes them.
+"""The T5 / mT5 encoder (T5 1.0 and T5 v1.1 / mT5), parameter names as T5X writes them, and
+the "t5" family record (transformers' MT5EncoderModel / T5EncoderModel, SentencePiece ids as is).
 
 Parameters: token_embedder/embedding, relpos_bias/rel_embedding [heads, buckets] (computed once,
 shared by all layers), layers_{i}/{pre_attention_layer_norm, attention/{query,key,value,out},
@@ -11,7 +12,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import seqio
 
+from hybridir import vocab
+from hybridir.models import families
 from hybridir.models import layers
 
 
@@ -47,6 +51,11 @@ class T5Config:
       raise ValueError("T5Config.relative_attention_num_buckets must be an even number >= 4, "
                        f"got {self.relative_attention_num_buckets}")
     jnp.dtype(self.dtype)
+
+  @property
+  def max_length(self) -> None:
+    """No longest input: relative positions take any length."""
+    return None
 
 
 def relative_position_bucket(relative_position: np.ndarray, num_buckets: int,
@@ -144,3 +153,85 @@ class T5Encoder(nn.Module):
       x = EncoderLayer(cfg, name=f"layers_{i}")(x, bias, deterministic)
     x = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, name="encoder_norm")(x)
     return layers.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+
+
+# ---------------------------------------------------------------------------------------------
+# The family record: transformers' T5 configs and tensor names, SentencePiece vocabulary.
+
+# transformers' feed_forward_proj -> our MLP activations.
+_FEED_FORWARD = {"relu": ("relu",), "gated-gelu": ("gelu", "linear"),
+                 "gated-relu": ("relu", "linear")}
+
+
+def config_from_hf(hf_config: dict, source: str = "config.json") -> T5Config:
+  """Our config from a transformers T5 / mT5 config.json."""
+  proj = hf_config.get("feed_forward_proj", "relu")
+  if proj not in _FEED_FORWARD:
+    raise ValueError(f"{source}: unsupported feed_forward_proj {proj!r}; "
+                     f"expected one of {sorted(_FEED_FORWARD)}")
+  return T5Config(
+      vocab_size=hf_config["vocab_size"], emb_dim=hf_config["d_model"],
+      num_layers=hf_config["num_layers"], num_heads=hf_config["num_heads"],
+      head_dim=hf_config["d_kv"], mlp_dim=hf_config["d_ff"], mlp_activations=_FEED_FORWARD[proj],
+      relative_attention_num_buckets=hf_config.get("relative_attention_num_buckets", 32),
+      relative_attention_max_distance=hf_config.get("relative_attention_max_distance", 128),
+      dropout_rate=hf_config.get("dropout_rate", 0.1),
+      layer_norm_epsilon=hf_config.get("layer_norm_epsilon", 1e-6),
+      pad_id=hf_config.get("pad_token_id", 0), eos_id=hf_config.get("eos_token_id", 1))
+
+
+def hf_config(config: T5Config) -> dict:
+  """config.json for transformers' MT5EncoderModel."""
+  feed_forward = {v: k for k, v in _FEED_FORWARD.items()}
+  if config.mlp_activations not in feed_forward:
+    raise ValueError(f"T5Config.mlp_activations {config.mlp_activations} has no transformers "
+                     f"feed_forward_proj; expected one of {sorted(feed_forward)}")
+  return {
+      "architectures": ["MT5EncoderModel"], "model_type": "mt5",
+      "vocab_size": config.vocab_size, "d_model": config.emb_dim, "d_kv": config.head_dim,
+      "d_ff": config.mlp_dim, "num_layers": config.num_layers,
+      "num_decoder_layers": config.num_layers, "num_heads": config.num_heads,
+      "relative_attention_num_buckets": config.relative_attention_num_buckets,
+      "relative_attention_max_distance": config.relative_attention_max_distance,
+      "dropout_rate": config.dropout_rate, "layer_norm_epsilon": config.layer_norm_epsilon,
+      "feed_forward_proj": feed_forward[config.mlp_activations],
+      "pad_token_id": config.pad_id, "eos_token_id": config.eos_id,
+      "decoder_start_token_id": config.pad_id, "tie_word_embeddings": False,
+      "is_encoder_decoder": True}
+
+
+def hf_names(cfg: T5Config) -> dict[str, tuple[str, bool]]:
+  """HF tensor name -> (our encoder param path, transpose?)."""
+  names = {"shared.weight": ("token_embedder/embedding", False),
+           "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight":
+               ("relpos_bias/rel_embedding", True),
+           "encoder.final_layer_norm.weight": ("encoder_norm/scale", False)}
+  mlp = ["wi"] if len(cfg.mlp_activations) == 1 else [
+      f"wi_{i}" for i in range(len(cfg.mlp_activations))]
+  for i in range(cfg.num_layers):
+    hf, ours = f"encoder.block.{i}.layer", f"layers_{i}"
+    for a, b in (("q", "query"), ("k", "key"), ("v", "value"), ("o", "out")):
+      names[f"{hf}.0.SelfAttention.{a}.weight"] = (f"{ours}/attention/{b}/kernel", True)
+    names[f"{hf}.0.layer_norm.weight"] = (f"{ours}/pre_attention_layer_norm/scale", False)
+    names[f"{hf}.1.layer_norm.weight"] = (f"{ours}/pre_mlp_layer_norm/scale", False)
+    for w in mlp + ["wo"]:
+      names[f"{hf}.1.DenseReluDense.{w}.weight"] = (f"{ours}/mlp/{w}/kernel", True)
+  return names
+
+
+def _vocabulary(path: str) -> seqio.SentencePieceVocabulary:
+  return seqio.SentencePieceVocabulary(path, extra_ids=0)
+
+
+def _train_vocabulary(texts, prefix: str, vocab_size: int, **options) -> str:
+  """A SentencePiece model with mT5's ids: pad 0, eos 1, unk 2."""
+  return vocab.train_sentencepiece(texts, prefix, vocab_size,
+                                   dict(pad_id=0, eos_id=1, unk_id=2, bos_id=-1), **options)
+
+
+FAMILY = families.EncoderFamily(
+    name="t5", config_class=T5Config, encoder_class=T5Encoder, hf_model_types=("t5", "mt5"),
+    config_from_hf=config_from_hf, hf_config=hf_config, hf_names=hf_names,
+    hf_name_prefixes=("model.", ""), vocabulary_files=("spiece.model",),
+    make_vocabulary=_vocabulary, train_vocabulary=_train_vocabulary,
+    display_names={"mt5": "mT5"}, default_pooling="mean")

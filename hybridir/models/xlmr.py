@@ -1,4 +1,5 @@
-"""The XLM-R (RoBERTa) encoder: post-layer-norm, learned absolute positions, exact GELU, biases.
+"""The XLM-R (RoBERTa) encoder: post-layer-norm, learned absolute positions, exact GELU, biases;
+and the "xlmr" family record (transformers' XLMRobertaModel, fairseq's SentencePiece ids).
 
 Parameters: token_embedder, position_embedder, token_type_embedder, embedding_norm,
 layers_{i}/{attention/{query,key,value,out}, attention_norm, wi, wo, mlp_norm}.
@@ -10,6 +11,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hybridir import vocab
+from hybridir.models import families
 from hybridir.models import layers
 
 
@@ -106,3 +109,102 @@ class XLMREncoder(nn.Module):
     for i in range(cfg.num_layers):
       x = EncoderLayer(cfg, name=f"layers_{i}")(x, bias, deterministic)
     return x
+
+
+# ---------------------------------------------------------------------------------------------
+# The family record: transformers' XLM-R configs and tensor names, fairseq's vocabulary.
+
+# transformers' hidden_act -> our activation name.
+HF_ACTIVATIONS = {"gelu": "gelu_exact", "gelu_new": "gelu", "relu": "relu"}
+
+
+def config_from_hf(hf_config: dict, source: str = "config.json") -> XLMRConfig:
+  """Our config from a transformers XLM-R / RoBERTa config.json."""
+  hidden, heads = hf_config["hidden_size"], hf_config["num_attention_heads"]
+  return XLMRConfig(
+      vocab_size=hf_config["vocab_size"], emb_dim=hidden,
+      num_layers=hf_config["num_hidden_layers"], num_heads=heads, head_dim=hidden // heads,
+      mlp_dim=hf_config["intermediate_size"],
+      max_position_embeddings=hf_config["max_position_embeddings"],
+      type_vocab_size=hf_config.get("type_vocab_size", 1),
+      dropout_rate=hf_config.get("hidden_dropout_prob", 0.1),
+      attention_dropout_rate=hf_config.get("attention_probs_dropout_prob", 0.1),
+      layer_norm_epsilon=hf_config.get("layer_norm_eps", 1e-5),
+      mlp_activation=hf_activation(hf_config, source),
+      initializer_range=hf_config.get("initializer_range", 0.02),
+      bos_id=hf_config.get("bos_token_id", 0), pad_id=hf_config.get("pad_token_id", 1),
+      eos_id=hf_config.get("eos_token_id", 2))
+
+
+def hf_activation(hf_config: dict, source: str) -> str:
+  """Our name of a BERT-style config.json's hidden_act."""
+  act = hf_config.get("hidden_act", "gelu")
+  if act not in HF_ACTIVATIONS:
+    raise ValueError(f"{source}: unsupported hidden_act {act!r}; "
+                     f"expected one of {sorted(HF_ACTIVATIONS)}")
+  return HF_ACTIVATIONS[act]
+
+
+def hf_common_config(config) -> dict:
+  """The config.json fields BERT and RoBERTa share (both encoders use EncoderLayer)."""
+  if config.num_heads * config.head_dim != config.emb_dim:
+    raise ValueError(f"{type(config).__name__} num_heads * head_dim = "
+                     f"{config.num_heads * config.head_dim} must equal emb_dim {config.emb_dim} "
+                     "for transformers")
+  activations = {v: k for k, v in HF_ACTIVATIONS.items()}
+  if config.mlp_activation not in activations:
+    raise ValueError(f"{type(config).__name__}.mlp_activation {config.mlp_activation!r} has no "
+                     f"transformers hidden_act; expected one of {sorted(activations)}")
+  return {
+      "vocab_size": config.vocab_size, "hidden_size": config.emb_dim,
+      "num_hidden_layers": config.num_layers, "num_attention_heads": config.num_heads,
+      "intermediate_size": config.mlp_dim,
+      "max_position_embeddings": config.max_position_embeddings,
+      "type_vocab_size": config.type_vocab_size, "hidden_dropout_prob": config.dropout_rate,
+      "attention_probs_dropout_prob": config.attention_dropout_rate,
+      "layer_norm_eps": config.layer_norm_epsilon,
+      "hidden_act": activations[config.mlp_activation],
+      "initializer_range": config.initializer_range,
+      "position_embedding_type": "absolute", "pad_token_id": config.pad_id}
+
+
+def hf_config(config: XLMRConfig) -> dict:
+  """config.json for transformers' XLMRobertaModel."""
+  return {"architectures": ["XLMRobertaModel"], "model_type": "xlm-roberta",
+          **hf_common_config(config), "bos_token_id": config.bos_id, "eos_token_id": config.eos_id}
+
+
+def hf_names(cfg) -> dict[str, tuple[str, bool]]:
+  """HF tensor name -> (our encoder param path, transpose?); BERT's names are the same."""
+  names = {"embeddings.word_embeddings.weight": ("token_embedder/embedding", False),
+           "embeddings.position_embeddings.weight": ("position_embedder/embedding", False),
+           "embeddings.token_type_embeddings.weight": ("token_type_embedder/embedding", False),
+           "embeddings.LayerNorm.weight": ("embedding_norm/scale", False),
+           "embeddings.LayerNorm.bias": ("embedding_norm/bias", False)}
+  for i in range(cfg.num_layers):
+    hf, ours = f"encoder.layer.{i}", f"layers_{i}"
+    pairs = [("attention.self.query", "attention/query"), ("attention.self.key", "attention/key"),
+             ("attention.self.value", "attention/value"), ("attention.output.dense", "attention/out"),
+             ("intermediate.dense", "wi"), ("output.dense", "wo")]
+    for a, b in pairs:
+      names[f"{hf}.{a}.weight"] = (f"{ours}/{b}/kernel", True)
+      names[f"{hf}.{a}.bias"] = (f"{ours}/{b}/bias", False)
+    for a, b in (("attention.output.LayerNorm", "attention_norm"), ("output.LayerNorm", "mlp_norm")):
+      names[f"{hf}.{a}.weight"] = (f"{ours}/{b}/scale", False)
+      names[f"{hf}.{a}.bias"] = (f"{ours}/{b}/bias", False)
+  return names
+
+
+def _train_vocabulary(texts, prefix: str, vocab_size: int, **options) -> str:
+  """A SentencePiece model with XLM-R's ids: unk 0, bos 1, eos 2 (fairseq adds <pad>)."""
+  return vocab.train_sentencepiece(texts, prefix, vocab_size,
+                                   dict(unk_id=0, bos_id=1, eos_id=2, pad_id=-1), **options)
+
+
+FAMILY = families.EncoderFamily(
+    name="xlmr", config_class=XLMRConfig, encoder_class=XLMREncoder,
+    hf_model_types=("xlm-roberta", "roberta"), config_from_hf=config_from_hf,
+    hf_config=hf_config, hf_names=hf_names, hf_name_prefixes=("roberta.", "model.", ""),
+    vocabulary_files=("sentencepiece.bpe.model", "spiece.model"),
+    make_vocabulary=vocab.XLMRVocabulary, train_vocabulary=_train_vocabulary,
+    display_names={"xlmr": "XLM-R"}, default_pooling="mean")
