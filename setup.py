@@ -16,6 +16,7 @@ INSTALL_REQUIRES = [
     "ml-collections==1.1.0",
     "gin-config==0.5.0",
     "sentencepiece==0.2.3",
+    "tokenizers==0.23.3",  # WordPiece vocabularies (BERT family).
     "safetensors==0.8.0",
     "tensorstore==0.1.86",
     "numpy==2.4.6",
@@ -32,6 +33,7 @@ EXTRAS_REQUIRE = {
         "pytest==9.2.0",
         "torch==2.13.0",
         "transformers==5.23.0",
+        "sentence-transformers==6.2.0",
         "pytrec-eval-terrier==0.5.11",
         "ctranslate2==4.8.5",
     ],

@@ -171,12 +171,15 @@ def export_encoder(output_dir: str, model: dual_encoder.DualEncoder, params, spm
   check_vocabulary(cfg, spm_path)
   params = checked_params(model, params, "export_encoder params")
   params = jax.tree.map(lambda x: x.astype(jnp.dtype(dtype)), params)
+  # A SentencePiece model keeps the name it always had; other kinds take the family's (vocab.txt).
+  vocabulary_file = (SPM_FILE if spm_path.endswith(".model")
+                     else families.of_config(cfg).vocabulary_files[0])
   manifest = {
       "format": FORMAT, "format_version": FORMAT_VERSION, "family": cfg.family,
       "encoder_config": dataclasses.asdict(cfg), "pooling": model.pooling,
       "normalize": model.normalize, "projection_dim": model.projection_dim,
       "shared_towers": model.shared_towers, "param_dtype": dtype, "max_length": max_length,
-      "vocabulary": {"source": os.path.abspath(spm_path), "file": SPM_FILE,
+      "vocabulary": {"source": os.path.abspath(spm_path), "file": vocabulary_file,
                      "sha256": _sha256(spm_path)},
       "parameter_count": int(sum(x.size for x in jax.tree.leaves(params))),
       "created": {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
@@ -186,7 +189,7 @@ def export_encoder(output_dir: str, model: dual_encoder.DualEncoder, params, spm
   with atomic_directory(output_dir, overwrite) as temporary:
     ocp.PyTreeCheckpointer().save(os.path.join(temporary, PARAMS_DIR),
                                   args=ocp.args.PyTreeSave(params))
-    shutil.copyfile(spm_path, os.path.join(temporary, SPM_FILE))
+    shutil.copyfile(spm_path, os.path.join(temporary, vocabulary_file))
     _write_manifest(temporary, manifest)
   return os.path.abspath(output_dir)
 
@@ -301,7 +304,9 @@ def load_encoder(path: str, vocabulary: str | None = None, model_config=None,
   """Loads an exported artifact, a Hugging Face directory or a T5X checkpoint (with vocabulary).
 
   An artifact carries its own config, pooling and vocabulary; options that contradict it raise.
-  Elsewhere pooling defaults to 'mean' and normalize to True.
+  A sentence-transformers folder's modules decide pooling and normalize the same way; elsewhere
+  pooling defaults to the family's (mean for mT5 and XLM-R, [CLS] + dense pooler for BERT) and
+  normalize to True.
   """
   local = not path.startswith("gs://")
   if local and os.path.exists(os.path.join(path, MANIFEST)):
@@ -312,7 +317,7 @@ def load_encoder(path: str, vocabulary: str | None = None, model_config=None,
     spm_path = vocabulary or os.path.join(path, manifest["vocabulary"]["file"])
     max_length = max_length or manifest["max_length"]
   else:
-    options = dict(pooling=pooling or "mean", normalize=True if normalize is None else normalize)
+    options = dict(pooling=pooling, normalize=normalize)  # None: the importer decides.
     if projection_dim:
       options["projection_dim"] = projection_dim
     if local and os.path.exists(os.path.join(path, "config.json")):
@@ -328,5 +333,5 @@ def load_encoder(path: str, vocabulary: str | None = None, model_config=None,
                               f"an exported artifact ({MANIFEST}) nor a T5X checkpoint "
                               "(checkpoint file)")
   cfg = model.encoder_config
-  return Encoder(model, params, check_vocabulary(cfg, spm_path), max_length or cfg.max_length or 512,
-                 batch_size)
+  return Encoder(model, params, check_vocabulary(cfg, spm_path),
+                 max_length or cfg.max_length or 512, batch_size)

@@ -4,8 +4,9 @@ config.json, the vocabulary file.
 
 The tensor names are the inverse of `importers`' mapping, so `importers.load_hf` reads the export
 back exactly. Only a shared-tower encoder without projection fits transformers' encoder classes;
-'first_dense' pooling's dense layer is written as the model's pooler, normalisation is not part of
-the export (transformers returns hidden states).
+'first_dense' pooling's dense layer is written as the model's pooler. Pooling and normalisation
+are written as sentence-transformers modules (modules.json, 1_Pooling, 2_Dense, N_Normalize), which
+`load_encoder` reads back.
 """
 import json
 import os
@@ -59,6 +60,45 @@ def export_hf(output_dir: str, model: dual_encoder.DualEncoder, params, spm_path
   with export.atomic_directory(output_dir, overwrite) as temporary:
     save_file(tensors, os.path.join(temporary, "model.safetensors"), metadata={"format": "pt"})
     shutil.copyfile(spm_path, os.path.join(temporary, family.vocabulary_files[0]))
-    with open(os.path.join(temporary, "config.json"), "w") as f:
-      json.dump(config, f, indent=2, sort_keys=True)
+    _write_json(os.path.join(temporary, "config.json"), config)
+    if family.hf_tokenizer_config:
+      _write_json(os.path.join(temporary, "tokenizer_config.json"), family.hf_tokenizer_config)
+    for path, content in sentence_transformers_modules(model, tensors).items():
+      os.makedirs(os.path.dirname(os.path.join(temporary, path)), exist_ok=True)
+      if path.endswith(".safetensors"):
+        save_file(content, os.path.join(temporary, path), metadata={"format": "pt"})
+      else:
+        _write_json(os.path.join(temporary, path), content)
   return os.path.abspath(output_dir)
+
+
+def _write_json(path: str, content: dict) -> None:
+  with open(path, "w") as f:
+    json.dump(content, f, indent=2, sort_keys=True)
+
+
+def sentence_transformers_modules(model: dual_encoder.DualEncoder, tensors: dict) -> dict:
+  """{relative path: JSON dict or tensors} of the sentence-transformers modules that give the
+  model's pooling and normalisation (`importers.sentence_transformers_head` reads them back):
+  Transformer, Pooling (cls or mean), for 'first_dense' a tanh Dense holding the pooler, and
+  Normalize when the model normalises."""
+  dim = model.encoder_config.emb_dim
+  modules = [("", "sentence_transformers.base.modules.transformer.Transformer"),
+             ("1_Pooling", "sentence_transformers.sentence_transformer.modules.pooling.Pooling")]
+  files = {"1_Pooling/config.json": {"embedding_dimension": dim, "include_prompt": True,
+                                     "pooling_mode": "mean" if model.pooling == "mean" else "cls"}}
+  if model.pooling == "first_dense":
+    modules.append(("2_Dense", "sentence_transformers.base.modules.dense.Dense"))
+    files["2_Dense/config.json"] = {
+        "in_features": dim, "out_features": dim, "bias": True,
+        "activation_function": "torch.nn.modules.activation.Tanh",
+        "module_input_name": "sentence_embedding", "module_output_name": "sentence_embedding"}
+    files["2_Dense/model.safetensors"] = {"linear.weight": tensors["pooler.dense.weight"],
+                                          "linear.bias": tensors["pooler.dense.bias"]}
+  if model.normalize:
+    path = f"{len(modules)}_Normalize"
+    modules.append((path, "sentence_transformers.base.modules.normalize.Normalize"))
+    files[f"{path}/config.json"] = {}
+  files["modules.json"] = [{"idx": i, "name": str(i), "path": path, "type": kind}
+                           for i, (path, kind) in enumerate(modules)]
+  return files

@@ -75,6 +75,68 @@ HF_POOLER_NAMES = {"pooler.dense.weight": ("pooler/kernel", True),
                    "pooler.dense.bias": ("pooler/bias", False)}
 
 
+def sentence_transformers_head(model_dir: str) -> dict | None:
+  """What a sentence-transformers folder does after its Transformer module: `pooling`,
+  `normalize` and, for a Dense after CLS pooling (LaBSE's head), its tensors as the DualEncoder's
+  'first_dense' pooler. None when the folder has no modules.json."""
+  path = os.path.join(model_dir, "modules.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    modules = json.load(f)
+  kinds = [m.get("type", "").rsplit(".", 1)[-1] for m in modules]
+  known = ("Transformer", "Pooling", "Dense", "Normalize")
+  if (not kinds or kinds[0] != "Transformer" or kinds.count("Pooling") != 1
+      or any(k not in known for k in kinds)):
+    raise ValueError(f"{path}: modules {kinds} are not Transformer, Pooling[, Dense][, Normalize], "
+                     "the sentence-transformers heads hybridir reads")
+  by_kind = {k: os.path.join(model_dir, m.get("path", "")) for k, m in zip(kinds, modules)}
+  pooling_path = os.path.join(by_kind["Pooling"], "config.json")
+  with open(pooling_path) as f:
+    pooling = json.load(f)
+  # sentence-transformers >= 6 writes "pooling_mode"; older folders (LaBSE's) one flag per mode.
+  modes = pooling.get("pooling_mode") or [name[len("pooling_mode_"):] for name, on in
+                                          pooling.items() if name.startswith("pooling_mode_") and on]
+  modes = [modes] if isinstance(modes, str) else list(modes)
+  mode = {("cls",): "first", ("cls_token",): "first", ("mean",): "mean",
+          ("mean_tokens",): "mean"}.get(tuple(modes))
+  if mode is None:
+    raise ValueError(f"{pooling_path}: pooling {modes} is not supported; expected cls or mean")
+  head = {"pooling": mode, "normalize": "Normalize" in kinds, "tensors": {}}
+  if "Dense" in kinds:
+    dense_path = os.path.join(by_kind["Dense"], "config.json")
+    with open(dense_path) as f:
+      dense = json.load(f)
+    if (mode != "first" or dense.get("in_features") != dense.get("out_features")
+        or not dense.get("bias", True)
+        or not dense.get("activation_function", "").endswith("Tanh")):
+      raise ValueError(f"{dense_path}: only a square Dense with bias and tanh after CLS pooling "
+                       f"(LaBSE's head) is supported; found {dense} after {mode} pooling")
+    tensors = _read_hf_tensors(by_kind["Dense"])
+    head.update(pooling="first_dense", tensors={"pooler/kernel": tensors["linear.weight"].T,
+                                                "pooler/bias": tensors["linear.bias"]})
+  return head
+
+
+def _pooling_options(model_dir: str, family, options: dict) -> tuple[dict, dict]:
+  """(DualEncoder options, pooler tensors): pooling and normalize from a sentence-transformers
+  folder when present (an option contradicting it raises), else the options, else the family's
+  default pooling and normalize=True."""
+  head = sentence_transformers_head(model_dir)
+  options = dict(options)
+  if head is not None:
+    for name in ("pooling", "normalize"):
+      if options.get(name) is not None and options[name] != head[name]:
+        raise ValueError(f"{model_dir}/modules.json: the sentence-transformers modules give "
+                         f"{name}={head[name]!r}, not {options[name]!r}")
+      options[name] = head[name]
+  if options.get("pooling") is None:
+    options["pooling"] = family.default_pooling
+  if options.get("normalize") is None:
+    options["normalize"] = True
+  return options, head["tensors"] if head else {}
+
+
 def _read_hf_tensors(model_dir: str) -> dict[str, np.ndarray]:
   """All tensors of a HF model directory: (sharded) safetensors, else PyTorch .bin."""
   files = sorted(f for f in os.listdir(model_dir) if f.endswith(".safetensors"))
@@ -108,7 +170,8 @@ def load_hf(model_dir: str, target: dual_encoder.DualEncoder | None = None,
   """A transformers model directory of any family (MT5EncoderModel, XLMRobertaModel, BertModel...).
 
   `target`: check and assemble the tensors against this model (e.g. a gin-configured one to
-  initialise training) instead of one built from the checkpoint's config.json.
+  initialise training) instead of one built from the checkpoint's config.json. Pooling and
+  normalize: see `_pooling_options` (a sentence-transformers folder's modules decide them).
   """
   config_path = os.path.join(model_dir, "config.json")
   if not os.path.exists(config_path):
@@ -116,12 +179,15 @@ def load_hf(model_dir: str, target: dual_encoder.DualEncoder | None = None,
   with open(config_path) as f:
     cfg = config_from_hf(json.load(f), config_path)
   family = families.of_config(cfg)
-  model = target or dual_encoder.DualEncoder(cfg, **dual_encoder_options)
+  options, head_tensors = _pooling_options(model_dir, family, dual_encoder_options)
+  model = target or dual_encoder.DualEncoder(cfg, **options)
   names = {name: ("encoder/" + path, transpose)
            for name, (path, transpose) in family.hf_names(cfg).items()}
-  if model.pooling == "first_dense":
-    names.update(HF_POOLER_NAMES)
-  tensors, unknown = {}, []
+  if model.pooling != "first_dense":
+    head_tensors = {}
+  elif not head_tensors:
+    names.update(HF_POOLER_NAMES)  # BertModel's own pooler; a sentence-transformers Dense wins.
+  tensors, unknown = dict(head_tensors), []
   for name, value in _read_hf_tensors(model_dir).items():
     stripped = [name[len(p):] for p in family.hf_name_prefixes if name.startswith(p)]
     name = next((n for n in stripped if n in names), stripped[0] if stripped else name)
@@ -214,6 +280,9 @@ def load_t5x(path: str, config: t5.T5Config | None = None,
                                     f"(found {sorted(flat)[:8]} ...)")
   if "projection_layer/kernel" in flat:
     dual_encoder_options.setdefault("projection_dim", flat["projection_layer/kernel"].shape[1])
+  for name, default in (("pooling", t5.FAMILY.default_pooling), ("normalize", True)):
+    if dual_encoder_options.get(name) is None:
+      dual_encoder_options[name] = default
   tensors, unknown = {}, []
   for name, value in flat.items():
     if name.startswith("token_embedder/"):

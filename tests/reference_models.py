@@ -97,3 +97,48 @@ def write_spm(model_dir, spm_path, family):
   name = "spiece.model" if family == "t5" else "sentencepiece.bpe.model"
   with open(spm_path, "rb") as src, open(os.path.join(model_dir, name), "wb") as dst:
     dst.write(src.read())
+
+
+def save_random_bert(model_dir, vocab_size, seed=0, **overrides):
+  """A random BertModel (with its pooler) saved with save_pretrained; returns it (eval mode)."""
+  config = dict(vocab_size=vocab_size, hidden_size=30, num_hidden_layers=2, num_attention_heads=3,
+                intermediate_size=37, max_position_embeddings=64, type_vocab_size=2,
+                hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pad_token_id=0)
+  config.update(overrides)
+  torch.manual_seed(seed)
+  model = transformers.BertModel(transformers.BertConfig(**config)).eval()
+  _randomize_norms(model, seed)
+  model.save_pretrained(model_dir)
+  return model
+
+
+def write_wordpiece(model_dir, vocab_path, vocab_txt=True) -> transformers.BertTokenizer:
+  """A cased tokenizer as transformers saves it (tokenizer.json, tokenizer_config.json) and, as
+  the hub has it, vocab.txt; returns transformers' tokenizer."""
+  tokenizer = transformers.BertTokenizer(vocab=str(vocab_path), do_lower_case=False)
+  tokenizer.save_pretrained(model_dir)
+  if vocab_txt:
+    with open(vocab_path, "rb") as src, open(os.path.join(model_dir, "vocab.txt"), "wb") as dst:
+      dst.write(src.read())
+  return tokenizer
+
+
+def save_sentence_transformer(model_dir, pooling_mode: str, dense: bool, normalize: bool,
+                              seed=0):
+  """A sentence-transformers folder around the BERT model in model_dir: Transformer, Pooling
+  (`pooling_mode`), optionally a random Dense with tanh (LaBSE's head) and Normalize. Returns the
+  loaded SentenceTransformer."""
+  import sentence_transformers
+  from sentence_transformers.base import modules as base_modules
+  from sentence_transformers.sentence_transformer import modules as st_modules
+  transformer = base_modules.Transformer(str(model_dir))
+  dim = transformer.get_embedding_dimension()
+  modules = [transformer, st_modules.Pooling(dim, pooling_mode=pooling_mode)]
+  if dense:
+    torch.manual_seed(seed + 2)
+    modules.append(base_modules.Dense(dim, dim, activation_function=torch.nn.Tanh()))
+  if normalize:
+    modules.append(base_modules.Normalize())
+  model = sentence_transformers.SentenceTransformer(modules=modules, device="cpu")
+  model.save(str(model_dir))
+  return sentence_transformers.SentenceTransformer(str(model_dir), device="cpu")

@@ -19,6 +19,12 @@ XLMR_CONFIGS = {
     "one_layer_wide_heads": dict(num_hidden_layers=1, num_attention_heads=2, hidden_size=32),
     "three_layers_big_vocab": dict(num_hidden_layers=3, vocab_size=500, intermediate_size=16),
 }
+# Hidden sizes that are not multiples of 64, three heads, few layers.
+BERT_CONFIGS = {
+    "hidden_30_three_heads": dict(),
+    "one_layer_hidden_21": dict(num_hidden_layers=1, hidden_size=21, num_attention_heads=3,
+                                intermediate_size=19),
+}
 LENGTHS = [40, 23, 7, 1]  # Longer than max_distance, so log-spaced buckets are exercised.
 
 
@@ -29,7 +35,8 @@ def assert_close_on_real_tokens(ours, theirs, mask):
 
 
 REFERENCES = {"t5": (T5_CONFIGS, ref.save_random_mt5, 300, 0),
-              "xlmr": (XLMR_CONFIGS, ref.save_random_xlmr, 302, 1)}
+              "xlmr": (XLMR_CONFIGS, ref.save_random_xlmr, 302, 1),
+              "bert": (BERT_CONFIGS, ref.save_random_bert, 303, 0)}
 
 
 @pytest.mark.parametrize("family,name", [(family, name) for family in REFERENCES

@@ -125,8 +125,8 @@ def test_hf_config_that_disagrees_with_weights_names_every_parameter(tmp_path):
 
 
 def test_hf_unsupported_model_type_names_config_file(tmp_path):
-  (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
-  with pytest.raises(ValueError, match=r"config.json: unsupported model_type 'bert'"):
+  (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+  with pytest.raises(ValueError, match=r"config.json: unsupported model_type 'gpt2'"):
     importers.load_hf(str(tmp_path))
 
 

@@ -28,8 +28,13 @@ PUBLISHED = {
                       num_attention_heads=12, intermediate_size=3072),
     "xlmr_large": dict(model_type="xlm-roberta", hidden_size=1024, num_hidden_layers=24,
                        num_attention_heads=16, intermediate_size=4096),
+    # LaBSE (HF sentence-transformers/LaBSE, with its pooler) and mBERT (bert-base-multilingual-cased).
+    "labse": dict(model_type="bert", vocab_size=501153, hidden_size=768, num_hidden_layers=12,
+                  num_attention_heads=12, intermediate_size=3072, pooler=True),
+    "mbert_base": dict(model_type="bert", vocab_size=119547, hidden_size=768, num_hidden_layers=12,
+                       num_attention_heads=12, intermediate_size=3072, pooler=False),
 }
-TINY_MODELS = ["mt5_tiny", "xlmr_tiny", "t5_1_0_tiny"]
+TINY_MODELS = ["mt5_tiny", "xlmr_tiny", "t5_1_0_tiny", "bert_tiny"]
 
 
 def model_from_gin(name, bindings=()):
@@ -46,7 +51,10 @@ def hf_encoder_parameter_count(published: dict) -> int:
   """Parameters of transformers' encoder with the published dims (built on the meta device)."""
   fields = {k: v for k, v in published.items() if k != "model_type"}
   with torch.device("meta"):
-    if published["model_type"] == "mt5":
+    if published["model_type"] == "bert":
+      pooler = fields.pop("pooler")
+      model = transformers.BertModel(transformers.BertConfig(**fields), add_pooling_layer=pooler)
+    elif published["model_type"] == "mt5":
       model = transformers.MT5EncoderModel(transformers.MT5Config(
           vocab_size=250112, feed_forward_proj="gated-gelu", tie_word_embeddings=False, **fields))
     else:

@@ -32,6 +32,7 @@ class EncoderFamily:
   train_vocabulary: Callable[..., str]
   display_names: dict[str, str]  # Gin model-file prefix -> display name ('mt5' -> 'mT5').
   default_pooling: str = "mean"
+  hf_tokenizer_config: dict = dataclasses.field(default_factory=dict)  # Exported if not empty.
 
 
 @functools.lru_cache(maxsize=None)
