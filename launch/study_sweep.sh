@@ -5,12 +5,12 @@
 #   python -m hybridir.study_gather --runs_root gs://BUCKET/study --output_dir out/study_full
 #
 # usage: launch/study_sweep.sh --bucket gs://BUCKET/study --corpus_dir gs://BUCKET/corpus \
-#          --zone ZONE --accelerator_type v4-32 [--models "mt5_base xlmr_base"] [--seeds "0 1 2"]
+#          --zone ZONE --accelerator_type v4-32 [--models "mt5_base labse"] [--seeds "0 1 2"]
 #          [--strategies "monolingual cross-lingual hybrid"] [--data_dir DIR] [--dry-run]
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
-models="mt5_base mt5_large mt5_xl xlmr_base xlmr_large"
+models="mt5_base mt5_large mt5_xl xlmr_base xlmr_large labse"
 strategies="monolingual cross-lingual hybrid"
 seeds="0 1 2"
 bucket="" corpus_dir="" zone="" accelerator_type="" data_dir="data" extra=()
@@ -45,13 +45,21 @@ alpha_of() {
   esac
 }
 
-for model in $models; do
-  family=t5
-  spm="gs://t5-data/vocabs/mc4.250000.100extra/sentencepiece.model"
-  if [[ "$model" == xlmr_* ]]; then
-    family=xlmr  # As in gin_configs/runs/study/xlmr_*.gin: the HF checkpoint on every worker.
-    spm="/home/user/checkpoints/xlm-roberta-${model#xlmr_}/sentencepiece.bpe.model"
+# A binding `NAME = 'value'` of a study run file.
+gin_value() {
+  local value
+  value="$(sed -n "s/^$2 = '\(.*\)'.*/\1/p" "$here/../gin_configs/runs/study/$1.gin")"
+  if [[ -z "$value" ]]; then
+    echo "study_sweep.sh: gin_configs/runs/study/$1.gin binds no $2" >&2
+    exit 2
   fi
+  echo "$value"
+}
+
+for model in $models; do
+  # The run file names the family and its vocabulary (for export and the eval features).
+  family="$(gin_value "$model" FAMILY)"
+  spm="$(gin_value "$model" SPM_PATH)"
   for strategy in $strategies; do
     alpha="$(alpha_of "$strategy")"
     for seed in $seeds; do
@@ -68,7 +76,7 @@ for model in $models; do
       "$here/tpu.sh" "${common[@]}" --reuse --delete --gin_file gin_configs/runs/eval.gin \
         --gin "ENCODER_PATH='/tmp/$run/export'" --gin "EVAL_DIR='$bucket/$run/eval'" \
         --gin "FAMILY='$family'" --gin "DATA_DIR='$data_dir'" \
-        --gin "SPM_PATH='/tmp/$run/export/sentencepiece.model'"
+        --gin "SPM_PATH='$spm'"
     done
   done
 done

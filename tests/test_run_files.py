@@ -11,7 +11,7 @@ from tests.conftest import REPO_ROOT
 
 STUDY_FILES = sorted(glob.glob(str(REPO_ROOT / "gin_configs/runs/study/*.gin")))
 EMB_DIMS = {"mt5_base": 768, "mt5_large": 1024, "mt5_xl": 2048, "xlmr_base": 768,
-            "xlmr_large": 1024}
+            "xlmr_large": 1024, "labse": 768}
 
 
 @pytest.mark.parametrize("path", [p for p in STUDY_FILES if not p.endswith("base.gin")
@@ -36,12 +36,15 @@ def test_sweep_dry_run_trains_exports_and_evaluates_every_run(tmp_path):
   env = dict(os.environ, PATH=f"{fake.parent}:{os.environ['PATH']}")
   result = subprocess.run(
       ["launch/study_sweep.sh", "--bucket", "gs://b/study", "--corpus_dir", "gs://b/corpus",
-       "--zone", "us-central2-b", "--accelerator_type", "v4-32", "--models", "mt5_base xlmr_base",
+       "--zone", "us-central2-b", "--accelerator_type", "v4-32", "--models", "mt5_base xlmr_base labse",
        "--strategies", "hybrid cross-lingual", "--seeds", "0", "--dry-run"],
       cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr
   jobs = [line for line in result.stdout.splitlines() if "hybridir.main" in line]
-  assert len(jobs) == 2 * 2 * 3  # models x strategies x (train, export, eval).
+  assert len(jobs) == 3 * 2 * 3  # models x strategies x (train, export, eval).
+  # FAMILY and SPM_PATH come from the model's run file (labse.gin: bert, its vocab.txt).
+  assert sum("EVAL_DIR=" in j and "FAMILY=" in j and "bert" in j
+             and "/home/user/checkpoints/labse/vocab.txt" in j for j in jobs) == 2
   assert sum("runs/study/mt5_base.gin" in j and "ALPHA=0.5" in j for j in jobs) == 1
   assert sum("EVAL_DIR=" in j and "gs://b/study/xlmr_base_cross-lingual_seed0/eval" in j
              for j in jobs) == 1
