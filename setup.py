@@ -18,6 +18,10 @@ INSTALL_REQUIRES = [
     "sentencepiece==0.2.3",
     "safetensors==0.8.0",
     "tensorstore==0.1.86",
+    # hybridir.fs: gs:// through etils.epath over fsspec/gcsfs (not tf.io.gfile).
+    "etils[epath]==1.15.0",
+    "fsspec==2026.9.0",
+    "gcsfs==2026.10.1",
     "numpy==2.4.6",
     "msgpack==1.2.4",
     "absl-py==2.5.1",
@@ -34,6 +38,7 @@ EXTRAS_REQUIRE = {
         "transformers==5.23.0",
         "pytrec-eval-terrier==0.5.11",
         "ctranslate2==4.8.5",
+        "gcp-storage-emulator==2026.7.19",  # The gs:// tests' local Cloud Storage.
     ],
     # The translation stage (python -m hybridir.translate).
     "translate": ["torch==2.13.0", "transformers==5.23.0", "ctranslate2==4.8.5"],

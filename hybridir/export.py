@@ -12,8 +12,6 @@ import datetime
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 
 import flax
 import flax.linen as nn
@@ -23,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from hybridir import fs
 from hybridir import importers
 from hybridir import partitioning
 from hybridir import vocab as vocab_lib
@@ -102,39 +101,26 @@ class Encoder:
 # Writing artifacts
 
 @contextlib.contextmanager
-def atomic_directory(output_dir: str, overwrite: bool = False):
-  """Yields a temporary directory beside output_dir that becomes output_dir only on success."""
-  output_dir = os.path.abspath(output_dir)
+def atomic_directory(output_dir: str, overwrite: bool = False, marker: str = MANIFEST):
+  """Yields a local directory that becomes output_dir only on success (see fs.atomic_directory:
+  on gs:// the files are uploaded with `marker` last, and readers trust only marked ones)."""
   check_writable(output_dir, overwrite)
-  parent = os.path.dirname(output_dir)
-  os.makedirs(parent, exist_ok=True)
-  temporary = tempfile.mkdtemp(prefix=os.path.basename(output_dir) + ".tmp-", dir=parent)
-  try:
+  with fs.atomic_directory(output_dir, marker) as temporary:
     yield temporary
     check_writable(output_dir, overwrite)
-    if os.path.exists(output_dir) and os.listdir(output_dir):
-      old = tempfile.mkdtemp(prefix=os.path.basename(output_dir) + ".old-", dir=parent)
-      os.rename(output_dir, os.path.join(old, "replaced"))
-      os.rename(temporary, output_dir)
-      shutil.rmtree(old)
-    else:
-      os.rename(temporary, output_dir)  # Replaces an empty directory atomically.
-  finally:
-    if os.path.exists(temporary):
-      shutil.rmtree(temporary)
 
 
 def check_writable(output_dir: str, overwrite: bool) -> None:
-  if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+  if fs.exists(output_dir) and not fs.isdir(output_dir):
     raise FileExistsError(f"{output_dir} exists and is not a directory")
-  if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
+  if fs.isdir(output_dir) and fs.listdir(output_dir) and not overwrite:
     raise FileExistsError(f"{output_dir} exists and is not empty; pass overwrite=True to "
                           "replace it")
 
 
 def check_vocabulary(config: dual_encoder.EncoderConfig, spm_path: str):
   """The family's vocabulary of a SentencePiece file, checked to fit the model's embedding."""
-  if not spm_path.startswith("gs://") and not os.path.isfile(spm_path):
+  if not fs.isfile(spm_path):
     raise FileNotFoundError(f"{spm_path}: SentencePiece model not found")
   vocabulary = vocab_lib.get_vocabulary(config.family, spm_path)
   if vocabulary.vocab_size > config.vocab_size:
@@ -150,8 +136,7 @@ def checked_params(model: dual_encoder.DualEncoder, params, source: str) -> dict
 
 
 def _sha256(path: str) -> str:
-  with open(path, "rb") as f:
-    return hashlib.sha256(f.read()).hexdigest()
+  return hashlib.sha256(fs.read_bytes(path)).hexdigest()
 
 
 def _write_manifest(directory: str, manifest: dict) -> None:
@@ -171,7 +156,7 @@ def export_encoder(output_dir: str, model: dual_encoder.DualEncoder, params, spm
     raise ValueError(f"export_encoder max_length must be an int in [2, {longest or 'inf'}], "
                      f"got {max_length!r}")
   json.dumps(extra_metadata)  # Fails early (TypeError) when not JSON-serialisable.
-  check_writable(os.path.abspath(output_dir), overwrite)
+  check_writable(fs.abspath(output_dir), overwrite)
   check_vocabulary(cfg, spm_path)
   params = checked_params(model, params, "export_encoder params")
   params = jax.tree.map(lambda x: x.astype(jnp.dtype(dtype)), params)
@@ -180,7 +165,7 @@ def export_encoder(output_dir: str, model: dual_encoder.DualEncoder, params, spm
       "encoder_config": dataclasses.asdict(cfg), "pooling": model.pooling,
       "normalize": model.normalize, "projection_dim": model.projection_dim,
       "shared_towers": model.shared_towers, "param_dtype": dtype, "max_length": max_length,
-      "vocabulary": {"source": os.path.abspath(spm_path), "file": SPM_FILE,
+      "vocabulary": {"source": fs.abspath(spm_path), "file": SPM_FILE,
                      "sha256": _sha256(spm_path)},
       "parameter_count": int(sum(x.size for x in jax.tree.leaves(params))),
       "created": {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
@@ -190,9 +175,9 @@ def export_encoder(output_dir: str, model: dual_encoder.DualEncoder, params, spm
   with atomic_directory(output_dir, overwrite) as temporary:
     ocp.PyTreeCheckpointer().save(os.path.join(temporary, PARAMS_DIR),
                                   args=ocp.args.PyTreeSave(params))
-    shutil.copyfile(spm_path, os.path.join(temporary, SPM_FILE))
+    fs.copy_file(spm_path, os.path.join(temporary, SPM_FILE))
     _write_manifest(temporary, manifest)
-  return os.path.abspath(output_dir)
+  return fs.abspath(output_dir)
 
 
 def _version() -> str:
@@ -217,10 +202,10 @@ def _restore_numpy(path: str, subtree: str | None = None) -> dict:
 def training_checkpoint_steps(model_dir: str) -> list[int]:
   """Complete checkpoint steps under MODEL_DIR/checkpoints (half-written ones have other names)."""
   directory = os.path.join(model_dir, "checkpoints")
-  if not os.path.isdir(directory):
+  if not fs.isdir(directory):
     raise FileNotFoundError(f"{directory}: no checkpoints directory (is {model_dir} a MODEL_DIR?)")
-  return sorted(int(name) for name in os.listdir(directory) if name.isdigit()
-                and os.path.isdir(os.path.join(directory, name, "state")))
+  return sorted(step for step in ocp.step.checkpoint_steps(fs.path(directory))  # Finalized only.
+                if fs.isdir(os.path.join(directory, str(step), "state")))
 
 
 def restore_training_params(model_dir: str, step: int | None = None) -> tuple[int, dict]:
@@ -246,7 +231,7 @@ def export_from_training_checkpoint(model_dir: str, output_dir: str,
   """Exports the model params of MODEL_DIR's latest (or given) training checkpoint."""
   step, params = restore_training_params(model_dir, step)
   metadata = dict(export_options.pop("extra_metadata", None) or {})
-  metadata.update(training_checkpoint=os.path.abspath(model_dir), step=step)
+  metadata.update(training_checkpoint=fs.abspath(model_dir), step=step)
   return export_encoder(output_dir, model, params, spm_path, extra_metadata=metadata,
                         **export_options)
 
@@ -257,7 +242,7 @@ def export_from_training_checkpoint(model_dir: str, output_dir: str,
 def read_manifest(path: str) -> dict:
   manifest_path = os.path.join(path, MANIFEST)
   try:
-    with open(manifest_path) as f:
+    with fs.open(manifest_path) as f:
       manifest = json.load(f)
   except json.JSONDecodeError as e:
     raise ValueError(f"{manifest_path}: not valid JSON: {e}") from e
@@ -291,7 +276,7 @@ def _load_artifact(path: str, overrides: dict) -> tuple[dual_encoder.DualEncoder
 
 def _find_spm(model_dir: str, family: str) -> str:
   for name in HF_SPM_FILES[family]:
-    if os.path.exists(os.path.join(model_dir, name)):
+    if fs.exists(os.path.join(model_dir, name)):
       return os.path.join(model_dir, name)
   raise FileNotFoundError(
       f"{model_dir}: no SentencePiece model ({' or '.join(HF_SPM_FILES[family])}); hybridir "
@@ -308,7 +293,7 @@ def load_encoder(path: str, vocabulary: str | None = None, model_config=None,
   Elsewhere pooling defaults to 'mean' and normalize to True.
   """
   local = not path.startswith("gs://")
-  if local and os.path.exists(os.path.join(path, MANIFEST)):
+  if fs.exists(os.path.join(path, MANIFEST)):
     if model_config is not None:
       raise ValueError(f"{path}: an exported artifact carries its own config; drop model_config")
     model, params, manifest = _load_artifact(path, dict(

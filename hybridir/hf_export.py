@@ -7,12 +7,12 @@ pooling and normalisation are not part of the export (transformers returns hidde
 """
 import json
 import os
-import shutil
 
 import flax
 import numpy as np
 
 from hybridir import export
+from hybridir import fs
 from hybridir import importers
 from hybridir.models import dual_encoder
 from hybridir.models import t5
@@ -94,9 +94,9 @@ def export_hf(output_dir: str, model: dual_encoder.DualEncoder, params, spm_path
   tensors = hf_tensors(model, params)
   family = model.encoder_config.family
   export.check_vocabulary(model.encoder_config, spm_path)
-  with export.atomic_directory(output_dir, overwrite) as temporary:
+  with export.atomic_directory(output_dir, overwrite, marker="config.json") as temporary:
     save_file(tensors, os.path.join(temporary, "model.safetensors"), metadata={"format": "pt"})
-    shutil.copyfile(spm_path, os.path.join(temporary, SPM_FILES[family]))
+    fs.copy_file(spm_path, os.path.join(temporary, SPM_FILES[family]))
     with open(os.path.join(temporary, "config.json"), "w") as f:
       json.dump(config, f, indent=2, sort_keys=True)
-  return os.path.abspath(output_dir)
+  return fs.abspath(output_dir)

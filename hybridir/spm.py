@@ -13,6 +13,7 @@ import tempfile
 from typing import Sequence
 
 from hybridir import corpora
+from hybridir import fs
 from hybridir import vocab
 
 
@@ -37,17 +38,15 @@ def train_on_corpus(corpus: corpora.ParallelCorpus, family: str, vocab_size: int
   """Trains on a loaded (e.g. split) corpus; writes `output`.model/.vocab atomically."""
   if vocab_size < 8:
     raise ValueError(f"vocab_size must be at least 8, found {vocab_size}")
-  folder = os.path.dirname(os.path.abspath(output))
-  os.makedirs(folder, exist_ok=True)
-  with tempfile.TemporaryDirectory(dir=folder) as scratch:
+  with tempfile.TemporaryDirectory() as scratch:
     prefix = os.path.join(scratch, "spm")
     try:
       vocab.train_sentencepiece(corpus_texts(corpus), prefix, vocab_size, family,
                                 character_coverage)
     except RuntimeError as e:  # SentencePiece's own message says which setting to change.
       raise ValueError(f"training on {source} failed: {e}") from e
-    os.replace(prefix + ".vocab", output + ".vocab")
-    os.replace(prefix + ".model", output + ".model")  # Last: a complete .model means done.
+    fs.copy_file(prefix + ".vocab", output + ".vocab")
+    fs.copy_file(prefix + ".model", output + ".model")  # Last: a complete .model means done.
   return output + ".model"
 
 

@@ -26,6 +26,7 @@ from hybridir import retrieval_data
 from hybridir import eval_run
 from hybridir import evaluate
 from hybridir import export
+from hybridir import fs
 from hybridir import gin_utils
 from hybridir import input_pipeline
 from hybridir import optim
@@ -77,7 +78,7 @@ class StudyConfig:
 def train_vocabulary(corpus_dir: str, family: str, config: StudyConfig, output_dir: str) -> str:
   """SentencePiece on the training articles only (the held-out articles stay unseen)."""
   path = os.path.join(output_dir, "vocab", family)
-  if os.path.exists(path + ".model"):
+  if fs.exists(path + ".model"):
     return path + ".model"
   corpus = corpora.load_parallel_corpus(corpus_dir, languages=list(config.languages))
   train, _ = corpus.split_by_article(tasks.qa.TEST_FRACTION, seed=0)
@@ -112,8 +113,8 @@ def check_held_out(train_mixture: str, in_domain: retrieval_data.RetrievalDatase
 def train_and_evaluate(run_dir, model, mixture, spm_path, learning_rate, seed, config, datasets):
   """One cell: train from scratch, then evaluate every dataset; results cached in run_dir."""
   results_path = os.path.join(run_dir, "results.json")
-  if os.path.exists(results_path):
-    with open(results_path) as f:
+  if fs.exists(results_path):
+    with fs.open(results_path) as f:
       return json.load(f)
   lengths = {"query": config.query_length, "passage": config.passage_length}
   train_input = input_pipeline.HybridInput(mixture, lengths, config.batch_size, seed=seed)
@@ -145,7 +146,7 @@ def run_study(data_dir: str, output_dir: str, config: StudyConfig | None = None)
   config = config or StudyConfig()  # Built before build_model clears gin.
   corpus_dir = os.path.join(data_dir, "xquad-r")
   for folder in (corpus_dir, os.path.join(data_dir, "mlqa-r")):
-    if not os.path.isdir(folder):
+    if not fs.isdir(folder):
       raise FileNotFoundError(f"{folder}: not found (set --data_dir)")
   learning_rates = dict(config.learning_rates)
   cells = [(m, s, seed) for m in config.models for s in config.strategies for seed in config.seeds]

@@ -12,8 +12,8 @@ import re
 
 from absl import app
 from absl import flags
-import tensorflow as tf
 
+from hybridir import fs
 from hybridir import study
 from hybridir import study_report
 
@@ -31,7 +31,7 @@ def model_name(prefix: str) -> str:
 def read_runs(runs_root: str) -> dict:
   """{(model, strategy, seed): {"evaluation": {dataset: results}}} for every complete run."""
   results = {}
-  for entry in sorted(tf.io.gfile.listdir(runs_root)):
+  for entry in fs.listdir(runs_root):
     name = entry.rstrip("/")
     match = RUN_NAME.match(name)
     if not match:
@@ -39,9 +39,9 @@ def read_runs(runs_root: str) -> dict:
     evaluation = {}
     for dataset, _ in study_report.DATASETS:
       path = f"{runs_root.rstrip('/')}/{name}/eval/{dataset}/{dataset}.json"
-      if not tf.io.gfile.exists(path):
+      if not fs.exists(path):
         raise FileNotFoundError(f"{path}: run {name} has no {dataset} evaluation (run eval.gin)")
-      with tf.io.gfile.GFile(path) as f:
+      with fs.open(path) as f:
         evaluation[dataset] = json.load(f)
     key = (model_name(match["model"]), match["strategy"], int(match["seed"]))
     results[key] = {"evaluation": evaluation, "train": {"first_loss": None, "last_loss": None}}

@@ -16,9 +16,11 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 from hybridir import checkpoints
+from hybridir import fs
 from hybridir import importers
 from hybridir import optim
 from hybridir import partitioning
+from hybridir import summaries
 from hybridir import train_step as step_lib
 from hybridir.models import dual_encoder
 
@@ -62,32 +64,13 @@ class _Preemption:
     return bool(np.any(multihost_utils.process_allgather(np.asarray(self.requested))))
 
 
-class _SummaryWriter:
-  """TensorBoard scalars from process 0 only."""
-
-  def __init__(self, logdir: str | None):
-    self._writer = None
-    if logdir and jax.process_index() == 0:
-      import tensorflow as tf  # Only the writer needs TensorFlow.
-      self._tf = tf
-      self._writer = tf.summary.create_file_writer(logdir)
-
-  def write(self, step: int, scalars: dict) -> None:
-    if self._writer is None:
-      return
-    with self._writer.as_default(step=step):
-      for name, value in scalars.items():
-        self._tf.summary.scalar(name, value)
-    self._writer.flush()
-
-
 def _to_host(metrics) -> dict:
   return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
 
 def _imported_params(model: dual_encoder.DualEncoder, path: str) -> dict:
   """Parameters from a Hugging Face directory or T5X checkpoint, checked against `model`."""
-  load = importers.load_hf if os.path.exists(os.path.join(path, "config.json")) else (
+  load = importers.load_hf if fs.exists(os.path.join(path, "config.json")) else (
       importers.load_t5x)
   return load(path, target=model)[1]  # Raises listing every mismatch.
 
@@ -173,8 +156,9 @@ def train(*, model: dual_encoder.DualEncoder, train_input: Any, task_feature_len
                         in_shardings=(param_shardings, batch_sharding), out_shardings=replicated,
                         compiler_options=step_lib.compiler_options())
   dropout_rng = jax.random.PRNGKey(seed + 1)
-  writer = _SummaryWriter(os.path.join(model_dir, "train"))
-  eval_writer = _SummaryWriter(os.path.join(model_dir, "eval") if eval_input is not None else None)
+  writer = summaries.SummaryWriter(os.path.join(model_dir, "train"))
+  eval_writer = summaries.SummaryWriter(
+      os.path.join(model_dir, "eval") if eval_input is not None else None)
 
   def data_position(step):
     return {"step": step, "seed": seed, "input": str(getattr(train_input, "name", "")),

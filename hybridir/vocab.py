@@ -11,6 +11,8 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from hybridir import fs
+
 # The public mT5 SentencePiece model (reachable on Cloud TPU).
 MT5_SPM_PATH = "gs://t5-data/vocabs/mc4.250000.100extra/sentencepiece.model"
 # fairseq's special tokens, in id order.
@@ -75,6 +77,7 @@ class XLMRVocabulary(seqio.SentencePieceVocabulary):
 
 def get_vocabulary(family: str, sentencepiece_model_file: str) -> seqio.SentencePieceVocabulary:
   """The seqio vocabulary of an encoder family ('t5' or 'xlmr')."""
+  sentencepiece_model_file = fs.local_copy(sentencepiece_model_file)  # seqio reads via gfile.
   if family == "t5":
     return seqio.SentencePieceVocabulary(sentencepiece_model_file, extra_ids=0)
   if family == "xlmr":

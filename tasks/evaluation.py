@@ -6,13 +6,13 @@ Per dataset and language a queries task (`query`, `question_id`, `language`) and
 `lareqa` (both) and `miracl` (every registered language). An evaluation run names a mixture;
 `evaluation_mixture_datasets(name)` gives the questions, relevance and languages behind it.
 """
-import pathlib
 from typing import Sequence
 
 import gin
 import seqio
 
 from hybridir import corpora
+from hybridir import fs
 from hybridir import retrieval_data
 from tasks import qa
 
@@ -70,7 +70,7 @@ def _split_titles(data_dir, dataset: str, split) -> Sequence[str] | None:
   """Article titles of the QA split of the same name ("train"/"test"), else `split` itself."""
   if split not in ("train", "test"):
     return split
-  folder = pathlib.Path(data_dir) / retrieval_data.LAREQA_FOLDERS[dataset]
+  folder = fs.path(data_dir) / retrieval_data.LAREQA_FOLDERS[dataset]
   corpus = corpora.load_parallel_corpus(folder if folder.is_dir() else data_dir)
   train, test = corpus.split_by_article(qa.TEST_FRACTION, seed=0)
   return sorted((train if split == "train" else test).article_ids())

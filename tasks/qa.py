@@ -13,7 +13,6 @@ in the sorted ids of the whole corpus, so the same in every language and split) 
 `query_language` / `passage_language`.
 """
 import functools
-import os
 from typing import Sequence
 
 import gin
@@ -21,6 +20,7 @@ import seqio
 import tensorflow as tf
 
 from hybridir import corpora
+from hybridir import fs
 from hybridir import hybrid
 from hybridir import vocab
 
@@ -34,7 +34,7 @@ def get_vocabulary(family: str, spm_path: str) -> seqio.SentencePieceVocabulary:
   """The family's seqio vocabulary, loaded once per (family, path)."""
   if family not in FAMILIES:
     raise ValueError(f"family must be one of {FAMILIES}, found {family!r}")
-  if not str(spm_path).startswith("gs://") and not os.path.isfile(spm_path):
+  if not fs.isfile(spm_path):
     raise FileNotFoundError(f"spm_path {spm_path}: no such SentencePiece model file")
   return vocab.get_vocabulary(family, str(spm_path))
 
