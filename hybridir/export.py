@@ -304,7 +304,7 @@ def load_encoder(path: str, vocabulary: str | None = None, model_config=None,
     options = dict(pooling=pooling or "mean", normalize=True if normalize is None else normalize)
     if projection_dim:
       options["projection_dim"] = projection_dim
-    if local and os.path.exists(os.path.join(path, "config.json")):
+    if fs.exists(os.path.join(path, "config.json")):
       model, params = importers.load_hf(path, **options)
       spm_path = vocabulary or _find_spm(path, model.encoder_config.family)
     elif not local or os.path.exists(os.path.join(path, "checkpoint")):

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hybridir import fs
 from hybridir.models import dual_encoder
 from hybridir.models import t5
 from hybridir.models import xlmr
@@ -146,17 +147,17 @@ def hf_xlmr_names(cfg: xlmr.XLMRConfig) -> dict[str, tuple[str, bool]]:
 
 def _read_hf_tensors(model_dir: str) -> dict[str, np.ndarray]:
   """All tensors of a HF model directory: (sharded) safetensors, else PyTorch .bin."""
-  files = sorted(f for f in os.listdir(model_dir) if f.endswith(".safetensors"))
+  files = sorted(f for f in fs.listdir(model_dir) if f.endswith(".safetensors"))
   if files:
     from safetensors.numpy import load_file
     tensors = {}
     for f in files:
       try:
-        tensors.update(load_file(os.path.join(model_dir, f)))
+        tensors.update(load_file(fs.local_copy(os.path.join(model_dir, f))))
       except Exception as e:  # safetensors raises its own error types.
         raise ValueError(f"{os.path.join(model_dir, f)}: unreadable safetensors file: {e}") from e
     return tensors
-  bins = sorted(f for f in os.listdir(model_dir) if f.startswith("pytorch_model") and
+  bins = sorted(f for f in fs.listdir(model_dir) if f.startswith("pytorch_model") and
                 f.endswith(".bin"))
   if not bins:
     raise FileNotFoundError(f"{model_dir}: no model.safetensors or pytorch_model.bin")
@@ -167,7 +168,8 @@ def _read_hf_tensors(model_dir: str) -> dict[str, np.ndarray]:
                       "torch), or convert the checkpoint to safetensors") from e
   tensors = {}
   for f in bins:
-    state = torch.load(os.path.join(model_dir, f), map_location="cpu", weights_only=True)
+    state = torch.load(fs.local_copy(os.path.join(model_dir, f)), map_location="cpu",
+                       weights_only=True)
     tensors.update({k: v.float().numpy() for k, v in state.items()})
   return tensors
 
@@ -180,9 +182,9 @@ def load_hf(model_dir: str, target: dual_encoder.DualEncoder | None = None,
   initialise training) instead of one built from the checkpoint's config.json.
   """
   config_path = os.path.join(model_dir, "config.json")
-  if not os.path.exists(config_path):
+  if not fs.exists(config_path):
     raise FileNotFoundError(f"{model_dir}: no config.json (not a Hugging Face model directory)")
-  with open(config_path) as f:
+  with fs.open(config_path) as f:
     cfg = config_from_hf(json.load(f), config_path)
   names = hf_t5_names(cfg) if cfg.family == "t5" else hf_xlmr_names(cfg)
   tensors, unknown = {}, []

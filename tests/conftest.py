@@ -34,15 +34,17 @@ GCS_BUCKET = "hybridir-test"
 @pytest.fixture(scope="session")
 def gcs_bucket(tmp_path_factory) -> str:
   """`gs://hybridir-test` on a local GCS emulator (in memory, a free port on 127.0.0.1), reached
-  through STORAGE_EMULATOR_HOST alone, as Google's client libraries read it. Stopped at the end."""
+  through STORAGE_EMULATOR_HOST alone, as Google's client libraries read it. Stopped at the end.
+  (tests/gcs_emulator.py runs gcp-storage-emulator with generation headers on downloads.)"""
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
   log = tmp_path_factory.mktemp("gcs_emulator") / "emulator.log"
   with open(log, "w") as out:
     process = subprocess.Popen(
-        [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1", "--port",
-         str(port), "--in-memory", "--default-bucket", GCS_BUCKET], stdout=out, stderr=out)
+        [sys.executable, str(REPO_ROOT / "tests" / "gcs_emulator.py"), "start", "--host",
+         "127.0.0.1", "--port", str(port), "--in-memory", "--default-bucket", GCS_BUCKET],
+        stdout=out, stderr=out)
   previous = os.environ.get("STORAGE_EMULATOR_HOST")
   try:
     for _ in range(600):  # Up to a minute for the emulator to listen.
