@@ -79,7 +79,10 @@ def listdir(p: PathLike) -> list[str]:
 
 
 def makedirs(p: PathLike) -> None:
-  path(p).mkdir(parents=True, exist_ok=True)
+  """Creates a local directory and its parents; nothing for an object store, which has none
+  (gcsfs would look up, or even try to create, the bucket)."""
+  if not is_remote(p):
+    path(p).mkdir(parents=True, exist_ok=True)
 
 
 def rmtree(p: PathLike) -> None:
@@ -124,7 +127,6 @@ def write_bytes_atomically(p: PathLike, data: bytes) -> None:
   """Writes a whole file so that readers see the old content or the new, never a part."""
   p = os.fspath(p)
   if is_remote(p):
-    makedirs(p.rsplit("/", 1)[0])
     path(p).write_bytes(data)  # One upload: the object appears complete or not at all.
     return
   directory = os.path.dirname(os.path.abspath(p))
