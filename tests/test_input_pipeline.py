@@ -70,6 +70,15 @@ def expected_tokens(vocabulary, text, length):
   return vocab.tokenize(vocabulary, "t5", text, length)[:-1]
 
 
+def query_text(pair):
+  return f"Query: {pair.question}"
+
+
+def passage_text(pair):
+  """The answer sentence, then its paragraph (the default passage unit)."""
+  return f"Passage: {pair.answer_sentence} {pair.passage}"
+
+
 def test_mono_batch_queries_and_passages_are_that_languages_texts(mixture):
   source = hybrid_input(mixture)
   step = next(s for s in range(50) if source.batch_spec(s).kind == "mono")
@@ -78,9 +87,10 @@ def test_mono_batch_queries_and_passages_are_that_languages_texts(mixture):
   for row, pair_id in enumerate(spec.pair_ids):
     pair = mixture.corpus.pairs[language][pair_id]
     query, passage = batch["query_tokens"][row], batch["passage_tokens"][row]
-    assert query[query != 0].tolist()[:-1] == expected_tokens(source.vocabulary, pair.question, 16)
-    assert passage[passage != 0].tolist()[:-1] == expected_tokens(source.vocabulary, pair.passage,
-                                                                  32)
+    assert query[query != 0].tolist()[:-1] == expected_tokens(source.vocabulary, query_text(pair),
+                                                              16)
+    assert passage[passage != 0].tolist()[:-1] == expected_tokens(source.vocabulary,
+                                                                  passage_text(pair), 32)
     assert mixture.pair_index[pair_id] == batch["pair_ids"][row]
 
 
@@ -91,8 +101,8 @@ def test_cross_batch_passages_are_in_the_passage_language(mixture):
   assert spec.query_languages[0] != spec.passage_languages[0]
   pair = mixture.corpus.pairs[spec.passage_languages[0]][spec.pair_ids[0]]
   passage = batch["passage_tokens"][0]
-  assert passage[passage != 0].tolist()[:-1] == expected_tokens(source.vocabulary, pair.passage,
-                                                                32)
+  assert passage[passage != 0].tolist()[:-1] == expected_tokens(source.vocabulary,
+                                                                passage_text(pair), 32)
 
 
 def test_mixed_pair_batches_gather_each_examples_languages(data_dir, spm_models):  # noqa: F811
@@ -103,7 +113,7 @@ def test_mixed_pair_batches_gather_each_examples_languages(data_dir, spm_models)
   assert spec.query_language == "mixed" and len(set(spec.query_languages)) > 1
   for row, (pair_id, language) in enumerate(zip(spec.pair_ids, spec.query_languages)):
     query = batch["query_tokens"][row]
-    question = mixed.corpus.pairs[language][pair_id].question
+    question = query_text(mixed.corpus.pairs[language][pair_id])
     assert query[query != 0].tolist()[:-1] == expected_tokens(source.vocabulary, question, 16)
 
 
