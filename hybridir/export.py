@@ -257,15 +257,22 @@ def restore_training_params(model_dir: str, step: int | None = None) -> tuple[in
   return step, params["model"]
 
 
-def training_text_format(model_dir: str, step: int) -> text_lib.TextFormat | None:
-  """The text format a training checkpoint's data position records (None: it records none)."""
+def _run_identity(model_dir: str, step: int) -> tuple[str, dict]:
+  """(path, JSON) of the run identity a training checkpoint stores ({} if none)."""
   path = os.path.join(model_dir, "checkpoints", str(step), "data")
   if not os.path.isdir(path):
-    return None
+    return path, {}
   position = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(path)
-  if not isinstance(position, dict) or "text_format" not in position:
+  identity = position.get("identity") if isinstance(position, dict) else None
+  return path, identity if isinstance(identity, dict) else {}
+
+
+def training_text_format(model_dir: str, step: int) -> text_lib.TextFormat | None:
+  """The text format a training checkpoint's run identity records (None: it records none)."""
+  path, identity = _run_identity(model_dir, step)
+  if "text_format" not in identity:
     return None
-  return text_lib.TextFormat.from_json(position["text_format"], path)
+  return text_lib.TextFormat.from_json(identity["text_format"], path)
 
 
 @gin.configurable
@@ -278,9 +285,14 @@ def export_from_training_checkpoint(model_dir: str, output_dir: str,
 
   The manifest records the text format the checkpoint was trained with; a checkpoint from before
   formats were recorded gets `text_format`, else bare texts (`text.UNFORMATTED`), as it was trained.
+  max_length defaults to the passage length it was trained with, so passages are cut as then.
   """
   step, params = restore_training_params(model_dir, step)
   trained = training_text_format(model_dir, step)
+  lengths = _run_identity(model_dir, step)[1].get("task_feature_lengths")
+  passage_length = lengths.get("passage") if isinstance(lengths, dict) else None
+  if export_options.get("max_length") is None and isinstance(passage_length, int):
+    export_options["max_length"] = passage_length
   if trained is not None and text_format is not None and trained != text_format:
     raise ValueError(f"{model_dir}: step {step} was trained with {trained}, not {text_format}")
   metadata = dict(export_options.pop("extra_metadata", None) or {})

@@ -183,8 +183,8 @@ def test_export_from_training_checkpoint_takes_the_latest_or_given_step(tmp_path
   assert export.read_manifest(first)["metadata"]["step"] == 10
 
 
-def test_export_from_training_checkpoint_records_the_text_format_it_was_trained_with(tmp_path,
-                                                                                    spm_models):
+def test_export_from_training_checkpoint_keeps_the_text_format_and_length_it_was_trained_with(
+    tmp_path, spm_models):
   model = dual_encoder.DualEncoder(CONFIGS["t5"])
   model_dir = str(tmp_path / "model")
   custom = text.TextFormat("q: ", "p: ", "sentence")
@@ -192,11 +192,13 @@ def test_export_from_training_checkpoint_records_the_text_format_it_was_trained_
                                           asynchronous=False)
   params = train_step.initial_params(random_params(model), train_step.LossConfig())
   state = train_step.TrainState(np.int32(5), params, optax.adamw(1e-3).init(params))
-  checkpointer.save(5, state, {"step": 5, "text_format": custom.to_json()}, force=True)
+  identity = {"text_format": custom.to_json(), "task_feature_lengths": {"query": 8, "passage": 48}}
+  checkpointer.save(5, state, {"step": 5, "identity": identity}, force=True)
   checkpointer.close()
   artifact = export.export_from_training_checkpoint(model_dir, str(tmp_path / "out"), model,
                                                     spm_models["t5"])
-  assert hybridir.load_encoder(artifact).text_format == custom
+  encoder = hybridir.load_encoder(artifact)
+  assert (encoder.text_format, encoder.max_length) == (custom, 48)
   with pytest.raises(ValueError, match="step 5 was trained with"):
     export.export_from_training_checkpoint(model_dir, str(tmp_path / "other"), model,
                                            spm_models["t5"], text_format=text.TextFormat())
