@@ -1,7 +1,7 @@
 """The model's input: one function from (role, text, context) to token ids, for every path.
 
 Training (tasks.qa's seqio tasks, hence the input pipeline's token tables), `export.Encoder.encode`
-and evaluation all tokenise through `tokenize`, so a passage is the same tokens wherever it is built:
+and evaluation all tokenise through `tokenize`, so a passage is the same tokens wherever built:
 
   query     `{query_prefix}{question}`                 e.g. `Query: Who wrote Faust?`
   passage   `{passage_prefix}{sentence} {paragraph}`   passage_unit 'sentence_with_context'
@@ -105,4 +105,5 @@ def tokenize(vocabulary: seqio.Vocabulary, family: str, role: str, text: str, co
   max_length None: no cut.
   """
   string = model_input(role, text, context, text_format)
-  return vocab.tokenize(vocabulary, family, string, sys.maxsize if max_length is None else max_length)
+  return vocab.tokenize(vocabulary, family, string,
+                        sys.maxsize if max_length is None else max_length)

@@ -1,4 +1,4 @@
-"""One text path: prefixes, passage unit, truncation and tokens, the same in training and evaluation."""
+"""One text path: prefixes, passage unit, truncation and tokens, alike in training and evaluation."""
 import dataclasses
 
 import jax
