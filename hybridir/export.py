@@ -1,8 +1,8 @@
 """Encoders ready for use: exported artifacts, `load_encoder(path)` and `Encoder.encode(texts)`.
 
 An exported artifact is a directory holding `manifest.json` (what the model is: family, encoder
-config, pooling, vocabulary, ...), `params/` (orbax, float32 or bfloat16) and a copy of the
-SentencePiece model, so it is self-contained. `load_encoder` also reads a Hugging Face model
+config, pooling, vocabulary, text format (prefixes, passage unit), ...), `params/` (orbax, float32
+or bfloat16) and a copy of the SentencePiece model, so it is self-contained. `load_encoder` also reads a Hugging Face model
 directory (config.json, weights, SentencePiece model) or a T5X checkpoint plus a vocabulary.
 Artifacts are written under a temporary name and renamed when complete.
 """
@@ -24,6 +24,7 @@ import orbax.checkpoint as ocp
 from hybridir import fs
 from hybridir import importers
 from hybridir import partitioning
+from hybridir import text as text_lib
 from hybridir import vocab as vocab_lib
 from hybridir.models import dual_encoder
 from hybridir.models import t5
@@ -43,13 +44,15 @@ class Encoder:
   """A dual encoder with its parameters and vocabulary; encodes texts in fixed-shape batches.
 
   The forward pass splits each batch over all local devices (parameters replicated), so
-  batch_size is rounded up to a multiple of the local device count.
+  batch_size is rounded up to a multiple of the local device count. Texts become tokens through
+  `text.tokenize` with `text_format` (prefixes, passage unit), as in training.
   """
   model: dual_encoder.DualEncoder
   params: dict
   vocabulary: object
   max_length: int = 512
   batch_size: int = 32
+  text_format: text_lib.TextFormat = dataclasses.field(default_factory=text_lib.TextFormat)
 
   def __post_init__(self):
     self.family = self.model.encoder_config.family
@@ -69,19 +72,28 @@ class Encoder:
   def dimension(self) -> int:
     return self.model.projection_dim or self.model.encoder_config.emb_dim
 
-  def tokenize(self, texts: list[str]) -> list[list[int]]:
-    return [vocab_lib.tokenize(self.vocabulary, self.family, t, self.max_length) for t in texts]
+  def tokenize(self, texts: list[str], tower: str = "query",
+               contexts: list[str] | None = None) -> list[list[int]]:
+    """Ids of each text with its tower's prefix (and, for passages, its context)."""
+    contexts = [""] * len(texts) if contexts is None else list(contexts)
+    if len(contexts) != len(texts):
+      raise ValueError(f"encode: {len(texts)} texts but {len(contexts)} contexts")
+    return [text_lib.tokenize(self.vocabulary, self.family, tower, text, context, self.max_length,
+                              self.text_format) for text, context in zip(texts, contexts)]
 
   def bucket(self, num_tokens: int) -> int:
     """The padded length of a batch whose longest text has num_tokens: a power of two."""
     return min(self.max_length, max(MIN_BUCKET, 1 << (num_tokens - 1).bit_length()))
 
-  def encode(self, texts: list[str], tower: str = "query") -> np.ndarray:
-    """Embeds texts ([N, D] float32). Batches are sorted by length and padded to a bucket
+  def encode(self, texts: list[str], tower: str = "query",
+             contexts: list[str] | None = None) -> np.ndarray:
+    """Embeds texts ([N, D] float32): queries, or passages (`contexts`: each one's paragraph).
+
+    `tower` also selects the prefix. Batches are sorted by length and padded to a bucket
     (a power of two up to max_length), so only a few shapes are ever compiled."""
     if isinstance(texts, str):
       raise TypeError("encode takes a list of texts, not a single string")
-    ids = self.tokenize(list(texts))
+    ids = self.tokenize(list(texts), tower, contexts)
     order = np.argsort([len(x) for x in ids], kind="stable")
     out = np.zeros((len(ids), self.dimension), np.float32)
     pad = self.model.encoder_config.pad_id
@@ -146,8 +158,13 @@ def _write_manifest(directory: str, manifest: dict) -> None:
 
 def export_encoder(output_dir: str, model: dual_encoder.DualEncoder, params, spm_path: str,
                    dtype: str = "float32", max_length: int = 512,
-                   extra_metadata: dict | None = None, overwrite: bool = False) -> str:
-  """Writes an encoder-only artifact (manifest, orbax params, SentencePiece copy); returns it."""
+                   extra_metadata: dict | None = None, overwrite: bool = False,
+                   text_format: text_lib.TextFormat | None = None) -> str:
+  """Writes an encoder-only artifact (manifest, orbax params, SentencePiece copy); returns it.
+
+  `text_format` (default: the gin-configured `text.TextFormat()`, as training's) is recorded so
+  that a loaded encoder applies the prefixes and passage unit it was trained with.
+  """
   cfg = model.encoder_config
   if dtype not in PARAM_DTYPES:
     raise ValueError(f"export_encoder dtype must be one of {PARAM_DTYPES}, got {dtype!r}")
@@ -165,6 +182,7 @@ def export_encoder(output_dir: str, model: dual_encoder.DualEncoder, params, spm
       "encoder_config": dataclasses.asdict(cfg), "pooling": model.pooling,
       "normalize": model.normalize, "projection_dim": model.projection_dim,
       "shared_towers": model.shared_towers, "param_dtype": dtype, "max_length": max_length,
+      "text_format": (text_format or text_lib.TextFormat()).to_json(),
       "vocabulary": {"source": fs.abspath(spm_path), "file": SPM_FILE,
                      "sha256": _sha256(spm_path)},
       "parameter_count": int(sum(x.size for x in jax.tree.leaves(params))),
@@ -224,15 +242,48 @@ def restore_training_params(model_dir: str, step: int | None = None) -> tuple[in
   return step, params["model"]
 
 
+def _run_identity(model_dir: str, step: int) -> tuple[str, dict]:
+  """(path, JSON) of the run identity a training checkpoint stores ({} if none)."""
+  path = os.path.join(model_dir, "checkpoints", str(step), "data")
+  if not fs.isdir(path):
+    return path, {}
+  position = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(path)
+  identity = position.get("identity") if isinstance(position, dict) else None
+  return path, identity if isinstance(identity, dict) else {}
+
+
+def training_text_format(model_dir: str, step: int) -> text_lib.TextFormat | None:
+  """The text format a training checkpoint's run identity records (None: it records none)."""
+  path, identity = _run_identity(model_dir, step)
+  if "text_format" not in identity:
+    return None
+  return text_lib.TextFormat.from_json(identity["text_format"], path)
+
+
 @gin.configurable
 def export_from_training_checkpoint(model_dir: str, output_dir: str,
                                     model: dual_encoder.DualEncoder, spm_path: str,
-                                    step: int | None = None, **export_options) -> str:
-  """Exports the model params of MODEL_DIR's latest (or given) training checkpoint."""
+                                    step: int | None = None,
+                                    text_format: text_lib.TextFormat | None = None,
+                                    **export_options) -> str:
+  """Exports the model params of MODEL_DIR's latest (or given) training checkpoint.
+
+  The manifest records the text format the checkpoint was trained with; a checkpoint from before
+  formats were recorded gets `text_format`, else bare texts (`text.UNFORMATTED`), as it was trained.
+  max_length defaults to the passage length it was trained with, so passages are cut as then.
+  """
   step, params = restore_training_params(model_dir, step)
+  trained = training_text_format(model_dir, step)
+  lengths = _run_identity(model_dir, step)[1].get("task_feature_lengths")
+  passage_length = lengths.get("passage") if isinstance(lengths, dict) else None
+  if export_options.get("max_length") is None and isinstance(passage_length, int):
+    export_options["max_length"] = passage_length
+  if trained is not None and text_format is not None and trained != text_format:
+    raise ValueError(f"{model_dir}: step {step} was trained with {trained}, not {text_format}")
   metadata = dict(export_options.pop("extra_metadata", None) or {})
   metadata.update(training_checkpoint=fs.abspath(model_dir), step=step)
   return export_encoder(output_dir, model, params, spm_path, extra_metadata=metadata,
+                        text_format=trained or text_format or text_lib.UNFORMATTED,
                         **export_options)
 
 
@@ -256,8 +307,14 @@ def read_manifest(path: str) -> dict:
 
 
 def _load_artifact(path: str, overrides: dict) -> tuple[dual_encoder.DualEncoder, dict, dict]:
-  """(model, float32 params, manifest) of an exported artifact."""
+  """(model, float32 params, manifest) of an exported artifact.
+
+  An artifact from before text formats were recorded encodes bare texts, as it did then.
+  """
   manifest = read_manifest(path)
+  manifest["text_format"] = (text_lib.UNFORMATTED if "text_format" not in manifest else
+                             text_lib.TextFormat.from_json(manifest["text_format"],
+                                                           os.path.join(path, MANIFEST)))
   for name, value in overrides.items():
     if value is not None and value != manifest[name]:
       raise ValueError(f"{path}: the artifact was exported with {name}={manifest[name]!r}, "
@@ -286,18 +343,21 @@ def _find_spm(model_dir: str, family: str) -> str:
 def load_encoder(path: str, vocabulary: str | None = None, model_config=None,
                  pooling: str | None = None, normalize: bool | None = None,
                  projection_dim: int | None = None, max_length: int | None = None,
-                 batch_size: int = 32) -> Encoder:
+                 batch_size: int = 32, text_format: text_lib.TextFormat | None = None) -> Encoder:
   """Loads an exported artifact, a Hugging Face directory or a T5X checkpoint (with vocabulary).
 
-  An artifact carries its own config, pooling and vocabulary; options that contradict it raise.
-  Elsewhere pooling defaults to 'mean' and normalize to True.
+  An artifact carries its own config, pooling, vocabulary and text format; options that
+  contradict it raise. Elsewhere pooling defaults to 'mean', normalize to True and text_format to
+  bare texts (`text.UNFORMATTED`).
   """
   local = not path.startswith("gs://")
   if fs.exists(os.path.join(path, MANIFEST)):
     if model_config is not None:
       raise ValueError(f"{path}: an exported artifact carries its own config; drop model_config")
     model, params, manifest = _load_artifact(path, dict(
-        pooling=pooling, normalize=normalize, projection_dim=projection_dim))
+        pooling=pooling, normalize=normalize, projection_dim=projection_dim,
+        text_format=text_format))
+    text_format = manifest["text_format"]
     spm_path = vocabulary or os.path.join(path, manifest["vocabulary"]["file"])
     max_length = max_length or manifest["max_length"]
   else:
@@ -319,4 +379,4 @@ def load_encoder(path: str, vocabulary: str | None = None, model_config=None,
   cfg = model.encoder_config
   default_length = cfg.max_length if cfg.family == "xlmr" else 512
   return Encoder(model, params, check_vocabulary(cfg, spm_path), max_length or default_length,
-                 batch_size)
+                 batch_size, text_format or text_lib.UNFORMATTED)

@@ -130,7 +130,8 @@ def train_and_evaluate(run_dir, model, mixture, spm_path, learning_rate, seed, c
       checkpoint_period=config.train_steps, log_period=100)
   params = jax.device_get(result.state.params["model"])
   encoder = export.Encoder(model, params, train_input.vocabulary,
-                           max_length=config.passage_length, batch_size=128)
+                           max_length=config.passage_length, batch_size=128,
+                           text_format=train_input.text_format)
   evaluation = {name: eval_run.evaluate_dataset(encoder, dataset) for name, dataset in datasets}
   losses = [h["loss"] for h in result.history]
   out = {"evaluation": evaluation,

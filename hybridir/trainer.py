@@ -241,6 +241,8 @@ def run_identity(model, train_input, task_feature_lengths: dict, seed: int) -> d
               "input": describe() if callable(describe) else {
                   "input": str(getattr(train_input, "name", "")),
                   "batch_size": getattr(train_input, "batch_size", None)}}
+  if getattr(train_input, "text_format", None) is not None:  # What an export must apply.
+    identity["text_format"] = train_input.text_format.to_json()
   return json.loads(json.dumps(identity, default=str))
 
 

@@ -1,9 +1,10 @@
 """SeqIO registrations of the zero-shot evaluation sets: LAReQA (XQuAD-R, MLQA-R) and MIRACL.
 
 Per dataset and language a queries task (`query`, `question_id`, `language`) and a candidates task
-(`passage`, `candidate_id`, `context`, `language`), e.g. `xquad_r_de_queries` and
-`xquad_r_de_candidates`, grouped into evaluation mixtures: `lareqa_xquad_r`, `lareqa_mlqa_r`,
-`lareqa` (both) and `miracl` (every registered language). An evaluation run names a mixture;
+(`passage`, `candidate_id`, `language`; the candidate's context joins `passage` as the
+gin-configured `text.TextFormat()` says), e.g. `xquad_r_de_queries` and `xquad_r_de_candidates`,
+grouped into evaluation mixtures: `lareqa_xquad_r`, `lareqa_mlqa_r`, `lareqa` (both) and `miracl`
+(every registered language). An evaluation run names a mixture;
 `evaluation_mixture_datasets(name)` gives the questions, relevance and languages behind it.
 """
 from typing import Sequence
@@ -34,7 +35,7 @@ def _queries_fn(questions: Sequence[retrieval_data.Question]):
 def _candidates_fn(candidates: Sequence[retrieval_data.Candidate]):
   return lambda: {"passage": [c.text for c in candidates],
                   "candidate_id": [c.candidate_id for c in candidates],
-                  "context": [c.context for c in candidates],
+                  "passage_context": [c.context for c in candidates],
                   "language": [c.language for c in candidates]}
 
 
