@@ -85,11 +85,12 @@ def _to_host(metrics) -> dict:
   return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
 
-def _imported_params(model: dual_encoder.DualEncoder, path: str) -> dict:
-  """Parameters from a Hugging Face directory or T5X checkpoint, checked against `model`."""
-  load = importers.load_hf if os.path.exists(os.path.join(path, "config.json")) else (
-      importers.load_t5x)
-  return load(path, target=model)[1]  # Raises listing every mismatch.
+def _imported_params(model: dual_encoder.DualEncoder, path: str, shardings) -> dict:
+  """Parameters from a Hugging Face directory or T5X checkpoint, checked against `model` (raises
+  listing every mismatch). A T5X checkpoint is read as a pod reads it: each host its shards."""
+  if os.path.exists(os.path.join(path, "config.json")):
+    return importers.load_hf(path, target=model)[1]
+  return importers.load_t5x_sharded(path, model, shardings)
 
 
 @gin.configurable
@@ -332,7 +333,7 @@ def _initial_state(model, optimizer, loss_config, seed, init_checkpoint, query_l
                    passage_length, abstract_params, param_shardings, state_shardings, mesh, rules):
   """A fresh state born sharded: from scratch (jitted init) or from an imported checkpoint."""
   if init_checkpoint:
-    model_params = _imported_params(model, init_checkpoint)
+    model_params = _imported_params(model, init_checkpoint, param_shardings["model"])
     params = jax.device_put(step_lib.initial_params(model_params, loss_config), param_shardings)
     opt_state = jax.jit(optimizer.init, out_shardings=state_shardings.opt_state)(params)
     step = jax.device_put(jnp.zeros((), jnp.int32), state_shardings.step)
