@@ -113,9 +113,11 @@ def _oom_bytes(message: str) -> int | None:
   return None
 
 
-def _compile(lowered, tpu_slice: accelerators.Slice) -> dict:
+def _compile(lowered, tpu_slice: accelerators.Slice, what: str) -> dict:
   """Compiles; per-chip bytes, FLOPs and `fits`. Out of memory is a result with fits False."""
   usable = tpu_slice.family.usable_hbm_bytes
+  print(f"hybridir.aot: compiling the {what} for {tpu_slice.accelerator_type} (minutes for a "
+        "large model)", file=sys.stderr, flush=True)
   started = time.time()
   try:
     compiled = lowered.compile()
@@ -185,8 +187,8 @@ def compile_train_step(run: TrainRun, mesh, tpu_slice: accelerators.Slice, batch
                      _abstract_batch(run, batch_size, partitioning.batch_sharding(mesh)),
                      jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated),
                      what="train step", mesh=mesh)
-  return dict(_compile(lowered, tpu_slice), batch_size=batch_size,
-              grad_cache_chunks=grad_cache_chunks)
+  return dict(_compile(lowered, tpu_slice, f"train step at batch {batch_size}"),
+              batch_size=batch_size, grad_cache_chunks=grad_cache_chunks)
 
 
 def _default(fn, name: str):
@@ -211,44 +213,49 @@ def compile_encode_step(run: TrainRun, devices, tpu_slice: accelerators.Slice) -
                                   sharding=partitioning.batch_sharding(mesh))
     lowered = _lower(export.encode_step(run.model, mesh), params, tokens, "passage",
                      what="encode step", mesh=mesh)
-  return dict(_compile(lowered, tpu_slice), batch_size=batch_size, length=length,
+  return dict(_compile(lowered, tpu_slice, "encode step"), batch_size=batch_size, length=length,
               mesh=dict(mesh.shape))
 
 
 def largest_batch(run: TrainRun, mesh, tpu_slice, first: dict, granularity: int = 0) -> dict:
-  """The largest global batch that fits without GradCache: a bracket search over compiles, each
-  next probe interpolated from the bytes the bracket's ends needed (memory grows ~linearly)."""
+  """The largest global batch that fits without GradCache, to within `granularity` examples."""
   unit = math.lcm(partitioning.data_parallel_size(mesh), tpu_slice.hosts)
   step = max(unit, -(-granularity // unit) * unit) if granularity else unit
   probes = {first["batch_size"]: first}
   probe = lambda b: probes.setdefault(b, compile_train_step(run, mesh, tpu_slice, b, 1))
-  size = lambda r: r["bytes"]["total"] if r["fits"] else (r.get("required_bytes") or None)
+  largest = search_largest_batch(probe, first["batch_size"], step,
+                                 tpu_slice.family.usable_hbm_bytes)
+  return {"max_batch": largest, "unit": step, "compiles": len(probes)}
+
+
+def search_largest_batch(probe, start: int, step: int, usable_bytes: int) -> int | None:
+  """The largest multiple of `step` for which probe(batch)["fits"], None if not even `step`.
+
+  Gallops from `start` to a bracket [fits, does not], then narrows it, each next probe where a
+  line through the bracket's ends reaches `usable_bytes` (memory grows about linearly with the
+  batch; the compiles are minutes each, bisection would take more of them).
+  """
+  needed = lambda r: r["bytes"]["total"] if r["fits"] else r.get("required_bytes")
   lo = hi = None
-  batch = first["batch_size"] // step * step or step
-  while True:  # Gallop to a bracket [lo fits, hi does not].
+  batch = max(step, start // step * step)
+  while lo is None or hi is None:
     if probe(batch)["fits"]:
-      lo = batch
-      if hi is not None:
-        break
-      batch *= 2
+      lo, batch = batch, batch * 2
+    elif batch == step:
+      return None
     else:
-      hi = batch
-      if lo is not None or batch == step:
-        break
-      batch = max(step, batch // 2 // step * step)
-  while lo is not None and hi - lo > step:
-    low, high = size(probes[lo]), size(probes[hi])
+      hi, batch = batch, max(step, batch // 2 // step * step)
+  while hi - lo > step:
+    low, high = needed(probe(lo)), needed(probe(hi))
     middle = (lo + hi) // 2
-    if low and high and high > low:  # Interpolate where the total meets the usable HBM.
-      target = tpu_slice.family.usable_hbm_bytes
-      middle = lo + int((hi - lo) * (target - low) / (high - low))
+    if low and high and high > low:
+      middle = lo + int((hi - lo) * (usable_bytes - low) / (high - low))
     middle = min(max(middle // step * step, lo + step), hi - step)
     if probe(middle)["fits"]:
       lo = middle
     else:
       hi = middle
-  return {"max_batch": lo, "unit": step, "compiles": len(probes),
-          "at_max": probes[lo] if lo else None}
+  return lo
 
 
 def suggest_grad_cache_chunks(run, mesh, tpu_slice, batch_size: int, max_batch: int | None):

@@ -80,3 +80,27 @@ def test_non_training_run_is_refused(capsys):
   _, err = capsys.readouterr()
   assert status == aot.EXIT_ERROR
   assert "RUN is hybridir.eval_run.run_evaluation; hybridir.aot compiles training runs" in err
+
+
+def linear_memory(fixed, per_example, usable, calls):
+  """A stand-in for compiling: bytes grow linearly with the batch; OOM reports what it needed."""
+  def probe(batch):
+    calls.append(batch)
+    total = fixed + per_example * batch
+    if total <= usable:
+      return {"fits": True, "bytes": {"total": total}}
+    return {"fits": False, "required_bytes": total}
+  return probe
+
+
+@pytest.mark.parametrize("start", [8, 1024, 100000])
+def test_largest_batch_search_finds_the_last_multiple_that_fits_in_few_probes(start):
+  calls = []
+  probe = linear_memory(fixed=1000, per_example=7, usable=10000, calls=calls)
+  assert aot.search_largest_batch(probe, start, step=16, usable_bytes=10000) == 1280
+  assert len(set(calls)) <= 12
+
+
+def test_largest_batch_search_says_none_when_even_one_step_does_not_fit():
+  probe = linear_memory(fixed=20000, per_example=1, usable=10000, calls=[])
+  assert aot.search_largest_batch(probe, 64, step=8, usable_bytes=10000) is None
