@@ -258,16 +258,20 @@ def search_largest_batch(probe, start: int, step: int, usable_bytes: int) -> int
   return lo
 
 
-def suggest_grad_cache_chunks(run, mesh, tpu_slice, batch_size: int, max_batch: int | None):
-  """The fewest GradCache chunks that make `batch_size` fit, checked by compiling."""
+def suggest_grad_cache_chunks(run, mesh, tpu_slice, batch_size: int, max_batch: int | None,
+                              attempts: int = 3):
+  """The fewest GradCache chunks that make `batch_size` fit, checked by compiling: from as many
+  as keep each chunk within the largest plain batch that fits, at most `attempts` compiles."""
+  if not max_batch:  # Not even the smallest batch fits: chunking cannot help.
+    return {"grad_cache_chunks": None}
   unit = math.lcm(partitioning.data_parallel_size(mesh), tpu_slice.hosts)
-  start = max(2, -(-batch_size // max_batch)) if max_batch else 2
-  for chunks in range(start, batch_size // unit + 1):
-    if batch_size % (chunks * unit) == 0:
-      result = compile_train_step(run, mesh, tpu_slice, batch_size, chunks)
-      if result["fits"]:
-        return {"grad_cache_chunks": chunks, "train_step": result}
-  return {"grad_cache_chunks": None}
+  candidates = [c for c in range(max(2, -(-batch_size // max_batch)), batch_size // unit + 1)
+                if batch_size % (c * unit) == 0]
+  for chunks in candidates[:attempts]:
+    result = compile_train_step(run, mesh, tpu_slice, batch_size, chunks)
+    if result["fits"]:
+      return {"grad_cache_chunks": chunks, "train_step": result}
+  return {"grad_cache_chunks": None, "tried": candidates[:attempts]}
 
 
 def check(accelerator_type: str, gin_files, gin_bindings=(), max_batch: bool = False,
