@@ -150,10 +150,11 @@ def check_batch_size(batch_size: int, chunks: int, mesh, hosts: int) -> None:
 
 
 def _abstract_batch(run: TrainRun, batch_size: int, sharding) -> dict:
+  """The global batch input_pipeline.HybridInput.batch gives, as shapes (all int32)."""
   tokens = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding)
   batch = {"query_tokens": tokens(batch_size, run.query_length),
            "passage_tokens": tokens(batch_size, run.passage_length),
-           "pair_ids": tokens(batch_size)}
+           "pair_ids": tokens(batch_size), "passage_keys": tokens(batch_size)}
   negatives = run.loss_config.hard_negatives_per_query
   if negatives:
     batch["negative_tokens"] = tokens(batch_size, negatives, run.passage_length)
