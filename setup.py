@@ -30,6 +30,9 @@ INSTALL_REQUIRES = [
     "protobuf==7.36.2",
 ]
 
+# The libtpu jax's `tpu` extra names (jax 0.10.2: libtpu==0.0.42.*): its compile-only devices.
+LIBTPU = "libtpu==0.0.42.*"
+
 EXTRAS_REQUIRE = {
     # Reference implementations, used only by parity tests and benchmarks.
     "test": [
@@ -39,7 +42,10 @@ EXTRAS_REQUIRE = {
         "pytrec-eval-terrier==0.5.11",
         "ctranslate2==4.8.5",
         "gcp-storage-emulator==2026.7.19",  # The gs:// tests' local Cloud Storage.
+        LIBTPU,
     ],
+    # Compiling for Cloud TPU slices on any machine (python -m hybridir.aot).
+    "aot": [LIBTPU],
     # The translation stage (python -m hybridir.translate).
     "translate": ["torch==2.13.0", "transformers==5.23.0", "ctranslate2==4.8.5"],
     "bench": ["faiss-cpu==1.15.1"],

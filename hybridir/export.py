@@ -59,14 +59,10 @@ class Encoder:
     self.mesh = partitioning.create_mesh(num_partitions=1, devices=jax.local_devices())
     num_devices = self.mesh.devices.size
     self.batch_size = -(-self.batch_size // num_devices) * num_devices
-    self._rules = partitioning.standard_logical_axis_rules(1, 1)
-    replicated = partitioning.replicated(self.mesh)
-    batch = partitioning.batch_sharding(self.mesh)
-    self.params = jax.device_put(jax.tree.map(jnp.asarray, self.params), replicated)
-    self._encode = jax.jit(
-        lambda params, tokens, tower: self.model.apply(
-            {"params": params}, tokens, tower, method=dual_encoder.DualEncoder.encode),
-        in_shardings=(replicated, batch), out_shardings=batch, static_argnums=2)
+    self._rules = ENCODE_AXIS_RULES
+    self.params = jax.device_put(jax.tree.map(jnp.asarray, self.params),
+                                 partitioning.replicated(self.mesh))
+    self._encode = encode_step(self.model, self.mesh)
 
   @property
   def dimension(self) -> int:
@@ -107,6 +103,20 @@ class Encoder:
         embeddings = self._encode(self.params, tokens, tower)
       out[chunk] = np.asarray(embeddings)[:len(chunk)]
     return out
+
+
+ENCODE_AXIS_RULES = partitioning.standard_logical_axis_rules(1, 1)
+
+
+def encode_step(model: dual_encoder.DualEncoder, mesh: jax.sharding.Mesh):
+  """The jitted (params, tokens, tower) -> embeddings of evaluation: params replicated, the batch
+  split over the mesh; trace it inside axis_rules_context(ENCODE_AXIS_RULES, mesh)."""
+  replicated = partitioning.replicated(mesh)
+  batch = partitioning.batch_sharding(mesh)
+  return jax.jit(
+      lambda params, tokens, tower: model.apply(
+          {"params": params}, tokens, tower, method=dual_encoder.DualEncoder.encode),
+      in_shardings=(replicated, batch), out_shardings=batch, static_argnums=2)
 
 
 # ---------------------------------------------------------------------------------------------

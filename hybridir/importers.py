@@ -44,6 +44,14 @@ def _flatten(tree: dict) -> dict[str, object]:
 def assemble_params(model: dual_encoder.DualEncoder, tensors: dict[str, np.ndarray],
                     unknown: list[str], source: str) -> dict:
   """Checks tensors (keyed by param path) against the model's shapes and builds the params."""
+  expected = check_tensors(model, tensors, unknown, source)
+  flat = {tuple(p.split("/")): np.asarray(tensors[p], np.float32) for p in expected}
+  return flax.traverse_util.unflatten_dict(flat)
+
+
+def check_tensors(model: dual_encoder.DualEncoder, tensors: dict, unknown: list[str],
+                  source: str) -> dict:
+  """The model's flat param shapes, once every tensor (anything with .shape) fits them."""
   expected = _flatten(abstract_params(model))
   problems = []
   for path in sorted(set(expected) & set(tensors)):
@@ -58,8 +66,7 @@ def assemble_params(model: dual_encoder.DualEncoder, tensors: dict[str, np.ndarr
     raise CheckpointMismatchError(
         f"checkpoint {source} does not fit the model ({len(problems)} problems):\n"
         + "\n".join(problems))
-  flat = {tuple(p.split("/")): np.asarray(tensors[p], np.float32) for p in expected}
-  return flax.traverse_util.unflatten_dict(flat)
+  return expected
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,6 +224,17 @@ def _kvstore(path: str) -> dict:
 
 def read_t5x_checkpoint(path: str) -> dict[str, np.ndarray]:
   """Parameters of a T5X checkpoint (msgpack `checkpoint` + tensorstore arrays), flat by path."""
+  return {name: np.asarray(_read(leaf)) for name, leaf in open_t5x_checkpoint(path).items()}
+
+
+def _read(leaf, index=()):
+  """leaf[index] as numpy: a tensorstore array reads only that slice."""
+  return leaf[index].read().result() if hasattr(leaf, "read") else np.asarray(leaf)[index]
+
+
+def open_t5x_checkpoint(path: str, skip: re.Pattern | None = None) -> dict:
+  """A T5X checkpoint's parameters, flat by path, unread: opened tensorstore arrays (shape and
+  dtype from their metadata) or the small numpy arrays stored inline. `skip`: names not to open."""
   import tensorstore as ts
   ckpt_dir = path[:-len("/checkpoint")] if path.endswith("/checkpoint") else path.rstrip("/")
   store = ts.KvStore.open(_kvstore(ckpt_dir + "/")).result()
@@ -235,16 +253,19 @@ def read_t5x_checkpoint(path: str) -> dict[str, np.ndarray]:
   out = {}
   for keys, leaf in flax.traverse_util.flatten_dict(target, is_leaf=lambda _, x: is_spec(x)).items():
     name = "/".join(keys)
+    if skip is not None and skip.match(name):
+      continue
     if is_spec(leaf):
       spec = dict(leaf)
       relative = spec["kvstore"].get("path") or spec.get("path")
       spec["kvstore"] = _kvstore(f"{ckpt_dir}/{relative}")
       spec.pop("path", None)
       try:
-        leaf = ts.open(spec, open=True, read=True).result().read().result()
+        out[name] = ts.open(spec, open=True, read=True).result()
       except Exception as e:
         raise ValueError(f"{ckpt_dir}/{relative}: unreadable tensorstore array for {name}: {e}")
-    out[name] = np.asarray(leaf)
+    else:
+      out[name] = np.asarray(leaf)
   return out
 
 
@@ -276,7 +297,42 @@ def load_t5x(path: str, config: t5.T5Config | None = None,
   `target`: check and assemble against this model instead of one built from `config` (or the
   config inferred from the checkpoint's shapes).
   """
-  flat = read_t5x_checkpoint(path)
+  model, tensors, unknown = _t5x_encoder(path, config, target, dual_encoder_options)
+  return model, assemble_params(model, tensors, unknown, path)
+
+
+def load_t5x_sharded(path: str, target: dual_encoder.DualEncoder, shardings) -> dict:
+  """A T5X checkpoint's encoder params as global jax.Arrays laid out by `shardings` (NamedShardings
+  shaped like the params), as a pod loads them: each process reads only the slices its own devices
+  hold (tensorstore reads a slice's chunks), nothing of the decoder, and no process holds the
+  whole tree; every process calls it (the checkpoint is checked against `target` first)."""
+  model, tensors, unknown = _t5x_encoder(path, None, target, {})
+  expected = check_tensors(model, tensors, unknown, path)
+  flat_shardings = _flatten(shardings)
+  if set(flat_shardings) != set(expected):
+    raise ValueError(f"load_t5x_sharded: shardings do not match the params of the model: "
+                     f"{sorted(set(flat_shardings) ^ set(expected))[:5]}")
+  arrays = {tuple(p.split("/")): jax.make_array_from_callback(
+      tuple(expected[p].shape), flat_shardings[p], _slice_reader(tensors[p])) for p in expected}
+  return flax.traverse_util.unflatten_dict(arrays)
+
+
+def _slice_reader(leaf):
+  """index -> float32 numpy slice of leaf; a slice several local devices hold is read once."""
+  cache = {}
+
+  def read(index):
+    key = tuple((s.start, s.stop, s.step) if isinstance(s, slice) else s for s in index)
+    if key not in cache:
+      cache[key] = np.asarray(_read(leaf, index), np.float32)
+    return cache[key]
+
+  return read
+
+
+def _t5x_encoder(path, config, target, dual_encoder_options):
+  """(model, unread encoder tensors keyed by param path, names an encoder cannot use)."""
+  flat = open_t5x_checkpoint(path, skip=_T5X_UNUSED)
   for required in ("token_embedder/embedding", "encoder/relpos_bias/rel_embedding"):
     if required not in flat:
       raise CheckpointMismatchError(f"{path}: no {required}; not a T5X T5 encoder checkpoint "
@@ -289,8 +345,8 @@ def load_t5x(path: str, config: t5.T5Config | None = None,
       tensors["encoder/" + name] = value
     elif name.startswith("encoder/") or name.startswith("projection_layer/"):
       tensors[name] = value
-    elif not _T5X_UNUSED.match(name):
+    else:
       unknown.append(name)
   model = target or dual_encoder.DualEncoder(config or config_from_t5x(flat),
                                              **dual_encoder_options)
-  return model, assemble_params(model, tensors, unknown, path)
+  return model, tensors, unknown
