@@ -139,6 +139,3 @@ def expected_random_average_precision(pool_size: int, num_relevant: int) -> floa
     return 1.0
   return (harmonic + (num_relevant - 1) / (pool_size - 1) * (pool_size - harmonic)) / pool_size
 
-
-def is_finite(value) -> bool:
-  return value is not None and math.isfinite(value)
