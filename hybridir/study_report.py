@@ -271,13 +271,13 @@ def describe(results: dict, elapsed_seconds: float | None) -> str:
   """The set-up line of a demo report: when, where, which settings, how long."""
   settings = next(iter(results.values()))["settings"]
   seeds = sorted({seed for _, _, seed in results})
+  learning_rates = {m: r["settings"]["learning_rate"] for (m, _, _), r in results.items()}
   took = f" in {elapsed_seconds / 60:.0f} min" if elapsed_seconds else ""
   return (f"Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on "
           f"{platform.node() or 'unknown host'} ({os.cpu_count()} CPU cores){took}: "
           f"{len(results)} runs, seeds {', '.join(map(str, seeds))}; {settings['train_steps']} "
           f"steps of batch {settings['batch_size']}, learning rate "
-          + ", ".join(f"{m} {r['settings']['learning_rate']:g}" for (m, _, _), r in
-                      {(k[0], 0, 0): v for k, v in results.items()}.items())
+          + ", ".join(f"{m} {rate:g}" for m, rate in learning_rates.items())
           + f", temperature "
           f"{settings['temperature']}, AdamW weight decay {settings['weight_decay']}; languages "
           f"{', '.join(settings['languages'])}.\n\n{NOTE}")
