@@ -15,6 +15,7 @@ Runs are resumable: a run whose study_results.json exists is kept and skipped on
 import dataclasses
 import json
 import os
+import sys
 import time
 
 from absl import logging
@@ -119,8 +120,11 @@ def run_study(data_dir: str, output_dir: str, config: StudyConfig | None = None)
         logging.info("run %d/%d: %s, %s batches, seed %d", done + 1, len(cells), model,
                      strategy, seed)
         if not os.path.exists(results_path):
-          run_cell(gin_file, cell_bindings(data_dir, model_dir, spm_path, family,
-                                           STRATEGIES[strategy], seed, config.bindings))
+          out = run_cell(gin_file, cell_bindings(data_dir, model_dir, spm_path, family,
+                                                 STRATEGIES[strategy], seed, config.bindings))
+          if getattr(out, "stopped_early", False):
+            logging.warning("SIGTERM: %s saved its checkpoint; rerun the demo to resume", model_dir)
+            sys.exit(main_lib.PREEMPTED_EXIT_CODE)
         with open(results_path) as f:
           results[model, strategy, seed] = json.load(f)
         done += 1

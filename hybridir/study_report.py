@@ -108,7 +108,7 @@ def answer_paragraph(table: dict, training: dict, results: dict) -> str:
            "mAP above chance on size-matched pools ((AP - chance) / (1 - chance), x 100, mean "
            "of the mono, cross and multi settings); an effect below zero means hybrid batches "
            f"lose less out of domain. 95% bootstrap intervals over queries and {len(seeds)} "
-           "seeds."]
+           f"seed{'s' if len(seeds) > 1 else ''}."]
   for name, by_setting in table.items():
     cell = by_setting[study_stats.ALL_SETTINGS]
     verdict = "excludes zero" if cell["excludes_zero"] else "includes zero"
@@ -117,7 +117,7 @@ def answer_paragraph(table: dict, training: dict, results: dict) -> str:
   stuck = sorted({(m, s) for (m, s, _), t in training.items() if not t["learned"]})
   if stuck:
     parts.append("Left out because they did not learn (final training loss or in-batch accuracy "
-                 "at chance in at least one seed): " + ", ".join(f"{m} {s}" for m, s in stuck)
+                 "not clear of chance in at least one seed): " + ", ".join(f"{m} {s}" for m, s in stuck)
                  + ".")
   if not table:
     parts.append("No effect could be computed: no model has a hybrid arm and a baseline that "
@@ -133,7 +133,7 @@ def _training_rows(training: dict, results: dict) -> list:
                  f"{t[0]['chance_loss']:.3f}", _fmt([x["final_accuracy"] for x in t]),
                  f"{100 * t[0]['chance_accuracy']:.1f}",
                  ", ".join(str(x["chosen_step"]) for x in t),
-                 "yes" if all(x["learned"] for x in t) else "**no: at chance**"])
+                 "yes" if all(x["learned"] for x in t) else "**no**"])
   return rows
 
 

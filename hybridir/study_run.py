@@ -127,9 +127,10 @@ def train_and_evaluate(*, model_dir: str, model, spm_path: str, train_mixture: s
                        validation_mixture: str, task_feature_lengths: dict, seed: int,
                        settings: dict, miracl: Sequence[dict] = (),
                        matched_draws: int = 5, max_questions_per_language: int | None = None,
-                       best_metric: str = "eval/loss", export_dir: str | None = None) -> dict:
+                       best_metric: str = "eval/loss", export_dir: str | None = None):
   """Trains (trainer.train, as gin binds it), exports the checkpoint with the lowest validation
-  loss, evaluates it and writes MODEL_DIR/study_results.json; returns what it wrote.
+  loss, evaluates it and writes MODEL_DIR/study_results.json; returns what it wrote (or, stopped
+  by SIGTERM, the TrainResult, without evaluating).
 
   settings: the run's settings to record beside the results (the study's macros).
   miracl: as register_study_data's; MIRACL joins the evaluation when given.
@@ -137,6 +138,8 @@ def train_and_evaluate(*, model_dir: str, model, spm_path: str, train_mixture: s
   datasets = study_datasets(bool(miracl))
   check_held_out([train_mixture, validation_mixture], dict(datasets)[IN_DOMAIN])
   result = trainer.train()
+  if result.stopped_early:  # SIGTERM: checkpoint saved; main exits 143 and a rerun resumes.
+    return result
   step = _best_step(result, best_metric)
   if step is None:
     logging.warning("no %s was recorded in this call (resumed after the last evaluation?): "
