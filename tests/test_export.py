@@ -228,7 +228,7 @@ def test_crashed_hf_export_leaves_no_output_dir(tmp_path, spm_models, monkeypatc
   def crash(*args):
     raise RuntimeError("disk full")
 
-  monkeypatch.setattr(hf_export.shutil, "copyfile", crash)
+  monkeypatch.setattr(hf_export.fs, "copy_file", crash)
   model = dual_encoder.DualEncoder(CONFIGS["t5"])
   with pytest.raises(RuntimeError, match="disk full"):
     hf_export.export_hf(str(tmp_path / "hf"), model, random_params(model), spm_models["t5"])
