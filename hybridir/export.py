@@ -2,8 +2,9 @@
 
 An exported artifact is a directory holding `manifest.json` (what the model is: family, encoder
 config, pooling, vocabulary, text format (prefixes, passage unit), ...), `params/` (orbax, float32
-or bfloat16) and a copy of the SentencePiece model, so it is self-contained. `load_encoder` also reads a Hugging Face model
-directory (config.json, weights, SentencePiece model) or a T5X checkpoint plus a vocabulary.
+or bfloat16) and a copy of the SentencePiece model, so it is self-contained. `load_encoder` also
+reads a Hugging Face model directory (config.json, weights, SentencePiece model) or a T5X
+checkpoint plus a vocabulary.
 Artifacts are written under a temporary name and renamed when complete.
 """
 import contextlib

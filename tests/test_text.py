@@ -1,4 +1,4 @@
-"""One text path: prefixes, passage unit, truncation and tokens, alike in training and evaluation."""
+"""Training and evaluation share one text path: prefixes, passage unit, truncation, tokens."""
 import dataclasses
 
 import jax
