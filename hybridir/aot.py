@@ -113,8 +113,9 @@ def _oom_bytes(message: str) -> int | None:
   return None
 
 
-def _compile(lowered, tpu_slice: accelerators.Slice, what: str) -> dict:
-  """Compiles; per-chip bytes, FLOPs and `fits`. Out of memory is a result with fits False."""
+def _compile(lowered, tpu_slice: accelerators.Slice, what: str, chips: int) -> dict:
+  """Compiles for `chips` of the slice; per-chip bytes, FLOPs and `fits` (out of memory is a
+  result: fits False)."""
   usable = tpu_slice.family.usable_hbm_bytes
   print(f"hybridir.aot: compiling the {what} for {tpu_slice.accelerator_type} (minutes for a "
         "large model)", file=sys.stderr, flush=True)
@@ -135,7 +136,7 @@ def _compile(lowered, tpu_slice: accelerators.Slice, what: str) -> dict:
   flops = float((compiled.cost_analysis() or {}).get("flops", float("nan")))
   return {"fits": total <= usable, "bytes": dict(sizes, total=total), "hbm_bytes": usable,
           "gib_per_chip": round(total / accelerators.GIB, 2), "flops_per_chip": flops,
-          "tflops_per_step": round(flops * tpu_slice.chips / 1e12, 3),
+          "tflops_per_step": round(flops * chips / 1e12, 3),
           "compile_seconds": round(time.time() - started, 1)}
 
 
@@ -188,7 +189,7 @@ def compile_train_step(run: TrainRun, mesh, tpu_slice: accelerators.Slice, batch
                      _abstract_batch(run, batch_size, partitioning.batch_sharding(mesh)),
                      jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated),
                      what="train step", mesh=mesh)
-  return dict(_compile(lowered, tpu_slice, f"train step at batch {batch_size}"),
+  return dict(_compile(lowered, tpu_slice, f"train step at batch {batch_size}", mesh.size),
               batch_size=batch_size, grad_cache_chunks=grad_cache_chunks)
 
 
@@ -214,7 +215,8 @@ def compile_encode_step(run: TrainRun, devices, tpu_slice: accelerators.Slice) -
                                   sharding=partitioning.batch_sharding(mesh))
     lowered = _lower(export.encode_step(run.model, mesh), params, tokens, "passage",
                      what="encode step", mesh=mesh)
-  return dict(_compile(lowered, tpu_slice, "encode step"), batch_size=batch_size, length=length,
+  return dict(_compile(lowered, tpu_slice, "encode step", mesh.size), batch_size=batch_size,
+              length=length,
               mesh=dict(mesh.shape))
 
 
