@@ -7,6 +7,8 @@ writes PREFIX.model and PREFIX.vocab (each passage counted once) and prints the 
 family fixes the special ids: t5 pad 0, eos 1, unk 2; xlmr as XLM-R's model (fairseq adds <pad>).
 """
 import argparse
+import json
+import logging
 import os
 import sys
 import tempfile
@@ -27,10 +29,25 @@ def corpus_texts(corpus: corpora.ParallelCorpus) -> list[str]:
 def train(corpus_path: str, family: str, vocab_size: int, output: str,
           languages: Sequence[str] | None = None, passage_unit: str = "paragraph",
           character_coverage: float = 0.9995) -> str:
-  """Trains on the corpus and writes `output`.model/.vocab atomically; returns the model path."""
+  """Trains on the corpus and writes `output`.model/.vocab atomically; returns the model path.
+
+  A model trained earlier with the same settings (recorded in `output`.settings.json) is reused:
+  SentencePiece's multi-threaded training is not repeatable, and a resumed run must keep the
+  vocabulary its checkpoints were trained with.
+  """
+  settings = {"corpus_path": str(corpus_path), "family": family, "vocab_size": vocab_size,
+              "languages": list(languages) if languages else None,
+              "passage_unit": passage_unit, "character_coverage": character_coverage}
+  record = output + ".settings.json"
+  if fs.exists(output + ".model") and fs.exists(record) and (
+      json.loads(fs.read_text(record)) == settings):
+    logging.info("%s.model: reusing the vocabulary trained earlier with these settings", output)
+    return output + ".model"
   corpus = corpora.load_parallel_corpus(corpus_path, passage_unit, languages)
-  return train_on_corpus(corpus, family, vocab_size, output, character_coverage,
+  path = train_on_corpus(corpus, family, vocab_size, output, character_coverage,
                          source=str(corpus_path))
+  fs.write_text_atomically(record, json.dumps(settings, indent=1) + "\n")
+  return path
 
 
 def train_on_corpus(corpus: corpora.ParallelCorpus, family: str, vocab_size: int, output: str,
