@@ -150,6 +150,5 @@ if __name__ == "__main__":
   flags.DEFINE_string("data_dir", os.environ.get("HYBRIDIR_DATA_DIR", "../shared/data"),
                       "Folder with xquad-r/ and mlqa-r/.")
   flags.DEFINE_string("output_dir", "out/study", "Where runs, vocabularies and the report go.")
-  flags.DEFINE_multi_string("gin_file", [], "Gin files, e.g. to change StudyConfig.")
-  flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings, e.g. StudyConfig.seeds=(0,).")
+  # --gin_file / --gin_bindings (e.g. StudyConfig.seeds=(0,)) are hybridir.main's flags.
   app.run(main)

@@ -184,3 +184,10 @@ def test_bootstrap_intervals_cover_a_known_simulated_effect_at_about_the_nominal
     cell = result["B - A"]["mono"]
     covered.append(cell["low"] <= truth <= cell["high"])
   assert 0.88 <= np.mean(covered) <= 0.995
+
+
+def test_study_cli_starts_with_its_flags_and_mains(tmp_path):
+  result = subprocess.run([sys.executable, "-m", "hybridir.study", "--helpfull"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "--data_dir" in result.stdout and "--gin_file" in result.stdout
