@@ -189,5 +189,5 @@ def test_bootstrap_intervals_cover_a_known_simulated_effect_at_about_the_nominal
 def test_study_cli_starts_with_its_flags_and_mains(tmp_path):
   result = subprocess.run([sys.executable, "-m", "hybridir.study", "--helpfull"], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr, result.stderr[-2000:]  # absl's help exits 1.
   assert "--data_dir" in result.stdout and "--gin_file" in result.stdout
