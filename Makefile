@@ -18,7 +18,7 @@ $(VENV)/.installed: setup.py
 
 demo: setup
 	XLA_FLAGS= $(PY) -m hybridir.study --data_dir=$(HYBRIDIR_DATA_DIR) --output_dir=out/study
-	@echo "Report: out/study/study.md (plots and per-run results beside it)"
+	@echo "Report: out/study/study.md (plots and per-run results beside it); README: $(PY) -m hybridir.study_report"
 
 test: setup
 	$(PY) -m pytest -q tests

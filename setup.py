@@ -19,6 +19,10 @@ INSTALL_REQUIRES = [
     "tokenizers==0.23.3",  # WordPiece vocabularies (BERT family).
     "safetensors==0.8.0",
     "tensorstore==0.1.86",
+    # hybridir.fs: gs:// through etils.epath over fsspec/gcsfs (not tf.io.gfile).
+    "etils[epath]==1.15.0",
+    "fsspec==2026.9.0",
+    "gcsfs==2026.10.1",
     "numpy==2.4.6",
     "msgpack==1.2.4",
     "absl-py==2.5.1",
@@ -26,6 +30,9 @@ INSTALL_REQUIRES = [
     "matplotlib==3.11.2",
     "protobuf==7.36.2",
 ]
+
+# The libtpu jax's `tpu` extra names (jax 0.10.2: libtpu==0.0.42.*): its compile-only devices.
+LIBTPU = "libtpu==0.0.42.*"
 
 EXTRAS_REQUIRE = {
     # Reference implementations, used only by parity tests and benchmarks.
@@ -36,7 +43,11 @@ EXTRAS_REQUIRE = {
         "sentence-transformers==6.2.0",
         "pytrec-eval-terrier==0.5.11",
         "ctranslate2==4.8.5",
+        "gcp-storage-emulator==2026.7.19",  # The gs:// tests' local Cloud Storage.
+        LIBTPU,
     ],
+    # Compiling for Cloud TPU slices on any machine (python -m hybridir.aot).
+    "aot": [LIBTPU],
     # The translation stage (python -m hybridir.translate).
     "translate": ["torch==2.13.0", "transformers==5.23.0", "ctranslate2==4.8.5"],
     "bench": ["faiss-cpu==1.15.1"],

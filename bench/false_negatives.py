@@ -24,14 +24,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tasks  # noqa: E402
 from hybridir import input_pipeline  # noqa: E402
 from hybridir import spm  # noqa: E402
+from hybridir import text  # noqa: E402
 
 
-def text_groups(corpus) -> dict[str, set[int]]:
+def text_groups(corpus, text_format) -> dict[str, set[int]]:
   """{pair id: ids of its (language, passage text) groups}: two ids sharing one share a text."""
   index, groups = {}, collections.defaultdict(set)
   for language, pairs in corpus.pairs.items():
     for pair_id, pair in pairs.items():
-      groups[pair_id].add(index.setdefault((language, pair.passage), len(index)))
+      passage = text.model_input("passage", *text.passage_parts(pair, text_format.passage_unit),
+                                 text_format)
+      groups[pair_id].add(index.setdefault((language, passage), len(index)))
   return groups
 
 
@@ -70,11 +73,12 @@ def main() -> None:
   with tempfile.TemporaryDirectory() as scratch:
     spm_path = args.spm_path or spm.train(str(corpus_path), "t5", 8000,
                                           os.path.join(scratch, "xquad"))
-    for unit in ("paragraph", "sentence"):
+    for unit in text.PASSAGE_UNITS:
+      text_format = text.TextFormat(passage_unit=unit)
       mixture = tasks.register_parallel_qa(f"fn_{unit}", corpus_path, "t5", spm_path,
-                                           passage_unit=unit)
+                                           text_format=text_format)
       source = input_pipeline.HybridInput(mixture.name, lengths, args.batch_size, seed=0)
-      groups = text_groups(mixture.corpus)
+      groups = text_groups(mixture.corpus, text_format)
       totals = collections.defaultdict(list)
       for step in range(args.steps):
         spec, batch = source.batch_spec(step), source.batch(step)

@@ -2,16 +2,17 @@
 
 A checkpoint holds the train state (sharded arrays, restored straight into their shardings) and
 the data position as JSON. Orbax writes each step under a temporary name and renames it when
-complete, so a crash mid-save never leaves a checkpoint that looks complete; such leftovers are
-reported and ignored on resume.
+complete (on gs://, which has no rename, it writes a commit_success.txt marker last instead), so a
+crash mid-save never leaves a checkpoint that looks complete; such leftovers are reported and
+ignored on resume.
 """
-import os
-
 from absl import logging
 import gin
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
+
+from hybridir import fs
 
 STATE, DATA = "state", "data"
 
@@ -38,7 +39,7 @@ class Checkpointer:
     if best_mode not in ("max", "min"):
       raise ValueError(f"Checkpointer.best_mode must be 'max' or 'min', got {best_mode!r}")
     # Orbax wants absolute paths; gs:// and other URLs pass through.
-    self.directory = directory if "://" in directory else os.path.abspath(directory)
+    self.directory = fs.abspath(directory)
     self._warn_about_incomplete()
     policies = [checkpoint_managers.LatestN(keep_last)]
     if best_metric and keep_best:
@@ -52,11 +53,11 @@ class Checkpointer:
             create=True))
 
   def _warn_about_incomplete(self) -> None:
-    if not os.path.isdir(self.directory):
+    if not fs.isdir(self.directory):
       return
-    for name in sorted(os.listdir(self.directory)):
-      path = os.path.join(self.directory, name)
-      if os.path.isdir(path) and ocp.step.is_tmp_checkpoint(path):
+    for name in fs.listdir(self.directory):
+      path = fs.path(self.directory) / name
+      if path.is_dir() and ocp.step.is_tmp_checkpoint(path):
         logging.warning("ignoring half-written checkpoint %s (a save did not finish)", path)
 
   def latest_step(self) -> int | None:

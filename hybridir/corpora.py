@@ -17,6 +17,8 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
+from hybridir import fs
+
 PathLike = str | os.PathLike
 
 # The 101 mT5 (mC4) languages and the CC-100 languages (a superset of XLM-R's 100; romanized and
@@ -79,7 +81,7 @@ def required_text(record: Mapping, field: str, where: str) -> str:
 
 def _load_json(path: pathlib.Path) -> object:
   try:
-    with open(path, encoding="utf-8") as f:
+    with fs.open(path, encoding="utf-8") as f:
       return json.load(f)
   except json.JSONDecodeError as e:
     raise CorpusError(f"{path}: malformed or truncated JSON at line {e.lineno} column {e.colno}: "
@@ -156,7 +158,7 @@ def _answer_sentence_index(qa: Mapping, breaks: Sequence[tuple[int, int]], where
 
 def read_squad_paragraphs(path: PathLike) -> Iterator[SquadParagraph]:
   """Validated paragraphs of a SQuAD v1.1 file (plus optional LAReQA sentence breaks)."""
-  path = pathlib.Path(path)
+  path = fs.path(path)
   root = _load_json(path)
   if not isinstance(root, Mapping) or not isinstance(root.get("data"), list):
     raise CorpusError(f"{path}: missing field 'data' (a list of articles)")
@@ -209,7 +211,7 @@ def read_squad(path: PathLike, language: str, passage_unit: str = "paragraph") -
 
 def read_lines(path: PathLike) -> Iterator[tuple[str, str]]:
   """(where, line) for each non-blank line, `where` naming file and line number."""
-  with open(path, encoding="utf-8") as f:
+  with fs.open(path, encoding="utf-8") as f:
     for number, line in enumerate(f, start=1):
       if line.strip():
         yield f"{path}: line {number}", line.rstrip("\n")
@@ -340,7 +342,7 @@ def load_parallel_corpus(path: PathLike, passage_unit: str = "paragraph",
   `corpus/<source>/<lang>.json` per source), else the corpus's own name (folder or file stem).
   """
   _check_passage_unit(passage_unit)
-  path = pathlib.Path(path)
+  path = fs.path(path)
   files = _corpus_files(path)
   if languages is not None:
     for language in languages:

@@ -14,6 +14,7 @@ import sys
 from typing import Sequence
 
 from hybridir import corpora
+from hybridir import fs
 from hybridir import retrieval_data
 from hybridir import hybrid
 
@@ -22,7 +23,7 @@ def default_data_dir(dataset: str) -> pathlib.Path:
   """$HYBRIDIR_DATA_DIR/<dataset folder>, else ../shared/data/<dataset folder>."""
   root = os.environ.get("HYBRIDIR_DATA_DIR",
                         pathlib.Path(__file__).resolve().parents[2] / "shared" / "data")
-  return pathlib.Path(root) / retrieval_data.LAREQA_FOLDERS[dataset]
+  return fs.path(root) / retrieval_data.LAREQA_FOLDERS[dataset]
 
 
 def _alpha(value: str) -> float:

@@ -24,31 +24,28 @@ from hybridir import retrieval
 SUMMARY_MEASURES = ("map", "recall_10", "ndcg_cut_10", "recip_rank_cut_10")
 
 
-def candidate_text(candidate: retrieval_data.Candidate, with_context: bool) -> str:
-  """The text a candidate is encoded from: its sentence, optionally followed by its context."""
-  return f"{candidate.text} {candidate.context}" if with_context else candidate.text
+def encode_dataset(encoder: export.Encoder, dataset: retrieval_data.RetrievalDataset) -> dict:
+  """evaluate.evaluate_settings's inputs for a dataset: ids and embeddings per language.
 
-
-def encode_dataset(encoder: export.Encoder, dataset: retrieval_data.RetrievalDataset,
-                   with_context: bool = False) -> dict:
-  """evaluate.evaluate_settings's inputs for a dataset: ids and embeddings per language."""
+  Candidates are encoded with their context (paragraph, or MIRACL title) as the encoder's text
+  format says: the same tokens as a training passage of the same record.
+  """
   questions, question_emb, candidates, candidate_emb = {}, {}, {}, {}
   for language, items in dataset.questions.items():
     questions[language] = [(q.question_id, q.relevant) for q in items]
     question_emb[language] = encoder.encode([q.text for q in items], tower="query")
   for language, items in dataset.candidates.items():
     candidates[language] = [c.candidate_id for c in items]
-    candidate_emb[language] = encoder.encode(
-        [candidate_text(c, with_context) for c in items], tower="passage")
+    candidate_emb[language] = encoder.encode([c.text for c in items], tower="passage",
+                                             contexts=[c.context for c in items])
   return dict(questions=questions, question_emb=question_emb, candidates=candidates,
               candidate_emb=candidate_emb)
 
 
 def evaluate_dataset(encoder: export.Encoder, dataset: retrieval_data.RetrievalDataset,
-                     measures: Sequence[str] = metrics.DEFAULT_MEASURES,
-                     with_context: bool = False) -> dict:
+                     measures: Sequence[str] = metrics.DEFAULT_MEASURES) -> dict:
   """The three settings' results (see evaluate.evaluate_settings) for one dataset."""
-  inputs = encode_dataset(encoder, dataset, with_context)
+  inputs = encode_dataset(encoder, dataset)
   return evaluate.evaluate_settings(measures=measures, **inputs)
 
 
@@ -94,7 +91,7 @@ def summary(results: dict, measures: Sequence[str] = SUMMARY_MEASURES) -> dict[s
 def run_evaluation(*, encoder_path: str, mixture_name: str, output_dir: str,
                    in_domain: str | None = None,
                    measures: Sequence[str] = metrics.DEFAULT_MEASURES,
-                   with_context: bool = False, batch_size: int = 64) -> dict:
+                   batch_size: int = 64) -> dict:
   """Evaluates an encoder (HF directory, T5X checkpoint or exported artifact) on a mixture.
 
   `in_domain` names the mixture's dataset that is in-domain (e.g. the held-out split of the
@@ -109,7 +106,7 @@ def run_evaluation(*, encoder_path: str, mixture_name: str, output_dir: str,
   results = {}
   for name, dataset in datasets:
     logging.info("evaluating %s on %s (%s)", encoder_path, name, dataset.stats())
-    inputs = encode_dataset(encoder, dataset, with_context)
+    inputs = encode_dataset(encoder, dataset)
     results[name] = evaluate.evaluate_settings(measures=measures, **inputs)
     if writes:
       reports.write_report(os.path.join(output_dir, name), results[name], name=name)

@@ -8,16 +8,15 @@ measures as JSON under pytrec_eval's names. With LANGS (TSV `id<TAB>language` fo
 and optionally the queries) it adds `rank_distance`, the language bias of a multilingual run.
 """
 import argparse
-import contextlib
 import json
 import math
 import os
 import sys
-import tempfile
 from typing import Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
+from hybridir import fs
 from hybridir import metrics
 from hybridir import retrieval
 
@@ -234,38 +233,9 @@ def degradation(in_domain: Mapping[str, float],
   return result
 
 
-@contextlib.contextmanager
-def atomic_output(path: str) -> Iterator[str]:
-  """Yields a temporary path beside `path`; renames it onto `path` only if the block succeeds.
-
-  For gs:// (or other remote) paths the temporary file is local and is uploaded at the end; an
-  object store only shows an object once its upload completes.
-  """
-  remote = "://" in path
-  directory = tempfile.gettempdir() if remote else os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  suffix = os.path.splitext(path)[1]
-  handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=suffix,
-                                       dir=directory)
-  os.close(handle)
-  try:
-    yield temporary
-    if remote:
-      import tensorflow as tf  # Only remote writes need TensorFlow's file system.
-      tf.io.gfile.makedirs(path.rsplit("/", 1)[0])
-      tf.io.gfile.copy(temporary, path, overwrite=True)
-    else:
-      os.replace(temporary, path)
-  finally:
-    if os.path.exists(temporary):
-      os.remove(temporary)
-
-
-def write_text_atomically(path: str, text: str) -> None:
-  """Writes `text` to `path` via a temporary file and a rename."""
-  with atomic_output(path) as temporary:
-    with open(temporary, "w", encoding="utf-8") as f:
-      f.write(text)
+# Kept under these names for their callers; the filesystem layer does the work.
+atomic_output = fs.atomic_output
+write_text_atomically = fs.write_text_atomically
 
 
 def _check_token(value: str, what: str) -> str:
@@ -295,7 +265,7 @@ def write_trec_qrels(path: str, qrels: metrics.Qrels) -> None:
 
 def _read_table(path: str, num_fields: int, layout: str, separator: str | None = None):
   """Yields (line number, fields) of non-blank lines; a wrong field count raises naming the line."""
-  with open(path, encoding="utf-8") as f:
+  with fs.open(path, encoding="utf-8") as f:
     for number, line in enumerate(f, start=1):
       if not line.strip():
         continue

@@ -1,9 +1,10 @@
 """Encoders ready for use: exported artifacts, `load_encoder(path)` and `Encoder.encode(texts)`.
 
 An exported artifact is a directory holding `manifest.json` (what the model is: family, encoder
-config, pooling, vocabulary, ...), `params/` (orbax, float32 or bfloat16) and a copy of the
-SentencePiece model, so it is self-contained. `load_encoder` also reads a Hugging Face model
-directory (config.json, weights, SentencePiece model) or a T5X checkpoint plus a vocabulary.
+config, pooling, vocabulary, text format (prefixes, passage unit), ...), `params/` (orbax, float32
+or bfloat16) and a copy of the SentencePiece model, so it is self-contained. `load_encoder` also
+reads a Hugging Face model directory (config.json, weights, SentencePiece model) or a T5X
+checkpoint plus a vocabulary.
 Artifacts are written under a temporary name and renamed when complete.
 """
 import contextlib
@@ -12,8 +13,6 @@ import datetime
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 
 import flax
 import flax.linen as nn
@@ -23,9 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from hybridir import fs
 from hybridir import importers
 from hybridir import partitioning
-from hybridir import vocab as vocab_lib
+from hybridir import text as text_lib
 from hybridir.models import dual_encoder
 from hybridir.models import families
 
@@ -40,45 +40,52 @@ class Encoder:
   """A dual encoder with its parameters and vocabulary; encodes texts in fixed-shape batches.
 
   The forward pass splits each batch over all local devices (parameters replicated), so
-  batch_size is rounded up to a multiple of the local device count.
+  batch_size is rounded up to a multiple of the local device count. Texts become tokens through
+  `text.tokenize` with `text_format` (prefixes, passage unit), as in training.
   """
   model: dual_encoder.DualEncoder
   params: dict
   vocabulary: object
   max_length: int = 512
   batch_size: int = 32
+  text_format: text_lib.TextFormat = dataclasses.field(default_factory=text_lib.TextFormat)
 
   def __post_init__(self):
     self.family = self.model.encoder_config.family
     self.mesh = partitioning.create_mesh(num_partitions=1, devices=jax.local_devices())
     num_devices = self.mesh.devices.size
     self.batch_size = -(-self.batch_size // num_devices) * num_devices
-    self._rules = partitioning.standard_logical_axis_rules(1, 1)
-    replicated = partitioning.replicated(self.mesh)
-    batch = partitioning.batch_sharding(self.mesh)
-    self.params = jax.device_put(jax.tree.map(jnp.asarray, self.params), replicated)
-    self._encode = jax.jit(
-        lambda params, tokens, tower: self.model.apply(
-            {"params": params}, tokens, tower, method=dual_encoder.DualEncoder.encode),
-        in_shardings=(replicated, batch), out_shardings=batch, static_argnums=2)
+    self._rules = ENCODE_AXIS_RULES
+    self.params = jax.device_put(jax.tree.map(jnp.asarray, self.params),
+                                 partitioning.replicated(self.mesh))
+    self._encode = encode_step(self.model, self.mesh)
 
   @property
   def dimension(self) -> int:
     return self.model.projection_dim or self.model.encoder_config.emb_dim
 
-  def tokenize(self, texts: list[str]) -> list[list[int]]:
-    return [vocab_lib.tokenize(self.vocabulary, t, self.max_length) for t in texts]
+  def tokenize(self, texts: list[str], tower: str = "query",
+               contexts: list[str] | None = None) -> list[list[int]]:
+    """Ids of each text with its tower's prefix (and, for passages, its context)."""
+    contexts = [""] * len(texts) if contexts is None else list(contexts)
+    if len(contexts) != len(texts):
+      raise ValueError(f"encode: {len(texts)} texts but {len(contexts)} contexts")
+    return [text_lib.tokenize(self.vocabulary, tower, text, context, self.max_length,
+                              self.text_format) for text, context in zip(texts, contexts)]
 
   def bucket(self, num_tokens: int) -> int:
     """The padded length of a batch whose longest text has num_tokens: a power of two."""
     return min(self.max_length, max(MIN_BUCKET, 1 << (num_tokens - 1).bit_length()))
 
-  def encode(self, texts: list[str], tower: str = "query") -> np.ndarray:
-    """Embeds texts ([N, D] float32). Batches are sorted by length and padded to a bucket
+  def encode(self, texts: list[str], tower: str = "query",
+             contexts: list[str] | None = None) -> np.ndarray:
+    """Embeds texts ([N, D] float32): queries, or passages (`contexts`: each one's paragraph).
+
+    `tower` also selects the prefix. Batches are sorted by length and padded to a bucket
     (a power of two up to max_length), so only a few shapes are ever compiled."""
     if isinstance(texts, str):
       raise TypeError("encode takes a list of texts, not a single string")
-    ids = self.tokenize(list(texts))
+    ids = self.tokenize(list(texts), tower, contexts)
     order = np.argsort([len(x) for x in ids], kind="stable")
     out = np.zeros((len(ids), self.dimension), np.float32)
     pad = self.model.encoder_config.pad_id
@@ -94,43 +101,44 @@ class Encoder:
     return out
 
 
+ENCODE_AXIS_RULES = partitioning.standard_logical_axis_rules(1, 1)
+
+
+def encode_step(model: dual_encoder.DualEncoder, mesh: jax.sharding.Mesh):
+  """The jitted (params, tokens, tower) -> embeddings of evaluation: params replicated, the batch
+  split over the mesh; trace it inside axis_rules_context(ENCODE_AXIS_RULES, mesh)."""
+  replicated = partitioning.replicated(mesh)
+  batch = partitioning.batch_sharding(mesh)
+  return jax.jit(
+      lambda params, tokens, tower: model.apply(
+          {"params": params}, tokens, tower, method=dual_encoder.DualEncoder.encode),
+      in_shardings=(replicated, batch), out_shardings=batch, static_argnums=2)
+
+
 # ---------------------------------------------------------------------------------------------
 # Writing artifacts
 
 @contextlib.contextmanager
-def atomic_directory(output_dir: str, overwrite: bool = False):
-  """Yields a temporary directory beside output_dir that becomes output_dir only on success."""
-  output_dir = os.path.abspath(output_dir)
+def atomic_directory(output_dir: str, overwrite: bool = False, marker: str = MANIFEST):
+  """Yields a local directory that becomes output_dir only on success (see fs.atomic_directory:
+  on gs:// the files are uploaded with `marker` last, and readers trust only marked ones)."""
   check_writable(output_dir, overwrite)
-  parent = os.path.dirname(output_dir)
-  os.makedirs(parent, exist_ok=True)
-  temporary = tempfile.mkdtemp(prefix=os.path.basename(output_dir) + ".tmp-", dir=parent)
-  try:
+  with fs.atomic_directory(output_dir, marker) as temporary:
     yield temporary
     check_writable(output_dir, overwrite)
-    if os.path.exists(output_dir) and os.listdir(output_dir):
-      old = tempfile.mkdtemp(prefix=os.path.basename(output_dir) + ".old-", dir=parent)
-      os.rename(output_dir, os.path.join(old, "replaced"))
-      os.rename(temporary, output_dir)
-      shutil.rmtree(old)
-    else:
-      os.rename(temporary, output_dir)  # Replaces an empty directory atomically.
-  finally:
-    if os.path.exists(temporary):
-      shutil.rmtree(temporary)
 
 
 def check_writable(output_dir: str, overwrite: bool) -> None:
-  if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+  if fs.exists(output_dir) and not fs.isdir(output_dir):
     raise FileExistsError(f"{output_dir} exists and is not a directory")
-  if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
+  if fs.isdir(output_dir) and fs.listdir(output_dir) and not overwrite:
     raise FileExistsError(f"{output_dir} exists and is not empty; pass overwrite=True to "
                           "replace it")
 
 
 def check_vocabulary(config: dual_encoder.EncoderConfig, spm_path: str):
   """The family's vocabulary of a SentencePiece file, checked to fit the model's embedding."""
-  if not spm_path.startswith("gs://") and not os.path.isfile(spm_path):
+  if not fs.isfile(spm_path):
     raise FileNotFoundError(f"{spm_path}: SentencePiece model not found")
   vocabulary = families.of_config(config).make_vocabulary(spm_path)
   if vocabulary.vocab_size > config.vocab_size:
@@ -146,8 +154,7 @@ def checked_params(model: dual_encoder.DualEncoder, params, source: str) -> dict
 
 
 def _sha256(path: str) -> str:
-  with open(path, "rb") as f:
-    return hashlib.sha256(f.read()).hexdigest()
+  return hashlib.sha256(fs.read_bytes(path)).hexdigest()
 
 
 def _write_manifest(directory: str, manifest: dict) -> None:
@@ -157,8 +164,13 @@ def _write_manifest(directory: str, manifest: dict) -> None:
 
 def export_encoder(output_dir: str, model: dual_encoder.DualEncoder, params, spm_path: str,
                    dtype: str = "float32", max_length: int = 512,
-                   extra_metadata: dict | None = None, overwrite: bool = False) -> str:
-  """Writes an encoder-only artifact (manifest, orbax params, SentencePiece copy); returns it."""
+                   extra_metadata: dict | None = None, overwrite: bool = False,
+                   text_format: text_lib.TextFormat | None = None) -> str:
+  """Writes an encoder-only artifact (manifest, orbax params, SentencePiece copy); returns it.
+
+  `text_format` (default: the gin-configured `text.TextFormat()`, as training's) is recorded so
+  that a loaded encoder applies the prefixes and passage unit it was trained with.
+  """
   cfg = model.encoder_config
   if dtype not in PARAM_DTYPES:
     raise ValueError(f"export_encoder dtype must be one of {PARAM_DTYPES}, got {dtype!r}")
@@ -167,7 +179,7 @@ def export_encoder(output_dir: str, model: dual_encoder.DualEncoder, params, spm
     raise ValueError(f"export_encoder max_length must be an int in [2, {longest or 'inf'}], "
                      f"got {max_length!r}")
   json.dumps(extra_metadata)  # Fails early (TypeError) when not JSON-serialisable.
-  check_writable(os.path.abspath(output_dir), overwrite)
+  check_writable(fs.abspath(output_dir), overwrite)
   check_vocabulary(cfg, spm_path)
   params = checked_params(model, params, "export_encoder params")
   params = jax.tree.map(lambda x: x.astype(jnp.dtype(dtype)), params)
@@ -179,7 +191,8 @@ def export_encoder(output_dir: str, model: dual_encoder.DualEncoder, params, spm
       "encoder_config": dataclasses.asdict(cfg), "pooling": model.pooling,
       "normalize": model.normalize, "projection_dim": model.projection_dim,
       "shared_towers": model.shared_towers, "param_dtype": dtype, "max_length": max_length,
-      "vocabulary": {"source": os.path.abspath(spm_path), "file": vocabulary_file,
+      "text_format": (text_format or text_lib.TextFormat()).to_json(),
+      "vocabulary": {"source": fs.abspath(spm_path), "file": vocabulary_file,
                      "sha256": _sha256(spm_path)},
       "parameter_count": int(sum(x.size for x in jax.tree.leaves(params))),
       "created": {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
@@ -189,9 +202,9 @@ def export_encoder(output_dir: str, model: dual_encoder.DualEncoder, params, spm
   with atomic_directory(output_dir, overwrite) as temporary:
     ocp.PyTreeCheckpointer().save(os.path.join(temporary, PARAMS_DIR),
                                   args=ocp.args.PyTreeSave(params))
-    shutil.copyfile(spm_path, os.path.join(temporary, vocabulary_file))
+    fs.copy_file(spm_path, os.path.join(temporary, vocabulary_file))
     _write_manifest(temporary, manifest)
-  return os.path.abspath(output_dir)
+  return fs.abspath(output_dir)
 
 
 def _version() -> str:
@@ -216,10 +229,10 @@ def _restore_numpy(path: str, subtree: str | None = None) -> dict:
 def training_checkpoint_steps(model_dir: str) -> list[int]:
   """Complete checkpoint steps under MODEL_DIR/checkpoints (half-written ones have other names)."""
   directory = os.path.join(model_dir, "checkpoints")
-  if not os.path.isdir(directory):
+  if not fs.isdir(directory):
     raise FileNotFoundError(f"{directory}: no checkpoints directory (is {model_dir} a MODEL_DIR?)")
-  return sorted(int(name) for name in os.listdir(directory) if name.isdigit()
-                and os.path.isdir(os.path.join(directory, name, "state")))
+  return sorted(step for step in ocp.step.checkpoint_steps(fs.path(directory))  # Finalized only.
+                if fs.isdir(os.path.join(directory, str(step), "state")))
 
 
 def restore_training_params(model_dir: str, step: int | None = None) -> tuple[int, dict]:
@@ -238,15 +251,48 @@ def restore_training_params(model_dir: str, step: int | None = None) -> tuple[in
   return step, params["model"]
 
 
+def _run_identity(model_dir: str, step: int) -> tuple[str, dict]:
+  """(path, JSON) of the run identity a training checkpoint stores ({} if none)."""
+  path = os.path.join(model_dir, "checkpoints", str(step), "data")
+  if not fs.isdir(path):
+    return path, {}
+  position = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(path)
+  identity = position.get("identity") if isinstance(position, dict) else None
+  return path, identity if isinstance(identity, dict) else {}
+
+
+def training_text_format(model_dir: str, step: int) -> text_lib.TextFormat | None:
+  """The text format a training checkpoint's run identity records (None: it records none)."""
+  path, identity = _run_identity(model_dir, step)
+  if "text_format" not in identity:
+    return None
+  return text_lib.TextFormat.from_json(identity["text_format"], path)
+
+
 @gin.configurable
 def export_from_training_checkpoint(model_dir: str, output_dir: str,
                                     model: dual_encoder.DualEncoder, spm_path: str,
-                                    step: int | None = None, **export_options) -> str:
-  """Exports the model params of MODEL_DIR's latest (or given) training checkpoint."""
+                                    step: int | None = None,
+                                    text_format: text_lib.TextFormat | None = None,
+                                    **export_options) -> str:
+  """Exports the model params of MODEL_DIR's latest (or given) training checkpoint.
+
+  The manifest records the text format the checkpoint was trained with; a checkpoint from before
+  formats were recorded gets `text_format`, else bare texts (`text.UNFORMATTED`), as it was trained.
+  max_length defaults to the passage length it was trained with, so passages are cut as then.
+  """
   step, params = restore_training_params(model_dir, step)
+  trained = training_text_format(model_dir, step)
+  lengths = _run_identity(model_dir, step)[1].get("task_feature_lengths")
+  passage_length = lengths.get("passage") if isinstance(lengths, dict) else None
+  if export_options.get("max_length") is None and isinstance(passage_length, int):
+    export_options["max_length"] = passage_length
+  if trained is not None and text_format is not None and trained != text_format:
+    raise ValueError(f"{model_dir}: step {step} was trained with {trained}, not {text_format}")
   metadata = dict(export_options.pop("extra_metadata", None) or {})
-  metadata.update(training_checkpoint=os.path.abspath(model_dir), step=step)
+  metadata.update(training_checkpoint=fs.abspath(model_dir), step=step)
   return export_encoder(output_dir, model, params, spm_path, extra_metadata=metadata,
+                        text_format=trained or text_format or text_lib.UNFORMATTED,
                         **export_options)
 
 
@@ -256,7 +302,7 @@ def export_from_training_checkpoint(model_dir: str, output_dir: str,
 def read_manifest(path: str) -> dict:
   manifest_path = os.path.join(path, MANIFEST)
   try:
-    with open(manifest_path) as f:
+    with fs.open(manifest_path) as f:
       manifest = json.load(f)
   except json.JSONDecodeError as e:
     raise ValueError(f"{manifest_path}: not valid JSON: {e}") from e
@@ -270,8 +316,14 @@ def read_manifest(path: str) -> dict:
 
 
 def _load_artifact(path: str, overrides: dict) -> tuple[dual_encoder.DualEncoder, dict, dict]:
-  """(model, float32 params, manifest) of an exported artifact."""
+  """(model, float32 params, manifest) of an exported artifact.
+
+  An artifact from before text formats were recorded encodes bare texts, as it did then.
+  """
   manifest = read_manifest(path)
+  manifest["text_format"] = (text_lib.UNFORMATTED if "text_format" not in manifest else
+                             text_lib.TextFormat.from_json(manifest["text_format"],
+                                                           os.path.join(path, MANIFEST)))
   for name, value in overrides.items():
     if value is not None and value != manifest[name]:
       raise ValueError(f"{path}: the artifact was exported with {name}={manifest[name]!r}, "
@@ -290,7 +342,7 @@ def _load_artifact(path: str, overrides: dict) -> tuple[dual_encoder.DualEncoder
 
 def _find_vocabulary(model_dir: str, family: families.EncoderFamily) -> str:
   for name in family.vocabulary_files:
-    if os.path.exists(os.path.join(model_dir, name)):
+    if fs.exists(os.path.join(model_dir, name)):
       return os.path.join(model_dir, name)
   raise FileNotFoundError(
       f"{model_dir}: no vocabulary file ({' or '.join(family.vocabulary_files)}); hybridir "
@@ -300,27 +352,29 @@ def _find_vocabulary(model_dir: str, family: families.EncoderFamily) -> str:
 def load_encoder(path: str, vocabulary: str | None = None, model_config=None,
                  pooling: str | None = None, normalize: bool | None = None,
                  projection_dim: int | None = None, max_length: int | None = None,
-                 batch_size: int = 32) -> Encoder:
+                 batch_size: int = 32, text_format: text_lib.TextFormat | None = None) -> Encoder:
   """Loads an exported artifact, a Hugging Face directory or a T5X checkpoint (with vocabulary).
 
-  An artifact carries its own config, pooling and vocabulary; options that contradict it raise.
-  A sentence-transformers folder's modules decide pooling and normalize the same way; elsewhere
-  pooling defaults to the family's (mean for mT5 and XLM-R, [CLS] + dense pooler for BERT) and
-  normalize to True.
+  An artifact carries its own config, pooling, vocabulary and text format; options that
+  contradict it raise. A sentence-transformers folder's modules decide pooling and normalize the
+  same way; elsewhere pooling defaults to the family's (mean for mT5 and XLM-R, [CLS] + dense
+  pooler for BERT), normalize to True and text_format to bare texts (`text.UNFORMATTED`).
   """
   local = not path.startswith("gs://")
-  if local and os.path.exists(os.path.join(path, MANIFEST)):
+  if fs.exists(os.path.join(path, MANIFEST)):
     if model_config is not None:
       raise ValueError(f"{path}: an exported artifact carries its own config; drop model_config")
     model, params, manifest = _load_artifact(path, dict(
-        pooling=pooling, normalize=normalize, projection_dim=projection_dim))
+        pooling=pooling, normalize=normalize, projection_dim=projection_dim,
+        text_format=text_format))
+    text_format = manifest["text_format"]
     spm_path = vocabulary or os.path.join(path, manifest["vocabulary"]["file"])
     max_length = max_length or manifest["max_length"]
   else:
     options = dict(pooling=pooling, normalize=normalize)  # None: the importer decides.
     if projection_dim:
       options["projection_dim"] = projection_dim
-    if local and os.path.exists(os.path.join(path, "config.json")):
+    if fs.exists(os.path.join(path, "config.json")):
       model, params = importers.load_hf(path, **options)
       spm_path = vocabulary or _find_vocabulary(path, families.of_config(model.encoder_config))
     elif not local or os.path.exists(os.path.join(path, "checkpoint")):
@@ -334,4 +388,5 @@ def load_encoder(path: str, vocabulary: str | None = None, model_config=None,
                               "(checkpoint file)")
   cfg = model.encoder_config
   return Encoder(model, params, check_vocabulary(cfg, spm_path),
-                 max_length or cfg.max_length or 512, batch_size)
+                 max_length or cfg.max_length or 512, batch_size,
+                 text_format or text_lib.UNFORMATTED)

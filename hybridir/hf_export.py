@@ -10,12 +10,12 @@ are written as sentence-transformers modules (modules.json, 1_Pooling, 2_Dense, 
 """
 import json
 import os
-import shutil
 
 import flax
 import numpy as np
 
 from hybridir import export
+from hybridir import fs
 from hybridir import importers
 from hybridir.models import dual_encoder
 from hybridir.models import families
@@ -57,9 +57,9 @@ def export_hf(output_dir: str, model: dual_encoder.DualEncoder, params, spm_path
   tensors = hf_tensors(model, params)
   family = families.of_config(model.encoder_config)
   export.check_vocabulary(model.encoder_config, spm_path)
-  with export.atomic_directory(output_dir, overwrite) as temporary:
+  with export.atomic_directory(output_dir, overwrite, marker="config.json") as temporary:
     save_file(tensors, os.path.join(temporary, "model.safetensors"), metadata={"format": "pt"})
-    shutil.copyfile(spm_path, os.path.join(temporary, family.vocabulary_files[0]))
+    fs.copy_file(spm_path, os.path.join(temporary, family.vocabulary_files[0]))
     _write_json(os.path.join(temporary, "config.json"), config)
     if family.hf_tokenizer_config:
       _write_json(os.path.join(temporary, "tokenizer_config.json"), family.hf_tokenizer_config)
@@ -69,7 +69,7 @@ def export_hf(output_dir: str, model: dual_encoder.DualEncoder, params, spm_path
         save_file(content, os.path.join(temporary, path), metadata={"format": "pt"})
       else:
         _write_json(os.path.join(temporary, path), content)
-  return os.path.abspath(output_dir)
+  return fs.abspath(output_dir)
 
 
 def _write_json(path: str, content: dict) -> None:

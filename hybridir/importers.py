@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hybridir import fs
 from hybridir.models import dual_encoder
 from hybridir.models import families
 from hybridir.models import t5
@@ -43,6 +44,14 @@ def _flatten(tree: dict) -> dict[str, object]:
 def assemble_params(model: dual_encoder.DualEncoder, tensors: dict[str, np.ndarray],
                     unknown: list[str], source: str) -> dict:
   """Checks tensors (keyed by param path) against the model's shapes and builds the params."""
+  expected = check_tensors(model, tensors, unknown, source)
+  flat = {tuple(p.split("/")): np.asarray(tensors[p], np.float32) for p in expected}
+  return flax.traverse_util.unflatten_dict(flat)
+
+
+def check_tensors(model: dual_encoder.DualEncoder, tensors: dict, unknown: list[str],
+                  source: str) -> dict:
+  """The model's flat param shapes, once every tensor (anything with .shape) fits them."""
   expected = _flatten(abstract_params(model))
   problems = []
   for path in sorted(set(expected) & set(tensors)):
@@ -57,8 +66,7 @@ def assemble_params(model: dual_encoder.DualEncoder, tensors: dict[str, np.ndarr
     raise CheckpointMismatchError(
         f"checkpoint {source} does not fit the model ({len(problems)} problems):\n"
         + "\n".join(problems))
-  flat = {tuple(p.split("/")): np.asarray(tensors[p], np.float32) for p in expected}
-  return flax.traverse_util.unflatten_dict(flat)
+  return expected
 
 
 # ---------------------------------------------------------------------------------------------
@@ -80,9 +88,9 @@ def sentence_transformers_head(model_dir: str) -> dict | None:
   `normalize` and, for a Dense after CLS pooling (LaBSE's head), its tensors as the DualEncoder's
   'first_dense' pooler. None when the folder has no modules.json."""
   path = os.path.join(model_dir, "modules.json")
-  if not os.path.exists(path):
+  if not fs.exists(path):
     return None
-  with open(path) as f:
+  with fs.open(path) as f:
     modules = json.load(f)
   kinds = [m.get("type", "").rsplit(".", 1)[-1] for m in modules]
   known = ("Transformer", "Pooling", "Dense", "Normalize")
@@ -92,7 +100,7 @@ def sentence_transformers_head(model_dir: str) -> dict | None:
                      "the sentence-transformers heads hybridir reads")
   by_kind = {k: os.path.join(model_dir, m.get("path", "")) for k, m in zip(kinds, modules)}
   pooling_path = os.path.join(by_kind["Pooling"], "config.json")
-  with open(pooling_path) as f:
+  with fs.open(pooling_path) as f:
     pooling = json.load(f)
   # sentence-transformers >= 6 writes "pooling_mode"; older folders (LaBSE's) one flag per mode.
   modes = pooling.get("pooling_mode") or [name[len("pooling_mode_"):] for name, on in
@@ -105,7 +113,7 @@ def sentence_transformers_head(model_dir: str) -> dict | None:
   head = {"pooling": mode, "normalize": "Normalize" in kinds, "tensors": {}}
   if "Dense" in kinds:
     dense_path = os.path.join(by_kind["Dense"], "config.json")
-    with open(dense_path) as f:
+    with fs.open(dense_path) as f:
       dense = json.load(f)
     if (mode != "first" or dense.get("in_features") != dense.get("out_features")
         or not dense.get("bias", True)
@@ -139,17 +147,17 @@ def _pooling_options(model_dir: str, family, options: dict) -> tuple[dict, dict]
 
 def _read_hf_tensors(model_dir: str) -> dict[str, np.ndarray]:
   """All tensors of a HF model directory: (sharded) safetensors, else PyTorch .bin."""
-  files = sorted(f for f in os.listdir(model_dir) if f.endswith(".safetensors"))
+  files = sorted(f for f in fs.listdir(model_dir) if f.endswith(".safetensors"))
   if files:
     from safetensors.numpy import load_file
     tensors = {}
     for f in files:
       try:
-        tensors.update(load_file(os.path.join(model_dir, f)))
+        tensors.update(load_file(fs.local_copy(os.path.join(model_dir, f))))
       except Exception as e:  # safetensors raises its own error types.
         raise ValueError(f"{os.path.join(model_dir, f)}: unreadable safetensors file: {e}") from e
     return tensors
-  bins = sorted(f for f in os.listdir(model_dir) if f.startswith("pytorch_model") and
+  bins = sorted(f for f in fs.listdir(model_dir) if f.startswith("pytorch_model") and
                 f.endswith(".bin"))
   if not bins:
     raise FileNotFoundError(f"{model_dir}: no model.safetensors or pytorch_model.bin")
@@ -160,7 +168,8 @@ def _read_hf_tensors(model_dir: str) -> dict[str, np.ndarray]:
                       "torch), or convert the checkpoint to safetensors") from e
   tensors = {}
   for f in bins:
-    state = torch.load(os.path.join(model_dir, f), map_location="cpu", weights_only=True)
+    state = torch.load(fs.local_copy(os.path.join(model_dir, f)), map_location="cpu",
+                       weights_only=True)
     tensors.update({k: v.float().numpy() for k, v in state.items()})
   return tensors
 
@@ -174,9 +183,9 @@ def load_hf(model_dir: str, target: dual_encoder.DualEncoder | None = None,
   normalize: see `_pooling_options` (a sentence-transformers folder's modules decide them).
   """
   config_path = os.path.join(model_dir, "config.json")
-  if not os.path.exists(config_path):
+  if not fs.exists(config_path):
     raise FileNotFoundError(f"{model_dir}: no config.json (not a Hugging Face model directory)")
-  with open(config_path) as f:
+  with fs.open(config_path) as f:
     cfg = config_from_hf(json.load(f), config_path)
   family = families.of_config(cfg)
   options, head_tensors = _pooling_options(model_dir, family, dual_encoder_options)
@@ -214,6 +223,17 @@ def _kvstore(path: str) -> dict:
 
 def read_t5x_checkpoint(path: str) -> dict[str, np.ndarray]:
   """Parameters of a T5X checkpoint (msgpack `checkpoint` + tensorstore arrays), flat by path."""
+  return {name: np.asarray(_read(leaf)) for name, leaf in open_t5x_checkpoint(path).items()}
+
+
+def _read(leaf, index=()):
+  """leaf[index] as numpy: a tensorstore array reads only that slice."""
+  return leaf[index].read().result() if hasattr(leaf, "read") else np.asarray(leaf)[index]
+
+
+def open_t5x_checkpoint(path: str, skip: re.Pattern | None = None) -> dict:
+  """A T5X checkpoint's parameters, flat by path, unread: opened tensorstore arrays (shape and
+  dtype from their metadata) or the small numpy arrays stored inline. `skip`: names not to open."""
   import tensorstore as ts
   ckpt_dir = path[:-len("/checkpoint")] if path.endswith("/checkpoint") else path.rstrip("/")
   store = ts.KvStore.open(_kvstore(ckpt_dir + "/")).result()
@@ -232,16 +252,19 @@ def read_t5x_checkpoint(path: str) -> dict[str, np.ndarray]:
   out = {}
   for keys, leaf in flax.traverse_util.flatten_dict(target, is_leaf=lambda _, x: is_spec(x)).items():
     name = "/".join(keys)
+    if skip is not None and skip.match(name):
+      continue
     if is_spec(leaf):
       spec = dict(leaf)
       relative = spec["kvstore"].get("path") or spec.get("path")
       spec["kvstore"] = _kvstore(f"{ckpt_dir}/{relative}")
       spec.pop("path", None)
       try:
-        leaf = ts.open(spec, open=True, read=True).result().read().result()
+        out[name] = ts.open(spec, open=True, read=True).result()
       except Exception as e:
         raise ValueError(f"{ckpt_dir}/{relative}: unreadable tensorstore array for {name}: {e}")
-    out[name] = np.asarray(leaf)
+    else:
+      out[name] = np.asarray(leaf)
   return out
 
 
@@ -273,7 +296,42 @@ def load_t5x(path: str, config: t5.T5Config | None = None,
   `target`: check and assemble against this model instead of one built from `config` (or the
   config inferred from the checkpoint's shapes).
   """
-  flat = read_t5x_checkpoint(path)
+  model, tensors, unknown = _t5x_encoder(path, config, target, dual_encoder_options)
+  return model, assemble_params(model, tensors, unknown, path)
+
+
+def load_t5x_sharded(path: str, target: dual_encoder.DualEncoder, shardings) -> dict:
+  """A T5X checkpoint's encoder params as global jax.Arrays laid out by `shardings` (NamedShardings
+  shaped like the params), as a pod loads them: each process reads only the slices its own devices
+  hold (tensorstore reads a slice's chunks), nothing of the decoder, and no process holds the
+  whole tree; every process calls it (the checkpoint is checked against `target` first)."""
+  model, tensors, unknown = _t5x_encoder(path, None, target, {})
+  expected = check_tensors(model, tensors, unknown, path)
+  flat_shardings = _flatten(shardings)
+  if set(flat_shardings) != set(expected):
+    raise ValueError(f"load_t5x_sharded: shardings do not match the params of the model: "
+                     f"{sorted(set(flat_shardings) ^ set(expected))[:5]}")
+  arrays = {tuple(p.split("/")): jax.make_array_from_callback(
+      tuple(expected[p].shape), flat_shardings[p], _slice_reader(tensors[p])) for p in expected}
+  return flax.traverse_util.unflatten_dict(arrays)
+
+
+def _slice_reader(leaf):
+  """index -> float32 numpy slice of leaf; a slice several local devices hold is read once."""
+  cache = {}
+
+  def read(index):
+    key = tuple((s.start, s.stop, s.step) if isinstance(s, slice) else s for s in index)
+    if key not in cache:
+      cache[key] = np.asarray(_read(leaf, index), np.float32)
+    return cache[key]
+
+  return read
+
+
+def _t5x_encoder(path, config, target, dual_encoder_options):
+  """(model, unread encoder tensors keyed by param path, names an encoder cannot use)."""
+  flat = open_t5x_checkpoint(path, skip=_T5X_UNUSED)
   for required in ("token_embedder/embedding", "encoder/relpos_bias/rel_embedding"):
     if required not in flat:
       raise CheckpointMismatchError(f"{path}: no {required}; not a T5X T5 encoder checkpoint "
@@ -289,8 +347,8 @@ def load_t5x(path: str, config: t5.T5Config | None = None,
       tensors["encoder/" + name] = value
     elif name.startswith("encoder/") or name.startswith("projection_layer/"):
       tensors[name] = value
-    elif not _T5X_UNUSED.match(name):
+    else:
       unknown.append(name)
   model = target or dual_encoder.DualEncoder(config or config_from_t5x(flat),
                                              **dual_encoder_options)
-  return model, assemble_params(model, tensors, unknown, path)
+  return model, tensors, unknown

@@ -84,14 +84,8 @@ def resolve_run():
   return reference.scoped_configurable_fn
 
 
-def main(argv, gin_flag_bindings: Sequence[str] = ()):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  initialize_distributed()
-  try:
-    gin_utils.parse(_GIN_FILE.value, _GIN_BINDINGS.value + list(gin_flag_bindings))
-  except gin_utils.UnknownMacroError as e:
-    raise app.UsageError(str(e)) from None
+def run_parsed_config():
+  """Calls SETUP's functions, then RUN, of the parsed gin config; returns RUN's result."""
   run = resolve_run()
   if jax.process_index() == 0:
     logging.info("gin config:\n%s", gin.config_str())
@@ -101,7 +95,18 @@ def main(argv, gin_flag_bindings: Sequence[str] = ()):
     setup = []
   for call in setup:
     call.scoped_configurable_fn()
-  result = run()
+  return run()
+
+
+def main(argv, gin_flag_bindings: Sequence[str] = ()):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  initialize_distributed()
+  try:
+    gin_utils.parse(_GIN_FILE.value, _GIN_BINDINGS.value + list(gin_flag_bindings))
+  except gin_utils.UnknownMacroError as e:
+    raise app.UsageError(str(e)) from None
+  result = run_parsed_config()
   if getattr(result, "stopped_early", False):
     logging.warning("preempted: checkpoint saved; exiting with status %d so a scheduler requeues "
                     "the run (rerun the same command to resume)", PREEMPTED_EXIT_CODE)

@@ -107,6 +107,11 @@ def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
+def data_parallel_size(mesh: jax.sharding.Mesh) -> int:
+  """How many ways the batch is split: the size of the mesh's data axis."""
+  return mesh.shape[DATA_AXIS]
+
+
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
   """A full copy on every device."""
   return NamedSharding(mesh, PartitionSpec())

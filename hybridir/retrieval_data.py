@@ -10,6 +10,7 @@ import re
 from typing import Sequence
 
 from hybridir import corpora
+from hybridir import fs
 from hybridir.corpora import CorpusError
 from hybridir.corpora import PathLike
 
@@ -56,8 +57,8 @@ def _lareqa_folder(data_dir: PathLike, dataset: str) -> pathlib.Path:
   """`data_dir/<dataset folder>` if it exists, else `data_dir` itself."""
   if dataset not in LAREQA_FOLDERS:
     raise ValueError(f"dataset must be one of {sorted(LAREQA_FOLDERS)}, found {dataset!r}")
-  folder = pathlib.Path(data_dir) / LAREQA_FOLDERS[dataset]
-  return folder if folder.is_dir() else pathlib.Path(data_dir)
+  folder = fs.path(data_dir) / LAREQA_FOLDERS[dataset]
+  return folder if folder.is_dir() else fs.path(data_dir)
 
 
 def load_lareqa(data_dir: PathLike, dataset: str = "xquad_r",

@@ -8,12 +8,15 @@ record fixes the kind and special ids: SentencePiece PREFIX.model (+ .vocab) for
 eos 1, unk 2) and xlmr (as XLM-R's model; fairseq adds <pad>), WordPiece PREFIX.txt for bert.
 """
 import argparse
+import json
+import logging
 import os
 import sys
 import tempfile
 from typing import Sequence
 
 from hybridir import corpora
+from hybridir import fs
 from hybridir.models import families
 
 
@@ -24,13 +27,35 @@ def corpus_texts(corpus: corpora.ParallelCorpus) -> list[str]:
   return [p.question for p in pairs] + list(dict.fromkeys(p.passage for p in pairs))
 
 
+def vocabulary_path(family: str, output: str) -> str:
+  """The file the family's trainer writes under `output`: .model (SentencePiece), .txt
+  (WordPiece), the suffix of the family's vocabulary file."""
+  return output + os.path.splitext(families.get(family).vocabulary_files[0])[1]
+
+
 def train(corpus_path: str, family: str, vocab_size: int, output: str,
           languages: Sequence[str] | None = None, passage_unit: str = "paragraph",
           character_coverage: float = 0.9995) -> str:
-  """Trains on the corpus and writes `output`.model/.vocab atomically; returns the model path."""
+  """Trains on the corpus and writes the vocabulary under `output` atomically; returns its path.
+
+  A vocabulary trained earlier with the same settings (recorded in `output`.settings.json) is
+  reused: SentencePiece's multi-threaded training is not repeatable, and a resumed run must keep
+  the vocabulary its checkpoints were trained with.
+  """
+  settings = {"corpus_path": str(corpus_path), "family": family, "vocab_size": vocab_size,
+              "languages": list(languages) if languages else None,
+              "passage_unit": passage_unit, "character_coverage": character_coverage}
+  record = output + ".settings.json"
+  trained = vocabulary_path(family, output)
+  if fs.exists(trained) and fs.exists(record) and (
+      json.loads(fs.read_text(record)) == settings):
+    logging.info("%s: reusing the vocabulary trained earlier with these settings", trained)
+    return trained
   corpus = corpora.load_parallel_corpus(corpus_path, passage_unit, languages)
-  return train_on_corpus(corpus, family, vocab_size, output, character_coverage,
+  path = train_on_corpus(corpus, family, vocab_size, output, character_coverage,
                          source=str(corpus_path))
+  fs.write_text_atomically(record, json.dumps(settings, indent=1) + "\n")
+  return path
 
 
 def train_on_corpus(corpus: corpora.ParallelCorpus, family: str, vocab_size: int, output: str,
@@ -39,9 +64,7 @@ def train_on_corpus(corpus: corpora.ParallelCorpus, family: str, vocab_size: int
   if vocab_size < 8:
     raise ValueError(f"vocab_size must be at least 8, found {vocab_size}")
   record = families.get(family)
-  folder = os.path.dirname(os.path.abspath(output))
-  os.makedirs(folder, exist_ok=True)
-  with tempfile.TemporaryDirectory(dir=folder) as scratch:
+  with tempfile.TemporaryDirectory() as scratch:
     prefix = os.path.join(scratch, "vocab")
     try:
       path = record.train_vocabulary(corpus_texts(corpus), prefix, vocab_size,
@@ -50,9 +73,9 @@ def train_on_corpus(corpus: corpora.ParallelCorpus, family: str, vocab_size: int
       raise ValueError(f"training on {source} failed: {e}") from e
     for name in sorted(os.listdir(scratch)):
       if os.path.join(scratch, name) != path:
-        os.replace(os.path.join(scratch, name), output + name[len("vocab"):])
+        fs.copy_file(os.path.join(scratch, name), output + name[len("vocab"):])
     trained = output + path[len(prefix):]
-    os.replace(path, trained)  # Last: a complete vocabulary file means done.
+    fs.copy_file(path, trained)  # Last: a complete vocabulary file means done.
   return trained
 
 
@@ -62,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--corpus", required=True, help="folder of <lang>.json/.jsonl, or a .jsonl")
   parser.add_argument("--family", choices=families.names(), required=True)
   parser.add_argument("--vocab_size", type=int, required=True)
-  parser.add_argument("--output", required=True, help="model prefix: writes PREFIX.model")
+  parser.add_argument("--output", required=True, help="prefix: writes PREFIX.model or PREFIX.txt")
   parser.add_argument("--languages", nargs="+", help="default: all in the corpus")
   parser.add_argument("--passage_unit", choices=corpora.PASSAGE_UNITS, default="paragraph")
   parser.add_argument("--character_coverage", type=float, default=0.9995,

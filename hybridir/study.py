@@ -1,66 +1,49 @@
-"""The study, end to end: mono vs cross vs hybrid batches, mT5 vs XLM-R, in- vs out-of-domain.
+"""The study's CPU demo: a sweep over the same run and gin files as the TPU study.
 
-For each model family, a SentencePiece vocabulary is trained on the training articles of XQuAD-R;
-then for each strategy (alpha = 1, 0, 0.5) and seed a dual encoder is trained from scratch on the
-parallel QA pairs of those articles, and evaluated zero-shot on the held-out XQuAD-R articles
-(in-domain) and on MLQA-R (out-of-domain) in the monolingual, cross-lingual and multilingual
-settings. Each cell of the report is the mean over seeds with its standard deviation.
+For each model (mT5, XLM-R: `gin_configs/runs/study/demo_{mt5,xlmr}.gin`, tiny encoders trained
+from scratch), a SentencePiece vocabulary is trained on XQuAD-R's training articles; then for each
+strategy (X-X-mono alpha = 1, X-Y alpha = 0, hybrid alpha = 0.5) and seed, the study's run
+(`hybridir.study_run.train_and_evaluate`, what `python -m hybridir.main` runs for
+launch/study_sweep.sh) trains, picks the checkpoint by validation loss, and evaluates it on the
+held-out XQuAD-R articles (in-domain) and MLQA-R (out-of-domain). The report (study_report) then
+computes the answer with confidence intervals.
 
   python -m hybridir.study --data_dir ../shared/data --output_dir out/study
 
-Runs are resumable: a finished run's results are kept and skipped on a rerun.
+Runs are resumable: a run whose study_results.json exists is kept and skipped on a rerun.
 """
 import dataclasses
 import json
 import os
+import sys
 import time
 
 from absl import logging
 import gin
-import jax
-import numpy as np
 
-import tasks
 from hybridir import corpora
-from hybridir import retrieval_data
-from hybridir import eval_run
-from hybridir import evaluate
-from hybridir import export
+from hybridir import fs
 from hybridir import gin_utils
-from hybridir import input_pipeline
-from hybridir import optim
-from hybridir import partitioning
+from hybridir import main as main_lib
 from hybridir import spm
-from hybridir import train_step
-from hybridir import trainer
 from hybridir import study_report
+from hybridir import study_run
+import tasks
 
-# The languages of both XQuAD-R and MLQA-R, so in- and out-of-domain cover the same languages.
-SHARED_LANGUAGES = ("ar", "de", "en", "es", "hi", "vi", "zh")
-STRATEGIES = {"monolingual": 1.0, "cross-lingual": 0.0, "hybrid": 0.5}
-MODEL_FILES = {"mT5": "gin_configs/models/mt5_tiny.gin",
-               "XLM-R": "gin_configs/models/xlmr_tiny.gin"}
-IN_DOMAIN, OUT_OF_DOMAIN = "xquad_r", "mlqa_r"
+STRATEGIES = {"X-X-mono": 1.0, "X-Y": 0.0, "hybrid": 0.5}  # Batch kind -> ALPHA.
+SLUGS = {"X-X-mono": "mono", "X-Y": "cross", "hybrid": "hybrid"}  # In run folder names.
+MODEL_FILES = {"mT5": ("t5", "gin_configs/runs/study/demo_mt5.gin"),
+               "XLM-R": ("xlmr", "gin_configs/runs/study/demo_xlmr.gin")}
 
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class StudyConfig:
-  """The smoke-scale defaults finish in well under an hour on a 2-core CPU."""
+  """Which cells the demo runs; `bindings` (gin, e.g. 'TRAIN_STEPS = 3') apply to every run."""
   models: tuple[str, ...] = ("mT5", "XLM-R")
-  strategies: tuple[str, ...] = ("monolingual", "cross-lingual", "hybrid")
-  seeds: tuple[int, ...] = (0, 1)
-  languages: tuple[str, ...] = SHARED_LANGUAGES
-  train_steps: int = 300
-  batch_size: int = 32
-  query_length: int = 32
-  passage_length: int = 96
-  vocab_size: int = 8000
-  learning_rates: tuple[tuple[str, float], ...] = (("mT5", 2e-3), ("XLM-R", 1e-3))
-  warmup_steps: int = 30
-  temperature: float = 0.05
-  # Evaluate on the first N questions of each language (None: all); for quick checks only.
-  max_questions_per_language: int | None = None
+  strategies: tuple[str, ...] = ("X-X-mono", "X-Y", "hybrid")
+  seeds: tuple[int, ...] = (0, 1, 2)
+  bindings: tuple[str, ...] = ()
 
   def __post_init__(self):
     for name in self.models:
@@ -73,110 +56,84 @@ class StudyConfig:
       raise ValueError("StudyConfig.seeds must name at least one seed")
 
 
-def train_vocabulary(corpus_dir: str, family: str, config: StudyConfig, output_dir: str) -> str:
-  """SentencePiece on the training articles only (the held-out articles stay unseen)."""
-  path = os.path.join(output_dir, "vocab", family)
-  if os.path.exists(path + ".model"):
-    return path + ".model"
-  corpus = corpora.load_parallel_corpus(corpus_dir, languages=list(config.languages))
-  train, _ = corpus.split_by_article(tasks.qa.TEST_FRACTION, seed=0)
-  return spm.train_on_corpus(train, family, config.vocab_size, path,
-                             source=f"{corpus_dir} (training articles)")
+def run_name(model: str, strategy: str, seed: int) -> str:
+  """The run folder: `{family}_{mono|cross|hybrid}_seed{seed}`, as launch/study_sweep.sh names
+  its runs `{model}_{mono|cross|hybrid}_seed{seed}`."""
+  return f"{MODEL_FILES[model][0]}_{SLUGS[strategy]}_seed{seed}"
 
 
-def limit_questions(dataset: retrieval_data.RetrievalDataset, limit: int | None):
-  """The dataset with at most `limit` questions per language (candidates unchanged)."""
-  if limit is None:
-    return dataset
-  return retrieval_data.RetrievalDataset(dataset.name, {lang: items[:limit] for lang, items in
-                                                 dataset.questions.items()}, dataset.candidates)
+def _macro(name: str):
+  return gin.query_parameter(f"%{name}")
 
 
-def build_model(model_name: str, vocab_size: int):
+def train_vocabulary(gin_file: str, bindings: list[str], output_dir: str) -> str:
+  """The family's vocabulary on the corpus's train articles only (test articles stay unseen);
+  cached."""
   gin.clear_config()
-  gin_utils.parse([MODEL_FILES[model_name]], [f"VOCAB_SIZE = {vocab_size}"], finalize=False)
-  return gin_utils.evaluate("MODEL")
+  gin_utils.parse([gin_file], bindings, finalize=False)
+  family, corpus_dir = _macro("FAMILY"), _macro("CORPUS_DIR")
+  path = spm.vocabulary_path(family, os.path.join(output_dir, "vocab", family))
+  if not fs.exists(path):
+    corpus = corpora.load_parallel_corpus(corpus_dir, languages=_macro("LANGUAGES"))
+    train, _ = corpus.split_by_article(tasks.qa.TEST_FRACTION, seed=0)
+    path = spm.train_on_corpus(train, family, _macro("SPM_VOCAB_SIZE"),
+                               os.path.join(output_dir, "vocab", family),
+                               source=f"{corpus_dir} (training articles)")
+  gin.clear_config()
+  return path
 
 
-def check_held_out(train_mixture: str, in_domain: retrieval_data.RetrievalDataset) -> None:
-  """Fails early if a held-out question's QA item is also a training pair."""
-  train_ids = set(tasks.get_hybrid_mixture(train_mixture).corpus.pair_ids())
-  test_ids = {q.question_id for items in in_domain.questions.values() for q in items}
-  overlap = train_ids & test_ids
-  if overlap:
-    raise RuntimeError(f"{len(overlap)} held-out XQuAD-R questions are also training pairs, "
-                       f"e.g. {sorted(overlap)[:3]}")
+def cell_bindings(data_dir: str, model_dir: str, spm_path: str, family: str, alpha: float,
+                  seed: int, extra=()) -> list[str]:
+  """The gin bindings of one demo run (the same ones a `hybridir.main` run would take)."""
+  vocab_size = tasks.get_vocabulary(family, spm_path).vocab_size
+  return [f"DATA_DIR = {data_dir!r}", f"CORPUS_DIR = {os.path.join(data_dir, 'xquad-r')!r}",
+          f"MODEL_DIR = {model_dir!r}", f"SPM_PATH = {spm_path!r}", f"VOCAB_SIZE = {vocab_size}",
+          f"ALPHA = {alpha}", f"SEED = {seed}", *extra]
 
 
-def train_and_evaluate(run_dir, model, mixture, spm_path, learning_rate, seed, config, datasets):
-  """One cell: train from scratch, then evaluate every dataset; results cached in run_dir."""
-  results_path = os.path.join(run_dir, "results.json")
-  if os.path.exists(results_path):
-    with open(results_path) as f:
-      return json.load(f)
-  lengths = {"query": config.query_length, "passage": config.passage_length}
-  train_input = input_pipeline.HybridInput(mixture, lengths, config.batch_size, seed=seed)
-  schedule = optim.learning_rate_schedule(learning_rate, min(config.warmup_steps, config.train_steps // 10), config.train_steps,
-                                          "linear")
-  result = trainer.train(
-      model=model, train_input=train_input, task_feature_lengths=lengths,
-      train_steps=config.train_steps, model_dir=run_dir, learning_rate_schedule=schedule,
-      optimizer_fn=lambda learning_rate_schedule: optim.create_optimizer(
-          "adamw", learning_rate_schedule, weight_decay=0.01),
-      loss_config=train_step.LossConfig(temperature=config.temperature), seed=seed,
-      mesh=partitioning.create_mesh(1, devices=jax.devices()[:1]),
-      checkpoint_period=config.train_steps, log_period=100)
-  params = jax.device_get(result.state.params["model"])
-  encoder = export.Encoder(model, params, train_input.vocabulary,
-                           max_length=config.passage_length, batch_size=128)
-  evaluation = {name: eval_run.evaluate_dataset(encoder, dataset) for name, dataset in datasets}
-  losses = [h["loss"] for h in result.history]
-  out = {"evaluation": evaluation,
-         "train": {"first_loss": float(np.mean(losses[:10])) if losses else None,
-                   "last_loss": float(np.mean(losses[-10:])) if losses else None,
-                   "steps": config.train_steps}}
-  evaluate.write_text_atomically(results_path, json.dumps(out, allow_nan=True))
-  return out
+def run_cell(gin_file: str, bindings: list[str]) -> dict:
+  """One run, exactly as `python -m hybridir.main --gin_file=FILE --gin.KEY=VALUE...` runs it."""
+  gin.clear_config()
+  gin_utils.parse([gin_file], bindings)
+  try:
+    return main_lib.run_parsed_config()
+  finally:
+    gin.clear_config()
 
 
 def run_study(data_dir: str, output_dir: str, config: StudyConfig | None = None) -> dict:
-  """Trains and evaluates every (model, strategy, seed); writes the report; returns its paths."""
-  config = config or StudyConfig()  # Built before build_model clears gin.
-  corpus_dir = os.path.join(data_dir, "xquad-r")
-  for folder in (corpus_dir, os.path.join(data_dir, "mlqa-r")):
-    if not os.path.isdir(folder):
-      raise FileNotFoundError(f"{folder}: not found (set --data_dir)")
-  learning_rates = dict(config.learning_rates)
+  """Runs every (model, strategy, seed) not yet done; writes the report; returns its paths."""
+  config = config or StudyConfig()
+  for folder in ("xquad-r", "mlqa-r"):
+    if not fs.isdir(os.path.join(data_dir, folder)):
+      raise FileNotFoundError(f"{os.path.join(data_dir, folder)}: not found (set --data_dir)")
   cells = [(m, s, seed) for m in config.models for s in config.strategies for seed in config.seeds]
   results, started, done = {}, time.time(), 0
-  for model_name in config.models:
-    family = build_model(model_name, config.vocab_size).encoder_config.family
-    spm_path = train_vocabulary(corpus_dir, family, config, output_dir)
-    vocabulary = tasks.get_vocabulary(family, spm_path)
-    model = build_model(model_name, vocabulary.vocab_size)
-    tasks.register_lareqa(IN_DOMAIN, data_dir, family, spm_path, list(config.languages),
-                          split="test")
-    tasks.register_lareqa(OUT_OF_DOMAIN, data_dir, family, spm_path, list(config.languages))
-    datasets = [(name, limit_questions(dataset, config.max_questions_per_language))
-                for name, dataset in tasks.evaluation_mixture_datasets("lareqa")]
+  for model in config.models:
+    family, gin_file = MODEL_FILES[model]
+    base = [f"DATA_DIR = {data_dir!r}", f"CORPUS_DIR = {os.path.join(data_dir, 'xquad-r')!r}",
+            *config.bindings]
+    spm_path = train_vocabulary(gin_file, base, output_dir)
     for strategy in config.strategies:
-      name = f"study_{family}_{strategy.replace('-', '_')}"
-      tasks.register_parallel_qa(name, corpus_dir, family, spm_path, list(config.languages),
-                                 split="train", alpha=STRATEGIES[strategy])
-      check_held_out(f"{name}_hybrid", dict(datasets)[IN_DOMAIN])
       for seed in config.seeds:
-        run_dir = os.path.join(output_dir, "runs", f"{family}_{name.split('_', 2)[2]}_seed{seed}")
-        logging.info("run %d/%d: %s, %s batches, seed %d", done + 1, len(cells), model_name,
+        model_dir = os.path.join(output_dir, "runs", run_name(model, strategy, seed))
+        results_path = os.path.join(model_dir, study_run.RESULTS_FILE)
+        logging.info("run %d/%d: %s, %s batches, seed %d", done + 1, len(cells), model,
                      strategy, seed)
-        results[(model_name, strategy, seed)] = train_and_evaluate(
-            run_dir, model, f"{name}_hybrid", spm_path, learning_rates[model_name], seed, config,
-            datasets)
+        if not fs.exists(results_path):
+          out = run_cell(gin_file, cell_bindings(data_dir, model_dir, spm_path, family,
+                                                 STRATEGIES[strategy], seed, config.bindings))
+          if getattr(out, "stopped_early", False):
+            logging.warning("SIGTERM: %s saved its checkpoint; rerun the demo to resume", model_dir)
+            sys.exit(main_lib.PREEMPTED_EXIT_CODE)
+        with fs.open(results_path) as f:
+          results[model, strategy, seed] = json.load(f)
         done += 1
         elapsed = time.time() - started
         logging.info("%d/%d runs done in %.0f s; about %.0f s to go", done, len(cells), elapsed,
                      elapsed / done * (len(cells) - done))
-  return study_report.write(output_dir, results, config, datasets={
-      name: dataset.stats() for name, dataset in datasets})
+  return study_report.write(output_dir, results, elapsed_seconds=time.time() - started)
 
 
 def main(argv):
@@ -194,6 +151,5 @@ if __name__ == "__main__":
   flags.DEFINE_string("data_dir", os.environ.get("HYBRIDIR_DATA_DIR", "../shared/data"),
                       "Folder with xquad-r/ and mlqa-r/.")
   flags.DEFINE_string("output_dir", "out/study", "Where runs, vocabularies and the report go.")
-  flags.DEFINE_multi_string("gin_file", [], "Gin files, e.g. to change StudyConfig.")
-  flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings, e.g. StudyConfig.seeds=(0,).")
+  # --gin_file / --gin_bindings (e.g. StudyConfig.seeds=(0,)) are hybridir.main's flags.
   app.run(main)

@@ -1,70 +1,71 @@
-"""Gathers the evaluations of a full-scale sweep into the study report.
+"""Gathers the runs of a full-scale sweep into the study report.
 
-Each run directory is named `{model}_{strategy}_seed{seed}` (as launch/study_sweep.sh makes them)
-and holds `eval/xquad_r/xquad_r.json` and `eval/mlqa_r/mlqa_r.json` (gin_configs/runs/eval.gin's
-output). Local folders and gs:// both work.
+Each run directory is named `{model}_{mono|cross|hybrid}_seed{seed}` (as launch/study_sweep.sh
+makes them) and holds `study_results.json`, written by the study's run (hybridir.study_run), the
+same file the CPU demo's runs write. Local folders and gs:// both work.
 
   python -m hybridir.study_gather --runs_root gs://bucket/study --output_dir out/study_full
 """
-import dataclasses
 import json
 import re
 
 from absl import app
 from absl import flags
-import tensorflow as tf
 
+from hybridir import fs
 from hybridir import study
 from hybridir import study_report
+from hybridir import study_run
 from hybridir.models import families
 
-RUN_NAME = re.compile(r"^(?P<model>.+)_(?P<strategy>monolingual|cross-lingual|hybrid)"
-                      r"_seed(?P<seed>\d+)$")
+RUN_NAME = re.compile(r"^(?P<model>.+)_(?P<strategy>mono|cross|hybrid)_seed(?P<seed>\d+)$")
+STRATEGY_NAMES = {slug: name for name, slug in study.SLUGS.items()}
 
 
 def model_name(prefix: str) -> str:
-  """'mt5_base' -> 'mT5 base': the family's display name plus the size."""
+  """'mt5_base' -> 'mT5 base': the family's display name plus the size; a CPU demo run's
+  family name ('t5', see `study.run_name`) -> its model ('mT5')."""
+  demo = {family: model for model, (family, _) in study.MODEL_FILES.items()}
+  if prefix in demo:
+    return demo[prefix]
   family, _, size = prefix.partition("_")
   return f"{families.display_names().get(family, family)} {size}".strip()
 
 
 def read_runs(runs_root: str) -> dict:
-  """{(model, strategy, seed): {"evaluation": {dataset: results}}} for every complete run."""
+  """{(model, strategy, seed): study_results.json} for every run folder."""
   results = {}
-  for entry in sorted(tf.io.gfile.listdir(runs_root)):
+  for entry in fs.listdir(runs_root):
     name = entry.rstrip("/")
     match = RUN_NAME.match(name)
     if not match:
       continue
-    evaluation = {}
-    for dataset, _ in study_report.DATASETS:
-      path = f"{runs_root.rstrip('/')}/{name}/eval/{dataset}/{dataset}.json"
-      if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(f"{path}: run {name} has no {dataset} evaluation (run eval.gin)")
-      with tf.io.gfile.GFile(path) as f:
-        evaluation[dataset] = json.load(f)
-    key = (model_name(match["model"]), match["strategy"], int(match["seed"]))
-    results[key] = {"evaluation": evaluation, "train": {"first_loss": None, "last_loss": None}}
+    path = f"{runs_root.rstrip('/')}/{name}/{study_run.RESULTS_FILE}"
+    if not fs.exists(path):
+      raise FileNotFoundError(f"{path}: run {name} has no results (did its study run finish?)")
+    with fs.open(path) as f:
+      results[model_name(match["model"]), STRATEGY_NAMES[match["strategy"]],
+              int(match["seed"])] = json.load(f)
   if not results:
-    raise FileNotFoundError(f"{runs_root}: no run folders named MODEL_STRATEGY_seedN")
+    raise FileNotFoundError(f"{runs_root}: no run folders named MODEL_{{mono,cross,hybrid}}_seedN")
   return results
 
 
 def gather(runs_root: str, output_dir: str) -> dict:
   """Writes the study report for every run under `runs_root`; returns the report's paths."""
   results = read_runs(runs_root)
-  models = tuple(dict.fromkeys(m for m, _, _ in results))
-  strategies = tuple(s for s in study.STRATEGIES if any(k[1] == s for k in results))
-  seeds = tuple(sorted({seed for _, _, seed in results}))
+  models = list(dict.fromkeys(m for m, _, _ in results))
+  strategies = [s for s in study.STRATEGIES if any(k[1] == s for k in results)]
+  seeds = sorted({seed for _, _, seed in results})
   missing = [(m, s, seed) for m in models for s in strategies for seed in seeds
              if (m, s, seed) not in results]
   if missing:
     raise FileNotFoundError(f"{runs_root}: the sweep is incomplete, missing runs {missing}")
-  config = dataclasses.replace(study.StudyConfig(), strategies=strategies, seeds=seeds)
-  object.__setattr__(config, "models", models)  # Display names, beyond the CPU study's two.
+  ordered = {(m, s, seed): results[m, s, seed] for m in models for s in strategies
+             for seed in seeds}
   description = (f"Gathered from {runs_root}: {len(results)} runs ({len(models)} models x "
-                 f"{len(strategies)} strategies x {len(seeds)} seeds).")
-  return study_report.write(output_dir, results, config, datasets={}, description=description)
+                 f"{len(strategies)} batch kinds x {len(seeds)} seeds).")
+  return study_report.write(output_dir, ordered, description=description)
 
 
 def main(argv):

@@ -1,7 +1,10 @@
-"""The study's report: every strategy x model x dataset x setting cell as mean +- std over seeds,
-the in- vs out-of-domain degradation, language bias, and plots."""
-import dataclasses
+"""The study's report: the answer with confidence intervals, training against chance, tables, plots.
+
+Input: `{(model, strategy, seed): study_results.json}` (hybridir.study_run). Every number in the
+report, its opening paragraph included, is computed here from those files.
+"""
 import datetime
+import math
 import os
 import platform
 
@@ -11,137 +14,315 @@ from matplotlib.figure import Figure  # noqa: E402
 import numpy as np  # noqa: E402
 
 from hybridir import evaluate  # noqa: E402
+from hybridir import fs  # noqa: E402
 from hybridir import reports  # noqa: E402
+from hybridir import study_stats  # noqa: E402
 
 SETTINGS = (("monolingual", "mono"), ("cross_lingual", "cross"), ("multilingual", "multi"))
-DATASETS = (("xquad_r", "XQuAD-R held-out (in-domain)"), ("mlqa_r", "MLQA-R (out-of-domain)"))
-MEASURE = "map"
+IN_DOMAIN, OUT_OF_DOMAIN = "xquad_r", "mlqa_r"
+DATASET_LABELS = {IN_DOMAIN: "XQuAD-R held-out (in-domain)", OUT_OF_DOMAIN: "MLQA-R (out-of-domain)"}
+BASELINES = ("X-X-mono", "X-Y")
+HYBRID = "hybrid"
+TAIL = 0.1  # Final training loss and accuracy: the mean over the last 10% of steps.
+# An arm learned if its final loss is this far below ln(batch) and its accuracy 3x chance.
+LEARNED_LOSS_MARGIN, LEARNED_ACCURACY_FACTOR = 0.25, 3.0
 
-NOTE = ("**Smoke scale.** These are tiny encoders (d_model 64, 2 layers) trained from scratch "
-        "for a few hundred steps on one CPU, with a vocabulary trained on XQuAD-R's own training "
-        "articles. They show that the pipeline runs end to end and how the comparison is made; "
-        "they say little about pretrained mT5 or XLM-R at scale (see `gin_configs/runs/study/` "
-        "for the full-scale configs). A difference smaller than the seed spread is not an effect.")
-
-
-def _average(results, model, strategy, seed, dataset, setting, measure=MEASURE):
-  return results[(model, strategy, seed)]["evaluation"][dataset][setting]["average"].get(measure)
-
-
-def _cell(values) -> dict:
-  values = [v for v in values if v is not None]
-  if not values:
-    return {"mean": None, "std": None, "n": 0}
-  array = np.asarray(values, np.float64)
-  return {"mean": float(array.mean()), "std": float(array.std(ddof=1)) if len(array) > 1 else 0.0,
-          "n": len(values)}
+NOTE = ("**Smoke scale.** Tiny encoders (d_model 64, 2 layers) trained from scratch for a few "
+        "hundred steps on a CPU, with vocabularies trained on XQuAD-R's own training articles. "
+        "They show that the pipeline runs end to end and how the comparison is made; they say "
+        "nothing about pretrained mT5 or XLM-R at scale (`gin_configs/runs/study/` holds the "
+        "full-scale configs).")
 
 
-def _fmt(cell, scale=100.0, digits=1) -> str:
-  if cell["mean"] is None:
-    return "n/a"
-  return f"{cell['mean'] * scale:.{digits}f} ± {cell['std'] * scale:.{digits}f}"
+def _mean_std(values) -> tuple[float, float]:
+  values = np.asarray([v for v in values if v is not None and math.isfinite(v)], np.float64)
+  if not len(values):
+    return math.nan, math.nan
+  return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
-def aggregate(results: dict, config) -> dict:
-  """{model: {strategy: {"map": {dataset: {setting: cell}}, "degradation": {setting: {abs, rel}},
-  "rank_distance": {dataset: cell}}}}, each cell mean/std/n over seeds."""
-  table = {}
-  for model in config.models:
-    for strategy in config.strategies:
-      seeds = config.seeds
-      entry = {"map": {}, "degradation": {}, "rank_distance": {}}
-      for dataset, _ in DATASETS:
-        entry["map"][dataset] = {setting: _cell([_average(results, model, strategy, s, dataset,
-                                                          setting) for s in seeds])
-                                 for setting, _ in SETTINGS}
-        entry["rank_distance"][dataset] = _cell([_average(
-            results, model, strategy, s, dataset, "multilingual", "rank_distance") for s in seeds])
+def _fmt(values, scale=100.0, digits=1) -> str:
+  mean, std = _mean_std(values)
+  return "n/a" if math.isnan(mean) else f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+
+
+def training_summary(result: dict) -> dict:
+  """Final loss and in-batch accuracy (last 10% of steps) against a random encoder's."""
+  history = result["train"]["history"]
+  batch_size = result["settings"]["batch_size"]
+  tail = history[-max(1, int(len(history) * TAIL)):] if history else []
+  loss = float(np.mean([h["loss"] for h in tail])) if tail else math.nan
+  accuracy = float(np.mean([h["accuracy"] for h in tail])) if tail else math.nan
+  chance_loss, chance_accuracy = math.log(batch_size), 1.0 / batch_size
+  learned = (loss < chance_loss - LEARNED_LOSS_MARGIN
+             and accuracy > LEARNED_ACCURACY_FACTOR * chance_accuracy)
+  return {"final_loss": loss, "final_accuracy": accuracy, "chance_loss": chance_loss,
+          "chance_accuracy": chance_accuracy, "learned": bool(learned),
+          "chosen_step": result["train"]["chosen_step"]}
+
+
+def _arms(results: dict) -> dict:
+  """{(model, strategy): {seed: result}} in the order runs were given."""
+  arms = {}
+  for (model, strategy, seed), result in results.items():
+    arms.setdefault((model, strategy), {})[seed] = result
+  return arms
+
+
+def _per_query(result: dict) -> dict:
+  return {dataset: result["evaluation"]["datasets"][dataset]["matched"]["per_query_above_chance"]
+          for dataset in (IN_DOMAIN, OUT_OF_DOMAIN)}
+
+
+def effects(results: dict, learned: dict, num_samples: int = 2000) -> dict:
+  """Hybrid minus each baseline on degradation per model, and mT5 minus XLM-R of each, with CIs.
+
+  Arms that did not learn (any seed) are left out, and so is every contrast that needs them.
+  """
+  arms = _arms(results)
+  usable = {arm for arm in arms if all(learned[arm[0], arm[1], s] for s in arms[arm])}
+  models = list(dict.fromkeys(model for model, _ in arms))
+  contrasts = {}
+  for model in models:
+    for baseline in BASELINES:
+      if {(model, HYBRID), (model, baseline)} <= usable:
+        contrasts[f"{model}: hybrid - {baseline}"] = {(model, HYBRID): 1, (model, baseline): -1}
+  if len(models) == 2:
+    first, second = models
+    for baseline in BASELINES:
+      a, b = f"{first}: hybrid - {baseline}", f"{second}: hybrid - {baseline}"
+      if a in contrasts and b in contrasts:
+        contrasts[f"{first} - {second}: hybrid - {baseline}"] = {
+            **contrasts[a], **{arm: -c for arm, c in contrasts[b].items()}}
+  if not contrasts:
+    return {}
+  scores = {arm: {seed: _per_query(result) for seed, result in by_seed.items()}
+            for arm, by_seed in arms.items() if arm in usable}
+  return study_stats.bootstrap_contrasts(scores, contrasts, IN_DOMAIN, OUT_OF_DOMAIN,
+                                         [s for s, _ in SETTINGS], num_samples=num_samples)
+
+
+def answer_paragraph(table: dict, training: dict, results: dict) -> str:
+  """The opening paragraph: every effect and interval, in numbers, and the arms left out."""
+  seeds = sorted({seed for _, _, seed in results})
+  parts = ["**The answer, computed.** Out-of-domain degradation is in-domain minus out-of-domain "
+           "mAP above chance on size-matched pools ((AP - chance) / (1 - chance), x 100, mean "
+           "of the mono, cross and multi settings); an effect below zero means hybrid batches "
+           f"lose less out of domain. 95% bootstrap intervals over queries and {len(seeds)} "
+           f"seed{'s' if len(seeds) > 1 else ''}."]
+  for name, by_setting in table.items():
+    cell = by_setting[study_stats.ALL_SETTINGS]
+    verdict = "excludes zero" if cell["excludes_zero"] else "includes zero"
+    parts.append(f"{name}: {100 * cell['estimate']:+.1f} [{100 * cell['low']:+.1f}, "
+                 f"{100 * cell['high']:+.1f}], the interval {verdict}.")
+  stuck = sorted({(m, s) for (m, s, _), t in training.items() if not t["learned"]})
+  if stuck:
+    parts.append("Left out because they did not learn (final training loss or in-batch accuracy "
+                 "not clear of chance in at least one seed): " + ", ".join(f"{m} {s}" for m, s in stuck)
+                 + ".")
+  if not table:
+    parts.append("No effect could be computed: no model has a hybrid arm and a baseline that "
+                 "both learned.")
+  return " ".join(parts)
+
+
+def _training_rows(training: dict, results: dict) -> list:
+  rows = []
+  for (model, strategy), by_seed in _arms(results).items():
+    t = [training[model, strategy, seed] for seed in by_seed]
+    rows.append([model, strategy, _fmt([x["final_loss"] for x in t], 1.0, 3),
+                 f"{t[0]['chance_loss']:.3f}", _fmt([x["final_accuracy"] for x in t]),
+                 f"{100 * t[0]['chance_accuracy']:.1f}",
+                 ", ".join(str(x["chosen_step"]) for x in t),
+                 "yes" if all(x["learned"] for x in t) else "**no**"])
+  return rows
+
+
+def _average(result, dataset, setting, key="map"):
+  return result["evaluation"]["datasets"][dataset]["full"][setting]["average"].get(key)
+
+
+def _tables(results: dict) -> list[str]:
+  arms = _arms(results)
+  lines = ["## mAP x 100 on the full pools, beside a random ranking's (exact expected AP)", ""]
+  header = ["model", "batches"] + [f"{short} {d}" for d in (IN_DOMAIN, OUT_OF_DOMAIN)
+                                   for _, short in SETTINGS]
+  rows = []
+  for (model, strategy), by_seed in arms.items():
+    row = [model, strategy]
+    for dataset in (IN_DOMAIN, OUT_OF_DOMAIN):
       for setting, _ in SETTINGS:
-        per_seed = [evaluate.degradation(
-            {MEASURE: _average(results, model, strategy, s, "xquad_r", setting)},
-            {MEASURE: _average(results, model, strategy, s, "mlqa_r", setting)})[MEASURE]
-                    for s in seeds]
-        entry["degradation"][setting] = {"absolute": _cell([d["absolute"] for d in per_seed]),
-                                         "relative": _cell([d["relative"] for d in per_seed])}
-      entry["train_loss"] = {k: _cell([results[(model, strategy, s)]["train"][k] for s in seeds])
-                             for k in ("first_loss", "last_loss")}
-      table.setdefault(model, {})[strategy] = entry
-  return table
-
-
-def markdown(table: dict, config, datasets: dict, description: str | None = None) -> str:
-  """The report; `description` replaces the smoke-scale set-up line and note (gathered sweeps)."""
-  seeds = ", ".join(map(str, config.seeds))
-  setup = [f"Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on "
-           f"{platform.node() or 'unknown host'} ({os.cpu_count()} CPU cores). Seeds: {seeds}; "
-           f"{config.train_steps} steps of batch {config.batch_size}; languages: "
-           f"{', '.join(config.languages)}.", "", NOTE]
-  lines = ["# Hybrid batch training: mono vs cross vs hybrid, mT5 vs XLM-R", "",
-           *([description] if description else setup), "",
-           "## mAP x 100 (mean ± std over seeds)", ""]
-  header = ["model", "strategy"] + [f"{short} {label.split(' ')[0]}" for _, label in DATASETS
-                                     for _, short in SETTINGS]
-  rows = [[model, strategy] + [_fmt(entry["map"][dataset][setting]) for dataset, _ in DATASETS
-                               for setting, _ in SETTINGS]
-          for model, strategies in table.items() for strategy, entry in strategies.items()]
+        chance = next(iter(by_seed.values()))["evaluation"]["datasets"][dataset]["full_chance"]
+        row.append(f"{_fmt([_average(r, dataset, setting) for r in by_seed.values()])} "
+                   f"({100 * chance[setting]:.2f})")
+    rows.append(row)
+  lines += [reports.markdown_table(header, rows), ""]
+  first = next(iter(results.values()))["evaluation"]
+  lines += [f"## mAP x 100 on size-matched pools ({first['matched_pool_size']} candidates per "
+            f"pool language and query, relevant ones kept; {first['matched_draws']} seeded "
+            "draws), beside chance", "",
+            "Each cell: mean ± std over seeds (chance); the spread over draws is in "
+            "`study.json`.", ""]
+  rows = []
+  for (model, strategy), by_seed in arms.items():
+    row = [model, strategy]
+    for dataset in (IN_DOMAIN, OUT_OF_DOMAIN):
+      for setting, _ in SETTINGS:
+        cells = [r["evaluation"]["datasets"][dataset]["matched"]["summary"][setting]
+                 for r in by_seed.values()]
+        row.append(f"{_fmt([c['map'] for c in cells])} ({100 * cells[0]['chance']:.2f})")
+    rows.append(row)
   lines += [reports.markdown_table(header, rows), "",
-            "## Degradation: in-domain mAP minus out-of-domain mAP", "",
-            "Absolute in mAP points (x 100); relative in % of the in-domain mAP. Lower is better.", ""]
-  header = ["model", "strategy"] + [f"{short} abs" for _, short in SETTINGS] + [
-      f"{short} rel %" for _, short in SETTINGS]
-  rows = [[model, strategy] + [_fmt(entry["degradation"][s]["absolute"]) for s, _ in SETTINGS]
-          + [_fmt(entry["degradation"][s]["relative"]) for s, _ in SETTINGS]
-          for model, strategies in table.items() for strategy, entry in strategies.items()]
-  lines += [reports.markdown_table(header, rows), "",
-            "## Language bias: rank distance in the multilingual setting (lower is less biased)", ""]
-  header = ["model", "strategy"] + [label for _, label in DATASETS]
-  rows = [[model, strategy] + [_fmt(entry["rank_distance"][d], scale=1.0) for d, _ in DATASETS]
-          for model, strategies in table.items() for strategy, entry in strategies.items()]
-  lines += [reports.markdown_table(header, rows), "", "## Training loss (first 10 / last 10 steps)", ""]
-  rows = [[model, strategy, _fmt(entry["train_loss"]["first_loss"], 1.0, 3),
-           _fmt(entry["train_loss"]["last_loss"], 1.0, 3)]
-          for model, strategies in table.items() for strategy, entry in strategies.items()]
-  lines += [reports.markdown_table(["model", "strategy", "first", "last"], rows), "", "## Data", ""]
-  for name, stats in datasets.items():
-    questions = sum(s["questions"] for s in stats.values())
-    candidates = sum(s["candidates"] for s in stats.values())
-    lines.append(f"- {name}: {questions} questions, {candidates} candidates over "
-                 f"{len(stats)} languages")
-  lines += ["", "Per-run results (every language and pair, Recall@k, nDCG@10, MRR@10): "
-            "`runs/*/results.json`; all cells: `study.json`."]
-  return "\n".join(lines) + "\n"
+            "## Degradation on matched pools: in-domain minus out-of-domain mAP above chance "
+            "(x 100, mean ± std over seeds)", ""]
+  rows = []
+  for (model, strategy), by_seed in arms.items():
+    row = [model, strategy]
+    for setting, _ in SETTINGS:
+      values = []
+      for r in by_seed.values():
+        matched = {d: r["evaluation"]["datasets"][d]["matched"]["summary"][setting]["above_chance"]
+                   for d in (IN_DOMAIN, OUT_OF_DOMAIN)}
+        values.append(matched[IN_DOMAIN] - matched[OUT_OF_DOMAIN])
+      row.append(_fmt(values))
+    rows.append(row)
+  lines += [reports.markdown_table(["model", "batches"] + [s for _, s in SETTINGS], rows), "",
+            "## Language bias: maximum rank distance, multilingual full pools (lower is less "
+            "biased; a random ranking's value in brackets)", ""]
+  rows = []
+  for (model, strategy), by_seed in arms.items():
+    row = [model, strategy]
+    for dataset in (IN_DOMAIN, OUT_OF_DOMAIN):
+      values = [_average(r, dataset, "multilingual", "rank_distance") for r in by_seed.values()]
+      random = _average(next(iter(by_seed.values())), dataset, "multilingual",
+                        "rank_distance_random")
+      row.append(_fmt(values, 1.0) + (f" ({random:.0f})" if random is not None else ""))
+    rows.append(row)
+  lines += [reports.markdown_table(["model", "batches", IN_DOMAIN, OUT_OF_DOMAIN], rows), ""]
+  miracl = sorted({d for r in results.values() for d in r["evaluation"]["datasets"]
+                   if d.startswith("miracl_")})
+  if miracl:
+    lines += ["## MIRACL (monolingual): nDCG@10 / Recall@100 x 100", ""]
+    rows = [[model, strategy] + [
+        f"{_fmt([_average(r, d, 'monolingual', 'ndcg_cut_10') for r in by_seed.values()])} / "
+        f"{_fmt([_average(r, d, 'monolingual', 'recall_100') for r in by_seed.values()])}"
+        for d in miracl] for (model, strategy), by_seed in arms.items()]
+    lines += [reports.markdown_table(["model", "batches"] + miracl, rows), ""]
+  return lines
 
 
-def plot_degradation(path: str, table: dict) -> None:
-  """Grouped bars: relative degradation per setting, one group per model x strategy."""
-  figure = Figure(figsize=(9, 4))
-  axes = figure.add_subplot()
-  labels = [f"{m}\n{s}" for m, strategies in table.items() for s in strategies]
-  x = np.arange(len(labels))
-  width = 0.8 / len(SETTINGS)
-  for i, (setting, short) in enumerate(SETTINGS):
-    cells = [e["degradation"][setting]["relative"] for st in table.values() for e in st.values()]
-    means = [100 * (c["mean"] if c["mean"] is not None else np.nan) for c in cells]
-    stds = [100 * (c["std"] or 0.0) for c in cells]
-    axes.bar(x + (i - 1) * width, means, width, yerr=stds, label=short, capsize=2)
-  axes.set_xticks(x, labels, fontsize=8)
-  axes.set_ylabel("relative mAP drop, in-domain to out-of-domain (%)")
-  axes.axhline(0, color="black", linewidth=0.5)
-  axes.legend()
+def _effects_table(table: dict) -> list[str]:
+  if not table:
+    return []
+  header = ["effect on degradation (x 100)"] + [s for _, s in SETTINGS] + ["mean of settings"]
+  rows = [[name] + [f"{100 * c['estimate']:+.1f} [{100 * c['low']:+.1f}, {100 * c['high']:+.1f}]"
+                    + ("" if c["excludes_zero"] else " ~0")
+                    for c in (by_setting[s] for s in [s for s, _ in SETTINGS]
+                              + [study_stats.ALL_SETTINGS])]
+          for name, by_setting in table.items()]
+  return ["## Effects with 95% confidence intervals (~0: the interval includes zero)", "",
+          reports.markdown_table(header, rows), ""]
+
+
+def plot_loss_curves(path: str, results: dict) -> None:
+  """Training loss per step of every run, one panel per model, chance as a dashed line."""
+  arms = _arms(results)
+  models = list(dict.fromkeys(m for m, _ in arms))
+  figure = Figure(figsize=(5 * len(models), 3.6))
+  colours = {"X-X-mono": "tab:blue", "X-Y": "tab:orange", "hybrid": "tab:green"}
+  for i, model in enumerate(models):
+    axes = figure.add_subplot(1, len(models), i + 1)
+    for (m, strategy), by_seed in arms.items():
+      if m != model:
+        continue
+      for j, result in enumerate(by_seed.values()):
+        history = result["train"]["history"]
+        steps = [h["step"] for h in history]
+        axes.plot(steps, [h["loss"] for h in history], color=colours.get(strategy, "grey"),
+                  alpha=0.6, linewidth=0.8, label=strategy if j == 0 else None)
+      batch = next(iter(by_seed.values()))["settings"]["batch_size"]
+    axes.axhline(math.log(batch), color="black", linestyle="--", linewidth=0.8,
+                 label=f"chance ln({batch})")
+    axes.set_title(model)
+    axes.set_xlabel("step")
+    axes.set_ylabel("training loss")
+    axes.legend(fontsize=8)
   figure.tight_layout()
   reports.save_figure(figure, path)
 
 
-def write(output_dir: str, results: dict, config, datasets: dict,
-          description: str | None = None) -> dict:
-  """Writes study.json, README-style study.md and the degradation plot; returns their paths."""
-  table = aggregate(results, config)
+def markdown(results: dict, training: dict, table: dict, description: str) -> str:
+  lines = ["# Hybrid batches against X-X-mono and X-Y: out-of-domain degradation, mT5 vs XLM-R",
+           "", answer_paragraph(table, training, results), "", description, "",
+           *_effects_table(table),
+           f"## Training against chance (final = mean of the last {int(TAIL * 100)}% of steps; "
+           "a run learned if its final loss is "
+           f"{LEARNED_LOSS_MARGIN} below ln(batch) and its in-batch accuracy {LEARNED_ACCURACY_FACTOR:g}x "
+           "chance)", "",
+           reports.markdown_table(["model", "batches", "final loss", "chance loss",
+                                   "final accuracy %", "chance %", "checkpoint (per seed)",
+                                   "learned"], _training_rows(training, results)), "",
+           "Loss curves: `study_loss.png`.", "", *_tables(results),
+           "Per-run results (every language and pair, per-query scores): "
+           "`runs/*/study_results.json`; all cells and intervals: `study.json`."]
+  return "\n".join(lines) + "\n"
+
+
+def describe(results: dict, elapsed_seconds: float | None) -> str:
+  """The set-up line of a demo report: when, where, which settings, how long."""
+  settings = next(iter(results.values()))["settings"]
+  seeds = sorted({seed for _, _, seed in results})
+  learning_rates = {m: r["settings"]["learning_rate"] for (m, _, _), r in results.items()}
+  took = f" in {elapsed_seconds / 60:.0f} min" if elapsed_seconds else ""
+  return (f"Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on "
+          f"{platform.node() or 'unknown host'} ({os.cpu_count()} CPU cores){took}: "
+          f"{len(results)} runs, seeds {', '.join(map(str, seeds))}; {settings['train_steps']} "
+          f"steps of batch {settings['batch_size']}, learning rate "
+          + ", ".join(f"{m} {rate:g}" for m, rate in learning_rates.items())
+          + f", temperature "
+          f"{settings['temperature']}, AdamW weight decay {settings['weight_decay']}; languages "
+          f"{', '.join(settings['languages'])}.\n\n{NOTE}")
+
+
+def write(output_dir: str, results: dict, description: str | None = None,
+          elapsed_seconds: float | None = None, num_samples: int = 2000) -> dict:
+  """Writes study.json, study.md and study_loss.png; returns their paths."""
+  training = {key: training_summary(result) for key, result in results.items()}
+  table = effects(results, {k: t["learned"] for k, t in training.items()}, num_samples)
   paths = {"json": os.path.join(output_dir, "study.json"),
            "markdown": os.path.join(output_dir, "study.md"),
-           "plot": os.path.join(output_dir, "study_degradation.png")}
-  reports.write_json(paths["json"], {"config": dataclasses.asdict(config), "cells": table,
-                                     "datasets": datasets})
-  evaluate.write_text_atomically(paths["markdown"], markdown(table, config, datasets, description))
-  plot_degradation(paths["plot"], table)
+           "loss_plot": os.path.join(output_dir, "study_loss.png")}
+  reports.write_json(paths["json"], {
+      "effects": table, "training": {"/".join(map(str, k)): v for k, v in training.items()}})
+  text = markdown(results, training, table, description or describe(results, elapsed_seconds))
+  evaluate.write_text_atomically(paths["markdown"], text)
+  plot_loss_curves(paths["loss_plot"], results)
   return paths
+
+
+README_BEGIN, README_END = "<!-- study-demo:begin", "<!-- study-demo:end -->"
+
+
+def update_readme(report_path: str, readme_path: str) -> None:
+  """Replaces README's demo section (between its markers) with the report, headings demoted."""
+  body = fs.read_text(report_path).split("\n", 1)[1].strip()  # Without the report's title.
+  body = "\n".join("##" + line if line.startswith("## ") else line for line in body.splitlines())
+  body = body.replace("`study_loss.png`", "`out/study/study_loss.png`")
+  with open(readme_path, encoding="utf-8") as f:
+    readme = f.read()
+  start, end = readme.find(README_BEGIN), readme.find(README_END)
+  if start < 0 or end < start:
+    raise ValueError(f"{readme_path}: no '{README_BEGIN} ... {README_END}' section to replace")
+  start = readme.index("\n", start) + 1
+  evaluate.write_text_atomically(readme_path, readme[:start] + body + "\n" + readme[end:])
+
+
+if __name__ == "__main__":
+  import argparse
+  parser = argparse.ArgumentParser(prog="python -m hybridir.study_report",
+                                   description="Copies a demo report into README's demo section.")
+  parser.add_argument("--report", default="out/study/study.md")
+  parser.add_argument("--readme", default="README.md")
+  arguments = parser.parse_args()
+  update_readme(arguments.report, arguments.readme)
+  print(f"{arguments.readme}: demo section replaced by {arguments.report}")

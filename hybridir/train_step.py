@@ -159,7 +159,7 @@ def make_train_step(model: dual_encoder.DualEncoder, optimizer: optax.GradientTr
   return train_step, grads_fn
 
 
-def compiler_options() -> dict[str, Any] | None:
+def compiler_options(platform: str | None = None) -> dict[str, Any] | None:
   """XLA options for jitting the train and eval steps (`jax.jit(..., compiler_options=...)`).
 
   On CPU: XLA's memory-optimising scheduler (the default one lengthens buffer lifetimes to run
@@ -167,8 +167,9 @@ def compiler_options() -> dict[str, Any] | None:
   copies where the program rounds to bfloat16). XLM-R base at batch 32 in bfloat16: XLA's
   temporaries 11.5 -> 6.1 GiB with the layer changes of the same commit, fewer page faults, a
   faster step (BENCHMARKS.md, "Activation memory"). Other backends: their defaults (None).
+  `platform`: the one compiled for (default: this process's backend).
   """
-  if jax.default_backend() != "cpu":
+  if (platform or jax.default_backend()) != "cpu":
     return None
   return {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED",
           "xla_allow_excess_precision": False}

@@ -16,9 +16,11 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 from hybridir import checkpoints
+from hybridir import fs
 from hybridir import importers
 from hybridir import optim
 from hybridir import partitioning
+from hybridir import summaries
 from hybridir import train_step as step_lib
 from hybridir.models import dual_encoder
 
@@ -62,34 +64,16 @@ class _Preemption:
     return bool(np.any(multihost_utils.process_allgather(np.asarray(self.requested))))
 
 
-class _SummaryWriter:
-  """TensorBoard scalars from process 0 only."""
-
-  def __init__(self, logdir: str | None):
-    self._writer = None
-    if logdir and jax.process_index() == 0:
-      import tensorflow as tf  # Only the writer needs TensorFlow.
-      self._tf = tf
-      self._writer = tf.summary.create_file_writer(logdir)
-
-  def write(self, step: int, scalars: dict) -> None:
-    if self._writer is None:
-      return
-    with self._writer.as_default(step=step):
-      for name, value in scalars.items():
-        self._tf.summary.scalar(name, value)
-    self._writer.flush()
-
-
 def _to_host(metrics) -> dict:
   return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
 
-def _imported_params(model: dual_encoder.DualEncoder, path: str) -> dict:
-  """Parameters from a Hugging Face directory or T5X checkpoint, checked against `model`."""
-  load = importers.load_hf if os.path.exists(os.path.join(path, "config.json")) else (
-      importers.load_t5x)
-  return load(path, target=model)[1]  # Raises listing every mismatch.
+def _imported_params(model: dual_encoder.DualEncoder, path: str, shardings) -> dict:
+  """Parameters from a Hugging Face directory or T5X checkpoint, checked against `model` (raises
+  listing every mismatch). A T5X checkpoint is read as a pod reads it: each host its shards."""
+  if fs.exists(os.path.join(path, "config.json")):
+    return importers.load_hf(path, target=model)[1]
+  return importers.load_t5x_sharded(path, model, shardings)
 
 
 @gin.configurable
@@ -127,19 +111,10 @@ def train(*, model: dual_encoder.DualEncoder, train_input: Any, task_feature_len
   schedule = (learning_rate_schedule if callable(learning_rate_schedule)
               else lambda step: learning_rate_schedule)
 
+  abstract_state, state_shardings = state_layout(model, optimizer, query_length, passage_length,
+                                                mesh, rules)
+  abstract_params, param_shardings = abstract_state.params, state_shardings.params
   replicated = partitioning.replicated(mesh)
-  with partitioning.axis_rules_context(rules, mesh):
-    boxed = step_lib.abstract_model_variables(model, query_length, passage_length)
-    param_shardings = {"model": partitioning.params_shardings(boxed, mesh, rules),
-                       "log_scale": replicated}
-    abstract_params = {"model": step_lib.strip_boxes(boxed),
-                       "log_scale": jax.ShapeDtypeStruct((), jnp.float32)}
-    state_shardings = step_lib.TrainState(
-        step=replicated, params=param_shardings,
-        opt_state=optim.optimizer_state_shardings(optimizer, abstract_params, param_shardings,
-                                                  mesh))
-    abstract_state = jax.eval_shape(lambda p: step_lib.TrainState(
-        jnp.zeros((), jnp.int32), p, optimizer.init(p)), abstract_params)
 
   identity = run_identity(model, train_input, task_feature_lengths, seed)
   checkpointer = checkpointer_fn(os.path.join(model_dir, "checkpoints"), best_metric=best_metric)
@@ -156,25 +131,22 @@ def train(*, model: dual_encoder.DualEncoder, train_input: Any, task_feature_len
                            mesh, rules)
 
   compilations = [0]
-  train_step, _ = step_lib.make_train_step(
-      model, optimizer, loss_config,
-      constrain_batch=lambda x: jax.lax.with_sharding_constraint(
-          x, partitioning.batch_sharding(mesh)))
+  def counted(train_step):
+    def counted_step(state, batch, rng):
+      compilations[0] += 1
+      return train_step(state, batch, rng)
+    return counted_step
 
-  def counted_step(state, batch, rng):
-    compilations[0] += 1
-    return train_step(state, batch, rng)
-
+  p_train_step = sharded_train_step(model, optimizer, loss_config, mesh, state_shardings,
+                                    wrap=counted)
   batch_sharding = partitioning.batch_sharding(mesh)
-  p_train_step = jax.jit(counted_step, in_shardings=(state_shardings, batch_sharding, replicated),
-                         out_shardings=(state_shardings, replicated), donate_argnums=0,
-                         compiler_options=step_lib.compiler_options())
   p_eval_step = jax.jit(step_lib.make_eval_step(model, loss_config),
                         in_shardings=(param_shardings, batch_sharding), out_shardings=replicated,
                         compiler_options=step_lib.compiler_options())
   dropout_rng = jax.random.PRNGKey(seed + 1)
-  writer = _SummaryWriter(os.path.join(model_dir, "train"))
-  eval_writer = _SummaryWriter(os.path.join(model_dir, "eval") if eval_input is not None else None)
+  writer = summaries.SummaryWriter(os.path.join(model_dir, "train"))
+  eval_writer = summaries.SummaryWriter(
+      os.path.join(model_dir, "eval") if eval_input is not None else None)
 
   def data_position(step):
     return {"step": step, "seed": seed, "input": str(getattr(train_input, "name", "")),
@@ -257,6 +229,8 @@ def run_identity(model, train_input, task_feature_lengths: dict, seed: int) -> d
               "input": describe() if callable(describe) else {
                   "input": str(getattr(train_input, "name", "")),
                   "batch_size": getattr(train_input, "batch_size", None)}}
+  if getattr(train_input, "text_format", None) is not None:  # What an export must apply.
+    identity["text_format"] = train_input.text_format.to_json()
   return json.loads(json.dumps(identity, default=str))
 
 
@@ -289,6 +263,41 @@ def _check_run_identity(stored: dict | None, current: dict, allow_changed_run: b
   logging.warning("%s; resuming as ALLOW_CHANGED_RUN says", message)
 
 
+def state_layout(model: dual_encoder.DualEncoder, optimizer, query_length: int,
+                 passage_length: int, mesh, rules) -> tuple[step_lib.TrainState, ...]:
+  """(abstract state, state shardings): the train state's shapes and NamedShardings, unallocated."""
+  replicated = partitioning.replicated(mesh)
+  with partitioning.axis_rules_context(rules, mesh):
+    boxed = step_lib.abstract_model_variables(model, query_length, passage_length)
+    param_shardings = {"model": partitioning.params_shardings(boxed, mesh, rules),
+                       "log_scale": replicated}
+    abstract_params = {"model": step_lib.strip_boxes(boxed),
+                       "log_scale": jax.ShapeDtypeStruct((), jnp.float32)}
+    state_shardings = step_lib.TrainState(
+        step=replicated, params=param_shardings,
+        opt_state=optim.optimizer_state_shardings(optimizer, abstract_params, param_shardings,
+                                                  mesh))
+    abstract_state = jax.eval_shape(lambda p: step_lib.TrainState(
+        jnp.zeros((), jnp.int32), p, optimizer.init(p)), abstract_params)
+  return abstract_state, state_shardings
+
+
+def sharded_train_step(model: dual_encoder.DualEncoder, optimizer, loss_config, mesh,
+                       state_shardings, wrap: Callable = lambda step: step,
+                       platform: str | None = None):
+  """The jitted (state, global batch, rng) -> (state, metrics) step, state donated; `platform`
+  picks the compiler options (default: this process's backend)."""
+  train_step, _ = step_lib.make_train_step(
+      model, optimizer, loss_config,
+      constrain_batch=lambda x: jax.lax.with_sharding_constraint(
+          x, partitioning.batch_sharding(mesh)))
+  replicated = partitioning.replicated(mesh)
+  return jax.jit(wrap(train_step),
+                 in_shardings=(state_shardings, partitioning.batch_sharding(mesh), replicated),
+                 out_shardings=(state_shardings, replicated), donate_argnums=0,
+                 compiler_options=step_lib.compiler_options(platform))
+
+
 def _check_vocabulary_fits(train_input, model) -> None:
   """Token ids past the embedding would train on garbage (NaN on CPU): refuse before compiling."""
   vocabulary = getattr(train_input, "vocabulary", None)
@@ -310,7 +319,7 @@ def _initial_state(model, optimizer, loss_config, seed, init_checkpoint, query_l
                    passage_length, abstract_params, param_shardings, state_shardings, mesh, rules):
   """A fresh state born sharded: from scratch (jitted init) or from an imported checkpoint."""
   if init_checkpoint:
-    model_params = _imported_params(model, init_checkpoint)
+    model_params = _imported_params(model, init_checkpoint, param_shardings["model"])
     params = jax.device_put(step_lib.initial_params(model_params, loss_config), param_shardings)
     opt_state = jax.jit(optimizer.init, out_shardings=state_shardings.opt_state)(params)
     step = jax.device_put(jnp.zeros((), jnp.int32), state_shardings.step)

@@ -17,14 +17,15 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import pathlib
 import re
 import sys
+import tempfile
 import time
 from typing import Callable, Mapping, Sequence
 
 from hybridir import corpora
+from hybridir import fs
 from hybridir import mt_engines
 from hybridir.mt_engines import TranslateError
 from hybridir.mt_engines import load_translator
@@ -98,7 +99,7 @@ def rejection(source: str, translation: str, source_language: str, target_langua
 
 def read_input(path: corpora.PathLike, source_language: str) -> list[corpora.QAPair]:
   """The source language's QA pairs of a SQuAD .json (passage = paragraph) or .jsonl file."""
-  path = pathlib.Path(path)
+  path = fs.path(path)
   corpora.check_language(source_language, "--source_language")
   if path.suffix == ".json":
     pairs = corpora.read_squad(path, source_language, "paragraph")
@@ -160,19 +161,8 @@ def batches(texts: Sequence[str], batch_size: int) -> list[list[str]]:
 
 
 def write_atomic(path: pathlib.Path, text: str) -> None:
-  """Writes `text` to a temporary file, fsyncs it and renames it to `path`."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  with open(temporary, "w", encoding="utf-8") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(temporary, path)
-  directory = os.open(path.parent, os.O_RDONLY)
-  try:
-    os.fsync(directory)  # Makes the rename itself durable.
-  finally:
-    os.close(directory)
+  """Writes `text` to `path` atomically (hybridir.fs: temporary file and rename, or one upload)."""
+  fs.write_text_atomically(path, text)
 
 
 def _shard_path(folder: pathlib.Path, index: int) -> pathlib.Path:
@@ -219,7 +209,7 @@ def _translate_language(pairs, parts, target, output_dir, make_translator, batch
   """(text -> translation, texts translated by this run, seconds) for one target language."""
   texts = segments(pairs, parts)
   batch_list = batches(texts, batch_size)
-  folder = pathlib.Path(output_dir) / WORK_FOLDER / "shards" / target
+  folder = fs.path(output_dir) / WORK_FOLDER / "shards" / target
   _check_manifest(folder, {**settings, "target_language": target, "batch_size": batch_size,
                            "texts_sha256": hashlib.sha256(json.dumps(texts).encode()).hexdigest()})
   for stale in folder.glob(".*.tmp"):  # Left by a killed run; never read.
@@ -258,7 +248,7 @@ def translate_corpus(pairs: Sequence[corpora.QAPair], source_language: str,
   `make_translator(target)` gives the function translating a batch of source texts; it is called
   only for languages with batches left. `settings` (model, engine, ...) must match a resumed run.
   """
-  output_dir = pathlib.Path(output_dir)
+  output_dir = fs.path(output_dir)
   for language in languages:
     corpora.check_language(language, "--languages")
     if language == source_language:
@@ -339,7 +329,9 @@ def main(argv: Sequence[str] | None = None) -> int:
       name.strip() for name in args.filters.split(",") if name.strip())
   settings = {"model": args.model, "engine": args.engine, "quantization": args.quantization,
               "beam_size": args.beam_size, "max_length": args.max_length}
-  cache_dir = pathlib.Path(args.output) / WORK_FOLDER / "ct2"
+  # The converted model is a local cache (the engine reads local files), even for gs:// output.
+  cache_dir = pathlib.Path(tempfile.gettempdir() if fs.is_remote(args.output) else args.output) / (
+      WORK_FOLDER) / "ct2"
   try:
     filters = FilterConfig(enabled, args.min_length_ratio, args.max_length_ratio,
                            args.max_repeats)

@@ -14,6 +14,8 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from hybridir import fs
+
 # The public mT5 SentencePiece model (reachable on Cloud TPU).
 MT5_SPM_PATH = "gs://t5-data/vocabs/mc4.250000.100extra/sentencepiece.model"
 # fairseq's special tokens, in id order.
@@ -27,7 +29,8 @@ class XLMRVocabulary(seqio.SentencePieceVocabulary):
   start_id = BOS_ID  # Before every text (`tokenize`).
 
   def __init__(self, sentencepiece_model_file: str):
-    super().__init__(sentencepiece_model_file, extra_ids=0)
+    # seqio reads via gfile, which cannot reach a GCS emulator: a local copy.
+    super().__init__(fs.local_copy(sentencepiece_model_file), extra_ids=0)
 
   @property
   def _base_vocab_size(self) -> int:
@@ -100,7 +103,7 @@ def _wordpiece_tokenizer(ids: dict[str, int] | None = None):
 
 def _wordpiece_tokens(vocab_file: str) -> list[str]:
   """The tokens, in id order, of a vocab.txt (one a line) or a `tokenizers` tokenizer.json."""
-  with tf.io.gfile.GFile(vocab_file) as f:
+  with fs.open(vocab_file, encoding="utf-8") as f:
     if not vocab_file.endswith(".json"):
       return [line.rstrip("\n") for line in f]
     tokenizer = json.load(f)
@@ -208,9 +211,7 @@ def train_wordpiece(texts: Iterable[str], prefix: str, vocab_size: int,
   tokenizer.train_from_iterator(texts, trainer)
   ids = tokenizer.get_vocab()
   path = prefix + ".txt"
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w", encoding="utf-8") as f:
-    f.write("".join(token + "\n" for token in sorted(ids, key=ids.get)))
+  fs.write_text_atomically(path, "".join(token + "\n" for token in sorted(ids, key=ids.get)))
   return path
 
 

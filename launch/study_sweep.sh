@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# The full-scale study on Cloud TPU: for every model x strategy x seed, train (launch/tpu.sh),
-# export the encoder and evaluate it on LAReQA (in-domain XQuAD-R held-out articles, out-of-domain
-# MLQA-R) into gs://BUCKET/study/{model}_{strategy}_seed{seed}/eval. Then gather one report:
+# The full-scale study on Cloud TPU: for every model x strategy x seed, one job (launch/tpu.sh) runs
+# the study's run (gin_configs/runs/study/base.gin, the same run the CPU demo sweeps): train,
+# keep the checkpoint with the lowest validation loss, export it and evaluate it on the in-domain
+# test articles, MLQA-R (and MIRACL when given), into
+# gs://BUCKET/study/{model}_{strategy}_seed{seed}/study_results.json. Then gather one report:
 #   python -m hybridir.study_gather --runs_root gs://BUCKET/study --output_dir out/study_full
 #
 # usage: launch/study_sweep.sh --bucket gs://BUCKET/study --corpus_dir gs://BUCKET/corpus \
 #          --zone ZONE --accelerator_type v4-32 [--models "mt5_base labse"] [--seeds "0 1 2"]
-#          [--strategies "monolingual cross-lingual hybrid"] [--data_dir DIR] [--dry-run]
+#          [--strategies "mono cross hybrid"] [--data_dir DIR] [--dry-run]
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
 models="mt5_base mt5_large mt5_xl xlmr_base xlmr_large labse"
-strategies="monolingual cross-lingual hybrid"
+strategies="mono cross hybrid"
 seeds="0 1 2"
 bucket="" corpus_dir="" zone="" accelerator_type="" data_dir="data" extra=()
 
@@ -38,45 +40,25 @@ done
 
 alpha_of() {
   case "$1" in
-    monolingual) echo 1.0 ;;
-    cross-lingual) echo 0.0 ;;
+    mono) echo 1.0 ;;
+    cross) echo 0.0 ;;
     hybrid) echo 0.5 ;;
     *) echo "study_sweep.sh: unknown strategy $1" >&2; exit 2 ;;
   esac
 }
 
-# A binding `NAME = 'value'` of a study run file.
-gin_value() {
-  local value
-  value="$(sed -n "s/^$2 = '\(.*\)'.*/\1/p" "$here/../gin_configs/runs/study/$1.gin")"
-  if [[ -z "$value" ]]; then
-    echo "study_sweep.sh: gin_configs/runs/study/$1.gin binds no $2" >&2
-    exit 2
-  fi
-  echo "$value"
-}
-
 for model in $models; do
-  # The run file names the family and its vocabulary (for export and the eval features).
-  family="$(gin_value "$model" FAMILY)"
-  spm="$(gin_value "$model" SPM_PATH)"
   for strategy in $strategies; do
     alpha="$(alpha_of "$strategy")"
     for seed in $seeds; do
       run="${model}_${strategy}_seed${seed}"
       name="hybridir-${run//_/-}"
       name="${name,,}"
-      common=(--name "$name" --zone "$zone" --model_dir "$bucket/$run" "${extra[@]}")
-      "$here/tpu.sh" "${common[@]}" --accelerator_type "$accelerator_type" --spot \
+      "$here/tpu.sh" --name "$name" --zone "$zone" --model_dir "$bucket/$run" "${extra[@]}" \
+        --accelerator_type "$accelerator_type" --spot --delete \
         --gin_file "gin_configs/runs/study/$model.gin" \
-        --gin "CORPUS_DIR='$corpus_dir'" --gin "ALPHA=$alpha" --gin "SEED=$seed"
-      "$here/tpu.sh" "${common[@]}" --reuse \
-        --gin_file gin_configs/runs/export.gin --gin_file "gin_configs/models/$model.gin" \
-        --gin "EXPORT_DIR='/tmp/$run/export'" --gin "SPM_PATH='$spm'"
-      "$here/tpu.sh" "${common[@]}" --reuse --delete --gin_file gin_configs/runs/eval.gin \
-        --gin "ENCODER_PATH='/tmp/$run/export'" --gin "EVAL_DIR='$bucket/$run/eval'" \
-        --gin "FAMILY='$family'" --gin "DATA_DIR='$data_dir'" \
-        --gin "SPM_PATH='$spm'"
+        --gin "CORPUS_DIR='$corpus_dir'" --gin "DATA_DIR='$data_dir'" \
+        --gin "ALPHA=$alpha" --gin "SEED=$seed"
     done
   done
 done

@@ -24,6 +24,9 @@ TPU:
   --reuse                   run on the existing TPU NAME; never describe, create or recreate it
                             (without --reuse: a READY TPU NAME is reused, a preempted one recreated)
   --delete                  delete the TPU when the job ends, whether it succeeded or not
+  --check                   first compile the training run for --accelerator_type on this machine
+                            (python -m hybridir.aot, with $PYTHON, default python3; needs
+                            pip install -e '.[aot]') and create nothing if it does not fit
 
 Code (one of):
   --repo PATH               local checkout to copy to the workers (default: this repository)
@@ -52,7 +55,7 @@ readonly REMOTE_TARBALL=hybridir.tar.gz # likewise
 readonly QUEUED_POLL_SECONDS=60
 
 name="" project="" zone="" accelerator_type="" runtime_version=""
-spot=0 queued=0 reuse=0 delete=0 dry_run=0
+spot=0 queued=0 reuse=0 delete=0 dry_run=0 check=0
 repo="" git_ref="" git_url="" model_dir="" results_dir=""
 gin_files=() gin_bindings=() location_flags=()
 query_output="" tarball=""
@@ -116,13 +119,15 @@ parse_args() {
       --queued) queued=1; shift; continue ;;
       --reuse) reuse=1; shift; continue ;;
       --delete) delete=1; shift; continue ;;
+      --check) check=1; shift; continue ;;
       --dry-run | --dry_run) dry_run=1; shift; continue ;;
     esac
     option=${1%%=*}
     case $option in
       --name | --project | --zone | --accelerator_type | --runtime_version | --repo | --git_ref \
         | --git_url | --gin_file | --gin | --model_dir | --results_dir) ;;
-      --spot | --queued | --reuse | --delete | --dry-run | --dry_run) die "$option takes no value" ;;
+      --spot | --queued | --reuse | --delete | --check | --dry-run | --dry_run)
+        die "$option takes no value" ;;
       *) die "unknown option '$option' (see --help)" ;;
     esac
     if [[ $1 == *=* ]]; then
@@ -173,6 +178,9 @@ validate() {
     [[ -n $accelerator_type ]] || die "missing --accelerator_type (e.g. v4-8)"
     [[ -n $runtime_version ]] || runtime_version=$(default_runtime_version)
   fi
+  if ((check)); then
+    [[ -n $accelerator_type ]] || die "--check needs --accelerator_type (the slice to compile for)"
+  fi
   [[ -n $model_dir ]] || die "missing --model_dir (a gs:// path for checkpoints and logs)"
   [[ $model_dir == gs://?* ]] ||
     die "--model_dir must be a gs:// path the TPU workers can write, got '$model_dir'"
@@ -203,6 +211,26 @@ validate() {
       die "missing --project, and \`gcloud config get-value project\` gives none"
   fi
   location_flags=("--project=$project" "--zone=$zone")
+}
+
+# Compiles the run for the slice on this machine (libtpu's compile-only devices), from the checkout
+# the workers get; stops before anything is created unless it fits (hybridir.aot exits 0).
+check_fits() {
+  local args=(-m hybridir.aot "--accelerator_type=$accelerator_type") gin_file binding status=0
+  for gin_file in "${gin_files[@]}"; do
+    args+=("--gin_file=$gin_file")
+  done
+  args+=("--gin.MODEL_DIR=\"$model_dir\"")
+  for binding in ${gin_bindings[@]+"${gin_bindings[@]}"}; do
+    args+=("--gin.$binding")
+  done
+  (cd "$repo" && run "${PYTHON:-python3}" "${args[@]}") || status=$?
+  case $status in
+    0) ((dry_run)) || note "the run fits $accelerator_type" ;;
+    3) die "the run does not fit $accelerator_type (report above); no TPU created. Find the" \
+      "batch that fits with python -m hybridir.aot --max_batch" ;;
+    *) die "the compile check failed (exit status $status); no TPU created" ;;
+  esac
 }
 
 create_tpu() {
@@ -355,6 +383,9 @@ copy_code() {
 main() {
   parse_args "$@"
   validate
+  if ((check)); then
+    check_fits
+  fi
   ensure_tpu
   copy_code
   on_workers "$(setup_command)"

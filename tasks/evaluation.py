@@ -1,18 +1,19 @@
 """SeqIO registrations of the zero-shot evaluation sets: LAReQA (XQuAD-R, MLQA-R) and MIRACL.
 
 Per dataset and language a queries task (`query`, `question_id`, `language`) and a candidates task
-(`passage`, `candidate_id`, `context`, `language`), e.g. `xquad_r_de_queries` and
-`xquad_r_de_candidates`, grouped into evaluation mixtures: `lareqa_xquad_r`, `lareqa_mlqa_r`,
-`lareqa` (both) and `miracl` (every registered language). An evaluation run names a mixture;
+(`passage`, `candidate_id`, `language`; the candidate's context joins `passage` as the
+gin-configured `text.TextFormat()` says), e.g. `xquad_r_de_queries` and `xquad_r_de_candidates`,
+grouped into evaluation mixtures: `lareqa_xquad_r`, `lareqa_mlqa_r`, `lareqa` (both) and `miracl`
+(every registered language). An evaluation run names a mixture;
 `evaluation_mixture_datasets(name)` gives the questions, relevance and languages behind it.
 """
-import pathlib
 from typing import Sequence
 
 import gin
 import seqio
 
 from hybridir import corpora
+from hybridir import fs
 from hybridir import retrieval_data
 from tasks import qa
 
@@ -34,7 +35,7 @@ def _queries_fn(questions: Sequence[retrieval_data.Question]):
 def _candidates_fn(candidates: Sequence[retrieval_data.Candidate]):
   return lambda: {"passage": [c.text for c in candidates],
                   "candidate_id": [c.candidate_id for c in candidates],
-                  "context": [c.context for c in candidates],
+                  "passage_context": [c.context for c in candidates],
                   "language": [c.language for c in candidates]}
 
 
@@ -52,7 +53,7 @@ def _register_dataset(prefix: str, dataset: retrieval_data.RetrievalDataset, fam
       qa.remove_providers([name])
       seqio.TaskRegistry.add(name, qa.function_source(examples_fn, SPLIT, count),
                              output_features=qa.output_features(family, spm_path, required=False),
-                             preprocessors=qa.preprocessors(qa.get_vocabulary(family, spm_path)))
+                             preprocessors=qa.preprocessors())
       names.append(name)
   _DATASETS[dataset.name] = dataset
   _TASKS[dataset.name] = names
@@ -70,7 +71,7 @@ def _split_titles(data_dir, dataset: str, split) -> Sequence[str] | None:
   """Article titles of the QA split of the same name ("train"/"test"), else `split` itself."""
   if split not in ("train", "test"):
     return split
-  folder = pathlib.Path(data_dir) / retrieval_data.LAREQA_FOLDERS[dataset]
+  folder = fs.path(data_dir) / retrieval_data.LAREQA_FOLDERS[dataset]
   corpus = corpora.load_parallel_corpus(folder if folder.is_dir() else data_dir)
   train, test = corpus.split_by_article(qa.TEST_FRACTION, seed=0)
   return sorted((train if split == "train" else test).article_ids())

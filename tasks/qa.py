@@ -7,22 +7,25 @@
                                                    xquad_all_mix    both, rates by size
   xquad_hybrid         a `HybridMixture` (not a seqio Mixture): batch-level mono/cross sampling
 
-Every example holds `query` and `passage` (token ids as `vocab.tokenize` gives them: T5 appends
-EOS, XLM-R wraps in <s> ... </s>, BERT in [CLS] ... [SEP], truncated keeping the end token), `pair_id` (the index of the string pair id
-in the sorted ids of the whole corpus, so the same in every language and split) and
+Every example holds `query` and `passage` (token ids of `hybridir.text.tokenize`: prefixes, the
+passage unit, truncation and the vocabulary's special tokens (T5's EOS, XLM-R's <s> ... </s>,
+BERT's [CLS] ... [SEP]), as `export.Encoder.encode` gives them; the strings the model reads are
+kept as `*_pretokenized`), `pair_id` (the index of the string pair
+id in the sorted ids of the whole corpus, so the same in every language and split) and
 `query_language` / `passage_language`.
 """
 import functools
-import os
 from typing import Sequence
 
 import gin
+import numpy as np
 import seqio
 import tensorflow as tf
 
 from hybridir import corpora
+from hybridir import fs
 from hybridir import hybrid
-from hybridir import vocab
+from hybridir import text as text_lib
 from hybridir.models import families
 
 SPLIT = "train"  # The seqio split of every QA task; `split` below chooses its content.
@@ -33,9 +36,9 @@ TEST_FRACTION = 0.2  # split="train"/"test": a seeded split of whole articles (s
 def get_vocabulary(family: str, spm_path: str) -> seqio.Vocabulary:
   """The family's seqio vocabulary, loaded once per (family, path)."""
   record = families.get(family)
-  if not str(spm_path).startswith("gs://") and not os.path.isfile(spm_path):
+  if not fs.isfile(spm_path):
     raise FileNotFoundError(f"spm_path {spm_path}: no such vocabulary file")
-  return record.make_vocabulary(str(spm_path))
+  return families.vocabulary(record.name, str(spm_path))
 
 
 def output_features(family: str, spm_path: str, required: bool = True) -> dict[str, seqio.Feature]:
@@ -48,27 +51,36 @@ def output_features(family: str, spm_path: str, required: bool = True) -> dict[s
           for name in ("query", "passage")}
 
 
-def _prepend(start_ids: list[int]):
-  """A preprocessor putting `start_ids` before the token features (`*_pretokenized` kept)."""
+def _tokenize_texts(dataset, sequence_length, output_features, text_format: text_lib.TextFormat):
+  """`query`, and `passage` with its `passage_context`, to ids through text.tokenize."""
 
-  @seqio.map_over_dataset
-  def prepend(features):
-    out = dict(features)
-    for key in ("query", "passage"):
-      if key in out and out[key].dtype == tf.int32:
-        out[key] = tf.concat([tf.constant(start_ids, tf.int32), out[key]], axis=0)
+  def tokenize(role, length, vocabulary, text, context):
+    string = text_lib.model_input(role, text.decode(), context.decode(), text_format)
+    ids = text_lib.tokenize(vocabulary, role, text.decode(), context.decode(), length,
+                            text_format)
+    return np.asarray(ids, np.int32), np.asarray(string.encode())
+
+  def map_fn(example):
+    out = dict(example)
+    for role in text_lib.ROLES:
+      if role not in example:
+        continue
+      context = out.pop(f"{role}_context", tf.constant(""))
+      length = (sequence_length or {}).get(role)
+      ids, string = tf.numpy_function(
+          functools.partial(tokenize, role, length, output_features[role].vocabulary),
+          [example[role], context], [tf.int32, tf.string], stateful=False)
+      ids.set_shape([None])
+      string.set_shape([])
+      out[role], out[f"{role}_pretokenized"] = ids, string
     return out
 
-  return prepend
+  return dataset.map(map_fn, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def preprocessors(vocabulary: seqio.Vocabulary) -> list:
-  """Tokenise, add the start token (XLM-R's <s>, BERT's [CLS]), trim to length - 1 and append
-  the end token: `vocab.tokenize`'s framing."""
-  steps = [seqio.preprocessors.tokenize]
-  if vocab.start_ids(vocabulary):
-    steps.append(_prepend(vocab.start_ids(vocabulary)))
-  return steps + [seqio.preprocessors.append_eos_after_trim]
+def preprocessors(text_format: text_lib.TextFormat | None = None) -> list:
+  """Tokenise through `text.tokenize` (prefixes, passage unit, truncation, special tokens)."""
+  return [functools.partial(_tokenize_texts, text_format=text_format or text_lib.TextFormat())]
 
 
 def function_source(examples_fn, split: str, num_examples: int) -> seqio.FunctionDataSource:
@@ -100,6 +112,7 @@ class HybridMixture:
     family: an encoder family (hybridir.models.families).
     spm_path: the SentencePiece model.
     pair_ids: the string pair id of each integer `pair_id` (sorted ids of the whole corpus).
+    text_format: prefixes and passage unit of every example (`text.TextFormat`).
     alpha, cross_pairs, mono_mixed_languages, language_sampling, language_temperature,
       source_temperature: as `hybrid.HybridSampler` (its defaults are the paper's batches);
       gin-configurable (`HybridMixture.alpha = 0.3`).
@@ -110,8 +123,10 @@ class HybridMixture:
   def __init__(self, name: str, corpus: corpora.ParallelCorpus, family: str, spm_path: str,
                pair_ids: Sequence[str], alpha: float = 0.5, cross_pairs: str = "per_example",
                mono_mixed_languages: bool = False, language_sampling: str = "uniform",
-               language_temperature: float = 1.0, source_temperature: float = 1.0):
+               language_temperature: float = 1.0, source_temperature: float = 1.0,
+               text_format: text_lib.TextFormat | None = None):
     self.name = name
+    self.text_format = text_format or text_lib.TextFormat()
     self.corpus = corpus
     self.family = family
     self.spm_path = spm_path
@@ -195,9 +210,11 @@ def _examples_fn(mixture: HybridMixture, query_language: str, passage_language: 
   def examples():
     ids = mixture.task_pair_ids(query_language, passage_language)
     queries = mixture.corpus.pairs[query_language]
-    passages = mixture.corpus.pairs[passage_language]
+    passages = [text_lib.passage_parts(mixture.corpus.pairs[passage_language][i],
+                                       mixture.text_format.passage_unit) for i in ids]
     return {"query": [queries[i].question for i in ids],
-            "passage": [passages[i].passage for i in ids],
+            "passage": [text for text, _ in passages],
+            "passage_context": [context for _, context in passages],
             "pair_id": tf.constant([mixture.pair_index[i] for i in ids], tf.int32),
             "query_language": [query_language] * len(ids),
             "passage_language": [passage_language] * len(ids)}
@@ -206,11 +223,13 @@ def _examples_fn(mixture: HybridMixture, query_language: str, passage_language: 
 
 @gin.configurable
 def register_parallel_qa(name: str, corpus_path: str, family: str, spm_path: str,
-                         languages: Sequence[str] | None = None, passage_unit: str = "paragraph",
-                         split=None, **hybrid_options) -> HybridMixture:
+                         languages: Sequence[str] | None = None, split=None,
+                         text_format: text_lib.TextFormat | None = None,
+                         **hybrid_options) -> HybridMixture:
   """Registers a corpus's mono and cross tasks, mixtures and `{name}_hybrid`; returns the last.
 
-  Registering `name` again replaces what the earlier call registered. `hybrid_options` override
+  Registering `name` again replaces what the earlier call registered. `text_format` (default: the
+  gin-configured `text.TextFormat()`) gives prefixes and passage unit. `hybrid_options` override
   `HybridMixture`'s gin-configured alpha, cross_pairs, ...
   """
   where = f"register_parallel_qa({name!r}, {str(corpus_path)!r})"
@@ -219,9 +238,12 @@ def register_parallel_qa(name: str, corpus_path: str, family: str, spm_path: str
   except ValueError as e:
     raise ValueError(f"{where}: {e}") from e
   features = output_features(family, str(spm_path))
-  full = corpora.load_parallel_corpus(corpus_path, passage_unit, languages)
+  text_format = text_format or text_lib.TextFormat()
+  # Passages as paragraphs, with their answer sentences: text_format's unit chooses from both.
+  full = corpora.load_parallel_corpus(corpus_path, "paragraph", languages)
   mixture = HybridMixture(f"{name}_hybrid", _apply_split(full, split, where), family,
-                          str(spm_path), full.pair_ids(), **hybrid_options)
+                          str(spm_path), full.pair_ids(), text_format=text_format,
+                          **hybrid_options)
   unregister_parallel_qa(name)
   mono, cross = [], []
   for x in mixture.languages:
@@ -231,7 +253,8 @@ def register_parallel_qa(name: str, corpus_path: str, family: str, spm_path: str
         continue
       task_name = f"{name}_mono_{x}" if x == y else f"{name}_cross_{x}_{y}"
       seqio.TaskRegistry.add(task_name, function_source(_examples_fn(mixture, x, y), SPLIT, size),
-                             output_features=features, preprocessors=preprocessors(mixture.vocabulary))
+                             output_features=features,
+                             preprocessors=preprocessors(text_format))
       mixture.tasks[task_name] = (x, y)
       (mono if x == y else cross).append((task_name, size))
   mixtures = {f"{name}_mono_mix": mono, f"{name}_cross_mix": cross, f"{name}_all_mix": mono + cross}

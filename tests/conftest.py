@@ -1,8 +1,16 @@
 """Test set-up: 8 virtual CPU devices (set before jax is imported) and the shared data folder."""
 import os
 import pathlib
+import socket
+import subprocess
+import sys
+import time
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# CPU only, even where libtpu is installed (the aot extra): TPU programs are compiled for
+# libtpu's compile-only devices, never run.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -22,3 +30,47 @@ def data_dir() -> pathlib.Path:
   if not path.is_dir():
     pytest.fail(f"shared data folder {path} not found; set HYBRIDIR_DATA_DIR")
   return path
+
+
+GCS_BUCKET = "hybridir-test"
+
+
+@pytest.fixture(scope="session")
+def gcs_bucket(tmp_path_factory) -> str:
+  """`gs://hybridir-test` on a local GCS emulator (in memory, a free port on 127.0.0.1), reached
+  through STORAGE_EMULATOR_HOST alone, as Google's client libraries read it. Stopped at the end.
+  (tests/gcs_emulator.py runs gcp-storage-emulator with generation headers on downloads.)"""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  log = tmp_path_factory.mktemp("gcs_emulator") / "emulator.log"
+  with open(log, "w") as out:
+    process = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "tests" / "gcs_emulator.py"), "start", "--host",
+         "127.0.0.1", "--port", str(port), "--in-memory", "--default-bucket", GCS_BUCKET],
+        stdout=out, stderr=out)
+  previous = os.environ.get("STORAGE_EMULATOR_HOST")
+  try:
+    for _ in range(600):  # Up to a minute for the emulator to listen.
+      try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+        break
+      except OSError:
+        if process.poll() is not None:
+          pytest.fail(f"GCS emulator exited with {process.returncode}: {log.read_text()[-2000:]}")
+        time.sleep(0.1)
+    else:
+      pytest.fail(f"GCS emulator did not listen on port {port}: {log.read_text()[-2000:]}")
+    os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
+    yield f"gs://{GCS_BUCKET}"
+  finally:
+    if previous is None:
+      os.environ.pop("STORAGE_EMULATOR_HOST", None)
+    else:
+      os.environ["STORAGE_EMULATOR_HOST"] = previous
+    process.terminate()
+    try:
+      process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+      process.kill()
+      process.wait()

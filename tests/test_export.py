@@ -15,6 +15,7 @@ from hybridir import checkpoints
 from hybridir import export
 from hybridir import hf_export
 from hybridir import importers
+from hybridir import text
 from hybridir import train_step
 from hybridir.models import dual_encoder
 from hybridir.models import families
@@ -42,9 +43,10 @@ def random_params(model, seed=0):
       for path, x in shapes.items()}, sep="/")
 
 
-def reference_encoder(model, params, spm_path, batch_size=8):
+def reference_encoder(model, params, spm_path, batch_size=8, text_format=None):
   vocabulary = families.of_config(model.encoder_config).make_vocabulary(spm_path)
-  return export.Encoder(model, params, vocabulary, 128, batch_size)
+  return export.Encoder(model, params, vocabulary, 128, batch_size,
+                        text_format or text.TextFormat())
 
 
 def flat(params):
@@ -110,6 +112,42 @@ def test_loading_an_artifact_with_contradicting_options_says_which(tmp_path, spm
     hybridir.load_encoder(artifact, pooling="first")
 
 
+def test_loaded_artifact_applies_the_prefixes_and_passage_unit_its_manifest_records(tmp_path,
+                                                                                   spm_models):
+  model = dual_encoder.DualEncoder(CONFIGS["t5"])
+  params = random_params(model)
+  custom = text.TextFormat("Frage: ", "Antwort: ", "sentence_with_context")
+  artifact = export.export_encoder(str(tmp_path / "a"), model, params, spm_models["t5"],
+                                   max_length=128, text_format=custom)
+  assert export.read_manifest(artifact)["text_format"] == {
+      "query_prefix": "Frage: ", "passage_prefix": "Antwort: ",
+      "passage_unit": "sentence_with_context"}
+  encoder = hybridir.load_encoder(artifact)
+  bare = reference_encoder(model, params, spm_models["t5"], text_format=text.UNFORMATTED)
+  np.testing.assert_allclose(encoder.encode(TEXTS[:2], "query"),
+                             bare.encode([f"Frage: {t}" for t in TEXTS[:2]], "query"), atol=1e-6)
+  np.testing.assert_allclose(encoder.encode(TEXTS[:2], "passage", contexts=TEXTS[2:4]),
+                             bare.encode([f"Antwort: {a} {b}" for a, b in zip(TEXTS, TEXTS[2:4])],
+                                         "passage"), atol=1e-6)
+
+
+def test_artifact_without_a_text_format_encodes_bare_texts_as_before(tmp_path, spm_models):
+  model = dual_encoder.DualEncoder(CONFIGS["t5"])
+  params = random_params(model)
+  artifact = export.export_encoder(str(tmp_path / "a"), model, params, spm_models["t5"],
+                                   max_length=128)
+  manifest = export.read_manifest(artifact)
+  del manifest["text_format"]
+  export._write_manifest(artifact, manifest)
+  encoder = hybridir.load_encoder(artifact)
+  assert encoder.text_format == text.UNFORMATTED
+  bare = reference_encoder(model, params, spm_models["t5"], text_format=text.UNFORMATTED)
+  np.testing.assert_allclose(encoder.encode(TEXTS, "passage", contexts=TEXTS),
+                             bare.encode(TEXTS, "passage"), atol=1e-6)
+  with pytest.raises(ValueError, match="exported with text_format="):
+    hybridir.load_encoder(artifact, text_format=text.TextFormat())
+
+
 def test_params_that_do_not_fit_the_model_are_refused_before_writing(tmp_path, spm_models):
   model = dual_encoder.DualEncoder(CONFIGS["t5"])
   params = random_params(dual_encoder.DualEncoder(CONFIGS["t5"], projection_dim=4))
@@ -145,6 +183,27 @@ def test_export_from_training_checkpoint_takes_the_latest_or_given_step(tmp_path
   assert export.read_manifest(first)["metadata"]["step"] == 10
 
 
+def test_export_from_training_checkpoint_keeps_the_text_format_and_length_it_was_trained_with(
+    tmp_path, spm_models):
+  model = dual_encoder.DualEncoder(CONFIGS["t5"])
+  model_dir = str(tmp_path / "model")
+  custom = text.TextFormat("q: ", "p: ", "sentence")
+  checkpointer = checkpoints.Checkpointer(os.path.join(model_dir, "checkpoints"),
+                                          asynchronous=False)
+  params = train_step.initial_params(random_params(model), train_step.LossConfig())
+  state = train_step.TrainState(np.int32(5), params, optax.adamw(1e-3).init(params))
+  identity = {"text_format": custom.to_json(), "task_feature_lengths": {"query": 8, "passage": 48}}
+  checkpointer.save(5, state, {"step": 5, "identity": identity}, force=True)
+  checkpointer.close()
+  artifact = export.export_from_training_checkpoint(model_dir, str(tmp_path / "out"), model,
+                                                    spm_models["t5"])
+  encoder = hybridir.load_encoder(artifact)
+  assert (encoder.text_format, encoder.max_length) == (custom, 48)
+  with pytest.raises(ValueError, match="step 5 was trained with"):
+    export.export_from_training_checkpoint(model_dir, str(tmp_path / "other"), model,
+                                           spm_models["t5"], text_format=text.TextFormat())
+
+
 def test_missing_training_step_lists_the_available_ones(tmp_path, spm_models):
   model = dual_encoder.DualEncoder(CONFIGS["t5"])
   write_training_checkpoints(str(tmp_path / "model"), model, steps=(10,))
@@ -169,7 +228,7 @@ def test_crashed_hf_export_leaves_no_output_dir(tmp_path, spm_models, monkeypatc
   def crash(*args):
     raise RuntimeError("disk full")
 
-  monkeypatch.setattr(hf_export.shutil, "copyfile", crash)
+  monkeypatch.setattr(hf_export.fs, "copy_file", crash)
   model = dual_encoder.DualEncoder(CONFIGS["t5"])
   with pytest.raises(RuntimeError, match="disk full"):
     hf_export.export_hf(str(tmp_path / "hf"), model, random_params(model), spm_models["t5"])
@@ -202,7 +261,9 @@ def test_hf_export_encodes_like_transformers(tmp_path, spm_models, family):
         output, add_pooling_layer=False, output_loading_info=True)
   assert not info["missing_keys"] and not info["unexpected_keys"]
   expected = ref.torch_mean_pooled(torch_model.eval(), tokenizer, TEXTS)
-  embeddings = reference_encoder(model, params, spm_models[family]).encode(TEXTS)
+  # transformers reads the texts as given: compare bare texts (no prefixes).
+  embeddings = reference_encoder(model, params, spm_models[family],
+                                 text_format=text.UNFORMATTED).encode(TEXTS)
   assert (np.sum(embeddings * expected, axis=-1) > 0.99999).all()
 
 

@@ -7,6 +7,7 @@ import seqio
 
 import tasks
 from hybridir import input_pipeline
+from hybridir import text
 from hybridir import vocab
 from tests.test_tasks import spm_models  # noqa: F401  (the shared SentencePiece fixture)
 
@@ -70,6 +71,15 @@ def expected_tokens(vocabulary, text, length):
   return vocab.tokenize(vocabulary, text, length)[:-1]
 
 
+def query_text(pair):
+  return f"Query: {pair.question}"
+
+
+def passage_text(pair):
+  """The answer sentence, then its paragraph (the default passage unit)."""
+  return f"Passage: {pair.answer_sentence} {pair.passage}"
+
+
 def test_mono_batch_queries_and_passages_are_that_languages_texts(mixture):
   source = hybrid_input(mixture)
   step = next(s for s in range(50) if source.batch_spec(s).kind == "mono")
@@ -78,9 +88,10 @@ def test_mono_batch_queries_and_passages_are_that_languages_texts(mixture):
   for row, pair_id in enumerate(spec.pair_ids):
     pair = mixture.corpus.pairs[language][pair_id]
     query, passage = batch["query_tokens"][row], batch["passage_tokens"][row]
-    assert query[query != 0].tolist()[:-1] == expected_tokens(source.vocabulary, pair.question, 16)
-    assert passage[passage != 0].tolist()[:-1] == expected_tokens(source.vocabulary, pair.passage,
-                                                                  32)
+    assert query[query != 0].tolist()[:-1] == expected_tokens(source.vocabulary, query_text(pair),
+                                                              16)
+    assert passage[passage != 0].tolist()[:-1] == expected_tokens(source.vocabulary,
+                                                                  passage_text(pair), 32)
     assert mixture.pair_index[pair_id] == batch["pair_ids"][row]
 
 
@@ -91,8 +102,8 @@ def test_cross_batch_passages_are_in_the_passage_language(mixture):
   assert spec.query_languages[0] != spec.passage_languages[0]
   pair = mixture.corpus.pairs[spec.passage_languages[0]][spec.pair_ids[0]]
   passage = batch["passage_tokens"][0]
-  assert passage[passage != 0].tolist()[:-1] == expected_tokens(source.vocabulary, pair.passage,
-                                                                32)
+  assert passage[passage != 0].tolist()[:-1] == expected_tokens(source.vocabulary,
+                                                                passage_text(pair), 32)
 
 
 def test_mixed_pair_batches_gather_each_examples_languages(data_dir, spm_models):  # noqa: F811
@@ -103,7 +114,7 @@ def test_mixed_pair_batches_gather_each_examples_languages(data_dir, spm_models)
   assert spec.query_language == "mixed" and len(set(spec.query_languages)) > 1
   for row, (pair_id, language) in enumerate(zip(spec.pair_ids, spec.query_languages)):
     query = batch["query_tokens"][row]
-    question = mixed.corpus.pairs[language][pair_id].question
+    question = query_text(mixed.corpus.pairs[language][pair_id])
     assert query[query != 0].tolist()[:-1] == expected_tokens(source.vocabulary, question, 16)
 
 
@@ -168,33 +179,42 @@ def test_evaluation_task_is_refused_as_training_input(data_dir, spm_models):  # 
     input_pipeline.HybridInput("lareqa_xquad_r", LENGTHS, batch_size=8)
 
 
-def same_passage_text(corpus, first, second):
+def same_passage_text(mixture, first, second):
   """Whether two pair ids' passages are the same text in some language both have."""
-  return any(first in pairs and second in pairs and pairs[first].passage == pairs[second].passage
-             for pairs in corpus.pairs.values())
+  unit = mixture.text_format.passage_unit
+  return any(first in pairs and second in pairs
+             and text.passage_parts(pairs[first], unit) == text.passage_parts(pairs[second], unit)
+             for pairs in mixture.corpus.pairs.values())
 
 
-def test_questions_on_one_paragraph_share_a_passage_key_and_no_others_do(mixture):
+def test_questions_on_one_answer_sentence_share_a_passage_key_and_no_other_paragraph_does(
+    mixture):
+  # The passage is the answer sentence with its paragraph: questions on another sentence of the
+  # paragraph mostly have another passage (as LAReQA's candidates are one per sentence); they
+  # share a key where another language's passages coincide.
   keys = hybrid_input(mixture).passage_keys
-  paragraph_of = {pair_id: pair.passage for pair_id, pair in mixture.corpus.pairs["en"].items()}
-  groups = {}
-  for pair_id, row in mixture.pair_index.items():
-    groups.setdefault(keys[row], set()).add(paragraph_of[pair_id])
-  assert len(groups) == 240 and all(len(paragraphs) == 1 for paragraphs in groups.values())
+  keys_of_passage, paragraphs_of_key = {}, {}
+  for pair_id, pair in mixture.corpus.pairs["en"].items():
+    key = keys[mixture.pair_index[pair_id]]
+    keys_of_passage.setdefault((pair.answer_sentence, pair.passage), set()).add(key)
+    paragraphs_of_key.setdefault(key, set()).add(pair.passage)
+  assert all(len(k) == 1 for k in keys_of_passage.values())
+  assert all(len(paragraphs) == 1 for paragraphs in paragraphs_of_key.values())
+  assert len(paragraphs_of_key) > 3 * 240  # XQuAD-R's 240 paragraphs hold ~790 answer sentences.
 
 
-@pytest.mark.parametrize("passage_unit", ["paragraph", "sentence"])
+@pytest.mark.parametrize("passage_unit", ["paragraph", "sentence_with_context"])
 def test_default_batches_never_contrast_examples_whose_passages_are_one_text(
     data_dir, spm_models, passage_unit):  # noqa: F811
   registered = tasks.register_parallel_qa(f"ipk_{passage_unit}", data_dir / "xquad-r", "t5",
                                           spm_models["t5"], languages=LANGUAGES,
-                                          passage_unit=passage_unit)
+                                          text_format=text.TextFormat(passage_unit=passage_unit))
   source = hybrid_input(registered, batch_size=32)
   shared = 0
   for step in range(40):
     spec, keys = source.batch_spec(step), source.batch(step)["passage_keys"]
     for i, j in itertools.combinations(range(32), 2):
-      if same_passage_text(registered.corpus, spec.pair_ids[i], spec.pair_ids[j]):
+      if same_passage_text(registered, spec.pair_ids[i], spec.pair_ids[j]):
         shared += 1
         assert keys[i] == keys[j], (step, spec.pair_ids[i], spec.pair_ids[j])
   assert shared > 10  # Shared passages are common at batch 32: the check is not vacuous.

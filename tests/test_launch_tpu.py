@@ -396,3 +396,63 @@ def test_shellcheck_finds_nothing():
   result = subprocess.run(["shellcheck", str(SCRIPT), str(SCRIPT.parent / "study_sweep.sh")],
                           capture_output=True, text=True, timeout=60)
   assert result.returncode == 0, result.stdout
+
+
+# Stands in for `python -m hybridir.aot` under --check: logs ["python", cwd, args...] to the gcloud
+# log (so the order of checks and gcloud calls shows) and exits with $FAKE_AOT_EXIT_STATUS.
+FAKE_PYTHON = f"""#!{sys.executable}
+import json, os, sys
+with open(os.environ["FAKE_GCLOUD_LOG"], "a") as log:
+  log.write(json.dumps(["python", os.getcwd(), *sys.argv[1:]]) + "\\n")
+print('{{"fits": false}}')
+sys.exit(int(os.environ.get("FAKE_AOT_EXIT_STATUS", "0")))
+"""
+CHECK_ARGS = ["-m", "hybridir.aot", "--accelerator_type=v4-32", *TRAIN_ARGS]
+
+
+@pytest.fixture
+def check_env(env, tmp_path):
+  python = tmp_path / "bin" / "fake-python"
+  python.write_text(FAKE_PYTHON)
+  python.chmod(0o755)
+  return dict(env, PYTHON=str(python))
+
+
+def test_check_compiles_the_run_before_creating_the_tpu(code_repo, check_env):
+  result = launch(["--check", "--name", "pod", "--zone", "us-central2-b", "--accelerator_type",
+                   "v4-32", "--repo", code_repo, *TRAIN_OPTIONS], check_env)
+  assert result.returncode == 0, result.stderr
+  calls = gcloud_calls(check_env)
+  assert calls[:2] == [["config", "get-value", "project"], ["python", str(code_repo), *CHECK_ARGS]]
+  assert calls[3][:5] == ["compute", "tpus", "tpu-vm", "create", "pod"]
+  assert "the run fits v4-32" in result.stderr
+
+
+def test_check_refuses_to_create_a_tpu_for_a_run_that_does_not_fit(code_repo, check_env):
+  result = launch(["--check", "--name", "pod", "--zone", "us-central2-b", "--accelerator_type",
+                   "v4-32", "--repo", code_repo, *TRAIN_OPTIONS],
+                  dict(check_env, FAKE_AOT_EXIT_STATUS="3"))
+  assert result.returncode == 2
+  assert "the run does not fit v4-32 (report above); no TPU created" in result.stderr
+  assert [call[0] for call in gcloud_calls(check_env)] == ["config", "python"]
+
+
+def test_check_dry_run_shows_the_compile_before_any_gcloud_create(code_repo, check_env, tmp_path):
+  result = launch(["--check", "--dry-run", "--name", "pod", "--project", "my-project", "--zone",
+                   "us-central2-b", "--accelerator_type", "v4-32", "--repo", code_repo,
+                   *TRAIN_OPTIONS], check_env)
+  assert result.returncode == 0, result.stderr
+  lines = result.stdout.splitlines()
+  assert lines[:3] == printed([
+      [check_env["PYTHON"], *CHECK_ARGS],
+      [*TPU_VM, "describe", "pod", *PROJECT, "--format=value(state)"],
+      [*TPU_VM, "create", "pod", *PROJECT, "--accelerator-type=v4-32",
+       "--version=tpu-ubuntu2204-base"]])
+  assert gcloud_calls(check_env) == []
+
+
+def test_check_needs_the_accelerator_type(code_repo, check_env):
+  result = launch(["--check", "--reuse", "--name", "pod", "--project", "my-project", "--zone",
+                   "us-central2-b", "--repo", code_repo, *TRAIN_OPTIONS], check_env)
+  assert result.returncode == 2
+  assert "--check needs --accelerator_type" in result.stderr

@@ -35,7 +35,8 @@ def tail(path, characters=3000) -> str:
     return f.read()[-characters:]
 
 
-def run_processes(args_per_process, devices_per_process, log_dir, timeout=TIMEOUT_SECONDS):
+def run_processes(args_per_process, devices_per_process, log_dir, timeout=TIMEOUT_SECONDS,
+                  worker="tests.multihost_worker"):
   """Runs the worker once per argument list, concurrently; kills all if one fails or hangs."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}")
@@ -45,7 +46,7 @@ def run_processes(args_per_process, devices_per_process, log_dir, timeout=TIMEOU
   for i, args in enumerate(args_per_process):
     logs.append(os.path.join(log_dir, f"process_{i}.log"))
     with open(logs[-1], "w") as log:
-      procs.append(subprocess.Popen([sys.executable, "-m", "tests.multihost_worker", *args],
+      procs.append(subprocess.Popen([sys.executable, "-m", worker, *args],
                                     cwd=REPO_ROOT, env=env, stdout=log,
                                     stderr=subprocess.STDOUT))
   deadline = time.monotonic() + timeout

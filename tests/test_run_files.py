@@ -9,7 +9,8 @@ import pytest
 from hybridir import gin_utils
 from tests.conftest import REPO_ROOT
 
-STUDY_FILES = sorted(glob.glob(str(REPO_ROOT / "gin_configs/runs/study/*.gin")))
+STUDY_FILES = sorted(p for p in glob.glob(str(REPO_ROOT / "gin_configs/runs/study/*.gin"))
+                     if not os.path.basename(p).startswith("demo_"))
 EMB_DIMS = {"mt5_base": 768, "mt5_large": 1024, "mt5_xl": 2048, "xlmr_base": 768,
             "xlmr_large": 1024, "labse": 768}
 
@@ -24,7 +25,11 @@ def test_study_config_builds_its_published_model_from_a_checkpoint(path):
   assert model.encoder_config.emb_dim == EMB_DIMS[name]
   assert model.encoder_config.family == gin_utils.evaluate("FAMILY")
   assert gin_utils.evaluate("INIT_CHECKPOINT")
-  assert gin_utils.evaluate("TRAIN_SPLIT") == "train"
+  assert gin.query_parameter("%RUN").configurable.name == "train_and_evaluate"
+  # The paper's settings: AdamW 3e-5, weight decay 0.01, batch 100, alpha 0.5.
+  assert (gin_utils.evaluate("LEARNING_RATE"), gin_utils.evaluate("WEIGHT_DECAY"),
+          gin_utils.evaluate("BATCH_SIZE"), gin_utils.evaluate("ALPHA")) == (3e-5, 0.01, 100, 0.5)
+  assert gin.query_parameter("optim.create_optimizer.name") == "adamw"
   gin.clear_config()
 
 
@@ -36,15 +41,13 @@ def test_sweep_dry_run_trains_exports_and_evaluates_every_run(tmp_path):
   env = dict(os.environ, PATH=f"{fake.parent}:{os.environ['PATH']}")
   result = subprocess.run(
       ["launch/study_sweep.sh", "--bucket", "gs://b/study", "--corpus_dir", "gs://b/corpus",
-       "--zone", "us-central2-b", "--accelerator_type", "v4-32", "--models", "mt5_base xlmr_base labse",
-       "--strategies", "hybrid cross-lingual", "--seeds", "0", "--dry-run"],
+       "--zone", "us-central2-b", "--accelerator_type", "v4-32", "--models",
+       "mt5_base xlmr_base labse", "--strategies", "hybrid cross", "--seeds", "0", "--dry-run"],
       cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr
   jobs = [line for line in result.stdout.splitlines() if "hybridir.main" in line]
-  assert len(jobs) == 3 * 2 * 3  # models x strategies x (train, export, eval).
-  # FAMILY and SPM_PATH come from the model's run file (labse.gin: bert, its vocab.txt).
-  assert sum("EVAL_DIR=" in j and "FAMILY=" in j and "bert" in j
-             and "/home/user/checkpoints/labse/vocab.txt" in j for j in jobs) == 2
-  assert sum("runs/study/mt5_base.gin" in j and "ALPHA=0.5" in j for j in jobs) == 1
-  assert sum("EVAL_DIR=" in j and "gs://b/study/xlmr_base_cross-lingual_seed0/eval" in j
+  assert len(jobs) == 3 * 2  # models x strategies: one job trains, exports and evaluates.
+  assert sum("runs/study/labse.gin" in j and "gs://b/study/labse_hybrid_seed0" in j
              for j in jobs) == 1
+  assert sum("runs/study/mt5_base.gin" in j and "ALPHA=0.5" in j for j in jobs) == 1
+  assert sum("gs://b/study/xlmr_base_cross_seed0" in j and "ALPHA=0.0" in j for j in jobs) == 1

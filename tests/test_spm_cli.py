@@ -1,4 +1,5 @@
 """python -m hybridir.spm: a SentencePiece model from a corpus's questions and passages."""
+import pytest
 import sentencepiece as spm
 
 from hybridir import spm as spm_cli
@@ -14,7 +15,8 @@ def test_trains_a_t5_model_with_mt5_special_ids(data_dir, tmp_path, capsys):
   model = spm.SentencePieceProcessor(model_file=f"{output}.model")
   assert (model.pad_id(), model.eos_id(), model.unk_id(), model.bos_id()) == (0, 1, 2, -1)
   assert 300 < model.get_piece_size() <= 600
-  assert sorted(p.name for p in output.parent.iterdir()) == ["xquad.model", "xquad.vocab"]
+  assert sorted(p.name for p in output.parent.iterdir()) == ["xquad.model", "xquad.settings.json",
+                                                               "xquad.vocab"]
 
 
 def test_xlmr_model_from_one_file_reads_as_fairseq_ids(data_dir, tmp_path):
@@ -45,3 +47,20 @@ def test_too_small_vocabulary_is_an_error_saying_why(data_dir, tmp_path, capsys)
                        str(tmp_path / "m")]) == 1
   assert "Vocabulary size is smaller than required_chars" in capsys.readouterr().err
   assert list(tmp_path.iterdir()) == []
+
+
+def test_train_reuses_a_model_trained_with_the_same_settings_only(data_dir, tmp_path,
+                                                                   monkeypatch):
+  output = str(tmp_path / "spm")
+  corpus = str(data_dir / "xquad-r" / "de.json")
+  first = spm_cli.train(corpus, "t5", 300, output)
+  trained = (tmp_path / "spm.model").read_bytes()
+
+  def no_training(*args, **kwargs):
+    raise AssertionError("trained again")
+  with monkeypatch.context() as patch:
+    patch.setattr(spm_cli, "train_on_corpus", no_training)
+    assert spm_cli.train(corpus, "t5", 300, output) == first
+    with pytest.raises(AssertionError, match="trained again"):
+      spm_cli.train(corpus, "t5", 400, output)  # Another vocabulary size: not the same model.
+  assert (tmp_path / "spm.model").read_bytes() == trained

@@ -1,19 +1,29 @@
-"""The study pipeline, shortened: few steps, two languages, every table cell filled."""
+"""The study: one run path for demo and gin runs, equal-terms scoring, intervals, the report."""
 import json
+import math
 import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from hybridir import reports
+from hybridir import retrieval_data
 from hybridir import study
+from hybridir import study_eval
 from hybridir import study_gather
 from hybridir import study_report
+from hybridir import study_run
+from hybridir import study_stats
+from tests.conftest import REPO_ROOT
 
-QUICK = study.StudyConfig(models=("mT5", "XLM-R"), strategies=("cross-lingual", "hybrid"),
-                          seeds=(0,), languages=("en", "de"), train_steps=3, batch_size=8,
-                          query_length=16, passage_length=32, vocab_size=1500,
-                          max_questions_per_language=40)
+TINY = ("TRAIN_STEPS = 6", "BATCH_SIZE = 8", "EVAL_PERIOD = 3", "VALIDATION_STEPS = 1",
+        "WARMUP_STEPS = 1", "LANGUAGES = ['en', 'de']", "SPM_VOCAB_SIZE = 1500",
+        "MAX_QUESTIONS_PER_LANGUAGE = 30", "TASK_FEATURE_LENGTHS = {'query': 16, 'passage': 32}",
+        "MATCHED_DRAWS = 2")
+QUICK = study.StudyConfig(models=("mT5",), strategies=("X-Y", "hybrid"), seeds=(0,),
+                          bindings=TINY)
 
 
 @pytest.fixture(scope="module")
@@ -22,63 +32,162 @@ def quick_study(tmp_path_factory, data_dir):
   return output_dir, study.run_study(str(data_dir), str(output_dir), QUICK)
 
 
-def test_shortened_study_fills_every_cell_and_writes_the_report(quick_study):
-  tmp_path, paths = quick_study
-  with open(paths["json"]) as f:
-    cells = json.load(f)["cells"]
-  for model in QUICK.models:
-    for strategy in QUICK.strategies:
-      entry = cells[model][strategy]
-      for dataset in ("xquad_r", "mlqa_r"):
-        for setting in ("monolingual", "cross_lingual", "multilingual"):
-          cell = entry["map"][dataset][setting]
-          assert cell["n"] == 1 and 0.0 < cell["mean"] <= 1.0, (model, strategy, dataset, setting)
-        assert entry["rank_distance"][dataset]["mean"] > 0
-      for setting in ("monolingual", "cross_lingual", "multilingual"):
-        assert entry["degradation"][setting]["absolute"]["mean"] is not None
+def test_demo_and_a_gin_run_with_the_same_settings_give_identical_numbers(quick_study, data_dir,
+                                                                          tmp_path):
+  output_dir, _ = quick_study
+  spm_path = str(output_dir / "vocab" / "t5.model")
+  bindings = study.cell_bindings(str(data_dir), str(tmp_path / "run"), spm_path, "t5", 0.5, 0,
+                                 TINY)
+  command = [sys.executable, "-m", "hybridir.main",
+             "--gin_file=gin_configs/runs/study/demo_mt5.gin"]
+  command += [f"--gin.{b.split(' = ', 1)[0]}={b.split(' = ', 1)[1]}" for b in bindings]
+  result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(tmp_path / "run" / study_run.RESULTS_FILE) as f:
+    gin_run = json.load(f)
+  with open(output_dir / "runs" / "t5_hybrid_seed0" / study_run.RESULTS_FILE) as f:
+    demo = json.load(f)
+  assert gin_run["train"]["history"] == demo["train"]["history"]
+  assert gin_run["evaluation"] == demo["evaluation"]
+
+
+def test_quick_study_writes_a_report_that_opens_with_the_computed_answer(quick_study):
+  _, paths = quick_study
   report = open(paths["markdown"]).read()
-  assert "n/a" not in report and "Smoke scale" in report and "Degradation" in report
-  assert os.path.getsize(paths["plot"]) > 1000
-  runs = sorted(os.listdir(tmp_path / "runs"))
-  assert runs == ["t5_cross_lingual_seed0", "t5_hybrid_seed0", "xlmr_cross_lingual_seed0",
-                  "xlmr_hybrid_seed0"]
+  first_paragraph = report.split("\n\n")[1]
+  assert first_paragraph.startswith("**The answer, computed.**")
+  assert "Training against chance" in report and "size-matched pools" in report
+  assert os.path.getsize(paths["loss_plot"]) > 1000
+  with open(paths["json"]) as f:
+    training = json.load(f)["training"]
+  assert set(training) == {"mT5/X-Y/0", "mT5/hybrid/0"}
+  assert all(t["chance_loss"] == pytest.approx(math.log(8)) for t in training.values())
 
 
-def test_in_domain_questions_are_held_out_of_training(tmp_path, data_dir):
+def test_arms_that_stay_at_chance_are_flagged_and_left_out_of_the_answer(quick_study):
+  output_dir, _ = quick_study
+  results = {}
+  for strategy, slug in (("X-Y", "cross"), ("hybrid", "hybrid")):
+    with open(output_dir / "runs" / f"t5_{slug}_seed0" / study_run.RESULTS_FILE) as f:
+      results["mT5", strategy, 0] = json.load(f)
+  for key, result in results.items():
+    learned = key[1] == "hybrid"
+    for h in result["train"]["history"]:
+      h["loss"], h["accuracy"] = (1.0, 0.9) if learned else (math.log(8), 1 / 8)
+  training = {k: study_report.training_summary(r) for k, r in results.items()}
+  assert [t["learned"] for t in training.values()] == [False, True]
+  table = study_report.effects(results, {k: t["learned"] for k, t in training.items()}, 50)
+  assert table == {}
+  paragraph = study_report.answer_paragraph(table, training, results)
+  assert "mT5 X-Y" in paragraph and "did not learn" in paragraph and "No effect" in paragraph
+
+
+def test_in_domain_questions_are_held_out_of_training_and_validation(quick_study):
   import tasks
-  spm_path = study.train_vocabulary(str(data_dir / "xquad-r"), "t5", QUICK, str(tmp_path))
-  tasks.register_parallel_qa("heldout_check", str(data_dir / "xquad-r"), "t5", spm_path,
-                             ["en", "de"], split="train")
-  tasks.register_lareqa("xquad_r", str(data_dir), "t5", spm_path, ["en", "de"], split="test")
-  in_domain = dict(tasks.evaluation_mixture_datasets("lareqa_xquad_r"))["xquad_r"]
-  study.check_held_out("heldout_check_hybrid", in_domain)  # Raises on any overlap.
-  assert sum(len(q) for q in in_domain.questions.values()) > 100
+  in_domain = dict(tasks.evaluation_mixture_datasets("lareqa"))[study_run.IN_DOMAIN]
+  study_run.check_held_out(["study_hybrid", "study_validation_hybrid"], in_domain)
+  leaked = tasks.get_hybrid_mixture("study_hybrid").corpus.pair_ids()[0]
+  some_language = next(iter(in_domain.questions))
+  question = in_domain.questions[some_language][0]
+  poisoned = retrieval_data.RetrievalDataset("x", {some_language: [
+      retrieval_data.Question(leaked, some_language, question.text, question.relevant)]},
+      in_domain.candidates)
+  with pytest.raises(RuntimeError, match="in-domain test questions are also training"):
+    study_run.check_held_out(["study_hybrid"], poisoned)
 
 
-def test_cells_are_means_with_sample_std_over_seeds():
-  cell = study_report._cell([0.2, 0.4, None])
-  assert cell["n"] == 2 and np.isclose(cell["mean"], 0.3) and np.isclose(cell["std"], 0.1414214)
-  assert study_report._fmt(cell) == "30.0 ± 14.1"
-
-
-def test_gather_builds_the_report_from_a_sweep_of_evaluation_folders(quick_study, tmp_path):
-  study_dir, _ = quick_study
-  for run in os.listdir(study_dir / "runs"):
+def test_gather_builds_the_same_report_from_a_sweep_of_run_folders(quick_study, tmp_path):
+  output_dir, _ = quick_study
+  for run in os.listdir(output_dir / "runs"):
     family, rest = run.split("_", 1)
-    strategy, seed = rest.rsplit("_", 1)
-    name = f"{'mt5' if family == 't5' else 'xlmr'}_tiny_{strategy.replace('_', '-')}_{seed}"
-    with open(study_dir / "runs" / run / "results.json") as f:
-      evaluation = json.load(f)["evaluation"]
-    for dataset, results in evaluation.items():
-      reports.write_json(str(tmp_path / "sweep" / name / "eval" / dataset / f"{dataset}.json"),
-                         results)
+    target = tmp_path / "sweep" / f"{'mt5' if family == 't5' else 'xlmr'}_tiny_{rest}"
+    target.mkdir(parents=True)
+    shutil.copy(output_dir / "runs" / run / study_run.RESULTS_FILE, target)
   paths = study_gather.gather(str(tmp_path / "sweep"), str(tmp_path / "report"))
   report = open(paths["markdown"]).read()
-  assert "| mT5 tiny | hybrid |" in report and "| XLM-R tiny | cross-lingual |" in report
+  assert "| mT5 tiny | hybrid |" in report and "| mT5 tiny | X-Y |" in report
   assert "Gathered from" in report and "Smoke scale" not in report
 
 
-def test_gather_names_missing_runs(quick_study, tmp_path):
-  (tmp_path / "mt5_base_hybrid_seed0" / "eval").mkdir(parents=True)
-  with pytest.raises(FileNotFoundError, match="mt5_base_hybrid_seed0 has no xquad_r evaluation"):
+def test_gather_names_missing_results(tmp_path):
+  (tmp_path / "mt5_base_hybrid_seed0").mkdir()
+  with pytest.raises(FileNotFoundError, match="mt5_base_hybrid_seed0 has no results"):
     study_gather.gather(str(tmp_path), str(tmp_path / "report"))
+
+
+def _random_encoding(dataset, rng):
+  def unit(n):
+    v = rng.normal(size=(n, 16))
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+  return dict(questions={l: [(q.question_id, q.relevant) for q in items]
+                         for l, items in dataset.questions.items()},
+              question_emb={l: unit(len(items)) for l, items in dataset.questions.items()},
+              candidates={l: [c.candidate_id for c in items]
+                          for l, items in dataset.candidates.items()},
+              candidate_emb={l: unit(len(items)) for l, items in dataset.candidates.items()})
+
+
+def test_matched_pools_make_a_random_encoders_in_and_out_of_domain_scores_equal(data_dir):
+  import tasks
+  languages = ["de", "en", "es"]
+  split = tasks.evaluation._split_titles(str(data_dir), "xquad_r", "test")
+  inside = retrieval_data.load_lareqa(data_dir, "xquad_r", languages, split)
+  outside = retrieval_data.load_lareqa(data_dir, "mlqa_r", languages)
+  outside = study_run.limit_questions(outside, 400)
+  rng = np.random.default_rng(0)
+  encoded = {"in": _random_encoding(inside, rng), "out": _random_encoding(outside, rng)}
+  full = {k: study_eval.full_pool_chance(v) for k, v in encoded.items()}
+  assert (full["in"]["monolingual"] - full["out"]["monolingual"]) / full["in"]["monolingual"] > 0.8
+  size = study_eval.matched_pool_size(encoded)
+  scores = {k: study_eval.score_dataset(v, size, draws=2) for k, v in encoded.items()}
+  for setting in study_eval.SETTINGS:
+    values = {k: [v for group in s["per_query_above_chance"][setting].values()
+                  for v in group.values()] for k, s in scores.items()}
+    noise = math.sqrt(sum(np.var(v) / len(v) for v in values.values()))
+    difference = np.mean(values["in"]) - np.mean(values["out"])
+    assert abs(difference) < 3 * noise, (setting, difference, noise)
+
+
+def test_expected_random_average_precision_matches_a_simulation():
+  rng = np.random.default_rng(0)
+  for pool_size, relevant in ((1, 1), (10, 1), (50, 3), (200, 7)):
+    ranks = np.sort(np.argsort(rng.random((20000, pool_size)), axis=1)[:, :relevant] + 1, axis=1)
+    simulated = np.mean(np.sum(np.arange(1, relevant + 1) / ranks, axis=1) / relevant)
+    exact = study_stats.expected_random_average_precision(pool_size, relevant)
+    assert exact == pytest.approx(simulated, rel=0.02)
+
+
+def _simulated_scores(rng, truth_gap, seeds=3, items=40, groups=3):
+  means = {("A", "in"): 0.5, ("A", "out"): 0.3, ("B", "in"): 0.5, ("B", "out"): 0.3 + truth_gap}
+  item_effect = {d: rng.normal(0, 0.1, (groups, items)) for d in ("in", "out")}
+  scores = {}
+  for arm in "AB":
+    scores[arm] = {}
+    for seed in range(seeds):
+      scores[arm][seed] = {}
+      for d in ("in", "out"):
+        values = (means[arm, d] + rng.normal(0, 0.02) + item_effect[d]
+                  + rng.normal(0, 0.15, (groups, items)))
+        scores[arm][seed][d] = {"mono": {f"g{g}": {f"{d}{i}": float(values[g, i])
+                                                   for i in range(items)}
+                                         for g in range(groups)}}
+  return scores
+
+
+def test_bootstrap_intervals_cover_a_known_simulated_effect_at_about_the_nominal_rate():
+  rng = np.random.default_rng(1)
+  truth = -0.1  # B's degradation minus A's: B loses 0.1 less out of domain.
+  covered = []
+  for k in range(100):
+    result = study_stats.bootstrap_contrasts(_simulated_scores(rng, 0.1), {"B - A": {"B": 1, "A": -1}},
+                                             "in", "out", ["mono"], num_samples=300, seed=k)
+    cell = result["B - A"]["mono"]
+    covered.append(cell["low"] <= truth <= cell["high"])
+  assert 0.88 <= np.mean(covered) <= 0.995
+
+
+def test_study_cli_starts_with_its_flags_and_mains(tmp_path):
+  result = subprocess.run([sys.executable, "-m", "hybridir.study", "--helpfull"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=300)
+  assert "Traceback" not in result.stderr, result.stderr[-2000:]  # absl's help exits 1.
+  assert "--data_dir" in result.stdout and "--gin_file" in result.stdout

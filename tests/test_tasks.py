@@ -57,7 +57,7 @@ def test_mono_example_has_one_language_and_t5_ids_end_in_eos(data_dir, spm_model
   for example in first_examples("xq_mono_de"):
     assert example["query_language"] == example["passage_language"] == b"de"
     pair = xquad.pairs["de"][tasks.get_hybrid_mixture("xq_hybrid").pair_ids[example["pair_id"]]]
-    assert example["query"].tolist() == vocab.tokenize(vocabulary, pair.question, 16)
+    assert example["query"].tolist() == vocab.tokenize(vocabulary, f"Query: {pair.question}", 16)
     assert example["query"][-1] == vocabulary.eos_id == 1
 
 
@@ -73,8 +73,10 @@ def test_cross_example_pairs_a_question_with_the_translated_passage(data_dir, sp
   for example in first_examples("xq_cross_en_zh"):
     assert (example["query_language"], example["passage_language"]) == (b"en", b"zh")
     pair_id = pair_ids[example["pair_id"]]
-    assert example["query_pretokenized"].decode() == xquad.pairs["en"][pair_id].question
-    assert example["passage_pretokenized"].decode() == xquad.pairs["zh"][pair_id].passage
+    passage = xquad.pairs["zh"][pair_id]
+    assert example["query_pretokenized"].decode() == f"Query: {xquad.pairs['en'][pair_id].question}"
+    assert example["passage_pretokenized"].decode() == (
+        f"Passage: {passage.answer_sentence} {passage.passage}")
 
 
 def test_pair_id_is_the_same_index_in_every_language(data_dir, spm_models):

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
 
+from hybridir import export
 from hybridir import optim
 from hybridir import partitioning
+from hybridir import text
 from hybridir import train_step as step_lib
 from hybridir import trainer
 from hybridir.models import dual_encoder
@@ -216,3 +218,13 @@ def test_init_from_hugging_face_checkpoint_starts_from_its_weights(tmp_path):
   trained = jax.device_get(result.state.params["model"])
   for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(imported)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_checkpoint_records_the_inputs_text_format_and_passage_length_for_export(tmp_path):
+  class FormattedPairs(SyntheticPairs):
+    text_format = text.TextFormat("q: ", "p: ", "sentence")
+
+  run(tmp_path, 1, FormattedPairs(), checkpoint_period=1)
+  assert export.training_text_format(str(tmp_path), 1) == FormattedPairs.text_format
+  identity = export._run_identity(str(tmp_path), 1)[1]
+  assert identity["task_feature_lengths"]["passage"] == LENGTHS["passage"]

@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hybridir import fs
 from hybridir import vocab
 from hybridir.models import families
 from hybridir.models import layers
@@ -121,8 +122,8 @@ def hf_config(config: BertConfig) -> dict:
 def _vocabulary(path: str) -> vocab.WordPieceVocabulary:
   """A vocab.txt or tokenizer.json; a tokenizer_config.json beside it must not lower-case."""
   tokenizer_config = os.path.join(os.path.dirname(path), "tokenizer_config.json")
-  if not path.startswith("gs://") and os.path.exists(tokenizer_config):
-    with open(tokenizer_config) as f:
+  if fs.exists(tokenizer_config):
+    with fs.open(tokenizer_config) as f:
       if json.load(f).get("do_lower_case", False):
         raise ValueError(f"{tokenizer_config}: do_lower_case is true; hybridir reads cased "
                          "WordPiece vocabularies only (LaBSE, mBERT cased)")

@@ -79,10 +79,12 @@ def _transposed(x: Array) -> Array:
   transposed; otherwise it converts both to float32 first, at half the speed (measured in
   BENCHMARKS.md). Copying the transposed operand costs a few percent of the dot.
   """
-  if jax.default_backend() != "cpu":
-    return x.T
   rows, cols = x.shape
-  return jnp.transpose(x.reshape(rows, cols, 1), (1, 0, 2)).reshape(cols, rows)
+  # Chosen when lowering, for the platform compiled for (a TPU program compiled ahead of time on
+  # a CPU machine gets the plain transpose).
+  return jax.lax.platform_dependent(
+      x, cpu=lambda x: jnp.transpose(x.reshape(rows, cols, 1), (1, 0, 2)).reshape(cols, rows),
+      default=lambda x: x.T)
 
 
 class Dense(nn.Module):

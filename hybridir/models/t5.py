@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import seqio
 
+from hybridir import fs
 from hybridir import vocab
 from hybridir.models import families
 from hybridir.models import layers
@@ -220,7 +221,7 @@ def hf_names(cfg: T5Config) -> dict[str, tuple[str, bool]]:
 
 
 def _vocabulary(path: str) -> seqio.SentencePieceVocabulary:
-  return seqio.SentencePieceVocabulary(path, extra_ids=0)
+  return seqio.SentencePieceVocabulary(fs.local_copy(path), extra_ids=0)  # seqio reads via gfile.
 
 
 def _train_vocabulary(texts, prefix: str, vocab_size: int, **options) -> str:

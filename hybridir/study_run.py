@@ -1,0 +1,164 @@
+"""One study run, the same for the CPU demo and the TPU sweep: train, pick, export, evaluate.
+
+`gin_configs/runs/study/base.gin` binds `RUN = @study_run.train_and_evaluate` and
+`SETUP = [@study_run.register_study_data()]`; `python -m hybridir.main` runs it for one
+(model, strategy = ALPHA, SEED) on a TPU (launch/study_sweep.sh), and `python -m hybridir.study`
+runs the same gin files for every cell of the CPU demo. Each run writes
+`MODEL_DIR/study_results.json`, which the study report reads (study_report, study_gather).
+
+Data: the training corpus's articles are split into train and test (`tasks.qa.TEST_FRACTION`, the
+in-domain test set); the train articles again into fit and validation. The model trains on fit,
+the checkpoint with the lowest validation loss is exported, and the encoder is evaluated
+zero-shot on the in-domain test articles, on MLQA-R (out-of-domain) and on MIRACL when given:
+full pools (evaluate.evaluate_settings) and size-matched pools with chance (study_eval).
+"""
+import dataclasses
+import json
+import os
+import tempfile
+from typing import Sequence
+
+from absl import logging
+import gin
+import jax
+
+import tasks
+from hybridir import corpora
+from hybridir import eval_run
+from hybridir import evaluate
+from hybridir import export
+from hybridir import retrieval_data
+from hybridir import study_eval
+from hybridir import trainer
+
+IN_DOMAIN, OUT_OF_DOMAIN = "xquad_r", "mlqa_r"
+RESULTS_FILE = "study_results.json"
+VALIDATION_SEED = 1  # The fit/validation split of the train articles (test/train uses seed 0).
+
+
+def article_splits(corpus_dir: str, languages: Sequence[str] | None,
+                   validation_fraction: float) -> dict[str, list[str]]:
+  """Article titles of the fit and validation parts of the corpus's train articles."""
+  corpus = corpora.load_parallel_corpus(corpus_dir, languages=languages)
+  train, _ = corpus.split_by_article(tasks.qa.TEST_FRACTION, seed=0)
+  fit, validation = train.split_by_article(validation_fraction, seed=VALIDATION_SEED)
+  return {"fit": sorted(fit.article_ids()), "validation": sorted(validation.article_ids())}
+
+
+@gin.configurable
+def register_study_data(*, corpus_name: str, corpus_dir: str, family: str, spm_path: str,
+                        languages: Sequence[str] | None, data_dir: str, alpha: float,
+                        validation_fraction: float = 0.1, validation_alpha: float = 1.0,
+                        in_domain_corpus_dir: str | None = None,
+                        miracl: Sequence[dict] = ()) -> None:
+  """Registers `{corpus_name}_hybrid` (fit articles), `{corpus_name}_validation_hybrid` and the
+  evaluation mixtures: `lareqa` (in-domain test articles, MLQA-R) and `miracl` (each language given).
+
+  in_domain_corpus_dir: the LAReQA folder whose test articles are in-domain (default: data_dir's
+  XQuAD-R, which is the training corpus of the demo). miracl: dicts of register_miracl's
+  language, topics_tsv, qrels_trec and corpus_jsonl.
+  """
+  splits = article_splits(corpus_dir, languages, validation_fraction)
+  tasks.register_parallel_qa(corpus_name, corpus_dir, family, spm_path, languages,
+                             split=splits["fit"], alpha=alpha)
+  tasks.register_parallel_qa(f"{corpus_name}_validation", corpus_dir, family, spm_path,
+                             languages, split=splits["validation"], alpha=validation_alpha)
+  tasks.register_lareqa(IN_DOMAIN, in_domain_corpus_dir or data_dir, family, spm_path,
+                        languages, split="test")
+  tasks.register_lareqa(OUT_OF_DOMAIN, data_dir, family, spm_path, languages)
+  for entry in miracl:
+    tasks.register_miracl(family=family, spm_path=spm_path, **entry)
+
+
+def study_datasets(with_miracl: bool) -> list:
+  """(name, RetrievalDataset) of the LAReQA pair, then of MIRACL's registered languages."""
+  datasets = tasks.evaluation_mixture_datasets("lareqa")
+  if with_miracl:
+    datasets += tasks.evaluation_mixture_datasets("miracl")
+  return datasets
+
+
+def check_held_out(train_mixtures: Sequence[str],
+                   in_domain: retrieval_data.RetrievalDataset) -> None:
+  """Fails if an in-domain question's QA item is a training or validation pair."""
+  seen = set()
+  for name in train_mixtures:
+    seen |= set(tasks.get_hybrid_mixture(name).corpus.pair_ids())
+  test_ids = {q.question_id for items in in_domain.questions.values() for q in items}
+  overlap = seen & test_ids
+  if overlap:
+    raise RuntimeError(f"{len(overlap)} in-domain test questions are also training or validation "
+                       f"pairs ({', '.join(train_mixtures)}), e.g. {sorted(overlap)[:3]}")
+
+
+def limit_questions(dataset: retrieval_data.RetrievalDataset, limit: int | None):
+  """The dataset with at most `limit` questions per language (candidates unchanged)."""
+  if limit is None:
+    return dataset
+  return dataclasses.replace(dataset, questions={
+      language: items[:limit] for language, items in dataset.questions.items()})
+
+
+def _best_step(result: trainer.TrainResult, metric: str) -> int | None:
+  evaluated = [e for e in result.eval_history if metric in e]
+  return min(evaluated, key=lambda e: (e[metric], e["step"]))["step"] if evaluated else None
+
+
+def evaluate_encoder(encoder: export.Encoder, datasets, matched_draws: int, seed: int,
+                     max_questions_per_language: int | None) -> dict:
+  """Full-pool results with chance for every dataset; matched pools for the LAReQA pair."""
+  inputs = {name: eval_run.encode_dataset(encoder, limit_questions(dataset,
+                                                                     max_questions_per_language))
+            for name, dataset in datasets}
+  evaluation = {name: {"full": evaluate.evaluate_settings(**inputs[name]),
+                       "full_chance": study_eval.full_pool_chance(inputs[name])}
+                for name in inputs}
+  lareqa = {name: inputs[name] for name in (IN_DOMAIN, OUT_OF_DOMAIN) if name in inputs}
+  pool_size = study_eval.matched_pool_size(lareqa)
+  for name in lareqa:
+    evaluation[name]["matched"] = study_eval.score_dataset(inputs[name], pool_size,
+                                                           matched_draws, seed)
+  return {"datasets": evaluation, "matched_pool_size": pool_size,
+          "matched_draws": matched_draws}
+
+
+@gin.configurable
+def train_and_evaluate(*, model_dir: str, model, spm_path: str, train_mixture: str,
+                       validation_mixture: str, task_feature_lengths: dict, seed: int,
+                       settings: dict, miracl: Sequence[dict] = (),
+                       matched_draws: int = 5, max_questions_per_language: int | None = None,
+                       best_metric: str = "eval/loss", export_dir: str | None = None):
+  """Trains (trainer.train, as gin binds it), exports the checkpoint with the lowest validation
+  loss, evaluates it and writes MODEL_DIR/study_results.json; returns what it wrote (or, stopped
+  by SIGTERM, the TrainResult, without evaluating).
+
+  settings: the run's settings to record beside the results (the study's macros).
+  miracl: as register_study_data's; MIRACL joins the evaluation when given.
+  """
+  datasets = study_datasets(bool(miracl))
+  check_held_out([train_mixture, validation_mixture], dict(datasets)[IN_DOMAIN])
+  result = trainer.train()
+  if result.stopped_early:  # SIGTERM: checkpoint saved; main exits 143 and a rerun resumes.
+    return result
+  step = _best_step(result, best_metric)
+  if step is None:
+    logging.warning("no %s was recorded in this call (resumed after the last evaluation?): "
+                    "exporting the latest checkpoint", best_metric)
+  with tempfile.TemporaryDirectory() as scratch:
+    local = export_dir or os.path.join(scratch, "export")
+    path = export.export_from_training_checkpoint(
+        model_dir, local, model, spm_path, step=step,
+        max_length=max(task_feature_lengths.values()), overwrite=True)
+    encoder = export.load_encoder(path, batch_size=128)
+    evaluation = evaluate_encoder(encoder, datasets, matched_draws, seed,
+                                  max_questions_per_language)
+  out = {"settings": settings, "evaluation": evaluation,
+         "train": {"chosen_step": step, "best_metric": best_metric,
+                   "history": [{k: h[k] for k in ("step", "loss", "accuracy") if k in h}
+                               for h in result.history],
+                   "validation": [{k: e[k] for k in ("step", "eval/loss", "eval/accuracy")
+                                   if k in e} for e in result.eval_history]}}
+  if jax.process_index() == 0:
+    evaluate.write_text_atomically(os.path.join(model_dir, RESULTS_FILE),
+                                   json.dumps(out, allow_nan=True))
+  return out
