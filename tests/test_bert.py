@@ -8,6 +8,7 @@ import hybridir
 from hybridir import export
 from hybridir import hf_export
 from hybridir import importers
+from hybridir import text as text_lib
 from hybridir import vocab as vocab_lib
 from hybridir.models import families
 from tests import reference_models as ref
@@ -108,7 +109,8 @@ def test_hf_export_round_trip_and_sentence_transformers_load(tmp_path, wordpiece
   ref.save_random_bert(tmp_path / "source", vocab_size=len(tokenizer))
   model, params = importers.load_hf(str(tmp_path / "source"), pooling=pooling)
   output = hf_export.export_hf(str(tmp_path / "export"), model, params, wordpiece)
-  original = export.Encoder(model, params, families.vocabulary("bert", wordpiece), 64)
+  original = export.Encoder(model, params, families.vocabulary("bert", wordpiece), 64,
+                            text_format=text_lib.UNFORMATTED)  # As a loaded Hugging Face folder.
   reloaded = hybridir.load_encoder(output, max_length=64)
   assert reloaded.model == model
   np.testing.assert_array_equal(reloaded.encode(TEXTS), original.encode(TEXTS))
