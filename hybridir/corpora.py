@@ -321,7 +321,8 @@ class ParallelCorpus:
 
 def _corpus_files(path: pathlib.Path) -> list[tuple[pathlib.Path, str]]:
   """(file, default source) of a corpus: the file itself, or a folder's `.json`/`.jsonl` files
-  and those of its subfolders, one source dataset per subfolder (named after it)."""
+  and those of its subfolders, one source dataset per subfolder (named after it); subfolders
+  named with a leading "_" or "." (work folders, e.g. the translation stage's) are not sources."""
   if path.is_file():
     return [(path, path.stem)]
   if not path.is_dir():
@@ -329,7 +330,7 @@ def _corpus_files(path: pathlib.Path) -> list[tuple[pathlib.Path, str]]:
   qa_files = lambda folder: sorted(p for p in folder.iterdir()
                                    if p.is_file() and p.suffix in (".json", ".jsonl"))
   files = [(file, path.name) for file in qa_files(path)]
-  for folder in sorted(p for p in path.iterdir() if p.is_dir()):
+  for folder in sorted(p for p in path.iterdir() if p.is_dir() and p.name[0] not in "._"):
     files += [(file, folder.name) for file in qa_files(folder)]
   return files
 

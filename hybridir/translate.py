@@ -7,7 +7,7 @@
 FILE is SQuAD JSON or the corpora JSONL format. `--model` is one Hugging Face seq2seq folder
 (M2M100, NLLB, a multilingual Marian) or a template such as `models/opus-mt-{src}-{tgt}`. Writes
 DIR/<lang>.jsonl for the source and every target language (`corpora.load_parallel_corpus(DIR)`
-loads them) and DIR/translation/summary.json (dropped records per filter, missing pair ids,
+loads them) and DIR/_translation/summary.json (dropped records per filter, missing pair ids,
 sentences/s). Every distinct text (question, passage or sentence) is translated once; batches,
 sorted by length, are committed as numbered shard files, so a killed run restarts where it stopped
 and its final files equal an uninterrupted run's.
@@ -34,7 +34,7 @@ Translator = mt_engines.Translator
 ENGINES = mt_engines.ENGINES
 UNITS = ("passage", "sentence")
 FILTERS = ("empty", "identical", "length_ratio", "repetition")
-WORK_FOLDER = "translation"  # Not a <lang>.json(l) name, so the corpus loader skips it.
+WORK_FOLDER = "_translation"  # The corpus loader skips folders named with a leading "_" or ".".
 _UNSPACED_LANGUAGES = ("zh", "ja")  # Sentences are joined without a space.
 # Characters per unit of meaning relative to alphabetic scripts, for the length-ratio filter.
 _CHARACTER_DENSITY = {"zh": 3.0, "ja": 2.0, "ko": 2.0}

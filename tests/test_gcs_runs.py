@@ -12,7 +12,6 @@ import pytest
 
 from hybridir import export
 from hybridir import fs
-from hybridir import study_gather
 from tests.conftest import REPO_ROOT
 
 TRAIN_LANGUAGES = ("en", "de", "es", "zh")  # smoke.gin's LANGUAGES.
@@ -145,22 +144,3 @@ def test_evaluation_reads_and_writes_gcs(evaluated):
   assert 0 < summary["xquad_r"]["multilingual/map"] <= 1
   assert len(fs.read_bytes(f"{eval_dir}/xquad_r/xquad_r_cross_lingual.png")) > 1000
   assert fs.read_text(f"{eval_dir}/mlqa_r/multilingual.run").count(" Q0 ") > 10
-
-
-def test_study_gather_over_gcs_runs_matches_a_local_gather(evaluated, gcs_bucket, tmp_path):
-  eval_dir, _ = evaluated
-  sweeps = {"gcs": f"{gcs_bucket}/sweep", "local": str(tmp_path / "sweep")}
-  for root in sweeps.values():
-    for run_name in ("mt5_tiny_cross-lingual_seed0", "mt5_tiny_hybrid_seed0"):
-      for dataset in ("xquad_r", "mlqa_r"):
-        fs.copy_file(f"{eval_dir}/{dataset}/{dataset}.json",
-                     f"{root}/{run_name}/eval/{dataset}/{dataset}.json")
-  reports = {where: study_gather.gather(root, f"{root}-report") for where, root in sweeps.items()}
-  gcs_report = fs.read_text(reports["gcs"]["markdown"])
-  assert reports["gcs"]["markdown"] == f"{gcs_bucket}/sweep-report/study.md"
-  assert "| mT5 tiny | hybrid |" in gcs_report and "| mT5 tiny | cross-lingual |" in gcs_report
-  assert gcs_report.replace(sweeps["gcs"], "ROOT") == fs.read_text(
-      reports["local"]["markdown"]).replace(sweeps["local"], "ROOT")
-  assert json.loads(fs.read_text(reports["gcs"]["json"])) == json.loads(
-      fs.read_text(reports["local"]["json"]))
-  assert fs.isfile(reports["gcs"]["plot"])

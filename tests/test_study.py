@@ -109,6 +109,26 @@ def test_gather_builds_the_same_report_from_a_sweep_of_run_folders(quick_study, 
   assert "Gathered from" in report and "Smoke scale" not in report
 
 
+def test_gather_over_gcs_runs_matches_a_local_gather(quick_study, gcs_bucket, tmp_path):
+  from hybridir import fs
+  output_dir, _ = quick_study
+  sweeps = {"gcs": f"{gcs_bucket}/sweep", "local": str(tmp_path / "sweep")}
+  for root in sweeps.values():
+    for run in os.listdir(output_dir / "runs"):
+      family, rest = run.split("_", 1)
+      fs.copy_file(str(output_dir / "runs" / run / study_run.RESULTS_FILE),
+                   f"{root}/{'mt5' if family == 't5' else 'xlmr'}_tiny_{rest}/"
+                   f"{study_run.RESULTS_FILE}")
+  reports = {where: study_gather.gather(root, f"{root}-report") for where, root in sweeps.items()}
+  gcs_report = fs.read_text(reports["gcs"]["markdown"])
+  assert reports["gcs"]["markdown"] == f"{gcs_bucket}/sweep-report/study.md"
+  assert "| mT5 tiny | hybrid |" in gcs_report and "| mT5 tiny | X-Y |" in gcs_report
+  strip = lambda text, root: text.replace(root, "ROOT").split("\n", 3)[3]  # After the header.
+  assert strip(gcs_report, sweeps["gcs"]) == strip(
+      fs.read_text(reports["local"]["markdown"]), sweeps["local"])
+  assert fs.isfile(reports["gcs"]["loss_plot"])
+
+
 def test_gather_names_missing_results(tmp_path):
   (tmp_path / "mt5_base_hybrid_seed0").mkdir()
   with pytest.raises(FileNotFoundError, match="mt5_base_hybrid_seed0 has no results"):

@@ -4,6 +4,7 @@ The models are tiny random MarianMT and M2M100 checkpoints with SentencePiece vo
 here on XQuAD-R English; their output is gibberish, so runs that must keep every record switch the
 filters off, and the filters are checked on crafted strings and an injected fake translator.
 """
+import dataclasses
 import json
 import os
 import pathlib
@@ -154,8 +155,9 @@ def test_output_has_one_record_per_id_and_language_and_loads_as_a_corpus(transla
   for language in corpus.languages:
     assert [r["id"] for r in read_lines(translated_dir / f"{language}.jsonl")] == ids
     assert sorted(corpus.pairs[language]) == sorted(ids)
-  assert corpus.pairs["en"][ids[0]] == corpora.read_squad(squad_file, "en")[0]
-  summary = json.loads((translated_dir / "translation" / "summary.json").read_text())
+  assert corpus.pairs["en"][ids[0]] == dataclasses.replace(  # One source: the folder's name.
+      corpora.read_squad(squad_file, "en")[0], source=translated_dir.name)
+  summary = json.loads((translated_dir / "_translation" / "summary.json").read_text())
   assert summary["languages"]["de"]["records_written"] == len(ids)
   assert summary["missing_pair_ids"] == {}
 
@@ -201,7 +203,7 @@ def test_sigkill_mid_run_then_rerun_equals_an_uninterrupted_run(tmp_path, squad_
             "--engine", "transformers", "--unit", "sentence", "--batch_size", 1,
             "--max_length", 24, *NO_FILTERS]
   killed, full = tmp_path / "killed", tmp_path / "full"
-  shards = killed / "translation" / "shards" / "de"
+  shards = killed / "_translation" / "shards" / "de"
   process = kill_after_first_commit([*map(str, args(killed)), "--quiet", "--threads", "1"],
                                     shards)
   assert process.returncode == -signal.SIGKILL
@@ -218,7 +220,7 @@ def test_sigkill_mid_run_then_rerun_equals_an_uninterrupted_run(tmp_path, squad_
   for language in ("en", "de", "sw"):
     assert (read_lines(killed / f"{language}.jsonl")
             == read_lines(full / f"{language}.jsonl")), language
-  summary = json.loads((killed / "translation" / "summary.json").read_text())
+  summary = json.loads((killed / "_translation" / "summary.json").read_text())
   assert summary["languages"]["de"]["texts_translated_this_run"] == total - len(committed)
 
 
@@ -289,7 +291,7 @@ def test_summary_counts_dropped_records_per_filter_and_lists_missing_ids(tmp_pat
   assert summary["languages"]["fr"]["dropped"] == dict.fromkeys(translate.FILTERS, 0)
   assert summary["missing_pair_ids"] == {f"q{i}": ["de"] for i in (1, 2, 3, 4)}
   assert [r["id"] for r in read_lines(tmp_path / "out" / "de.jsonl")] == ["q0", "q5", "q6", "q7"]
-  assert json.loads((tmp_path / "out" / "translation" / "summary.json").read_text()) == summary
+  assert json.loads((tmp_path / "out" / "_translation" / "summary.json").read_text()) == summary
 
 
 def test_sentence_mode_answer_sentence_is_the_translated_source_answer_sentence(tmp_path,
@@ -350,11 +352,11 @@ def test_ctranslate2_int8_m2m100_cli_writes_every_language(tmp_path, squad_file,
                  "--model", models / "m2m100", "--output", tmp_path, "--engine", "ctranslate2",
                  "--quantization", "int8", "--unit", "sentence", "--max_length", 12,
                  "--filters", "empty") == 0
-  summary = json.loads((tmp_path / "translation" / "summary.json").read_text())
+  summary = json.loads((tmp_path / "_translation" / "summary.json").read_text())
   corpus = corpora.load_parallel_corpus(tmp_path)
   for language in ("de", "zh"):
     kept = summary["languages"][language]["records_written"]
     assert kept + summary["languages"][language]["dropped"]["empty"] == 20
     assert len(corpus.pairs.get(language, {})) == kept
-  converted = [p.name for p in (tmp_path / "translation" / "ct2").iterdir()]
+  converted = [p.name for p in (tmp_path / "_translation" / "ct2").iterdir()]
   assert len(converted) == 1 and converted[0].endswith("-int8")  # One conversion serves both.
