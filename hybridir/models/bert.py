@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 
 from hybridir import fs
-from hybridir import vocab
 from hybridir.models import families
 from hybridir.models import layers
 from hybridir.models import xlmr
@@ -119,8 +118,9 @@ def hf_config(config: BertConfig) -> dict:
   return {"architectures": ["BertModel"], "model_type": "bert", **xlmr.hf_common_config(config)}
 
 
-def _vocabulary(path: str) -> vocab.WordPieceVocabulary:
+def _vocabulary(path: str):
   """A vocab.txt or tokenizer.json; a tokenizer_config.json beside it must not lower-case."""
+  from hybridir import vocab  # pylint: disable=g-import-not-at-top  (TensorFlow: vocabularies only)
   tokenizer_config = os.path.join(os.path.dirname(path), "tokenizer_config.json")
   if fs.exists(tokenizer_config):
     with fs.open(tokenizer_config) as f:
@@ -130,11 +130,16 @@ def _vocabulary(path: str) -> vocab.WordPieceVocabulary:
   return vocab.WordPieceVocabulary(path)
 
 
+def _train_vocabulary(*args, **kwargs) -> str:
+  from hybridir import vocab  # pylint: disable=g-import-not-at-top
+  return vocab.train_wordpiece(*args, **kwargs)
+
+
 FAMILY = families.EncoderFamily(
     name="bert", config_class=BertConfig, encoder_class=BertEncoder, hf_model_types=("bert",),
     config_from_hf=config_from_hf, hf_config=hf_config, hf_names=xlmr.hf_names,
     hf_name_prefixes=("bert.", "model.", ""), vocabulary_files=("vocab.txt", "tokenizer.json"),
-    make_vocabulary=_vocabulary, train_vocabulary=vocab.train_wordpiece,
+    make_vocabulary=_vocabulary, train_vocabulary=_train_vocabulary,
     display_names={"labse": "LaBSE", "mbert": "mBERT", "bert": "BERT"},
     default_pooling="first_dense",
     hf_tokenizer_config={"tokenizer_class": "BertTokenizer", "do_lower_case": False})

@@ -12,10 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import seqio
 
 from hybridir import fs
-from hybridir import vocab
 from hybridir.models import families
 from hybridir.models import layers
 
@@ -220,12 +218,15 @@ def hf_names(cfg: T5Config) -> dict[str, tuple[str, bool]]:
   return names
 
 
-def _vocabulary(path: str) -> seqio.SentencePieceVocabulary:
+def _vocabulary(path: str):
+  """seqio's SentencePieceVocabulary (imported here: the encoder itself needs no TensorFlow)."""
+  import seqio  # pylint: disable=g-import-not-at-top
   return seqio.SentencePieceVocabulary(fs.local_copy(path), extra_ids=0)  # seqio reads via gfile.
 
 
 def _train_vocabulary(texts, prefix: str, vocab_size: int, **options) -> str:
   """A SentencePiece model with mT5's ids: pad 0, eos 1, unk 2."""
+  from hybridir import vocab  # pylint: disable=g-import-not-at-top
   return vocab.train_sentencepiece(texts, prefix, vocab_size,
                                    dict(pad_id=0, eos_id=1, unk_id=2, bos_id=-1), **options)
 
