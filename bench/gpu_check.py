@@ -120,15 +120,16 @@ def median_seconds(run, warmup: int, repeats: int) -> tuple[float, float]:
   return float(np.median(times)), compile_s
 
 
-def check_speed(results: dict, batch_sizes: list[int], repeats: int) -> None:
+def check_speed(results: dict, batch_sizes: list[int], repeats: int, models: list[str],
+                dtypes: list[str]) -> None:
   import peak_matmul
   import torch
   peaks = {dtype: peak_matmul.jax_matmul_rate(dtype, 8192, 5) for dtype in ("float32", "bfloat16")}
   results["peak_matmul_tflops"] = {k: v / 1e12 for k, v in peaks.items()}
   print("jnp.dot peak TFLOP/s:", json.dumps(results["peak_matmul_tflops"]), flush=True)
   rows = []
-  for name in ("mt5_small", "xlmr_base"):
-    for dtype in ("float32", "bfloat16"):
+  for name in models:
+    for dtype in dtypes:
       for batch_size in batch_sizes:
         model = bench_step.load_model(name, dtype)
         cfg = model.encoder_config
@@ -163,6 +164,8 @@ def main():
   parser.add_argument("--parts", default="trainer,numerics,speed")
   parser.add_argument("--batch_sizes", default="32,256")
   parser.add_argument("--repeats", type=int, default=10)
+  parser.add_argument("--models", default="mt5_small,xlmr_base")
+  parser.add_argument("--dtypes", default="float32,bfloat16")
   parser.add_argument("--out", default=".")
   args = parser.parse_args()
   results = {"jax": jax.__version__, "devices": [str(d) for d in jax.devices()]}
@@ -173,7 +176,8 @@ def main():
   if "numerics" in parts:
     check_numerics(results)
   if "speed" in parts:
-    check_speed(results, [int(b) for b in args.batch_sizes.split(",")], args.repeats)
+    check_speed(results, [int(b) for b in args.batch_sizes.split(",")], args.repeats,
+                args.models.split(","), args.dtypes.split(","))
   with open(os.path.join(args.out, "gpu_check.json"), "w") as f:
     json.dump(results, f, indent=1)
   if "speed" in results:

@@ -214,6 +214,7 @@ def _version() -> str:
 
 def _restore_numpy(path: str, subtree: str | None = None) -> dict:
   """An orbax pytree (or one top-level entry of it) as numpy arrays, whatever devices saved it."""
+  path = fs.abspath(path)  # orbax reads no item metadata through a relative path.
   checkpointer = ocp.PyTreeCheckpointer()
   tree = checkpointer.metadata(path).item_metadata.tree
   if subtree is not None:

@@ -128,7 +128,9 @@ def test_tiny_bert_dual_encoder_loss_falls_on_hybrid_batches(tmp_path, data_dir)
   from hybridir import trainer
   from hybridir.models import bert
   from hybridir.models import dual_encoder
-  languages = ["en", "de", "zh"]
+  # Latin-script languages: from scratch, X-Y batches learn from shared subwords (with zh, the
+  # loss ratio below ranged 0.87-0.99 over seeds and CPUs: one CI run failed at 0.90).
+  languages = ["en", "de", "es"]
   lengths = {"query": 24, "passage": 48}
   vocab_path = spm.train(str(data_dir / "xquad-r"), "bert", 1500, str(tmp_path / "wordpiece"),
                          languages=languages)
@@ -148,13 +150,13 @@ def test_tiny_bert_dual_encoder_loss_falls_on_hybrid_batches(tmp_path, data_dir)
   steps = 120
   result = trainer.train(
       model=model, train_input=train_input, task_feature_lengths=lengths, train_steps=steps,
-      model_dir=str(tmp_path / "run"), learning_rate_schedule=1e-3,
+      model_dir=str(tmp_path / "run"), learning_rate_schedule=2e-3,
       optimizer_fn=lambda learning_rate_schedule: optim.create_optimizer(
           "adamw", learning_rate_schedule),
       loss_config=train_step.LossConfig(temperature=0.05), mesh=partitioning.create_mesh(1),
       checkpoint_period=1000, log_period=1000)
   losses = [h["loss"] for h in result.history]
   window = steps // 6
-  # Measured: first 20 steps 2.74-2.76, last 20 2.22-2.39 (0.81x-0.86x); a flat loss is 1.0x.
-  assert np.mean(losses[-window:]) < 0.9 * np.mean(losses[:window]), losses
+  # Measured (seeds 0-2): last 20 steps 0.70x-0.71x the first 20; a flat loss is 1.0x.
+  assert np.mean(losses[-window:]) < 0.85 * np.mean(losses[:window]), losses
   tasks.unregister_parallel_qa("train_bert")

@@ -171,13 +171,15 @@ def write_training_checkpoints(model_dir, model, steps):
   return saved
 
 
-def test_export_from_training_checkpoint_takes_the_latest_or_given_step(tmp_path, spm_models):
+def test_export_from_training_checkpoint_takes_the_latest_or_given_step(
+    tmp_path, spm_models, monkeypatch):
   model = dual_encoder.DualEncoder(CONFIGS["t5"])
   saved = write_training_checkpoints(str(tmp_path / "model"), model, steps=(10, 20))
   latest = export.export_from_training_checkpoint(
       str(tmp_path / "model"), str(tmp_path / "latest"), model, spm_models["t5"])
-  first = export.export_from_training_checkpoint(
-      str(tmp_path / "model"), str(tmp_path / "first"), model, spm_models["t5"], step=10)
+  monkeypatch.chdir(tmp_path)  # Relative paths, as `make demo` passes them (orbax needs absolute).
+  first = export.export_from_training_checkpoint("model", "first", model, spm_models["t5"],
+                                                 step=10)
   assert_params_equal(hybridir.load_encoder(latest).params, saved[20])
   assert_params_equal(hybridir.load_encoder(first).params, saved[10])
   assert export.read_manifest(first)["metadata"]["step"] == 10
