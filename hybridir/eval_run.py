@@ -27,8 +27,8 @@ SUMMARY_MEASURES = ("map", "recall_10", "ndcg_cut_10", "recip_rank_cut_10")
 def encode_dataset(encoder: export.Encoder, dataset: retrieval_data.RetrievalDataset) -> dict:
   """evaluate.evaluate_settings's inputs for a dataset: ids and embeddings per language.
 
-  Candidates are encoded with their context (paragraph, or MIRACL title) as the encoder's text
-  format says: the same tokens as a training passage of the same record.
+  Candidates are encoded with their context (LAReQA: the paragraph; MIRACL: none, its title
+  leads its text) as the encoder's text format says: the same tokens as a training passage.
   """
   questions, question_emb, candidates, candidate_emb = {}, {}, {}, {}
   for language, items in dataset.questions.items():

@@ -49,6 +49,7 @@ class Encoder:
   max_length: int = 512
   batch_size: int = 32
   text_format: text_lib.TextFormat = dataclasses.field(default_factory=text_lib.TextFormat)
+  query_max_length: int | None = None  # Queries' cut, as in training (None: max_length).
 
   def __post_init__(self):
     self.family = self.model.encoder_config.family
@@ -70,12 +71,17 @@ class Encoder:
     contexts = [""] * len(texts) if contexts is None else list(contexts)
     if len(contexts) != len(texts):
       raise ValueError(f"encode: {len(texts)} texts but {len(contexts)} contexts")
-    return [text_lib.tokenize(self.vocabulary, tower, text, context, self.max_length,
+    return [text_lib.tokenize(self.vocabulary, tower, text, context, self.length(tower),
                               self.text_format) for text, context in zip(texts, contexts)]
 
-  def bucket(self, num_tokens: int) -> int:
+  def length(self, tower: str) -> int:
+    """The longest input of a tower: query_max_length for queries when set, else max_length."""
+    return self.query_max_length if tower == "query" and self.query_max_length else (
+        self.max_length)
+
+  def bucket(self, num_tokens: int, tower: str = "passage") -> int:
     """The padded length of a batch whose longest text has num_tokens: a power of two."""
-    return min(self.max_length, max(MIN_BUCKET, 1 << (num_tokens - 1).bit_length()))
+    return min(self.length(tower), max(MIN_BUCKET, 1 << (num_tokens - 1).bit_length()))
 
   def encode(self, texts: list[str], tower: str = "query",
              contexts: list[str] | None = None) -> np.ndarray:
@@ -91,8 +97,8 @@ class Encoder:
     pad = self.model.encoder_config.pad_id
     for start in range(0, len(ids), self.batch_size):
       chunk = order[start:start + self.batch_size]
-      tokens = np.full((self.batch_size, self.bucket(max(len(ids[i]) for i in chunk))), pad,
-                       np.int32)
+      longest = max(len(ids[i]) for i in chunk)
+      tokens = np.full((self.batch_size, self.bucket(longest, tower)), pad, np.int32)
       for row, i in enumerate(chunk):
         tokens[row, :len(ids[i])] = ids[i]
       with partitioning.axis_rules_context(self._rules, self.mesh):
@@ -165,8 +171,11 @@ def _write_manifest(directory: str, manifest: dict) -> None:
 def export_encoder(output_dir: str, model: dual_encoder.DualEncoder, params, spm_path: str,
                    dtype: str = "float32", max_length: int = 512,
                    extra_metadata: dict | None = None, overwrite: bool = False,
-                   text_format: text_lib.TextFormat | None = None) -> str:
+                   text_format: text_lib.TextFormat | None = None,
+                   query_max_length: int | None = None) -> str:
   """Writes an encoder-only artifact (manifest, orbax params, SentencePiece copy); returns it.
+
+  max_length cuts passages (and queries unless query_max_length is given), as training did.
 
   `text_format` (default: the gin-configured `text.TextFormat()`, as training's) is recorded so
   that a loaded encoder applies the prefixes and passage unit it was trained with.
@@ -178,6 +187,11 @@ def export_encoder(output_dir: str, model: dual_encoder.DualEncoder, params, spm
   if not isinstance(max_length, int) or max_length < 2 or (longest and max_length > longest):
     raise ValueError(f"export_encoder max_length must be an int in [2, {longest or 'inf'}], "
                      f"got {max_length!r}")
+  if query_max_length is not None and (not isinstance(query_max_length, int) or
+                                       query_max_length < 2 or
+                                       (longest and query_max_length > longest)):
+    raise ValueError("export_encoder query_max_length must be None or an int in "
+                     f"[2, {longest or 'inf'}], got {query_max_length!r}")
   json.dumps(extra_metadata)  # Fails early (TypeError) when not JSON-serialisable.
   check_writable(fs.abspath(output_dir), overwrite)
   check_vocabulary(cfg, spm_path)
@@ -191,7 +205,7 @@ def export_encoder(output_dir: str, model: dual_encoder.DualEncoder, params, spm
       "encoder_config": dataclasses.asdict(cfg), "pooling": model.pooling,
       "normalize": model.normalize, "projection_dim": model.projection_dim,
       "shared_towers": model.shared_towers, "param_dtype": dtype, "max_length": max_length,
-      "text_format": (text_format or text_lib.TextFormat()).to_json(),
+      "query_max_length": query_max_length, "text_format": (text_format or text_lib.TextFormat()).to_json(),
       "vocabulary": {"source": fs.abspath(spm_path), "file": vocabulary_file,
                      "sha256": _sha256(spm_path)},
       "parameter_count": int(sum(x.size for x in jax.tree.leaves(params))),
@@ -280,14 +294,16 @@ def export_from_training_checkpoint(model_dir: str, output_dir: str,
 
   The manifest records the text format the checkpoint was trained with; a checkpoint from before
   formats were recorded gets `text_format`, else bare texts (`text.UNFORMATTED`), as it was trained.
-  max_length defaults to the passage length it was trained with, so passages are cut as then.
+  max_length and query_max_length default to the passage and query lengths it was trained
+  with, so texts are cut as then.
   """
   step, params = restore_training_params(model_dir, step)
   trained = training_text_format(model_dir, step)
   lengths = _run_identity(model_dir, step)[1].get("task_feature_lengths")
-  passage_length = lengths.get("passage") if isinstance(lengths, dict) else None
-  if export_options.get("max_length") is None and isinstance(passage_length, int):
-    export_options["max_length"] = passage_length
+  for option, feature in (("max_length", "passage"), ("query_max_length", "query")):
+    trained_length = lengths.get(feature) if isinstance(lengths, dict) else None
+    if export_options.get(option) is None and isinstance(trained_length, int):
+      export_options[option] = trained_length
   if trained is not None and text_format is not None and trained != text_format:
     raise ValueError(f"{model_dir}: step {step} was trained with {trained}, not {text_format}")
   metadata = dict(export_options.pop("extra_metadata", None) or {})
@@ -370,8 +386,10 @@ def load_encoder(path: str, vocabulary: str | None = None, model_config=None,
         text_format=text_format))
     text_format = manifest["text_format"]
     spm_path = vocabulary or os.path.join(path, manifest["vocabulary"]["file"])
+    query_max_length = manifest.get("query_max_length") if max_length is None else None
     max_length = max_length or manifest["max_length"]
   else:
+    query_max_length = None
     options = dict(pooling=pooling, normalize=normalize)  # None: the importer decides.
     if projection_dim:
       options["projection_dim"] = projection_dim
@@ -390,4 +408,4 @@ def load_encoder(path: str, vocabulary: str | None = None, model_config=None,
   cfg = model.encoder_config
   return Encoder(model, params, check_vocabulary(cfg, spm_path),
                  max_length or cfg.max_length or 512, batch_size,
-                 text_format or text_lib.UNFORMATTED)
+                 text_format or text_lib.UNFORMATTED, query_max_length)

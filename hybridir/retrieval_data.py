@@ -34,7 +34,7 @@ class Candidate:
   candidate_id: str
   language: str
   text: str
-  context: str  # The paragraph around the sentence (LAReQA) or the document title (MIRACL).
+  context: str  # The paragraph around the sentence (LAReQA); MIRACL has none.
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -117,7 +117,7 @@ def load_miracl(topics_tsv: PathLike, qrels_trec: PathLike, corpus_jsonl: PathLi
   """One MIRACL language: topics `qid<TAB>query`, qrels `qid Q0 docid rel`, corpus JSONL.
 
   Only judgements with rel > 0 are relevant; a topic without one keeps an empty `relevant`.
-  Candidate text is the passage text, its context the document title.
+  Candidate text is the document title, then the passage text (as MIRACL's baselines read it).
   """
   corpora.check_language(language, f"{topics_tsv}")
   documents = {}
@@ -128,7 +128,9 @@ def load_miracl(topics_tsv: PathLike, qrels_trec: PathLike, corpus_jsonl: PathLi
       raise CorpusError(f"{where}: missing field 'title' (a string)")
     if docid in documents:
       raise CorpusError(f"{where}: duplicate docid")
-    documents[docid] = Candidate(docid, language, corpora.required_text(record, "text", where), record["title"])
+    text = corpora.required_text(record, "text", where)
+    title = record["title"].strip()
+    documents[docid] = Candidate(docid, language, f"{title} {text}" if title else text, "")
   topics = {}
   for where, line in corpora.read_lines(topics_tsv):
     fields = line.split("\t")

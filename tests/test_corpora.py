@@ -306,6 +306,14 @@ def test_miracl_fixture_counts_questions_documents_and_positive_judgements(langu
   assert (stats["questions"], stats["candidates"], stats["relevant_pairs"]) == counts
 
 
+def test_miracl_candidate_text_is_title_then_text():
+  candidates = load_fixture_miracl("sw").candidates["sw"]
+  folder = FIXTURES / "miracl" / "sw"
+  first = json.loads((folder / "corpus.jsonl").read_text().splitlines()[0])
+  candidate = next(c for c in candidates if c.candidate_id == first["docid"])
+  assert (candidate.text, candidate.context) == (f"{first['title']} {first['text']}", "")
+
+
 def test_miracl_only_positive_relevance_counts_as_relevant():
   questions = {q.question_id: q.relevant for q in load_fixture_miracl("sw").questions["sw"]}
   assert questions == {"10": ("201#0",), "11": ("202#0",), "12": ("203#0", "203#1")}

@@ -200,7 +200,10 @@ def test_export_from_training_checkpoint_keeps_the_text_format_and_length_it_was
   artifact = export.export_from_training_checkpoint(model_dir, str(tmp_path / "out"), model,
                                                     spm_models["t5"])
   encoder = hybridir.load_encoder(artifact)
-  assert (encoder.text_format, encoder.max_length) == (custom, 48)
+  assert (encoder.text_format, encoder.max_length, encoder.query_max_length) == (custom, 48, 8)
+  long_text = " ".join(["word"] * 100)
+  query, passage = (encoder.tokenize([long_text], tower)[0] for tower in ("query", "passage"))
+  assert (len(query), len(passage)) == (8, 48)  # Each tower cut at its training length.
   with pytest.raises(ValueError, match="step 5 was trained with"):
     export.export_from_training_checkpoint(model_dir, str(tmp_path / "other"), model,
                                            spm_models["t5"], text_format=text.TextFormat())
