@@ -26,6 +26,7 @@ from hybridir import fs
 from hybridir import importers
 from hybridir import partitioning
 from hybridir import text as text_lib
+from hybridir import vocab
 from hybridir.models import dual_encoder
 from hybridir.models import families
 
@@ -143,13 +144,17 @@ def check_writable(output_dir: str, overwrite: bool) -> None:
 
 
 def check_vocabulary(config: dual_encoder.EncoderConfig, spm_path: str):
-  """The family's vocabulary of a SentencePiece file, checked to fit the model's embedding."""
+  """The family's vocabulary of a vocabulary file, checked to fit the model's embedding and to
+  pad with the model's pad_id (which decides the attention mask)."""
   if not fs.isfile(spm_path):
-    raise FileNotFoundError(f"{spm_path}: SentencePiece model not found")
-  vocabulary = families.of_config(config).make_vocabulary(spm_path)
+    raise FileNotFoundError(f"{spm_path}: vocabulary file not found")
+  vocabulary = vocab.family_vocabulary(families.of_config(config).name, spm_path)
   if vocabulary.vocab_size > config.vocab_size:
     raise ValueError(f"{spm_path}: vocabulary has {vocabulary.vocab_size} ids but the model's "
                      f"embedding has {config.vocab_size}")
+  if vocabulary.pad_id != config.pad_id:
+    raise ValueError(f"{spm_path}: the vocabulary pads with id {vocabulary.pad_id} but the "
+                     f"model's {type(config).__name__}.pad_id is {config.pad_id}")
   return vocabulary
 
 
@@ -194,12 +199,12 @@ def export_encoder(output_dir: str, model: dual_encoder.DualEncoder, params, spm
                      f"[2, {longest or 'inf'}], got {query_max_length!r}")
   json.dumps(extra_metadata)  # Fails early (TypeError) when not JSON-serialisable.
   check_writable(fs.abspath(output_dir), overwrite)
-  check_vocabulary(cfg, spm_path)
+  vocabulary = check_vocabulary(cfg, spm_path)
   params = checked_params(model, params, "export_encoder params")
   params = jax.tree.map(lambda x: x.astype(jnp.dtype(dtype)), params)
-  # A SentencePiece model keeps the name it always had; other kinds take the family's (vocab.txt).
+  # A SentencePiece model keeps the name it always had; other kinds take their kind's (vocab.txt).
   vocabulary_file = (SPM_FILE if spm_path.endswith(".model")
-                     else families.of_config(cfg).vocabulary_files[0])
+                     else vocab.kind_of(cfg.family, spm_path).files[0])
   manifest = {
       "format": FORMAT, "format_version": FORMAT_VERSION, "family": cfg.family,
       "encoder_config": dataclasses.asdict(cfg), "pooling": model.pooling,
@@ -216,7 +221,7 @@ def export_encoder(output_dir: str, model: dual_encoder.DualEncoder, params, spm
   with atomic_directory(output_dir, overwrite) as temporary:
     ocp.PyTreeCheckpointer().save(os.path.join(temporary, PARAMS_DIR),
                                   args=ocp.args.PyTreeSave(params))
-    fs.copy_file(spm_path, os.path.join(temporary, vocabulary_file))
+    vocab.write_vocabulary(vocabulary, spm_path, os.path.join(temporary, vocabulary_file))
     _write_manifest(temporary, manifest)
   return fs.abspath(output_dir)
 
@@ -357,15 +362,6 @@ def _load_artifact(path: str, overrides: dict) -> tuple[dual_encoder.DualEncoder
   return model, params, manifest
 
 
-def _find_vocabulary(model_dir: str, family: families.EncoderFamily) -> str:
-  for name in family.vocabulary_files:
-    if fs.exists(os.path.join(model_dir, name)):
-      return os.path.join(model_dir, name)
-  raise FileNotFoundError(
-      f"{model_dir}: no vocabulary file ({' or '.join(family.vocabulary_files)}); hybridir "
-      "tokenises with it: copy the model's file there or pass vocabulary=PATH")
-
-
 def load_encoder(path: str, vocabulary: str | None = None, model_config=None,
                  pooling: str | None = None, normalize: bool | None = None,
                  projection_dim: int | None = None, max_length: int | None = None,
@@ -395,7 +391,11 @@ def load_encoder(path: str, vocabulary: str | None = None, model_config=None,
       options["projection_dim"] = projection_dim
     if fs.exists(os.path.join(path, "config.json")):
       model, params = importers.load_hf(path, **options)
-      spm_path = vocabulary or _find_vocabulary(path, families.of_config(model.encoder_config))
+      spm_path = vocabulary or vocab.find_vocabulary_file(path, model.encoder_config.family)
+      # transformers masks padding by its tokenizer's attention mask: pad as the tokenizer does
+      # (a MiniLM-style BERT with XLM-R's tokenizer pads with 1, its config.json says 0).
+      pad_id = vocab.family_vocabulary(model.encoder_config.family, spm_path).pad_id
+      model = model.clone(encoder_config=dataclasses.replace(model.encoder_config, pad_id=pad_id))
     elif not local or os.path.exists(os.path.join(path, "checkpoint")):
       if vocabulary is None:
         raise ValueError(f"{path}: a T5X checkpoint needs vocabulary=<SentencePiece model path>")

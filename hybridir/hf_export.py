@@ -17,6 +17,7 @@ import numpy as np
 from hybridir import export
 from hybridir import fs
 from hybridir import importers
+from hybridir import vocab
 from hybridir.models import dual_encoder
 from hybridir.models import families
 
@@ -55,14 +56,12 @@ def export_hf(output_dir: str, model: dual_encoder.DualEncoder, params, spm_path
   from safetensors.numpy import save_file
   config = hf_config(model.encoder_config)
   tensors = hf_tensors(model, params)
-  family = families.of_config(model.encoder_config)
-  export.check_vocabulary(model.encoder_config, spm_path)
+  vocabulary = export.check_vocabulary(model.encoder_config, spm_path)
+  vocabulary_file = vocab.kind_of(model.encoder_config.family, spm_path).files[0]
   with export.atomic_directory(output_dir, overwrite, marker="config.json") as temporary:
     save_file(tensors, os.path.join(temporary, "model.safetensors"), metadata={"format": "pt"})
-    fs.copy_file(spm_path, os.path.join(temporary, family.vocabulary_files[0]))
+    vocab.write_vocabulary(vocabulary, spm_path, os.path.join(temporary, vocabulary_file))
     _write_json(os.path.join(temporary, "config.json"), config)
-    if family.hf_tokenizer_config:
-      _write_json(os.path.join(temporary, "tokenizer_config.json"), family.hf_tokenizer_config)
     for path, content in sentence_transformers_modules(model, tensors).items():
       os.makedirs(os.path.dirname(os.path.join(temporary, path)), exist_ok=True)
       if path.endswith(".safetensors"):

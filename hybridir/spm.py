@@ -17,6 +17,7 @@ from typing import Sequence
 
 from hybridir import corpora
 from hybridir import fs
+from hybridir import vocab
 from hybridir.models import families
 
 
@@ -30,7 +31,7 @@ def corpus_texts(corpus: corpora.ParallelCorpus) -> list[str]:
 def vocabulary_path(family: str, output: str) -> str:
   """The file the family's trainer writes under `output`: .model (SentencePiece), .txt
   (WordPiece), the suffix of the family's vocabulary file."""
-  return output + os.path.splitext(families.get(family).vocabulary_files[0])[1]
+  return output + vocab.family_kinds(families.get(family).name)[0].suffixes[0]
 
 
 def train(corpus_path: str, family: str, vocab_size: int, output: str,
@@ -67,8 +68,8 @@ def train_on_corpus(corpus: corpora.ParallelCorpus, family: str, vocab_size: int
   with tempfile.TemporaryDirectory() as scratch:
     prefix = os.path.join(scratch, "vocab")
     try:
-      path = record.train_vocabulary(corpus_texts(corpus), prefix, vocab_size,
-                                     character_coverage=character_coverage)
+      path = vocab.train_family_vocabulary(record.name, corpus_texts(corpus), prefix, vocab_size,
+                                           character_coverage=character_coverage)
     except RuntimeError as e:  # The trainer's own message says which setting to change.
       raise ValueError(f"training on {source} failed: {e}") from e
     for name in sorted(os.listdir(scratch)):

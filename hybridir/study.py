@@ -1,7 +1,8 @@
 """The study's CPU demo: a sweep over the same run and gin files as the TPU study.
 
 For each model (mT5, XLM-R: `gin_configs/runs/study/demo_{mt5,xlmr}.gin`, tiny encoders trained
-from scratch), a SentencePiece vocabulary is trained on XQuAD-R's training articles; then for each
+from scratch; LaBSE, demo_labse.gin, on request: --models=mT5,XLM-R,LaBSE), its family's
+vocabulary (SentencePiece, WordPiece) is trained on XQuAD-R's training articles; then for each
 strategy (X-X-mono alpha = 1, X-Y alpha = 0, hybrid alpha = 0.5) and seed, the study's run
 (`hybridir.study_run.train_and_evaluate`, what `python -m hybridir.main` runs for
 launch/study_sweep.sh) trains, picks the checkpoint by validation loss, and evaluates it on the
@@ -13,8 +14,10 @@ computes the answer with confidence intervals.
 Runs are resumable: a run whose study_results.json exists is kept and skipped on a rerun.
 """
 import dataclasses
+import functools
 import json
 import os
+import re
 import sys
 import time
 
@@ -32,8 +35,19 @@ import tasks
 
 STRATEGIES = {"X-X-mono": 1.0, "X-Y": 0.0, "hybrid": 0.5}  # Batch kind -> ALPHA.
 SLUGS = {"X-X-mono": "mono", "X-Y": "cross", "hybrid": "hybrid"}  # In run folder names.
-MODEL_FILES = {"mT5": ("t5", "gin_configs/runs/study/demo_mt5.gin"),
-               "XLM-R": ("xlmr", "gin_configs/runs/study/demo_xlmr.gin")}
+MODEL_FILES = {"mT5": "gin_configs/runs/study/demo_mt5.gin",
+               "XLM-R": "gin_configs/runs/study/demo_xlmr.gin",
+               "LaBSE": "gin_configs/runs/study/demo_labse.gin"}
+
+
+@functools.lru_cache(maxsize=None)
+def family(model: str) -> str:
+  """The encoder family the model's demo file sets (`FAMILY = '...'`)."""
+  path = MODEL_FILES[model]
+  found = re.search(r"^FAMILY = '(\w+)'", fs.read_text(path), re.MULTILINE)
+  if not found:
+    raise ValueError(f"{path}: sets no FAMILY = '<family>' (the demo's model files must)")
+  return found.group(1)
 
 
 @gin.configurable
@@ -59,7 +73,7 @@ class StudyConfig:
 def run_name(model: str, strategy: str, seed: int) -> str:
   """The run folder: `{family}_{mono|cross|hybrid}_seed{seed}`, as launch/study_sweep.sh names
   its runs `{model}_{mono|cross|hybrid}_seed{seed}`."""
-  return f"{MODEL_FILES[model][0]}_{SLUGS[strategy]}_seed{seed}"
+  return f"{family(model)}_{SLUGS[strategy]}_seed{seed}"
 
 
 def _macro(name: str):
@@ -71,22 +85,22 @@ def train_vocabulary(gin_file: str, bindings: list[str], output_dir: str) -> str
   cached."""
   gin.clear_config()
   gin_utils.parse([gin_file], bindings, finalize=False)
-  family, corpus_dir = _macro("FAMILY"), _macro("CORPUS_DIR")
-  path = spm.vocabulary_path(family, os.path.join(output_dir, "vocab", family))
+  family_name, corpus_dir = _macro("FAMILY"), _macro("CORPUS_DIR")
+  path = spm.vocabulary_path(family_name, os.path.join(output_dir, "vocab", family_name))
   if not fs.exists(path):
     corpus = corpora.load_parallel_corpus(corpus_dir, languages=_macro("LANGUAGES"))
     train, _ = corpus.split_by_article(tasks.qa.TEST_FRACTION, seed=0)
-    path = spm.train_on_corpus(train, family, _macro("SPM_VOCAB_SIZE"),
-                               os.path.join(output_dir, "vocab", family),
+    path = spm.train_on_corpus(train, family_name, _macro("SPM_VOCAB_SIZE"),
+                               os.path.join(output_dir, "vocab", family_name),
                                source=f"{corpus_dir} (training articles)")
   gin.clear_config()
   return path
 
 
-def cell_bindings(data_dir: str, model_dir: str, spm_path: str, family: str, alpha: float,
+def cell_bindings(data_dir: str, model_dir: str, spm_path: str, family_name: str, alpha: float,
                   seed: int, extra=()) -> list[str]:
   """The gin bindings of one demo run (the same ones a `hybridir.main` run would take)."""
-  vocab_size = tasks.get_vocabulary(family, spm_path).vocab_size
+  vocab_size = tasks.get_vocabulary(family_name, spm_path).vocab_size
   return [f"DATA_DIR = {data_dir!r}", f"CORPUS_DIR = {os.path.join(data_dir, 'xquad-r')!r}",
           f"MODEL_DIR = {model_dir!r}", f"SPM_PATH = {spm_path!r}", f"VOCAB_SIZE = {vocab_size}",
           f"ALPHA = {alpha}", f"SEED = {seed}", *extra]
@@ -111,7 +125,7 @@ def run_study(data_dir: str, output_dir: str, config: StudyConfig | None = None)
   cells = [(m, s, seed) for m in config.models for s in config.strategies for seed in config.seeds]
   results, started, done = {}, time.time(), 0
   for model in config.models:
-    family, gin_file = MODEL_FILES[model]
+    gin_file = MODEL_FILES[model]
     base = [f"DATA_DIR = {data_dir!r}", f"CORPUS_DIR = {os.path.join(data_dir, 'xquad-r')!r}",
             *config.bindings]
     spm_path = train_vocabulary(gin_file, base, output_dir)
@@ -122,7 +136,7 @@ def run_study(data_dir: str, output_dir: str, config: StudyConfig | None = None)
         logging.info("run %d/%d: %s, %s batches, seed %d", done + 1, len(cells), model,
                      strategy, seed)
         if not fs.exists(results_path):
-          out = run_cell(gin_file, cell_bindings(data_dir, model_dir, spm_path, family,
+          out = run_cell(gin_file, cell_bindings(data_dir, model_dir, spm_path, family(model),
                                                  STRATEGIES[strategy], seed, config.bindings))
           if getattr(out, "stopped_early", False):
             logging.warning("SIGTERM: %s saved its checkpoint; rerun the demo to resume", model_dir)
@@ -141,7 +155,10 @@ def main(argv):
   from absl import flags
   values = flags.FLAGS
   gin_utils.parse(values.gin_file, values.gin_bindings)
-  report = run_study(values.data_dir, values.output_dir)
+  config = StudyConfig()
+  if values.models:
+    config = dataclasses.replace(config, models=tuple(values.models))
+  report = run_study(values.data_dir, values.output_dir, config)
   print(f"\nReport: {report['markdown']}")
 
 
@@ -151,5 +168,7 @@ if __name__ == "__main__":
   flags.DEFINE_string("data_dir", os.environ.get("HYBRIDIR_DATA_DIR", "../shared/data"),
                       "Folder with xquad-r/ and mlqa-r/.")
   flags.DEFINE_string("output_dir", "out/study", "Where runs, vocabularies and the report go.")
+  flags.DEFINE_list("models", None, f"Models to run, of {sorted(MODEL_FILES)} (default: "
+                    "StudyConfig.models, mT5 and XLM-R).")
   # --gin_file / --gin_bindings (e.g. StudyConfig.seeds=(0,)) are hybridir.main's flags.
   app.run(main)

@@ -26,7 +26,7 @@ from hybridir import corpora
 from hybridir import fs
 from hybridir import hybrid
 from hybridir import text as text_lib
-from hybridir.models import families
+from hybridir import vocab
 
 SPLIT = "train"  # The seqio split of every QA task; `split` below chooses its content.
 TEST_FRACTION = 0.2  # split="train"/"test": a seeded split of whole articles (seed 0).
@@ -34,11 +34,12 @@ TEST_FRACTION = 0.2  # split="train"/"test": a seeded split of whole articles (s
 
 @functools.lru_cache(maxsize=None)
 def get_vocabulary(family: str, spm_path: str) -> seqio.Vocabulary:
-  """The family's seqio vocabulary, loaded once per (family, path)."""
-  record = families.get(family)
+  """The family's seqio vocabulary (the kind its file is, among those the family registered with
+  hybridir.vocab), loaded once per (family, path)."""
+  vocab.family_kinds(family)  # An unknown family fails before a missing file.
   if not fs.isfile(spm_path):
     raise FileNotFoundError(f"spm_path {spm_path}: no such vocabulary file")
-  return families.vocabulary(record.name, str(spm_path))
+  return vocab.family_vocabulary(family, str(spm_path))
 
 
 def output_features(family: str, spm_path: str, required: bool = True) -> dict[str, seqio.Feature]:
@@ -109,7 +110,7 @@ class HybridMixture:
   Args:
     name: the registered name, `{corpus name}_hybrid`.
     corpus: the (split) parallel corpus the batches come from.
-    family: an encoder family (hybridir.models.families).
+    family: an encoder family's name (its vocabulary kinds are registered in hybridir.vocab).
     spm_path: the SentencePiece model.
     pair_ids: the string pair id of each integer `pair_id` (sorted ids of the whole corpus).
     text_format: prefixes and passage unit of every example (`text.TextFormat`).
@@ -234,7 +235,7 @@ def register_parallel_qa(name: str, corpus_path: str, family: str, spm_path: str
   """
   where = f"register_parallel_qa({name!r}, {str(corpus_path)!r})"
   try:
-    families.get(family)
+    vocab.family_kinds(family)
   except ValueError as e:
     raise ValueError(f"{where}: {e}") from e
   features = output_features(family, str(spm_path))

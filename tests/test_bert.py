@@ -1,5 +1,7 @@
 """The BERT family against transformers and sentence-transformers: WordPiece ids, LaBSE-style
 (CLS + Dense tanh + Normalize) and mBERT-style (mean) folders, export and training."""
+import shutil
+
 import numpy as np
 import pytest
 import transformers
@@ -47,11 +49,55 @@ def test_wordpiece_tf_tokenization_equals_python(wordpiece):
     assert vocabulary.encode_tf(tf.constant(text)).numpy().tolist() == vocabulary.encode(text)
 
 
-def test_uncased_vocabulary_is_refused(tmp_path, wordpiece):
-  tokenizer = transformers.BertTokenizer(vocab=wordpiece, do_lower_case=True)
-  tokenizer.save_pretrained(tmp_path)
-  with pytest.raises(ValueError, match="do_lower_case"):
-    families.vocabulary("bert", str(tmp_path / "vocab.txt"))
+ACCENTED = ["Ça va? Über NAÏVE École, Ångström résumé", "Αθήνα ΤΟΥ Ολυμπιακού", "Tiếng Việt Ở ĐÂY",
+            "Москва́ Ёлка", "ﬁnal Straße İstanbul"]
+
+
+@pytest.fixture(scope="module")
+def uncased_wordpiece(tmp_path_factory, data_dir):
+  """An uncased WordPiece vocabulary trained here (tokenizer.json) and its tokens as vocab.txt."""
+  folder = tmp_path_factory.mktemp("uncased")
+  texts = ref.xquad_texts(data_dir, languages=("en", "de", "es", "vi", "ru", "el"), limit=60)
+  tokenizer_json = families.train_vocabulary("bert", texts, str(folder / "uncased"), 700,
+                                             lowercase=True)
+  with open(folder / "vocab.txt", "w") as f:
+    f.writelines(t + "\n" for t in families.vocabulary("bert", tokenizer_json).tokens)
+  return tokenizer_json, str(folder / "vocab.txt")
+
+
+@pytest.mark.parametrize("strip_accents", [None, False], ids=["strip_accents", "keep_accents"])
+def test_uncased_wordpiece_ids_equal_bert_tokenizer(tmp_path, uncased_wordpiece, xquad_sample,
+                                                    strip_accents):
+  tokenizer = transformers.BertTokenizer(vocab=uncased_wordpiece[1], do_lower_case=True,
+                                         strip_accents=strip_accents)
+  tokenizer.save_pretrained(tmp_path)  # Its tokenizer_config.json says do_lower_case.
+  shutil.copy(uncased_wordpiece[1], tmp_path / "vocab.txt")
+  vocabulary = families.vocabulary("bert", str(tmp_path / "vocab.txt"))
+  assert vocabulary.options == vocab_lib.WordPieceOptions(lowercase=True,
+                                                          strip_accents=strip_accents)
+  for text in MORE_TEXTS + ACCENTED + xquad_sample:
+    assert vocab_lib.tokenize(vocabulary, text, 64) == tokenizer(
+        text, truncation=True, max_length=64).input_ids, text
+  # Written back (as export does), the vocabulary keeps its normalisation.
+  vocab_lib.write_vocabulary(vocabulary, vocabulary.vocab_file, str(tmp_path / "out" / "vocab.txt"))
+  assert families.vocabulary("bert", str(tmp_path / "out" / "vocab.txt")).options == (
+      vocabulary.options)
+
+
+def test_uncased_tokenizer_json_strips_accents_like_bert_tokenizer(uncased_wordpiece):
+  tokenizer = transformers.BertTokenizer(vocab=uncased_wordpiece[1], do_lower_case=True)
+  vocabulary = families.vocabulary("bert", uncased_wordpiece[0])
+  assert vocabulary.options.lowercase
+  for text in ACCENTED:
+    ids = vocab_lib.tokenize(vocabulary, text, 64)
+    assert ids == tokenizer(text, truncation=True, max_length=64).input_ids, text
+  assert vocabulary.encode("NAÏVE École") == vocabulary.encode("naive ecole")
+
+
+def test_a_bare_vocab_txt_is_cased(wordpiece):
+  vocabulary = families.vocabulary("bert", wordpiece)
+  assert not vocabulary.options.lowercase
+  assert vocabulary.encode("École") != vocabulary.encode("ecole")
 
 
 def sentence_transformers_folder(folder, wordpiece, pooling_mode, dense, normalize):
@@ -160,3 +206,51 @@ def test_tiny_bert_dual_encoder_loss_falls_on_hybrid_batches(tmp_path, data_dir)
   # Measured (seeds 0-2): last 20 steps 0.70x-0.71x the first 20; a flat loss is 1.0x.
   assert np.mean(losses[-window:]) < 0.85 * np.mean(losses[:window]), losses
   tasks.unregister_parallel_qa("train_bert")
+
+
+@pytest.fixture(scope="module")
+def xlmr_sentencepiece(tmp_path_factory, data_dir):
+  """A SentencePiece model with XLM-R's ids, trained here on XQuAD-R text."""
+  folder = tmp_path_factory.mktemp("xlmr_spm")
+  texts = ref.xquad_texts(data_dir, languages=("en", "de", "zh", "ar", "hi", "th"), limit=60)
+  return families.train_vocabulary("xlmr", texts, str(folder / "spm"), 400)
+
+
+def minilm_style_folder(folder, spm_path):
+  """A sentence-transformers folder like paraphrase-multilingual-MiniLM-L12-v2: a BertModel with
+  XLM-R's tokenizer (sentencepiece.bpe.model, tokenizer.json, tokenizer_config.json naming
+  XLMRobertaTokenizer), config.json's pad_token_id 0 against the tokenizer's 1, more embedding
+  rows than tokenizer ids, and mean pooling."""
+  folder.mkdir(exist_ok=True)
+  ref.write_spm(folder, spm_path, "xlmr")
+  tokenizer = transformers.XLMRobertaTokenizer.from_pretrained(folder)
+  tokenizer.save_pretrained(folder)
+  ref.save_random_bert(folder, vocab_size=len(tokenizer) + 35, pad_token_id=0)
+  return ref.save_sentence_transformer(folder, "mean", dense=False, normalize=False)
+
+
+def test_minilm_style_folder_with_xlmr_tokenizer_encodes_like_sentence_transformers(
+    tmp_path, xlmr_sentencepiece):
+  reference = minilm_style_folder(tmp_path, xlmr_sentencepiece)
+  expected = reference.encode(MORE_TEXTS, convert_to_numpy=True)
+  encoder = hybridir.load_encoder(str(tmp_path), batch_size=4)
+  assert isinstance(encoder.vocabulary, vocab_lib.XLMRVocabulary)
+  assert encoder.model.pooling == "mean" and encoder.model.encoder_config.pad_id == 1
+  assert [vocab_lib.tokenize(encoder.vocabulary, t, 512) for t in MORE_TEXTS] == [
+      reference.tokenizer(t)["input_ids"] for t in MORE_TEXTS]
+  assert cosines(encoder.encode(MORE_TEXTS), expected).min() >= 0.99999
+
+
+def test_minilm_style_export_loads_in_sentence_transformers_equal(tmp_path, xlmr_sentencepiece):
+  import sentence_transformers
+  minilm_style_folder(tmp_path / "source", xlmr_sentencepiece)
+  original = hybridir.load_encoder(str(tmp_path / "source"), max_length=64)
+  output = hf_export.export_hf(str(tmp_path / "export"), original.model, original.params,
+                               xlmr_sentencepiece)
+  reloaded = hybridir.load_encoder(output, max_length=64)
+  assert reloaded.model == original.model
+  np.testing.assert_array_equal(reloaded.encode(TEXTS), original.encode(TEXTS))
+  reference = sentence_transformers.SentenceTransformer(output, device="cpu")
+  assert [reference.tokenizer(t, truncation=True, max_length=64)["input_ids"] for t in TEXTS] == [
+      vocab_lib.tokenize(original.vocabulary, t, 64) for t in TEXTS]
+  assert cosines(reference.encode(TEXTS), original.encode(TEXTS)).min() >= 0.99999

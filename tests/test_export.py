@@ -44,7 +44,7 @@ def random_params(model, seed=0):
 
 
 def reference_encoder(model, params, spm_path, batch_size=8, text_format=None):
-  vocabulary = families.of_config(model.encoder_config).make_vocabulary(spm_path)
+  vocabulary = families.vocabulary(model.encoder_config.family, spm_path)
   return export.Encoder(model, params, vocabulary, 128, batch_size,
                         text_format or text.TextFormat())
 

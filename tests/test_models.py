@@ -33,6 +33,10 @@ PUBLISHED = {
                   num_attention_heads=12, intermediate_size=3072, pooler=True),
     "mbert_base": dict(model_type="bert", vocab_size=119547, hidden_size=768, num_hidden_layers=12,
                        num_attention_heads=12, intermediate_size=3072, pooler=False),
+    # sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2 (mean pooling, no pooler).
+    "multilingual_minilm_l12": dict(model_type="bert", vocab_size=250037, hidden_size=384,
+                                    num_hidden_layers=12, num_attention_heads=12,
+                                    intermediate_size=1536, pooler=False),
 }
 TINY_MODELS = ["mt5_tiny", "xlmr_tiny", "t5_1_0_tiny", "bert_tiny"]
 

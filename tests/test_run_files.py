@@ -7,6 +7,7 @@ import gin
 import pytest
 
 from hybridir import gin_utils
+from hybridir import text
 from tests.conftest import REPO_ROOT
 
 STUDY_FILES = sorted(p for p in glob.glob(str(REPO_ROOT / "gin_configs/runs/study/*.gin"))
@@ -30,10 +31,16 @@ def test_study_config_builds_its_published_model_from_a_checkpoint(path):
   assert (gin_utils.evaluate("LEARNING_RATE"), gin_utils.evaluate("WEIGHT_DECAY"),
           gin_utils.evaluate("BATCH_SIZE"), gin_utils.evaluate("ALPHA")) == (3e-5, 0.01, 100, 0.5)
   assert gin.query_parameter("optim.create_optimizer.name") == "adamw"
+  # Early stopping: the checkpoint with the lowest validation loss; the prefixes (after E5).
+  assert gin.query_parameter("trainer.train.best_metric") == "eval/loss"
+  assert gin.query_parameter("checkpoints.Checkpointer.best_mode") == "min"
+  text_format = text.TextFormat()
+  assert (text_format.query_prefix, text_format.passage_prefix) == ("Query: ", "Passage: ")
   gin.clear_config()
 
 
-def test_sweep_dry_run_trains_exports_and_evaluates_every_run(tmp_path):
+def sweep_dry_run(tmp_path, *options) -> list[str]:
+  """The hybridir.main jobs launch/study_sweep.sh --dry-run prints (gcloud faked)."""
   fake = tmp_path / "bin" / "gcloud"
   fake.parent.mkdir()
   fake.write_text("#!/bin/sh\nif [ \"$1 $2\" = 'config get-value' ]; then echo my-project; fi\n")
@@ -41,13 +48,26 @@ def test_sweep_dry_run_trains_exports_and_evaluates_every_run(tmp_path):
   env = dict(os.environ, PATH=f"{fake.parent}:{os.environ['PATH']}")
   result = subprocess.run(
       ["launch/study_sweep.sh", "--bucket", "gs://b/study", "--corpus_dir", "gs://b/corpus",
-       "--zone", "us-central2-b", "--accelerator_type", "v4-32", "--models",
-       "mt5_base xlmr_base labse", "--strategies", "hybrid cross", "--seeds", "0", "--dry-run"],
+       "--zone", "us-central2-b", "--accelerator_type", "v4-32", *options, "--dry-run"],
       cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr
-  jobs = [line for line in result.stdout.splitlines() if "hybridir.main" in line]
+  return [line for line in result.stdout.splitlines() if "hybridir.main" in line]
+
+
+def test_sweep_dry_run_trains_exports_and_evaluates_every_run(tmp_path):
+  jobs = sweep_dry_run(tmp_path, "--models", "mt5_base xlmr_base labse", "--strategies",
+                       "hybrid cross", "--seeds", "0")
   assert len(jobs) == 3 * 2  # models x strategies: one job trains, exports and evaluates.
   assert sum("runs/study/labse.gin" in j and "gs://b/study/labse_hybrid_seed0" in j
              for j in jobs) == 1
   assert sum("runs/study/mt5_base.gin" in j and "ALPHA=0.5" in j for j in jobs) == 1
   assert sum("gs://b/study/xlmr_base_cross_seed0" in j and "ALPHA=0.0" in j for j in jobs) == 1
+
+
+def test_sweep_runs_the_three_arms_of_every_model_with_the_papers_alphas(tmp_path):
+  jobs = sweep_dry_run(tmp_path, "--models", "labse xlmr_base", "--seeds", "0")
+  assert len(jobs) == 2 * 3  # The default strategies: X-X-mono, X-Y and hybrid.
+  for model in ("labse", "xlmr_base"):
+    for strategy, alpha in (("mono", "1.0"), ("cross", "0.0"), ("hybrid", "0.5")):
+      assert sum(f"runs/study/{model}.gin" in j and f"gs://b/study/{model}_{strategy}_seed0" in j
+                 and f"ALPHA={alpha}" in j for j in jobs) == 1, (model, strategy)

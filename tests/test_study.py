@@ -211,3 +211,17 @@ def test_study_cli_starts_with_its_flags_and_mains(tmp_path):
                           capture_output=True, text=True, timeout=300)
   assert "Traceback" not in result.stderr, result.stderr[-2000:]  # absl's help exits 1.
   assert "--data_dir" in result.stdout and "--gin_file" in result.stdout
+  assert "--models" in result.stdout
+
+
+def test_a_tiny_labse_demo_run_trains_a_wordpiece_bert_and_evaluates_it(tmp_path, data_dir):
+  config = study.StudyConfig(models=("LaBSE",), strategies=("hybrid",), seeds=(0,),
+                             bindings=TINY)
+  paths = study.run_study(str(data_dir), str(tmp_path), config)
+  with open(tmp_path / "runs" / "bert_hybrid_seed0" / study_run.RESULTS_FILE) as f:
+    result = json.load(f)
+  assert result["settings"]["family"] == "bert" and result["settings"]["alpha"] == 0.5
+  assert (tmp_path / "vocab" / "bert.txt").exists()  # WordPiece, trained on the train articles.
+  assert len(result["train"]["history"]) == 6
+  assert os.path.exists(paths["markdown"])
+  assert study_gather.model_name("bert") == "LaBSE"

@@ -2,22 +2,22 @@
 
 BERT is XLM-R's post-layer-norm transformer (the same `xlmr.EncoderLayer`) with positions
 0, 1, 2, ... whatever the padding, token types (all 0 for one text), layer norm epsilon 1e-12 and a
-WordPiece vocabulary: texts are [CLS] ... [SEP]. Its sentence embedding is, by default, [CLS]
-through the dense tanh pooler ('first_dense' pooling), as LaBSE's; mBERT-style models mean-pool.
+WordPiece vocabulary: texts are [CLS] ... [SEP]. Multilingual MiniLM-style models
+(paraphrase-multilingual-MiniLM-L12-v2) use XLM-R's SentencePiece tokenizer instead: <s> ... </s>,
+padding id 1 (`pad_id` follows the tokenizer: in BERT it only decides the attention mask). The
+sentence embedding is, by default, [CLS] through the dense tanh pooler ('first_dense' pooling), as
+LaBSE's; mBERT- and MiniLM-style models mean-pool.
 
 Parameters: token_embedder, position_embedder, token_type_embedder, embedding_norm,
 layers_{i}/{attention/{query,key,value,out}, attention_norm, wi, wo, mlp_norm}.
 """
 import dataclasses
 import functools
-import json
-import os
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hybridir import fs
 from hybridir.models import families
 from hybridir.models import layers
 from hybridir.models import xlmr
@@ -118,28 +118,12 @@ def hf_config(config: BertConfig) -> dict:
   return {"architectures": ["BertModel"], "model_type": "bert", **xlmr.hf_common_config(config)}
 
 
-def _vocabulary(path: str):
-  """A vocab.txt or tokenizer.json; a tokenizer_config.json beside it must not lower-case."""
-  from hybridir import vocab  # pylint: disable=g-import-not-at-top  (TensorFlow: vocabularies only)
-  tokenizer_config = os.path.join(os.path.dirname(path), "tokenizer_config.json")
-  if fs.exists(tokenizer_config):
-    with fs.open(tokenizer_config) as f:
-      if json.load(f).get("do_lower_case", False):
-        raise ValueError(f"{tokenizer_config}: do_lower_case is true; hybridir reads cased "
-                         "WordPiece vocabularies only (LaBSE, mBERT cased)")
-  return vocab.WordPieceVocabulary(path)
-
-
-def _train_vocabulary(*args, **kwargs) -> str:
-  from hybridir import vocab  # pylint: disable=g-import-not-at-top
-  return vocab.train_wordpiece(*args, **kwargs)
-
-
 FAMILY = families.EncoderFamily(
     name="bert", config_class=BertConfig, encoder_class=BertEncoder, hf_model_types=("bert",),
     config_from_hf=config_from_hf, hf_config=hf_config, hf_names=xlmr.hf_names,
-    hf_name_prefixes=("bert.", "model.", ""), vocabulary_files=("vocab.txt", "tokenizer.json"),
-    make_vocabulary=_vocabulary, train_vocabulary=_train_vocabulary,
-    display_names={"labse": "LaBSE", "mbert": "mBERT", "bert": "BERT"},
-    default_pooling="first_dense",
-    hf_tokenizer_config={"tokenizer_class": "BertTokenizer", "do_lower_case": False})
+    hf_name_prefixes=("bert.", "model.", ""),
+    # WordPiece (LaBSE, mBERT cased or uncased); XLM-R's SentencePiece tokenizer for multilingual
+    # MiniLM-style models (a BERT body distilled from XLM-R; pad_id 1, as that tokenizer pads).
+    vocabularies=("wordpiece", "fairseq_sentencepiece"),
+    display_names={"labse": "LaBSE", "mbert": "mBERT", "minilm": "MiniLM", "bert": "BERT"},
+    default_pooling="first_dense")

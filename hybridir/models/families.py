@@ -2,8 +2,9 @@
 
 The module `hybridir/models/{name}.py` of a family defines `FAMILY = EncoderFamily(...)`: its Flax
 encoder and config, the Hugging Face config mapping both ways, the tensor-name mapping used by
-import and export, its vocabulary files and the default pooling. Code outside `hybridir/models`
-asks the record (`families.get(name)`, `families.of_config(config)`) instead of testing the name,
+import and export, the vocabulary kinds it reads (registered in hybridir.vocab_families;
+hybridir.vocab reads, finds and trains them) and the default pooling. Code outside
+`hybridir/models` asks the record (`families.get(name)`, `families.of_config(config)`) instead of testing the name,
 so adding a family is one new module plus a gin model file.
 """
 import dataclasses
@@ -11,6 +12,8 @@ import functools
 import importlib
 import pkgutil
 from typing import Any, Callable, Iterable
+
+from hybridir import vocab_families
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,13 +29,13 @@ class EncoderFamily:
   # export both read this one table.
   hf_names: Callable[[Any], dict[str, tuple[str, bool]]]
   hf_name_prefixes: tuple[str, ...]  # Prefixes a task model puts before the encoder's names.
-  vocabulary_files: tuple[str, ...]  # The vocabulary file as the hub names it; [0] on export.
-  make_vocabulary: Callable[[str], Any]  # A vocabulary file -> its seqio vocabulary.
-  # (texts, output prefix, vocab size, **options) -> the trained vocabulary file.
-  train_vocabulary: Callable[..., str]
+  # hybridir.vocab.KINDS this family reads (a file's ending picks one); it trains the first.
+  vocabularies: tuple[str, ...]
   display_names: dict[str, str]  # Gin model-file prefix -> display name ('mt5' -> 'mT5').
   default_pooling: str = "mean"
-  hf_tokenizer_config: dict = dataclasses.field(default_factory=dict)  # Exported if not empty.
+
+  def __post_init__(self):
+    vocab_families.register(self.name, self.vocabularies)
 
 
 @functools.lru_cache(maxsize=None)
@@ -72,13 +75,15 @@ def from_hf_model_type(model_type, source: str = "config.json") -> EncoderFamily
 
 def vocabulary(name: str, path: str):
   """The seqio vocabulary of family `name` from its vocabulary file."""
-  return get(name).make_vocabulary(path)
+  from hybridir import vocab  # Here: the encoders import without seqio or TensorFlow.
+  return vocab.family_vocabulary(get(name).name, path)
 
 
 def train_vocabulary(name: str, texts: Iterable[str], prefix: str, vocab_size: int,
                      **options) -> str:
   """Trains family `name`'s kind of vocabulary on texts; returns the vocabulary file."""
-  return get(name).train_vocabulary(texts, prefix, vocab_size, **options)
+  from hybridir import vocab  # Here: the encoders import without seqio or TensorFlow.
+  return vocab.train_family_vocabulary(get(name).name, texts, prefix, vocab_size, **options)
 
 
 def display_names() -> dict[str, str]:

@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hybridir import fs
 from hybridir.models import families
 from hybridir.models import layers
 
@@ -218,22 +217,8 @@ def hf_names(cfg: T5Config) -> dict[str, tuple[str, bool]]:
   return names
 
 
-def _vocabulary(path: str):
-  """seqio's SentencePieceVocabulary (imported here: the encoder itself needs no TensorFlow)."""
-  import seqio  # pylint: disable=g-import-not-at-top
-  return seqio.SentencePieceVocabulary(fs.local_copy(path), extra_ids=0)  # seqio reads via gfile.
-
-
-def _train_vocabulary(texts, prefix: str, vocab_size: int, **options) -> str:
-  """A SentencePiece model with mT5's ids: pad 0, eos 1, unk 2."""
-  from hybridir import vocab  # pylint: disable=g-import-not-at-top
-  return vocab.train_sentencepiece(texts, prefix, vocab_size,
-                                   dict(pad_id=0, eos_id=1, unk_id=2, bos_id=-1), **options)
-
-
 FAMILY = families.EncoderFamily(
     name="t5", config_class=T5Config, encoder_class=T5Encoder, hf_model_types=("t5", "mt5"),
     config_from_hf=config_from_hf, hf_config=hf_config, hf_names=hf_names,
-    hf_name_prefixes=("model.", ""), vocabulary_files=("spiece.model",),
-    make_vocabulary=_vocabulary, train_vocabulary=_train_vocabulary,
+    hf_name_prefixes=("model.", ""), vocabularies=("sentencepiece",),
     display_names={"mt5": "mT5"}, default_pooling="mean")

@@ -194,22 +194,9 @@ def hf_names(cfg) -> dict[str, tuple[str, bool]]:
   return names
 
 
-def _train_vocabulary(texts, prefix: str, vocab_size: int, **options) -> str:
-  """A SentencePiece model with XLM-R's ids: unk 0, bos 1, eos 2 (fairseq adds <pad>)."""
-  from hybridir import vocab  # pylint: disable=g-import-not-at-top
-  return vocab.train_sentencepiece(texts, prefix, vocab_size,
-                                   dict(unk_id=0, bos_id=1, eos_id=2, pad_id=-1), **options)
-
-
-def _vocabulary(path: str):
-  from hybridir import vocab  # pylint: disable=g-import-not-at-top  (TensorFlow: vocabularies only)
-  return vocab.XLMRVocabulary(path)
-
-
 FAMILY = families.EncoderFamily(
     name="xlmr", config_class=XLMRConfig, encoder_class=XLMREncoder,
     hf_model_types=("xlm-roberta", "roberta"), config_from_hf=config_from_hf,
     hf_config=hf_config, hf_names=hf_names, hf_name_prefixes=("roberta.", "model.", ""),
-    vocabulary_files=("sentencepiece.bpe.model", "spiece.model"),
-    make_vocabulary=_vocabulary, train_vocabulary=_train_vocabulary,
-    display_names={"xlmr": "XLM-R"}, default_pooling="mean")
+    vocabularies=("fairseq_sentencepiece",), display_names={"xlmr": "XLM-R"},
+    default_pooling="mean")
