@@ -1,5 +1,6 @@
 """Test set-up: 8 virtual CPU devices (set before jax is imported) and the shared data folder."""
 import atexit
+import json
 import os
 import pathlib
 import shutil
@@ -41,6 +42,20 @@ def data_dir() -> pathlib.Path:
   if not path.is_dir():
     pytest.fail(f"shared data folder {path} not found; set HYBRIDIR_DATA_DIR")
   return path
+
+
+def _question_ids(article) -> set[str]:
+  return {q["id"] for paragraph in article["paragraphs"] for q in paragraph["qas"]}
+
+
+def shared_titles(folder: pathlib.Path, languages, count: int = 2) -> str:
+  """A gin list of the first English articles of a LAReQA folder whose questions also exist in
+  every other language: a small evaluation split on which every setting has questions."""
+  articles = {language: json.loads((folder / f"{language}.json").read_text())["data"]
+              for language in languages}
+  others = [set().union(*map(_question_ids, articles[x])) for x in languages if x != "en"]
+  titles = [a["title"] for a in articles["en"] if all(_question_ids(a) & ids for ids in others)]
+  return "[" + ", ".join(repr(t) for t in titles[:count]) + "]"
 
 
 GCS_BUCKET = "hybridir-test"
