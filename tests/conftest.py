@@ -1,9 +1,13 @@
 """Test set-up: 8 virtual CPU devices (set before jax is imported) and the shared data folder."""
+import atexit
+import json
 import os
 import pathlib
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -13,6 +17,14 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# One JAX compilation cache per test session, inherited by the processes the tests start: tests
+# build the same tiny programs many times (each trainer.train, each `python -m hybridir.main`),
+# and an identical program is then compiled once. A fresh folder, removed at exit, so no test
+# reads a program compiled by another session or another version of the code.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="hybridir_jax_cache_")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import pytest  # noqa: E402
 
@@ -30,6 +42,20 @@ def data_dir() -> pathlib.Path:
   if not path.is_dir():
     pytest.fail(f"shared data folder {path} not found; set HYBRIDIR_DATA_DIR")
   return path
+
+
+def _question_ids(article) -> set[str]:
+  return {q["id"] for paragraph in article["paragraphs"] for q in paragraph["qas"]}
+
+
+def shared_titles(folder: pathlib.Path, languages, count: int = 2) -> str:
+  """A gin list of the first English articles of a LAReQA folder whose questions also exist in
+  every other language: a small evaluation split on which every setting has questions."""
+  articles = {language: json.loads((folder / f"{language}.json").read_text())["data"]
+              for language in languages}
+  others = [set().union(*map(_question_ids, articles[x])) for x in languages if x != "en"]
+  titles = [a["title"] for a in articles["en"] if all(_question_ids(a) & ids for ids in others)]
+  return "[" + ", ".join(repr(t) for t in titles[:count]) + "]"
 
 
 GCS_BUCKET = "hybridir-test"

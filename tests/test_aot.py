@@ -8,6 +8,10 @@ from hybridir import accelerators
 from hybridir import aot
 
 SMOKE = "gin_configs/runs/smoke.gin"
+# libtpu's compile-only client cannot load executables from the session's compilation cache
+# (tests/conftest.py); jax warns and compiles, as it would without the cache.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Error reading persistent compilation cache entry:UserWarning")
 # The tiny smoke model at short lengths; only shapes matter (no data or vocabulary is read).
 TINY = ["--gin.TASK_FEATURE_LENGTHS={'query': 8, 'passage': 16}", "--gin.BATCH_SIZE=8"]
 

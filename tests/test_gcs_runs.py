@@ -13,6 +13,7 @@ import pytest
 from hybridir import export
 from hybridir import fs
 from tests.conftest import REPO_ROOT
+from tests.conftest import shared_titles
 
 TRAIN_LANGUAGES = ("en", "de", "es", "zh")  # smoke.gin's LANGUAGES.
 EVAL_LANGUAGES = ("en", "de")
@@ -40,20 +41,6 @@ def gcs_data(gcs_bucket, data_dir) -> str:
     for language in languages:
       fs.copy_file(data_dir / folder / f"{language}.json", f"{root}/{folder}/{language}.json")
   return root
-
-
-def _question_ids(article) -> set[str]:
-  return {q["id"] for paragraph in article["paragraphs"] for q in paragraph["qas"]}
-
-
-def _shared_titles(folder, count: int = 2) -> str:
-  """A gin list of the first English articles whose questions also exist in every other
-  evaluation language: a small split on which every setting has questions."""
-  articles = {language: json.loads((folder / f"{language}.json").read_text())["data"]
-              for language in EVAL_LANGUAGES}
-  others = [set().union(*map(_question_ids, articles[x])) for x in EVAL_LANGUAGES[1:]]
-  titles = [a["title"] for a in articles["en"] if all(_question_ids(a) & ids for ids in others)]
-  return "[" + ", ".join(repr(t) for t in titles[:count]) + "]"
 
 
 @pytest.fixture(scope="module")
@@ -107,9 +94,9 @@ def evaluated(exported, run, gcs_data, gcs_bucket,
   result = run_main("--gin_file=gin_configs/runs/eval.gin", f"--gin.ENCODER_PATH='{export_dir}'",
                     f"--gin.EVAL_DIR='{eval_dir}'", f"--gin.SPM_PATH='{run['spm_path']}'",
                     f"--gin.DATA_DIR='{gcs_data}'", f"--gin.EVAL_LANGUAGES={languages}",
-                    f"--gin.IN_DOMAIN_SPLIT={_shared_titles(data_dir / 'xquad-r')}",
+                    f"--gin.IN_DOMAIN_SPLIT={shared_titles(data_dir / 'xquad-r', EVAL_LANGUAGES)}",
                     "--gin.mlqa/tasks.evaluation.register_lareqa.split="
-                    + _shared_titles(data_dir / "mlqa-r"))
+                    + shared_titles(data_dir / "mlqa-r", EVAL_LANGUAGES))
   return eval_dir, result
 
 
