@@ -36,6 +36,8 @@ from hybridir import trainer  # noqa: E402
 
 EXIT_FITS, EXIT_ERROR, EXIT_DOES_NOT_FIT = 0, 1, 3
 PLATFORM = "tpu"
+# Runs whose training is trainer.train as gin binds it (the study's run trains, then evaluates).
+TRAINING_RUNS = ("hybridir.trainer.train", "hybridir.study_run.train_and_evaluate")
 # XLA's out-of-memory messages, e.g. "the total memory required for HLO temporaries (40.00G)
 # exceeds available HBM (30.75G)" or "Used 40.00G of 30.75G hbm".
 _OOM_SIZES = (re.compile(r"required[^(]*\(([\d.]+)([KMGT]?)\)\s*exceeds available HBM"),
@@ -73,9 +75,9 @@ def train_run_from_gin(gin_files, gin_bindings=()) -> TrainRun:
     run = gin.query_parameter("%RUN")
   except ValueError:
     raise AotError("no RUN bound: include a run file (gin_configs/runs/*.gin)") from None
-  if run.configurable.wrapped is not inspect.unwrap(trainer.train):
+  if run.configurable.selector not in TRAINING_RUNS:
     raise AotError(f"RUN is {run.configurable.selector}; hybridir.aot compiles training runs "
-                   "(RUN = @trainer.train)")
+                   f"(RUN = @{' or @'.join(s.split('.', 1)[1] for s in TRAINING_RUNS)})")
   bindings = gin.get_bindings(trainer.train, resolve_references=False)
   defaults = inspect.signature(trainer.train).parameters
 
@@ -189,8 +191,14 @@ def compile_train_step(run: TrainRun, mesh, tpu_slice: accelerators.Slice, batch
                      _abstract_batch(run, batch_size, partitioning.batch_sharding(mesh)),
                      jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated),
                      what="train step", mesh=mesh)
-  return dict(_compile(lowered, tpu_slice, f"train step at batch {batch_size}", mesh.size),
-              batch_size=batch_size, grad_cache_chunks=grad_cache_chunks)
+  result = dict(_compile(lowered, tpu_slice, f"train step at batch {batch_size}", mesh.size),
+                batch_size=batch_size, grad_cache_chunks=grad_cache_chunks)
+  if getattr(run.model.encoder_config, "scan_layers", False) and "flops_per_chip" in result:
+    # XLA's cost analysis counts a while loop's body once: the scanned layers' FLOPs once.
+    result.update(flops_per_chip=None, tflops_per_step=None,
+                  flops_note="not counted: XLA counts the scanned layers once (SCAN_LAYERS=False "
+                             "compiles them unrolled, and counts them)")
+  return result
 
 
 def _default(fn, name: str):

@@ -86,6 +86,12 @@ def test_non_training_run_is_refused(capsys):
   assert "RUN is hybridir.eval_run.run_evaluation; hybridir.aot compiles training runs" in err
 
 
+def test_study_run_file_builds_its_training_run():
+  run = aot.train_run_from_gin(["gin_configs/runs/study/mt5_base.gin"])
+  assert (run.batch_size, run.query_length, run.passage_length) == (100, 64, 256)
+  assert (run.model.encoder_config.emb_dim, run.model.encoder_config.dtype) == (768, "bfloat16")
+
+
 def linear_memory(fixed, per_example, usable, calls):
   """A stand-in for compiling: bytes grow linearly with the batch; OOM reports what it needed."""
   def probe(batch):

@@ -121,6 +121,24 @@ def test_bfloat16_activations_keep_float32_parameters():
   np.testing.assert_allclose(model.apply(params, tokens, method="encode"), reference, atol=3e-2)
 
 
+@pytest.mark.parametrize("name", ["mt5_tiny", "xlmr_tiny", "bert_tiny"])
+def test_scanned_layers_keep_the_parameters_outputs_and_gradients(name):
+  unrolled, scanned = (model_from_gin(name, [f"SCAN_LAYERS = {scan}"]) for scan in (False, True))
+  tokens = jnp.array([[5, 6, 7, 8, 1], [9, 10, 1, 0, 0]])
+  params = unrolled.init(jax.random.PRNGKey(0), tokens, tokens)
+  assert jax.tree.structure(scanned.init(jax.random.PRNGKey(0), tokens, tokens)) == (
+      jax.tree.structure(params))
+  loss = lambda model: lambda p: model.apply(p, tokens, method="encode").sum()
+  np.testing.assert_allclose(loss(scanned)(params), loss(unrolled)(params), rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(jax.grad(loss(scanned))(params)),
+                  jax.tree.leaves(jax.grad(loss(unrolled))(params))):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+  train = scanned.apply(params, tokens, deterministic=False, method="encode",
+                        rngs={"dropout": jax.random.PRNGKey(1)})
+  assert np.isfinite(train).all() and not np.allclose(train, scanned.apply(
+      params, tokens, method="encode"))
+
+
 def test_dropout_changes_training_outputs_but_not_inference():
   model = dual_encoder.DualEncoder(tiny_t5())
   tokens = jnp.array([[5, 6, 7, 8, 1]])

@@ -40,6 +40,7 @@ class BertConfig:
   mlp_activation: str = "gelu_exact"
   initializer_range: float = 0.02  # Stddev of every weight's normal initialiser (HF's name).
   dtype: str = "float32"  # Activation dtype; parameters are always float32.
+  scan_layers: bool = False  # One compiled layer scanned over (layers.encoder_layers): for TPU.
   pad_id: int = 0
 
   family = "bert"
@@ -84,8 +85,8 @@ class BertEncoder(nn.Module):
     x = layers.constrain(x, ("batch", "length", "embed"))
     x = layers.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     bias = layers.padding_bias(mask)
-    for i in range(cfg.num_layers):
-      x = xlmr.EncoderLayer(cfg, name=f"layers_{i}")(x, bias, deterministic)
+    x = layers.encoder_layers(self, xlmr.EncoderLayer(cfg, parent=None), cfg.num_layers, x, bias,
+                              deterministic, cfg.scan_layers)
     return x
 
 

@@ -326,3 +326,32 @@ def activation(name: str) -> Callable[[Array], Array]:
   # Recomputed from its input in the backward pass: autodiff of exact GELU keeps three
   # intermediates of the [tokens, mlp] activation.
   return jax.checkpoint(table[name])
+
+
+def encoder_layers(parent: nn.Module, layer: nn.Module, num_layers: int, x: Array, bias: Array,
+                   deterministic: bool, scan: bool = False) -> Array:
+  """x through `parent`'s submodules layers_0 ... layers_{num_layers-1}, copies of the unbound
+  `layer` called as layer(x, bias, deterministic).
+
+  scan: apply them as one layer in a lax.scan over their stacked parameters, so that XLA compiles
+  one layer instead of num_layers (a TPU compile takes minutes per unrolled layer: BENCHMARKS.md,
+  "Ahead-of-time compilation"). Parameters keep their per-layer names either way (checkpoints are
+  the same); only the dropout masks differ (layer i draws from split(rng, num_layers)[i]).
+  """
+  names = [f"layers_{i}" for i in range(num_layers)]
+  if not scan or parent.is_initializing():
+    for name in names:
+      x = layer.clone(parent=parent, name=name)(x, bias, deterministic)
+    return x
+  params = nn.unbox(parent.variables["params"])
+  stacked = jax.tree.map(lambda *each: jnp.stack(each), *[params[name] for name in names])
+  keys = None
+  if not deterministic and parent.has_rng("dropout"):
+    keys = jax.random.split(parent.make_rng("dropout"), num_layers)
+
+  def body(x, per_layer):
+    layer_params, key = per_layer
+    rngs = {} if key is None else {"dropout": key}
+    return layer.apply({"params": layer_params}, x, bias, deterministic, rngs=rngs), None
+
+  return jax.lax.scan(body, x, (stacked, keys))[0]

@@ -33,6 +33,7 @@ class T5Config:
   dropout_rate: float = 0.1
   layer_norm_epsilon: float = 1e-6
   dtype: str = "float32"  # Activation dtype; parameters are always float32.
+  scan_layers: bool = False  # One compiled layer scanned over (layers.encoder_layers): for TPU.
   pad_id: int = 0
   eos_id: int = 1
 
@@ -147,8 +148,8 @@ class T5Encoder(nn.Module):
                                 cfg.relative_attention_max_distance, name="relpos_bias")(
                                     tokens.shape[1])
     bias = bias + layers.padding_bias(mask)
-    for i in range(cfg.num_layers):
-      x = EncoderLayer(cfg, name=f"layers_{i}")(x, bias, deterministic)
+    x = layers.encoder_layers(self, EncoderLayer(cfg, parent=None), cfg.num_layers, x, bias,
+                              deterministic, cfg.scan_layers)
     x = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, name="encoder_norm")(x)
     return layers.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 

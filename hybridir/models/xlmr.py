@@ -32,6 +32,7 @@ class XLMRConfig:
   mlp_activation: str = "gelu_exact"
   initializer_range: float = 0.02  # Stddev of every weight's normal initialiser (HF's name).
   dtype: str = "float32"  # Activation dtype; parameters are always float32.
+  scan_layers: bool = False  # One compiled layer scanned over (layers.encoder_layers): for TPU.
   bos_id: int = 0
   pad_id: int = 1
   eos_id: int = 2
@@ -105,8 +106,8 @@ class XLMREncoder(nn.Module):
     x = layers.constrain(x, ("batch", "length", "embed"))
     x = layers.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     bias = layers.padding_bias(mask)
-    for i in range(cfg.num_layers):
-      x = EncoderLayer(cfg, name=f"layers_{i}")(x, bias, deterministic)
+    x = layers.encoder_layers(self, EncoderLayer(cfg, parent=None), cfg.num_layers, x, bias,
+                              deterministic, cfg.scan_layers)
     return x
 
 
