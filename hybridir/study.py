@@ -140,8 +140,10 @@ def main(argv):
   del argv
   from absl import flags
   values = flags.FLAGS
-  gin_utils.parse(values.gin_file, values.gin_bindings)
-  report = run_study(values.data_dir, values.output_dir)
+  main_lib.parse_config(values.gin_file, values.gin_bindings)
+  with main_lib.one_line_errors():
+    fs.check_writable(values.output_dir, "--output_dir")
+    report = run_study(values.data_dir, values.output_dir)
   print(f"\nReport: {report['markdown']}")
 
 
