@@ -30,6 +30,9 @@ from hybridir.models import dual_encoder
 from hybridir.models import families
 
 MIN_BUCKET = 16
+FORMAT, FORMAT_VERSION = "hybridir-encoder", 1
+MANIFEST, PARAMS_DIR, SPM_FILE = "manifest.json", "params", "sentencepiece.model"
+PARAM_DTYPES = ("float32", "bfloat16")
 # What a manifest must hold beyond its format and family (text_format may be absent: older).
 MANIFEST_KEYS = ("encoder_config", "pooling", "normalize", "projection_dim", "shared_towers",
                  "param_dtype", "max_length", "vocabulary", "parameter_count")
@@ -37,10 +40,6 @@ MANIFEST_KEYS = ("encoder_config", "pooling", "normalize", "projection_dim", "sh
 
 class ArtifactError(ValueError):
   """An exported artifact is incomplete or differs from its manifest; the message says what."""
-
-FORMAT, FORMAT_VERSION = "hybridir-encoder", 1
-MANIFEST, PARAMS_DIR, SPM_FILE = "manifest.json", "params", "sentencepiece.model"
-PARAM_DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass
@@ -143,6 +142,9 @@ def atomic_directory(output_dir: str, overwrite: bool = False, marker: str = MAN
 
 
 def check_writable(output_dir: str, overwrite: bool) -> None:
+  """Fails unless an artifact can be written to output_dir (not a file, empty unless overwrite,
+  writable: fs.check_writable)."""
+  fs.check_writable(output_dir, "output_dir")
   if fs.exists(output_dir) and not fs.isdir(output_dir):
     raise FileExistsError(f"{output_dir} exists and is not a directory")
   if fs.isdir(output_dir) and fs.listdir(output_dir) and not overwrite:
@@ -341,9 +343,9 @@ def read_manifest(path: str) -> dict:
   if manifest.get("family") not in families.names():
     raise ArtifactError(f"{manifest_path}: unknown family {manifest.get('family')!r}; "
                         f"expected one of {list(families.names())}")
+  vocabulary = manifest.get("vocabulary") if isinstance(manifest.get("vocabulary"), dict) else {}
   missing = [key for key in MANIFEST_KEYS if key not in manifest] + [
-      f"vocabulary.{key}" for key in ("file", "sha256")
-      if not isinstance(manifest.get("vocabulary", {}).get(key), str)]
+      f"vocabulary.{key}" for key in ("file", "sha256") if not isinstance(vocabulary.get(key), str)]
   if missing:
     raise ArtifactError(f"{manifest_path}: missing {', '.join(missing)}")
   return manifest
@@ -430,9 +432,10 @@ def load_encoder(path: str, vocabulary: str | None = None, model_config=None,
   An artifact carries its own config, pooling, vocabulary and text format; options that
   contradict it raise, and it is verified against its manifest (ArtifactError names what is
   missing or different: keys, params/, parameter tree and shapes, dtype, count, and the
-  vocabulary's sha256, also of a `vocabulary` given here). A sentence-transformers folder's modules decide pooling and normalize the
-  same way; elsewhere pooling defaults to the family's (mean for mT5 and XLM-R, [CLS] + dense
-  pooler for BERT), normalize to True and text_format to bare texts (`text.UNFORMATTED`).
+  vocabulary's sha256, also of a `vocabulary` given here). A sentence-transformers folder's
+  modules decide pooling and normalize the same way; elsewhere pooling defaults to the family's
+  (mean for mT5 and XLM-R, [CLS] + dense pooler for BERT), normalize to True and text_format to
+  bare texts (`text.UNFORMATTED`).
   """
   local = not path.startswith("gs://")
   if fs.exists(os.path.join(path, MANIFEST)):

@@ -130,7 +130,7 @@ def check_output_locations() -> None:
     for parameter, kind in parameters.items():
       value = bindings.get(parameter)
       if isinstance(value, (str, os.PathLike)):
-        setting = ".".join(configurable.split(".")[-2:] + [parameter])  # e.g. trainer.train.model_dir
+        setting = ".".join(configurable.split(".")[-2:] + [parameter])  # trainer.train.model_dir
         macro = _macro_named(value)
         fs.check_writable(value, f"{macro} ({setting})" if macro else setting, kind)
 
@@ -151,10 +151,11 @@ def run_parsed_config():
 
 
 def parse_config(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> None:
-  """gin_utils.parse, with a bad file or binding (syntax, unknown name or macro) a UsageError."""
+  """gin_utils.parse, with a bad file or binding (missing file, syntax, unknown name or macro) a
+  UsageError."""
   try:
     gin_utils.parse(list(gin_files), list(gin_bindings))
-  except (ValueError, SyntaxError, tokenize.TokenError) as e:
+  except (ValueError, SyntaxError, tokenize.TokenError, OSError) as e:
     raise app.UsageError(" ".join(str(e).split())) from None
 
 
