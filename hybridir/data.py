@@ -97,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   try:
     (_stats if args.command == "stats" else _batches)(args)
-  except ValueError as e:  # CorpusError and invalid sampler settings: say why, no traceback.
+  except (ValueError, OSError) as e:  # CorpusError, bad settings, unreadable files: say why.
     print(f"error: {e}", file=sys.stderr)
     return 1
   return 0

@@ -17,6 +17,7 @@ import tasks
 from hybridir import retrieval_data
 from hybridir import evaluate
 from hybridir import export
+from hybridir import fs
 from hybridir import metrics
 from hybridir import reports
 from hybridir import retrieval
@@ -97,6 +98,7 @@ def run_evaluation(*, encoder_path: str, mixture_name: str, output_dir: str,
   `in_domain` names the mixture's dataset that is in-domain (e.g. the held-out split of the
   training corpus); every other dataset's degradation against it is reported.
   """
+  fs.check_writable(output_dir, "output_dir")  # Before any encoding.
   datasets = tasks.evaluation_mixture_datasets(mixture_name)
   names = [name for name, _ in datasets]
   if in_domain is not None and in_domain not in names:

@@ -34,6 +34,13 @@ MIN_BUCKET = 16
 FORMAT, FORMAT_VERSION = "hybridir-encoder", 1
 MANIFEST, PARAMS_DIR, SPM_FILE = "manifest.json", "params", "sentencepiece.model"
 PARAM_DTYPES = ("float32", "bfloat16")
+# What a manifest must hold beyond its format and family (text_format may be absent: older).
+MANIFEST_KEYS = ("encoder_config", "pooling", "normalize", "projection_dim", "shared_towers",
+                 "param_dtype", "max_length", "vocabulary", "parameter_count")
+
+
+class ArtifactError(ValueError):
+  """An exported artifact is incomplete or differs from its manifest; the message says what."""
 
 
 @dataclasses.dataclass
@@ -136,6 +143,9 @@ def atomic_directory(output_dir: str, overwrite: bool = False, marker: str = MAN
 
 
 def check_writable(output_dir: str, overwrite: bool) -> None:
+  """Fails unless an artifact can be written to output_dir (not a file, empty unless overwrite,
+  writable: fs.check_writable)."""
+  fs.check_writable(output_dir, "output_dir")
   if fs.exists(output_dir) and not fs.isdir(output_dir):
     raise FileExistsError(f"{output_dir} exists and is not a directory")
   if fs.isdir(output_dir) and fs.listdir(output_dir) and not overwrite:
@@ -322,19 +332,67 @@ def export_from_training_checkpoint(model_dir: str, output_dir: str,
 # Loading
 
 def read_manifest(path: str) -> dict:
+  """The artifact's manifest, checked to be complete (ArtifactError names what is missing)."""
   manifest_path = os.path.join(path, MANIFEST)
   try:
     with fs.open(manifest_path) as f:
       manifest = json.load(f)
   except json.JSONDecodeError as e:
-    raise ValueError(f"{manifest_path}: not valid JSON: {e}") from e
+    raise ArtifactError(f"{manifest_path}: not valid JSON: {e}") from e
+  if not isinstance(manifest, dict):
+    raise ArtifactError(f"{manifest_path}: not a JSON object")
   if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
-    raise ValueError(f"{manifest_path}: format {manifest.get('format')!r} version "
-                     f"{manifest.get('format_version')!r}; expected {FORMAT!r} {FORMAT_VERSION}")
+    raise ArtifactError(f"{manifest_path}: format {manifest.get('format')!r} version "
+                        f"{manifest.get('format_version')!r}; expected {FORMAT!r} "
+                        f"{FORMAT_VERSION}")
   if manifest.get("family") not in families.names():
-    raise ValueError(f"{manifest_path}: unknown family {manifest.get('family')!r}; "
-                     f"expected one of {list(families.names())}")
+    raise ArtifactError(f"{manifest_path}: unknown family {manifest.get('family')!r}; "
+                        f"expected one of {list(families.names())}")
+  vocabulary = manifest.get("vocabulary") if isinstance(manifest.get("vocabulary"), dict) else {}
+  missing = [key for key in MANIFEST_KEYS if key not in manifest] + [
+      f"vocabulary.{key}" for key in ("file", "sha256") if not isinstance(vocabulary.get(key), str)]
+  if missing:
+    raise ArtifactError(f"{manifest_path}: missing {', '.join(missing)}")
   return manifest
+
+
+def check_vocabulary_digest(path: str, manifest: dict, vocabulary_path: str) -> None:
+  """Fails unless the vocabulary file is the one the artifact was exported with (its sha256)."""
+  if not fs.isfile(vocabulary_path):
+    raise ArtifactError(f"{vocabulary_path}: vocabulary file missing (the artifact's manifest "
+                        f"names {manifest['vocabulary']['file']})")
+  expected, found = manifest["vocabulary"]["sha256"], _sha256(vocabulary_path)
+  if found != expected:
+    raise ArtifactError(f"{vocabulary_path}: sha256 {found[:12]}... differs from the manifest's "
+                        f"{expected[:12]}... of {path}: not the vocabulary the encoder was "
+                        "trained with")
+
+
+def _restore_artifact_params(path: str, model: dual_encoder.DualEncoder, manifest: dict) -> dict:
+  """The artifact's params, checked against the manifest's model (tree, shapes, dtype, count)."""
+  params_path = os.path.join(path, PARAMS_DIR)
+  if not fs.isdir(params_path):
+    raise ArtifactError(f"{params_path}: missing (the artifact's parameters)")
+  try:
+    stored = _restore_numpy(params_path)
+  except Exception as e:  # pylint: disable=broad-except  # orbax / tensorstore, any layer.
+    raise ArtifactError(f"{params_path}: unreadable: {' '.join(str(e).split())[:300]}") from e
+  dtypes = sorted({str(x.dtype) for x in jax.tree.leaves(stored)})
+  if dtypes != [manifest["param_dtype"]]:
+    raise ArtifactError(f"{params_path}: parameters are {', '.join(dtypes)}; the manifest "
+                        f"says {manifest['param_dtype']}")
+  try:
+    params = checked_params(model, stored, params_path)
+  except importers.CheckpointMismatchError as e:
+    problems = [line.strip() for line in str(e).splitlines()[1:]]
+    raise ArtifactError(f"{params_path}: does not fit the manifest's model ({len(problems)} "
+                        f"problems): {'; '.join(problems[:3])}{'; ...' * (len(problems) > 3)}"
+                        ) from None
+  count = int(sum(x.size for x in jax.tree.leaves(params)))
+  if count != manifest["parameter_count"]:
+    raise ArtifactError(f"{params_path}: {count} parameters; the manifest says "
+                        f"{manifest['parameter_count']}")
+  return params
 
 
 def _load_artifact(path: str, overrides: dict) -> tuple[dual_encoder.DualEncoder, dict, dict]:
@@ -353,13 +411,12 @@ def _load_artifact(path: str, overrides: dict) -> tuple[dual_encoder.DualEncoder
   try:
     cfg = families.get(manifest["family"]).config_class(**manifest["encoder_config"])
   except TypeError as e:
-    raise ValueError(f"{path}/{MANIFEST}: bad encoder_config: {e}") from e
+    raise ArtifactError(f"{path}/{MANIFEST}: bad encoder_config: {e}") from e
   model = dual_encoder.DualEncoder(cfg, pooling=manifest["pooling"],
                                    projection_dim=manifest["projection_dim"],
                                    normalize=manifest["normalize"],
                                    shared_towers=manifest["shared_towers"])
-  params = checked_params(model, _restore_numpy(os.path.join(path, PARAMS_DIR)), path)
-  return model, params, manifest
+  return model, _restore_artifact_params(path, model, manifest), manifest
 
 
 def load_encoder(path: str, vocabulary: str | None = None, model_config=None,
@@ -369,9 +426,12 @@ def load_encoder(path: str, vocabulary: str | None = None, model_config=None,
   """Loads an exported artifact, a Hugging Face directory or a T5X checkpoint (with vocabulary).
 
   An artifact carries its own config, pooling, vocabulary and text format; options that
-  contradict it raise. A sentence-transformers folder's modules decide pooling and normalize the
-  same way; elsewhere pooling defaults to the family's (mean for mT5 and XLM-R, [CLS] + dense
-  pooler for BERT), normalize to True and text_format to bare texts (`text.UNFORMATTED`).
+  contradict it raise, and it is verified against its manifest (ArtifactError names what is
+  missing or different: keys, params/, parameter tree and shapes, dtype, count, and the
+  vocabulary's sha256, also of a `vocabulary` given here). A sentence-transformers folder's
+  modules decide pooling and normalize the same way; elsewhere pooling defaults to the family's
+  (mean for mT5 and XLM-R, [CLS] + dense pooler for BERT), normalize to True and text_format to
+  bare texts (`text.UNFORMATTED`).
   """
   local = not path.startswith("gs://")
   if fs.exists(os.path.join(path, MANIFEST)):
@@ -382,6 +442,7 @@ def load_encoder(path: str, vocabulary: str | None = None, model_config=None,
         text_format=text_format))
     text_format = manifest["text_format"]
     spm_path = vocabulary or os.path.join(path, manifest["vocabulary"]["file"])
+    check_vocabulary_digest(path, manifest, spm_path)
     query_max_length = manifest.get("query_max_length") if max_length is None else None
     max_length = max_length or manifest["max_length"]
   else:

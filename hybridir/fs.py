@@ -18,6 +18,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import uuid
 from typing import Iterator
 
 from etils import epath
@@ -219,6 +220,63 @@ def atomic_directory(output_dir: PathLike, marker: str) -> Iterator[str]:
   finally:
     if os.path.exists(temporary):
       shutil.rmtree(temporary)
+
+
+class NotWritableError(OSError):
+  """An output location cannot be written; the message names the parameter and the path."""
+
+
+def _nearest_existing(p: str) -> str:
+  """`p` itself when it exists, else its closest existing ancestor (local paths)."""
+  while not os.path.exists(p) and os.path.dirname(p) != p:
+    p = os.path.dirname(p)
+  return p
+
+
+def check_writable(p: PathLike, what: str, kind: str = "directory") -> None:
+  """Fails with one line naming `what` (the parameter) and `p` unless outputs can go there.
+
+  `kind` "directory": files will be written inside `p` (created if missing); "file": `p` itself
+  will be written (a file, or a prefix of files, in its parent). A small probe file is written
+  and deleted where the outputs go (the closest existing folder; on gs:// the folder itself, as
+  object stores have no folders), so permissions, read-only disks and missing buckets all show.
+  Nothing is created.
+  """
+  if kind not in ("directory", "file"):
+    raise ValueError(f"check_writable kind must be 'directory' or 'file', found {kind!r}")
+  p = abspath(p).rstrip("/") or "/"
+  try:
+    _probe(p, kind)
+  except NotWritableError as e:
+    raise NotWritableError(f"{what}: cannot write to {p}: {e}") from None
+  except OSError as e:
+    raise NotWritableError(f"{what}: cannot write to {p}: {e.strerror or e}") from None
+  except Exception as e:  # pylint: disable=broad-except  # An object store's own error.
+    reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+    raise NotWritableError(f"{what}: cannot write to {p}: {reason}") from None
+
+
+def _probe(p: str, kind: str) -> None:
+  """Writes and deletes a probe file where outputs of `p` go; NotWritableError says why not."""
+  if kind == "directory" and isfile(p):
+    raise NotWritableError("it is a file, not a folder")
+  if kind == "file" and isdir(p):
+    raise NotWritableError("it is a folder, not a file")
+  folder = p if kind == "directory" else p.rsplit("/", 1)[0]
+  if not is_remote(p):
+    folder = _nearest_existing(folder)
+    if not os.path.isdir(folder):
+      raise NotWritableError(f"{folder} is a file, not a folder")
+  probe = f"{folder.rstrip('/')}/hybridir-write-probe-{uuid.uuid4().hex}"
+  try:
+    if is_remote(probe):
+      path(probe).write_bytes(b"")
+      path(probe).unlink()
+    else:
+      builtins.open(probe, "wb").close()
+      os.remove(probe)
+  except OSError as e:
+    raise NotWritableError(f"{e.strerror or e} (in {folder})") from None
 
 
 def local_copy(p: PathLike) -> str:

@@ -3,13 +3,18 @@
 
 A run file binds `RUN` (the function to call: train, evaluate or export) and may bind `SETUP`,
 a list of calls made first (task registration, vocabulary preparation). `--gin.KEY=VALUE` flags
-are gin bindings, as in T5X. Bad bindings, macros no file declares and missing required settings
-fail before any compute. A run stopped by SIGTERM exits with status 143 after saving its checkpoint.
+are gin bindings, as in T5X. Bad bindings, macros no file declares, missing required settings and
+output locations that cannot be written fail before any compute; expected errors (bad input files,
+artifacts, outputs) end the run with one line `error: ...` and status 1, without a traceback. A run
+stopped by SIGTERM exits with status 143 after saving its checkpoint.
 """
+import contextlib
 import functools
 import inspect
 import os
+import re
 import sys
+import tokenize
 from typing import Sequence
 
 from absl import app
@@ -18,11 +23,30 @@ from absl import logging
 import gin
 import jax
 
+from hybridir import corpora
+from hybridir import export
+from hybridir import fs
 from hybridir import gin_utils
 
 # Exit status after SIGTERM (preemption) once the checkpoint is saved: 128 + SIGTERM, as a shell
 # reports a process ended by it, so schedulers treat the run as interrupted, not finished.
 PREEMPTED_EXIT_CODE = 143
+
+# Where each run function writes, by parameter ("directory": files go inside; "file": a file or
+# a file prefix); checked writable before SETUP and RUN start.
+OUTPUT_PARAMETERS = {
+    "hybridir.trainer.train": {"model_dir": "directory"},
+    "hybridir.study_run.train_and_evaluate": {"model_dir": "directory", "export_dir": "directory"},
+    "hybridir.eval_run.run_evaluation": {"output_dir": "directory"},
+    "hybridir.export.export_from_training_checkpoint": {"output_dir": "directory"},
+    "hybridir.spm.train": {"output": "file"},
+}
+# Errors that describe bad input or an unusable output (their message names the file, record or
+# parameter): reported as one line, not a traceback.
+EXPECTED_ERRORS = (corpora.CorpusError, fs.NotWritableError, FileNotFoundError, FileExistsError,
+                   export.ArtifactError)
+
+_GIN_CALL_NOTE = re.compile(r"\s*In call to configurable '[^']*' \(<[^>]*>\)( in scope '[^']*')?")
 
 _GIN_FILE = flags.DEFINE_multi_string("gin_file", [], "Gin files, parsed in order.")
 _GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings (after the files).")
@@ -84,9 +108,37 @@ def resolve_run():
   return reference.scoped_configurable_fn
 
 
+def _macro_named(value) -> str | None:
+  """The macro a bound value came from (the first declared one holding it), for messages."""
+  for name in sorted(gin_utils.declared_macros()):
+    try:
+      if gin.query_parameter(f"%{name}") == value:
+        return name
+    except (ValueError, TypeError):
+      continue
+  return None
+
+
+def check_output_locations() -> None:
+  """Fails (fs.NotWritableError, one line naming the setting) unless every output location of
+  the configured run functions (OUTPUT_PARAMETERS) can be written."""
+  for configurable, parameters in OUTPUT_PARAMETERS.items():
+    try:
+      bindings = gin.get_bindings(configurable)
+    except ValueError:  # Not registered: this config does not use it.
+      continue
+    for parameter, kind in parameters.items():
+      value = bindings.get(parameter)
+      if isinstance(value, (str, os.PathLike)):
+        setting = ".".join(configurable.split(".")[-2:] + [parameter])  # trainer.train.model_dir
+        macro = _macro_named(value)
+        fs.check_writable(value, f"{macro} ({setting})" if macro else setting, kind)
+
+
 def run_parsed_config():
   """Calls SETUP's functions, then RUN, of the parsed gin config; returns RUN's result."""
   run = resolve_run()
+  check_output_locations()
   if jax.process_index() == 0:
     logging.info("gin config:\n%s", gin.config_str())
   try:
@@ -98,15 +150,35 @@ def run_parsed_config():
   return run()
 
 
+def parse_config(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> None:
+  """gin_utils.parse, with a bad file or binding (missing file, syntax, unknown name or macro) a
+  UsageError."""
+  try:
+    gin_utils.parse(list(gin_files), list(gin_bindings))
+  except (ValueError, SyntaxError, tokenize.TokenError, OSError) as e:
+    raise app.UsageError(" ".join(str(e).split())) from None
+
+
+@contextlib.contextmanager
+def one_line_errors():
+  """Ends the program with `error: MESSAGE` and status 1 on an expected error (EXPECTED_ERRORS),
+  without a traceback: its message already names the file, record or parameter."""
+  try:
+    yield
+  except EXPECTED_ERRORS as e:
+    message = _GIN_CALL_NOTE.sub("", str(e))  # gin's note of the configurable called.
+    logging.flush()
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    sys.exit(1)
+
+
 def main(argv, gin_flag_bindings: Sequence[str] = ()):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   initialize_distributed()
-  try:
-    gin_utils.parse(_GIN_FILE.value, _GIN_BINDINGS.value + list(gin_flag_bindings))
-  except gin_utils.UnknownMacroError as e:
-    raise app.UsageError(str(e)) from None
-  result = run_parsed_config()
+  parse_config(_GIN_FILE.value, _GIN_BINDINGS.value + list(gin_flag_bindings))
+  with one_line_errors():
+    result = run_parsed_config()
   if getattr(result, "stopped_early", False):
     logging.warning("preempted: checkpoint saved; exiting with status %d so a scheduler requeues "
                     "the run (rerun the same command to resume)", PREEMPTED_EXIT_CODE)

@@ -93,6 +93,14 @@ def _convert_ctranslate2(path: str, cache_dir: pathlib.Path, quantization: str) 
   return output
 
 
+def model_folder(model: str, source: str, target: str) -> str:
+  """The model folder for source -> target (`model`, or its {src}/{tgt} template filled)."""
+  path = model.format(src=source, tgt=target)
+  if not os.path.isdir(path):
+    raise TranslateError(f"--model: no model folder {path!r} for {source}->{target}")
+  return path
+
+
 def load_translator(model: str, source: str, target: str, engine: str = "ctranslate2",
                     quantization: str = "float32", beam_size: int = 1, max_length: int = 256,
                     device: str = "auto", cache_dir: corpora.PathLike = "ct2_cache",
@@ -101,9 +109,7 @@ def load_translator(model: str, source: str, target: str, engine: str = "ctransl
 
   `model` is a folder or a template holding {src} and {tgt}; `threads` 0 is the library default.
   """
-  path = model.format(src=source, tgt=target)
-  if not os.path.isdir(path):
-    raise TranslateError(f"--model: no model folder {path!r} for {source}->{target}")
+  path = model_folder(model, source, target)
   if engine not in ENGINES or quantization not in ("int8", "float32"):
     raise TranslateError(f"--engine must be one of {ENGINES} and --quantization int8 or float32, "
                          f"found {engine!r}, {quantization!r}")

@@ -75,10 +75,14 @@ def load_lareqa(data_dir: PathLike, dataset: str = "xquad_r",
   """
   folder = _lareqa_folder(data_dir, dataset)
   languages = tuple(languages or LAREQA_LANGUAGES[dataset])
-  paragraphs = {}
   for language in languages:
     corpora.check_language(language, f"languages argument for {dataset}")
-    paragraphs[language] = list(corpora.read_squad_paragraphs(folder / f"{language}.json"))
+  absent = [language for language in languages if not (folder / f"{language}.json").is_file()]
+  if absent:
+    raise CorpusError(f"{folder}: no {', '.join(f'{x}.json' for x in absent)} for {dataset} "
+                      f"language(s) {absent} (choose the languages to load to leave them out)")
+  paragraphs = {language: list(corpora.read_squad_paragraphs(folder / f"{language}.json"))
+                for language in languages}
   if split is not None:
     paragraphs = _restrict_to_articles(paragraphs, set(split), folder)
   candidates, answers, texts = {}, collections.defaultdict(dict), {}
@@ -89,6 +93,9 @@ def load_lareqa(data_dir: PathLike, dataset: str = "xquad_r",
       candidates[language] += [Candidate(i, language, sentence, paragraph.context)
                                for i, sentence in zip(ids, paragraph.sentences)]
       for question in paragraph.questions:
+        if question.qid in texts[language]:  # As the training readers: never drop one silently.
+          raise CorpusError(f"{folder / f'{language}.json'}: record id {question.qid!r}: "
+                            "duplicate id")
         answers[question.qid][language] = ids[question.sentence_index]
         texts[language][question.qid] = question.text
   questions = {language: [

@@ -97,9 +97,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   try:
+    fs.check_writable(args.output, "--output", kind="file")
     path = train(args.corpus, args.family, args.vocab_size, args.output, args.languages,
                  args.passage_unit, args.character_coverage)
-  except ValueError as e:  # CorpusError and bad settings: say why, no traceback.
+  except (ValueError, OSError) as e:  # CorpusError, bad settings, unwritable --output: say why.
     print(f"error: {e}", file=sys.stderr)
     return 1
   print(path)

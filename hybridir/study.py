@@ -158,7 +158,9 @@ def main(argv):
   config = StudyConfig()
   if values.models:
     config = dataclasses.replace(config, models=tuple(values.models))
-  report = run_study(values.data_dir, values.output_dir, config)
+  with main_lib.one_line_errors():
+    fs.check_writable(values.output_dir, "--output_dir")
+    report = run_study(values.data_dir, values.output_dir, config)
   print(f"\nReport: {report['markdown']}")
 
 

@@ -13,6 +13,7 @@ from absl import app
 from absl import flags
 
 from hybridir import fs
+from hybridir import main as main_lib
 from hybridir import study
 from hybridir import study_report
 from hybridir import study_run
@@ -34,6 +35,8 @@ def model_name(prefix: str) -> str:
 
 def read_runs(runs_root: str) -> dict:
   """{(model, strategy, seed): study_results.json} for every run folder."""
+  if not fs.isdir(runs_root):
+    raise FileNotFoundError(f"--runs_root {runs_root}: no such folder")
   results = {}
   for entry in fs.listdir(runs_root):
     name = entry.rstrip("/")
@@ -70,7 +73,9 @@ def gather(runs_root: str, output_dir: str) -> dict:
 
 def main(argv):
   del argv
-  paths = gather(flags.FLAGS.runs_root, flags.FLAGS.output_dir)
+  with main_lib.one_line_errors():
+    fs.check_writable(flags.FLAGS.output_dir, "--output_dir")
+    paths = gather(flags.FLAGS.runs_root, flags.FLAGS.output_dir)
   print(f"Report: {paths['markdown']}")
 
 

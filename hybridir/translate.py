@@ -255,9 +255,10 @@ def translate_corpus(pairs: Sequence[corpora.QAPair], source_language: str,
       raise TranslateError(f"--languages: {language!r} is the source language")
   started, parts = time.monotonic(), plan(pairs, unit)
   settings = {**(settings or {}), "source_language": source_language, "unit": unit}
-  write_atomic(output_dir / f"{source_language}.jsonl", "".join(
+  # The corpus files are written together at the end: a failed run leaves only its shards.
+  outputs = {source_language: "".join(
       _record(p, source_language, p.question, p.passage, p.answer_sentence) + "\n"
-      for p in pairs))
+      for p in pairs)}
   summary = {"source_language": source_language, "unit": unit, "input_records": len(pairs),
              "filters": {**dataclasses.asdict(filters), "enabled": list(filters.enabled)},
              "languages": {}}
@@ -282,11 +283,13 @@ def translate_corpus(pairs: Sequence[corpora.QAPair], source_language: str,
       passage = joiner.join(translations[t] for t in parts[pair.passage])
       lines.append(_record(pair, target, translations[pair.question], passage,
                            translations[answer] if answer else None) + "\n")
-    write_atomic(output_dir / f"{target}.jsonl", "".join(lines))
+    outputs[target] = "".join(lines)
     summary["languages"][target] = {
         "records_written": len(lines), "dropped": dropped, "texts": len(translations),
         "texts_translated_this_run": done, "seconds": round(seconds, 3),
         "sentences_per_second": round(done / seconds, 2) if done else None}
+  for language, text in outputs.items():
+    write_atomic(output_dir / f"{language}.jsonl", text)
   seconds = time.monotonic() - started
   summary.update(seconds=round(seconds, 3), missing_pair_ids=dict(sorted(missing.items())),
                  sentences_per_second=round(total_done / seconds, 2) if total_done else None)
@@ -336,6 +339,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     filters = FilterConfig(enabled, args.min_length_ratio, args.max_length_ratio,
                            args.max_repeats)
     pairs = read_input(args.input, args.source_language)
+    for target in languages:
+      corpora.check_language(target, "--languages")
+    for target in languages:  # Every model is found before anything is written.
+      mt_engines.model_folder(args.model, args.source_language, target)
+    fs.check_writable(args.output, "--output")
     summary = translate_corpus(
         pairs, args.source_language, languages, args.output,
         lambda target: load_translator(args.model, args.source_language, target, args.engine,

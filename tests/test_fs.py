@@ -131,3 +131,37 @@ def test_missing_remote_corpus_is_named(gcs_bucket):
 def test_abspath_keeps_urls():
   assert fs.abspath("gs://b/x") == "gs://b/x"
   assert fs.abspath("x") == os.path.join(os.getcwd(), "x")
+
+
+def test_check_writable_accepts_a_new_folder_and_creates_nothing(root):
+  fs.check_writable(f"{root}/new/run", "MODEL_DIR")
+  fs.check_writable(f"{root}/new/spm", "--output", kind="file")
+  assert not fs.exists(f"{root}/new")
+  assert not fs.exists(root) or fs.listdir(root) == []
+
+
+def test_check_writable_names_the_parameter_and_path_beneath_a_file(tmp_path):
+  (tmp_path / "a_file").write_text("x")
+  with pytest.raises(fs.NotWritableError) as error:
+    fs.check_writable(tmp_path / "a_file" / "run", "MODEL_DIR")
+  assert str(error.value) == (f"MODEL_DIR: cannot write to {tmp_path}/a_file/run: "
+                              f"{tmp_path}/a_file is a file, not a folder")
+  with pytest.raises(fs.NotWritableError, match="it is a folder, not a file"):
+    fs.check_writable(tmp_path, "--output", kind="file")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_check_writable_refuses_a_read_only_folder(tmp_path):
+  os.chmod(tmp_path, 0o555)
+  try:
+    with pytest.raises(fs.NotWritableError, match=f"EVAL_DIR: cannot write to {tmp_path}/eval: "
+                       "Permission denied"):
+      fs.check_writable(tmp_path / "eval", "EVAL_DIR")
+  finally:
+    os.chmod(tmp_path, 0o755)
+
+
+def test_check_writable_refuses_a_bucket_that_does_not_exist(gcs_bucket):
+  with pytest.raises(fs.NotWritableError, match="^EXPORT_DIR: cannot write to "
+                     "gs://no-such-bucket-hybridir/export: "):
+    fs.check_writable("gs://no-such-bucket-hybridir/export", "EXPORT_DIR")
