@@ -106,10 +106,11 @@ def check_shapes(metadata, abstract_state, step_dir) -> None:
       problems.append(f"{'/'.join(key)}: not in the checkpoint")
     elif shape is not None and tuple(shape) != tuple(target.shape):
       problems.append(f"{'/'.join(key)}: checkpoint {tuple(shape)}, model {tuple(target.shape)}")
-  if problems:
+  if problems:  # Every parameter named; the optimizer state's arrays mirror them.
+    shown = [p for p in problems if p.startswith("params/")] or problems[:6]
     raise CheckpointShapeError(
         f"{step_dir} does not fit the model ({len(problems)} arrays differ): "
-        + "; ".join(problems[:6]) + ("; ..." if len(problems) > 6 else ""))
+        + "; ".join(shown) + ("; ..." if len(problems) > len(shown) else ""))
 
 
 class _OrbaxTracebacks(logging_lib.Filter):
