@@ -1,20 +1,42 @@
-"""Training checkpoints with orbax: periodic, async, atomic; keep the last N plus the best.
+"""Training checkpoints with orbax: periodic, async, atomic, verified; keep the last N plus the best.
 
 A checkpoint holds the train state (sharded arrays, restored straight into their shardings) and
 the data position as JSON. Orbax writes each step under a temporary name and renames it when
 complete (on gs://, which has no rename, it writes a commit_success.txt marker last instead), so a
 crash mid-save never leaves a checkpoint that looks complete; such leftovers are reported and
-ignored on resume.
+ignored on resume. Just before that commit, the sha256 of every file of the step is written to
+`checksums.json` in it; restore verifies them and skips a damaged checkpoint (one warning naming
+the step and the file) for the newest good one. A failed save raises `CheckpointSaveError` at the
+next `check` (each step) and leaves the older checkpoints as they were.
 """
+import hashlib
+import json
+import logging as logging_lib
+
 from absl import logging
 import gin
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from hybridir import fs
 
 STATE, DATA = "state", "data"
+CHECKSUMS = "checksums.json"  # {"sha256": {relative path: hex digest}} of a step's item files.
+_CHUNK = 1 << 24
+
+
+class CheckpointSaveError(RuntimeError):
+  """A checkpoint could not be written (disk full, permissions, object store): training stops."""
+
+
+class CheckpointShapeError(ValueError):
+  """A checkpoint's arrays do not fit the model being trained (a changed model config)."""
+
+
+class NoGoodCheckpointError(RuntimeError):
+  """Checkpoints exist but none passes verification and restore."""
 
 
 def _abstract(tree, shardings):
@@ -23,12 +45,96 @@ def _abstract(tree, shardings):
                       tree, shardings)
 
 
+def _sha256(path) -> str:
+  digest = hashlib.sha256()
+  with fs.open(path, "rb") as f:
+    while chunk := f.read(_CHUNK):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def _item_files(step_dir) -> list[str]:
+  """Paths (relative to the step) of the files in its item directories: what the arrays and the
+  data position are read from (orbax's own step metadata at the top is left to orbax)."""
+  def walk(directory, prefix):
+    for child in directory.iterdir():
+      name = f"{prefix}/{child.name}"
+      if child.is_dir():
+        yield from walk(child, name)
+      else:
+        yield name
+  root = fs.path(step_dir)
+  return sorted(name for item in (STATE, DATA) if (root / item).is_dir()
+                for name in walk(root / item, item))
+
+
+def write_checksums(step_dir) -> None:
+  """Records the sha256 of every item file of a step in `step_dir/checksums.json`."""
+  sums = {name: _sha256(fs.path(step_dir) / name) for name in _item_files(step_dir)}
+  fs.write_text_atomically(str(fs.path(step_dir) / CHECKSUMS),
+                           json.dumps({"sha256": sums}, indent=1, sort_keys=True))
+
+
+def verify(step_dir) -> str | None:
+  """None if every file listed in the step's checksums is there with its recorded sha256, else
+  what is wrong, naming the file. A step without checksums (written before they existed) passes."""
+  listing = fs.path(step_dir) / CHECKSUMS
+  if not listing.exists():
+    return None
+  try:
+    sums = json.loads(listing.read_text())["sha256"]
+  except (ValueError, KeyError, TypeError) as e:
+    return f"{listing}: unreadable checksum list ({e})"
+  for name, expected in sums.items():
+    path = fs.path(step_dir) / name
+    if not path.exists():
+      return f"{path}: missing"
+    found = _sha256(path)
+    if found != expected:
+      return f"{path}: sha256 {found[:12]}... differs from the recorded {expected[:12]}..."
+  return None
+
+
+def check_shapes(metadata, abstract_state, step_dir) -> None:
+  """Raises naming every array whose shape in the checkpoint differs from the model's."""
+  stored = ocp.tree.to_flat_dict(metadata)
+  wanted = ocp.tree.to_flat_dict(ocp.tree.serialize_tree(abstract_state, keep_empty_nodes=True))
+  problems = []
+  for key, target in sorted(wanted.items(), key=lambda item: item[0][0] != "params"):
+    shape = getattr(stored.get(key), "shape", None)
+    if key not in stored:
+      problems.append(f"{'/'.join(key)}: not in the checkpoint")
+    elif shape is not None and tuple(shape) != tuple(target.shape):
+      problems.append(f"{'/'.join(key)}: checkpoint {tuple(shape)}, model {tuple(target.shape)}")
+  if problems:  # Every parameter named; the optimizer state's arrays mirror them.
+    shown = [p for p in problems if p.startswith("params/")] or problems[:6]
+    raise CheckpointShapeError(
+        f"{step_dir} does not fit the model ({len(problems)} arrays differ): "
+        + "; ".join(shown) + ("; ..." if len(problems) > len(shown) else ""))
+
+
+class _OrbaxTracebacks(logging_lib.Filter):
+  """Keeps orbax's log line about a failed background save but not its traceback: the failure
+  reaches the caller as one CheckpointSaveError, and hundreds of traceback lines would bury it."""
+
+  def filter(self, record):
+    if "orbax" in record.pathname and record.exc_info:
+      record.exc_info, record.exc_text = None, None
+    return True
+
+
+def _first_line(error: BaseException) -> str:
+  lines = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {lines[0] if lines else ''}"[:400]
+
+
 @gin.configurable
 class Checkpointer:
   """Saves and restores (train state, data position) under `directory`.
 
   keep_last: the newest N checkpoints are kept; keep_best: also the best M by `best_metric`
-  (an eval metric passed to `save`), higher is better unless best_mode='min'.
+  (an eval metric passed to `save`), higher is better unless best_mode='min'. asynchronous=False
+  waits for each save to be committed (orbax's async machinery still writes it, with checksums).
   """
 
   def __init__(self, directory: str, keep_last: int = 3, keep_best: int = 1,
@@ -40,17 +146,24 @@ class Checkpointer:
       raise ValueError(f"Checkpointer.best_mode must be 'max' or 'min', got {best_mode!r}")
     # Orbax wants absolute paths; gs:// and other URLs pass through.
     self.directory = fs.abspath(directory)
+    self.asynchronous = asynchronous
+    self._saving_step = None
     self._warn_about_incomplete()
+    absl_logger = logging_lib.getLogger("absl")
+    if not any(isinstance(f, _OrbaxTracebacks) for f in absl_logger.filters):
+      absl_logger.addFilter(_OrbaxTracebacks())
     policies = [checkpoint_managers.LatestN(keep_last)]
     if best_metric and keep_best:
       policies.append(checkpoint_managers.BestN(
           get_metric_fn=lambda metrics: metrics[best_metric], reverse=best_mode == "min",
           n=keep_best, keep_checkpoints_without_metrics=False))
     self._manager = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(
+        self.directory,
+        item_handlers={STATE: ocp.StandardCheckpointHandler(), DATA: ocp.JsonCheckpointHandler()},
+        options=ocp.CheckpointManagerOptions(
             preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
-            enable_async_checkpointing=asynchronous, cleanup_tmp_directories=True,
-            create=True))
+            enable_async_checkpointing=True, cleanup_tmp_directories=True, create=True,
+            async_options=ocp.AsyncOptions(post_finalization_callback=self._before_commit)))
 
   def _warn_about_incomplete(self) -> None:
     if not fs.isdir(self.directory):
@@ -60,32 +173,132 @@ class Checkpointer:
       if path.is_dir() and ocp.step.is_tmp_checkpoint(path):
         logging.warning("ignoring half-written checkpoint %s (a save did not finish)", path)
 
+  def _before_commit(self) -> None:
+    """Runs on the primary process once every file of the step is written, before the commit
+    (rename or marker) that makes the step count: so a committed step always has its checksums."""
+    step = self._saving_step
+    names = [n for n in fs.listdir(self.directory)
+             if n == str(step) or n.startswith(f"{step}.orbax-checkpoint-tmp")]
+    staged = [n for n in names if n != str(step)] or names  # Local: the tmp dir; gs://: the step.
+    if len(staged) != 1:
+      raise CheckpointSaveError(f"{self.directory}: cannot find the directory of step {step} "
+                                f"being saved among {names}")
+    write_checksums(fs.path(self.directory) / staged[0])
+
+  def step_dir(self, step: int) -> str:
+    return str(fs.path(self.directory) / str(step))
+
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
   def all_steps(self) -> list[int]:
-    return list(self._manager.all_steps())
+    return sorted(self._manager.all_steps())
 
   def save(self, step: int, state, data_position: dict, metrics: dict | None = None,
            force: bool = False) -> bool:
-    """Starts an (async) save; returns whether one was started."""
+    """Starts an (async) save; returns whether one was started. Raises CheckpointSaveError if
+    this save or the one before failed."""
     metrics = {k: float(v) for k, v in (metrics or {}).items()} or None
-    return self._manager.save(
-        step, args=ocp.args.Composite(**{STATE: ocp.args.StandardSave(state),
-                                         DATA: ocp.args.JsonSave(data_position)}),
-        metrics=metrics, force=force)
+    self.wait()  # Surfaces a failure of the previous save before anything else is written.
+    self._saving_step = step
+    try:
+      started = self._manager.save(
+          step, args=ocp.args.Composite(**{STATE: ocp.args.StandardSave(state),
+                                           DATA: ocp.args.JsonSave(data_position)}),
+          metrics=metrics, force=force)
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_error(step, e) from None
+    if not self.asynchronous:
+      self.wait()
+    return started
+
+  def _save_error(self, step: int | None, error: BaseException) -> CheckpointSaveError:
+    good = self.newest_verified(exclude=step)
+    return CheckpointSaveError(
+        f"saving checkpoint step {step} under {self.directory} failed: {_first_line(error)}; "
+        f"training stopped. Newest good checkpoint: "
+        + (self.step_dir(good) if good is not None else "none"))
+
+  def check(self) -> None:
+    """Raises CheckpointSaveError if a background save has failed; cheap while one is running."""
+    if self._saving_step is not None and not self._manager.is_saving_in_progress():
+      self.wait()
+
+  def wait(self) -> None:
+    """Blocks until pending async saves are committed; raises CheckpointSaveError if one failed."""
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      step, self._saving_step = self._saving_step, None
+      raise self._save_error(step, e) from None
+    self._saving_step = None
+
+  def newest_verified(self, exclude: int | None = None) -> int | None:
+    """The newest committed step whose files match their checksums."""
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      if step != exclude and verify(self.step_dir(step)) is None:
+        return step
+    return None
 
   def restore(self, step: int, abstract_state, shardings):
-    """(state with the given shardings, data position) of a step."""
+    """(state with the given shardings, data position) of a step, unverified."""
     restored = self._manager.restore(step, args=ocp.args.Composite(**{
         STATE: ocp.args.StandardRestore(_abstract(abstract_state, shardings)),
         DATA: ocp.args.JsonRestore()}))
     return restored[STATE], restored[DATA]
 
-  def wait(self) -> None:
-    """Blocks until pending async saves are committed."""
-    self._manager.wait_until_finished()
+  def restore_newest_good(self, abstract_state, shardings, check_position=lambda step, d: None):
+    """(step, state, data position) of the newest checkpoint that verifies and restores, or None
+    when there is none. Damaged newer ones are skipped with a warning and deleted, so the run
+    rewrites them. `check_position(step, position)` may refuse a checkpoint by raising, as do
+    arrays of other shapes than `abstract_state`'s (CheckpointShapeError): neither is damage."""
+    steps = self.all_steps()
+    damaged = []
+    for step in reversed(steps):
+      problem = _agreed(verify(self.step_dir(step)))
+      if problem is None:
+        try:
+          position = self._manager.restore(step, args=ocp.args.Composite(
+              **{DATA: ocp.args.JsonRestore()}))[DATA]
+          metadata = self._manager.item_metadata(step)[STATE]
+          if metadata is None:
+            raise FileNotFoundError(f"{STATE}/_METADATA: no array metadata to restore from")
+        except Exception as e:  # pylint: disable=broad-except
+          problem = _agreed(f"{self.step_dir(step)}: {_first_line(e)}")
+      if problem is None:
+        check_shapes(metadata, abstract_state, self.step_dir(step))
+        check_position(step, position)
+        try:
+          state = self._manager.restore(step, args=ocp.args.Composite(**{
+              STATE: ocp.args.StandardRestore(_abstract(abstract_state, shardings))}))[STATE]
+        except Exception as e:  # pylint: disable=broad-except
+          problem = f"{self.step_dir(step)}: {_first_line(e)}"
+        problem = _agreed(problem)
+      if problem is None:
+        for bad in damaged:
+          self._manager.delete(bad)
+        return step, state, position
+      logging.warning("checkpoint step %d is damaged, skipping it: %s", step, problem)
+      damaged.append(step)
+    if steps:
+      raise NoGoodCheckpointError(
+          f"{self.directory}: none of the checkpoints {steps} verifies and restores (see the "
+          "warnings above); move them away to start afresh")
+    return None
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    try:
+      self.wait()
+    finally:
+      self._manager.close()
+
+
+def _agreed(problem: str | None) -> str | None:
+  """A problem seen by any process is everyone's (the restore that follows is collective)."""
+  if jax.process_count() == 1:
+    return problem
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  flags = multihost_utils.process_allgather(np.asarray(problem is not None))
+  if problem is None and np.any(flags):
+    return f"failed on process {int(np.argmax(flags))}"
+  return problem

@@ -1,5 +1,6 @@
 """The training loop, T5X-style: sharded state born on the mesh, one compiled step, orbax
 checkpoints with the data position, TensorBoard summaries, evaluation hook, progress with ETA."""
+import contextlib
 import dataclasses
 import json
 import math
@@ -118,11 +119,11 @@ def train(*, model: dual_encoder.DualEncoder, train_input: Any, task_feature_len
 
   identity = run_identity(model, train_input, task_feature_lengths, seed)
   checkpointer = checkpointer_fn(os.path.join(model_dir, "checkpoints"), best_metric=best_metric)
-  start_step = checkpointer.latest_step()
-  if start_step is not None:
-    state, data_position = checkpointer.restore(start_step, abstract_state, state_shardings)
-    _check_run_identity(data_position.get("identity"), identity, allow_changed_run,
-                        f"{model_dir}/checkpoints/{start_step}")
+  restored = checkpointer.restore_newest_good(
+      abstract_state, state_shardings, check_position=lambda step, position: _check_run_identity(
+          position.get("identity"), identity, allow_changed_run, checkpointer.step_dir(step)))
+  if restored is not None:
+    start_step, state, _ = restored
     logging.info("resumed from %s at step %d", model_dir, start_step)
   else:
     start_step = 0
@@ -161,7 +162,6 @@ def train(*, model: dual_encoder.DualEncoder, train_input: Any, task_feature_len
     return metrics
 
   history, eval_history = [], []
-  last_saved = start_step if start_step else None
   pending = None  # (step, metrics on device, seconds, tokens) of the step before.
   started = time.time()
   stopped_early = False
@@ -172,9 +172,10 @@ def train(*, model: dual_encoder.DualEncoder, train_input: Any, task_feature_len
     metrics = _to_host(metrics)
     if not math.isfinite(metrics["loss"]):
       checkpointer.wait()
+      good = checkpointer.newest_verified()
       raise FloatingPointError(
           f"loss is {metrics['loss']} at step {step}; stopping. Last good checkpoint: "
-          + (f"{model_dir}/checkpoints/{last_saved}" if last_saved is not None else "none"))
+          + (checkpointer.step_dir(good) if good is not None else "none"))
     examples = train_input.batch_size if hasattr(train_input, "batch_size") else float("nan")
     metrics.update(learning_rate=float(schedule(step - 1)), seconds_per_step=seconds,
                    examples_per_second=examples / seconds, tokens_per_second=tokens / seconds)
@@ -185,7 +186,8 @@ def train(*, model: dual_encoder.DualEncoder, train_input: Any, task_feature_len
       eta = (time.time() - started) / done * (train_steps - step)
       logging.info("step %d/%d %s eta %s", step, train_steps, _format(metrics), _eta(eta))
 
-  with partitioning.axis_rules_context(rules, mesh), _Preemption() as preemption:
+  with (partitioning.axis_rules_context(rules, mesh), _Preemption() as preemption,
+        _closing(checkpointer)):
     for step in range(start_step, train_steps):
       host_batch = train_input.batch(step)
       tokens = sum(int(np.sum(host_batch[k] != model.encoder_config.pad_id))
@@ -204,6 +206,7 @@ def train(*, model: dual_encoder.DualEncoder, train_input: Any, task_feature_len
         pending = None
         eval_metrics = run_eval(state.params, done_step)
         eval_history.append(dict(eval_metrics, step=done_step))
+      checkpointer.check()  # A failed background save stops the run here, not at the next save.
       preempted = preemption.agreed()
       if done_step % checkpoint_period == 0 or done_step == train_steps or preempted:
         if pending:
@@ -211,14 +214,27 @@ def train(*, model: dual_encoder.DualEncoder, train_input: Any, task_feature_len
           pending = None
         checkpointer.save(done_step, state, data_position(done_step), eval_metrics,
                           force=True)
-        last_saved = done_step
       if preempted:
         stopped_early = True
         break
     if pending:
       finish(pending)
-  checkpointer.close()
   return TrainResult(state, history, eval_history, compilations[0], stopped_early)
+
+
+@contextlib.contextmanager
+def _closing(checkpointer):
+  """Closes the checkpointer (committing pending saves) also when training raises, so no save
+  thread outlives the run; an error of the close then does not hide the first one."""
+  try:
+    yield
+  except BaseException:
+    try:
+      checkpointer.close()
+    except checkpoints.CheckpointSaveError as e:
+      logging.error("%s", e)
+    raise
+  checkpointer.close()
 
 
 def run_identity(model, train_input, task_feature_lengths: dict, seed: int) -> dict:
