@@ -241,14 +241,19 @@ def run_model_and_vocabulary(model_dir: str, model: dual_encoder.DualEncoder | N
     return model, spm_path
   description = run_dir.read_description(model_dir)
   own = run_dir.model_from_description(description, os.path.join(model_dir, run_dir.DESCRIPTION))
-  if model is not None and model != own:
-    given, ran = run_dir.model_description(model), run_dir.model_description(own)
-    given, ran = given | given.pop("encoder_config"), ran | ran.pop("encoder_config")
-    changed = [f"{k}={given.get(k)!r} (trained: {ran.get(k)!r})" for k in sorted(ran)
-               if given.get(k) != ran.get(k)]
+  given, ran = (_flat_description(m) for m in (model or own, own))
+  changed = [f"{k}={given.get(k)!r} (trained: {ran.get(k)!r})" for k in sorted(ran)
+             if given.get(k) != ran.get(k)]
+  if changed:
     raise ValueError(f"{model_dir} was trained with another model than the one given: "
                      + "; ".join(changed) + " (drop the model file: the run describes itself)")
   return own, spm_path or description["vocabulary"]
+
+
+def _flat_description(model: dual_encoder.DualEncoder) -> dict:
+  """A model's description as JSON values, the encoder config's fields beside the others."""
+  description = json.loads(json.dumps(run_dir.model_description(model)))
+  return {**description.pop("encoder_config"), **description}
 
 
 # ---------------------------------------------------------------------------------------------

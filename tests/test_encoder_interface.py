@@ -124,3 +124,34 @@ def test_mteb_evaluates_a_hybridir_encoder_as_hybridir_does(encoder, data_dir, t
   assert scores["ndcg_at_10"] == pytest.approx(ours["ndcg_cut_10"], abs=1e-4)
   assert scores["recall_at_10"] == pytest.approx(ours["recall_10"], abs=1e-4)
   assert encoder.mteb_model_meta.embed_dim == encoder.dimension
+
+
+def test_hf_export_cli_folder_is_a_sentence_transformer_equal_to_hybridir(encoder, tmp_path,
+                                                                         capsys):
+  """The exported folder loads as is in sentence-transformers (its prompts, fast tokenizer and
+  max_seq_length) and equals hybridir's embeddings; a 10,000-character text is truncated."""
+  sentence_transformers = pytest.importorskip("sentence_transformers")
+  import json
+  import transformers
+  from hybridir import export
+  from hybridir import hf_export
+  artifact = export.export_encoder(str(tmp_path / "artifact"), encoder.model, encoder.params,
+                                   hf_export.vocabulary_file(encoder), max_length=32,
+                                   text_format=FORMAT)
+  output = tmp_path / "hf"
+  assert hf_export.main(["--encoder", artifact, "--output", str(output)]) == 0
+  assert "wrote the Hugging Face folder" in capsys.readouterr().err
+  assert json.loads((output / "sentence_bert_config.json").read_text())["max_seq_length"] == 32
+  assert json.loads((output / "tokenizer_config.json").read_text())["model_max_length"] == 32
+  assert (output / "tokenizer.json").exists() and "hybridir" in (output / "README.md").read_text()
+  tokenizer = transformers.AutoTokenizer.from_pretrained(output)
+  assert tokenizer.is_fast
+  model = sentence_transformers.SentenceTransformer(str(output), device="cpu")
+  loaded = hybridir.load_encoder(artifact)
+  texts = QUESTIONS + ["Kawann Short " * 800]  # ~10,000 characters.
+  # Equal embeddings of a random model mean equal tokens: prompts, fast tokenizer, truncation.
+  for prompt_name, tower in (("query", "query"), ("document", "passage")):
+    theirs = model.encode(texts, prompt_name=prompt_name)
+    ours = loaded.encode(texts, tower=tower)
+    assert np.allclose(np.linalg.norm(theirs, axis=-1), 1, atol=1e-5)
+    assert (np.sum(theirs * ours, axis=-1) > 0.99999).all()
