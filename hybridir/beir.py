@@ -57,12 +57,14 @@ def read_beir(corpus_path: str, queries_path: str, qrels_path: str) -> BeirData:
 def write_lareqa(output_dir: str, dataset: retrieval_data.RetrievalDataset) -> dict[str, str]:
   """A LAReQA (or MIRACL) dataset as BEIR files, plus languages.tsv (`id<TAB>language` of every
   query and document, for rank distance). Query ids are `{language}-{id}` (LAReQA shares a
-  question's id across languages); a candidate's context is its title."""
+  question's id across languages); a candidate's text is its sentence, then its context (the
+  paragraph), as hybridir's `sentence_with_context` passage reads it."""
   fs.makedirs(output_dir)
   corpus, queries, qrels, languages = [], [], ["query-id\tcorpus-id\tscore"], []
   for language, items in dataset.candidates.items():
     for c in items:
-      corpus.append(json.dumps({"_id": c.candidate_id, "title": c.context, "text": c.text},
+      corpus.append(json.dumps({"_id": c.candidate_id, "title": "",
+                                "text": f"{c.text} {c.context}".strip()},
                                ensure_ascii=False))
       languages.append(f"{c.candidate_id}\t{language}")
   for language, items in dataset.questions.items():

@@ -6,7 +6,7 @@
 PATH is anything `load_encoder` takes (a training MODEL_DIR, an export, a Hugging Face directory).
 Writes DIR/run.trec (TREC run, top `depth`), DIR/metrics.json (pytrec_eval's measure names; with
 LANGS, `id<TAB>language` of documents and queries, also the language bias `rank_distance`) and
-DIR/report.md. A document's title is its passage context, as MIRACL's.
+DIR/report.md. A document is read as its title, then its text (as MIRACL's baselines do).
 """
 import os
 import sys

@@ -82,7 +82,7 @@ class Encoder:
     (`unused`, e.g. `convert_to_tensor`) are accepted and ignored.
 
     This is also mteb's encoder protocol: `texts` may be mteb's DataLoader of batches (a corpus
-    batch's `body` is encoded with its `title` as context), with `prompt_type` a PromptType."""
+    batch's `title` then `body`), with `prompt_type` a PromptType."""
     single = isinstance(texts, str)
     texts = [texts] if single else list(texts)
     if texts and isinstance(texts[0], dict):  # mteb's batches, or BEIR-style documents.
@@ -117,7 +117,7 @@ class Encoder:
 
   def encode_corpus(self, corpus, **options) -> np.ndarray:
     """encode(passages, tower='passage', ...); BEIR-style corpora too: dicts with 'text' and an
-    optional 'title' (the title is the passage's context, as MIRACL's)."""
+    optional 'title', read as the title, then the text (as MIRACL's candidates)."""
     if isinstance(corpus, dict):  # BEIR's columns {'title': [...], 'text': [...]}.
       corpus = [corpus]
     return self.encode(corpus, "passage", **options)
@@ -148,7 +148,7 @@ _TOWERS = {"query": "query", "queries": "query", "passage": "passage", "document
 
 def _texts_of_records(records: Sequence[dict]) -> tuple[list[str], list[str]]:
   """(texts, contexts) of dicts holding one text each or a batch of them (mteb's batches): the
-  `body` (else `text`) with the `title` as context, as a MIRACL candidate's."""
+  `title`, then the `body` (else `text`), as MIRACL's candidates are read; no contexts."""
   texts, contexts = [], []
   for record in records:
     body = record.get("body", record.get("text"))
@@ -157,8 +157,9 @@ def _texts_of_records(records: Sequence[dict]) -> tuple[list[str], list[str]]:
     body = [body] if isinstance(body, str) else list(body)
     titles = record.get("title") or [""] * len(body)
     titles = [titles] if isinstance(titles, str) else list(titles)
-    texts += body
-    contexts += [title or "" for title in titles]
+    texts += [f"{title.strip()} {text}" if title and title.strip() else text
+              for title, text in zip(titles, body)]
+    contexts += [""] * len(body)
   return texts, contexts
 
 

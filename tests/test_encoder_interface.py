@@ -47,11 +47,11 @@ def test_prompt_types_select_the_tower_and_its_prefix(encoder):
     encoder.encode(QUESTIONS, prompt_type="answer")
 
 
-def test_corpus_records_take_their_title_as_context(encoder):
+def test_corpus_records_read_as_title_then_text(encoder):
   records = [{"title": "The Panthers' season.", "text": "Kawann Short led the team."},
              {"text": "No title here."}]
-  expected = encoder.encode([r["text"] for r in records], tower="passage",
-                            contexts=["The Panthers' season.", ""])
+  expected = encoder.encode(["The Panthers' season. Kawann Short led the team.",
+                             "No title here."], tower="passage")
   np.testing.assert_allclose(encoder.encode_corpus(records), expected, atol=1e-6)
   columns = {"title": ["The Panthers' season.", ""],
              "text": ["Kawann Short led the team.", "No title here."]}
