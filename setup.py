@@ -41,6 +41,7 @@ EXTRAS_REQUIRE = {
         "torch==2.13.0",
         "transformers==5.23.0",
         "sentence-transformers==6.2.0",
+        "mteb==2.26.24",  # tests/test_encoder_interface.py: mteb evaluates a hybridir encoder.
         "pytrec-eval-terrier==0.5.11",
         "ctranslate2==4.8.5",
         "gcp-storage-emulator==2026.7.19",  # The gs:// tests' local Cloud Storage.

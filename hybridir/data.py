@@ -1,6 +1,7 @@
 """Data command line: LAReQA statistics and the hybrid batch schedule, as JSON.
 
   python -m hybridir.data stats --dataset xquad_r [--data_dir DIR]
+  python -m hybridir.data beir --dataset xquad_r --languages en de --output DIR
   python -m hybridir.data batches --corpus DIR --alpha 0.5 --batch_size 32 --steps 10 \
       [--seed 0] [--host_index 0 --host_count 1] [--cross_pairs per_batch]
 
@@ -13,6 +14,8 @@ import pathlib
 import sys
 from typing import Sequence
 
+from hybridir import beir
+from hybridir import console
 from hybridir import corpora
 from hybridir import fs
 from hybridir import retrieval_data
@@ -44,6 +47,13 @@ def _parser() -> argparse.ArgumentParser:
   stats.add_argument("--dataset", choices=sorted(retrieval_data.LAREQA_FOLDERS), required=True)
   stats.add_argument("--data_dir", help="folder of <lang>.json (default: shared data)")
   stats.add_argument("--languages", nargs="+", help="default: all of the dataset's")
+  beir_files = commands.add_parser("beir", help="a LAReQA dataset as BEIR files (corpus.jsonl, "
+                                   "queries.jsonl, qrels.tsv) and languages.tsv")
+  beir_files.add_argument("--dataset", choices=sorted(retrieval_data.LAREQA_FOLDERS),
+                          required=True)
+  beir_files.add_argument("--data_dir", help="folder of <lang>.json (default: shared data)")
+  beir_files.add_argument("--languages", nargs="+", help="default: all of the dataset's")
+  beir_files.add_argument("--output", required=True, help="output folder")
   batches = commands.add_parser("batches", help="one JSON line per step of the hybrid schedule")
   batches.add_argument("--corpus", required=True, help="folder of <lang>.json or .jsonl files")
   batches.add_argument("--alpha", type=_alpha, default=0.5)
@@ -73,6 +83,16 @@ def _stats(args: argparse.Namespace) -> None:
   print(json.dumps(dataset.stats(), indent=2, sort_keys=True))
 
 
+def _beir(args: argparse.Namespace) -> None:
+  data_dir = args.data_dir or default_data_dir(args.dataset)
+  dataset = retrieval_data.load_lareqa(data_dir, args.dataset, languages=args.languages)
+  paths = beir.write_lareqa(args.output, dataset)
+  console.finish(", ".join(paths.values()),
+                 f"python -m hybridir.evaluate --encoder MODEL_DIR --corpus {paths['corpus.jsonl']}"
+                 f" --queries {paths['queries.jsonl']} --qrels {paths['qrels.tsv']}"
+                 f" --languages {paths['languages.tsv']}")
+
+
 def _batches(args: argparse.Namespace) -> None:
   corpus = corpora.load_parallel_corpus(args.corpus, args.passage_unit, args.languages)
   sampler = hybrid.HybridSampler(
@@ -96,7 +116,8 @@ def _batches(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   try:
-    (_stats if args.command == "stats" else _batches)(args)
+    with console.closed_pipe_ok():
+      {"stats": _stats, "beir": _beir, "batches": _batches}[args.command](args)
   except (ValueError, OSError) as e:  # CorpusError, bad settings, unreadable files: say why.
     print(f"error: {e}", file=sys.stderr)
     return 1

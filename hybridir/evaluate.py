@@ -2,6 +2,8 @@
 
     python -m hybridir.evaluate --run RUN --qrels QRELS [--per_query] [--measures map,recall_10] \
         [--languages LANGS]
+    python -m hybridir.evaluate --encoder PATH --corpus corpus.jsonl --queries queries.jsonl \
+        --qrels qrels.tsv [--languages LANGS]   (BEIR format: see hybridir.beir_eval)
 
 reads a TREC run (`qid Q0 docid rank score tag`) and qrels (`qid 0 docid relevance`) and prints the
 measures as JSON under pytrec_eval's names. With LANGS (TSV `id<TAB>language` for the candidates
@@ -24,7 +26,7 @@ from hybridir import retrieval
 Questions = Mapping[str, Sequence[tuple[str, Sequence[str]]]]
 
 
-def _tie_priority(docids: Sequence[str]) -> np.ndarray:
+def tie_priority(docids: Sequence[str]) -> np.ndarray:
   """Each candidate's place in trec_eval's tie order (docid descending): ranks match trec_eval."""
   priority = np.empty(len(docids), np.int64)
   order = sorted(range(len(docids)), key=lambda i: docids[i], reverse=True)
@@ -46,7 +48,7 @@ def _evaluate_pool(questions: Sequence[tuple[str, Sequence[str]]], question_emb:
     return {}, {}
   width = max(len(t) for t in targets)
   target_matrix = np.array([t + [-1] * (width - len(t)) for t in targets], np.int64)
-  ranks = retrieval.ranks_of(question_emb[kept], pool_emb, target_matrix, _tie_priority(pool_ids))
+  ranks = retrieval.ranks_of(question_emb[kept], pool_emb, target_matrix, tie_priority(pool_ids))
   per_query, relevant_ranks = {}, {}
   for row, rank_row, target_row in zip(kept, ranks, targets):
     qid = questions[row][0]
@@ -194,6 +196,12 @@ def rank_distance_of_run(run: metrics.Run, qrels: metrics.Qrels,
                        "rank distance needs the full ranking of the pool")
     ranks_by_query[qid] = dict(zip(relevant, ranks.tolist()))
     pool_sizes[qid] = len(run[qid])
+  return rank_distance_of_ranks(ranks_by_query, pool_sizes, languages)
+
+
+def rank_distance_of_ranks(ranks_by_query: Mapping[str, Mapping[str, int]],
+                           pool_sizes: Mapping[str, int], languages: Mapping[str, str]) -> dict:
+  """`rank_distance_of_run` from `{qid: {relevant docid: rank}}` and each query's pool size."""
   distances = metrics.rank_distances(ranks_by_query, languages, pool_sizes)
   with_language = [qid for qid in distances if qid in languages]
   if with_language and len(with_language) < len(distances):
@@ -332,14 +340,29 @@ def evaluate_files(run_path: str, qrels_path: str, measures: Sequence[str],
 def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m hybridir.evaluate",
                                    description=__doc__.split("\n")[0])
-  parser.add_argument("--run", required=True, help="TREC run file: qid Q0 docid rank score tag")
-  parser.add_argument("--qrels", required=True, help="TREC qrels file: qid 0 docid relevance")
+  parser.add_argument("--run", help="TREC run file: qid Q0 docid rank score tag")
+  parser.add_argument("--qrels", required=True, help="TREC qrels file: qid 0 docid relevance "
+                      "(with --encoder: BEIR's qrels.tsv)")
+  encoder = parser.add_argument_group("evaluating an encoder on a BEIR-format corpus "
+                                      "(hybridir.beir_eval)")
+  encoder.add_argument("--encoder", help="anything load_encoder takes: MODEL_DIR, an export, ...")
+  encoder.add_argument("--corpus", help="BEIR corpus.jsonl (_id, title, text)")
+  encoder.add_argument("--queries", help="BEIR queries.jsonl (_id, text)")
+  encoder.add_argument("--output_dir", help="default: ./eval_<encoder folder name>")
+  encoder.add_argument("--depth", type=int, default=100, help="documents ranked per query")
   parser.add_argument("--measures", default=",".join(metrics.DEFAULT_MEASURES),
                       help="comma-separated pytrec_eval measure names")
   parser.add_argument("--per_query", action="store_true", help="also print every query's measures")
   parser.add_argument("--languages", help="TSV id<TAB>language of the candidates (and optionally "
                       "the queries): adds rank_distance, the language bias, beside its random value")
   args = parser.parse_args(argv)
+  if args.encoder:
+    if not (args.corpus and args.queries):
+      parser.error("--encoder needs --corpus and --queries (and --qrels)")
+    from hybridir import beir_eval  # pylint: disable=import-outside-toplevel  (it imports us)
+    return beir_eval.main(args)
+  if not args.run:
+    parser.error("give --run (a TREC run to score) or --encoder (an encoder to evaluate)")
   measures = [name.strip() for name in args.measures.split(",") if name.strip()]
   try:
     output = evaluate_files(args.run, args.qrels, measures, args.per_query, args.languages)

@@ -24,13 +24,13 @@ import orbax.checkpoint as ocp
 
 from hybridir import fs
 from hybridir import importers
-from hybridir import partitioning
+from hybridir import run_dir
+from hybridir.encoder import ENCODE_AXIS_RULES, Encoder, encode_step  # noqa: F401 (export.*)
 from hybridir import text as text_lib
 from hybridir import vocab
 from hybridir.models import dual_encoder
 from hybridir.models import families
 
-MIN_BUCKET = 16
 FORMAT, FORMAT_VERSION = "hybridir-encoder", 1
 MANIFEST, PARAMS_DIR, SPM_FILE = "manifest.json", "params", "sentencepiece.model"
 PARAM_DTYPES = ("float32", "bfloat16")
@@ -41,92 +41,6 @@ MANIFEST_KEYS = ("encoder_config", "pooling", "normalize", "projection_dim", "sh
 
 class ArtifactError(ValueError):
   """An exported artifact is incomplete or differs from its manifest; the message says what."""
-
-
-@dataclasses.dataclass
-class Encoder:
-  """A dual encoder with its parameters and vocabulary; encodes texts in fixed-shape batches.
-
-  The forward pass splits each batch over all local devices (parameters replicated), so
-  batch_size is rounded up to a multiple of the local device count. Texts become tokens through
-  `text.tokenize` with `text_format` (prefixes, passage unit), as in training.
-  """
-  model: dual_encoder.DualEncoder
-  params: dict
-  vocabulary: object
-  max_length: int = 512
-  batch_size: int = 32
-  text_format: text_lib.TextFormat = dataclasses.field(default_factory=text_lib.TextFormat)
-  query_max_length: int | None = None  # Queries' cut, as in training (None: max_length).
-
-  def __post_init__(self):
-    self.family = self.model.encoder_config.family
-    self.mesh = partitioning.create_mesh(num_partitions=1, devices=jax.local_devices())
-    num_devices = self.mesh.devices.size
-    self.batch_size = -(-self.batch_size // num_devices) * num_devices
-    self._rules = ENCODE_AXIS_RULES
-    self.params = jax.device_put(jax.tree.map(jnp.asarray, self.params),
-                                 partitioning.replicated(self.mesh))
-    self._encode = encode_step(self.model, self.mesh)
-
-  @property
-  def dimension(self) -> int:
-    return self.model.projection_dim or self.model.encoder_config.emb_dim
-
-  def tokenize(self, texts: list[str], tower: str = "query",
-               contexts: list[str] | None = None) -> list[list[int]]:
-    """Ids of each text with its tower's prefix (and, for passages, its context)."""
-    contexts = [""] * len(texts) if contexts is None else list(contexts)
-    if len(contexts) != len(texts):
-      raise ValueError(f"encode: {len(texts)} texts but {len(contexts)} contexts")
-    return [text_lib.tokenize(self.vocabulary, tower, text, context, self.length(tower),
-                              self.text_format) for text, context in zip(texts, contexts)]
-
-  def length(self, tower: str) -> int:
-    """The longest input of a tower: query_max_length for queries when set, else max_length."""
-    return self.query_max_length if tower == "query" and self.query_max_length else (
-        self.max_length)
-
-  def bucket(self, num_tokens: int, tower: str = "passage") -> int:
-    """The padded length of a batch whose longest text has num_tokens: a power of two."""
-    return min(self.length(tower), max(MIN_BUCKET, 1 << (num_tokens - 1).bit_length()))
-
-  def encode(self, texts: list[str], tower: str = "query",
-             contexts: list[str] | None = None) -> np.ndarray:
-    """Embeds texts ([N, D] float32): queries, or passages (`contexts`: each one's paragraph).
-
-    `tower` also selects the prefix. Batches are sorted by length and padded to a bucket
-    (a power of two up to max_length), so only a few shapes are ever compiled."""
-    if isinstance(texts, str):
-      raise TypeError("encode takes a list of texts, not a single string")
-    ids = self.tokenize(list(texts), tower, contexts)
-    order = np.argsort([len(x) for x in ids], kind="stable")
-    out = np.zeros((len(ids), self.dimension), np.float32)
-    pad = self.model.encoder_config.pad_id
-    for start in range(0, len(ids), self.batch_size):
-      chunk = order[start:start + self.batch_size]
-      longest = max(len(ids[i]) for i in chunk)
-      tokens = np.full((self.batch_size, self.bucket(longest, tower)), pad, np.int32)
-      for row, i in enumerate(chunk):
-        tokens[row, :len(ids[i])] = ids[i]
-      with partitioning.axis_rules_context(self._rules, self.mesh):
-        embeddings = self._encode(self.params, tokens, tower)
-      out[chunk] = np.asarray(embeddings)[:len(chunk)]
-    return out
-
-
-ENCODE_AXIS_RULES = partitioning.standard_logical_axis_rules(1, 1)
-
-
-def encode_step(model: dual_encoder.DualEncoder, mesh: jax.sharding.Mesh):
-  """The jitted (params, tokens, tower) -> embeddings of evaluation: params replicated, the batch
-  split over the mesh; trace it inside axis_rules_context(ENCODE_AXIS_RULES, mesh)."""
-  replicated = partitioning.replicated(mesh)
-  batch = partitioning.batch_sharding(mesh)
-  return jax.jit(
-      lambda params, tokens, tower: model.apply(
-          {"params": params}, tokens, tower, method=dual_encoder.DualEncoder.encode),
-      in_shardings=(replicated, batch), out_shardings=batch, static_argnums=2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,7 +215,8 @@ def training_text_format(model_dir: str, step: int) -> text_lib.TextFormat | Non
 
 @gin.configurable
 def export_from_training_checkpoint(model_dir: str, output_dir: str,
-                                    model: dual_encoder.DualEncoder, spm_path: str,
+                                    model: dual_encoder.DualEncoder | None = None,
+                                    spm_path: str | None = None,
                                     step: int | None = None,
                                     text_format: text_lib.TextFormat | None = None,
                                     **export_options) -> str:
@@ -310,8 +225,10 @@ def export_from_training_checkpoint(model_dir: str, output_dir: str,
   The manifest records the text format the checkpoint was trained with; a checkpoint from before
   formats were recorded gets `text_format`, else bare texts (`text.UNFORMATTED`), as it was trained.
   max_length and query_max_length default to the passage and query lengths it was trained
-  with, so texts are cut as then.
+  with, so texts are cut as then. model and spm_path default to the run's own (`run_dir`:
+  MODEL_DIR/encoder.json); given, they must agree with it.
   """
+  model, spm_path = run_model_and_vocabulary(model_dir, model, spm_path)
   step, params = restore_training_params(model_dir, step)
   trained = training_text_format(model_dir, step)
   lengths = _run_identity(model_dir, step)[1].get("task_feature_lengths")
@@ -326,6 +243,32 @@ def export_from_training_checkpoint(model_dir: str, output_dir: str,
   return export_encoder(output_dir, model, params, spm_path, extra_metadata=metadata,
                         text_format=trained or text_format or text_lib.UNFORMATTED,
                         **export_options)
+
+
+def run_model_and_vocabulary(model_dir: str, model: dual_encoder.DualEncoder | None,
+                             spm_path: str | None) -> tuple[dual_encoder.DualEncoder, str]:
+  """(model, vocabulary path) of a training run: its own description's unless given; a given
+  model that contradicts the description (a wrong model file) is refused, naming the fields."""
+  if not run_dir.is_run(model_dir):
+    if model is None or spm_path is None:
+      raise ValueError(f"{model_dir}: no {run_dir.DESCRIPTION} (a run from before runs described "
+                       "themselves): include the model file it was trained with and set SPM_PATH")
+    return model, spm_path
+  description = run_dir.read_description(model_dir)
+  own = run_dir.model_from_description(description, os.path.join(model_dir, run_dir.DESCRIPTION))
+  given, ran = (_flat_description(m) for m in (model or own, own))
+  changed = [f"{k}={given.get(k)!r} (trained: {ran.get(k)!r})" for k in sorted(ran)
+             if given.get(k) != ran.get(k)]
+  if changed:
+    raise ValueError(f"{model_dir} was trained with another model than the one given: "
+                     + "; ".join(changed) + " (drop the model file: the run describes itself)")
+  return own, spm_path or description["vocabulary"]
+
+
+def _flat_description(model: dual_encoder.DualEncoder) -> dict:
+  """A model's description as JSON values, the encoder config's fields beside the others."""
+  description = json.loads(json.dumps(run_dir.model_description(model)))
+  return {**description.pop("encoder_config"), **description}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,13 +352,9 @@ def _load_artifact(path: str, overrides: dict) -> tuple[dual_encoder.DualEncoder
       raise ValueError(f"{path}: the artifact was exported with {name}={manifest[name]!r}, "
                        f"not {value!r}")
   try:
-    cfg = families.get(manifest["family"]).config_class(**manifest["encoder_config"])
-  except TypeError as e:
-    raise ArtifactError(f"{path}/{MANIFEST}: bad encoder_config: {e}") from e
-  model = dual_encoder.DualEncoder(cfg, pooling=manifest["pooling"],
-                                   projection_dim=manifest["projection_dim"],
-                                   normalize=manifest["normalize"],
-                                   shared_towers=manifest["shared_towers"])
+    model = run_dir.model_from_description(manifest, os.path.join(path, MANIFEST))
+  except ValueError as e:
+    raise ArtifactError(str(e)) from None
   return model, _restore_artifact_params(path, model, manifest), manifest
 
 
@@ -445,6 +384,16 @@ def load_encoder(path: str, vocabulary: str | None = None, model_config=None,
     check_vocabulary_digest(path, manifest, spm_path)
     query_max_length = manifest.get("query_max_length") if max_length is None else None
     max_length = max_length or manifest["max_length"]
+  elif run_dir.is_run(path):  # A training MODEL_DIR: its latest checkpoint.
+    if model_config is not None:
+      raise ValueError(f"{path}: a training run describes its own model; drop model_config")
+    model, _ = run_model_and_vocabulary(path, None, None)
+    description = run_dir.read_description(path)
+    params = checked_params(model, restore_training_params(path)[1], path)
+    spm_path = vocabulary or description["vocabulary"]
+    text_format = text_format or description["text_format"]
+    query_max_length = description.get("query_max_length") if max_length is None else None
+    max_length = max_length or description["max_length"]
   else:
     query_max_length = None
     options = dict(pooling=pooling, normalize=normalize)  # None: the importer decides.
@@ -469,4 +418,5 @@ def load_encoder(path: str, vocabulary: str | None = None, model_config=None,
   cfg = model.encoder_config
   return Encoder(model, params, check_vocabulary(cfg, spm_path),
                  max_length or cfg.max_length or 512, batch_size,
-                 text_format or text_lib.UNFORMATTED, query_max_length)
+                 text_format or text_lib.UNFORMATTED, query_max_length,
+                 name=os.path.basename(os.path.normpath(path)) or "encoder")

@@ -7,13 +7,25 @@ back exactly. Only a shared-tower encoder without projection fits transformers' 
 'first_dense' pooling's dense layer is written as the model's pooler. Pooling and normalisation
 are written as sentence-transformers modules (modules.json, 1_Pooling, 2_Dense, N_Normalize), which
 `load_encoder` reads back.
+
+    python -m hybridir.hf_export --encoder PATH --output DIR [--overwrite]
+
+takes anything `load_encoder` takes (a training MODEL_DIR, an export) and adds what
+sentence-transformers and transformers users expect: `sentence_bert_config.json` (the
+`max_seq_length` the model takes), the query/passage prompts, a fast tokenizer (`tokenizer.json`,
+`tokenizer_config.json` with `model_max_length`; needs transformers) and a model card.
 """
+import argparse
 import json
 import os
+import sys
+import tempfile
+from typing import Sequence
 
 import flax
 import numpy as np
 
+from hybridir import console
 from hybridir import export
 from hybridir import fs
 from hybridir import importers
@@ -51,8 +63,9 @@ def hf_tensors(model: dual_encoder.DualEncoder, params) -> dict[str, np.ndarray]
 
 
 def export_hf(output_dir: str, model: dual_encoder.DualEncoder, params, spm_path: str,
-              overwrite: bool = False) -> str:
-  """Writes a transformers model directory (atomically: a temporary name, then a rename)."""
+              overwrite: bool = False, extra_files: dict | None = None) -> str:
+  """Writes a transformers model directory (atomically: a temporary name, then a rename);
+  extra_files: {relative path: JSON dict or text} written beside the rest."""
   from safetensors.numpy import save_file
   config = hf_config(model.encoder_config)
   tensors = hf_tensors(model, params)
@@ -66,6 +79,12 @@ def export_hf(output_dir: str, model: dual_encoder.DualEncoder, params, spm_path
       os.makedirs(os.path.dirname(os.path.join(temporary, path)), exist_ok=True)
       if path.endswith(".safetensors"):
         save_file(content, os.path.join(temporary, path), metadata={"format": "pt"})
+      else:
+        _write_json(os.path.join(temporary, path), content)
+    for path, content in (extra_files or {}).items():
+      if isinstance(content, str):
+        with open(os.path.join(temporary, path), "w", encoding="utf-8") as f:
+          f.write(content)
       else:
         _write_json(os.path.join(temporary, path), content)
   return fs.abspath(output_dir)
@@ -101,3 +120,107 @@ def sentence_transformers_modules(model: dual_encoder.DualEncoder, tensors: dict
   files["modules.json"] = [{"idx": i, "name": str(i), "path": path, "type": kind}
                            for i, (path, kind) in enumerate(modules)]
   return files
+
+
+# transformers' tokenizer options that give hybridir's ids (mT5 exports carry no sentinel ids).
+_TOKENIZER_OPTIONS = {"t5": {"extra_ids": 0}}
+
+
+def vocabulary_file(encoder: export.Encoder) -> str:
+  """The vocabulary file an Encoder tokenises with."""
+  vocabulary = encoder.vocabulary
+  return getattr(vocabulary, "vocab_file", None) or vocabulary.sentencepiece_model_file
+
+
+def fast_tokenizer_files(encoder: export.Encoder, max_seq_length: int) -> dict[str, str]:
+  """{tokenizer.json, tokenizer_config.json: text} of transformers' fast tokenizer for the
+  encoder's vocabulary, with model_max_length; {} when transformers is not installed."""
+  try:
+    import transformers  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return {}
+  family = families.of_config(encoder.model.encoder_config)
+  with tempfile.TemporaryDirectory() as folder:
+    fs.copy_file(vocabulary_file(encoder), os.path.join(folder, family.vocabulary_files[0]))
+    _write_json(os.path.join(folder, "config.json"), hf_config(encoder.model.encoder_config))
+    if family.hf_tokenizer_config:
+      _write_json(os.path.join(folder, "tokenizer_config.json"), family.hf_tokenizer_config)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(
+        folder, model_max_length=max_seq_length, **_TOKENIZER_OPTIONS.get(family.name, {}))
+    output = os.path.join(folder, "out")
+    tokenizer.save_pretrained(output)
+    return {name: open(os.path.join(output, name), encoding="utf-8").read()
+            for name in ("tokenizer.json", "tokenizer_config.json")
+            if os.path.exists(os.path.join(output, name))}
+
+
+def model_card(encoder: export.Encoder, source: str, max_seq_length: int) -> str:
+  """README.md: what the model is, how to use it, how it was trained and evaluated."""
+  cfg, text_format = encoder.model.encoder_config, encoder.text_format
+  rows = "\n".join(f"| {k} | {v} |" for k, v in (
+      ("family", cfg.family), ("dimension", encoder.dimension), ("pooling", encoder.model.pooling),
+      ("normalised", encoder.model.normalize), ("max_seq_length", max_seq_length),
+      ("query prompt", repr(text_format.query_prefix)),
+      ("passage prompt", repr(text_format.passage_prefix)),
+      ("passage unit", text_format.passage_unit), ("exported from", source)))
+  return f"""---
+library_name: sentence-transformers
+tags: [sentence-transformers, feature-extraction, retrieval, hybridir]
+---
+# {encoder.name}
+
+A multilingual dense retriever trained with hybridir (hybrid mono- and cross-lingual batches).
+
+```python
+from sentence_transformers import SentenceTransformer
+model = SentenceTransformer("PATH")
+queries = model.encode(["Who led the Panthers in sacks?"], prompt_name="query")
+passages = model.encode(["Kawann Short led the team in sacks."], prompt_name="document")
+```
+
+With passage unit `sentence_with_context`, hybridir encodes a passage as its prompt, the
+sentence, then its paragraph: pass `f"{{sentence}} {{paragraph}}"` as the document text.
+
+| setting | value |
+|---|---|
+{rows}
+
+Training data and evaluation: see the run's `config.gin` and the evaluation reports
+(`python -m hybridir.evaluate --encoder PATH ...`) of `{source}`.
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m hybridir.hf_export",
+                                   description=__doc__.split("\n")[0])
+  parser.add_argument("--encoder", required=True, help="anything load_encoder takes")
+  parser.add_argument("--output", required=True, help="the Hugging Face folder to write")
+  parser.add_argument("--overwrite", action="store_true")
+  args = parser.parse_args(argv)
+  try:
+    encoder = export.load_encoder(args.encoder)
+    cfg = encoder.model.encoder_config
+    max_seq_length = min(encoder.max_length, cfg.max_length or encoder.max_length)
+    text_format = encoder.text_format
+    extra = {
+        "sentence_bert_config.json": {"max_seq_length": max_seq_length, "do_lower_case": False},
+        "config_sentence_transformers.json": {
+            "prompts": {"query": text_format.query_prefix,
+                        "document": text_format.passage_prefix},
+            "default_prompt_name": None,
+            "similarity_fn_name": "cosine" if encoder.model.normalize else "dot"},
+        "README.md": model_card(encoder, args.encoder, max_seq_length),
+        **fast_tokenizer_files(encoder, max_seq_length)}
+    path = export_hf(args.output, encoder.model, encoder.params, vocabulary_file(encoder),
+                     overwrite=args.overwrite, extra_files=extra)
+  except (OSError, ValueError) as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 1
+  console.finish(f"the Hugging Face folder {path}",
+                 f"python -c \"from sentence_transformers import SentenceTransformer; "
+                 f"print(SentenceTransformer('{path}').encode('hello').shape)\"")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -19,6 +19,7 @@ from typing import Sequence
 
 from absl import app
 from absl import flags
+from hybridir import console  # First: it quiets TensorFlow's C++ logs before anything imports it.
 from absl import logging
 import gin
 import jax
@@ -139,8 +140,8 @@ def run_parsed_config():
   """Calls SETUP's functions, then RUN, of the parsed gin config; returns RUN's result."""
   run = resolve_run()
   check_output_locations()
-  if jax.process_index() == 0:
-    logging.info("gin config:\n%s", gin.config_str())
+  if jax.process_index() == 0:  # A training run also writes it to MODEL_DIR/config.gin.
+    logging.debug("gin config:\n%s", gin.config_str())
   try:
     setup = gin.query_parameter("%SETUP")
   except ValueError:
@@ -172,13 +173,39 @@ def one_line_errors():
     sys.exit(1)
 
 
+def _macro(name: str):
+  try:
+    return gin.query_parameter(f"%{name}")
+  except ValueError:
+    return None
+
+
+def closing_line_parts() -> tuple[str, str | None]:
+  """(what the finished RUN wrote, the natural next command), from the run's directory macros."""
+  selector = gin.query_parameter("%RUN").configurable.name
+  model_dir, export_dir, eval_dir = _macro("MODEL_DIR"), _macro("EXPORT_DIR"), _macro("EVAL_DIR")
+  if selector.endswith("export_from_training_checkpoint") and export_dir:
+    return (f"the encoder {export_dir}", "python -m hybridir.evaluate --encoder "
+            f"{export_dir} --corpus corpus.jsonl --queries queries.jsonl --qrels qrels.tsv")
+  if eval_dir:
+    return f"evaluation reports to {eval_dir} (summary.json)", None
+  if selector.endswith("train") and model_dir:
+    return (f"checkpoints, config.gin and the vocabulary to {model_dir}",
+            "python -m hybridir.main --gin_file=gin_configs/runs/export.gin "
+            f"--gin.MODEL_DIR=\"'{model_dir}'\" --gin.EXPORT_DIR=\"'{model_dir}/export'\"")
+  return f"the results of {selector}", None
+
+
 def main(argv, gin_flag_bindings: Sequence[str] = ()):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  console.quiet_libraries()
   initialize_distributed()
   parse_config(_GIN_FILE.value, _GIN_BINDINGS.value + list(gin_flag_bindings))
   with one_line_errors():
     result = run_parsed_config()
+  if jax.process_index() == 0 and not getattr(result, "stopped_early", False):
+    console.finish(*closing_line_parts())
   if getattr(result, "stopped_early", False):
     logging.warning("preempted: checkpoint saved; exiting with status %d so a scheduler requeues "
                     "the run (rerun the same command to resume)", PREEMPTED_EXIT_CODE)

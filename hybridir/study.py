@@ -154,7 +154,7 @@ def main(argv):
   del argv
   from absl import flags
   values = flags.FLAGS
-  gin_utils.parse(values.gin_file, values.gin_bindings)
+  main_lib.parse_config(values.gin_file, values.gin_bindings)
   config = StudyConfig()
   if values.models:
     config = dataclasses.replace(config, models=tuple(values.models))

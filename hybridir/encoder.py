@@ -1,0 +1,185 @@
+"""The encoder users hold: `Encoder.encode(texts)` and the sentence-transformers / mteb
+interface around it (`encode_queries`, `encode_corpus`, prompt types). `export.load_encoder` makes
+one from an artifact, a training run, a Hugging Face directory or a T5X checkpoint.
+"""
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hybridir import partitioning
+from hybridir import text as text_lib
+from hybridir.console import progress
+from hybridir.models import dual_encoder
+
+MIN_BUCKET = 16
+
+
+@dataclasses.dataclass
+class Encoder:
+  """A dual encoder with its parameters and vocabulary; encodes texts in fixed-shape batches.
+
+  The forward pass splits each batch over all local devices (parameters replicated), so
+  batch_size is rounded up to a multiple of the local device count. Texts become tokens through
+  `text.tokenize` with `text_format` (prefixes, passage unit), as in training.
+  """
+  model: dual_encoder.DualEncoder
+  params: dict
+  vocabulary: object
+  max_length: int = 512
+  batch_size: int = 32
+  text_format: text_lib.TextFormat = dataclasses.field(default_factory=text_lib.TextFormat)
+  query_max_length: int | None = None  # Queries' cut, as in training (None: max_length).
+  name: str = "encoder"  # What reports and mteb call it (load_encoder: its folder's name).
+
+  def __post_init__(self):
+    self.family = self.model.encoder_config.family
+    self.mesh = partitioning.create_mesh(num_partitions=1, devices=jax.local_devices())
+    num_devices = self.mesh.devices.size
+    self.batch_size = -(-self.batch_size // num_devices) * num_devices
+    self._rules = ENCODE_AXIS_RULES
+    self.params = jax.device_put(jax.tree.map(jnp.asarray, self.params),
+                                 partitioning.replicated(self.mesh))
+    self._encode = encode_step(self.model, self.mesh)
+
+  @property
+  def dimension(self) -> int:
+    return self.model.projection_dim or self.model.encoder_config.emb_dim
+
+  def tokenize(self, texts: list[str], tower: str = "query",
+               contexts: list[str] | None = None) -> list[list[int]]:
+    """Ids of each text with its tower's prefix (and, for passages, its context)."""
+    contexts = [""] * len(texts) if contexts is None else list(contexts)
+    if len(contexts) != len(texts):
+      raise ValueError(f"encode: {len(texts)} texts but {len(contexts)} contexts")
+    return [text_lib.tokenize(self.vocabulary, tower, text, context, self.length(tower),
+                              self.text_format) for text, context in zip(texts, contexts)]
+
+  def length(self, tower: str) -> int:
+    """The longest input of a tower: query_max_length for queries when set, else max_length."""
+    return self.query_max_length if tower == "query" and self.query_max_length else (
+        self.max_length)
+
+  def bucket(self, num_tokens: int, tower: str = "passage") -> int:
+    """The padded length of a batch whose longest text has num_tokens: a power of two."""
+    return min(self.length(tower), max(MIN_BUCKET, 1 << (num_tokens - 1).bit_length()))
+
+  def encode(self, texts: str | Sequence[str], tower: str | None = None,
+             contexts: Sequence[str] | None = None, *, batch_size: int | None = None,
+             prompt_type: str | None = None, prompt_name: str | None = None,
+             show_progress_bar: bool = False, normalize_embeddings: bool = False,
+             convert_to_numpy: bool = True, **unused) -> np.ndarray:
+    """Embeds texts ([N, D] float32; one text: [D]): queries, or passages (`contexts`: each one's
+    paragraph).
+
+    The tower (and its prefix) is `tower`, else `prompt_type` / `prompt_name` as
+    sentence-transformers and mteb name it ('query'; 'passage', 'document' or 'corpus'), else
+    'query'. `normalize_embeddings` L2-normalises (the model's output already is when it
+    normalises). Batches are sorted by length and padded to a bucket (a power of two up to
+    max_length), so only a few shapes are ever compiled. Other sentence-transformers options
+    (`unused`, e.g. `convert_to_tensor`) are accepted and ignored.
+
+    This is also mteb's encoder protocol: `texts` may be mteb's DataLoader of batches (a corpus
+    batch's `title` then `body`), with `prompt_type` a PromptType."""
+    single = isinstance(texts, str)
+    texts = [texts] if single else list(texts)
+    if texts and isinstance(texts[0], dict):  # mteb's batches, or BEIR-style documents.
+      texts, contexts = _texts_of_records(texts)
+    tower = _tower(tower or prompt_type or prompt_name or "query")
+    batch_size = self.batch_size if batch_size is None else batch_size
+    num_devices = self.mesh.devices.size
+    batch_size = -(-max(1, batch_size) // num_devices) * num_devices
+    ids = self.tokenize(texts, tower, contexts)
+    order = np.argsort([len(x) for x in ids], kind="stable")
+    out = np.zeros((len(ids), self.dimension), np.float32)
+    pad = self.model.encoder_config.pad_id
+    starts = range(0, len(ids), batch_size)
+    for start in progress(starts, f"encoding {len(ids)} {tower} texts", unit="batch",
+                          enabled=show_progress_bar):
+      chunk = order[start:start + batch_size]
+      longest = max(len(ids[i]) for i in chunk)
+      tokens = np.full((batch_size, self.bucket(longest, tower)), pad, np.int32)
+      for row, i in enumerate(chunk):
+        tokens[row, :len(ids[i])] = ids[i]
+      with partitioning.axis_rules_context(self._rules, self.mesh):
+        embeddings = self._encode(self.params, tokens, tower)
+      out[chunk] = np.asarray(embeddings)[:len(chunk)]
+    if normalize_embeddings:
+      out /= np.maximum(np.linalg.norm(out, axis=-1, keepdims=True), 1e-12)
+    out = out[0] if single else out
+    return out if convert_to_numpy else jnp.asarray(out)
+
+  def encode_queries(self, queries: str | Sequence[str], **options) -> np.ndarray:
+    """encode(queries, tower='query', ...)."""
+    return self.encode(queries, "query", **options)
+
+  def encode_corpus(self, corpus, **options) -> np.ndarray:
+    """encode(passages, tower='passage', ...); BEIR-style corpora too: dicts with 'text' and an
+    optional 'title', read as the title, then the text (as MIRACL's candidates)."""
+    if isinstance(corpus, dict):  # BEIR's columns {'title': [...], 'text': [...]}.
+      corpus = [corpus]
+    return self.encode(corpus, "passage", **options)
+
+  # mteb's encoder protocol besides `encode`: scores and a model card.
+  def similarity(self, embeddings1, embeddings2) -> np.ndarray:
+    """[N1, N2] inner products, the score the model was trained with (cosine when it normalises)."""
+    return np.atleast_2d(np.asarray(embeddings1)) @ np.atleast_2d(np.asarray(embeddings2)).T
+
+  def similarity_pairwise(self, embeddings1, embeddings2) -> np.ndarray:
+    return np.sum(np.atleast_2d(np.asarray(embeddings1)) * np.atleast_2d(np.asarray(embeddings2)),
+                  axis=-1)
+
+  @property
+  def mteb_model_meta(self):
+    """mteb's ModelMeta of this encoder (mteb is imported only here)."""
+    from mteb.models.model_meta import ModelMeta  # pylint: disable=import-outside-toplevel
+    params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.params))
+    return ModelMeta.create_empty(overwrites=dict(
+        name=f"hybridir/{self.name}", revision="local", embed_dim=self.dimension,
+        max_tokens=self.max_length, n_parameters=params, framework=["JAX"], open_weights=True,
+        similarity_fn_name="cosine" if self.model.normalize else "dot"))
+
+
+_TOWERS = {"query": "query", "queries": "query", "passage": "passage", "document": "passage",
+           "documents": "passage", "corpus": "passage"}
+
+
+def _texts_of_records(records: Sequence[dict]) -> tuple[list[str], list[str]]:
+  """(texts, contexts) of dicts holding one text each or a batch of them (mteb's batches): the
+  `title`, then the `body` (else `text`), as MIRACL's candidates are read; no contexts."""
+  texts, contexts = [], []
+  for record in records:
+    body = record.get("body", record.get("text"))
+    if body is None:
+      raise ValueError(f"encode: a record without 'text' or 'body': keys {sorted(record)}")
+    body = [body] if isinstance(body, str) else list(body)
+    titles = record.get("title") or [""] * len(body)
+    titles = [titles] if isinstance(titles, str) else list(titles)
+    texts += [f"{title.strip()} {text}" if title and title.strip() else text
+              for title, text in zip(titles, body)]
+    contexts += [""] * len(body)
+  return texts, contexts
+
+
+def _tower(name) -> str:
+  """The tower an mteb PromptType ('query', 'document') or a prompt name selects."""
+  name = getattr(name, "value", name)
+  if name not in _TOWERS:
+    raise ValueError(f"encode: tower/prompt {name!r}; expected one of {sorted(_TOWERS)}")
+  return _TOWERS[name]
+
+
+ENCODE_AXIS_RULES = partitioning.standard_logical_axis_rules(1, 1)
+
+
+def encode_step(model: dual_encoder.DualEncoder, mesh: jax.sharding.Mesh):
+  """The jitted (params, tokens, tower) -> embeddings of evaluation: params replicated, the batch
+  split over the mesh; trace it inside axis_rules_context(ENCODE_AXIS_RULES, mesh)."""
+  replicated = partitioning.replicated(mesh)
+  batch = partitioning.batch_sharding(mesh)
+  return jax.jit(
+      lambda params, tokens, tower: model.apply(
+          {"params": params}, tokens, tower, method=dual_encoder.DualEncoder.encode),
+      in_shardings=(replicated, batch), out_shardings=batch, static_argnums=2)
