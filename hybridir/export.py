@@ -91,7 +91,10 @@ class Encoder:
     (a power of two up to max_length), so only a few shapes are ever compiled."""
     if isinstance(texts, str):
       raise TypeError("encode takes a list of texts, not a single string")
-    ids = self.tokenize(list(texts), tower, contexts)
+    return self.encode_ids(self.tokenize(list(texts), tower, contexts), tower)
+
+  def encode_ids(self, ids: list[list[int]], tower: str = "query") -> np.ndarray:
+    """Embeds token id lists ([N, D] float32), as `encode` does once texts are tokenised."""
     order = np.argsort([len(x) for x in ids], kind="stable")
     out = np.zeros((len(ids), self.dimension), np.float32)
     pad = self.model.encoder_config.pad_id
@@ -102,6 +105,8 @@ class Encoder:
       for row, i in enumerate(chunk):
         tokens[row, :len(ids[i])] = ids[i]
       with partitioning.axis_rules_context(self._rules, self.mesh):
+        # Placed first: under jax.distributed, jit refuses numpy input with a batch sharding.
+        tokens = jax.device_put(tokens, partitioning.batch_sharding(self.mesh))
         embeddings = self._encode(self.params, tokens, tower)
       out[chunk] = np.asarray(embeddings)[:len(chunk)]
     return out
