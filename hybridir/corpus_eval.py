@@ -48,8 +48,8 @@ def run_corpus_evaluation(*, encoder_path: str, topics_tsv: str, qrels_trec: str
   """Evaluates an encoder on one MIRACL-format language (topics, qrels, corpus JSONL; local or
   gs://): {measure: mean over judged queries, num_q}, also written to output_dir/results.json.
 
-  The index goes to index_dir (default output_dir/index); candidates are title + text as the
-  encoder's text format says (the title is the passage's context).
+  The index goes to index_dir (default output_dir/index); candidates are read as
+  `retrieval_data.load_miracl` gives them (title, then text) and encoded as passages.
   """
   for name in measures:
     metrics.parse_measure(name)
