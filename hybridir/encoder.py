@@ -88,10 +88,19 @@ class Encoder:
     if texts and isinstance(texts[0], dict):  # mteb's batches, or BEIR-style documents.
       texts, contexts = _texts_of_records(texts)
     tower = _tower(tower or prompt_type or prompt_name or "query")
+    out = self.encode_ids(self.tokenize(texts, tower, contexts), tower, batch_size=batch_size,
+                          show_progress_bar=show_progress_bar)
+    if normalize_embeddings:
+      out /= np.maximum(np.linalg.norm(out, axis=-1, keepdims=True), 1e-12)
+    out = out[0] if single else out
+    return out if convert_to_numpy else jnp.asarray(out)
+
+  def encode_ids(self, ids: Sequence[Sequence[int]], tower: str = "query", *,
+                 batch_size: int | None = None, show_progress_bar: bool = False) -> np.ndarray:
+    """Embeds token id lists ([N, D] float32), as `encode` does once texts are tokenised."""
     batch_size = self.batch_size if batch_size is None else batch_size
     num_devices = self.mesh.devices.size
     batch_size = -(-max(1, batch_size) // num_devices) * num_devices
-    ids = self.tokenize(texts, tower, contexts)
     order = np.argsort([len(x) for x in ids], kind="stable")
     out = np.zeros((len(ids), self.dimension), np.float32)
     pad = self.model.encoder_config.pad_id
@@ -104,12 +113,11 @@ class Encoder:
       for row, i in enumerate(chunk):
         tokens[row, :len(ids[i])] = ids[i]
       with partitioning.axis_rules_context(self._rules, self.mesh):
+        # Placed first: under jax.distributed, jit refuses numpy input with a batch sharding.
+        tokens = jax.device_put(tokens, partitioning.batch_sharding(self.mesh))
         embeddings = self._encode(self.params, tokens, tower)
       out[chunk] = np.asarray(embeddings)[:len(chunk)]
-    if normalize_embeddings:
-      out /= np.maximum(np.linalg.norm(out, axis=-1, keepdims=True), 1e-12)
-    out = out[0] if single else out
-    return out if convert_to_numpy else jnp.asarray(out)
+    return out
 
   def encode_queries(self, queries: str | Sequence[str], **options) -> np.ndarray:
     """encode(queries, tower='query', ...)."""

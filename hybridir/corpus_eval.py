@@ -1,0 +1,81 @@
+"""Evaluation against a whole corpus (MIRACL-scale): encode it into a resumable sharded index,
+search it exactly in bounded memory, write the TREC run and qrels, score them.
+
+    python -m hybridir.main --gin_file=gin_configs/runs/eval_corpus.gin \
+      --gin.ENCODER_PATH="'gs://b/export'" --gin.TOPICS="'topics.tsv'" --gin.QRELS="'qrels.txt'" \
+      --gin.CORPUS="'corpus.jsonl'" --gin.LANGUAGE="'sw'" --gin.EVAL_DIR="'gs://b/eval/sw'"
+
+The same command runs on one process or on every host of a pod (jax.distributed, hybridir.main's
+flags): each process encodes and searches its own shards; process 0 writes the run and results.
+Rerunning after a crash skips the shards already encoded.
+"""
+import json
+import os
+from typing import Sequence
+
+from absl import logging
+import gin
+import jax
+
+from hybridir import corpus_index
+from hybridir import corpus_search
+from hybridir import evaluate
+from hybridir import export
+from hybridir import metrics
+from hybridir import retrieval_data
+
+RUN_FILE, QRELS_FILE, RESULTS_FILE = "run.trec", "qrels.trec", "results.json"
+
+
+def write_run(output_dir: str, index_dir: str, qids: Sequence[str], scores, indices,
+              tag: str = "hybridir") -> str:
+  """The TREC run of a corpus search (top-k positions mapped to the index's passage ids)."""
+  ids = corpus_search.passage_ids(index_dir, corpus_index.read_spec(index_dir), indices)
+  run = {qid: {docid: float(score) for docid, score in zip(id_row, score_row)}
+         for qid, id_row, score_row in zip(qids, ids, scores)}
+  path = os.path.join(output_dir, RUN_FILE)
+  evaluate.write_trec_run(path, run, tag)
+  return path
+
+
+@gin.configurable
+def run_corpus_evaluation(*, encoder_path: str, topics_tsv: str, qrels_trec: str,
+                          corpus_jsonl: str, language: str, output_dir: str,
+                          index_dir: str | None = None, shard_size: int = 65536,
+                          dtype: str = "float32", depth: int = 100,
+                          memory_bytes: int = 2 << 30, batch_size: int = 64,
+                          measures: Sequence[str] = metrics.DEFAULT_MEASURES) -> dict:
+  """Evaluates an encoder on one MIRACL-format language (topics, qrels, corpus JSONL; local or
+  gs://): {measure: mean over judged queries, num_q}, also written to output_dir/results.json.
+
+  The index goes to index_dir (default output_dir/index); candidates are read as
+  `retrieval_data.load_miracl` gives them (title, then text) and encoded as passages.
+  """
+  for name in measures:
+    metrics.parse_measure(name)
+  index_dir = index_dir or os.path.join(output_dir, "index")
+  data = retrieval_data.load_miracl(topics_tsv, qrels_trec, corpus_jsonl, language)
+  questions, candidates = data.questions[language], data.candidates[language]
+  encoder = export.load_encoder(encoder_path, batch_size=batch_size)
+  source = corpus_index.TextPassages(encoder, [c.candidate_id for c in candidates],
+                                     [c.text for c in candidates],
+                                     [c.context for c in candidates])
+  encoding = corpus_index.encode_corpus(encoder, source, index_dir, shard_size, dtype)
+  logging.info("encoded %d passages (%d shards skipped) at %.1f passages/s",
+               encoding["encoded_passages"], encoding["skipped_shards"],
+               encoding["passages_per_second"])
+  query_emb = encoder.encode([q.text for q in questions], tower="query")
+  scores, indices = corpus_search.search_index(index_dir, query_emb,
+                                               min(depth, len(candidates)), memory_bytes)
+  if jax.process_index() != 0:  # Every process holds the same top-k; one writes.
+    return {}
+  qids = [q.question_id for q in questions]
+  run_path = write_run(output_dir, index_dir, qids, scores, indices)
+  qrels_path = os.path.join(output_dir, QRELS_FILE)
+  evaluate.write_trec_qrels(qrels_path, {q.question_id: {docid: 1 for docid in q.relevant}
+                                         for q in questions if q.relevant})
+  results = evaluate.evaluate_files(run_path, qrels_path, measures)["all"]
+  evaluate.write_text_atomically(os.path.join(output_dir, RESULTS_FILE),
+                                 json.dumps(results, indent=1, sort_keys=True) + "\n")
+  logging.info("results: %s", results)
+  return results
