@@ -140,11 +140,12 @@ def fast_tokenizer_files(encoder: export.Encoder, max_seq_length: int) -> dict[s
   except ImportError:
     return {}
   family = families.of_config(encoder.model.encoder_config)
+  source = vocabulary_file(encoder)
   with tempfile.TemporaryDirectory() as folder:
-    fs.copy_file(vocabulary_file(encoder), os.path.join(folder, family.vocabulary_files[0]))
+    # The vocabulary file (and the tokenizer_config.json its kind needs) as export_hf writes it.
+    vocab.write_vocabulary(encoder.vocabulary, source, os.path.join(
+        folder, vocab.kind_of(family.name, source).files[0]))
     _write_json(os.path.join(folder, "config.json"), hf_config(encoder.model.encoder_config))
-    if family.hf_tokenizer_config:
-      _write_json(os.path.join(folder, "tokenizer_config.json"), family.hf_tokenizer_config)
     tokenizer = transformers.AutoTokenizer.from_pretrained(
         folder, model_max_length=max_seq_length, **_TOKENIZER_OPTIONS.get(family.name, {}))
     output = os.path.join(folder, "out")

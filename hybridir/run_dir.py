@@ -14,6 +14,7 @@ import jax
 
 from hybridir import fs
 from hybridir import text as text_lib
+from hybridir import vocab
 from hybridir.models import dual_encoder
 from hybridir.models import families
 
@@ -51,12 +52,13 @@ def describe_run(model_dir: str, model: dual_encoder.DualEncoder, spm_path: str,
   encoder.json (process 0 only; each file atomically); returns MODEL_DIR."""
   if jax.process_index() != 0:
     return model_dir
-  vocabulary_file = families.of_config(model.encoder_config).vocabulary_files[0]
-  if spm_path.endswith(".model"):
-    vocabulary_file = "sentencepiece.model"
-  copy = os.path.join(VOCABULARY_DIR, vocabulary_file)
+  family = model.encoder_config.family
+  kind = vocab.kind_of(family, spm_path)
+  copy = os.path.join(VOCABULARY_DIR, "sentencepiece.model" if spm_path.endswith(".model")
+                      else kind.files[0])
   fs.makedirs(os.path.join(model_dir, VOCABULARY_DIR))
-  fs.copy_file(spm_path, os.path.join(model_dir, copy))
+  # As an export writes it: a WordPiece vocabulary with the tokenizer_config.json of its options.
+  vocab.write_vocabulary(kind.read(spm_path), spm_path, os.path.join(model_dir, copy))
   description = {"format": FORMAT, "format_version": FORMAT_VERSION,
                  **model_description(model), "text_format": text_lib.TextFormat().to_json(),
                  "max_length": int(task_feature_lengths["passage"]),
