@@ -245,6 +245,10 @@ def export_from_training_checkpoint(model_dir: str, output_dir: str,
                         **export_options)
 
 
+# Encoder settings that shape no parameter: a model file may differ from the run in them.
+TRAINING_ONLY_FIELDS = ("dropout_rate", "scan_layers", "dtype")
+
+
 def run_model_and_vocabulary(model_dir: str, model: dual_encoder.DualEncoder | None,
                              spm_path: str | None) -> tuple[dual_encoder.DualEncoder, str]:
   """(model, vocabulary path) of a training run: its own description's unless given; a given
@@ -258,7 +262,7 @@ def run_model_and_vocabulary(model_dir: str, model: dual_encoder.DualEncoder | N
   own = run_dir.model_from_description(description, os.path.join(model_dir, run_dir.DESCRIPTION))
   given, ran = (_flat_description(m) for m in (model or own, own))
   changed = [f"{k}={given.get(k)!r} (trained: {ran.get(k)!r})" for k in sorted(ran)
-             if given.get(k) != ran.get(k)]
+             if given.get(k) != ran.get(k) and k not in TRAINING_ONLY_FIELDS]
   if changed:
     raise ValueError(f"{model_dir} was trained with another model than the one given: "
                      + "; ".join(changed) + " (drop the model file: the run describes itself)")
