@@ -37,6 +37,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from hybridir import flops  # noqa: E402
 from hybridir import gin_utils  # noqa: E402
 from hybridir import optim  # noqa: E402
 from hybridir import train_step as step_lib  # noqa: E402
@@ -55,26 +56,7 @@ def load_model(name: str, dtype: str):
   return gin_utils.evaluate("MODEL")
 
 
-def model_flops(cfg, batch_size: int, lengths) -> float:
-  """Forward + backward FLOPs: 6 * matmul params * tokens + 12 * B * L^2 * heads * head_dim * layers
-  (attention scores and values), summed over the query and passage calls, plus the loss matmul.
-  The embedding lookup counts zero; padded positions count (both implementations compute them)."""
-  attention = 4 * cfg.emb_dim * cfg.num_heads * cfg.head_dim
-  if isinstance(cfg, t5.T5Config):
-    mlp = (len(cfg.mlp_activations) + 1) * cfg.emb_dim * cfg.mlp_dim
-  else:
-    mlp = 2 * cfg.emb_dim * cfg.mlp_dim
-  flops = 0.0
-  for length in lengths:
-    flops += 6 * (attention + mlp) * cfg.num_layers * batch_size * length
-    flops += 12 * batch_size * length ** 2 * cfg.num_heads * cfg.head_dim * cfg.num_layers
-  return flops + 6 * batch_size * batch_size * cfg.emb_dim
-
-
-def matmul_params(cfg) -> int:
-  attention = 4 * cfg.emb_dim * cfg.num_heads * cfg.head_dim
-  mlp_inputs = len(cfg.mlp_activations) if isinstance(cfg, t5.T5Config) else 1
-  return (attention + (mlp_inputs + 1) * cfg.emb_dim * cfg.mlp_dim) * cfg.num_layers
+model_flops, matmul_params = flops.train_step_flops, flops.matmul_params
 
 
 def make_tokens(cfg, batch_size: int, length: int, rng) -> np.ndarray:

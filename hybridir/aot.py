@@ -29,6 +29,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from hybridir import accelerators  # noqa: E402
 from hybridir import export  # noqa: E402
+from hybridir import flops as flops_lib  # noqa: E402
 from hybridir import gin_utils  # noqa: E402
 from hybridir import partitioning  # noqa: E402
 from hybridir import train_step as step_lib  # noqa: E402
@@ -193,11 +194,16 @@ def compile_train_step(run: TrainRun, mesh, tpu_slice: accelerators.Slice, batch
                      what="train step", mesh=mesh)
   result = dict(_compile(lowered, tpu_slice, f"train step at batch {batch_size}", mesh.size),
                 batch_size=batch_size, grad_cache_chunks=grad_cache_chunks)
+  # Counted from the model's shapes (matmuls and attention, forward and backward): for mT5-base
+  # at batch 1024, 174.9 TFLOPs against XLA's 184.3 for the unrolled program (elementwise ops,
+  # softmax, norms and the optimizer are XLA's 5% more).
+  result["model_tflops_per_step"] = round(flops_lib.train_step_flops(
+      run.model.encoder_config, batch_size, (run.query_length, run.passage_length)) / 1e12, 2)
   if getattr(run.model.encoder_config, "scan_layers", False) and "flops_per_chip" in result:
     # XLA's cost analysis counts a while loop's body once: the scanned layers' FLOPs once.
     result.update(flops_per_chip=None, tflops_per_step=None,
-                  flops_note="not counted: XLA counts the scanned layers once (SCAN_LAYERS=False "
-                             "compiles them unrolled, and counts them)")
+                  flops_note="XLA counts the scanned layers once: see model_tflops_per_step "
+                             "(SCAN_LAYERS=False compiles them unrolled, and XLA counts them)")
   return result
 
 

@@ -67,12 +67,13 @@ def check_writable(output_dir: str, overwrite: bool) -> None:
                           "replace it")
 
 
-def check_vocabulary(config: dual_encoder.EncoderConfig, spm_path: str):
-  """The family's vocabulary of a vocabulary file, checked to fit the model's embedding and to
-  pad with the model's pad_id (which decides the attention mask)."""
-  if not fs.isfile(spm_path):
-    raise FileNotFoundError(f"{spm_path}: vocabulary file not found")
-  vocabulary = vocab.family_vocabulary(families.of_config(config).name, spm_path)
+def check_vocabulary(config: dual_encoder.EncoderConfig, spm_path: str, vocabulary=None):
+  """The family's vocabulary of a vocabulary file (built unless given), checked to fit the model's
+  embedding and to pad with the model's pad_id (which decides the attention mask)."""
+  if vocabulary is None:
+    if not fs.isfile(spm_path):
+      raise FileNotFoundError(f"{spm_path}: vocabulary file not found")
+    vocabulary = vocab.family_vocabulary(families.of_config(config).name, spm_path)
   if vocabulary.vocab_size > config.vocab_size:
     raise ValueError(f"{spm_path}: vocabulary has {vocabulary.vocab_size} ids but the model's "
                      f"embedding has {config.vocab_size}")
@@ -134,7 +135,8 @@ def export_encoder(output_dir: str, model: dual_encoder.DualEncoder, params, spm
       "encoder_config": dataclasses.asdict(cfg), "pooling": model.pooling,
       "normalize": model.normalize, "projection_dim": model.projection_dim,
       "shared_towers": model.shared_towers, "param_dtype": dtype, "max_length": max_length,
-      "query_max_length": query_max_length, "text_format": (text_format or text_lib.TextFormat()).to_json(),
+      "query_max_length": query_max_length,
+      "text_format": (text_format or text_lib.TextFormat()).to_json(),
       "vocabulary": {"source": fs.abspath(spm_path), "file": vocabulary_file,
                      "sha256": _sha256(spm_path)},
       "parameter_count": int(sum(x.size for x in jax.tree.leaves(params))),
@@ -377,6 +379,7 @@ def load_encoder(path: str, vocabulary: str | None = None, model_config=None,
   bare texts (`text.UNFORMATTED`).
   """
   local = not path.startswith("gs://")
+  built = None  # The vocabulary, where a branch needs it before the model is final.
   if fs.exists(os.path.join(path, MANIFEST)):
     if model_config is not None:
       raise ValueError(f"{path}: an exported artifact carries its own config; drop model_config")
@@ -408,8 +411,9 @@ def load_encoder(path: str, vocabulary: str | None = None, model_config=None,
       spm_path = vocabulary or vocab.find_vocabulary_file(path, model.encoder_config.family)
       # transformers masks padding by its tokenizer's attention mask: pad as the tokenizer does
       # (a MiniLM-style BERT with XLM-R's tokenizer pads with 1, its config.json says 0).
-      pad_id = vocab.family_vocabulary(model.encoder_config.family, spm_path).pad_id
-      model = model.clone(encoder_config=dataclasses.replace(model.encoder_config, pad_id=pad_id))
+      built = vocab.family_vocabulary(model.encoder_config.family, spm_path)
+      model = model.clone(encoder_config=dataclasses.replace(model.encoder_config,
+                                                             pad_id=built.pad_id))
     elif not local or os.path.exists(os.path.join(path, "checkpoint")):
       if vocabulary is None:
         raise ValueError(f"{path}: a T5X checkpoint needs vocabulary=<SentencePiece model path>")
@@ -420,7 +424,7 @@ def load_encoder(path: str, vocabulary: str | None = None, model_config=None,
                               f"an exported artifact ({MANIFEST}) nor a T5X checkpoint "
                               "(checkpoint file)")
   cfg = model.encoder_config
-  return Encoder(model, params, check_vocabulary(cfg, spm_path),
+  return Encoder(model, params, check_vocabulary(cfg, spm_path, built),
                  max_length or cfg.max_length or 512, batch_size,
                  text_format or text_lib.UNFORMATTED, query_max_length,
                  name=os.path.basename(os.path.normpath(path)) or "encoder")

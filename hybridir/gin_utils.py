@@ -53,3 +53,34 @@ def evaluate(macro: str):
   if isinstance(value, gin.config.ConfigurableReference) and value.evaluate:
     return value.scoped_configurable_fn()
   return value
+
+
+class _LiteralDelegate(gin.config_parser.ParserDelegate):
+  """Reads references and macros as their names: parsing without binding anything."""
+
+  def configurable_reference(self, scoped_name, evaluate):
+    return f"@{scoped_name}{'()' * evaluate}"
+
+  def macro(self, name):
+    return f"%{name}"
+
+
+def file_macro(gin_file: str, name: str):
+  """The literal value a gin file (with its includes, later wins) gives the macro `name`, read
+  without touching the global gin config; raises ValueError when no file sets it."""
+  found = []
+
+  def read(path: str) -> None:
+    resolved = next((p for p in (path, os.path.join(REPO_ROOT, path)) if os.path.exists(p)), path)
+    with open(resolved) as f:
+      for statement in gin.config_parser.ConfigParser(f, _LiteralDelegate()):
+        if isinstance(statement, gin.config_parser.IncludeStatement):
+          read(statement.filename)
+        elif (isinstance(statement, gin.config_parser.BindingStatement)
+              and statement.selector == name and not statement.arg_name):
+          found.append(statement.value)
+
+  read(gin_file)
+  if not found:
+    raise ValueError(f"{gin_file}: sets no {name} (in it or its includes)")
+  return found[-1]

@@ -17,7 +17,6 @@ import dataclasses
 import functools
 import json
 import os
-import re
 import sys
 import time
 
@@ -42,12 +41,8 @@ MODEL_FILES = {"mT5": "gin_configs/runs/study/demo_mt5.gin",
 
 @functools.lru_cache(maxsize=None)
 def family(model: str) -> str:
-  """The encoder family the model's demo file sets (`FAMILY = '...'`)."""
-  path = MODEL_FILES[model]
-  found = re.search(r"^FAMILY = '(\w+)'", fs.read_text(path), re.MULTILINE)
-  if not found:
-    raise ValueError(f"{path}: sets no FAMILY = '<family>' (the demo's model files must)")
-  return found.group(1)
+  """The encoder family the model's demo file (or a file it includes) sets as FAMILY."""
+  return gin_utils.file_macro(MODEL_FILES[model], "FAMILY")
 
 
 @gin.configurable

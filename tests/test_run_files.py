@@ -25,6 +25,7 @@ def test_study_config_builds_its_published_model_from_a_checkpoint(path):
   model = gin_utils.evaluate("MODEL")
   assert model.encoder_config.emb_dim == EMB_DIMS[name]
   assert model.encoder_config.family == gin_utils.evaluate("FAMILY")
+  assert gin_utils.file_macro(path, "FAMILY") == gin_utils.evaluate("FAMILY")  # study.family
   assert gin_utils.evaluate("INIT_CHECKPOINT")
   assert gin.query_parameter("%RUN").configurable.name == "train_and_evaluate"
   # The paper's settings: AdamW 3e-5, weight decay 0.01, batch 100, alpha 0.5.
