@@ -52,6 +52,7 @@ def test_tiny_model_compiles_for_v4_8_and_fits(capsys):
   assert 0 < train["bytes"]["total"] < report["hbm_per_chip_bytes"]
   assert train["bytes"]["aliased"] > 0  # The state is donated.
   assert train["flops_per_chip"] > 0
+  assert 0 < train["model_tflops_per_step"] * 1e12 < train["flops_per_chip"] * report["chips"]
   encode = report["encode_step"]
   assert encode["fits"] and encode["length"] == 512 and encode["batch_size"] % 4 == 0
 
