@@ -197,8 +197,9 @@ def compile_train_step(run: TrainRun, mesh, tpu_slice: accelerators.Slice, batch
   # Counted from the model's shapes (matmuls and attention, forward and backward): for mT5-base
   # at batch 1024, 174.9 TFLOPs against XLA's 184.3 for the unrolled program (elementwise ops,
   # softmax, norms and the optimizer are XLA's 5% more).
-  result["model_tflops_per_step"] = round(flops_lib.train_step_flops(
-      run.model.encoder_config, batch_size, (run.query_length, run.passage_length)) / 1e12, 2)
+  model_flops = flops_lib.train_step_flops(
+      run.model.encoder_config, batch_size, (run.query_length, run.passage_length))
+  result["model_tflops_per_step"] = float(f"{model_flops / 1e12:.4g}")
   if getattr(run.model.encoder_config, "scan_layers", False) and "flops_per_chip" in result:
     # XLA's cost analysis counts a while loop's body once: the scanned layers' FLOPs once.
     result.update(flops_per_chip=None, tflops_per_step=None,

@@ -7,7 +7,7 @@
 #   python -m hybridir.study_gather --runs_root gs://BUCKET/study --output_dir out/study_full
 #
 # usage: launch/study_sweep.sh --bucket gs://BUCKET/study --corpus_dir gs://BUCKET/corpus \
-#          --zone ZONE --accelerator_type v4-32 [--models "mt5_base labse"] [--seeds "0 1 2"]
+#          --zone ZONE --accelerator_type v4-8 [--models "mt5_base labse"] [--seeds "0 1 2"]
 #          [--strategies "mono cross hybrid"] [--data_dir DIR] [--dry-run]
 set -euo pipefail
 
