@@ -12,6 +12,7 @@ next `check` (each step) and leaves the older checkpoints as they were.
 import hashlib
 import json
 import logging as logging_lib
+import sys
 
 from absl import logging
 import gin
@@ -123,6 +124,26 @@ class _OrbaxTracebacks(logging_lib.Filter):
     return True
 
 
+def _is_closed_loop_error(error: BaseException) -> bool:
+  return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+
+
+def _quiet_closed_loop_errors() -> None:
+  """After a failed save, tensorstore's write callbacks still schedule onto orbax's closed asyncio
+  loop, and each prints a `RuntimeError: Event loop is closed` traceback (dozens on a full disk)
+  that says nothing the CheckpointSaveError does not; drop those, print every other error."""
+  if getattr(sys.excepthook, "hybridir_quiet", False):
+    return
+  previous = sys.excepthook
+
+  def hook(kind, value, traceback):
+    if not _is_closed_loop_error(value):
+      previous(kind, value, traceback)
+
+  hook.hybridir_quiet = True
+  sys.excepthook = hook
+
+
 def _first_line(error: BaseException) -> str:
   lines = str(error).strip().splitlines()
   return f"{type(error).__name__}: {lines[0] if lines else ''}"[:400]
@@ -152,6 +173,7 @@ class Checkpointer:
     absl_logger = logging_lib.getLogger("absl")
     if not any(isinstance(f, _OrbaxTracebacks) for f in absl_logger.filters):
       absl_logger.addFilter(_OrbaxTracebacks())
+    _quiet_closed_loop_errors()
     policies = [checkpoint_managers.LatestN(keep_last)]
     if best_metric and keep_best:
       policies.append(checkpoint_managers.BestN(

@@ -2,6 +2,7 @@
 import errno
 import os
 import re
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -127,3 +128,13 @@ def test_nan_stop_names_the_newest_verified_checkpoint(tmp_path, monkeypatch):
   with pytest.raises(FloatingPointError,
                      match=r"at step 11; .*Last good checkpoint: .*/checkpoints/4\b"):
     run(tmp_path, 12, learning_rate_schedule=schedule)
+
+
+def test_checkpointer_drops_only_the_closed_event_loop_tracebacks_of_a_failed_save(
+    tmp_path, monkeypatch):
+  printed = []
+  monkeypatch.setattr("sys.excepthook", lambda kind, value, tb: printed.append(value))
+  checkpoints.Checkpointer(str(tmp_path / "checkpoints")).close()
+  for error in (RuntimeError("Event loop is closed"), RuntimeError("other"), OSError("disk")):
+    sys.excepthook(type(error), error, None)
+  assert [str(e) for e in printed] == ["other", "disk"]
