@@ -240,7 +240,12 @@ def largest_batch(run: TrainRun, mesh, tpu_slice, first: dict, granularity: int 
   unit = math.lcm(partitioning.data_parallel_size(mesh), tpu_slice.hosts)
   step = max(unit, -(-granularity // unit) * unit) if granularity else unit
   probes = {first["batch_size"]: first}
-  probe = lambda b: probes.setdefault(b, compile_train_step(run, mesh, tpu_slice, b, 1))
+
+  def probe(batch: int) -> dict:  # Each batch compiled once (minutes each).
+    if batch not in probes:
+      probes[batch] = compile_train_step(run, mesh, tpu_slice, batch, 1)
+    return probes[batch]
+
   largest = search_largest_batch(probe, first["batch_size"], step,
                                  tpu_slice.family.usable_hbm_bytes)
   return {"max_batch": largest, "unit": step, "compiles": len(probes)}

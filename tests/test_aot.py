@@ -1,7 +1,10 @@
 """Ahead-of-time compilation for Cloud TPU slices with libtpu's compile-only devices (no TPU)."""
+import dataclasses
 import json
 
 import gin
+import jax
+import numpy as np
 import pytest
 
 from hybridir import accelerators
@@ -115,3 +118,17 @@ def test_largest_batch_search_finds_the_last_multiple_that_fits_in_few_probes(st
 def test_largest_batch_search_says_none_when_even_one_step_does_not_fit():
   probe = linear_memory(fixed=20000, per_example=1, usable=10000, calls=[])
   assert aot.search_largest_batch(probe, 64, step=8, usable_bytes=10000) is None
+
+
+def test_largest_batch_compiles_each_batch_once(monkeypatch):
+  calls = []
+  probe = linear_memory(fixed=1000, per_example=7, usable=10000, calls=calls)
+  compile_step = lambda run, mesh, tpu_slice, batch, chunks: dict(probe(batch), batch_size=batch)
+  monkeypatch.setattr(aot, "compile_train_step", compile_step)
+  tpu_slice = dataclasses.replace(accelerators.get_slice("v4-8"), family=dataclasses.replace(
+      accelerators.get_slice("v4-8").family, usable_hbm_bytes=10000))
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:4]).reshape(4, 1), ("data", "model"))
+  first = compile_step(None, mesh, tpu_slice, 96, 1)
+  search = aot.largest_batch(None, mesh, tpu_slice, first, granularity=16)
+  assert search["max_batch"] == 1280
+  assert len(calls) == len(set(calls)) == search["compiles"]
