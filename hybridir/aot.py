@@ -3,7 +3,8 @@
   python -m hybridir.aot --accelerator_type v4-32 --gin_file=gin_configs/runs/study/mt5_base.gin
 
 builds the run's train step (trainer.sharded_train_step over trainer.state_layout) and the encode
-step evaluation runs (export.encode_step, on one host's chips) from the same gin files a launch
+step evaluation runs (export.encode_step on one host's chips, parameters split as training splits
+them) from the same gin files a launch
 uses, from shapes alone (no data, checkpoint or vocabulary is read), compiles both with libtpu's
 compile-only devices and prints one JSON line: slice, mesh, per-chip bytes against the chip's HBM,
 FLOPs per step, `fits`. Exit status 0: fits; 3: does not fit (an out-of-memory compile is a
@@ -212,27 +213,32 @@ def _default(fn, name: str):
   return inspect.signature(fn).parameters[name].default
 
 
-def compile_encode_step(run: TrainRun, devices, tpu_slice: accelerators.Slice) -> dict:
-  """Evaluation's encode step (float32 params replicated on one host's chips) at its default
-  batch and the export's default max_length, compiled for the slice."""
+def compile_encode_step(run: TrainRun, devices, tpu_slice: accelerators.Slice,
+                        num_partitions: int = 1) -> dict:
+  """Evaluation's encode step (float32 params, split over num_partitions of one host's chips as
+  study_run evaluates, else replicated) at its default batch and the export's default
+  max_length, compiled for the slice."""
   from hybridir import eval_run  # Only for its default batch size.
-  mesh = partitioning.create_mesh(num_partitions=1, devices=devices)
-  batch_size = -(-_default(eval_run.run_evaluation, "batch_size") // len(devices)) * len(devices)
+  mesh = partitioning.create_mesh(num_partitions=num_partitions, devices=devices)
+  data = partitioning.data_parallel_size(mesh)
+  batch_size = -(-_default(eval_run.run_evaluation, "batch_size") // data) * data
   length = _default(export.export_encoder, "max_length")
   config = run.model.encoder_config
   if config.max_length:  # Learned positions (XLM-R, BERT) cap the length.
     length = min(length, config.max_length)
   with partitioning.axis_rules_context(export.ENCODE_AXIS_RULES, mesh):
     params = step_lib.strip_boxes(step_lib.abstract_model_variables(run.model, length, length))
-    params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
-        x.shape, jnp.float32, sharding=partitioning.replicated(mesh)), params)
+    params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32), params)
+    shardings = export.encode_param_shardings(run.model, mesh)
+    if isinstance(shardings, jax.sharding.Sharding):  # Replicated: one sharding for all.
+      shardings = jax.tree.map(lambda _: shardings, params)
     tokens = jax.ShapeDtypeStruct((batch_size, length), jnp.int32,
                                   sharding=partitioning.batch_sharding(mesh))
-    lowered = _lower(export.encode_step(run.model, mesh), params, tokens, "passage",
+    lowered = _lower(export.encode_step(run.model, mesh, shardings),
+                     _with_shardings(params, shardings), tokens, "passage",
                      what="encode step", mesh=mesh)
   return dict(_compile(lowered, tpu_slice, "encode step", mesh.size), batch_size=batch_size,
-              length=length,
-              mesh=dict(mesh.shape))
+              length=length, mesh=dict(mesh.shape))
 
 
 def largest_batch(run: TrainRun, mesh, tpu_slice, first: dict, granularity: int = 0) -> dict:
@@ -309,7 +315,11 @@ def check(accelerator_type: str, gin_files, gin_bindings=(), max_batch: bool = F
     raise AotError(f"{accelerator_type} ({tpu_slice.chips} chips): {e}") from None
   chunks = run.loss_config.grad_cache_chunks
   train = compile_train_step(run, mesh, tpu_slice, run.batch_size, chunks)
-  encode = compile_encode_step(run, devices[:tpu_slice.chips_per_host], tpu_slice)
+  from hybridir import study_run  # Evaluation splits parameters as the study's runs do.
+  encode = compile_encode_step(
+      run, devices[:tpu_slice.chips_per_host], tpu_slice,
+      study_run.evaluation_partitions(partitioning.model_parallel_size(mesh),
+                                      tpu_slice.chips_per_host))
   report = {"accelerator_type": accelerator_type, "topology": tpu_slice.topology,
             "chips": tpu_slice.chips, "hosts": tpu_slice.hosts,
             "hbm_per_chip_bytes": tpu_slice.family.usable_hbm_bytes,

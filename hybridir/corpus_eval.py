@@ -44,9 +44,11 @@ def run_corpus_evaluation(*, encoder_path: str, topics_tsv: str, qrels_trec: str
                           index_dir: str | None = None, shard_size: int = 65536,
                           dtype: str = "float32", depth: int = 100,
                           memory_bytes: int = 2 << 30, batch_size: int = 64,
+                          num_partitions: int = 1,
                           measures: Sequence[str] = metrics.DEFAULT_MEASURES) -> dict:
   """Evaluates an encoder on one MIRACL-format language (topics, qrels, corpus JSONL; local or
   gs://): {measure: mean over judged queries, num_q}, also written to output_dir/results.json.
+  num_partitions: local devices each parameter is split over (load_encoder's).
 
   The index goes to index_dir (default output_dir/index); candidates are read as
   `retrieval_data.load_miracl` gives them (title, then text) and encoded as passages.
@@ -56,7 +58,8 @@ def run_corpus_evaluation(*, encoder_path: str, topics_tsv: str, qrels_trec: str
   index_dir = index_dir or os.path.join(output_dir, "index")
   data = retrieval_data.load_miracl(topics_tsv, qrels_trec, corpus_jsonl, language)
   questions, candidates = data.questions[language], data.candidates[language]
-  encoder = export.load_encoder(encoder_path, batch_size=batch_size)
+  encoder = export.load_encoder(encoder_path, batch_size=batch_size,
+                                num_partitions=num_partitions)
   source = corpus_index.TextPassages(encoder, [c.candidate_id for c in candidates],
                                      [c.text for c in candidates],
                                      [c.context for c in candidates])

@@ -11,6 +11,7 @@ import numpy as np
 
 from hybridir import partitioning
 from hybridir import text as text_lib
+from hybridir import train_step
 from hybridir.console import progress
 from hybridir.models import dual_encoder
 
@@ -21,9 +22,11 @@ MIN_BUCKET = 16
 class Encoder:
   """A dual encoder with its parameters and vocabulary; encodes texts in fixed-shape batches.
 
-  The forward pass splits each batch over all local devices (parameters replicated), so
-  batch_size is rounded up to a multiple of the local device count. Texts become tokens through
-  `text.tokenize` with `text_format` (prefixes, passage unit), as in training.
+  The forward pass splits each batch over the local devices' data axis, so batch_size is rounded
+  up to a multiple of it. Parameters are replicated, or with `num_partitions` > 1 split over that
+  many local devices as the logical axis rules say (a model too large for one chip, e.g. mT5-XXL).
+  Texts become tokens through `text.tokenize` with `text_format` (prefixes, passage unit), as in
+  training.
   """
   model: dual_encoder.DualEncoder
   params: dict
@@ -33,16 +36,19 @@ class Encoder:
   text_format: text_lib.TextFormat = dataclasses.field(default_factory=text_lib.TextFormat)
   query_max_length: int | None = None  # Queries' cut, as in training (None: max_length).
   name: str = "encoder"  # What reports and mteb call it (load_encoder: its folder's name).
+  num_partitions: int = 1  # Local devices each parameter is split over (1: replicated).
 
   def __post_init__(self):
     self.family = self.model.encoder_config.family
-    self.mesh = partitioning.create_mesh(num_partitions=1, devices=jax.local_devices())
-    num_devices = self.mesh.devices.size
+    self.mesh = partitioning.create_mesh(num_partitions=self.num_partitions,
+                                         devices=jax.local_devices())
+    num_devices = partitioning.data_parallel_size(self.mesh)
     self.batch_size = -(-self.batch_size // num_devices) * num_devices
     self._rules = ENCODE_AXIS_RULES
-    self.params = jax.device_put(jax.tree.map(jnp.asarray, self.params),
-                                 partitioning.replicated(self.mesh))
-    self._encode = encode_step(self.model, self.mesh)
+    shardings = encode_param_shardings(self.model, self.mesh)
+    # Straight from host memory to each device's shard: no whole copy on one device first.
+    self.params = jax.device_put(self.params, shardings)
+    self._encode = encode_step(self.model, self.mesh, shardings)
 
   @property
   def dimension(self) -> int:
@@ -99,7 +105,7 @@ class Encoder:
                  batch_size: int | None = None, show_progress_bar: bool = False) -> np.ndarray:
     """Embeds token id lists ([N, D] float32), as `encode` does once texts are tokenised."""
     batch_size = self.batch_size if batch_size is None else batch_size
-    num_devices = self.mesh.devices.size
+    num_devices = partitioning.data_parallel_size(self.mesh)
     batch_size = -(-max(1, batch_size) // num_devices) * num_devices
     order = np.argsort([len(x) for x in ids], kind="stable")
     out = np.zeros((len(ids), self.dimension), np.float32)
@@ -182,12 +188,24 @@ def _tower(name) -> str:
 ENCODE_AXIS_RULES = partitioning.standard_logical_axis_rules(1, 1)
 
 
-def encode_step(model: dual_encoder.DualEncoder, mesh: jax.sharding.Mesh):
-  """The jitted (params, tokens, tower) -> embeddings of evaluation: params replicated, the batch
-  split over the mesh; trace it inside axis_rules_context(ENCODE_AXIS_RULES, mesh)."""
-  replicated = partitioning.replicated(mesh)
+def encode_param_shardings(model: dual_encoder.DualEncoder, mesh: jax.sharding.Mesh):
+  """Where evaluation keeps each parameter: replicated on a mesh whose model axis has size 1,
+  else split over it as ENCODE_AXIS_RULES map the parameter's logical axes."""
+  if partitioning.model_parallel_size(mesh) == 1:
+    return partitioning.replicated(mesh)
+  with partitioning.axis_rules_context(ENCODE_AXIS_RULES, mesh):
+    boxed = train_step.abstract_model_variables(model, MIN_BUCKET, MIN_BUCKET)
+    return partitioning.params_shardings(boxed, mesh, ENCODE_AXIS_RULES)
+
+
+def encode_step(model: dual_encoder.DualEncoder, mesh: jax.sharding.Mesh, param_shardings=None):
+  """The jitted (params, tokens, tower) -> embeddings of evaluation: params as param_shardings
+  says (default: encode_param_shardings), the batch split over the mesh's data axis; trace it
+  inside axis_rules_context(ENCODE_AXIS_RULES, mesh)."""
+  if param_shardings is None:
+    param_shardings = encode_param_shardings(model, mesh)
   batch = partitioning.batch_sharding(mesh)
   return jax.jit(
       lambda params, tokens, tower: model.apply(
           {"params": params}, tokens, tower, method=dual_encoder.DualEncoder.encode),
-      in_shardings=(replicated, batch), out_shardings=batch, static_argnums=2)
+      in_shardings=(param_shardings, batch), out_shardings=batch, static_argnums=2)

@@ -92,18 +92,20 @@ def summary(results: dict, measures: Sequence[str] = SUMMARY_MEASURES) -> dict[s
 def run_evaluation(*, encoder_path: str, mixture_name: str, output_dir: str,
                    in_domain: str | None = None,
                    measures: Sequence[str] = metrics.DEFAULT_MEASURES,
-                   batch_size: int = 64) -> dict:
+                   batch_size: int = 64, num_partitions: int = 1) -> dict:
   """Evaluates an encoder (HF directory, T5X checkpoint or exported artifact) on a mixture.
 
   `in_domain` names the mixture's dataset that is in-domain (e.g. the held-out split of the
-  training corpus); every other dataset's degradation against it is reported.
+  training corpus); every other dataset's degradation against it is reported. num_partitions:
+  local devices each parameter is split over (load_encoder's).
   """
   fs.check_writable(output_dir, "output_dir")  # Before any encoding.
   datasets = tasks.evaluation_mixture_datasets(mixture_name)
   names = [name for name, _ in datasets]
   if in_domain is not None and in_domain not in names:
     raise ValueError(f"in_domain={in_domain!r} is not a dataset of {mixture_name!r}: {names}")
-  encoder = export.load_encoder(encoder_path, batch_size=batch_size)
+  encoder = export.load_encoder(encoder_path, batch_size=batch_size,
+                                num_partitions=num_partitions)
   writes = jax.process_index() == 0  # Every host computes the same numbers; one writes them.
   results = {}
   for name, dataset in datasets:

@@ -25,7 +25,8 @@ import orbax.checkpoint as ocp
 from hybridir import fs
 from hybridir import importers
 from hybridir import run_dir
-from hybridir.encoder import ENCODE_AXIS_RULES, Encoder, encode_step  # noqa: F401 (export.*)
+from hybridir.encoder import (ENCODE_AXIS_RULES, Encoder, encode_param_shardings,  # noqa: F401
+                              encode_step)  # (export.*)
 from hybridir import text as text_lib
 from hybridir import vocab
 from hybridir.models import dual_encoder
@@ -367,7 +368,8 @@ def _load_artifact(path: str, overrides: dict) -> tuple[dual_encoder.DualEncoder
 def load_encoder(path: str, vocabulary: str | None = None, model_config=None,
                  pooling: str | None = None, normalize: bool | None = None,
                  projection_dim: int | None = None, max_length: int | None = None,
-                 batch_size: int = 32, text_format: text_lib.TextFormat | None = None) -> Encoder:
+                 batch_size: int = 32, text_format: text_lib.TextFormat | None = None,
+                 num_partitions: int = 1) -> Encoder:
   """Loads an exported artifact, a Hugging Face directory or a T5X checkpoint (with vocabulary).
 
   An artifact carries its own config, pooling, vocabulary and text format; options that
@@ -376,7 +378,8 @@ def load_encoder(path: str, vocabulary: str | None = None, model_config=None,
   vocabulary's sha256, also of a `vocabulary` given here). A sentence-transformers folder's
   modules decide pooling and normalize the same way; elsewhere pooling defaults to the family's
   (mean for mT5 and XLM-R, [CLS] + dense pooler for BERT), normalize to True and text_format to
-  bare texts (`text.UNFORMATTED`).
+  bare texts (`text.UNFORMATTED`). num_partitions > 1 splits the parameters over that many local
+  devices (Encoder.num_partitions), for a model too large to replicate on each.
   """
   local = not path.startswith("gs://")
   built = None  # The vocabulary, where a branch needs it before the model is final.
@@ -394,8 +397,8 @@ def load_encoder(path: str, vocabulary: str | None = None, model_config=None,
   elif run_dir.is_run(path):  # A training MODEL_DIR: its latest checkpoint.
     if model_config is not None:
       raise ValueError(f"{path}: a training run describes its own model; drop model_config")
-    model, _ = run_model_and_vocabulary(path, None, None)
     description = run_dir.read_description(path)
+    model = run_dir.model_from_description(description, os.path.join(path, run_dir.DESCRIPTION))
     params = checked_params(model, restore_training_params(path)[1], path)
     spm_path = vocabulary or description["vocabulary"]
     text_format = text_format or description["text_format"]
@@ -427,4 +430,5 @@ def load_encoder(path: str, vocabulary: str | None = None, model_config=None,
   return Encoder(model, params, check_vocabulary(cfg, spm_path, built),
                  max_length or cfg.max_length or 512, batch_size,
                  text_format or text_lib.UNFORMATTED, query_max_length,
-                 name=os.path.basename(os.path.normpath(path)) or "encoder")
+                 name=os.path.basename(os.path.normpath(path)) or "encoder",
+                 num_partitions=num_partitions)

@@ -112,6 +112,11 @@ def data_parallel_size(mesh: jax.sharding.Mesh) -> int:
   return mesh.shape[DATA_AXIS]
 
 
+def model_parallel_size(mesh: jax.sharding.Mesh) -> int:
+  """How many devices each model replica's parameters are split over: the model axis's size."""
+  return mesh.shape[MODEL_AXIS]
+
+
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
   """A full copy on every device."""
   return NamedSharding(mesh, PartitionSpec())

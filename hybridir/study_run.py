@@ -99,6 +99,11 @@ def limit_questions(dataset: retrieval_data.RetrievalDataset, limit: int | None)
       language: items[:limit] for language, items in dataset.questions.items()})
 
 
+def evaluation_partitions(num_partitions: int, local_devices: int) -> int:
+  """The devices evaluation splits each parameter over: the training's count, at most one host's."""
+  return min(num_partitions, local_devices)
+
+
 def _best_step(result: trainer.TrainResult, metric: str) -> int | None:
   evaluated = [e for e in result.eval_history if metric in e]
   return min(evaluated, key=lambda e: (e[metric], e["step"]))["step"] if evaluated else None
@@ -127,13 +132,16 @@ def train_and_evaluate(*, model_dir: str, model, spm_path: str, train_mixture: s
                        validation_mixture: str, task_feature_lengths: dict, seed: int,
                        settings: dict, miracl: Sequence[dict] = (),
                        matched_draws: int = 5, max_questions_per_language: int | None = None,
-                       best_metric: str = "eval/loss", export_dir: str | None = None):
+                       best_metric: str = "eval/loss", export_dir: str | None = None,
+                       num_partitions: int = 1):
   """Trains (trainer.train, as gin binds it), exports the checkpoint with the lowest validation
   loss, evaluates it and writes MODEL_DIR/study_results.json; returns what it wrote (or, stopped
   by SIGTERM, the TrainResult, without evaluating).
 
   settings: the run's settings to record beside the results (the study's macros).
   miracl: as register_study_data's; MIRACL joins the evaluation when given.
+  num_partitions: the training mesh's (NUM_PARTITIONS); evaluation splits each parameter over as
+  many of this host's devices (at most all of them), so a model trained split is evaluated split.
   """
   datasets = study_datasets(bool(miracl))
   check_held_out([train_mixture, validation_mixture], dict(datasets)[IN_DOMAIN])
@@ -149,7 +157,8 @@ def train_and_evaluate(*, model_dir: str, model, spm_path: str, train_mixture: s
     path = export.export_from_training_checkpoint(
         model_dir, local, model, spm_path, step=step,
         max_length=max(task_feature_lengths.values()), overwrite=True)
-    encoder = export.load_encoder(path, batch_size=128)
+    encoder = export.load_encoder(path, batch_size=128, num_partitions=evaluation_partitions(
+        num_partitions, jax.local_device_count()))
     evaluation = evaluate_encoder(encoder, datasets, matched_draws, seed,
                                   max_questions_per_language)
   out = {"settings": settings, "evaluation": evaluation,

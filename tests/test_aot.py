@@ -60,6 +60,20 @@ def test_tiny_model_compiles_for_v4_8_and_fits(capsys):
   assert encode["fits"] and encode["length"] == 512 and encode["batch_size"] % 4 == 0
 
 
+def test_encode_step_splits_parameters_over_the_model_axis_as_training_does(capsys):
+  """A run split over 2 chips (NUM_PARTITIONS=2) is evaluated split the same way on one host, so
+  a model too large to replicate (mT5-XXL) fits; replicated, each chip holds all parameters."""
+  reports = {}
+  for partitions in (1, 2):
+    status, out, err = run_main(capsys, *TINY, f"--gin.NUM_PARTITIONS={partitions}")
+    assert status == aot.EXIT_FITS, err
+    reports[partitions] = json.loads(out)
+  assert reports[2]["mesh"] == reports[2]["encode_step"]["mesh"] == {"data": 2, "model": 2}
+  assert reports[1]["encode_step"]["mesh"] == {"data": 4, "model": 1}
+  arguments = {p: r["encode_step"]["bytes"]["arguments"] for p, r in reports.items()}
+  assert arguments[2] < 0.75 * arguments[1]
+
+
 def test_batch_that_cannot_fit_exits_3_with_the_memory_it_needed(capsys):
   status, out, err = run_main(capsys, *TINY[:1], "--gin.BATCH_SIZE=4194304")
   assert status == aot.EXIT_DOES_NOT_FIT, err

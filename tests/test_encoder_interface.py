@@ -155,3 +155,24 @@ def test_hf_export_cli_folder_is_a_sentence_transformer_equal_to_hybridir(encode
     ours = loaded.encode(texts, tower=tower)
     assert np.allclose(np.linalg.norm(theirs, axis=-1), 1, atol=1e-5)
     assert (np.sum(theirs * ours, axis=-1) > 0.99999).all()
+
+
+def test_parameters_split_over_local_devices_encode_as_when_replicated(encoder):
+  """num_partitions > 1 (a model too large for one chip) splits each parameter over that many
+  devices as the logical axis rules say, and encodes what the replicated encoder does."""
+  import dataclasses  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  from hybridir import encoder as encoder_lib  # pylint: disable=import-outside-toplevel
+  from hybridir import train_step  # pylint: disable=import-outside-toplevel
+  model = encoder.model.clone(encoder_config=dataclasses.replace(
+      encoder.model.encoder_config, num_heads=4))  # 4 heads, 300 ids, 24 mlp: split over 4.
+  params = train_step.init_model_params(model, jax.random.PRNGKey(0), 8, 8)
+  replicated, split = (encoder_lib.Encoder(model, params, encoder.vocabulary, 64, 8, FORMAT,
+                                           num_partitions=n) for n in (1, 4))
+  assert dict(split.mesh.shape) == {"data": jax.local_device_count() // 4, "model": 4}
+  embedding = max(jax.tree.leaves(split.params), key=lambda x: x.size)
+  assert embedding.shape[0] == 300
+  assert embedding.sharding.shard_shape(embedding.shape)[0] == 75  # The vocabulary over 4.
+  for tower in ("query", "passage"):
+    np.testing.assert_allclose(split.encode(QUESTIONS, tower), replicated.encode(QUESTIONS, tower),
+                               atol=2e-6)
