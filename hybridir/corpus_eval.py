@@ -31,6 +31,7 @@ from hybridir import miracl
 from hybridir import retrieval_data
 
 RUN_FILE, QRELS_FILE, RESULTS_FILE = "run.trec", "qrels.trec", "results.json"
+ENCODER_FILE = "encoder.json"  # The MIRACL stage: which encoder a language's results are of.
 
 
 def write_run(output_dir: str, index_dir: str, qids: Sequence[str], scores, indices,
@@ -92,6 +93,14 @@ def run_corpus_evaluation(*, encoder_path: str, topics_tsv: str, qrels_trec: str
   return results
 
 
+def encoder_identity(encoder_path: str) -> dict:
+  """The training run and step an exported encoder comes from (its manifest's metadata), else
+  its path: what a resumed MIRACL stage must find unchanged."""
+  if fs.isfile(os.path.join(encoder_path, export.MANIFEST)):
+    return export.read_manifest(encoder_path)["metadata"]
+  return {"encoder_path": encoder_path}
+
+
 @gin.configurable
 def run_miracl_evaluation(*, encoder_path: str, miracl_dir: str, output_dir: str,
                           languages: Sequence[str] = miracl.STUDY_LANGUAGES,
@@ -101,8 +110,10 @@ def run_miracl_evaluation(*, encoder_path: str, miracl_dir: str, output_dir: str
   miracl_dir (hybridir.miracl), into output_dir/<lang>/results.json: {language: results}.
 
   A language whose results.json exists is skipped, so a rerun resumes (and a language cut short
-  resumes its encoding). Every language's files are checked before the first is read. The index
-  (output_dir/<lang>/index) is deleted once the results are written, unless keep_index.
+  resumes its encoding), unless they are another encoder's (output_dir/<lang>/encoder.json: the
+  training run and step): that is an error, never a table mixing two encoders. Every language's
+  files are checked before the first is read. The index (output_dir/<lang>/index) is deleted
+  once the results are written, unless keep_index.
   options: run_corpus_evaluation's (shard_size, dtype, depth, memory_bytes, batch_size, ...).
   """
   if "index_dir" in options:
@@ -110,15 +121,21 @@ def run_miracl_evaluation(*, encoder_path: str, miracl_dir: str, output_dir: str
   files = [miracl.language_files(miracl_dir, language) for language in languages]
   for language_files in files:
     miracl.check_files(language_files)
-  results = {}
+  identity, results = encoder_identity(encoder_path), {}
   for f in files:
     language_dir = f"{output_dir.rstrip('/')}/{f.language}"
-    done = f"{language_dir}/{RESULTS_FILE}"
+    done, used = f"{language_dir}/{RESULTS_FILE}", f"{language_dir}/{ENCODER_FILE}"
     if fs.exists(done):
+      recorded = json.loads(fs.read_text(used)) if fs.exists(used) else None
+      if recorded != identity:
+        raise ValueError(f"{done}: the results of encoder {recorded}, not of {encoder_path} "
+                         f"({identity}); delete {language_dir} to evaluate this one")
       logging.info("MIRACL %s: %s exists, skipping the language", f.language, done)
       results[f.language] = json.loads(fs.read_text(done))
       continue
     logging.info("MIRACL %s: evaluating into %s", f.language, language_dir)
+    if jax.process_index() == 0:
+      fs.write_text_atomically(used, json.dumps(identity, sort_keys=True))
     results[f.language] = run_corpus_evaluation(
         encoder_path=encoder_path, topics_tsv=f.topics_tsv, qrels_trec=f.qrels_trec,
         corpus_jsonl=f.corpus, language=f.language, output_dir=language_dir,

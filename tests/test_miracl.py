@@ -176,6 +176,18 @@ def test_a_rerun_skips_the_languages_done_and_evaluates_the_rest(local_stage, pu
   assert json.loads(done.read_text())["num_q"] == 1
 
 
+def test_a_rerun_refuses_results_of_another_encoder(local_stage, public, encoder_dir, tmp_path):
+  output_dir, _ = local_stage
+  root, _ = public
+  copy = tmp_path / "miracl"
+  shutil.copytree(output_dir, copy)
+  (copy / "te" / corpus_eval.ENCODER_FILE).write_text(
+      '{"step": 3, "training_checkpoint": "gs://b/study/run"}')  # An earlier export's.
+  with pytest.raises(ValueError, match=r"te/results\.json: the results of encoder \{'step': 3"):
+    corpus_eval.run_miracl_evaluation(encoder_path=encoder_dir, miracl_dir=str(root),
+                                      output_dir=str(copy), languages=LANGUAGES, **STAGE_OPTIONS)
+
+
 def upload(folder: pathlib.Path, url: str) -> None:
   for path in sorted(p for p in folder.rglob("*") if p.is_file()):
     fs.copy_file(path, f"{url}/{path.relative_to(folder)}")
