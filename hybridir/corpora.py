@@ -8,12 +8,14 @@ time, by source size: hybridir.hybrid). Every reader validates as it goes and ra
 import bisect
 import collections
 import dataclasses
+import gzip
 import json
 import logging
 import os
 import pathlib
 import re
 from typing import Iterator, Mapping, Sequence
+import zlib
 
 import numpy as np
 
@@ -210,11 +212,31 @@ def read_squad(path: PathLike, language: str, passage_unit: str = "paragraph") -
 
 
 def read_lines(path: PathLike) -> Iterator[tuple[str, str]]:
-  """(where, line) for each non-blank line, `where` naming file and line number."""
-  with fs.open(path, encoding="utf-8") as f:
-    for number, line in enumerate(f, start=1):
-      if line.strip():
-        yield f"{path}: line {number}", line.rstrip("\n")
+  """(where, line) for each non-blank line, `where` naming file and line number; a .gz file is
+  gunzipped as it is read, and a truncated one is an error, never a shorter file."""
+  number = 0
+  try:
+    with fs.open_text(path) as f:
+      for number, line in enumerate(f, start=1):
+        if line.strip():
+          yield f"{path}: line {number}", line.rstrip("\n")
+  except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+    raise CorpusError(f"{path}: truncated or corrupt gzip after line {number}: {e}") from e
+
+
+def jsonl_files(path: PathLike) -> list[str]:
+  """The JSON-lines files a path names: one file, a glob (`docs-*.jsonl.gz`) or a folder (its
+  *.jsonl and *.jsonl.gz), in name order; a glob or folder that matches none is an error."""
+  path = os.fspath(path)
+  if any(c in os.path.basename(path) for c in "*?["):
+    files = fs.glob(path)
+  elif fs.isdir(path):
+    files = [f for f in fs.glob(f"{path.rstrip('/')}/*") if f.endswith((".jsonl", ".jsonl.gz"))]
+  else:
+    return [path]
+  if not files:
+    raise CorpusError(f"{path}: no JSON-lines files (*.jsonl, *.jsonl.gz) there")
+  return files
 
 
 def read_json_lines(path: PathLike) -> Iterator[tuple[str, Mapping]]:

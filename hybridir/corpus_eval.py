@@ -7,7 +7,11 @@ search it exactly in bounded memory, write the TREC run and qrels, score them.
 
 The same command runs on one process or on every host of a pod (jax.distributed, hybridir.main's
 flags): each process encodes and searches its own shards; process 0 writes the run and results.
-Rerunning after a crash skips the shards already encoded.
+Rerunning after a crash skips the shards already encoded. A MIRACL language whose files do not
+hold its published numbers of queries and passages is refused unless ALLOW_SUBSET = True.
+
+`run_miracl_evaluation` (gin_configs/runs/study/miracl.gin) is the study's MIRACL stage: every
+language in turn from the public files under one root, skipping those already done.
 """
 import json
 import os
@@ -21,10 +25,13 @@ from hybridir import corpus_index
 from hybridir import corpus_search
 from hybridir import evaluate
 from hybridir import export
+from hybridir import fs
 from hybridir import metrics
+from hybridir import miracl
 from hybridir import retrieval_data
 
 RUN_FILE, QRELS_FILE, RESULTS_FILE = "run.trec", "qrels.trec", "results.json"
+ENCODER_FILE = "encoder.json"  # The MIRACL stage: which encoder a language's results are of.
 
 
 def write_run(output_dir: str, index_dir: str, qids: Sequence[str], scores, indices,
@@ -45,21 +52,26 @@ def run_corpus_evaluation(*, encoder_path: str, topics_tsv: str, qrels_trec: str
                           dtype: str = "float32", depth: int = 100,
                           memory_bytes: int = 2 << 30, batch_size: int = 64,
                           num_partitions: int = 1,
-                          measures: Sequence[str] = metrics.DEFAULT_MEASURES) -> dict:
+                          measures: Sequence[str] = metrics.DEFAULT_MEASURES,
+                          allow_subset: bool = False) -> dict:
   """Evaluates an encoder on one MIRACL-format language (topics, qrels, corpus JSONL; local or
   gs://): {measure: mean over judged queries, num_q}, also written to output_dir/results.json.
   num_partitions: local devices each parameter is split over (load_encoder's).
 
-  The index goes to index_dir (default output_dir/index); candidates are read as
-  `retrieval_data.load_miracl` gives them (title, then text) and encoded as passages.
+  The corpus: a JSONL file, a glob or a folder of them, gzipped or not. The index goes to
+  index_dir (default output_dir/index); candidates are read as `retrieval_data.load_miracl`
+  gives them (title, then text) and encoded as passages. A language of MIRACL's table must have
+  its published dev sizes (`miracl.check_published_counts`) unless allow_subset.
   """
   for name in measures:
     metrics.parse_measure(name)
   index_dir = index_dir or os.path.join(output_dir, "index")
-  data = retrieval_data.load_miracl(topics_tsv, qrels_trec, corpus_jsonl, language)
-  questions, candidates = data.questions[language], data.candidates[language]
-  encoder = export.load_encoder(encoder_path, batch_size=batch_size,
+  encoder = export.load_encoder(encoder_path, batch_size=batch_size,  # Before a long corpus read.
                                 num_partitions=num_partitions)
+  data = retrieval_data.load_miracl(topics_tsv, qrels_trec, corpus_jsonl, language)
+  if not allow_subset:
+    miracl.check_published_counts(data, language, topics_tsv, corpus_jsonl)
+  questions, candidates = data.questions[language], data.candidates[language]
   source = corpus_index.TextPassages(encoder, [c.candidate_id for c in candidates],
                                      [c.text for c in candidates],
                                      [c.context for c in candidates])
@@ -81,4 +93,56 @@ def run_corpus_evaluation(*, encoder_path: str, topics_tsv: str, qrels_trec: str
   evaluate.write_text_atomically(os.path.join(output_dir, RESULTS_FILE),
                                  json.dumps(results, indent=1, sort_keys=True) + "\n")
   logging.info("results: %s", results)
+  return results
+
+
+def encoder_identity(encoder_path: str) -> dict:
+  """The training run and step an exported encoder comes from (its manifest's metadata), else
+  its path: what a resumed MIRACL stage must find unchanged."""
+  if fs.isfile(os.path.join(encoder_path, export.MANIFEST)):
+    return export.read_manifest(encoder_path)["metadata"]
+  return {"encoder_path": encoder_path}
+
+
+@gin.configurable
+def run_miracl_evaluation(*, encoder_path: str, miracl_dir: str, output_dir: str,
+                          languages: Sequence[str] = miracl.STUDY_LANGUAGES,
+                          allow_subset: bool = False, keep_index: bool = False,
+                          **options) -> dict:
+  """Evaluates an encoder on every MIRACL language in turn, from the public dev files under
+  miracl_dir (hybridir.miracl), into output_dir/<lang>/results.json: {language: results}.
+
+  A language whose results.json exists is skipped, so a rerun resumes (and a language cut short
+  resumes its encoding), unless they are another encoder's (output_dir/<lang>/encoder.json: the
+  training run and step): that is an error, never a table mixing two encoders. Every language's
+  files are checked before the first is read. The index (output_dir/<lang>/index) is deleted
+  once the results are written, unless keep_index.
+  options: run_corpus_evaluation's (shard_size, dtype, depth, memory_bytes, batch_size, ...).
+  """
+  if "index_dir" in options:
+    raise ValueError("run_miracl_evaluation: each language's index is output_dir/<lang>/index")
+  files = [miracl.language_files(miracl_dir, language) for language in languages]
+  for language_files in files:
+    miracl.check_files(language_files)
+  identity, results = encoder_identity(encoder_path), {}
+  for f in files:
+    language_dir = f"{output_dir.rstrip('/')}/{f.language}"
+    done, used = f"{language_dir}/{RESULTS_FILE}", f"{language_dir}/{ENCODER_FILE}"
+    if fs.exists(done):
+      recorded = json.loads(fs.read_text(used)) if fs.exists(used) else None
+      if recorded != identity:
+        raise ValueError(f"{done}: the results of encoder {recorded}, not of {encoder_path} "
+                         f"({identity}); delete {language_dir} to evaluate this one")
+      logging.info("MIRACL %s: %s exists, skipping the language", f.language, done)
+      results[f.language] = json.loads(fs.read_text(done))
+      continue
+    logging.info("MIRACL %s: evaluating into %s", f.language, language_dir)
+    if jax.process_index() == 0:
+      fs.write_text_atomically(used, json.dumps(identity, sort_keys=True))
+    results[f.language] = run_corpus_evaluation(
+        encoder_path=encoder_path, topics_tsv=f.topics_tsv, qrels_trec=f.qrels_trec,
+        corpus_jsonl=f.corpus, language=f.language, output_dir=language_dir,
+        allow_subset=allow_subset, **options)
+    if not keep_index and jax.process_index() == 0:  # Every process has read its shards.
+      fs.rmtree(f"{language_dir}/index")
   return results

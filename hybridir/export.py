@@ -13,6 +13,7 @@ import datetime
 import hashlib
 import json
 import os
+import shutil
 
 import flax
 import flax.linen as nn
@@ -55,6 +56,14 @@ def atomic_directory(output_dir: str, overwrite: bool = False, marker: str = MAN
   with fs.atomic_directory(output_dir, marker) as temporary:
     yield temporary
     check_writable(output_dir, overwrite)
+
+
+def copy_artifact(artifact_dir: str, output_dir: str) -> str:
+  """Copies a local artifact to output_dir (local or gs://), replacing it atomically, manifest
+  last; returns output_dir."""
+  with atomic_directory(output_dir, overwrite=True) as temporary:
+    shutil.copytree(artifact_dir, temporary, dirs_exist_ok=True)
+  return output_dir
 
 
 def check_writable(output_dir: str, overwrite: bool) -> None:

@@ -14,8 +14,11 @@ a directory whose marker exists. Output files get the usual permissions (0666/07
 """
 import builtins
 import contextlib
+import gzip
 import hashlib
+import io
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -79,6 +82,16 @@ def listdir(p: PathLike) -> list[str]:
   return sorted(child.name for child in path(p).iterdir())
 
 
+def glob(pattern: PathLike) -> list[str]:
+  """Paths matching `pattern`, whose wildcards are in its last part (`folder/docs-*.jsonl.gz`),
+  sorted with the numbers in names compared as numbers (docs-2 before docs-10)."""
+  folder, name = os.path.split(os.fspath(pattern))
+  if not exists(folder or "."):
+    return []
+  found = [os.fspath(child) for child in path(folder or ".").glob(name)]
+  return sorted(found, key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p)])
+
+
 def makedirs(p: PathLike) -> None:
   """Creates a local directory and its parents; nothing for an object store, which has none
   (gcsfs would look up, or even try to create, the bucket)."""
@@ -93,6 +106,17 @@ def rmtree(p: PathLike) -> None:
 
 def open(p: PathLike, mode: str = "r", **kwargs):  # pylint: disable=redefined-builtin
   return path(p).open(mode, **kwargs)
+
+
+@contextlib.contextmanager
+def open_text(p: PathLike) -> Iterator[io.TextIOBase]:
+  """A UTF-8 text file open for reading, gunzipped as it is read when its name ends in .gz."""
+  if not os.fspath(p).endswith(".gz"):
+    with open(p, encoding="utf-8") as f:
+      yield f
+    return
+  with open(p, "rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as f:
+    yield f
 
 
 def read_text(p: PathLike) -> str:

@@ -39,6 +39,8 @@ OUTPUT_PARAMETERS = {
     "hybridir.trainer.train": {"model_dir": "directory"},
     "hybridir.study_run.train_and_evaluate": {"model_dir": "directory", "export_dir": "directory"},
     "hybridir.eval_run.run_evaluation": {"output_dir": "directory"},
+    "hybridir.corpus_eval.run_corpus_evaluation": {"output_dir": "directory"},
+    "hybridir.corpus_eval.run_miracl_evaluation": {"output_dir": "directory"},
     "hybridir.export.export_from_training_checkpoint": {"output_dir": "directory"},
     "hybridir.spm.train": {"output": "file"},
 }

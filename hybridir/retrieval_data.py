@@ -123,12 +123,16 @@ def load_miracl(topics_tsv: PathLike, qrels_trec: PathLike, corpus_jsonl: PathLi
                 language: str) -> RetrievalDataset:
   """One MIRACL language: topics `qid<TAB>query`, qrels `qid Q0 docid rel`, corpus JSONL.
 
+  The corpus is one JSONL file, a glob or a folder of them, gzipped or not (the public corpus:
+  `miracl-corpus-v1.0-{lang}/docs-*.jsonl.gz`; hybridir.miracl has the public paths).
   Only judgements with rel > 0 are relevant; a topic without one keeps an empty `relevant`.
   Candidate text is the document title, then the passage text (as MIRACL's baselines read it).
   """
   corpora.check_language(language, f"{topics_tsv}")
   documents = {}
-  for where, record in corpora.read_json_lines(corpus_jsonl):
+  records = (item for path in corpora.jsonl_files(corpus_jsonl)
+             for item in corpora.read_json_lines(path))
+  for where, record in records:
     docid = corpora.required_text(record, "docid", where)
     where = f"{where} (docid {docid!r})"
     if not isinstance(record.get("title"), str):

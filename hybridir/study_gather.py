@@ -2,7 +2,9 @@
 
 Each run directory is named `{model}_{mono|cross|hybrid}_seed{seed}` (as launch/study_sweep.sh
 makes them) and holds `study_results.json`, written by the study's run (hybridir.study_run), the
-same file the CPU demo's runs write. Local folders and gs:// both work.
+same file the CPU demo's runs write, and, when the sweep ran the MIRACL stage,
+`miracl/<lang>/results.json` (hybridir.corpus_eval), read into the results' "miracl" entry.
+Local folders and gs:// both work.
 
   python -m hybridir.study_gather --runs_root gs://bucket/study --output_dir out/study_full
 """
@@ -12,8 +14,10 @@ import re
 from absl import app
 from absl import flags
 
+from hybridir import corpus_eval
 from hybridir import fs
 from hybridir import main as main_lib
+from hybridir import miracl
 from hybridir import study
 from hybridir import study_report
 from hybridir import study_run
@@ -33,6 +37,40 @@ def model_name(prefix: str) -> str:
   return f"{families.display_names().get(family, family)} {size}".strip()
 
 
+MIRACL_MEASURES = ("ndcg_cut_10", "recall_100")  # PAPER.md: nDCG@10 and Recall@100.
+
+
+def read_miracl(run_dir: str) -> dict:
+  """{language: results.json} of a run's MIRACL stage ({} when it has none)."""
+  folder = f"{run_dir}/miracl"
+  if not fs.isdir(folder):
+    return {}
+  results = {}
+  for language in [e.rstrip("/") for e in fs.listdir(folder)]:
+    if language not in miracl.DEV_SIZES:
+      continue  # logs/, or anything else that is not a language's folder.
+    path = f"{folder}/{language}/{corpus_eval.RESULTS_FILE}"
+    if not fs.exists(path):
+      raise FileNotFoundError(f"{path}: MIRACL {language} has no results (did the run's MIRACL "
+                              "stage finish? rerun it to resume)")
+    with fs.open(path) as f:
+      results[language] = json.load(f)
+    absent = [m for m in MIRACL_MEASURES if m not in results[language]]
+    if absent:
+      raise ValueError(f"{path}: no {', '.join(absent)} (found {sorted(results[language])})")
+  return results
+
+
+def check_miracl_languages(results: dict, runs_root: str) -> None:
+  """Fails naming the runs and languages missing when runs' MIRACL languages differ."""
+  languages = {key: set(r.get("miracl", {})) for key, r in results.items()}
+  every = set().union(*languages.values())
+  missing = {key: sorted(every - found) for key, found in languages.items() if every - found}
+  if missing:
+    raise FileNotFoundError(f"{runs_root}: the MIRACL stage is incomplete, missing " + "; ".join(
+        f"{m} {s} seed {seed}: {', '.join(langs)}" for (m, s, seed), langs in missing.items()))
+
+
 def read_runs(runs_root: str) -> dict:
   """{(model, strategy, seed): study_results.json} for every run folder."""
   if not fs.isdir(runs_root):
@@ -47,8 +85,10 @@ def read_runs(runs_root: str) -> dict:
     if not fs.exists(path):
       raise FileNotFoundError(f"{path}: run {name} has no results (did its study run finish?)")
     with fs.open(path) as f:
-      results[model_name(match["model"]), STRATEGY_NAMES[match["strategy"]],
-              int(match["seed"])] = json.load(f)
+      result = json.load(f)
+    result["miracl"] = read_miracl(f"{runs_root.rstrip('/')}/{name}")
+    results[model_name(match["model"]), STRATEGY_NAMES[match["strategy"]],
+            int(match["seed"])] = result
   if not results:
     raise FileNotFoundError(f"{runs_root}: no run folders named MODEL_{{mono,cross,hybrid}}_seedN")
   return results
@@ -64,6 +104,7 @@ def gather(runs_root: str, output_dir: str) -> dict:
              if (m, s, seed) not in results]
   if missing:
     raise FileNotFoundError(f"{runs_root}: the sweep is incomplete, missing runs {missing}")
+  check_miracl_languages(results, runs_root)
   ordered = {(m, s, seed): results[m, s, seed] for m in models for s in strategies
              for seed in seeds}
   description = (f"Gathered from {runs_root}: {len(results)} runs ({len(models)} models x "

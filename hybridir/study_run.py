@@ -142,6 +142,7 @@ def train_and_evaluate(*, model_dir: str, model, spm_path: str, train_mixture: s
   miracl: as register_study_data's; MIRACL joins the evaluation when given.
   num_partitions: the training mesh's (NUM_PARTITIONS); evaluation splits each parameter over as
   many of this host's devices (at most all of them), so a model trained split is evaluated split.
+  export_dir: where the exported encoder is kept (local or gs://; the MIRACL stage reads it).
   """
   datasets = study_datasets(bool(miracl))
   check_held_out([train_mixture, validation_mixture], dict(datasets)[IN_DOMAIN])
@@ -153,10 +154,11 @@ def train_and_evaluate(*, model_dir: str, model, spm_path: str, train_mixture: s
     logging.warning("no %s was recorded in this call (resumed after the last evaluation?): "
                     "exporting the latest checkpoint", best_metric)
   with tempfile.TemporaryDirectory() as scratch:
-    local = export_dir or os.path.join(scratch, "export")
     path = export.export_from_training_checkpoint(
-        model_dir, local, model, spm_path, step=step,
+        model_dir, os.path.join(scratch, "export"), model, spm_path, step=step,
         max_length=max(task_feature_lengths.values()), overwrite=True)
+    if export_dir and jax.process_index() == 0:  # One writer, though every process exported.
+      export.copy_artifact(path, export_dir)
     encoder = export.load_encoder(path, batch_size=128, num_partitions=evaluation_partitions(
         num_partitions, jax.local_device_count()))
     evaluation = evaluate_encoder(encoder, datasets, matched_draws, seed,

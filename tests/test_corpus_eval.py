@@ -22,7 +22,8 @@ WORDS = ("river city school music garden history language water mountain king fo
 NUM_PASSAGES, NUM_TOPICS = 240, 12
 MACROS = {"encoder_path": "ENCODER_PATH", "topics_tsv": "TOPICS", "qrels_trec": "QRELS",
           "corpus_jsonl": "CORPUS", "language": "LANGUAGE", "shard_size": "SHARD_SIZE",
-          "depth": "DEPTH", "memory_bytes": "SEARCH_MEMORY_BYTES", "batch_size": "BATCH_SIZE"}
+          "depth": "DEPTH", "memory_bytes": "SEARCH_MEMORY_BYTES", "batch_size": "BATCH_SIZE",
+          "allow_subset": "ALLOW_SUBSET"}
 
 
 def write_miracl_files(folder, rng):
@@ -40,21 +41,27 @@ def write_miracl_files(folder, rng):
       qrels.write(f"q{qid} Q0 doc{docid}#0 1\n")
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory, data_dir):
-  """(two-process MODEL_DIR, one-process MODEL_DIR) of the same evaluation."""
-  root = tmp_path_factory.mktemp("corpus_eval")
+def tiny_encoder(root, data_dir) -> str:
+  """An exported tiny mT5 encoder (random weights, a 1000-piece vocabulary) under root."""
   spm_path = spm.train(str(data_dir / "xquad-r"), "t5", 1000, str(root / "spm"),
                        languages=["en"])
   model = dual_encoder.DualEncoder(t5.T5Config(
       vocab_size=1100, emb_dim=16, num_layers=1, num_heads=2, head_dim=8, mlp_dim=24,
       relative_attention_num_buckets=8, relative_attention_max_distance=16, dropout_rate=0.0))
-  encoder_dir = export.export_encoder(str(root / "encoder"), model, init_params(model),
-                                      spm_path, max_length=32)
+  return export.export_encoder(str(root / "encoder"), model, init_params(model), spm_path,
+                               max_length=32)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, data_dir):
+  """(two-process MODEL_DIR, one-process MODEL_DIR) of the same evaluation."""
+  root = tmp_path_factory.mktemp("corpus_eval")
+  encoder_dir = tiny_encoder(root, data_dir)
   write_miracl_files(root, np.random.default_rng(0))
   files = dict(encoder_path=encoder_dir, topics_tsv=str(root / "topics.tsv"),
                qrels_trec=str(root / "qrels.tsv"), corpus_jsonl=str(root / "corpus.jsonl"),
-               language="en", shard_size=50, depth=20, memory_bytes=1 << 20, batch_size=16)
+               language="en", shard_size=50, depth=20, memory_bytes=1 << 20, batch_size=16,
+               allow_subset=True)  # 240 passages, not English's 32.9M.
   two, one = root / "two_processes", root / "one_process"
   address = f"localhost:{free_port()}"
   flags = ["--gin_file=gin_configs/runs/eval_corpus.gin", f"--gin.MODEL_DIR='{two}'"]

@@ -11,7 +11,8 @@ from hybridir import text
 from tests.conftest import REPO_ROOT
 
 STUDY_FILES = sorted(p for p in glob.glob(str(REPO_ROOT / "gin_configs/runs/study/*.gin"))
-                     if not os.path.basename(p).startswith("demo_"))
+                     if not os.path.basename(p).startswith("demo_")
+                     and os.path.basename(p) != "miracl.gin")  # The MIRACL stage trains nothing.
 EMB_DIMS = {"mt5_base": 768, "mt5_large": 1024, "mt5_xl": 2048, "xlmr_base": 768,
             "xlmr_large": 1024, "labse": 768}
 
@@ -40,8 +41,9 @@ def test_study_config_builds_its_published_model_from_a_checkpoint(path):
   gin.clear_config()
 
 
-def sweep_dry_run(tmp_path, *options) -> list[str]:
-  """The hybridir.main jobs launch/study_sweep.sh --dry-run prints (gcloud faked)."""
+def sweep_dry_run(tmp_path, *options, every_command=False) -> list[str]:
+  """The hybridir.main jobs launch/study_sweep.sh --dry-run prints (gcloud faked); or, with
+  every_command, every command it prints."""
   fake = tmp_path / "bin" / "gcloud"
   fake.parent.mkdir()
   fake.write_text("#!/bin/sh\nif [ \"$1 $2\" = 'config get-value' ]; then echo my-project; fi\n")
@@ -52,7 +54,8 @@ def sweep_dry_run(tmp_path, *options) -> list[str]:
        "--zone", "us-central2-b", "--accelerator_type", "v4-32", *options, "--dry-run"],
       cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr
-  return [line for line in result.stdout.splitlines() if "hybridir.main" in line]
+  lines = [line for line in result.stdout.splitlines() if line.startswith("+ ")]
+  return lines if every_command else [line for line in lines if "hybridir.main" in line]
 
 
 def test_sweep_dry_run_trains_exports_and_evaluates_every_run(tmp_path):
@@ -72,3 +75,30 @@ def test_sweep_runs_the_three_arms_of_every_model_with_the_papers_alphas(tmp_pat
     for strategy, alpha in (("mono", "1.0"), ("cross", "0.0"), ("hybrid", "0.5")):
       assert sum(f"runs/study/{model}.gin" in j and f"gs://b/study/{model}_{strategy}_seed0" in j
                  and f"ALPHA={alpha}" in j for j in jobs) == 1, (model, strategy)
+
+
+def test_sweep_with_miracl_evaluates_each_run_on_its_kept_export_after_training(tmp_path):
+  commands = sweep_dry_run(tmp_path, "--models", "mt5_base", "--strategies", "hybrid cross",
+                           "--seeds", "0", "--miracl_dir", "gs://b/miracl/", "--miracl_languages",
+                           "sw te", every_command=True)
+  jobs = [(i, c) for i, c in enumerate(commands) if "hybridir.main" in c]
+  deletes = [i for i, c in enumerate(commands) if "tpu-vm delete" in c]
+  assert len(jobs) == 2 * 2 and len(deletes) == 2  # Per run: train, then MIRACL, which deletes.
+  for (train_at, train), (stage_at, stage), delete_at, strategy in zip(
+      jobs[::2], jobs[1::2], deletes, ("hybrid", "cross")):
+    run = f"gs://b/study/mt5_base_{strategy}_seed0"
+    assert "runs/study/mt5_base.gin" in train and "EXPORT_DIR" in train
+    assert f"{run}/export" in train and "miracl.gin" not in train
+    assert "runs/study/miracl.gin" in stage and f"MODEL_DIR=\"{run}/miracl\"" in stage
+    assert "ENCODER_PATH" in stage and f"{run}/export" in stage
+    assert "MIRACL_DIR" in stage and "gs://b/miracl" in stage and "gs://b/miracl/" not in stage
+    assert "MIRACL_LANGUAGES=[" in stage and "sw" in stage and "te" in stage
+    assert train_at < stage_at < delete_at  # The slice outlives training; MIRACL deletes it.
+
+
+def test_sweep_without_miracl_deletes_each_slice_after_training_and_keeps_no_export(tmp_path):
+  commands = sweep_dry_run(tmp_path, "--models", "labse", "--strategies", "hybrid", "--seeds",
+                           "0", every_command=True)
+  jobs = [c for c in commands if "hybridir.main" in c]
+  assert len(jobs) == 1 and "EXPORT_DIR" not in jobs[0] and "miracl" not in jobs[0]
+  assert "tpu-vm delete" in commands[-1]

@@ -9,6 +9,8 @@ import sys
 import numpy as np
 import pytest
 
+from hybridir import export
+from hybridir import miracl
 from hybridir import retrieval_data
 from hybridir import study
 from hybridir import study_eval
@@ -32,14 +34,15 @@ def quick_study(tmp_path_factory, data_dir):
   return output_dir, study.run_study(str(data_dir), str(output_dir), QUICK)
 
 
-def test_demo_and_a_gin_run_with_the_same_settings_give_identical_numbers(quick_study, data_dir,
-                                                                          tmp_path):
+def test_demo_and_a_gin_run_give_identical_numbers_and_the_gin_run_keeps_its_export(
+    quick_study, data_dir, tmp_path):
   output_dir, _ = quick_study
   spm_path = str(output_dir / "vocab" / "t5.model")
   bindings = study.cell_bindings(str(data_dir), str(tmp_path / "run"), spm_path, "t5", 0.5, 0,
                                  TINY)
   command = [sys.executable, "-m", "hybridir.main",
-             "--gin_file=gin_configs/runs/study/demo_mt5.gin"]
+             "--gin_file=gin_configs/runs/study/demo_mt5.gin",
+             f"--gin.EXPORT_DIR='{tmp_path / 'export'}'"]  # Kept, as the sweep keeps it.
   command += [f"--gin.{b.split(' = ', 1)[0]}={b.split(' = ', 1)[1]}" for b in bindings]
   result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -49,6 +52,8 @@ def test_demo_and_a_gin_run_with_the_same_settings_give_identical_numbers(quick_
     demo = json.load(f)
   assert gin_run["train"]["history"] == demo["train"]["history"]
   assert gin_run["evaluation"] == demo["evaluation"]
+  kept = export.read_manifest(str(tmp_path / "export"))["metadata"]
+  assert kept["step"] == gin_run["train"]["chosen_step"]
 
 
 def test_quick_study_writes_a_report_that_opens_with_the_computed_answer(quick_study):
@@ -127,6 +132,51 @@ def test_gather_over_gcs_runs_matches_a_local_gather(quick_study, gcs_bucket, tm
   assert strip(gcs_report, sweeps["gcs"]) == strip(
       fs.read_text(reports["local"]["markdown"]), sweeps["local"])
   assert fs.isfile(reports["gcs"]["loss_plot"])
+
+
+def _sweep_with_miracl(quick_study, root, languages) -> dict:
+  """The quick study's runs as a sweep, each with a MIRACL stage's results.json per language
+  (nDCG@10 0.40 + i/100 for the i-th language, +0.05 for hybrid; Recall@100 0.8)."""
+  output_dir, _ = quick_study
+  for run in os.listdir(output_dir / "runs"):
+    _, rest = run.split("_", 1)
+    target = root / f"mt5_tiny_{rest}"
+    target.mkdir(parents=True)
+    shutil.copy(output_dir / "runs" / run / study_run.RESULTS_FILE, target)
+    (target / "miracl" / "logs").mkdir(parents=True)  # The launch's logs are no language.
+    for i, language in enumerate(languages):
+      (target / "miracl" / language).mkdir()
+      ndcg = 0.40 + i / 100 + (0.05 if rest.startswith("hybrid") else 0.0)
+      (target / "miracl" / language / "results.json").write_text(json.dumps(
+          {"ndcg_cut_10": ndcg, "recall_100": 0.8, "map": 0.3, "num_q": 12}))
+
+
+def test_gather_reports_the_miracl_stage_per_language_with_the_mean(quick_study, tmp_path):
+  _sweep_with_miracl(quick_study, tmp_path / "sweep", miracl.STUDY_LANGUAGES)
+  report = open(study_gather.gather(str(tmp_path / "sweep"),
+                                    str(tmp_path / "report"))["markdown"]).read()
+  ndcg = report.split("## MIRACL dev nDCG@10")[1].split("## MIRACL dev Recall@100")[0]
+  header = "| model | batches | " + " | ".join(sorted(miracl.STUDY_LANGUAGES)) + " | mean |"
+  assert header in ndcg and "one more than the paper's 15, which it does not name" in ndcg
+  rows = {line.split(" | ")[1]: line for line in ndcg.splitlines()
+          if line.startswith("| mT5 tiny |")}
+  assert rows["X-Y"].startswith("| mT5 tiny | X-Y | 40.0 ± 0.0 | 41.0 ± 0.0 |")  # ar, bn.
+  assert rows["X-Y"].endswith("| 55.0 ± 0.0 | 47.5 ± 0.0 |")  # zh, then the mean.
+  assert rows["hybrid"].endswith("| 60.0 ± 0.0 | 52.5 ± 0.0 |")
+  recall = report.split("## MIRACL dev Recall@100")[1]
+  assert "| mT5 tiny | hybrid |" + " 80.0 ± 0.0 |" * 17 in recall
+
+
+def test_gather_names_the_runs_whose_miracl_stage_is_incomplete(quick_study, tmp_path):
+  _sweep_with_miracl(quick_study, tmp_path, ("sw", "te"))
+  (tmp_path / "mt5_tiny_cross_seed0" / "miracl" / "te" / "results.json").unlink()
+  with pytest.raises(FileNotFoundError, match=r"mt5_tiny_cross_seed0/miracl/te/results\.json: "
+                     "MIRACL te has no results"):
+    study_gather.gather(str(tmp_path), str(tmp_path / "report"))
+  shutil.rmtree(tmp_path / "mt5_tiny_cross_seed0" / "miracl" / "te")
+  with pytest.raises(FileNotFoundError, match="MIRACL stage is incomplete, missing mT5 tiny X-Y "
+                     "seed 0: te"):
+    study_gather.gather(str(tmp_path), str(tmp_path / "report"))
 
 
 def test_gather_names_missing_results(tmp_path):
