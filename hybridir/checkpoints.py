@@ -168,6 +168,7 @@ class Checkpointer:
     # Orbax wants absolute paths; gs:// and other URLs pass through.
     self.directory = fs.abspath(directory)
     self.asynchronous = asynchronous
+    self._best_metric, self._best_mode = (best_metric if keep_best else None), best_mode
     self._saving_step = None
     self._warn_about_incomplete()
     absl_logger = logging_lib.getLogger("absl")
@@ -184,6 +185,10 @@ class Checkpointer:
         item_handlers={STATE: ocp.StandardCheckpointHandler(), DATA: ocp.JsonCheckpointHandler()},
         options=ocp.CheckpointManagerOptions(
             preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+            # best_fn makes orbax write each step's metrics beside it (<step>/metrics), so the
+            # best step stays known, and kept, after a restart.
+            best_fn=(lambda metrics: metrics[best_metric]) if best_metric and keep_best else None,
+            best_mode=best_mode,
             enable_async_checkpointing=True, cleanup_tmp_directories=True, create=True,
             async_options=ocp.AsyncOptions(post_finalization_callback=self._before_commit)))
 
@@ -215,6 +220,20 @@ class Checkpointer:
 
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
+
+  def metrics(self, step: int) -> dict:
+    """The metrics step was saved with ({} if none, or no best_metric was set)."""
+    return dict(self._manager.metrics(step) or {})
+
+  def best_step(self) -> int | None:
+    """The kept step with the best best_metric (best_mode; ties: the earliest), from the metrics
+    saved beside each step, so also a step saved before a restart; None if no step has it."""
+    if not self._best_metric:
+      return None
+    sign = 1 if self._best_mode == "min" else -1
+    scored = [(sign * metrics[self._best_metric], step) for step in self.all_steps()
+              if self._best_metric in (metrics := self.metrics(step))]
+    return min(scored)[1] if scored else None
 
   def save(self, step: int, state, data_position: dict, metrics: dict | None = None,
            force: bool = False) -> bool:

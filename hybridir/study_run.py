@@ -23,6 +23,7 @@ import gin
 import jax
 
 import tasks
+from hybridir import checkpoints
 from hybridir import corpora
 from hybridir import eval_run
 from hybridir import evaluate
@@ -104,9 +105,15 @@ def evaluation_partitions(num_partitions: int, local_devices: int) -> int:
   return min(num_partitions, local_devices)
 
 
-def _best_step(result: trainer.TrainResult, metric: str) -> int | None:
-  evaluated = [e for e in result.eval_history if metric in e]
-  return min(evaluated, key=lambda e: (e[metric], e["step"]))["step"] if evaluated else None
+def best_step(model_dir: str, metric: str) -> int | None:
+  """The kept checkpoint step with the best `metric` (Checkpointer.best_mode: the study's 'min'),
+  from the metrics each step was saved with, so also after a restart."""
+  checkpointer = checkpoints.Checkpointer(os.path.join(model_dir, "checkpoints"),
+                                          best_metric=metric)
+  try:
+    return checkpointer.best_step()
+  finally:
+    checkpointer.close()
 
 
 def evaluate_encoder(encoder: export.Encoder, datasets, matched_draws: int, seed: int,
@@ -149,9 +156,9 @@ def train_and_evaluate(*, model_dir: str, model, spm_path: str, train_mixture: s
   result = trainer.train()
   if result.stopped_early:  # SIGTERM: checkpoint saved; main exits 143 and a rerun resumes.
     return result
-  step = _best_step(result, best_metric)
+  step = best_step(model_dir, best_metric)
   if step is None:
-    logging.warning("no %s was recorded in this call (resumed after the last evaluation?): "
+    logging.warning("no kept checkpoint was saved with %s (no evaluation ran?): "
                     "exporting the latest checkpoint", best_metric)
   with tempfile.TemporaryDirectory() as scratch:
     path = export.export_from_training_checkpoint(

@@ -228,3 +228,26 @@ def test_checkpoint_records_the_inputs_text_format_and_passage_length_for_export
   assert export.training_text_format(str(tmp_path), 1) == FormattedPairs.text_format
   identity = export._run_identity(str(tmp_path), 1)[1]
   assert identity["task_feature_lengths"]["passage"] == LENGTHS["passage"]
+
+
+def test_the_best_checkpoint_survives_a_restart_and_is_found_from_disk(tmp_path):
+  """Orbax forgets the metrics of steps saved before a restart unless they are written beside
+  them: then the resumed run would delete the best checkpoint and early stopping pick another."""
+  import functools
+  from hybridir import checkpoints
+  keep = functools.partial(checkpoints.Checkpointer, keep_last=1, keep_best=1, best_mode="max")
+  options = dict(checkpoint_period=2, eval_input=SyntheticPairs(), eval_period=2, eval_steps=1,
+                 best_metric="eval/loss", checkpointer_fn=keep)
+  first = run(tmp_path, 4, **options)
+  second = run(tmp_path, 8, **options)  # Resumes from step 4.
+  losses = {h["step"]: h["eval/loss"] for h in first.eval_history + second.eval_history}
+  assert sorted(losses) == [2, 4, 6, 8]
+  best = max(losses, key=losses.get)  # best_mode="max": the loss is highest early, before 4.
+  assert best < 4
+  kept = sorted(int(p) for p in os.listdir(tmp_path / "checkpoints") if p.isdigit())
+  assert kept == [best, 8]
+  reopened = keep(str(tmp_path / "checkpoints"), best_metric="eval/loss")
+  try:
+    assert reopened.best_step() == best  # What study_run.best_step exports.
+  finally:
+    reopened.close()
