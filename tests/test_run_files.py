@@ -72,3 +72,16 @@ def test_sweep_runs_the_three_arms_of_every_model_with_the_papers_alphas(tmp_pat
     for strategy, alpha in (("mono", "1.0"), ("cross", "0.0"), ("hybrid", "0.5")):
       assert sum(f"runs/study/{model}.gin" in j and f"gs://b/study/{model}_{strategy}_seed0" in j
                  and f"ALPHA={alpha}" in j for j in jobs) == 1, (model, strategy)
+
+
+def test_macro_gives_the_default_only_when_the_macro_is_unset():
+  gin.clear_config()
+  gin.parse_config("STEPS = 3\nDIR = None")
+  try:
+    assert gin_utils.macro("STEPS") == gin_utils.macro("STEPS", 7) == 3
+    assert gin_utils.macro("DIR", "unused") is None
+    assert gin_utils.macro("EVAL_DIR", None) is None
+    with pytest.raises(ValueError, match="EVAL_DIR"):
+      gin_utils.macro("EVAL_DIR")
+  finally:
+    gin.clear_config()
