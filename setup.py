@@ -11,9 +11,6 @@ INSTALL_REQUIRES = [
     "tensorflow==2.21.0",
     "tensorflow-text==2.21.1",
     "tensorboard==2.21.0",
-    "tensorflow-datasets==4.9.10",
-    "importlib_resources==7.1.0",  # Needed by tensorflow-datasets, not declared by it.
-    "ml-collections==1.1.0",
     "gin-config==0.5.0",
     "sentencepiece==0.2.3",
     "tokenizers==0.23.3",  # WordPiece vocabularies (BERT family).

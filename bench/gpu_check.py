@@ -32,6 +32,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from hybridir import flops  # noqa: E402
 from hybridir import gin_utils  # noqa: E402
 from hybridir import optim  # noqa: E402
 from hybridir import partitioning  # noqa: E402
@@ -134,7 +135,7 @@ def check_speed(results: dict, batch_sizes: list[int], repeats: int, models: lis
         model = bench_step.load_model(name, dtype)
         cfg = model.encoder_config
         batch = bench_step.make_batch(cfg, batch_size, 64, 256)
-        flops = bench_step.model_flops(cfg, batch_size, (64, 256))
+        step_flops = flops.train_step_flops(cfg, batch_size, (64, 256))
         step, state = bench_step.jax_step(model, "adamw", batch, LEARNING_RATE, WEIGHT_DECAY)
         jax_batch = jax.tree.map(jnp.asarray, batch)
         holder = {"state": state}
@@ -152,8 +153,8 @@ def check_speed(results: dict, batch_sizes: list[int], repeats: int, models: lis
         torch.cuda.empty_cache()
         row = {"model": name, "dtype": dtype, "batch": batch_size, "ours_s": ours,
                "pytorch_s": peer, "speedup": peer / ours, "compile_s": ours_compile,
-               "tflops_per_step": flops / 1e12,
-               "mfu": flops / ours / peaks["bfloat16" if dtype == "bfloat16" else "float32"]}
+               "tflops_per_step": step_flops / 1e12,
+               "mfu": step_flops / ours / peaks["bfloat16" if dtype == "bfloat16" else "float32"]}
         rows.append(row)
         print("speed:", json.dumps(row), flush=True)
   results["speed"] = rows

@@ -56,9 +56,6 @@ def load_model(name: str, dtype: str):
   return gin_utils.evaluate("MODEL")
 
 
-model_flops, matmul_params = flops.train_step_flops, flops.matmul_params
-
-
 def make_tokens(cfg, batch_size: int, length: int, rng) -> np.ndarray:
   """Random ids, lengths uniform in [length/2, length], EOS last, padding after (BOS for XLM-R)."""
   tokens = np.full((batch_size, length), cfg.pad_id, np.int32)
@@ -251,7 +248,8 @@ def speed_config(args, peaks, name, dtype):
   implementation in turn starts a worker process, compiles, warms up, times `repeats` steps and
   exits, so that only one implementation is in memory at a time. Prints one table."""
   cfg = load_model(name, dtype).encoder_config
-  flops = model_flops(cfg, args.batch_size, (args.query_length, args.passage_length))
+  step_flops = flops.train_step_flops(cfg, args.batch_size,
+                                      (args.query_length, args.passage_length))
   implementations = {f"hybridir jit {optimizer}": optimizer
                      for optimizer in args.optimizers.split(",")}
   if args.peer:
@@ -266,17 +264,17 @@ def speed_config(args, peaks, name, dtype):
         worker.step()
       timings[label] += [worker.step() for _ in range(args.repeats)]
       peak_rss[label] = max(peak_rss.get(label, 0), worker.close())
-  print(f"\n{name} ({matmul_params(cfg) / 1e6:.1f}M matmul params, vocab {cfg.vocab_size}), "
+  print(f"\n{name} ({flops.matmul_params(cfg) / 1e6:.1f}M matmul params, vocab {cfg.vocab_size}), "
         f"{dtype} activations, batch {args.batch_size}, query {args.query_length}, passage "
         f"{args.passage_length}, dropout {cfg.dropout_rate}, {args.rounds} alternating rounds "
-        f"of {args.repeats} steps; model FLOPs/step {flops / 1e12:.3f} T; "
+        f"of {args.repeats} steps; model FLOPs/step {step_flops / 1e12:.3f} T; "
         f"GLIBC_TUNABLES={args.glibc_tunables!r}")
   print(f"{'implementation':<24}{'median s':>9}{'min s':>8}{'ex/s':>7}{'GFLOP/s':>9}"
         f"{'MFU f32':>9}{'first s':>9}{'RSS GiB':>9}  every run (s)")
   medians, rows = {}, []
   for label, times in timings.items():
     median = medians[label] = float(np.median(times))
-    rate = flops / median
+    rate = step_flops / median
     print(f"{label:<24}{median:>9.2f}{min(times):>8.2f}{args.batch_size / median:>7.2f}"
           f"{rate / 1e9:>9.1f}{rate / peaks['jax float32']:>9.1%}{compile_s[label]:>9.1f}"
           f"{peak_rss[label] / 2**30:>9.2f}  "

@@ -195,9 +195,9 @@ def compile_train_step(run: TrainRun, mesh, tpu_slice: accelerators.Slice, batch
                      what="train step", mesh=mesh)
   result = dict(_compile(lowered, tpu_slice, f"train step at batch {batch_size}", mesh.size),
                 batch_size=batch_size, grad_cache_chunks=grad_cache_chunks)
-  # Counted from the model's shapes (matmuls and attention, forward and backward): for mT5-base
-  # at batch 1024, 174.9 TFLOPs against XLA's 184.3 for the unrolled program (elementwise ops,
-  # softmax, norms and the optimizer are XLA's 5% more).
+  # Counted from the model's shapes (matmuls and attention, forward and backward): a few percent
+  # below XLA's count, which adds elementwise ops, softmax, norms and the optimizer
+  # (BENCHMARKS.md, "Ahead-of-time compilation").
   model_flops = flops_lib.train_step_flops(
       run.model.encoder_config, batch_size, (run.query_length, run.passage_length))
   result["model_tflops_per_step"] = float(f"{model_flops / 1e12:.4g}")

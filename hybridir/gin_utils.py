@@ -47,9 +47,23 @@ def parse(gin_files: list[str], gin_bindings: list[str] = (), finalize: bool = T
   gin.parse_config_files_and_bindings([], list(gin_bindings), finalize_config=finalize)
 
 
-def evaluate(macro: str):
-  """The value of a macro, with configurable references (`@fn()`) called."""
-  value = gin.query_parameter(f"%{macro}")
+_REQUIRED = object()
+
+
+def macro(name: str, default=_REQUIRED):
+  """The bound value of the macro `name` (references not called); `default` when no parsed file
+  or binding sets it, else a ValueError naming it."""
+  try:
+    return gin.query_parameter(f"%{name}")
+  except ValueError as e:
+    if default is _REQUIRED:
+      raise ValueError(f"no parsed gin file or binding sets the macro {name}") from e
+    return default
+
+
+def evaluate(name: str):
+  """The value of the macro `name`, with configurable references (`@fn()`) called."""
+  value = macro(name)
   if isinstance(value, gin.config.ConfigurableReference) and value.evaluate:
     return value.scoped_configurable_fn()
   return value

@@ -1,6 +1,6 @@
 """The hybrid batch schedule: which source, which batch kind, which languages and which examples.
 
-The paper's batches (../shared/PAPER.md, section "Batches"): each global batch comes from one
+The batches of Elmahdy et al. 2024 (arXiv 2408.10536): each global batch comes from one
 source dataset, drawn with probability proportional to its size (flattened by a temperature), and
 is monolingual (X-X-mono: queries and passages in one language, drawn uniformly) with probability
 `alpha`, else cross-lingual (X-Y: every example draws its own (x, y), x != y, so a batch mixes

@@ -144,11 +144,7 @@ def run_parsed_config():
   check_output_locations()
   if jax.process_index() == 0:  # A training run also writes it to MODEL_DIR/config.gin.
     logging.debug("gin config:\n%s", gin.config_str())
-  try:
-    setup = gin.query_parameter("%SETUP")
-  except ValueError:
-    setup = []
-  for call in setup:
+  for call in gin_utils.macro("SETUP", []):
     call.scoped_configurable_fn()
   return run()
 
@@ -175,17 +171,11 @@ def one_line_errors():
     sys.exit(1)
 
 
-def _macro(name: str):
-  try:
-    return gin.query_parameter(f"%{name}")
-  except ValueError:
-    return None
-
-
 def closing_line_parts() -> tuple[str, str | None]:
   """(what the finished RUN wrote, the natural next command), from the run's directory macros."""
   selector = gin.query_parameter("%RUN").configurable.name
-  model_dir, export_dir, eval_dir = _macro("MODEL_DIR"), _macro("EXPORT_DIR"), _macro("EVAL_DIR")
+  model_dir, export_dir, eval_dir = (gin_utils.macro(name, None)
+                                     for name in ("MODEL_DIR", "EXPORT_DIR", "EVAL_DIR"))
   if selector.endswith("export_from_training_checkpoint") and export_dir:
     return (f"the encoder {export_dir}", "python -m hybridir.evaluate --encoder "
             f"{export_dir} --corpus corpus.jsonl --queries queries.jsonl --qrels qrels.tsv")

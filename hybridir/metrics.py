@@ -12,7 +12,6 @@ trec_eval conventions followed here (checked against pytrec_eval in tests/test_m
     relevant document scores 0 on every measure;
   * P_K divides by K even when fewer than K documents were retrieved.
 """
-import math
 import re
 from typing import Hashable, Iterable, Mapping, Optional, Sequence
 
@@ -106,37 +105,6 @@ def _ndcg(ranks: np.ndarray, gains: np.ndarray, cutoff: int) -> float:
   return float(dcg / idcg) if idcg > 0 else 0.0
 
 
-def _one(ranking: Sequence[str], relevance: Mapping[str, int], measure: str) -> float:
-  ranks, gains = relevant_ranks(ranking, relevance)
-  return measures_from_ranks(ranks, gains, [measure])[measure]
-
-
-def average_precision(ranking: Sequence[str], relevance: Mapping[str, int]) -> float:
-  """AP over a ranked list of docids; relevant documents not in the list count as precision 0."""
-  return _one(ranking, relevance, "map")
-
-
-def recall_at_k(ranking: Sequence[str], relevance: Mapping[str, int], k: int) -> float:
-  """Fraction of the relevant documents in the top k."""
-  return _one(ranking, relevance, f"recall_{k}")
-
-
-def precision_at_k(ranking: Sequence[str], relevance: Mapping[str, int], k: int) -> float:
-  """Relevant documents in the top k, divided by k."""
-  return _one(ranking, relevance, f"P_{k}")
-
-
-def ndcg_at_k(ranking: Sequence[str], relevance: Mapping[str, int], k: int) -> float:
-  """trec_eval's ndcg_cut_k: gain = relevance grade, discount log2(rank + 1)."""
-  return _one(ranking, relevance, f"ndcg_cut_{k}")
-
-
-def reciprocal_rank(ranking: Sequence[str], relevance: Mapping[str, int],
-                    k: Optional[int] = None) -> float:
-  """1 / rank of the first relevant document (0 if none); with k, only the top k count (MRR@k)."""
-  return _one(ranking, relevance, "recip_rank" if k is None else f"recip_rank_cut_{k}")
-
-
 def evaluate_run(run: Run, qrels: Qrels,
                  measures: Iterable[str] = DEFAULT_MEASURES) -> dict[str, dict[str, float]]:
   """Per-query measures, `{qid: {measure: value}}`, for the queries of `run` judged in `qrels`."""
@@ -198,32 +166,3 @@ def rank_distances(relevant_ranks_by_query: Mapping[str, Mapping[str, int]],
     result[qid] = (float(max(ranks.values()) - min(ranks.values())),
                    expected_random_rank_distance(size, len(ranks)))
   return result
-
-
-def rank_distance(rankings: Mapping[str, Sequence[str]],
-                  candidate_language: Mapping[str, Hashable],
-                  relevant: Mapping[str, Iterable[str]]) -> float:
-  """Mean maximum rank distance (see `rank_distances`) over queries, from full rankings.
-
-  Args:
-    rankings: `{qid: docids in rank order}`; must contain every relevant candidate (a full ranking).
-    candidate_language: `{docid: language}` for at least the relevant candidates.
-    relevant: `{qid: relevant docids}` (any iterable); queries absent from `rankings` are skipped.
-
-  Returns NaN when no query has relevant candidates in two languages.
-  """
-  ranks_by_query = {}
-  for qid, relevant_docids in relevant.items():
-    if qid not in rankings:
-      continue
-    position = {docid: rank for rank, docid in enumerate(rankings[qid], start=1)}
-    ranks = {}
-    for docid in relevant_docids:
-      if docid not in position:
-        raise ValueError(f"query {qid!r}: relevant candidate {docid!r} is not in its ranking; rank "
-                         f"distance needs the full ranking of the pool")
-      ranks[docid] = position[docid]
-    ranks_by_query[qid] = ranks
-  distances = rank_distances(ranks_by_query, candidate_language,
-                             {qid: len(rankings[qid]) for qid in ranks_by_query})
-  return float(np.mean([d for d, _ in distances.values()])) if distances else math.nan

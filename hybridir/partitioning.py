@@ -122,16 +122,6 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
-@gin.configurable
-def global_batch_size_to_local(global_batch_size: int) -> int:
-  """This host's share of the global batch (hosts split the batch evenly)."""
-  process_count = jax.process_count()
-  if global_batch_size < 1 or global_batch_size % process_count:
-    raise ValueError(f"global_batch_size={global_batch_size} must be a positive multiple of the "
-                     f"number of hosts (jax.process_count()={process_count})")
-  return global_batch_size // process_count
-
-
 def host_local_to_global(batch: Mapping[str, np.ndarray],
                          mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
   """Assembles each host's share of the batch into global arrays split over 'data'."""
@@ -162,32 +152,3 @@ def axis_rules_context(rules: AxisRules,
       stack.enter_context(jax.set_mesh(mesh))
     stack.enter_context(nn.logical_axis_rules(rules))
     yield
-
-
-def _path_to_str(path: Sequence[Any]) -> str:
-  parts = []
-  for key in path:
-    for attribute in ("key", "name", "idx"):
-      if hasattr(key, attribute):
-        parts.append(str(getattr(key, attribute)))
-        break
-    else:
-      parts.append(str(key))
-  return "/".join(parts)
-
-
-def missing_logical_axes(abstract_variables: Any) -> list[str]:
-  """Paths of params with no logical axis name per dimension (not boxed, wrong rank, or None)."""
-  tree = abstract_variables
-  prefix = ()
-  if isinstance(tree, Mapping) and "params" in tree:
-    tree, prefix = tree["params"], ("params",)
-  is_box = lambda x: isinstance(x, nn.Partitioned)
-  missing = []
-  for path, leaf in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_box)[0]:
-    if is_box(leaf):
-      names, ndim = tuple(leaf.names), len(np.shape(leaf.value))
-      if len(names) == ndim and all(isinstance(n, str) for n in names):
-        continue
-    missing.append("/".join(prefix + (_path_to_str(path),)))
-  return missing

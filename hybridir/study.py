@@ -71,21 +71,17 @@ def run_name(model: str, strategy: str, seed: int) -> str:
   return f"{family(model)}_{SLUGS[strategy]}_seed{seed}"
 
 
-def _macro(name: str):
-  return gin.query_parameter(f"%{name}")
-
-
 def train_vocabulary(gin_file: str, bindings: list[str], output_dir: str) -> str:
   """The family's vocabulary on the corpus's train articles only (test articles stay unseen);
   cached."""
   gin.clear_config()
   gin_utils.parse([gin_file], bindings, finalize=False)
-  family_name, corpus_dir = _macro("FAMILY"), _macro("CORPUS_DIR")
+  family_name, corpus_dir = gin_utils.macro("FAMILY"), gin_utils.macro("CORPUS_DIR")
   path = spm.vocabulary_path(family_name, os.path.join(output_dir, "vocab", family_name))
   if not fs.exists(path):
-    corpus = corpora.load_parallel_corpus(corpus_dir, languages=_macro("LANGUAGES"))
+    corpus = corpora.load_parallel_corpus(corpus_dir, languages=gin_utils.macro("LANGUAGES"))
     train, _ = corpus.split_by_article(tasks.qa.TEST_FRACTION, seed=0)
-    path = spm.train_on_corpus(train, family_name, _macro("SPM_VOCAB_SIZE"),
+    path = spm.train_on_corpus(train, family_name, gin_utils.macro("SPM_VOCAB_SIZE"),
                                os.path.join(output_dir, "vocab", family_name),
                                source=f"{corpus_dir} (training articles)")
   gin.clear_config()

@@ -164,9 +164,8 @@ def compiler_options(platform: str | None = None) -> dict[str, Any] | None:
 
   On CPU: XLA's memory-optimising scheduler (the default one lengthens buffer lifetimes to run
   independent operations concurrently) and no excess precision (otherwise XLA keeps float32
-  copies where the program rounds to bfloat16). XLM-R base at batch 32 in bfloat16: XLA's
-  temporaries 11.5 -> 6.1 GiB with the layer changes of the same commit, fewer page faults, a
-  faster step (BENCHMARKS.md, "Activation memory"). Other backends: their defaults (None).
+  copies where the program rounds to bfloat16): less memory and a faster bfloat16 step
+  (BENCHMARKS.md, "Activation memory"). Other backends: their defaults (None).
   `platform`: the one compiled for (default: this process's backend).
   """
   if (platform or jax.default_backend()) != "cpu":

@@ -100,7 +100,8 @@ def train(*, model: dual_encoder.DualEncoder, train_input: Any, task_feature_len
   if missing:
     raise ValueError(f"task_feature_lengths lacks {sorted(missing)}: {task_feature_lengths}")
   if jax.default_backend() == "cpu":
-    # Measured fastest for dropout on XLA:CPU (PERFORMANCE-NOTES.md); TPU/GPU keep the default.
+    # The cheapest dropout bits on XLA:CPU (BENCHMARKS.md, "Layouts for XLA:CPU"); TPU/GPU keep
+    # the default.
     jax.config.update("jax_threefry_partitionable", False)
   train_input = _host_input(train_input)
   eval_input = _host_input(eval_input) if eval_input is not None else None

@@ -59,13 +59,18 @@ def test_aggregate_is_the_mean_over_queries():
 
 def test_ties_are_broken_by_docid_descending():
   assert metrics.trec_order({"a": 1.0, "c": 1.0, "b": 1.0, "z": 0.5}) == ["c", "b", "a", "z"]
-  assert metrics.reciprocal_rank(metrics.trec_order({"a": 1.0, "b": 1.0}), {"a": 1}) == 0.5
+  assert metrics.evaluate_run({"q": {"a": 1.0, "b": 1.0}}, {"q": {"a": 1}}, ["recip_rank"]) == {
+      "q": {"recip_rank": 0.5}}
+
+
+def measures_of(ranking, relevance, measures):
+  return metrics.measures_from_ranks(*metrics.relevant_ranks(ranking, relevance), measures)
 
 
 def test_average_precision_counts_unretrieved_relevant_as_zero():
   # Relevant at ranks 1 and 3, a third never retrieved: (1/1 + 2/3) / 3.
-  ap = metrics.average_precision(["r1", "x", "r2", "y"], {"r1": 1, "r2": 1, "r3": 1, "x": 0})
-  assert ap == pytest.approx((1 + 2 / 3) / 3)
+  found = measures_of(["r1", "x", "r2", "y"], {"r1": 1, "r2": 1, "r3": 1, "x": 0}, ["map"])
+  assert found["map"] == pytest.approx((1 + 2 / 3) / 3)
 
 
 def test_judged_query_without_relevant_documents_scores_zero():
@@ -73,16 +78,13 @@ def test_judged_query_without_relevant_documents_scores_zero():
       "q": {"map": 0.0, "ndcg_cut_10": 0.0}}
 
 
-def test_single_metric_functions_agree_with_hand_values():
-  ranking = ["a", "b", "c", "d"]
-  relevance = {"b": 2, "d": 1}
-  assert metrics.recall_at_k(ranking, relevance, 2) == 0.5
-  assert metrics.precision_at_k(ranking, relevance, 4) == 0.5
-  assert metrics.reciprocal_rank(ranking, relevance) == 0.5
-  assert metrics.reciprocal_rank(ranking, relevance, k=1) == 0.0
+def test_measures_from_ranks_agree_with_hand_values():
+  found = measures_of(["a", "b", "c", "d"], {"b": 2, "d": 1},
+                      ["recall_2", "P_4", "recip_rank", "recip_rank_cut_1", "ndcg_cut_4"])
+  assert (found["recall_2"], found["P_4"]) == (0.5, 0.5)
+  assert (found["recip_rank"], found["recip_rank_cut_1"]) == (0.5, 0.0)
   ideal = 2 + 1 / math.log2(3)
-  assert metrics.ndcg_at_k(ranking, relevance, 4) == pytest.approx(
-      (2 / math.log2(3) + 1 / math.log2(5)) / ideal)
+  assert found["ndcg_cut_4"] == pytest.approx((2 / math.log2(3) + 1 / math.log2(5)) / ideal)
 
 
 def test_unknown_measure_is_rejected_with_its_name():
@@ -94,35 +96,33 @@ LANGUAGE = {"en1": "en", "de1": "de", "fr1": "fr", "es1": "es", "en_x": "en", "e
             "de_x": "de"}
 
 
+def distances(ranks_by_query, pool_size=10):
+  """`{qid: maximum rank distance}` of `rank_distances`, without the random values."""
+  return {qid: distance
+          for qid, (distance, _) in metrics.rank_distances(ranks_by_query, LANGUAGE,
+                                                           pool_size).items()}
+
+
 def test_rank_distance_of_adjacent_relevant_candidates_is_their_count_minus_one():
-  rankings = {"q": ["en1", "de1", "fr1", "en_x", "en_y", "de_x"]}
-  assert metrics.rank_distance(rankings, LANGUAGE, {"q": ("en1", "de1", "fr1")}) == 2
+  assert distances({"q": {"en1": 1, "de1": 2, "fr1": 3}}) == {"q": 2}
 
 
 def test_rank_distance_is_lowest_minus_highest_relevant_rank():
   # English first (rank 1), then German (4), then French (6): 6 - 1.
-  rankings = {"q": ["en1", "en_x", "en_y", "de1", "de_x", "fr1"]}
-  assert metrics.rank_distance(rankings, LANGUAGE, {"q": ("en1", "de1", "fr1")}) == 5
+  assert distances({"q": {"en1": 1, "de1": 4, "fr1": 6}}) == {"q": 5}
 
 
 def test_rank_distance_is_the_maximum_not_the_mean_over_pairs():
   # a: relevant at 1, 2, 3, 10 -> max - min 9 (mean over pairs 28/6 = 4.7);
   # b: relevant at 1, 2, 8, 9  -> max - min 8 (mean over pairs 30/6 = 5.0): b is less biased.
-  filler = [f"n{i}" for i in range(6)]  # Irrelevant candidates.
-  rankings = {"a": ["en1", "de1", "fr1"] + filler + ["es1"],
-              "b": ["en1", "de1"] + filler[:5] + ["fr1", "es1"]}
-  relevant = {"a": ("en1", "de1", "fr1", "es1"), "b": ("en1", "de1", "fr1", "es1")}
-  per_query = {qid: metrics.rank_distance(rankings, LANGUAGE, {qid: relevant[qid]})
-               for qid in relevant}
-  assert per_query == {"a": 9, "b": 8}
-  assert metrics.rank_distance(rankings, LANGUAGE, relevant) == 8.5
+  assert distances({"a": {"en1": 1, "de1": 2, "fr1": 3, "es1": 10},
+                    "b": {"en1": 1, "de1": 2, "fr1": 8, "es1": 9}}) == {"a": 9, "b": 8}
 
 
-def test_rank_distance_leaves_out_queries_with_one_language_and_averages_the_rest():
-  rankings = {"q1": ["en1", "en_x", "de1"], "q2": ["de1", "en1"], "q3": ["en1", "en_x"]}
-  relevant = {"q1": ("en1", "en_x", "de1"), "q2": ("en1", "de1"), "q3": ("en1", "en_x")}
+def test_rank_distance_leaves_out_queries_with_one_language():
   # q1: 3 - 1 = 2; q2: 2 - 1 = 1; q3's relevant candidates are all English: left out.
-  assert metrics.rank_distance(rankings, LANGUAGE, relevant) == pytest.approx(1.5)
+  assert distances({"q1": {"en1": 1, "en_x": 2, "de1": 3}, "q2": {"de1": 1, "en1": 2},
+                    "q3": {"en1": 1, "en_x": 2}}) == {"q1": 2, "q2": 1}
 
 
 def test_random_ranking_rank_distance_matches_a_seeded_simulation():
@@ -141,6 +141,6 @@ def test_rank_distances_give_each_query_its_random_value():
   assert distances == {"q": (4.0, pytest.approx(11 / 3))}
 
 
-def test_rank_distance_needs_every_relevant_candidate_ranked():
-  with pytest.raises(ValueError, match="'fr1' is not in its ranking"):
-    metrics.rank_distance({"q": ["en1", "de1"]}, LANGUAGE, {"q": ("en1", "fr1")})
+def test_rank_distances_need_every_relevant_candidates_language():
+  with pytest.raises(ValueError, match="relevant candidate 'it1' has no language"):
+    metrics.rank_distances({"q": {"en1": 1, "it1": 2}}, LANGUAGE, 10)

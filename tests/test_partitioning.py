@@ -163,28 +163,3 @@ def test_host_local_to_global_on_one_process_splits_batch_over_data():
 def test_host_local_to_global_rejects_batch_not_divisible_by_data():
   with pytest.raises(ValueError, match="query_ids"):
     partitioning.host_local_to_global({"query_ids": np.zeros((6, 3))}, partitioning.create_mesh(2))
-
-
-def test_global_batch_size_to_local_divides_by_process_count():
-  assert partitioning.global_batch_size_to_local(64) == 64 // jax.process_count()
-  with pytest.raises(ValueError, match="global_batch_size=0"):
-    partitioning.global_batch_size_to_local(0)
-
-
-def test_missing_logical_axes_finds_unannotated_params():
-
-  class HalfAnnotated(nn.Module):
-
-    @nn.compact
-    def __call__(self, x):
-      x = nn.Dense(4, name="named", kernel_init=nn.with_logical_partitioning(
-          nn.initializers.lecun_normal(), ("embed", "mlp")), use_bias=False)(x)
-      return nn.Dense(4, name="plain")(x)
-
-  abstract = jax.eval_shape(HalfAnnotated().init, jax.random.key(0), jnp.zeros((2, 4)))
-  assert partitioning.missing_logical_axes(abstract) == ["params/plain/bias", "params/plain/kernel"]
-
-
-def test_fully_annotated_model_has_no_missing_axes():
-  abstract = jax.eval_shape(ToyEncoder().init, jax.random.key(0), jnp.zeros((2, 5), jnp.int32))
-  assert partitioning.missing_logical_axes(abstract) == []

@@ -102,3 +102,16 @@ def test_sweep_without_miracl_deletes_each_slice_after_training_and_keeps_no_exp
   jobs = [c for c in commands if "hybridir.main" in c]
   assert len(jobs) == 1 and "EXPORT_DIR" not in jobs[0] and "miracl" not in jobs[0]
   assert "tpu-vm delete" in commands[-1]
+
+
+def test_macro_gives_the_default_only_when_the_macro_is_unset():
+  gin.clear_config()
+  gin.parse_config("STEPS = 3\nDIR = None")
+  try:
+    assert gin_utils.macro("STEPS") == gin_utils.macro("STEPS", 7) == 3
+    assert gin_utils.macro("DIR", "unused") is None
+    assert gin_utils.macro("EVAL_DIR", None) is None
+    with pytest.raises(ValueError, match="EVAL_DIR"):
+      gin_utils.macro("EVAL_DIR")
+  finally:
+    gin.clear_config()

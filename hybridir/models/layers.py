@@ -3,8 +3,8 @@
 Every parameter carries logical axis names (flax `nn.with_logical_partitioning`) and the main
 activations carry logical constraints, so that `hybridir.partitioning` can shard them by rules.
 Dense projections run as 2-D matmuls ([tokens, features]) and attention is computed heads-major:
-both measured faster on XLA:CPU (shared/PERFORMANCE-NOTES.md) and neutral on TPU. With bfloat16
-activations every dense matmul, forward and backward, multiplies bf16 operands with float32
+both measured faster on XLA:CPU (BENCHMARKS.md, "Layouts for XLA:CPU") and neutral on TPU. With
+bfloat16 activations every dense matmul, forward and backward, multiplies bf16 operands with float32
 accumulation (`matmul`), and dropout draws 16 random bits per element (`Dropout`): both measured
 in BENCHMARKS.md ("Training step"). What the backward pass keeps is held to one copy of each
 activation in the activation dtype: attention has a hand-written gradient (`attend`), norms and
