@@ -51,11 +51,17 @@ EXTRAS_REQUIRE = {
     "bench": ["faiss-cpu==1.15.1"],
 }
 
+# The gin model and run files ship inside the package, as hybridir/gin_configs/..., where
+# hybridir.gin_utils finds them by the same names as in a checkout ('gin_configs/runs/smoke.gin').
+GIN_PACKAGES = ["hybridir." + p for p in setuptools.find_namespace_packages(include=["gin_configs*"])]
+
 setuptools.setup(
     name="hybridir",
     version="0.1.0",
     description=__doc__,
-    packages=setuptools.find_packages(include=["hybridir", "hybridir.*", "tasks", "tasks.*"]),
+    packages=setuptools.find_packages(include=["hybridir", "hybridir.*", "tasks", "tasks.*"])
+    + GIN_PACKAGES,
+    package_dir={"hybridir.gin_configs": "gin_configs"},
     package_data={"": ["*.gin"]},
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,

@@ -22,6 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tasks  # noqa: E402
+from hybridir import fs  # noqa: E402
 from hybridir import input_pipeline  # noqa: E402
 from hybridir import spm  # noqa: E402
 from hybridir import text  # noqa: E402
@@ -55,9 +56,7 @@ def batch_counts(pair_ids, masks, groups) -> dict[str, tuple[int, int, int]]:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  root = pathlib.Path(__file__).resolve().parents[1]
-  parser.add_argument("--data_dir", default=os.environ.get(
-      "HYBRIDIR_DATA_DIR", str(root.parent / "shared" / "data")))
+  parser.add_argument("--data_dir", default=fs.data_root())
   parser.add_argument("--spm_path", help="default: train one (vocab 8000) on XQuAD-R first")
   parser.add_argument("--batch_size", type=int, default=32)
   parser.add_argument("--steps", type=int, default=500)

@@ -20,6 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tasks  # noqa: E402
+from hybridir import fs  # noqa: E402
 from hybridir import input_pipeline  # noqa: E402
 from hybridir import spm  # noqa: E402
 from hybridir.models import families  # noqa: E402
@@ -41,9 +42,7 @@ def _measure(name: str, lengths: dict, batch_size: int, steps: int) -> tuple[flo
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  root = pathlib.Path(__file__).resolve().parents[1]
-  parser.add_argument("--data_dir", default=os.environ.get(
-      "HYBRIDIR_DATA_DIR", str(root.parent / "shared" / "data")))
+  parser.add_argument("--data_dir", default=fs.data_root())
   parser.add_argument("--family", choices=families.names(), default="t5")
   parser.add_argument("--spm_path", help="default: train one (vocab 8000) on XQuAD-R first")
   parser.add_argument("--batch_size", type=int, default=32)

@@ -9,7 +9,6 @@
 """
 import argparse
 import json
-import os
 import pathlib
 import sys
 from typing import Sequence
@@ -23,10 +22,8 @@ from hybridir import hybrid
 
 
 def default_data_dir(dataset: str) -> pathlib.Path:
-  """$HYBRIDIR_DATA_DIR/<dataset folder>, else ../shared/data/<dataset folder>."""
-  root = os.environ.get("HYBRIDIR_DATA_DIR",
-                        pathlib.Path(__file__).resolve().parents[2] / "shared" / "data")
-  return fs.path(root) / retrieval_data.LAREQA_FOLDERS[dataset]
+  """The dataset's folder in the shared data folder (fs.data_root)."""
+  return fs.path(fs.data_root()) / retrieval_data.LAREQA_FOLDERS[dataset]
 
 
 def _alpha(value: str) -> float:

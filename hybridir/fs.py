@@ -27,6 +27,13 @@ from typing import Iterator
 from etils import epath
 
 PathLike = str | os.PathLike
+DATA_DIR_VARIABLE = "HYBRIDIR_DATA_DIR"
+
+
+def data_root() -> str:
+  """The shared data folder (xquad-r/, mlqa-r/): $HYBRIDIR_DATA_DIR, else ../shared/data, relative
+  to the working directory (beside the project when run from its root), as gin paths are."""
+  return os.environ.get(DATA_DIR_VARIABLE) or os.path.join("..", "shared", "data")
 
 
 def configure() -> None:

@@ -1,12 +1,22 @@
-"""Parsing gin files the way T5X does: includes resolve against the repository and the cwd."""
+"""Parsing gin files the way T5X does: includes resolve against the cwd, then hybridir's own
+`gin_configs/` (installed inside the package by setup.py, or the checkout's); data paths written
+`$HYBRIDIR_DATA_DIR/...` read the shared data folder (fs.data_root)."""
+import contextlib
 import difflib
+import logging
 import os
 import pathlib
 import re
 
 import gin
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+from hybridir import fs
+
+_PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
+# Folders holding gin_configs/: the installed package (hybridir/gin_configs), else the checkout.
+GIN_ROOTS = tuple(str(p) for p in (_PACKAGE_DIR, _PACKAGE_DIR.parent)
+                  if (p / "gin_configs").is_dir())
+_DATA_DIR = re.compile(r"\$" + fs.DATA_DIR_VARIABLE + r"\b")
 
 
 _MACRO_BINDING = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=")
@@ -36,15 +46,55 @@ def check_macro_bindings(gin_bindings: list[str], known: set[str]) -> None:
                        f"{name}{hint}")
 
 
+def _not_a_search_miss(record: logging.LogRecord) -> bool:
+  return not (record.module == "resource_reader" and str(record.msg).startswith("Path not found"))
+
+
+@contextlib.contextmanager
+def _quiet_search():
+  """Drops the error line gin logs for each search path a file is not in before the one it is."""
+  logging.getLogger().addFilter(_not_a_search_miss)
+  try:
+    yield
+  finally:
+    logging.getLogger().removeFilter(_not_a_search_miss)
+
+
 def parse(gin_files: list[str], gin_bindings: list[str] = (), finalize: bool = True) -> None:
   """Parses files then bindings (later wins); a syntax error, unknown name or macro no file
   declares fails here, with the file and line, before anything is computed."""
-  for path in (os.getcwd(), str(REPO_ROOT)):
+  for path in (os.getcwd(), *GIN_ROOTS):
     if path not in gin.config._LOCATION_PREFIXES:  # Keep the search path free of duplicates.
       gin.add_config_file_search_path(path)
-  gin.parse_config_files_and_bindings(list(gin_files), [], finalize_config=False)
+  with _quiet_search():
+    gin.parse_config_files_and_bindings(list(gin_files), [], finalize_config=False)
   check_macro_bindings(list(gin_bindings), declared_macros())
-  gin.parse_config_files_and_bindings([], list(gin_bindings), finalize_config=finalize)
+  gin.parse_config_files_and_bindings([], list(gin_bindings), finalize_config=False)
+  _expand_data_dir()
+  if finalize:
+    gin.finalize()
+
+
+def _expand_data(value):
+  """`value` with `$HYBRIDIR_DATA_DIR` in its strings (in lists, tuples, dicts too) replaced by
+  fs.data_root()."""
+  if isinstance(value, str):
+    return _DATA_DIR.sub(lambda _: fs.data_root(), value)
+  if type(value) in (list, tuple):
+    return type(value)(_expand_data(item) for item in value)
+  if type(value) is dict:
+    return {key: _expand_data(item) for key, item in value.items()}
+  return value
+
+
+def _expand_data_dir() -> None:
+  """Rebinds every parsed value (macros and parameters) that names `$HYBRIDIR_DATA_DIR` to the
+  real path, so the run and its written config.gin show the folder actually read."""
+  for (scope, selector), arguments in list(gin.config._CONFIG.items()):
+    for name, value in list(arguments.items()):
+      expanded = _expand_data(value)
+      if expanded != value:
+        gin.bind_parameter((scope, selector, name), expanded)
 
 
 _REQUIRED = object()
@@ -80,12 +130,14 @@ class _LiteralDelegate(gin.config_parser.ParserDelegate):
 
 
 def file_macro(gin_file: str, name: str):
-  """The literal value a gin file (with its includes, later wins) gives the macro `name`, read
-  without touching the global gin config; raises ValueError when no file sets it."""
+  """The literal value (`$HYBRIDIR_DATA_DIR` expanded) a gin file (with its includes, later wins)
+  gives the macro `name`, read without touching the global gin config; raises ValueError when no
+  file sets it."""
   found = []
 
   def read(path: str) -> None:
-    resolved = next((p for p in (path, os.path.join(REPO_ROOT, path)) if os.path.exists(p)), path)
+    candidates = (path, *(os.path.join(root, path) for root in GIN_ROOTS))
+    resolved = next((p for p in candidates if os.path.exists(p)), path)
     with open(resolved) as f:
       for statement in gin.config_parser.ConfigParser(f, _LiteralDelegate()):
         if isinstance(statement, gin.config_parser.IncludeStatement):
@@ -97,4 +149,4 @@ def file_macro(gin_file: str, name: str):
   read(gin_file)
   if not found:
     raise ValueError(f"{gin_file}: sets no {name} (in it or its includes)")
-  return found[-1]
+  return _expand_data(found[-1])

@@ -1,6 +1,7 @@
 """Export to a Hugging Face model directory that transformers loads as its family's encoder class
 (MT5EncoderModel, XLMRobertaModel, BertModel): model.safetensors (transformers' names),
-config.json, the vocabulary file.
+config.json, the vocabulary file and, where transformers is installed, the fast tokenizer
+(tokenizer.json: transformers and sentence-transformers then load the folder without sentencepiece).
 
 The tensor names are the inverse of `importers`' mapping, so `importers.load_hf` reads the export
 back exactly. Only a shared-tower encoder without projection fits transformers' encoder classes;
@@ -12,8 +13,8 @@ are written as sentence-transformers modules (modules.json, 1_Pooling, 2_Dense, 
 
 takes anything `load_encoder` takes (a training MODEL_DIR, an export) and adds what
 sentence-transformers and transformers users expect: `sentence_bert_config.json` (the
-`max_seq_length` the model takes), the query/passage prompts, a fast tokenizer (`tokenizer.json`,
-`tokenizer_config.json` with `model_max_length`; needs transformers) and a model card.
+`max_seq_length` the model takes, also the fast tokenizer's `model_max_length`), the
+query/passage prompts and a model card.
 """
 import argparse
 import json
@@ -63,15 +64,19 @@ def hf_tensors(model: dual_encoder.DualEncoder, params) -> dict[str, np.ndarray]
 
 
 def export_hf(output_dir: str, model: dual_encoder.DualEncoder, params, spm_path: str,
-              overwrite: bool = False, extra_files: dict | None = None) -> str:
-  """Writes a transformers model directory (atomically: a temporary name, then a rename);
-  extra_files: {relative path: JSON dict or text} written beside the rest."""
+              overwrite: bool = False, extra_files: dict | None = None,
+              max_seq_length: int | None = None) -> str:
+  """Writes a transformers model directory (atomically: a temporary name, then a rename), with
+  the fast tokenizer (fast_tokenizer_files); extra_files: {relative path: JSON dict or text}
+  written beside the rest."""
   from safetensors.numpy import save_file
   config = hf_config(model.encoder_config)
   tensors = hf_tensors(model, params)
   vocabulary = export.check_vocabulary(model.encoder_config, spm_path)
   vocabulary_file = vocab.kind_of(model.encoder_config.family, spm_path).files[0]
   with export.atomic_directory(output_dir, overwrite, marker="config.json") as temporary:
+    extra_files = {**fast_tokenizer_files(model.encoder_config, vocabulary, spm_path,
+                                          max_seq_length), **(extra_files or {})}
     save_file(tensors, os.path.join(temporary, "model.safetensors"), metadata={"format": "pt"})
     vocab.write_vocabulary(vocabulary, spm_path, os.path.join(temporary, vocabulary_file))
     _write_json(os.path.join(temporary, "config.json"), config)
@@ -81,7 +86,7 @@ def export_hf(output_dir: str, model: dual_encoder.DualEncoder, params, spm_path
         save_file(content, os.path.join(temporary, path), metadata={"format": "pt"})
       else:
         _write_json(os.path.join(temporary, path), content)
-    for path, content in (extra_files or {}).items():
+    for path, content in extra_files.items():
       if isinstance(content, str):
         with open(os.path.join(temporary, path), "w", encoding="utf-8") as f:
           f.write(content)
@@ -132,22 +137,26 @@ def vocabulary_file(encoder: export.Encoder) -> str:
   return getattr(vocabulary, "vocab_file", None) or vocabulary.sentencepiece_model_file
 
 
-def fast_tokenizer_files(encoder: export.Encoder, max_seq_length: int) -> dict[str, str]:
+def fast_tokenizer_files(config: dual_encoder.EncoderConfig, vocabulary, source: str,
+                         max_seq_length: int | None = None) -> dict[str, str]:
   """{tokenizer.json, tokenizer_config.json: text} of transformers' fast tokenizer for the
-  encoder's vocabulary, with model_max_length; {} when transformers is not installed."""
+  vocabulary (read from the file `source`), with model_max_length when given; {} when
+  transformers is not installed. With tokenizer.json, transformers (and sentence-transformers)
+  load the export without sentencepiece."""
   try:
     import transformers  # pylint: disable=import-outside-toplevel
   except ImportError:
     return {}
-  family = families.of_config(encoder.model.encoder_config)
-  source = vocabulary_file(encoder)
+  family = families.of_config(config)
+  options = dict(_TOKENIZER_OPTIONS.get(family.name, {}))
+  if max_seq_length:
+    options["model_max_length"] = max_seq_length
   with tempfile.TemporaryDirectory() as folder:
     # The vocabulary file (and the tokenizer_config.json its kind needs) as export_hf writes it.
-    vocab.write_vocabulary(encoder.vocabulary, source, os.path.join(
+    vocab.write_vocabulary(vocabulary, source, os.path.join(
         folder, vocab.kind_of(family.name, source).files[0]))
-    _write_json(os.path.join(folder, "config.json"), hf_config(encoder.model.encoder_config))
-    tokenizer = transformers.AutoTokenizer.from_pretrained(
-        folder, model_max_length=max_seq_length, **_TOKENIZER_OPTIONS.get(family.name, {}))
+    _write_json(os.path.join(folder, "config.json"), hf_config(config))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, **options)
     output = os.path.join(folder, "out")
     tokenizer.save_pretrained(output)
     return {name: open(os.path.join(output, name), encoding="utf-8").read()
@@ -210,10 +219,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "document": text_format.passage_prefix},
             "default_prompt_name": None,
             "similarity_fn_name": "cosine" if encoder.model.normalize else "dot"},
-        "README.md": model_card(encoder, args.encoder, max_seq_length),
-        **fast_tokenizer_files(encoder, max_seq_length)}
+        "README.md": model_card(encoder, args.encoder, max_seq_length)}
     path = export_hf(args.output, encoder.model, encoder.params, vocabulary_file(encoder),
-                     overwrite=args.overwrite, extra_files=extra)
+                     overwrite=args.overwrite, extra_files=extra, max_seq_length=max_seq_length)
   except (OSError, ValueError) as error:
     print(f"error: {error}", file=sys.stderr)
     return 1

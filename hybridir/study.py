@@ -158,8 +158,8 @@ def main(argv):
 if __name__ == "__main__":
   from absl import app
   from absl import flags
-  flags.DEFINE_string("data_dir", os.environ.get("HYBRIDIR_DATA_DIR", "../shared/data"),
-                      "Folder with xquad-r/ and mlqa-r/.")
+  flags.DEFINE_string("data_dir", fs.data_root(), "Folder with xquad-r/ and mlqa-r/ "
+                      "(default: $HYBRIDIR_DATA_DIR, else ../shared/data).")
   flags.DEFINE_string("output_dir", "out/study", "Where runs, vocabularies and the report go.")
   flags.DEFINE_list("models", None, f"Models to run, of {sorted(MODEL_FILES)} (default: "
                     "StudyConfig.models, mT5 and XLM-R).")

@@ -17,6 +17,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The shared data beside the project, whatever the cwd: the tests and every process they start
+# (gin files read `$HYBRIDIR_DATA_DIR/...`) read the same folder.
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+os.environ.setdefault("HYBRIDIR_DATA_DIR", str(REPO_ROOT.parent / "shared" / "data"))
 # One JAX compilation cache per test session, inherited by the processes the tests start: tests
 # build the same tiny programs many times (each trainer.train, each `python -m hybridir.main`),
 # and an identical program is then compiled once. A fresh folder, removed at exit, so no test
@@ -28,12 +32,10 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 
 import pytest  # noqa: E402
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-
 
 def shared_data_dir() -> pathlib.Path:
-  """The read-only data folder: $HYBRIDIR_DATA_DIR, else ../shared/data beside the project."""
-  return pathlib.Path(os.environ.get("HYBRIDIR_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
+  """The read-only data folder: $HYBRIDIR_DATA_DIR (set above unless given)."""
+  return pathlib.Path(os.environ["HYBRIDIR_DATA_DIR"])
 
 
 @pytest.fixture(scope="session")

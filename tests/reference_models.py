@@ -1,6 +1,8 @@
 """Random tiny transformers models (the reference implementations) and their Flax counterparts."""
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import torch
@@ -142,3 +144,33 @@ def save_sentence_transformer(model_dir, pooling_mode: str, dense: bool, normali
   model = sentence_transformers.SentenceTransformer(modules=modules, device="cpu")
   model.save(str(model_dir))
   return sentence_transformers.SentenceTransformer(str(model_dir), device="cpu")
+
+
+# Run with `python -c`: sentence-transformers as a user without sentencepiece has it.
+_WITHOUT_SENTENCEPIECE = """
+import json, sys
+sys.modules["sentencepiece"] = None  # `import sentencepiece` fails; importlib.util.find_spec: None.
+import transformers
+assert not transformers.utils.is_sentencepiece_available()
+import sentence_transformers
+request = json.load(sys.stdin)
+model = sentence_transformers.SentenceTransformer(request["folder"], device="cpu")
+texts = request["texts"]
+print(json.dumps({
+    "max_seq_length": model.max_seq_length,
+    "input_ids": model.tokenizer(texts, truncation=True, max_length=model.max_seq_length)["input_ids"],
+    "embeddings": [model.encode(texts, **options).tolist() for options in request["options"]]}))
+"""
+
+
+def sentence_transformer_without_sentencepiece(folder, texts, options=({},)) -> dict:
+  """What sentence-transformers makes of `folder` in a process where sentencepiece cannot be
+  imported: {max_seq_length, input_ids of the texts, embeddings: [model.encode(texts, **o) for o
+  in options]}."""
+  request = {"folder": str(folder), "texts": list(texts), "options": list(options)}
+  result = subprocess.run([sys.executable, "-c", _WITHOUT_SENTENCEPIECE], input=json.dumps(request),
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  answer = json.loads(result.stdout.splitlines()[-1])
+  answer["embeddings"] = [np.array(e, np.float32) for e in answer["embeddings"]]
+  return answer

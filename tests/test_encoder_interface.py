@@ -29,6 +29,16 @@ def encoder(model_dir):
   return hybridir.load_encoder(model_dir, batch_size=4, text_format=FORMAT)
 
 
+@pytest.fixture(scope="module")
+def xlmr_encoder(tmp_path_factory, data_dir):
+  """A random tiny XLM-R from a Hugging Face folder, with a 300-piece vocabulary of XQuAD-R."""
+  folder = tmp_path_factory.mktemp("xlmr")
+  spm = families.train_vocabulary("xlmr", ref.xquad_texts(data_dir), str(folder / "spm"), 300)
+  ref.write_spm(folder, spm, "xlmr")
+  ref.save_random_xlmr(folder, vocab_size=families.vocabulary("xlmr", spm).vocab_size)
+  return hybridir.load_encoder(str(folder), batch_size=4, text_format=FORMAT)
+
+
 def test_a_single_string_gives_one_vector_equal_to_its_row_in_a_list(encoder):
   one = encoder.encode(QUESTIONS[1])
   assert one.shape == (encoder.dimension,)
@@ -126,15 +136,18 @@ def test_mteb_evaluates_a_hybridir_encoder_as_hybridir_does(encoder, data_dir, t
   assert encoder.mteb_model_meta.embed_dim == encoder.dimension
 
 
-def test_hf_export_cli_folder_is_a_sentence_transformer_equal_to_hybridir(encoder, tmp_path,
+@pytest.mark.parametrize("family", ["t5", "xlmr"])
+def test_hf_export_cli_folder_is_a_sentence_transformer_equal_to_hybridir(family, request, tmp_path,
                                                                          capsys):
   """The exported folder loads as is in sentence-transformers (its prompts, fast tokenizer and
-  max_seq_length) and equals hybridir's embeddings; a 10,000-character text is truncated."""
-  sentence_transformers = pytest.importorskip("sentence_transformers")
+  max_seq_length), without sentencepiece installed, and equals hybridir's embeddings; a
+  10,000-character text is truncated."""
+  pytest.importorskip("sentence_transformers")
   import json
   import transformers
   from hybridir import export
   from hybridir import hf_export
+  encoder = request.getfixturevalue({"t5": "encoder", "xlmr": "xlmr_encoder"}[family])
   artifact = export.export_encoder(str(tmp_path / "artifact"), encoder.model, encoder.params,
                                    hf_export.vocabulary_file(encoder), max_length=32,
                                    text_format=FORMAT)
@@ -144,14 +157,14 @@ def test_hf_export_cli_folder_is_a_sentence_transformer_equal_to_hybridir(encode
   assert json.loads((output / "sentence_bert_config.json").read_text())["max_seq_length"] == 32
   assert json.loads((output / "tokenizer_config.json").read_text())["model_max_length"] == 32
   assert (output / "tokenizer.json").exists() and "hybridir" in (output / "README.md").read_text()
-  tokenizer = transformers.AutoTokenizer.from_pretrained(output)
-  assert tokenizer.is_fast
-  model = sentence_transformers.SentenceTransformer(str(output), device="cpu")
+  assert transformers.AutoTokenizer.from_pretrained(output).is_fast
   loaded = hybridir.load_encoder(artifact)
   texts = QUESTIONS + ["Kawann Short " * 800]  # ~10,000 characters.
+  reference = ref.sentence_transformer_without_sentencepiece(
+      output, texts, [{"prompt_name": "query"}, {"prompt_name": "document"}])
+  assert reference["max_seq_length"] == 32
   # Equal embeddings of a random model mean equal tokens: prompts, fast tokenizer, truncation.
-  for prompt_name, tower in (("query", "query"), ("document", "passage")):
-    theirs = model.encode(texts, prompt_name=prompt_name)
+  for theirs, tower in zip(reference["embeddings"], ("query", "passage")):
     ours = loaded.encode(texts, tower=tower)
     assert np.allclose(np.linalg.norm(theirs, axis=-1), 1, atol=1e-5)
     assert (np.sum(theirs * ours, axis=-1) > 0.99999).all()

@@ -41,6 +41,24 @@ def test_study_config_builds_its_published_model_from_a_checkpoint(path):
   gin.clear_config()
 
 
+@pytest.mark.parametrize("path", ["runs/smoke.gin", "runs/eval.gin", "runs/study/demo_mt5.gin",
+                                  "runs/study/demo_xlmr.gin", "runs/study/demo_labse.gin"])
+def test_data_paths_follow_hybridir_data_dir_else_shared_data(path, monkeypatch):
+  path = f"gin_configs/{path}"
+  for variable, root in (("/elsewhere/data", "/elsewhere/data"), (None, "../shared/data")):
+    if variable:
+      monkeypatch.setenv("HYBRIDIR_DATA_DIR", variable)
+    else:
+      monkeypatch.delenv("HYBRIDIR_DATA_DIR")
+    gin.clear_config()
+    gin_utils.parse([path], finalize=False)
+    paths = {name: gin_utils.evaluate(name) for name in ("DATA_DIR", "CORPUS_DIR")
+             if name in gin_utils.declared_macros()}
+    assert paths and set(paths.values()) <= {root, f"{root}/xquad-r"}, paths
+    assert {name: gin_utils.file_macro(path, name) for name in paths} == paths
+  gin.clear_config()
+
+
 def sweep_dry_run(tmp_path, *options, every_command=False) -> list[str]:
   """The hybridir.main jobs launch/study_sweep.sh --dry-run prints (gcloud faked); or, with
   every_command, every command it prints."""
