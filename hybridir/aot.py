@@ -260,30 +260,40 @@ def largest_batch(run: TrainRun, mesh, tpu_slice, first: dict, granularity: int 
 def search_largest_batch(probe, start: int, step: int, usable_bytes: int) -> int | None:
   """The largest multiple of `step` for which probe(batch)["fits"], None if not even `step`.
 
-  Gallops from `start` to a bracket [fits, does not], then narrows it, each next probe where a
-  line through the bracket's ends reaches `usable_bytes` (memory grows about linearly with the
-  batch; the compiles are minutes each, bisection would take more of them).
+  Memory grows about linearly with the batch, and each probe is a compile of minutes, so every
+  next probe is where a line through two probes' bytes reaches `usable_bytes` (doubling or
+  halving until there are two), kept inside the bracket [largest that fits, smallest that does
+  not]; the search ends when the bracket is one step wide. For a linear model: 3-4 probes.
   """
   needed = lambda r: r["bytes"]["total"] if r["fits"] else r.get("required_bytes")
+  down = lambda batch: max(step, batch // step * step)
   lo = hi = None
-  batch = max(step, start // step * step)
-  while lo is None or hi is None:
-    if probe(batch)["fits"]:
-      lo, batch = batch, batch * 2
+  points = []  # (batch, bytes) of the probes that report their bytes, newest last.
+  batch = down(start)
+  while hi is None or lo is None or hi - lo > step:
+    result = probe(batch)
+    if result["fits"]:
+      lo = batch
     elif batch == step:
       return None
     else:
-      hi, batch = batch, max(step, batch // 2 // step * step)
-  while hi - lo > step:
-    low, high = needed(probe(lo)), needed(probe(hi))
-    middle = (lo + hi) // 2
-    if low and high and high > low:
-      middle = lo + int((hi - lo) * (usable_bytes - low) / (high - low))
-    middle = min(max(middle // step * step, lo + step), hi - step)
-    if probe(middle)["fits"]:
-      lo = middle
+      hi = batch
+    if needed(result):
+      points.append((batch, needed(result)))
+    guess = None
+    if len(points) >= 2:
+      (b1, m1), (b2, m2) = sorted(points[-2:])
+      if m2 > m1 and b2 > b1:
+        guess = down(int(b1 + (usable_bytes - m1) * (b2 - b1) / (m2 - m1)))
+    if guess is None:  # Double up to a failure, halve down to a fit.
+      guess = batch * 2 if hi is None else down(batch // 2)
+    if hi is None:
+      guess = min(max(guess, lo + step), 8 * lo)
+    elif lo is None:
+      guess = min(guess, hi - step)
     else:
-      hi = middle
+      guess = min(max(guess, lo + step), hi - step)
+    batch = guess
   return lo
 
 

@@ -126,7 +126,7 @@ def test_largest_batch_search_finds_the_last_multiple_that_fits_in_few_probes(st
   calls = []
   probe = linear_memory(fixed=1000, per_example=7, usable=10000, calls=calls)
   assert aot.search_largest_batch(probe, start, step=16, usable_bytes=10000) == 1280
-  assert len(set(calls)) <= 12
+  assert len(set(calls)) <= 5  # A line through two probes lands on the answer.
 
 
 def test_largest_batch_search_says_none_when_even_one_step_does_not_fit():
