@@ -43,13 +43,6 @@ def encode_dataset(encoder: export.Encoder, dataset: retrieval_data.RetrievalDat
               candidate_emb=candidate_emb)
 
 
-def evaluate_dataset(encoder: export.Encoder, dataset: retrieval_data.RetrievalDataset,
-                     measures: Sequence[str] = metrics.DEFAULT_MEASURES) -> dict:
-  """The three settings' results (see evaluate.evaluate_settings) for one dataset."""
-  inputs = encode_dataset(encoder, dataset)
-  return evaluate.evaluate_settings(measures=measures, **inputs)
-
-
 def write_multilingual_trec(directory: str, inputs: dict, depth: int = 100,
                             tag: str = "hybridir") -> dict[str, str]:
   """TREC run (top `depth` of the pool of every language) and qrels, for external tools.

@@ -221,11 +221,6 @@ def _kvstore(path: str) -> dict:
   return {"driver": "file", "path": os.path.abspath(path) + ("/" if path.endswith("/") else "")}
 
 
-def read_t5x_checkpoint(path: str) -> dict[str, np.ndarray]:
-  """Parameters of a T5X checkpoint (msgpack `checkpoint` + tensorstore arrays), flat by path."""
-  return {name: np.asarray(_read(leaf)) for name, leaf in open_t5x_checkpoint(path).items()}
-
-
 def _read(leaf, index=()):
   """leaf[index] as numpy: a tensorstore array reads only that slice."""
   return leaf[index].read().result() if hasattr(leaf, "read") else np.asarray(leaf)[index]

@@ -92,7 +92,7 @@ def test_t5x_config_mismatch_names_every_parameter_and_both_shapes(data_dir):
 
 def test_t5x_missing_checkpoint_file_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="no T5X `checkpoint` file"):
-    importers.read_t5x_checkpoint(str(tmp_path))
+    importers.open_t5x_checkpoint(str(tmp_path))
 
 
 def test_hf_checkpoint_lists_unknown_and_missing_tensors(tmp_path):
