@@ -37,7 +37,7 @@ def model_name(prefix: str) -> str:
   return f"{families.display_names().get(family, family)} {size}".strip()
 
 
-MIRACL_MEASURES = ("ndcg_cut_10", "recall_100")  # PAPER.md: nDCG@10 and Recall@100.
+MIRACL_MEASURES = ("ndcg_cut_10", "recall_100")  # The paper's MIRACL measures.
 
 
 def read_miracl(run_dir: str) -> dict:
