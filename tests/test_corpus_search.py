@@ -96,7 +96,7 @@ def test_a_memory_bound_too_small_for_the_queries_says_what_it_needs():
 
 
 SEARCH_AND_REPORT_PEAK_RSS = """
-import sys, threading
+import ctypes, gc, sys, threading
 import numpy as np
 from hybridir import corpus_search
 
@@ -105,7 +105,12 @@ def rss():  # Bytes resident now, from the kernel's accounting of this process.
     return int(f.read().split()[1]) * 4096
 
 queries = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
-corpus_search.search_index(sys.argv[1], queries[:1], 1)  # jax's own start-up, out of the count.
+def search():
+  corpus_search.search_index(sys.argv[1], queries, 10, memory_bytes=int(sys.argv[2]))
+
+search()  # jax's start-up and the step's compilation (XLA's memory, not arrays): out of the count.
+gc.collect()
+ctypes.CDLL("libc.so.6").malloc_trim(0)  # What that freed leaves now, not during the search.
 before, peak, done = rss(), [0], threading.Event()
 
 def sample():
@@ -114,7 +119,7 @@ def sample():
 
 sampler = threading.Thread(target=sample)
 sampler.start()
-corpus_search.search_index(sys.argv[1], queries, 10, memory_bytes=int(sys.argv[2]))
+search()
 done.set()
 sampler.join()
 print(max(peak[0], rss()) - before)
@@ -136,6 +141,7 @@ def test_search_memory_stays_under_the_bound_while_the_corpus_grows_tenfold(tmp_
                           str(budget)], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
                          timeout=300, check=True)
     growth[count] = int(out.stdout.split()[-1])
-  # Compiling the search's step costs memory too (XLA, not arrays): the bound plus 32 MiB.
-  assert max(growth.values()) < budget + (32 << 20), growth
-  assert growth[300_000] - growth[30_000] < budget, growth
+  # The bound holds arrays; the search's own buffers (queries, top-k lists, Python) add a few MiB.
+  assert max(growth.values()) < budget + (8 << 20), growth
+  # RSS can shrink below the baseline while searching (the allocator returns pages): no growth is 0.
+  assert growth[300_000] - max(growth[30_000], 0) < budget, growth
