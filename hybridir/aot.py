@@ -24,7 +24,6 @@ import re  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
-import gin  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
@@ -63,45 +62,37 @@ class TrainRun:
   rules: tuple
 
 
-def _resolve(value):
-  """A gin reference as trainer.train receives it: `@f()` and `%MACRO` called, `@f` configured."""
-  if isinstance(value, gin.config.ConfigurableReference):
-    return value.scoped_configurable_fn() if value.evaluate else value.scoped_configurable_fn
-  return value
-
-
 def train_run_from_gin(gin_files, gin_bindings=()) -> TrainRun:
   """The run the gin files describe; required paths (MODEL_DIR, CORPUS_DIR, ...) may stay unset."""
   gin_utils.parse(list(gin_files), list(gin_bindings), finalize=False)
-  try:
-    run = gin.query_parameter("%RUN")
-  except ValueError:
-    raise AotError("no RUN bound: include a run file (gin_configs/runs/*.gin)") from None
-  if run.configurable.selector not in TRAINING_RUNS:
-    raise AotError(f"RUN is {run.configurable.selector}; hybridir.aot compiles training runs "
+  selector = gin_utils.run_selector()
+  if selector is None:
+    raise AotError("no RUN bound: include a run file (gin_configs/runs/*.gin)")
+  if selector not in TRAINING_RUNS:
+    raise AotError(f"RUN is {selector}; hybridir.aot compiles training runs "
                    f"(RUN = @{' or @'.join(s.split('.', 1)[1] for s in TRAINING_RUNS)})")
-  bindings = gin.get_bindings(trainer.train, resolve_references=False)
-  defaults = inspect.signature(trainer.train).parameters
+  train = TRAINING_RUNS[0]
+  parameters = inspect.signature(trainer.train).parameters
+  names = ("model", "task_feature_lengths", "optimizer_fn", "learning_rate_schedule",
+           "loss_config", "logical_axis_rules")
+  bound = gin_utils.bound_arguments(train, names)
 
   def argument(name):
-    if name in bindings:
-      return _resolve(bindings[name])
-    if defaults[name].default is inspect.Parameter.empty:
+    if name in bound:
+      return bound[name]
+    if parameters[name].default is inspect.Parameter.empty:
       raise AotError(f"trainer.train.{name} is not bound")
-    return defaults[name].default
+    return parameters[name].default
 
   lengths = argument("task_feature_lengths")
-  train_input = bindings.get("train_input")
-  input_bindings = (gin.get_bindings(train_input.configurable.selector, resolve_references=False)
-                    if isinstance(train_input, gin.config.ConfigurableReference) else {})
-  if "batch_size" not in input_bindings:
+  input_arguments = gin_utils.referenced_arguments(train, "train_input", ("batch_size",))
+  if "batch_size" not in input_arguments:
     raise AotError("no global batch size: bind trainer.train.train_input to a configurable "
                    "with batch_size (input_pipeline.HybridInput.batch_size = %BATCH_SIZE)")
   optimizer = argument("optimizer_fn")(learning_rate_schedule=argument("learning_rate_schedule"))
   return TrainRun(model=argument("model"), query_length=lengths["query"],
-                  passage_length=lengths["passage"],
-                  batch_size=_resolve(input_bindings["batch_size"]), optimizer=optimizer,
-                  loss_config=argument("loss_config"),
+                  passage_length=lengths["passage"], batch_size=input_arguments["batch_size"],
+                  optimizer=optimizer, loss_config=argument("loss_config"),
                   rules=argument("logical_axis_rules") or partitioning.standard_logical_axis_rules())
 
 

@@ -15,7 +15,6 @@ import logging as logging_lib
 import sys
 
 from absl import logging
-import gin
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -149,7 +148,6 @@ def _first_line(error: BaseException) -> str:
   return f"{type(error).__name__}: {lines[0] if lines else ''}"[:400]
 
 
-@gin.configurable
 class Checkpointer:
   """Saves and restores (train state, data position) under `directory`.
 

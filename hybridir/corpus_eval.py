@@ -18,7 +18,6 @@ import os
 from typing import Sequence
 
 from absl import logging
-import gin
 import jax
 
 from hybridir import corpus_index
@@ -45,7 +44,6 @@ def write_run(output_dir: str, index_dir: str, qids: Sequence[str], scores, indi
   return path
 
 
-@gin.configurable
 def run_corpus_evaluation(*, encoder_path: str, topics_tsv: str, qrels_trec: str,
                           corpus_jsonl: str, language: str, output_dir: str,
                           index_dir: str | None = None, shard_size: int = 65536,
@@ -104,7 +102,6 @@ def encoder_identity(encoder_path: str) -> dict:
   return {"encoder_path": encoder_path}
 
 
-@gin.configurable
 def run_miracl_evaluation(*, encoder_path: str, miracl_dir: str, output_dir: str,
                           languages: Sequence[str] = miracl.STUDY_LANGUAGES,
                           allow_subset: bool = False, keep_index: bool = False,

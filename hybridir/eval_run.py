@@ -9,7 +9,6 @@ import os
 from typing import Sequence
 
 from absl import logging
-import gin
 import jax
 import numpy as np
 
@@ -81,7 +80,6 @@ def summary(results: dict, measures: Sequence[str] = SUMMARY_MEASURES) -> dict[s
   return out
 
 
-@gin.configurable
 def run_evaluation(*, encoder_path: str, mixture_name: str, output_dir: str,
                    in_domain: str | None = None,
                    measures: Sequence[str] = metrics.DEFAULT_MEASURES,

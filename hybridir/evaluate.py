@@ -12,9 +12,8 @@ and optionally the queries) it adds `rank_distance`, the language bias of a mult
 import argparse
 import json
 import math
-import os
 import sys
-from typing import Iterator, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 

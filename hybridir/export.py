@@ -17,7 +17,6 @@ import shutil
 
 import flax
 import flax.linen as nn
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -117,7 +116,7 @@ def export_encoder(output_dir: str, model: dual_encoder.DualEncoder, params, spm
 
   max_length cuts passages (and queries unless query_max_length is given), as training did.
 
-  `text_format` (default: the gin-configured `text.TextFormat()`, as training's) is recorded so
+  `text_format` (default: `text.TextFormat()`, training's default) is recorded so
   that a loaded encoder applies the prefixes and passage unit it was trained with.
   """
   cfg = model.encoder_config
@@ -225,7 +224,6 @@ def training_text_format(model_dir: str, step: int) -> text_lib.TextFormat | Non
   return text_lib.TextFormat.from_json(identity["text_format"], path)
 
 
-@gin.configurable
 def export_from_training_checkpoint(model_dir: str, output_dir: str,
                                     model: dual_encoder.DualEncoder | None = None,
                                     spm_path: str | None = None,

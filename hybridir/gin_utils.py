@@ -150,3 +150,45 @@ def file_macro(gin_file: str, name: str):
   if not found:
     raise ValueError(f"{gin_file}: sets no {name} (in it or its includes)")
   return _expand_data(found[-1])
+
+
+def run_selector() -> str | None:
+  """The configurable RUN binds, e.g. 'hybridir.trainer.train'; None when no RUN is bound."""
+  try:
+    return gin.query_parameter("%RUN").configurable.selector
+  except ValueError:
+    return None
+
+
+def _as_received(value):
+  """A bound value as the function receives it: `@f()` and `%MACRO` called, `@f` configured."""
+  if isinstance(value, gin.config.ConfigurableReference):
+    return value.scoped_configurable_fn() if value.evaluate else value.scoped_configurable_fn
+  return value
+
+
+def bound_arguments(selector: str, names) -> dict:
+  """The arguments among `names` that gin binds for `selector` ('hybridir.trainer.train'), as
+  the function receives them; unbound ones are absent."""
+  bindings = gin.get_bindings(selector, resolve_references=False)
+  return {name: _as_received(bindings[name]) for name in names if name in bindings}
+
+
+def referenced_arguments(selector: str, name: str, names) -> dict:
+  """bound_arguments of the configurable that `selector`'s argument `name` references (`@f`);
+  {} when that argument is not a reference."""
+  value = gin.get_bindings(selector, resolve_references=False).get(name)
+  if not isinstance(value, gin.config.ConfigurableReference):
+    return {}
+  return bound_arguments(value.configurable.selector, names)
+
+
+def macro_values(gin_files: list[str], gin_bindings: list[str], names) -> dict:
+  """The values (references called) of the macros `names` in a config parsed from scratch; gin's
+  config is cleared before and after."""
+  gin.clear_config()
+  try:
+    parse(list(gin_files), list(gin_bindings), finalize=False)
+    return {name: evaluate(name) for name in names}
+  finally:
+    gin.clear_config()

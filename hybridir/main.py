@@ -28,6 +28,7 @@ from hybridir import corpora
 from hybridir import export
 from hybridir import fs
 from hybridir import gin_utils
+from hybridir import run_dir
 
 # Exit status after SIGTERM (preemption) once the checkpoint is saved: 128 + SIGTERM, as a shell
 # reports a process ended by it, so schedulers treat the run as interrupted, not finished.
@@ -44,6 +45,8 @@ OUTPUT_PARAMETERS = {
     "hybridir.export.export_from_training_checkpoint": {"output_dir": "directory"},
     "hybridir.spm.train": {"output": "file"},
 }
+# The run whose MODEL_DIR keeps the gin config it ran with (config.gin, beside encoder.json).
+TRAINING_RUN = "hybridir.trainer.train"
 # Errors that describe bad input or an unusable output (their message names the file, record or
 # parameter): reported as one line, not a traceback.
 EXPECTED_ERRORS = (corpora.CorpusError, fs.NotWritableError, FileNotFoundError, FileExistsError,
@@ -138,6 +141,13 @@ def check_output_locations() -> None:
         fs.check_writable(value, f"{macro} ({setting})" if macro else setting, kind)
 
 
+def write_training_config() -> None:
+  """A training run keeps the gin config it was started with: MODEL_DIR/config.gin."""
+  selector = gin.query_parameter("%RUN").configurable.selector
+  if selector == TRAINING_RUN and jax.process_index() == 0:
+    run_dir.write_config(gin.get_bindings(selector)["model_dir"], gin.config_str())
+
+
 def run_parsed_config():
   """Calls SETUP's functions, then RUN, of the parsed gin config; returns RUN's result."""
   run = resolve_run()
@@ -146,7 +156,19 @@ def run_parsed_config():
     logging.debug("gin config:\n%s", gin.config_str())
   for call in gin_utils.macro("SETUP", []):
     call.scoped_configurable_fn()
+  write_training_config()
   return run()
+
+
+def run_config(gin_files: Sequence[str], gin_bindings: Sequence[str]):
+  """Parses a config and runs it in this process, as `main` does; gin's config is cleared before
+  and after, so runs do not see each other's bindings."""
+  gin.clear_config()
+  gin_utils.parse(list(gin_files), list(gin_bindings))
+  try:
+    return run_parsed_config()
+  finally:
+    gin.clear_config()
 
 
 def parse_config(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> None:

@@ -3,7 +3,6 @@ import math
 from typing import Any, Callable, Optional, Union
 
 import flax.linen as nn
-import gin
 import jax
 import jax.numpy as jnp
 import optax
@@ -13,7 +12,6 @@ DECAYS = ("linear", "inverse_sqrt", "cosine", "constant")
 OPTIMIZERS = ("adafactor", "adamw")
 
 
-@gin.configurable
 def learning_rate_schedule(base_learning_rate: float,
                            warmup_steps: int = 0,
                            total_steps: Optional[int] = None,
@@ -67,7 +65,6 @@ def decay_matrices_only(params: Any) -> Any:
   return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
 
 
-@gin.configurable
 def create_optimizer(name: str = "adafactor",
                      learning_rate_schedule: Union[float, Schedule] = 1e-3,
                      weight_decay: float = 0.0,

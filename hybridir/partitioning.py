@@ -7,7 +7,6 @@ import contextlib
 from typing import Any, Iterator, Mapping, Optional, Sequence, Tuple
 
 import flax.linen as nn
-import gin
 import jax
 from jax.experimental import mesh_utils
 import numpy as np
@@ -25,7 +24,6 @@ MESH_AXES = (DATA_AXIS, MODEL_AXIS)
 _REPLICATED_AXES = ("length", "kv", "relpos_buckets", "abspos", "token_types", "projection")
 
 
-@gin.configurable
 def create_mesh(num_partitions: int = 1,
                 devices: Optional[Sequence[jax.Device]] = None) -> jax.sharding.Mesh:
   """A (data, model) mesh over all global devices, num_partitions devices per model replica."""
@@ -48,7 +46,6 @@ def _divisors(n: int) -> list[int]:
   return [d for d in range(1, n + 1) if n % d == 0]
 
 
-@gin.configurable
 def standard_logical_axis_rules(activation_partitioning_dims: int = 1,
                                 parameter_partitioning_dims: int = 1) -> AxisRules:
   """Maps every logical axis name to a mesh axis or None, in priority order (flax semantics).

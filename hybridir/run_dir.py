@@ -2,14 +2,14 @@
 with (`config.gin`), a copy of its vocabulary (`vocabulary/`) and `encoder.json` (the model, its
 text format, passage length and vocabulary file), so export and evaluation take just MODEL_DIR.
 
-`describe_run` is a SETUP call of `gin_configs/runs/train.gin`; `read_description` and
+`describe_run` is a SETUP call of `gin_configs/runs/train.gin` and `hybridir.main` writes the
+config (`write_config`); `read_description` and
 `model_from_description` serve `export.load_encoder(MODEL_DIR)`.
 """
 import dataclasses
 import json
 import os
 
-import gin
 import jax
 
 from hybridir import fs
@@ -45,11 +45,11 @@ def model_from_description(description: dict, where: str) -> dual_encoder.DualEn
     raise ValueError(f"{where}: bad model description: {e!r}") from e
 
 
-@gin.configurable
 def describe_run(model_dir: str, model: dual_encoder.DualEncoder, spm_path: str,
-                 task_feature_lengths: dict) -> str:
-  """Writes MODEL_DIR/config.gin (the whole parsed gin config), vocabulary/<file> and
-  encoder.json (process 0 only; each file atomically); returns MODEL_DIR."""
+                 task_feature_lengths: dict,
+                 text_format: text_lib.TextFormat = text_lib.TextFormat()) -> str:
+  """Writes MODEL_DIR/vocabulary/<file> and encoder.json (process 0 only; each file atomically);
+  returns MODEL_DIR."""
   if jax.process_index() != 0:
     return model_dir
   family = model.encoder_config.family
@@ -60,14 +60,19 @@ def describe_run(model_dir: str, model: dual_encoder.DualEncoder, spm_path: str,
   # As an export writes it: a WordPiece vocabulary with the tokenizer_config.json of its options.
   vocab.write_vocabulary(kind.read(spm_path), spm_path, os.path.join(model_dir, copy))
   description = {"format": FORMAT, "format_version": FORMAT_VERSION,
-                 **model_description(model), "text_format": text_lib.TextFormat().to_json(),
+                 **model_description(model), "text_format": text_format.to_json(),
                  "max_length": int(task_feature_lengths["passage"]),
                  "query_max_length": int(task_feature_lengths["query"]),
                  "vocabulary": {"file": copy, "source": fs.abspath(spm_path)}}
   fs.write_text_atomically(os.path.join(model_dir, DESCRIPTION),
                            json.dumps(description, indent=2, sort_keys=True))
-  fs.write_text_atomically(os.path.join(model_dir, CONFIG), gin.config_str())
   return model_dir
+
+
+def write_config(model_dir: str, config_text: str) -> None:
+  """Writes MODEL_DIR/config.gin, the configuration the run was started with (atomically)."""
+  fs.makedirs(model_dir)
+  fs.write_text_atomically(os.path.join(model_dir, CONFIG), config_text)
 
 
 def is_run(path: str) -> bool:

@@ -21,7 +21,6 @@ import sys
 import time
 
 from absl import logging
-import gin
 
 from hybridir import corpora
 from hybridir import fs
@@ -45,7 +44,6 @@ def family(model: str) -> str:
   return gin_utils.file_macro(MODEL_FILES[model], "FAMILY")
 
 
-@gin.configurable
 @dataclasses.dataclass(frozen=True)
 class StudyConfig:
   """Which cells the demo runs; `bindings` (gin, e.g. 'TRAIN_STEPS = 3') apply to every run."""
@@ -74,17 +72,16 @@ def run_name(model: str, strategy: str, seed: int) -> str:
 def train_vocabulary(gin_file: str, bindings: list[str], output_dir: str) -> str:
   """The family's vocabulary on the corpus's train articles only (test articles stay unseen);
   cached."""
-  gin.clear_config()
-  gin_utils.parse([gin_file], bindings, finalize=False)
-  family_name, corpus_dir = gin_utils.macro("FAMILY"), gin_utils.macro("CORPUS_DIR")
+  run = gin_utils.macro_values([gin_file], bindings,
+                              ("FAMILY", "CORPUS_DIR", "LANGUAGES", "SPM_VOCAB_SIZE"))
+  family_name, corpus_dir = run["FAMILY"], run["CORPUS_DIR"]
   path = spm.vocabulary_path(family_name, os.path.join(output_dir, "vocab", family_name))
   if not fs.exists(path):
-    corpus = corpora.load_parallel_corpus(corpus_dir, languages=gin_utils.macro("LANGUAGES"))
+    corpus = corpora.load_parallel_corpus(corpus_dir, languages=run["LANGUAGES"])
     train, _ = corpus.split_by_article(tasks.qa.TEST_FRACTION, seed=0)
-    path = spm.train_on_corpus(train, family_name, gin_utils.macro("SPM_VOCAB_SIZE"),
+    path = spm.train_on_corpus(train, family_name, run["SPM_VOCAB_SIZE"],
                                os.path.join(output_dir, "vocab", family_name),
                                source=f"{corpus_dir} (training articles)")
-  gin.clear_config()
   return path
 
 
@@ -99,12 +96,7 @@ def cell_bindings(data_dir: str, model_dir: str, spm_path: str, family_name: str
 
 def run_cell(gin_file: str, bindings: list[str]) -> dict:
   """One run, exactly as `python -m hybridir.main --gin_file=FILE --gin.KEY=VALUE...` runs it."""
-  gin.clear_config()
-  gin_utils.parse([gin_file], bindings)
-  try:
-    return main_lib.run_parsed_config()
-  finally:
-    gin.clear_config()
+  return main_lib.run_config([gin_file], bindings)
 
 
 def run_study(data_dir: str, output_dir: str, config: StudyConfig | None = None) -> dict:

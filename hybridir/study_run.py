@@ -16,10 +16,9 @@ import dataclasses
 import json
 import os
 import tempfile
-from typing import Sequence
+from typing import Callable, Sequence
 
 from absl import logging
-import gin
 import jax
 
 import tasks
@@ -30,6 +29,7 @@ from hybridir import evaluate
 from hybridir import export
 from hybridir import retrieval_data
 from hybridir import study_eval
+from hybridir import text as text_lib
 from hybridir import trainer
 
 IN_DOMAIN, OUT_OF_DOMAIN = "xquad_r", "mlqa_r"
@@ -46,12 +46,12 @@ def article_splits(corpus_dir: str, languages: Sequence[str] | None,
   return {"fit": sorted(fit.article_ids()), "validation": sorted(validation.article_ids())}
 
 
-@gin.configurable
 def register_study_data(*, corpus_name: str, corpus_dir: str, family: str, spm_path: str,
                         languages: Sequence[str] | None, data_dir: str, alpha: float,
                         validation_fraction: float = 0.1, validation_alpha: float = 1.0,
                         in_domain_corpus_dir: str | None = None,
-                        miracl: Sequence[dict] = ()) -> None:
+                        miracl: Sequence[dict] = (),
+                        text_format: text_lib.TextFormat = text_lib.TextFormat()) -> None:
   """Registers `{corpus_name}_hybrid` (fit articles), `{corpus_name}_validation_hybrid` and the
   evaluation mixtures: `lareqa` (in-domain test articles, MLQA-R) and `miracl` (each language given).
 
@@ -61,9 +61,10 @@ def register_study_data(*, corpus_name: str, corpus_dir: str, family: str, spm_p
   """
   splits = article_splits(corpus_dir, languages, validation_fraction)
   tasks.register_parallel_qa(corpus_name, corpus_dir, family, spm_path, languages,
-                             split=splits["fit"], alpha=alpha)
+                             split=splits["fit"], text_format=text_format, alpha=alpha)
   tasks.register_parallel_qa(f"{corpus_name}_validation", corpus_dir, family, spm_path,
-                             languages, split=splits["validation"], alpha=validation_alpha)
+                             languages, split=splits["validation"], text_format=text_format,
+                             alpha=validation_alpha)
   tasks.register_lareqa(IN_DOMAIN, in_domain_corpus_dir or data_dir, family, spm_path,
                         languages, split="test")
   tasks.register_lareqa(OUT_OF_DOMAIN, data_dir, family, spm_path, languages)
@@ -105,11 +106,11 @@ def evaluation_partitions(num_partitions: int, local_devices: int) -> int:
   return min(num_partitions, local_devices)
 
 
-def best_step(model_dir: str, metric: str) -> int | None:
-  """The kept checkpoint step with the best `metric` (Checkpointer.best_mode: the study's 'min'),
-  from the metrics each step was saved with, so also after a restart."""
+def best_step(model_dir: str, metric: str, mode: str) -> int | None:
+  """The kept checkpoint step with the best `metric` ('min' or 'max' `mode`), from the metrics
+  each step was saved with, so also after a restart."""
   checkpointer = checkpoints.Checkpointer(os.path.join(model_dir, "checkpoints"),
-                                          best_metric=metric)
+                                          best_metric=metric, best_mode=mode)
   try:
     return checkpointer.best_step()
   finally:
@@ -134,15 +135,15 @@ def evaluate_encoder(encoder: export.Encoder, datasets, matched_draws: int, seed
           "matched_draws": matched_draws}
 
 
-@gin.configurable
-def train_and_evaluate(*, model_dir: str, model, spm_path: str, train_mixture: str,
+def train_and_evaluate(*, train: Callable[[], trainer.TrainResult], model_dir: str, model, spm_path: str, train_mixture: str,
                        validation_mixture: str, task_feature_lengths: dict, seed: int,
                        settings: dict, miracl: Sequence[dict] = (),
                        matched_draws: int = 5, max_questions_per_language: int | None = None,
-                       best_metric: str = "eval/loss", export_dir: str | None = None,
+                       best_metric: str = "eval/loss", best_mode: str = "min",
+                       export_dir: str | None = None,
                        num_partitions: int = 1):
-  """Trains (trainer.train, as gin binds it), exports the checkpoint with the lowest validation
-  loss, evaluates it and writes MODEL_DIR/study_results.json; returns what it wrote (or, stopped
+  """Trains (`train`: trainer.train with the run's settings bound), exports the checkpoint with
+  the best `best_metric` (the lowest validation loss), evaluates it and writes MODEL_DIR/study_results.json; returns what it wrote (or, stopped
   by SIGTERM, the TrainResult, without evaluating).
 
   settings: the run's settings to record beside the results (the study's macros).
@@ -153,10 +154,10 @@ def train_and_evaluate(*, model_dir: str, model, spm_path: str, train_mixture: s
   """
   datasets = study_datasets(bool(miracl))
   check_held_out([train_mixture, validation_mixture], dict(datasets)[IN_DOMAIN])
-  result = trainer.train()
+  result = train()
   if result.stopped_early:  # SIGTERM: checkpoint saved; main exits 143 and a rerun resumes.
     return result
-  step = best_step(model_dir, best_metric)
+  step = best_step(model_dir, best_metric, best_mode)
   if step is None:
     logging.warning("no kept checkpoint was saved with %s (no evaluation ran?): "
                     "exporting the latest checkpoint", best_metric)

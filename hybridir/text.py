@@ -16,7 +16,6 @@ first).
 import dataclasses
 import sys
 
-import gin
 import seqio
 
 from hybridir import corpora
@@ -29,7 +28,6 @@ ROLES = ("query", "passage")
 PASSAGE_UNITS = ("sentence_with_context", "sentence", "paragraph")
 
 
-@gin.configurable
 @dataclasses.dataclass(frozen=True)
 class TextFormat:
   """How texts become model inputs; recorded in an exported encoder's manifest."""

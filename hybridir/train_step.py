@@ -11,7 +11,6 @@ from typing import Any, Callable
 
 import flax
 import flax.linen as nn
-import gin
 import jax
 import jax.numpy as jnp
 import optax
@@ -27,7 +26,6 @@ class TrainState:
   opt_state: Any
 
 
-@gin.configurable
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
   """How the in-batch loss is taken. temperature: a number, or 'learned' (starting at

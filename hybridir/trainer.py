@@ -10,7 +10,6 @@ import time
 from typing import Any, Callable
 
 from absl import logging
-import gin
 import jax
 import jax.numpy as jnp
 from jax.experimental import multihost_utils
@@ -77,7 +76,6 @@ def _imported_params(model: dual_encoder.DualEncoder, path: str, shardings) -> d
   return importers.load_t5x_sharded(path, model, shardings)
 
 
-@gin.configurable
 def train(*, model: dual_encoder.DualEncoder, train_input: Any, task_feature_lengths: dict,
           train_steps: int, model_dir: str, learning_rate_schedule: Callable | float,
           optimizer_fn: Callable = optim.create_optimizer,
@@ -85,7 +83,7 @@ def train(*, model: dual_encoder.DualEncoder, train_input: Any, task_feature_len
           mesh=None, logical_axis_rules=None, init_checkpoint: str | None = None,
           checkpoint_period: int = 100, checkpointer_fn: Callable = checkpoints.Checkpointer,
           eval_input: Any = None, eval_period: int = 0, eval_steps: int = 4,
-          best_metric: str | None = None, log_period: int = 10,
+          best_metric: str | None = None, best_mode: str = "max", log_period: int = 10,
           allow_changed_run: bool = False) -> TrainResult:
   """Trains `model` on batches from `train_input.batch(step)` for `train_steps` steps.
 
@@ -119,7 +117,8 @@ def train(*, model: dual_encoder.DualEncoder, train_input: Any, task_feature_len
   replicated = partitioning.replicated(mesh)
 
   identity = run_identity(model, train_input, task_feature_lengths, seed)
-  checkpointer = checkpointer_fn(os.path.join(model_dir, "checkpoints"), best_metric=best_metric)
+  checkpointer = checkpointer_fn(os.path.join(model_dir, "checkpoints"), best_metric=best_metric,
+                                 best_mode=best_mode)
   restored = checkpointer.restore_newest_good(
       abstract_state, state_shardings, check_position=lambda step, position: _check_run_identity(
           position.get("identity"), identity, allow_changed_run, checkpointer.step_dir(step)))

@@ -1,15 +1,14 @@
 """SeqIO registrations of the zero-shot evaluation sets: LAReQA (XQuAD-R, MLQA-R) and MIRACL.
 
 Per dataset and language a queries task (`query`, `question_id`, `language`) and a candidates task
-(`passage`, `candidate_id`, `language`; the candidate's context joins `passage` as the
-gin-configured `text.TextFormat()` says), e.g. `xquad_r_de_queries` and `xquad_r_de_candidates`,
+(`passage`, `candidate_id`, `language`; the candidate's context joins `passage` as
+`text.TextFormat()` says), e.g. `xquad_r_de_queries` and `xquad_r_de_candidates`,
 grouped into evaluation mixtures: `lareqa_xquad_r`, `lareqa_mlqa_r`, `lareqa` (both) and `miracl`
 (every registered language). An evaluation run names a mixture;
 `evaluation_mixture_datasets(name)` gives the questions, relevance and languages behind it.
 """
 from typing import Sequence
 
-import gin
 import seqio
 
 from hybridir import corpora
@@ -77,7 +76,6 @@ def _split_titles(data_dir, dataset: str, split) -> Sequence[str] | None:
   return sorted((train if split == "train" else test).article_ids())
 
 
-@gin.configurable
 def register_lareqa(dataset: str, data_dir: str, family: str, spm_path: str,
                     languages: Sequence[str] | None = None, split=None) -> list[str]:
   """Registers a LAReQA dataset ('xquad_r' or 'mlqa_r'), `lareqa_{dataset}` and `lareqa`.
@@ -95,7 +93,6 @@ def register_lareqa(dataset: str, data_dir: str, family: str, spm_path: str,
   return names
 
 
-@gin.configurable
 def register_miracl(language: str, topics_tsv: str, qrels_trec: str, corpus_jsonl: str,
                     family: str, spm_path: str) -> list[str]:
   """Registers one MIRACL language (`miracl_{l}_queries`, `..._candidates`) and `miracl`."""

@@ -17,7 +17,6 @@ id in the sorted ids of the whole corpus, so the same in every language and spli
 import functools
 from typing import Sequence
 
-import gin
 import numpy as np
 import seqio
 import tensorflow as tf
@@ -102,8 +101,6 @@ def remove_providers(names: Sequence[str]) -> None:
     seqio.TaskRegistry.remove(name)
 
 
-@gin.configurable(allowlist=["alpha", "cross_pairs", "mono_mixed_languages", "language_sampling",
-                             "language_temperature", "source_temperature"])
 class HybridMixture:
   """A corpus registered for hybrid batches: the input pipeline draws whole batches from it.
 
@@ -115,8 +112,7 @@ class HybridMixture:
     pair_ids: the string pair id of each integer `pair_id` (sorted ids of the whole corpus).
     text_format: prefixes and passage unit of every example (`text.TextFormat`).
     alpha, cross_pairs, mono_mixed_languages, language_sampling, language_temperature,
-      source_temperature: as `hybrid.HybridSampler` (its defaults are the paper's batches);
-      gin-configurable (`HybridMixture.alpha = 0.3`).
+      source_temperature: as `hybrid.HybridSampler` (its defaults are the paper's batches).
 
   `tasks` ({task name: (query language, passage language)}) lists the corpus's seqio tasks.
   """
@@ -222,16 +218,15 @@ def _examples_fn(mixture: HybridMixture, query_language: str, passage_language: 
   return examples
 
 
-@gin.configurable
 def register_parallel_qa(name: str, corpus_path: str, family: str, spm_path: str,
                          languages: Sequence[str] | None = None, split=None,
                          text_format: text_lib.TextFormat | None = None,
                          **hybrid_options) -> HybridMixture:
   """Registers a corpus's mono and cross tasks, mixtures and `{name}_hybrid`; returns the last.
 
-  Registering `name` again replaces what the earlier call registered. `text_format` (default: the
-  gin-configured `text.TextFormat()`) gives prefixes and passage unit. `hybrid_options` override
-  `HybridMixture`'s gin-configured alpha, cross_pairs, ...
+  Registering `name` again replaces what the earlier call registered. `text_format` (default:
+  `text.TextFormat()`) gives prefixes and passage unit; `hybrid_options` are `HybridMixture`'s
+  alpha, cross_pairs, ...
   """
   where = f"register_parallel_qa({name!r}, {str(corpus_path)!r})"
   try:

@@ -95,7 +95,7 @@ def evaluated(exported, run, gcs_data, gcs_bucket,
                     f"--gin.EVAL_DIR='{eval_dir}'", f"--gin.SPM_PATH='{run['spm_path']}'",
                     f"--gin.DATA_DIR='{gcs_data}'", f"--gin.EVAL_LANGUAGES={languages}",
                     f"--gin.IN_DOMAIN_SPLIT={shared_titles(data_dir / 'xquad-r', EVAL_LANGUAGES)}",
-                    "--gin.mlqa/tasks.evaluation.register_lareqa.split="
+                    "--gin.mlqa/tasks.register_lareqa.split="
                     + shared_titles(data_dir / "mlqa-r", EVAL_LANGUAGES))
   return eval_dir, result
 

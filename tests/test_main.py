@@ -40,7 +40,7 @@ def test_run_files_train_export_and_evaluate_end_to_end(tmp_path, data_dir):
                     f"--gin.DATA_DIR='{data_dir}'", "--gin.EVAL_LANGUAGES=['en', 'de']",
                     # MLQA-R on two articles: its whole en/de pool (8,626 sentences) is ~9x the
                     # XQuAD-R test split's.
-                    "--gin.mlqa/tasks.evaluation.register_lareqa.split="
+                    "--gin.mlqa/tasks.register_lareqa.split="
                     + shared_titles(data_dir / "mlqa-r", ["en", "de"]))
   assert result.returncode == 0, result.stderr[-3000:]
   summary = json.loads((tmp_path / "eval" / "summary.json").read_text())

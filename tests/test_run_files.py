@@ -7,7 +7,6 @@ import gin
 import pytest
 
 from hybridir import gin_utils
-from hybridir import text
 from tests.conftest import REPO_ROOT
 
 STUDY_FILES = sorted(p for p in glob.glob(str(REPO_ROOT / "gin_configs/runs/study/*.gin"))
@@ -34,9 +33,9 @@ def test_study_config_builds_its_published_model_from_a_checkpoint(path):
           gin_utils.evaluate("BATCH_SIZE"), gin_utils.evaluate("ALPHA")) == (3e-5, 0.01, 100, 0.5)
   assert gin.query_parameter("optim.create_optimizer.name") == "adamw"
   # Early stopping: the checkpoint with the lowest validation loss; the prefixes (after E5).
-  assert gin.query_parameter("trainer.train.best_metric") == "eval/loss"
-  assert gin.query_parameter("checkpoints.Checkpointer.best_mode") == "min"
-  text_format = text.TextFormat()
+  assert gin_utils.bound_arguments("hybridir.trainer.train", ["best_metric", "best_mode"]) == {
+      "best_metric": "eval/loss", "best_mode": "min"}
+  text_format = gin_utils.evaluate("TEXT_FORMAT")
   assert (text_format.query_prefix, text_format.passage_prefix) == ("Query: ", "Passage: ")
   gin.clear_config()
 

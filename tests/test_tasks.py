@@ -1,5 +1,4 @@
 """SeqIO registrations: parallel QA tasks and mixtures, the hybrid mixture, evaluation mixtures."""
-import gin
 import pytest
 import seqio
 
@@ -111,16 +110,10 @@ def test_example_mixtures_are_rated_by_task_size(data_dir, spm_models):
   assert {mixture.get_rate(task) for task in mixture.tasks} == {1190}
 
 
-def test_hybrid_options_come_from_gin_unless_given(data_dir, spm_models):
-  with gin.unlock_config():
-    gin.bind_parameter("HybridMixture.alpha", 0.9)
-    gin.bind_parameter("HybridMixture.cross_pairs", "per_batch")
-  try:
-    configured = register(data_dir, spm_models, name="xqg")
-    explicit = register(data_dir, spm_models, name="xqg", alpha=0.3)
-  finally:
-    gin.clear_config()
-  assert configured.options["alpha"] == 0.9 and configured.options["cross_pairs"] == "per_batch"
+def test_hybrid_options_are_the_papers_batches_unless_given(data_dir, spm_models):
+  default = register(data_dir, spm_models, name="xqg")
+  explicit = register(data_dir, spm_models, name="xqg", alpha=0.3, cross_pairs="per_batch")
+  assert default.options["alpha"] == 0.5 and default.options["cross_pairs"] == "per_example"
   assert explicit.options["alpha"] == 0.3 and explicit.options["cross_pairs"] == "per_batch"
 
 
