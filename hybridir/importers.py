@@ -5,6 +5,7 @@ Every tensor is checked against the model's shapes before anything is used: a mi
 `CheckpointMismatchError` naming every offending parameter, both shapes, and the unknown and
 missing tensors.
 """
+import dataclasses
 import json
 import os
 import re
@@ -347,3 +348,22 @@ def _t5x_encoder(path, config, target, dual_encoder_options):
   model = target or dual_encoder.DualEncoder(config or config_from_t5x(flat),
                                              **dual_encoder_options)
   return model, tensors, unknown
+
+
+@dataclasses.dataclass(frozen=True)
+class Pretrained:
+  """Pretrained encoder weights, a Hugging Face directory or a T5X checkpoint at `path`: what
+  `trainer.train(init_params=...)` starts from."""
+  path: str
+
+  def __call__(self, model: dual_encoder.DualEncoder, shardings) -> dict:
+    """The model's parameters, checked against `model` (raises listing every mismatch). A T5X
+    checkpoint is read as a pod reads it: each host its shards of `shardings`."""
+    if fs.exists(os.path.join(self.path, "config.json")):
+      return load_hf(self.path, target=model)[1]
+    return load_t5x_sharded(self.path, model, shardings)
+
+
+def pretrained(path: str | None) -> Pretrained | None:
+  """Pretrained(path); None (train from scratch) when no path is given."""
+  return Pretrained(path) if path else None

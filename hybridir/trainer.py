@@ -16,8 +16,6 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 from hybridir import checkpoints
-from hybridir import fs
-from hybridir import importers
 from hybridir import optim
 from hybridir import partitioning
 from hybridir import summaries
@@ -68,19 +66,11 @@ def _to_host(metrics) -> dict:
   return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
 
-def _imported_params(model: dual_encoder.DualEncoder, path: str, shardings) -> dict:
-  """Parameters from a Hugging Face directory or T5X checkpoint, checked against `model` (raises
-  listing every mismatch). A T5X checkpoint is read as a pod reads it: each host its shards."""
-  if fs.exists(os.path.join(path, "config.json")):
-    return importers.load_hf(path, target=model)[1]
-  return importers.load_t5x_sharded(path, model, shardings)
-
-
 def train(*, model: dual_encoder.DualEncoder, train_input: Any, task_feature_lengths: dict,
           train_steps: int, model_dir: str, learning_rate_schedule: Callable | float,
           optimizer_fn: Callable = optim.create_optimizer,
           loss_config: step_lib.LossConfig = step_lib.LossConfig(), seed: int = 0,
-          mesh=None, logical_axis_rules=None, init_checkpoint: str | None = None,
+          mesh=None, logical_axis_rules=None, init_params: Callable | None = None,
           checkpoint_period: int = 100, checkpointer_fn: Callable = checkpoints.Checkpointer,
           eval_input: Any = None, eval_period: int = 0, eval_steps: int = 4,
           best_metric: str | None = None, best_mode: str = "max", log_period: int = 10,
@@ -90,7 +80,8 @@ def train(*, model: dual_encoder.DualEncoder, train_input: Any, task_feature_len
   Resumes from the latest checkpoint under `model_dir/checkpoints` (the data stream is a pure
   function of (seed, step), so the step restores the data position too). The settings that define
   the run (`run_identity`) are stored with each checkpoint; resuming with others is refused unless
-  `allow_changed_run`.
+  `allow_changed_run`. A fresh run starts from `init_params(model, param shardings)` (e.g.
+  `importers.pretrained(path)`) or, when None, from a random initialisation.
   """
   if train_steps < 1:
     raise ValueError(f"train_steps must be >= 1, got {train_steps}")
@@ -106,30 +97,19 @@ def train(*, model: dual_encoder.DualEncoder, train_input: Any, task_feature_len
   _check_vocabulary_fits(train_input, model)
   mesh = mesh or partitioning.create_mesh()
   rules = logical_axis_rules or partitioning.standard_logical_axis_rules()
-  query_length, passage_length = task_feature_lengths["query"], task_feature_lengths["passage"]
+  lengths = task_feature_lengths["query"], task_feature_lengths["passage"]
   optimizer = optimizer_fn(learning_rate_schedule=learning_rate_schedule)
-  schedule = (learning_rate_schedule if callable(learning_rate_schedule)
-              else lambda step: learning_rate_schedule)
-
-  abstract_state, state_shardings = state_layout(model, optimizer, query_length, passage_length,
-                                                mesh, rules)
-  abstract_params, param_shardings = abstract_state.params, state_shardings.params
-  replicated = partitioning.replicated(mesh)
+  abstract_state, state_shardings = state_layout(model, optimizer, *lengths, mesh, rules)
 
   identity = run_identity(model, train_input, task_feature_lengths, seed)
   checkpointer = checkpointer_fn(os.path.join(model_dir, "checkpoints"), best_metric=best_metric,
                                  best_mode=best_mode)
-  restored = checkpointer.restore_newest_good(
-      abstract_state, state_shardings, check_position=lambda step, position: _check_run_identity(
-          position.get("identity"), identity, allow_changed_run, checkpointer.step_dir(step)))
-  if restored is not None:
-    start_step, state, _ = restored
+  start_step, state = restore_or_initialize(
+      checkpointer, abstract_state, state_shardings, identity, allow_changed_run,
+      initialize=lambda: _initial_state(model, optimizer, loss_config, seed, init_params, lengths,
+                                        state_shardings))
+  if start_step:
     logging.info("resumed from %s at step %d", model_dir, start_step)
-  else:
-    start_step = 0
-    state = _initial_state(model, optimizer, loss_config, seed, init_checkpoint, query_length,
-                           passage_length, abstract_params, param_shardings, state_shardings,
-                           mesh, rules)
 
   compilations = [0]
   def counted(train_step):
@@ -140,52 +120,12 @@ def train(*, model: dual_encoder.DualEncoder, train_input: Any, task_feature_len
 
   p_train_step = sharded_train_step(model, optimizer, loss_config, mesh, state_shardings,
                                     wrap=counted)
-  batch_sharding = partitioning.batch_sharding(mesh)
-  p_eval_step = jax.jit(step_lib.make_eval_step(model, loss_config),
-                        in_shardings=(param_shardings, batch_sharding), out_shardings=replicated,
-                        compiler_options=step_lib.compiler_options())
+  evaluator = None if eval_input is None else _Evaluator(
+      model, loss_config, mesh, state_shardings.params, eval_input, eval_steps, model_dir)
+  log = _TrainLog(model_dir, train_input, learning_rate_schedule, start_step, train_steps,
+                  log_period, checkpointer)
   dropout_rng = jax.random.PRNGKey(seed + 1)
-  writer = summaries.SummaryWriter(os.path.join(model_dir, "train"))
-  eval_writer = summaries.SummaryWriter(
-      os.path.join(model_dir, "eval") if eval_input is not None else None)
-
-  def data_position(step):
-    return {"step": step, "seed": seed, "input": str(getattr(train_input, "name", "")),
-            "identity": identity}
-
-  def run_eval(params, step):
-    results = [_to_host(p_eval_step(params, partitioning.host_local_to_global(
-        eval_input.batch(i), mesh))) for i in range(eval_steps)]
-    metrics = {f"eval/{k}": float(np.mean([r[k] for r in results])) for k in results[0]}
-    eval_writer.write(step, metrics)
-    logging.info("eval at step %d: %s", step, _format(metrics))
-    return metrics
-
-  history, eval_history = [], []
-  pending = None  # (step, metrics on device, seconds, tokens) of the step before.
-  started = time.time()
   stopped_early = False
-
-  def finish(pending_step):
-    """Fetches a step's metrics, stops on NaN/Inf, logs and writes them."""
-    step, metrics, seconds, tokens = pending_step
-    metrics = _to_host(metrics)
-    if not math.isfinite(metrics["loss"]):
-      checkpointer.wait()
-      good = checkpointer.newest_verified()
-      raise FloatingPointError(
-          f"loss is {metrics['loss']} at step {step}; stopping. Last good checkpoint: "
-          + (checkpointer.step_dir(good) if good is not None else "none"))
-    examples = train_input.batch_size if hasattr(train_input, "batch_size") else float("nan")
-    metrics.update(learning_rate=float(schedule(step - 1)), seconds_per_step=seconds,
-                   examples_per_second=examples / seconds, tokens_per_second=tokens / seconds)
-    history.append(dict(metrics, step=step))
-    writer.write(step, metrics)
-    if jax.process_index() == 0 and (step % log_period == 0 or step == train_steps):
-      done = step - start_step
-      eta = (time.time() - started) / done * (train_steps - step)
-      logging.info("step %d/%d %s eta %s", step, train_steps, _format(metrics), _eta(eta))
-
   with (partitioning.axis_rules_context(rules, mesh), _Preemption() as preemption,
         _closing(checkpointer)):
     for step in range(start_step, train_steps):
@@ -195,31 +135,105 @@ def train(*, model: dual_encoder.DualEncoder, train_input: Any, task_feature_len
       batch = partitioning.host_local_to_global(host_batch, mesh)
       tick = time.time()
       state, metrics = p_train_step(state, batch, dropout_rng)
-      if pending:
-        finish(pending)
+      log.flush()  # The step before's metrics, fetched while this step runs.
       jax.block_until_ready(metrics)
-      pending = (step + 1, metrics, time.time() - tick, tokens)
       done_step = step + 1
+      log.add(done_step, metrics, time.time() - tick, tokens)
       eval_metrics = None
-      if eval_input is not None and eval_period and done_step % eval_period == 0:
-        finish(pending)
-        pending = None
-        eval_metrics = run_eval(state.params, done_step)
-        eval_history.append(dict(eval_metrics, step=done_step))
+      if evaluator and eval_period and done_step % eval_period == 0:
+        log.flush()
+        eval_metrics = evaluator.run(state.params, done_step)
       checkpointer.check()  # A failed background save stops the run here, not at the next save.
       preempted = preemption.agreed()
       if done_step % checkpoint_period == 0 or done_step == train_steps or preempted:
-        if pending:
-          finish(pending)
-          pending = None
-        checkpointer.save(done_step, state, data_position(done_step), eval_metrics,
-                          force=True)
+        log.flush()
+        checkpointer.save(done_step, state, {"step": done_step, "seed": seed,
+                                             "input": str(getattr(train_input, "name", "")),
+                                             "identity": identity},
+                          eval_metrics, force=True)
       if preempted:
         stopped_early = True
         break
-    if pending:
-      finish(pending)
-  return TrainResult(state, history, eval_history, compilations[0], stopped_early)
+    log.flush()
+  return TrainResult(state, log.history, evaluator.history if evaluator else [], compilations[0],
+                     stopped_early)
+
+
+def restore_or_initialize(checkpointer, abstract_state, state_shardings, identity: dict,
+                          allow_changed_run: bool, initialize: Callable):
+  """(step, state): the newest good checkpoint's, refused if written with another `identity`
+  (unless `allow_changed_run`), else (0, initialize())."""
+  restored = checkpointer.restore_newest_good(
+      abstract_state, state_shardings, check_position=lambda step, position: _check_run_identity(
+          position.get("identity"), identity, allow_changed_run, checkpointer.step_dir(step)))
+  if restored is None:
+    return 0, initialize()
+  step, state, _ = restored
+  return step, state
+
+
+class _Evaluator:
+  """The held-out check: mean in-batch metrics over `steps` batches of `eval_input`, written to
+  MODEL_DIR/eval and kept in `history`."""
+
+  def __init__(self, model, loss_config, mesh, param_shardings, eval_input, steps: int,
+               model_dir: str):
+    self.mesh, self.eval_input, self.steps, self.history = mesh, eval_input, steps, []
+    self.step_fn = jax.jit(step_lib.make_eval_step(model, loss_config),
+                           in_shardings=(param_shardings, partitioning.batch_sharding(mesh)),
+                           out_shardings=partitioning.replicated(mesh),
+                           compiler_options=step_lib.compiler_options())
+    self.writer = summaries.SummaryWriter(os.path.join(model_dir, "eval"))
+
+  def run(self, params, step: int) -> dict:
+    results = [_to_host(self.step_fn(params, partitioning.host_local_to_global(
+        self.eval_input.batch(i), self.mesh))) for i in range(self.steps)]
+    metrics = {f"eval/{k}": float(np.mean([r[k] for r in results])) for k in results[0]}
+    self.writer.write(step, metrics)
+    logging.info("eval at step %d: %s", step, _format(metrics))
+    self.history.append(dict(metrics, step=step))
+    return metrics
+
+
+class _TrainLog:
+  """Each step's metrics, fetched one step late (the host does not wait for the device), checked
+  for NaN/Inf, completed with rates, written to MODEL_DIR/train and logged with an ETA."""
+
+  def __init__(self, model_dir: str, train_input, learning_rate_schedule, start_step: int,
+               train_steps: int, log_period: int, checkpointer):
+    self.schedule = (learning_rate_schedule if callable(learning_rate_schedule)
+                     else lambda step: learning_rate_schedule)
+    self.batch_size = getattr(train_input, "batch_size", float("nan"))
+    self.start_step, self.train_steps, self.log_period = start_step, train_steps, log_period
+    self.checkpointer, self.history, self.pending = checkpointer, [], None
+    self.writer = summaries.SummaryWriter(os.path.join(model_dir, "train"))
+    self.started = time.time()
+
+  def add(self, step: int, metrics, seconds: float, tokens: int) -> None:
+    """A finished step's metrics, still on device."""
+    self.pending = (step, metrics, seconds, tokens)
+
+  def flush(self) -> None:
+    """Fetches, checks, writes and logs the pending step's metrics, if any."""
+    if self.pending is None:
+      return
+    step, metrics, seconds, tokens = self.pending
+    self.pending = None
+    metrics = _to_host(metrics)
+    if not math.isfinite(metrics["loss"]):
+      self.checkpointer.wait()
+      good = self.checkpointer.newest_verified()
+      raise FloatingPointError(
+          f"loss is {metrics['loss']} at step {step}; stopping. Last good checkpoint: "
+          + (self.checkpointer.step_dir(good) if good is not None else "none"))
+    metrics.update(learning_rate=float(self.schedule(step - 1)), seconds_per_step=seconds,
+                   examples_per_second=self.batch_size / seconds,
+                   tokens_per_second=tokens / seconds)
+    self.history.append(dict(metrics, step=step))
+    self.writer.write(step, metrics)
+    if jax.process_index() == 0 and (step % self.log_period == 0 or step == self.train_steps):
+      eta = (time.time() - self.started) / (step - self.start_step) * (self.train_steps - step)
+      logging.info("step %d/%d %s eta %s", step, self.train_steps, _format(metrics), _eta(eta))
 
 
 @contextlib.contextmanager
@@ -331,20 +345,19 @@ def _host_input(source):
   return source(host_index=jax.process_index(), host_count=jax.process_count())
 
 
-def _initial_state(model, optimizer, loss_config, seed, init_checkpoint, query_length,
-                   passage_length, abstract_params, param_shardings, state_shardings, mesh, rules):
-  """A fresh state born sharded: from scratch (jitted init) or from an imported checkpoint."""
-  if init_checkpoint:
-    model_params = _imported_params(model, init_checkpoint, param_shardings["model"])
-    params = jax.device_put(step_lib.initial_params(model_params, loss_config), param_shardings)
+def _initial_state(model, optimizer, loss_config, seed, init_params, lengths, state_shardings):
+  """A fresh state born sharded: from `init_params` (imported weights) or a jitted random init."""
+  if init_params is not None:
+    model_params = init_params(model, state_shardings.params["model"])
+    params = jax.device_put(step_lib.initial_params(model_params, loss_config),
+                            state_shardings.params)
     opt_state = jax.jit(optimizer.init, out_shardings=state_shardings.opt_state)(params)
     step = jax.device_put(jnp.zeros((), jnp.int32), state_shardings.step)
-    logging.info("initialised from %s", init_checkpoint)
+    logging.info("initialised from %s", init_params)
     return step_lib.TrainState(step, params, opt_state)
 
   def init(rng):
-    params = step_lib.initial_params(
-        step_lib.init_model_params(model, rng, query_length, passage_length), loss_config)
+    params = step_lib.initial_params(step_lib.init_model_params(model, rng, *lengths), loss_config)
     return step_lib.TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
 
   return jax.jit(init, out_shardings=state_shardings)(jax.random.PRNGKey(seed))

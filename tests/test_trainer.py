@@ -190,8 +190,8 @@ def test_vocabulary_larger_than_the_embedding_fails_before_training(tmp_path):
 def test_init_from_imported_checkpoint_with_wrong_shapes_names_them(tmp_path, data_dir):
   from hybridir import importers
   with pytest.raises(importers.CheckpointMismatchError, match="token_embedder/embedding"):
-    run(tmp_path, 2, init_checkpoint=str(
-        data_dir / "t5x-tiny-checkpoint/test_de_t5_tiny.checkpoint_1000"))
+    run(tmp_path, 2, init_params=importers.pretrained(str(
+        data_dir / "t5x-tiny-checkpoint/test_de_t5_tiny.checkpoint_1000")))
 
 
 def test_keeps_the_last_checkpoint_plus_the_best_by_eval_metric(tmp_path):
@@ -213,7 +213,7 @@ def test_init_from_hugging_face_checkpoint_starts_from_its_weights(tmp_path):
       tmp_path / "hf", vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_heads=2,
       relative_attention_num_buckets=32, relative_attention_max_distance=128)
   _, imported = importers.load_hf(str(tmp_path / "hf"))
-  result = run(tmp_path / "run", 1, init_checkpoint=str(tmp_path / "hf"),
+  result = run(tmp_path / "run", 1, init_params=importers.pretrained(str(tmp_path / "hf")),
                learning_rate_schedule=0.0)
   trained = jax.device_get(result.state.params["model"])
   for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(imported)):
