@@ -120,8 +120,8 @@ def create_optimizer(name: str = "adafactor",
 
 def optimizer_state_shardings(optimizer: optax.GradientTransformation, abstract_params: Any,
                               param_shardings: Any, mesh: jax.sharding.Mesh) -> Any:
-  """NamedShardings for `optimizer.init(params)`'s state, derived from the params' shardings
-  (each state leaf as its param, or with a factored axis dropped: partitioning.shardings_like_params).
+  """NamedShardings for `optimizer.init(params)`'s state, derived from the params' shardings:
+  each leaf as its param's, a factored leaf with that axis dropped (partitioning decides how).
   """
   abstract_params = nn.meta.unbox(abstract_params)
   abstract_state = jax.eval_shape(optimizer.init, abstract_params)
