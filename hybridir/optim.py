@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from hybridir import partitioning
+
 Schedule = Callable[[Any], jax.Array]
 DECAYS = ("linear", "inverse_sqrt", "cosine", "constant")
 OPTIMIZERS = ("adafactor", "adamw")
@@ -115,44 +117,9 @@ def create_optimizer(name: str = "adafactor",
 
 def optimizer_state_shardings(optimizer: optax.GradientTransformation, abstract_params: Any,
                               param_shardings: Any, mesh: jax.sharding.Mesh) -> Any:
-  """NamedShardings for `optimizer.init(params)`'s state, derived from the params' shardings.
-
-  A state leaf belongs to the param whose tree path ends its own path (mu/nu/v_row/... mirror the
-  params tree). Same shape: the param's sharding. One axis fewer (Adafactor's factored row/column
-  statistics): the param's spec with that axis dropped, replicated if which axis is ambiguous.
-  Anything else (step counts, placeholders): replicated.
+  """NamedShardings for `optimizer.init(params)`'s state, derived from the params' shardings:
+  each leaf as its param's, a factored leaf with that axis dropped (partitioning decides how).
   """
   abstract_params = nn.meta.unbox(abstract_params)
-  is_sharding = lambda x: isinstance(x, jax.sharding.NamedSharding)
-  param_leaves = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
-  sharding_leaves = jax.tree.leaves(param_shardings, is_leaf=is_sharding)
-  if len(param_leaves) != len(sharding_leaves) or not all(map(is_sharding, sharding_leaves)):
-    raise ValueError(f"param_shardings must hold one NamedSharding per param: "
-                     f"{len(sharding_leaves)} leaves for {len(param_leaves)} params")
-  by_path = {tuple(path): (leaf.shape, sharding)
-             for (path, leaf), sharding in zip(param_leaves, sharding_leaves)}
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-
-  def leaf_sharding(path, leaf):
-    path = tuple(path)
-    for start in range(len(path)):  # Longest matching param path first.
-      if path[start:] in by_path:
-        param_shape, sharding = by_path[path[start:]]
-        return _derived_sharding(leaf.shape, param_shape, sharding, mesh) or replicated
-    return replicated
-
   abstract_state = jax.eval_shape(optimizer.init, abstract_params)
-  return jax.tree_util.tree_map_with_path(leaf_sharding, abstract_state)
-
-
-def _derived_sharding(shape, param_shape, sharding, mesh):
-  """The param's sharding for a same-shape leaf, its spec less one axis for a reduced leaf."""
-  if tuple(shape) == tuple(param_shape):
-    return sharding
-  spec = tuple(sharding.spec) + (None,) * (len(param_shape) - len(sharding.spec))
-  candidates = {spec[:axis] + spec[axis + 1:]
-                for axis in range(len(param_shape))
-                if tuple(param_shape[:axis]) + tuple(param_shape[axis + 1:]) == tuple(shape)}
-  if len(candidates) == 1:
-    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*candidates.pop()))
-  return None
+  return partitioning.shardings_like_params(abstract_state, abstract_params, param_shardings, mesh)

@@ -99,9 +99,24 @@ def params_shardings(abstract_variables: Any, mesh: jax.sharding.Mesh, rules: Ax
   return nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract_variables), mesh, rules)
 
 
+def batch_spec() -> PartitionSpec:
+  """Leading (batch) dimension split over 'data', the rest replicated (a spec, for shard_map)."""
+  return PartitionSpec(DATA_AXIS)
+
+
+def replicated_spec() -> PartitionSpec:
+  """A full copy on every device (a spec, for shard_map)."""
+  return PartitionSpec()
+
+
+def batch_index() -> jax.Array:
+  """Inside shard_map: this device's position along the batch ('data') axis."""
+  return jax.lax.axis_index(DATA_AXIS)
+
+
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
   """Leading (batch) dimension split over 'data', the rest replicated."""
-  return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+  return NamedSharding(mesh, batch_spec())
 
 
 def data_parallel_size(mesh: jax.sharding.Mesh) -> int:
@@ -116,7 +131,50 @@ def model_parallel_size(mesh: jax.sharding.Mesh) -> int:
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
   """A full copy on every device."""
-  return NamedSharding(mesh, PartitionSpec())
+  return NamedSharding(mesh, replicated_spec())
+
+
+def shardings_like_params(tree: Any, abstract_params: Any, param_shardings: Any,
+                          mesh: jax.sharding.Mesh) -> Any:
+  """NamedShardings for a tree that mirrors the params (an optimizer state), from the params'.
+
+  A leaf belongs to the param whose tree path ends its own path (mu/nu/v_row/... mirror the
+  params tree). Same shape: the param's sharding. One axis fewer (Adafactor's factored row/column
+  statistics): the param's spec with that axis dropped, replicated if which axis is ambiguous.
+  Anything else (step counts, placeholders): replicated.
+  """
+  is_sharding = lambda x: isinstance(x, NamedSharding)
+  param_leaves = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
+  sharding_leaves = jax.tree.leaves(param_shardings, is_leaf=is_sharding)
+  if len(param_leaves) != len(sharding_leaves) or not all(map(is_sharding, sharding_leaves)):
+    raise ValueError(f"param_shardings must hold one NamedSharding per param: "
+                     f"{len(sharding_leaves)} leaves for {len(param_leaves)} params")
+  by_path = {tuple(path): (leaf.shape, sharding)
+             for (path, leaf), sharding in zip(param_leaves, sharding_leaves)}
+  full_copy = replicated(mesh)
+
+  def leaf_sharding(path, leaf):
+    path = tuple(path)
+    for start in range(len(path)):  # Longest matching param path first.
+      if path[start:] in by_path:
+        param_shape, sharding = by_path[path[start:]]
+        return _derived_sharding(leaf.shape, param_shape, sharding, mesh) or full_copy
+    return full_copy
+
+  return jax.tree_util.tree_map_with_path(leaf_sharding, tree)
+
+
+def _derived_sharding(shape, param_shape, sharding, mesh):
+  """The param's sharding for a same-shape leaf, its spec less one axis for a reduced leaf."""
+  if tuple(shape) == tuple(param_shape):
+    return sharding
+  spec = tuple(sharding.spec) + (None,) * (len(param_shape) - len(sharding.spec))
+  candidates = {spec[:axis] + spec[axis + 1:]
+                for axis in range(len(param_shape))
+                if tuple(param_shape[:axis]) + tuple(param_shape[axis + 1:]) == tuple(shape)}
+  if len(candidates) == 1:
+    return NamedSharding(mesh, PartitionSpec(*candidates.pop()))
+  return None
 
 
 def host_local_to_global(batch: Mapping[str, np.ndarray],

@@ -14,9 +14,6 @@ import numpy as np
 
 from hybridir import partitioning
 
-# A local 1-D mesh of pool blocks; unrelated to the training mesh in partitioning.py.
-_POOL_AXIS = partitioning.DATA_AXIS  # Pool blocks are split like a batch.
-
 
 def aligned_empty(shape: Sequence[int], dtype=np.float32, alignment: int = 64) -> np.ndarray:
   """An uninitialised array whose data starts on an `alignment`-byte boundary.
@@ -62,18 +59,19 @@ def _block_top_k(queries, block, block_start, pool_size, k):
 
 @functools.lru_cache(maxsize=None)
 def _group_step(devices: tuple[jax.Device, ...], k: int):
-  """Jitted: folds a group of blocks [num_devices, B, D] (one per device) into a running top-k."""
+  """Jitted: folds a group of blocks [num_devices, B, D] (one per device) into a running top-k.
+
+  A local mesh of `devices`, unrelated to the training mesh: the blocks are split like a batch."""
   mesh = partitioning.create_mesh(1, devices=list(devices))
-  spec = jax.sharding.PartitionSpec
+  split, whole = partitioning.batch_spec(), partitioning.replicated_spec()
 
   def per_device(queries, blocks, group_start, pool_size):
-    block_start = group_start + jax.lax.axis_index(_POOL_AXIS) * blocks.shape[1]
+    block_start = group_start + partitioning.batch_index() * blocks.shape[1]
     scores, indices = _block_top_k(queries, blocks[0], block_start, pool_size, k)
     return scores[None], indices[None]
 
-  sharded = jax.shard_map(per_device, mesh=mesh,
-                          in_specs=(spec(), spec(_POOL_AXIS), spec(), spec()),
-                          out_specs=(spec(_POOL_AXIS), spec(_POOL_AXIS)))
+  sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(whole, split, whole, whole),
+                          out_specs=(split, split))
 
   def step(queries, blocks, group_start, pool_size, best_scores, best_indices):
     scores, indices = sharded(queries, blocks, group_start, pool_size)  # [devices, Qb, k]
@@ -82,9 +80,8 @@ def _group_step(devices: tuple[jax.Device, ...], k: int):
     indices = jnp.concatenate([best_indices, *indices], axis=1)
     return _merge(scores, indices, k)
 
-  replicated = jax.sharding.NamedSharding(mesh, spec())
-  blocks_sharding = jax.sharding.NamedSharding(mesh, spec(_POOL_AXIS))
-  return jax.jit(step, out_shardings=replicated), replicated, blocks_sharding
+  replicated = partitioning.replicated(mesh)
+  return jax.jit(step, out_shardings=replicated), replicated, partitioning.batch_sharding(mesh)
 
 
 def block_rows(pool_size: int, block_size: int, num_devices: int, k: int) -> int:
