@@ -10,6 +10,8 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGES = ("hybridir", "hybridir/models", "tasks")
 PARTITIONING = "hybridir.partitioning"
+# The gin edge: the entry point and its parser. The library is gin-free (issue 21).
+GIN_MODULES = frozenset({"hybridir.main", "hybridir.gin_utils"})
 
 # (importer, imported) pairs against the stage order in files being rewritten elsewhere: being
 # removed (issue 21). None today. A new pair fails the test; a pair that disappears must leave here.
@@ -228,3 +230,27 @@ def test_sharding_checker_allows_type_annotations_and_partitioning_helpers():
             "  data = {'data': 1, 'model': 2}\n"
             "  return partitioning.batch_sharding(mesh)\n")
   assert sharding_violations(source, "synthetic.py") == []
+
+
+def imports_gin(source: str) -> bool:
+  """Whether `source` imports gin (gin-config) at any depth."""
+  for node in ast.walk(ast.parse(source)):
+    names = ([alias.name for alias in node.names] if isinstance(node, ast.Import) else
+             [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+    if any(name.split(".")[0] == "gin" for name in names):
+      return True
+  return False
+
+
+def test_only_the_entry_point_imports_gin():
+  paths = source_files()
+  paths.update({f"bench.{p.stem}": p for p in sorted((ROOT / "bench").glob("*.py"))})
+  importers = sorted(name for name, path in paths.items() if imports_gin(path.read_text()))
+  assert set(importers) <= GIN_MODULES, importers
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("import gin", True), ("import gin.config", True), ("from gin import config", True),
+    ("def f():\n  import gin\n", True), ("import ginkgo", False), ("from hybridir import gin_utils", False)])
+def test_gin_checker_sees_every_import_form(source, expected):
+  assert imports_gin(source) is expected
