@@ -31,6 +31,7 @@ from hybridir import retrieval_data
 
 RUN_FILE, QRELS_FILE, RESULTS_FILE = "run.trec", "qrels.trec", "results.json"
 ENCODER_FILE = "encoder.json"  # The MIRACL stage: which encoder a language's results are of.
+BATCH_SIZE = 64  # Encoding batch per process (rounded up to its local devices).
 
 
 def write_run(output_dir: str, index_dir: str, qids: Sequence[str], scores, indices,
@@ -48,7 +49,7 @@ def run_corpus_evaluation(*, encoder_path: str, topics_tsv: str, qrels_trec: str
                           corpus_jsonl: str, language: str, output_dir: str,
                           index_dir: str | None = None, shard_size: int = 65536,
                           dtype: str = "float32", depth: int = 100,
-                          memory_bytes: int = 2 << 30, batch_size: int = 64,
+                          memory_bytes: int = 2 << 30, batch_size: int = BATCH_SIZE,
                           num_partitions: int = 1,
                           measures: Sequence[str] = metrics.DEFAULT_MEASURES,
                           allow_subset: bool = False) -> dict:
@@ -63,9 +64,22 @@ def run_corpus_evaluation(*, encoder_path: str, topics_tsv: str, qrels_trec: str
   """
   for name in measures:
     metrics.parse_measure(name)
-  index_dir = index_dir or os.path.join(output_dir, "index")
   encoder = export.load_encoder(encoder_path, batch_size=batch_size,  # Before a long corpus read.
                                 num_partitions=num_partitions)
+  return evaluate_corpus(encoder, topics_tsv=topics_tsv, qrels_trec=qrels_trec,
+                         corpus_jsonl=corpus_jsonl, language=language, output_dir=output_dir,
+                         index_dir=index_dir, shard_size=shard_size, dtype=dtype, depth=depth,
+                         memory_bytes=memory_bytes, measures=measures, allow_subset=allow_subset)
+
+
+def evaluate_corpus(encoder: export.Encoder, *, topics_tsv: str, qrels_trec: str,
+                    corpus_jsonl: str, language: str, output_dir: str,
+                    index_dir: str | None = None, shard_size: int = 65536,
+                    dtype: str = "float32", depth: int = 100, memory_bytes: int = 2 << 30,
+                    measures: Sequence[str] = metrics.DEFAULT_MEASURES,
+                    allow_subset: bool = False) -> dict:
+  """run_corpus_evaluation with the encoder already loaded."""
+  index_dir = index_dir or os.path.join(output_dir, "index")
   data = retrieval_data.load_miracl(topics_tsv, qrels_trec, corpus_jsonl, language)
   if not allow_subset:
     miracl.check_published_counts(data, language, topics_tsv, corpus_jsonl)
@@ -118,6 +132,11 @@ def run_miracl_evaluation(*, encoder_path: str, miracl_dir: str, output_dir: str
   """
   if "index_dir" in options:
     raise ValueError("run_miracl_evaluation: each language's index is output_dir/<lang>/index")
+  for name in options.get("measures", ()):
+    metrics.parse_measure(name)
+  loading = {"batch_size": options.pop("batch_size", BATCH_SIZE),
+             "num_partitions": options.pop("num_partitions", 1)}
+  encoder = None  # Loaded once, when the first language not yet done needs it.
   files = [miracl.language_files(miracl_dir, language) for language in languages]
   for language_files in files:
     miracl.check_files(language_files)
@@ -136,10 +155,10 @@ def run_miracl_evaluation(*, encoder_path: str, miracl_dir: str, output_dir: str
     logging.info("MIRACL %s: evaluating into %s", f.language, language_dir)
     if jax.process_index() == 0:
       fs.write_text_atomically(used, json.dumps(identity, sort_keys=True))
-    results[f.language] = run_corpus_evaluation(
-        encoder_path=encoder_path, topics_tsv=f.topics_tsv, qrels_trec=f.qrels_trec,
-        corpus_jsonl=f.corpus, language=f.language, output_dir=language_dir,
-        allow_subset=allow_subset, **options)
+    encoder = encoder or export.load_encoder(encoder_path, **loading)
+    results[f.language] = evaluate_corpus(
+        encoder, topics_tsv=f.topics_tsv, qrels_trec=f.qrels_trec, corpus_jsonl=f.corpus,
+        language=f.language, output_dir=language_dir, allow_subset=allow_subset, **options)
     if not keep_index and jax.process_index() == 0:  # Every process has read its shards.
       fs.rmtree(f"{language_dir}/index")
   return results

@@ -176,6 +176,20 @@ def test_a_rerun_skips_the_languages_done_and_evaluates_the_rest(local_stage, pu
   assert json.loads(done.read_text())["num_q"] == 1
 
 
+def test_the_stage_loads_the_encoder_once_for_every_language_and_not_when_all_are_done(
+    public, encoder_dir, tmp_path, monkeypatch):
+  root, _ = public
+  loads = []
+  load_encoder = corpus_eval.export.load_encoder
+  monkeypatch.setattr(corpus_eval.export, "load_encoder",
+                      lambda *args, **kwargs: loads.append(kwargs) or load_encoder(*args, **kwargs))
+  for _ in range(2):  # The second run finds every language done.
+    corpus_eval.run_miracl_evaluation(encoder_path=encoder_dir, miracl_dir=str(root),
+                                      output_dir=str(tmp_path / "miracl"), languages=LANGUAGES,
+                                      **STAGE_OPTIONS)
+  assert loads == [{"batch_size": 16, "num_partitions": 1}]
+
+
 def test_a_rerun_refuses_results_of_another_encoder(local_stage, public, encoder_dir, tmp_path):
   output_dir, _ = local_stage
   root, _ = public
