@@ -158,6 +158,9 @@ def _abstract_batch(run: TrainRun, batch_size: int, sharding) -> dict:
 
 
 def _with_shardings(abstract, shardings):
+  """`abstract`'s shapes placed by `shardings`: a tree like it, or one sharding for every leaf."""
+  if isinstance(shardings, jax.sharding.Sharding):
+    shardings = jax.tree.map(lambda _: shardings, abstract)
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                       abstract, shardings)
 
@@ -220,9 +223,7 @@ def compile_encode_step(run: TrainRun, devices, tpu_slice: accelerators.Slice,
   with partitioning.axis_rules_context(export.ENCODE_AXIS_RULES, mesh):
     params = step_lib.strip_boxes(step_lib.abstract_model_variables(run.model, length, length))
     params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32), params)
-    shardings = export.encode_param_shardings(run.model, mesh)
-    if isinstance(shardings, jax.sharding.Sharding):  # Replicated: one sharding for all.
-      shardings = jax.tree.map(lambda _: shardings, params)
+    shardings = export.encode_param_shardings(run.model, mesh)  # One, when replicated.
     tokens = jax.ShapeDtypeStruct((batch_size, length), jnp.int32,
                                   sharding=partitioning.batch_sharding(mesh))
     lowered = _lower(export.encode_step(run.model, mesh, shardings),

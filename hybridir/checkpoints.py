@@ -166,7 +166,8 @@ class Checkpointer:
     # Orbax wants absolute paths; gs:// and other URLs pass through.
     self.directory = fs.abspath(directory)
     self.asynchronous = asynchronous
-    self._best_metric, self._best_mode = (best_metric if keep_best else None), best_mode
+    tracked = best_metric if keep_best else None  # The metric kept checkpoints are chosen by.
+    self._best_metric, self._best_mode = tracked, best_mode
     self._saving_step = None
     self._warn_about_incomplete()
     absl_logger = logging_lib.getLogger("absl")
@@ -174,9 +175,9 @@ class Checkpointer:
       absl_logger.addFilter(_OrbaxTracebacks())
     _quiet_closed_loop_errors()
     policies = [checkpoint_managers.LatestN(keep_last)]
-    if best_metric and keep_best:
+    if tracked:
       policies.append(checkpoint_managers.BestN(
-          get_metric_fn=lambda metrics: metrics[best_metric], reverse=best_mode == "min",
+          get_metric_fn=lambda metrics: metrics[tracked], reverse=best_mode == "min",
           n=keep_best, keep_checkpoints_without_metrics=False))
     self._manager = ocp.CheckpointManager(
         self.directory,
@@ -185,7 +186,7 @@ class Checkpointer:
             preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
             # best_fn makes orbax write each step's metrics beside it (<step>/metrics), so the
             # best step stays known, and kept, after a restart.
-            best_fn=(lambda metrics: metrics[best_metric]) if best_metric and keep_best else None,
+            best_fn=(lambda metrics: metrics[tracked]) if tracked else None,
             best_mode=best_mode,
             enable_async_checkpointing=True, cleanup_tmp_directories=True, create=True,
             async_options=ocp.AsyncOptions(post_finalization_callback=self._before_commit)))
