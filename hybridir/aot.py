@@ -60,6 +60,7 @@ class TrainRun:
   optimizer: object
   loss_config: step_lib.LossConfig
   rules: tuple
+  num_partitions: int = 1  # Of the run's mesh (trainer.train.mesh = @partitioning.create_mesh()).
 
 
 def train_run_from_gin(gin_files, gin_bindings=()) -> TrainRun:
@@ -90,10 +91,12 @@ def train_run_from_gin(gin_files, gin_bindings=()) -> TrainRun:
     raise AotError("no global batch size: bind trainer.train.train_input to a configurable "
                    "with batch_size (input_pipeline.HybridInput.batch_size = %BATCH_SIZE)")
   optimizer = argument("optimizer_fn")(learning_rate_schedule=argument("learning_rate_schedule"))
+  mesh_arguments = gin_utils.referenced_arguments(train, "mesh", ("num_partitions",))
   return TrainRun(model=argument("model"), query_length=lengths["query"],
                   passage_length=lengths["passage"], batch_size=input_arguments["batch_size"],
                   optimizer=optimizer, loss_config=argument("loss_config"),
-                  rules=argument("logical_axis_rules") or partitioning.standard_logical_axis_rules())
+                  rules=argument("logical_axis_rules") or partitioning.standard_logical_axis_rules(),
+                  num_partitions=mesh_arguments.get("num_partitions", 1))
 
 
 def _first_line(error: Exception) -> str:
@@ -312,7 +315,7 @@ def check(accelerator_type: str, gin_files, gin_bindings=(), max_batch: bool = F
   run = train_run_from_gin(gin_files, gin_bindings)
   devices = accelerators.compile_only_devices(tpu_slice)
   try:
-    mesh = partitioning.create_mesh(devices=devices)
+    mesh = partitioning.create_mesh(run.num_partitions, devices=devices)
   except ValueError as e:
     raise AotError(f"{accelerator_type} ({tpu_slice.chips} chips): {e}") from None
   chunks = run.loss_config.grad_cache_chunks
