@@ -17,6 +17,7 @@ import numpy as np
 
 from hybridir import beir
 from hybridir import console
+from hybridir import encoder as encoder_lib
 from hybridir import evaluate
 from hybridir import export
 from hybridir import fs
@@ -27,7 +28,7 @@ from hybridir import retrieval
 SHOWN = ("map", "ndcg_cut_10", "recall_100")
 
 
-def evaluate_beir(encoder: export.Encoder, data: beir.BeirData, output_dir: str,
+def evaluate_beir(encoder: encoder_lib.Encoder, data: beir.BeirData, output_dir: str,
                   measures: Sequence[str] = metrics.DEFAULT_MEASURES, depth: int = 100,
                   languages_path: str | None = None, show_progress: bool = True) -> dict:
   """Encodes, searches the whole corpus, scores the run; writes run.trec, metrics.json, report.md

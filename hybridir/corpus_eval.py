@@ -20,8 +20,10 @@ from typing import Sequence
 from absl import logging
 import jax
 
+from hybridir import artifacts
 from hybridir import corpus_index
 from hybridir import corpus_search
+from hybridir import encoder as encoder_lib
 from hybridir import evaluate
 from hybridir import export
 from hybridir import fs
@@ -72,7 +74,7 @@ def run_corpus_evaluation(*, encoder_path: str, topics_tsv: str, qrels_trec: str
                          memory_bytes=memory_bytes, measures=measures, allow_subset=allow_subset)
 
 
-def evaluate_corpus(encoder: export.Encoder, *, topics_tsv: str, qrels_trec: str,
+def evaluate_corpus(encoder: encoder_lib.Encoder, *, topics_tsv: str, qrels_trec: str,
                     corpus_jsonl: str, language: str, output_dir: str,
                     index_dir: str | None = None, shard_size: int = 65536,
                     dtype: str = "float32", depth: int = 100, memory_bytes: int = 2 << 30,
@@ -111,8 +113,8 @@ def evaluate_corpus(encoder: export.Encoder, *, topics_tsv: str, qrels_trec: str
 def encoder_identity(encoder_path: str) -> dict:
   """The training run and step an exported encoder comes from (its manifest's metadata), else
   its path: what a resumed MIRACL stage must find unchanged."""
-  if fs.isfile(os.path.join(encoder_path, export.MANIFEST)):
-    return export.read_manifest(encoder_path)["metadata"]
+  if fs.isfile(os.path.join(encoder_path, artifacts.MANIFEST)):
+    return artifacts.read_manifest(encoder_path)["metadata"]
   return {"encoder_path": encoder_path}
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 import tasks
 from hybridir import retrieval_data
+from hybridir import encoder as encoder_lib
 from hybridir import evaluate
 from hybridir import export
 from hybridir import fs
@@ -24,7 +25,7 @@ from hybridir import retrieval
 SUMMARY_MEASURES = ("map", "recall_10", "ndcg_cut_10", "recip_rank_cut_10")
 
 
-def encode_dataset(encoder: export.Encoder, dataset: retrieval_data.RetrievalDataset) -> dict:
+def encode_dataset(encoder: encoder_lib.Encoder, dataset: retrieval_data.RetrievalDataset) -> dict:
   """evaluate.evaluate_settings's inputs for a dataset: ids and embeddings per language.
 
   Candidates are encoded with their context (LAReQA: the paragraph; MIRACL: none, its title

@@ -11,8 +11,9 @@ import sys
 import pytest
 import pytrec_eval
 
-from hybridir import export
+from hybridir import artifacts
 from hybridir import evaluate
+from hybridir import export
 from hybridir.models import dual_encoder
 from hybridir.models import t5
 from tests.conftest import REPO_ROOT
@@ -62,7 +63,7 @@ def test_readme_chain_runs_as_written_with_quiet_logs_and_closing_lines(tmp_path
   result = run(export_command, model_dir)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "python -m hybridir.evaluate --encoder" in closing_next_command(result.stderr)
-  manifest = export.read_manifest(f"{model_dir}/export")
+  manifest = artifacts.read_manifest(f"{model_dir}/export")
   assert manifest["max_length"] == 64 and manifest["text_format"]["query_prefix"] == "Query: "
 
   result = run(beir, model_dir)
