@@ -24,6 +24,7 @@ from hybridir import fs
 from hybridir import metrics
 from hybridir import reports
 from hybridir import retrieval
+from hybridir import trec
 
 SHOWN = ("map", "ndcg_cut_10", "recall_100")
 
@@ -50,8 +51,8 @@ def evaluate_beir(encoder: encoder_lib.Encoder, data: beir.BeirData, output_dir:
              "corpus_size": len(docids), "depth": depth, "seconds": round(time.time() - started, 1)}
   if languages_path:
     results["rank_distance"] = _rank_distance(qids, query_emb, docids, corpus_emb, data.qrels,
-                                              evaluate.read_languages(languages_path))
-  evaluate.write_trec_run(os.path.join(output_dir, "run.trec"), run, "hybridir")
+                                              trec.read_languages(languages_path))
+  trec.write_run(os.path.join(output_dir, "run.trec"), run, "hybridir")
   reports.write_json(os.path.join(output_dir, "metrics.json"), results)
   rows = [[name, results["all"][name]] for name in results["all"] if name != "num_q"]
   report = (f"# Retrieval of {len(qids)} queries over {len(docids)} documents\n\n"

@@ -30,6 +30,7 @@ from hybridir import fs
 from hybridir import metrics
 from hybridir import miracl
 from hybridir import retrieval_data
+from hybridir import trec
 
 RUN_FILE, QRELS_FILE, RESULTS_FILE = "run.trec", "qrels.trec", "results.json"
 ENCODER_FILE = "encoder.json"  # The MIRACL stage: which encoder a language's results are of.
@@ -43,7 +44,7 @@ def write_run(output_dir: str, index_dir: str, qids: Sequence[str], scores, indi
   run = {qid: {docid: float(score) for docid, score in zip(id_row, score_row)}
          for qid, id_row, score_row in zip(qids, ids, scores)}
   path = os.path.join(output_dir, RUN_FILE)
-  evaluate.write_trec_run(path, run, tag)
+  trec.write_run(path, run, tag)
   return path
 
 
@@ -101,11 +102,11 @@ def evaluate_corpus(encoder: encoder_lib.Encoder, *, topics_tsv: str, qrels_trec
   qids = [q.question_id for q in questions]
   run_path = write_run(output_dir, index_dir, qids, scores, indices)
   qrels_path = os.path.join(output_dir, QRELS_FILE)
-  evaluate.write_trec_qrels(qrels_path, {q.question_id: {docid: 1 for docid in q.relevant}
-                                         for q in questions if q.relevant})
+  trec.write_qrels(qrels_path, {q.question_id: {docid: 1 for docid in q.relevant}
+                                for q in questions if q.relevant})
   results = evaluate.evaluate_files(run_path, qrels_path, measures)["all"]
-  evaluate.write_text_atomically(os.path.join(output_dir, RESULTS_FILE),
-                                 json.dumps(results, indent=1, sort_keys=True) + "\n")
+  fs.write_text_atomically(os.path.join(output_dir, RESULTS_FILE),
+                           json.dumps(results, indent=1, sort_keys=True) + "\n")
   logging.info("results: %s", results)
   return results
 

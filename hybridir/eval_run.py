@@ -21,6 +21,7 @@ from hybridir import fs
 from hybridir import metrics
 from hybridir import reports
 from hybridir import retrieval
+from hybridir import trec
 
 SUMMARY_MEASURES = ("map", "recall_10", "ndcg_cut_10", "recip_rank_cut_10")
 
@@ -64,9 +65,9 @@ def write_multilingual_trec(directory: str, inputs: dict, depth: int = 100,
   scores, indices = retrieval.top_k(np.stack(question_emb), pool_emb, min(depth, len(pool_ids)))
   paths = {"run": os.path.join(directory, "multilingual.run"),
            "qrels": os.path.join(directory, "multilingual.qrels")}
-  evaluate.write_trec_run(paths["run"], retrieval.ranking_to_run(qids, pool_ids, scores, indices),
-                          tag)
-  evaluate.write_trec_qrels(paths["qrels"], qrels)
+  trec.write_run(paths["run"], retrieval.ranking_to_run(qids, pool_ids, scores, indices),
+                 tag)
+  trec.write_qrels(paths["qrels"], qrels)
   return paths
 
 

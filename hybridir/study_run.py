@@ -29,6 +29,7 @@ from hybridir import encoder as encoder_lib
 from hybridir import eval_run
 from hybridir import evaluate
 from hybridir import export
+from hybridir import fs
 from hybridir import retrieval_data
 from hybridir import study_eval
 from hybridir import text as text_lib
@@ -180,6 +181,6 @@ def train_and_evaluate(*, train: Callable[[], trainer.TrainResult], model_dir: s
                    "validation": [{k: e[k] for k in ("step", "eval/loss", "eval/accuracy")
                                    if k in e} for e in result.eval_history]}}
   if jax.process_index() == 0:
-    evaluate.write_text_atomically(os.path.join(model_dir, RESULTS_FILE),
-                                   json.dumps(out, allow_nan=True))
+    fs.write_text_atomically(os.path.join(model_dir, RESULTS_FILE),
+                             json.dumps(out, allow_nan=True))
   return out

@@ -12,8 +12,8 @@ import pytest
 import pytrec_eval
 
 from hybridir import artifacts
-from hybridir import evaluate
 from hybridir import export
+from hybridir import trec
 from hybridir.models import dual_encoder
 from hybridir.models import t5
 from tests.conftest import REPO_ROOT
@@ -81,7 +81,7 @@ def test_readme_chain_runs_as_written_with_quiet_logs_and_closing_lines(tmp_path
   for line in (tmp_path / "smoke" / "mlqa_r_en_de" / "qrels.tsv").read_text().splitlines()[1:]:
     qid, docid, score = line.split("\t")
     qrels.setdefault(qid, {})[docid] = int(score)
-  trec_run = evaluate.read_trec_run(str(folder / "run.trec"))
+  trec_run = trec.read_run(str(folder / "run.trec"))
   per_query = pytrec_eval.RelevanceEvaluator(qrels, {"recall.100", "ndcg_cut.10"}).evaluate(
       trec_run)
   for ours, theirs in (("recall_100", "recall_100"), ("ndcg_cut_10", "ndcg_cut_10")):
