@@ -231,7 +231,8 @@ def _restore_params(path: str, model: dual_encoder.DualEncoder, manifest: dict) 
 
 
 def read_artifact(path: str, overrides: dict) -> tuple[dual_encoder.DualEncoder, dict, dict]:
-  """(model, float32 params, manifest) of an exported artifact.
+  """(model, float32 params, manifest) of an exported artifact; `overrides` ({manifest key:
+  value or None}) that differ from the manifest raise.
 
   An artifact from before text formats were recorded encodes bare texts, as it did then.
   """
