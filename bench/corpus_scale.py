@@ -35,12 +35,12 @@ def tiny_encoder(batch_size):
   import jax  # pylint: disable=g-import-not-at-top
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from hybridir import export  # pylint: disable=g-import-not-at-top
+  from hybridir import encoder as encoder_lib  # pylint: disable=g-import-not-at-top
   from hybridir.models import dual_encoder, t5  # pylint: disable=g-import-not-at-top
   model = dual_encoder.DualEncoder(t5.T5Config(**TINY))
   tokens = np.ones((2, 8), np.int32)
   params = nn.unbox(model.init(jax.random.key(0), tokens, tokens)["params"])
-  return export.Encoder(model, params, None, 16, batch_size)
+  return encoder_lib.Encoder(model, params, None, 16, batch_size)
 
 
 def source(args):

@@ -3,7 +3,7 @@
   python -m hybridir.aot --accelerator_type v4-32 --gin_file=gin_configs/runs/study/mt5_base.gin
 
 builds the run's train step (trainer.sharded_train_step over trainer.state_layout) and the encode
-step evaluation runs (export.encode_step on one host's chips, parameters split as training splits
+step evaluation runs (encoder.encode_step on one host's chips, parameters split as training splits
 them) from the same gin files a launch
 uses, from shapes alone (no data, checkpoint or vocabulary is read), compiles both with libtpu's
 compile-only devices and prints one JSON line: slice, mesh, per-chip bytes against the chip's HBM,
@@ -28,7 +28,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from hybridir import accelerators  # noqa: E402
-from hybridir import export  # noqa: E402
+from hybridir import artifacts  # noqa: E402
+from hybridir import encoder as encoder_lib  # noqa: E402
 from hybridir import flops as flops_lib  # noqa: E402
 from hybridir import gin_utils  # noqa: E402
 from hybridir import partitioning  # noqa: E402
@@ -219,17 +220,17 @@ def compile_encode_step(run: TrainRun, devices, tpu_slice: accelerators.Slice,
   mesh = partitioning.create_mesh(num_partitions=num_partitions, devices=devices)
   data = partitioning.data_parallel_size(mesh)
   batch_size = -(-_default(eval_run.run_evaluation, "batch_size") // data) * data
-  length = _default(export.export_encoder, "max_length")
+  length = _default(artifacts.export_encoder, "max_length")
   config = run.model.encoder_config
   if config.max_length:  # Learned positions (XLM-R, BERT) cap the length.
     length = min(length, config.max_length)
-  with partitioning.axis_rules_context(export.ENCODE_AXIS_RULES, mesh):
+  with partitioning.axis_rules_context(encoder_lib.ENCODE_AXIS_RULES, mesh):
     params = step_lib.strip_boxes(step_lib.abstract_model_variables(run.model, length, length))
     params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32), params)
-    shardings = export.encode_param_shardings(run.model, mesh)  # One, when replicated.
+    shardings = encoder_lib.encode_param_shardings(run.model, mesh)  # One, when replicated.
     tokens = jax.ShapeDtypeStruct((batch_size, length), jnp.int32,
                                   sharding=partitioning.batch_sharding(mesh))
-    lowered = _lower(export.encode_step(run.model, mesh, shardings),
+    lowered = _lower(encoder_lib.encode_step(run.model, mesh, shardings),
                      _with_shardings(params, shardings), tokens, "passage",
                      what="encode step", mesh=mesh)
   return dict(_compile(lowered, tpu_slice, "encode step", mesh.size), batch_size=batch_size,

@@ -17,17 +17,19 @@ import numpy as np
 
 from hybridir import beir
 from hybridir import console
+from hybridir import encoder as encoder_lib
 from hybridir import evaluate
 from hybridir import export
 from hybridir import fs
 from hybridir import metrics
 from hybridir import reports
 from hybridir import retrieval
+from hybridir import trec
 
 SHOWN = ("map", "ndcg_cut_10", "recall_100")
 
 
-def evaluate_beir(encoder: export.Encoder, data: beir.BeirData, output_dir: str,
+def evaluate_beir(encoder: encoder_lib.Encoder, data: beir.BeirData, output_dir: str,
                   measures: Sequence[str] = metrics.DEFAULT_MEASURES, depth: int = 100,
                   languages_path: str | None = None, show_progress: bool = True) -> dict:
   """Encodes, searches the whole corpus, scores the run; writes run.trec, metrics.json, report.md
@@ -49,8 +51,8 @@ def evaluate_beir(encoder: export.Encoder, data: beir.BeirData, output_dir: str,
              "corpus_size": len(docids), "depth": depth, "seconds": round(time.time() - started, 1)}
   if languages_path:
     results["rank_distance"] = _rank_distance(qids, query_emb, docids, corpus_emb, data.qrels,
-                                              evaluate.read_languages(languages_path))
-  evaluate.write_trec_run(os.path.join(output_dir, "run.trec"), run, "hybridir")
+                                              trec.read_languages(languages_path))
+  trec.write_run(os.path.join(output_dir, "run.trec"), run, "hybridir")
   reports.write_json(os.path.join(output_dir, "metrics.json"), results)
   rows = [[name, results["all"][name]] for name in results["all"] if name != "num_q"]
   report = (f"# Retrieval of {len(qids)} queries over {len(docids)} documents\n\n"

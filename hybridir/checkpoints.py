@@ -7,11 +7,13 @@ crash mid-save never leaves a checkpoint that looks complete; such leftovers are
 ignored on resume. Just before that commit, the sha256 of every file of the step is written to
 `checksums.json` in it; restore verifies them and skips a damaged checkpoint (one warning naming
 the step and the file) for the newest good one. A failed save raises `CheckpointSaveError` at the
-next `check` (each step) and leaves the older checkpoints as they were.
+next `check` (each step) and leaves the older checkpoints as they were. Outside the loop, a run's
+checkpoints are read as numpy (`training_steps`, `restore_params`, `run_identity`).
 """
 import hashlib
 import json
 import logging as logging_lib
+import os
 import sys
 
 from absl import logging
@@ -21,6 +23,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from hybridir import fs
+from hybridir import text as text_lib
 
 STATE, DATA = "state", "data"
 CHECKSUMS = "checksums.json"  # {"sha256": {relative path: hex digest}} of a step's item files.
@@ -342,3 +345,65 @@ def _agreed(problem: str | None) -> str | None:
   if problem is None and np.any(flags):
     return f"failed on process {int(np.argmax(flags))}"
   return problem
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a training run's checkpoints (MODEL_DIR/checkpoints), outside the loop: export, loading
+
+def restore_numpy(path: str, subtree: str | None = None) -> dict:
+  """An orbax pytree (or one top-level entry of it) as numpy arrays, whatever devices saved it."""
+  path = fs.abspath(path)  # orbax reads no item metadata through a relative path.
+  checkpointer = ocp.PyTreeCheckpointer()
+  tree = checkpointer.metadata(path).item_metadata.tree
+  if subtree is not None:
+    if subtree not in tree:
+      raise KeyError(f"{path}: no {subtree!r} in the checkpoint (found {sorted(tree)})")
+    tree = {subtree: tree[subtree]}
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+  restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+      item=tree, restore_args=restore_args, partial_restore=subtree is not None))
+  return restored if subtree is None else restored[subtree]
+
+
+def training_steps(model_dir: str) -> list[int]:
+  """Complete checkpoint steps under MODEL_DIR/checkpoints (half-written ones have other names)."""
+  directory = os.path.join(model_dir, "checkpoints")
+  if not fs.isdir(directory):
+    raise FileNotFoundError(f"{directory}: no checkpoints directory (is {model_dir} a MODEL_DIR?)")
+  return sorted(step for step in ocp.step.checkpoint_steps(fs.path(directory))  # Finalized only.
+                if fs.isdir(os.path.join(directory, str(step), STATE)))
+
+
+def restore_params(model_dir: str, step: int | None = None) -> tuple[int, dict]:
+  """(step, DualEncoder params) of a training checkpoint: the latest one unless step is given."""
+  steps = training_steps(model_dir)
+  if not steps:
+    raise FileNotFoundError(f"{model_dir}/checkpoints: no complete checkpoint")
+  step = steps[-1] if step is None else step
+  if step not in steps:
+    raise FileNotFoundError(f"{model_dir}/checkpoints: no checkpoint for step {step}; "
+                            f"found steps {steps}")
+  path = os.path.join(model_dir, "checkpoints", str(step), STATE)
+  params = restore_numpy(path, "params")
+  if "model" not in params:
+    raise KeyError(f"{path}: params hold {sorted(params)}, expected 'model'")
+  return step, params["model"]
+
+
+def run_identity(model_dir: str, step: int) -> tuple[str, dict]:
+  """(path, JSON) of the run identity a training checkpoint stores ({} if none)."""
+  path = os.path.join(model_dir, "checkpoints", str(step), DATA)
+  if not fs.isdir(path):
+    return path, {}
+  position = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(path)
+  identity = position.get("identity") if isinstance(position, dict) else None
+  return path, identity if isinstance(identity, dict) else {}
+
+
+def training_text_format(model_dir: str, step: int) -> text_lib.TextFormat | None:
+  """The text format a training checkpoint's run identity records (None: it records none)."""
+  path, identity = run_identity(model_dir, step)
+  if "text_format" not in identity:
+    return None
+  return text_lib.TextFormat.from_json(identity["text_format"], path)
+

@@ -20,14 +20,17 @@ from typing import Sequence
 from absl import logging
 import jax
 
+from hybridir import artifacts
 from hybridir import corpus_index
 from hybridir import corpus_search
+from hybridir import encoder as encoder_lib
 from hybridir import evaluate
 from hybridir import export
 from hybridir import fs
 from hybridir import metrics
 from hybridir import miracl
 from hybridir import retrieval_data
+from hybridir import trec
 
 RUN_FILE, QRELS_FILE, RESULTS_FILE = "run.trec", "qrels.trec", "results.json"
 ENCODER_FILE = "encoder.json"  # The MIRACL stage: which encoder a language's results are of.
@@ -41,7 +44,7 @@ def write_run(output_dir: str, index_dir: str, qids: Sequence[str], scores, indi
   run = {qid: {docid: float(score) for docid, score in zip(id_row, score_row)}
          for qid, id_row, score_row in zip(qids, ids, scores)}
   path = os.path.join(output_dir, RUN_FILE)
-  evaluate.write_trec_run(path, run, tag)
+  trec.write_run(path, run, tag)
   return path
 
 
@@ -72,7 +75,7 @@ def run_corpus_evaluation(*, encoder_path: str, topics_tsv: str, qrels_trec: str
                          memory_bytes=memory_bytes, measures=measures, allow_subset=allow_subset)
 
 
-def evaluate_corpus(encoder: export.Encoder, *, topics_tsv: str, qrels_trec: str,
+def evaluate_corpus(encoder: encoder_lib.Encoder, *, topics_tsv: str, qrels_trec: str,
                     corpus_jsonl: str, language: str, output_dir: str,
                     index_dir: str | None = None, shard_size: int = 65536,
                     dtype: str = "float32", depth: int = 100, memory_bytes: int = 2 << 30,
@@ -99,11 +102,11 @@ def evaluate_corpus(encoder: export.Encoder, *, topics_tsv: str, qrels_trec: str
   qids = [q.question_id for q in questions]
   run_path = write_run(output_dir, index_dir, qids, scores, indices)
   qrels_path = os.path.join(output_dir, QRELS_FILE)
-  evaluate.write_trec_qrels(qrels_path, {q.question_id: {docid: 1 for docid in q.relevant}
-                                         for q in questions if q.relevant})
+  trec.write_qrels(qrels_path, {q.question_id: {docid: 1 for docid in q.relevant}
+                                for q in questions if q.relevant})
   results = evaluate.evaluate_files(run_path, qrels_path, measures)["all"]
-  evaluate.write_text_atomically(os.path.join(output_dir, RESULTS_FILE),
-                                 json.dumps(results, indent=1, sort_keys=True) + "\n")
+  fs.write_text_atomically(os.path.join(output_dir, RESULTS_FILE),
+                           json.dumps(results, indent=1, sort_keys=True) + "\n")
   logging.info("results: %s", results)
   return results
 
@@ -111,8 +114,8 @@ def evaluate_corpus(encoder: export.Encoder, *, topics_tsv: str, qrels_trec: str
 def encoder_identity(encoder_path: str) -> dict:
   """The training run and step an exported encoder comes from (its manifest's metadata), else
   its path: what a resumed MIRACL stage must find unchanged."""
-  if fs.isfile(os.path.join(encoder_path, export.MANIFEST)):
-    return export.read_manifest(encoder_path)["metadata"]
+  if fs.isfile(os.path.join(encoder_path, artifacts.MANIFEST)):
+    return artifacts.read_manifest(encoder_path)["metadata"]
   return {"encoder_path": encoder_path}
 
 

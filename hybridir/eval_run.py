@@ -14,17 +14,19 @@ import numpy as np
 
 import tasks
 from hybridir import retrieval_data
+from hybridir import encoder as encoder_lib
 from hybridir import evaluate
 from hybridir import export
 from hybridir import fs
 from hybridir import metrics
 from hybridir import reports
 from hybridir import retrieval
+from hybridir import trec
 
 SUMMARY_MEASURES = ("map", "recall_10", "ndcg_cut_10", "recip_rank_cut_10")
 
 
-def encode_dataset(encoder: export.Encoder, dataset: retrieval_data.RetrievalDataset) -> dict:
+def encode_dataset(encoder: encoder_lib.Encoder, dataset: retrieval_data.RetrievalDataset) -> dict:
   """evaluate.evaluate_settings's inputs for a dataset: ids and embeddings per language.
 
   Candidates are encoded with their context (LAReQA: the paragraph; MIRACL: none, its title
@@ -63,9 +65,9 @@ def write_multilingual_trec(directory: str, inputs: dict, depth: int = 100,
   scores, indices = retrieval.top_k(np.stack(question_emb), pool_emb, min(depth, len(pool_ids)))
   paths = {"run": os.path.join(directory, "multilingual.run"),
            "qrels": os.path.join(directory, "multilingual.qrels")}
-  evaluate.write_trec_run(paths["run"], retrieval.ranking_to_run(qids, pool_ids, scores, indices),
-                          tag)
-  evaluate.write_trec_qrels(paths["qrels"], qrels)
+  trec.write_run(paths["run"], retrieval.ranking_to_run(qids, pool_ids, scores, indices),
+                 tag)
+  trec.write_qrels(paths["qrels"], qrels)
   return paths
 
 

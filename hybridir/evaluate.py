@@ -1,4 +1,4 @@
-"""Zero-shot evaluation: monolingual, cross-lingual and multilingual settings, TREC files, a CLI.
+"""Zero-shot evaluation: monolingual, cross-lingual and multilingual settings, and a CLI.
 
     python -m hybridir.evaluate --run RUN --qrels QRELS [--per_query] [--measures map,recall_10] \
         [--languages LANGS]
@@ -17,9 +17,9 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from hybridir import fs
 from hybridir import metrics
 from hybridir import retrieval
+from hybridir import trec
 
 # {lang: [(qid, relevant candidate ids), ...]}; candidate ids are unique across all languages.
 Questions = Mapping[str, Sequence[tuple[str, Sequence[str]]]]
@@ -158,21 +158,6 @@ def _rank_distance_means(distances: Mapping[str, tuple[float, float]]) -> dict[s
   return {"rank_distance": float(mean[0]), "rank_distance_random": float(mean[1])}
 
 
-def read_languages(path: str) -> dict[str, str]:
-  """`{id: language}` from a TSV file of `id<TAB>language` lines (candidates and/or queries)."""
-  languages, first_line = {}, {}
-  for number, fields in _read_table(path, 2, "id<TAB>language", separator="\t"):
-    docid, language = (field.strip() for field in fields)
-    if not docid or not language:
-      raise ValueError(f"{path}:{number}: empty id or language")
-    if docid in languages and languages[docid] != language:
-      raise ValueError(f"{path}:{number}: id {docid!r} has language {language!r}, but "
-                       f"{languages[docid]!r} on line {first_line[docid]}")
-    first_line.setdefault(docid, number)
-    languages[docid] = language
-  return languages
-
-
 def rank_distance_of_run(run: metrics.Run, qrels: metrics.Qrels,
                          languages: Mapping[str, str]) -> dict:
   """Language bias of a run over a multilingual pool, beside a random ranking's exact value.
@@ -240,93 +225,14 @@ def degradation(in_domain: Mapping[str, float],
   return result
 
 
-# Kept under these names for their callers; the filesystem layer does the work.
-atomic_output = fs.atomic_output
-write_text_atomically = fs.write_text_atomically
-
-
-def _check_token(value: str, what: str) -> str:
-  if not value or any(c.isspace() for c in value):
-    raise ValueError(f"{what} {value!r} is empty or contains whitespace; TREC files cannot hold it")
-  return value
-
-
-def write_trec_run(path: str, run: metrics.Run, tag: str) -> None:
-  """Writes `run` as a TREC run file, each query in trec_eval's order (score desc, docid desc)."""
-  _check_token(tag, "run tag")
-  lines = []
-  for qid in sorted(run):
-    _check_token(qid, "qid")
-    for rank, docid in enumerate(metrics.trec_order(run[qid]), start=1):
-      score = float(run[qid][docid])
-      lines.append(f"{qid} Q0 {_check_token(docid, 'docid')} {rank} {score!r} {tag}\n")
-  write_text_atomically(path, "".join(lines))
-
-
-def write_trec_qrels(path: str, qrels: metrics.Qrels) -> None:
-  """Writes `qrels` as a TREC qrels file (`qid 0 docid relevance`)."""
-  lines = [f"{_check_token(qid, 'qid')} 0 {_check_token(docid, 'docid')} {int(rel)}\n"
-           for qid in sorted(qrels) for docid, rel in sorted(qrels[qid].items())]
-  write_text_atomically(path, "".join(lines))
-
-
-def _read_table(path: str, num_fields: int, layout: str, separator: str | None = None):
-  """Yields (line number, fields) of non-blank lines; a wrong field count raises naming the line."""
-  with fs.open(path, encoding="utf-8") as f:
-    for number, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      fields = line.rstrip("\r\n").split(separator)
-      if len(fields) != num_fields:
-        raise ValueError(f"{path}:{number}: expected {num_fields} fields '{layout}', found "
-                         f"{len(fields)}: {line.rstrip()!r}")
-      yield number, fields
-
-
-def _parse(path, number, value, kind, what):
-  try:
-    parsed = kind(value)
-  except ValueError:
-    raise ValueError(f"{path}:{number}: {what} {value!r} is not a valid {kind.__name__}") from None
-  if kind is float and not math.isfinite(parsed):
-    raise ValueError(f"{path}:{number}: {what} {value!r} is not finite")
-  return parsed
-
-
-def read_trec_run(path: str) -> dict[str, dict[str, float]]:
-  """Reads a TREC run file into `{qid: {docid: score}}`; duplicates and bad fields name the line."""
-  run, first_line = {}, {}
-  rows = _read_table(path, 6, "qid Q0 docid rank score tag")
-  for number, (qid, _, docid, rank, score, _) in rows:
-    _parse(path, number, rank, int, "rank")
-    if (qid, docid) in first_line:
-      raise ValueError(f"{path}:{number}: document {docid!r} repeated for query {qid!r} (first on "
-                       f"line {first_line[qid, docid]})")
-    first_line[qid, docid] = number
-    run.setdefault(qid, {})[docid] = _parse(path, number, score, float, "score")
-  return run
-
-
-def read_trec_qrels(path: str) -> dict[str, dict[str, int]]:
-  """Reads a TREC qrels file into `{qid: {docid: relevance}}`."""
-  qrels, first_line = {}, {}
-  for number, (qid, _, docid, rel) in _read_table(path, 4, "qid 0 docid relevance"):
-    if (qid, docid) in first_line:
-      raise ValueError(f"{path}:{number}: document {docid!r} judged twice for query {qid!r} (first "
-                       f"on line {first_line[qid, docid]})")
-    first_line[qid, docid] = number
-    qrels.setdefault(qid, {})[docid] = _parse(path, number, rel, int, "relevance")
-  return qrels
-
-
 def evaluate_files(run_path: str, qrels_path: str, measures: Sequence[str],
                    per_query: bool = False, languages_path: Optional[str] = None) -> dict:
   """`{"all": {num_q, measure: mean}}`, plus `"per_query": {qid: {measure: value}}` if asked and
   `"rank_distance"` (see `rank_distance_of_run`) given a languages file."""
   for name in measures:
     metrics.parse_measure(name)
-  languages = read_languages(languages_path) if languages_path else None
-  run, qrels = read_trec_run(run_path), read_trec_qrels(qrels_path)
+  languages = trec.read_languages(languages_path) if languages_path else None
+  run, qrels = trec.read_run(run_path), trec.read_qrels(qrels_path)
   results = metrics.evaluate_run(run, qrels, measures)
   output = {"all": {"num_q": len(results), **metrics.aggregate(results)}}
   if per_query:

@@ -26,7 +26,9 @@ from typing import Sequence
 import flax
 import numpy as np
 
+from hybridir import artifacts
 from hybridir import console
+from hybridir import encoder as encoder_lib
 from hybridir import export
 from hybridir import fs
 from hybridir import importers
@@ -49,7 +51,7 @@ def hf_tensors(model: dual_encoder.DualEncoder, params) -> dict[str, np.ndarray]
     raise ValueError(f"export_hf cannot hold the projection layer (projection_dim="
                      f"{model.projection_dim}): transformers' encoder classes have none")
   cfg = model.encoder_config
-  params = export.checked_params(model, params, "export_hf params")
+  params = artifacts.checked_params(model, params, "export_hf params")
   ours = flax.traverse_util.flatten_dict(params, sep="/")
   # The importer's name table (HF name -> our path, transposed?) read backwards.
   names = {name: ("encoder/" + path, transpose)
@@ -72,9 +74,9 @@ def export_hf(output_dir: str, model: dual_encoder.DualEncoder, params, spm_path
   from safetensors.numpy import save_file
   config = hf_config(model.encoder_config)
   tensors = hf_tensors(model, params)
-  vocabulary = export.check_vocabulary(model.encoder_config, spm_path)
+  vocabulary = artifacts.check_vocabulary(model.encoder_config, spm_path)
   vocabulary_file = vocab.kind_of(model.encoder_config.family, spm_path).files[0]
-  with export.atomic_directory(output_dir, overwrite, marker="config.json") as temporary:
+  with artifacts.atomic_directory(output_dir, overwrite, marker="config.json") as temporary:
     extra_files = {**fast_tokenizer_files(model.encoder_config, vocabulary, spm_path,
                                           max_seq_length), **(extra_files or {})}
     save_file(tensors, os.path.join(temporary, "model.safetensors"), metadata={"format": "pt"})
@@ -131,7 +133,7 @@ def sentence_transformers_modules(model: dual_encoder.DualEncoder, tensors: dict
 _TOKENIZER_OPTIONS = {"t5": {"extra_ids": 0}}
 
 
-def vocabulary_file(encoder: export.Encoder) -> str:
+def vocabulary_file(encoder: encoder_lib.Encoder) -> str:
   """The vocabulary file an Encoder tokenises with."""
   vocabulary = encoder.vocabulary
   return getattr(vocabulary, "vocab_file", None) or vocabulary.sentencepiece_model_file
@@ -164,7 +166,7 @@ def fast_tokenizer_files(config: dual_encoder.EncoderConfig, vocabulary, source:
             if os.path.exists(os.path.join(output, name))}
 
 
-def model_card(encoder: export.Encoder, source: str, max_seq_length: int) -> str:
+def model_card(encoder: encoder_lib.Encoder, source: str, max_seq_length: int) -> str:
   """README.md: what the model is, how to use it, how it was trained and evaluated."""
   cfg, text_format = encoder.model.encoder_config, encoder.text_format
   rows = "\n".join(f"| {k} | {v} |" for k, v in (

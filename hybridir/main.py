@@ -24,8 +24,8 @@ from absl import logging
 import gin
 import jax
 
+from hybridir import artifacts
 from hybridir import corpora
-from hybridir import export
 from hybridir import fs
 from hybridir import gin_utils
 from hybridir import run_dir
@@ -50,7 +50,7 @@ TRAINING_RUN = "hybridir.trainer.train"
 # Errors that describe bad input or an unusable output (their message names the file, record or
 # parameter): reported as one line, not a traceback.
 EXPECTED_ERRORS = (corpora.CorpusError, fs.NotWritableError, FileNotFoundError, FileExistsError,
-                   export.ArtifactError)
+                   artifacts.ArtifactError)
 
 _GIN_CALL_NOTE = re.compile(r"\s*In call to configurable '[^']*' \(<[^>]*>\)( in scope '[^']*')?")
 

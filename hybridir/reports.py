@@ -12,7 +12,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 import numpy as np
 
-from hybridir import evaluate
+from hybridir import fs
 
 SETTINGS = ("monolingual", "cross_lingual", "multilingual")
 
@@ -33,7 +33,7 @@ def _json_safe(value: Any) -> Any:
 def write_json(path: str, results: Mapping[str, Any]) -> None:
   """Writes `results` as indented, key-sorted strict JSON."""
   text = json.dumps(_json_safe(results), indent=1, sort_keys=True, allow_nan=False)
-  evaluate.write_text_atomically(path, text + "\n")
+  fs.write_text_atomically(path, text + "\n")
 
 
 def _format(value: Optional[float]) -> str:
@@ -97,7 +97,7 @@ def markdown_tables(results: Mapping[str, Any], measure: str = "map") -> str:
 def save_figure(figure: Figure, path: str) -> None:
   FigureCanvasAgg(figure)
   figure.tight_layout()
-  with evaluate.atomic_output(path) as temporary:
+  with fs.atomic_output(path) as temporary:
     figure.savefig(temporary, format="png", dpi=120)
 
 
@@ -166,7 +166,7 @@ def write_report(output_dir: str, results: Mapping[str, Any], measure: str = "ma
       ("json", ".json"), ("markdown", ".md"), ("heatmap", "_cross_lingual.png"),
       ("bars", "_per_language.png"), ("rank_distance", "_rank_distance.png"))}
   write_json(paths["json"], results)
-  evaluate.write_text_atomically(paths["markdown"], markdown_tables(results, measure))
+  fs.write_text_atomically(paths["markdown"], markdown_tables(results, measure))
   plot_cross_lingual_heatmap(paths["heatmap"], results, measure)
   plot_per_language_bars(paths["bars"], results, measure)
   plot_rank_distance(paths["rank_distance"], results)

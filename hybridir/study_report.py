@@ -13,7 +13,6 @@ matplotlib.use("Agg")
 from matplotlib.figure import Figure  # noqa: E402
 import numpy as np  # noqa: E402
 
-from hybridir import evaluate  # noqa: E402
 from hybridir import fs  # noqa: E402
 from hybridir import miracl  # noqa: E402
 from hybridir import reports  # noqa: E402
@@ -322,7 +321,7 @@ def write(output_dir: str, results: dict, description: str | None = None,
   reports.write_json(paths["json"], {
       "effects": table, "training": {"/".join(map(str, k)): v for k, v in training.items()}})
   text = markdown(results, training, table, description or describe(results, elapsed_seconds))
-  evaluate.write_text_atomically(paths["markdown"], text)
+  fs.write_text_atomically(paths["markdown"], text)
   plot_loss_curves(paths["loss_plot"], results)
   return paths
 
@@ -341,7 +340,7 @@ def update_readme(report_path: str, readme_path: str) -> None:
   if start < 0 or end < start:
     raise ValueError(f"{readme_path}: no '{README_BEGIN} ... {README_END}' section to replace")
   start = readme.index("\n", start) + 1
-  evaluate.write_text_atomically(readme_path, readme[:start] + body + "\n" + readme[end:])
+  fs.write_text_atomically(readme_path, readme[:start] + body + "\n" + readme[end:])
 
 
 if __name__ == "__main__":

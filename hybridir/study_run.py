@@ -22,11 +22,14 @@ from absl import logging
 import jax
 
 import tasks
+from hybridir import artifacts
 from hybridir import checkpoints
 from hybridir import corpora
+from hybridir import encoder as encoder_lib
 from hybridir import eval_run
 from hybridir import evaluate
 from hybridir import export
+from hybridir import fs
 from hybridir import retrieval_data
 from hybridir import study_eval
 from hybridir import text as text_lib
@@ -117,7 +120,7 @@ def best_step(model_dir: str, metric: str, mode: str) -> int | None:
     checkpointer.close()
 
 
-def evaluate_encoder(encoder: export.Encoder, datasets, matched_draws: int, seed: int,
+def evaluate_encoder(encoder: encoder_lib.Encoder, datasets, matched_draws: int, seed: int,
                      max_questions_per_language: int | None) -> dict:
   """Full-pool results with chance for every dataset; matched pools for the LAReQA pair."""
   inputs = {name: eval_run.encode_dataset(encoder, limit_questions(dataset,
@@ -166,7 +169,7 @@ def train_and_evaluate(*, train: Callable[[], trainer.TrainResult], model_dir: s
         model_dir, os.path.join(scratch, "export"), model, spm_path, step=step,
         max_length=max(task_feature_lengths.values()), overwrite=True)
     if export_dir and jax.process_index() == 0:  # One writer, though every process exported.
-      export.copy_artifact(path, export_dir)
+      artifacts.copy_artifact(path, export_dir)
     encoder = export.load_encoder(path, batch_size=128, num_partitions=evaluation_partitions(
         num_partitions, jax.local_device_count()))
     evaluation = evaluate_encoder(encoder, datasets, matched_draws, seed,
@@ -178,6 +181,6 @@ def train_and_evaluate(*, train: Callable[[], trainer.TrainResult], model_dir: s
                    "validation": [{k: e[k] for k in ("step", "eval/loss", "eval/accuracy")
                                    if k in e} for e in result.eval_history]}}
   if jax.process_index() == 0:
-    evaluate.write_text_atomically(os.path.join(model_dir, RESULTS_FILE),
-                                   json.dumps(out, allow_nan=True))
+    fs.write_text_atomically(os.path.join(model_dir, RESULTS_FILE),
+                             json.dumps(out, allow_nan=True))
   return out

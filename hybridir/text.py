@@ -1,6 +1,6 @@
 """The model's input: one function from (role, text, context) to token ids, for every path.
 
-Training (tasks.qa's seqio tasks, hence the input pipeline's token tables), `export.Encoder.encode`
+Training (tasks.qa's seqio tasks, hence the input pipeline's token tables), `encoder.Encoder.encode`
 and evaluation all tokenise through `tokenize`, so a passage is the same tokens wherever built:
 
   query     `{query_prefix}{question}`                 e.g. `Query: Who wrote Faust?`

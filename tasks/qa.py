@@ -9,7 +9,7 @@
 
 Every example holds `query` and `passage` (token ids of `hybridir.text.tokenize`: prefixes, the
 passage unit, truncation and the vocabulary's special tokens (T5's EOS, XLM-R's <s> ... </s>,
-BERT's [CLS] ... [SEP]), as `export.Encoder.encode` gives them; the strings the model reads are
+BERT's [CLS] ... [SEP]), as `encoder.Encoder.encode` gives them; the strings the model reads are
 kept as `*_pretokenized`), `pair_id` (the index of the string pair
 id in the sorted ids of the whole corpus, so the same in every language and split) and
 `query_language` / `passage_language`.

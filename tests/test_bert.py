@@ -7,7 +7,7 @@ import pytest
 import transformers
 
 import hybridir
-from hybridir import export
+from hybridir import encoder as encoder_lib
 from hybridir import hf_export
 from hybridir import importers
 from hybridir import text as text_lib
@@ -154,8 +154,9 @@ def test_hf_export_round_trip_and_sentence_transformers_load(tmp_path, wordpiece
   ref.save_random_bert(tmp_path / "source", vocab_size=len(tokenizer))
   model, params = importers.load_hf(str(tmp_path / "source"), pooling=pooling)
   output = hf_export.export_hf(str(tmp_path / "export"), model, params, wordpiece)
-  original = export.Encoder(model, params, families.vocabulary("bert", wordpiece), 64,
-                            text_format=text_lib.UNFORMATTED)  # As a loaded Hugging Face folder.
+  # Bare texts, as a loaded Hugging Face folder.
+  original = encoder_lib.Encoder(model, params, families.vocabulary("bert", wordpiece), 64,
+                                text_format=text_lib.UNFORMATTED)
   reloaded = hybridir.load_encoder(output, max_length=64)
   assert reloaded.model == model
   np.testing.assert_array_equal(reloaded.encode(TEXTS), original.encode(TEXTS))

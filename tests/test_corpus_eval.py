@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
+from hybridir import artifacts
 from hybridir import corpus_eval
 from hybridir import corpus_index
-from hybridir import export
 from hybridir import spm
 from hybridir.models import dual_encoder
 from hybridir.models import t5
@@ -48,8 +48,8 @@ def tiny_encoder(root, data_dir) -> str:
   model = dual_encoder.DualEncoder(t5.T5Config(
       vocab_size=1100, emb_dim=16, num_layers=1, num_heads=2, head_dim=8, mlp_dim=24,
       relative_attention_num_buckets=8, relative_attention_max_distance=16, dropout_rate=0.0))
-  return export.export_encoder(str(root / "encoder"), model, init_params(model), spm_path,
-                               max_length=32)
+  return artifacts.export_encoder(str(root / "encoder"), model, init_params(model), spm_path,
+                                  max_length=32)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 
 from hybridir import corpus_index
 from hybridir import corpus_search
-from hybridir import export
+from hybridir import encoder as encoder_lib
 from hybridir import fs
 from hybridir.models import dual_encoder
 from hybridir.models import t5
@@ -29,7 +29,7 @@ def init_params(model, seed=0):
 def tiny_encoder(seed=0, batch_size=32):
   """A randomly initialised one-layer mT5-style encoder (no vocabulary: it encodes token ids)."""
   model = dual_encoder.DualEncoder(CONFIG)
-  return export.Encoder(model, init_params(model, seed), None, 32, batch_size)
+  return encoder_lib.Encoder(model, init_params(model, seed), None, 32, batch_size)
 
 
 @pytest.fixture(scope="module")

@@ -145,12 +145,12 @@ def test_hf_export_cli_folder_is_a_sentence_transformer_equal_to_hybridir(family
   pytest.importorskip("sentence_transformers")
   import json
   import transformers
-  from hybridir import export
+  from hybridir import artifacts
   from hybridir import hf_export
   encoder = request.getfixturevalue({"t5": "encoder", "xlmr": "xlmr_encoder"}[family])
-  artifact = export.export_encoder(str(tmp_path / "artifact"), encoder.model, encoder.params,
-                                   hf_export.vocabulary_file(encoder), max_length=32,
-                                   text_format=FORMAT)
+  artifact = artifacts.export_encoder(str(tmp_path / "artifact"), encoder.model, encoder.params,
+                                      hf_export.vocabulary_file(encoder), max_length=32,
+                                      text_format=FORMAT)
   output = tmp_path / "hf"
   assert hf_export.main(["--encoder", artifact, "--output", str(output)]) == 0
   assert "wrote the Hugging Face folder" in capsys.readouterr().err

@@ -9,6 +9,7 @@ import pytest
 import pytrec_eval
 
 from hybridir import evaluate
+from hybridir import trec
 
 MEASURES = ("map", "recip_rank", "recall_2", "ndcg_cut_3", "P_1")
 
@@ -96,15 +97,15 @@ def trec_files(tmp_path):
   rng = np.random.default_rng(5)
   run = {f"q{q}": {f"d{d}": float(rng.integers(0, 4)) for d in range(15)} for q in range(6)}
   qrels = {f"q{q}": {f"d{d}": int(rng.integers(0, 3)) for d in range(0, 20, 3)} for q in range(5)}
-  evaluate.write_trec_run(str(tmp_path / "run.trec"), run, tag="toy")
-  evaluate.write_trec_qrels(str(tmp_path / "qrels.trec"), qrels)
+  trec.write_run(str(tmp_path / "run.trec"), run, tag="toy")
+  trec.write_qrels(str(tmp_path / "qrels.trec"), qrels)
   return tmp_path, run, qrels
 
 
 def test_trec_files_round_trip(trec_files):
   tmp_path, run, qrels = trec_files
-  assert evaluate.read_trec_run(str(tmp_path / "run.trec")) == run
-  assert evaluate.read_trec_qrels(str(tmp_path / "qrels.trec")) == qrels
+  assert trec.read_run(str(tmp_path / "run.trec")) == run
+  assert trec.read_qrels(str(tmp_path / "qrels.trec")) == qrels
   assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # No temporaries left.
 
 
@@ -146,8 +147,8 @@ def test_cli_rank_distance_is_max_minus_min_averaged_per_query_language(tmp_path
          for qid, order in orders.items()}
   qrels = {"en-q1": {"e1": 1, "d1": 1}, "en-q2": {"e2": 1, "d2": 1, "e1": 0},
            "de-q1": {"e1": 1, "d1": 1}}
-  evaluate.write_trec_run(str(tmp_path / "run"), run, tag="toy")
-  evaluate.write_trec_qrels(str(tmp_path / "qrels"), qrels)
+  trec.write_run(str(tmp_path / "run"), run, tag="toy")
+  trec.write_qrels(str(tmp_path / "qrels"), qrels)
   languages = {"e1": "en", "e2": "en", "d1": "de", "d2": "de", "en-q1": "en", "en-q2": "en",
                "de-q1": "de"}
   argv = ["--run", str(tmp_path / "run"), "--qrels", str(tmp_path / "qrels"), "--measures", "map",
@@ -165,8 +166,8 @@ def test_cli_rank_distance_of_a_random_run_is_near_its_random_value(tmp_path, ca
   pool = [f"{lang}-{i}" for lang in languages for i in range(25)]
   run = {f"q{q}": dict(zip(pool, rng.random(len(pool)).tolist())) for q in range(400)}
   qrels = {f"q{q}": {f"{lang}-{q % 25}": 1 for lang in languages} for q in range(400)}
-  evaluate.write_trec_run(str(tmp_path / "run"), run, tag="random")
-  evaluate.write_trec_qrels(str(tmp_path / "qrels"), qrels)
+  trec.write_run(str(tmp_path / "run"), run, tag="random")
+  trec.write_qrels(str(tmp_path / "qrels"), qrels)
   argv = ["--run", str(tmp_path / "run"), "--qrels", str(tmp_path / "qrels"), "--measures", "map",
           "--languages", write_languages(tmp_path / "langs.tsv", {d: d[:2] for d in pool})]
   assert evaluate.main(argv) == 0
@@ -187,7 +188,7 @@ def test_rank_distance_needs_every_relevant_candidate_and_its_language(tmp_path)
 def test_languages_file_with_a_bad_line_names_the_file_and_line(tmp_path):
   (tmp_path / "langs.tsv").write_text("e1\ten\ne1 de\n", encoding="utf-8")
   with pytest.raises(ValueError, match=r"langs\.tsv:2: expected 2 fields 'id<TAB>language'"):
-    evaluate.read_languages(str(tmp_path / "langs.tsv"))
+    trec.read_languages(str(tmp_path / "langs.tsv"))
 
 
 def test_bad_run_line_names_the_file_and_line(trec_files, capsys):
@@ -205,10 +206,10 @@ def test_bad_run_line_names_the_file_and_line(trec_files, capsys):
 def test_bad_score_and_relevance_values_name_the_line(tmp_path):
   (tmp_path / "run").write_text("q1 Q0 d1 1 high tag\n")
   with pytest.raises(ValueError, match=r"run:1: score 'high' is not a valid float"):
-    evaluate.read_trec_run(str(tmp_path / "run"))
+    trec.read_run(str(tmp_path / "run"))
   (tmp_path / "qrels").write_text("q1 0 d1 1\n\nq1 0 d1 2\n")
   with pytest.raises(ValueError, match=r"qrels:3: document 'd1' judged twice .* line 1"):
-    evaluate.read_trec_qrels(str(tmp_path / "qrels"))
+    trec.read_qrels(str(tmp_path / "qrels"))
 
 
 def test_degradation_reports_absolute_and_relative_drops():

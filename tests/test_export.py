@@ -11,7 +11,9 @@ import pytest
 import transformers
 
 import hybridir
+from hybridir import artifacts
 from hybridir import checkpoints
+from hybridir import encoder as encoder_lib
 from hybridir import export
 from hybridir import hf_export
 from hybridir import importers
@@ -45,8 +47,8 @@ def random_params(model, seed=0):
 
 def reference_encoder(model, params, spm_path, batch_size=8, text_format=None):
   vocabulary = families.vocabulary(model.encoder_config.family, spm_path)
-  return export.Encoder(model, params, vocabulary, 128, batch_size,
-                        text_format or text.TextFormat())
+  return encoder_lib.Encoder(model, params, vocabulary, 128, batch_size,
+                            text_format or text.TextFormat())
 
 
 def flat(params):
@@ -64,8 +66,8 @@ def assert_params_equal(actual, expected):
 def test_float32_artifact_encodes_like_the_exported_params(tmp_path, spm_models, family):
   model = dual_encoder.DualEncoder(CONFIGS[family])
   params = random_params(model)
-  artifact = export.export_encoder(str(tmp_path / "artifact"), model, params,
-                                   spm_models[family], max_length=128)
+  artifact = artifacts.export_encoder(str(tmp_path / "artifact"), model, params,
+                                      spm_models[family], max_length=128)
   expected = reference_encoder(model, params, spm_models[family]).encode(TEXTS)
   np.testing.assert_allclose(hybridir.load_encoder(artifact).encode(TEXTS), expected, atol=1e-6)
 
@@ -73,9 +75,9 @@ def test_float32_artifact_encodes_like_the_exported_params(tmp_path, spm_models,
 def test_bfloat16_artifact_stores_bfloat16_and_encodes_closely(tmp_path, spm_models):
   model = dual_encoder.DualEncoder(CONFIGS["t5"])
   params = random_params(model)
-  artifact = export.export_encoder(str(tmp_path / "artifact"), model, params, spm_models["t5"],
-                                   dtype="bfloat16", max_length=128)
-  stored = export._restore_numpy(os.path.join(artifact, export.PARAMS_DIR))
+  artifact = artifacts.export_encoder(str(tmp_path / "artifact"), model, params, spm_models["t5"],
+                                      dtype="bfloat16", max_length=128)
+  stored = checkpoints.restore_numpy(os.path.join(artifact, artifacts.PARAMS_DIR))
   assert {str(x.dtype) for x in jax.tree.leaves(stored)} == {"bfloat16"}
   expected = reference_encoder(model, params, spm_models["t5"]).encode(TEXTS)
   embeddings = hybridir.load_encoder(artifact).encode(TEXTS)
@@ -87,8 +89,8 @@ def test_artifact_is_self_contained_and_described_by_its_manifest(tmp_path, spm_
   model = dual_encoder.DualEncoder(CONFIGS["xlmr"], pooling="first", projection_dim=8,
                                    normalize=False, shared_towers=False)
   params = random_params(model)
-  artifact = export.export_encoder(str(tmp_path / "artifact"), model, params, str(spm_copy),
-                                   max_length=64, extra_metadata={"run": "tiny"})
+  artifact = artifacts.export_encoder(str(tmp_path / "artifact"), model, params, str(spm_copy),
+                                      max_length=64, extra_metadata={"run": "tiny"})
   expected = reference_encoder(model, params, spm_copy).encode(TEXTS[:3], "passage")
   os.remove(spm_copy)
   with open(os.path.join(artifact, "manifest.json")) as f:
@@ -106,8 +108,8 @@ def test_artifact_is_self_contained_and_described_by_its_manifest(tmp_path, spm_
 
 def test_loading_an_artifact_with_contradicting_options_says_which(tmp_path, spm_models):
   model = dual_encoder.DualEncoder(CONFIGS["t5"])
-  artifact = export.export_encoder(str(tmp_path / "a"), model, random_params(model),
-                                   spm_models["t5"])
+  artifact = artifacts.export_encoder(str(tmp_path / "a"), model, random_params(model),
+                                      spm_models["t5"])
   with pytest.raises(ValueError, match="pooling='mean', not 'first'"):
     hybridir.load_encoder(artifact, pooling="first")
 
@@ -117,9 +119,9 @@ def test_loaded_artifact_applies_the_prefixes_and_passage_unit_its_manifest_reco
   model = dual_encoder.DualEncoder(CONFIGS["t5"])
   params = random_params(model)
   custom = text.TextFormat("Frage: ", "Antwort: ", "sentence_with_context")
-  artifact = export.export_encoder(str(tmp_path / "a"), model, params, spm_models["t5"],
-                                   max_length=128, text_format=custom)
-  assert export.read_manifest(artifact)["text_format"] == {
+  artifact = artifacts.export_encoder(str(tmp_path / "a"), model, params, spm_models["t5"],
+                                      max_length=128, text_format=custom)
+  assert artifacts.read_manifest(artifact)["text_format"] == {
       "query_prefix": "Frage: ", "passage_prefix": "Antwort: ",
       "passage_unit": "sentence_with_context"}
   encoder = hybridir.load_encoder(artifact)
@@ -134,11 +136,11 @@ def test_loaded_artifact_applies_the_prefixes_and_passage_unit_its_manifest_reco
 def test_artifact_without_a_text_format_encodes_bare_texts_as_before(tmp_path, spm_models):
   model = dual_encoder.DualEncoder(CONFIGS["t5"])
   params = random_params(model)
-  artifact = export.export_encoder(str(tmp_path / "a"), model, params, spm_models["t5"],
-                                   max_length=128)
-  manifest = export.read_manifest(artifact)
+  artifact = artifacts.export_encoder(str(tmp_path / "a"), model, params, spm_models["t5"],
+                                      max_length=128)
+  manifest = artifacts.read_manifest(artifact)
   del manifest["text_format"]
-  export._write_manifest(artifact, manifest)
+  artifacts._write_manifest(artifact, manifest)
   encoder = hybridir.load_encoder(artifact)
   assert encoder.text_format == text.UNFORMATTED
   bare = reference_encoder(model, params, spm_models["t5"], text_format=text.UNFORMATTED)
@@ -152,7 +154,7 @@ def test_params_that_do_not_fit_the_model_are_refused_before_writing(tmp_path, s
   model = dual_encoder.DualEncoder(CONFIGS["t5"])
   params = random_params(dual_encoder.DualEncoder(CONFIGS["t5"], projection_dim=4))
   with pytest.raises(importers.CheckpointMismatchError, match="projection_layer/kernel"):
-    export.export_encoder(str(tmp_path / "a"), model, params, spm_models["t5"])
+    artifacts.export_encoder(str(tmp_path / "a"), model, params, spm_models["t5"])
   assert os.listdir(tmp_path) == []
 
 
@@ -182,7 +184,7 @@ def test_export_from_training_checkpoint_takes_the_latest_or_given_step(
                                                  step=10)
   assert_params_equal(hybridir.load_encoder(latest).params, saved[20])
   assert_params_equal(hybridir.load_encoder(first).params, saved[10])
-  assert export.read_manifest(first)["metadata"]["step"] == 10
+  assert artifacts.read_manifest(first)["metadata"]["step"] == 10
 
 
 def test_export_from_training_checkpoint_keeps_the_text_format_and_length_it_was_trained_with(
@@ -221,11 +223,11 @@ def test_crashed_export_leaves_no_output_dir(tmp_path, spm_models, monkeypatch):
   def crash(*args):
     raise RuntimeError("disk full")
 
-  monkeypatch.setattr(export, "_write_manifest", crash)
+  monkeypatch.setattr(artifacts, "_write_manifest", crash)
   model = dual_encoder.DualEncoder(CONFIGS["t5"])
   with pytest.raises(RuntimeError, match="disk full"):
-    export.export_encoder(str(tmp_path / "artifact"), model, random_params(model),
-                          spm_models["t5"])
+    artifacts.export_encoder(str(tmp_path / "artifact"), model, random_params(model),
+                             spm_models["t5"])
   assert os.listdir(tmp_path) == []
 
 
@@ -243,10 +245,10 @@ def test_crashed_hf_export_leaves_no_output_dir(tmp_path, spm_models, monkeypatc
 def test_existing_artifact_is_replaced_only_with_overwrite(tmp_path, spm_models):
   model = dual_encoder.DualEncoder(CONFIGS["t5"])
   output = str(tmp_path / "artifact")
-  export.export_encoder(output, model, random_params(model, 1), spm_models["t5"])
+  artifacts.export_encoder(output, model, random_params(model, 1), spm_models["t5"])
   with pytest.raises(FileExistsError, match="overwrite=True"):
-    export.export_encoder(output, model, random_params(model, 2), spm_models["t5"])
-  export.export_encoder(output, model, random_params(model, 2), spm_models["t5"], overwrite=True)
+    artifacts.export_encoder(output, model, random_params(model, 2), spm_models["t5"])
+  artifacts.export_encoder(output, model, random_params(model, 2), spm_models["t5"], overwrite=True)
   assert_params_equal(hybridir.load_encoder(output).params, random_params(model, 2))
   assert os.listdir(tmp_path) == ["artifact"]
 

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from hybridir import export
+from hybridir import artifacts
+from hybridir import checkpoints
 from hybridir import fs
 from tests.conftest import REPO_ROOT
 from tests.conftest import shared_titles
@@ -57,14 +58,14 @@ def run(gcs_bucket, gcs_data, tmp_path_factory) -> dict:
   try:
     deadline = time.monotonic() + 600
     while not (fs.isdir(f"{model_dir}/checkpoints")
-               and export.training_checkpoint_steps(model_dir)):
+               and checkpoints.training_steps(model_dir)):
       assert killed.poll() is None, log.read_text()[-3000:]
       assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
       time.sleep(0.2)
   finally:
     killed.send_signal(signal.SIGKILL)
     killed.wait()
-  steps_at_kill = export.training_checkpoint_steps(model_dir)
+  steps_at_kill = checkpoints.training_steps(model_dir)
   last = steps_at_kill[-1]
   # Resumed with the vocabulary the first run trained (SentencePiece training is not bitwise
   # repeatable, and a run refuses to resume with another vocabulary).
@@ -107,7 +108,7 @@ def test_smoke_run_on_gcs_resumes_after_a_kill_from_its_last_complete_checkpoint
   last = run["steps_at_kill"][-1]
   assert f"resumed from {run['model_dir']} at step {last}" in resumed.stderr
   assert f"step {last + 2}/{last + 2}" in resumed.stderr
-  assert export.training_checkpoint_steps(run["model_dir"])[-1] == last + 2
+  assert checkpoints.training_steps(run["model_dir"])[-1] == last + 2
   assert fs.isfile(run["spm_path"])
   events = fs.listdir(f"{run['model_dir']}/train")
   assert len(events) >= 2 and all(e.startswith("events.out.tfevents.") for e in events)
@@ -116,11 +117,11 @@ def test_smoke_run_on_gcs_resumes_after_a_kill_from_its_last_complete_checkpoint
 def test_export_reads_a_gcs_model_dir_and_writes_gcs(exported, run):
   export_dir, result = exported
   assert result.returncode == 0, result.stderr[-3000:]
-  manifest = export.read_manifest(export_dir)
+  manifest = artifacts.read_manifest(export_dir)
   assert manifest["metadata"] == {"training_checkpoint": run["model_dir"],
                                   "step": run["steps_at_kill"][-1] + 2}
   assert manifest["vocabulary"]["source"] == run["spm_path"]
-  assert fs.read_bytes(f"{export_dir}/{export.SPM_FILE}") == fs.read_bytes(run["spm_path"])
+  assert fs.read_bytes(f"{export_dir}/{artifacts.SPM_FILE}") == fs.read_bytes(run["spm_path"])
 
 
 def test_evaluation_reads_and_writes_gcs(evaluated):

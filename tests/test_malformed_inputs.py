@@ -22,6 +22,7 @@ from absl import app
 import gin
 import pytest
 
+from hybridir import artifacts
 from hybridir import data as data_cli
 from hybridir import evaluate as evaluate_cli
 from hybridir import export
@@ -330,8 +331,8 @@ def _exported() -> tuple[pathlib.Path, pathlib.Path]:
   vocabulary = families.train_vocabulary("t5", texts, str(folder / "a"), 300)
   other = families.train_vocabulary("t5", texts[::-1][:len(texts) // 2], str(folder / "b"), 300)
   model = dual_encoder.DualEncoder(test_export.CONFIGS["t5"])
-  export.export_encoder(str(folder / "artifact"), model, test_export.random_params(model),
-                        vocabulary)
+  artifacts.export_encoder(str(folder / "artifact"), model, test_export.random_params(model),
+                           vocabulary)
   return folder / "artifact", pathlib.Path(other)
 
 
@@ -351,7 +352,7 @@ def _sha(path) -> str:
 
 def load_encoder_swapped_vocabulary(tmp):
   artifact = _artifact_copy(tmp)
-  vocabulary = artifact / export.SPM_FILE
+  vocabulary = artifact / artifacts.SPM_FILE
   expected = _sha(vocabulary)
   shutil.copy(_exported()[1], vocabulary)
   return ("load_encoder", _load(artifact),
@@ -361,26 +362,26 @@ def load_encoder_swapped_vocabulary(tmp):
 
 def load_encoder_missing_params(tmp):
   artifact = _artifact_copy(tmp)
-  shutil.rmtree(artifact / export.PARAMS_DIR)
+  shutil.rmtree(artifact / artifacts.PARAMS_DIR)
   return ("load_encoder", _load(artifact),
-          f"error: {artifact / export.PARAMS_DIR}: missing (the artifact's parameters)", [])
+          f"error: {artifact / artifacts.PARAMS_DIR}: missing (the artifact's parameters)", [])
 
 
 def load_encoder_manifest_without_config(tmp):
   artifact = _artifact_copy(tmp)
-  manifest = json.loads((artifact / export.MANIFEST).read_text())
+  manifest = json.loads((artifact / artifacts.MANIFEST).read_text())
   del manifest["encoder_config"], manifest["vocabulary"]["sha256"]
-  (artifact / export.MANIFEST).write_text(json.dumps(manifest))
+  (artifact / artifacts.MANIFEST).write_text(json.dumps(manifest))
   return ("load_encoder", _load(artifact),
-          f"error: {artifact / export.MANIFEST}: missing encoder_config, vocabulary.sha256", [])
+          f"error: {artifact / artifacts.MANIFEST}: missing encoder_config, vocabulary.sha256", [])
 
 
 def load_encoder_other_dims(tmp):
   artifact = _artifact_copy(tmp)
-  manifest = json.loads((artifact / export.MANIFEST).read_text())
+  manifest = json.loads((artifact / artifacts.MANIFEST).read_text())
   manifest["encoder_config"]["num_heads"] = 2
-  (artifact / export.MANIFEST).write_text(json.dumps(manifest))
-  params = artifact / export.PARAMS_DIR
+  (artifact / artifacts.MANIFEST).write_text(json.dumps(manifest))
+  params = artifact / artifacts.PARAMS_DIR
   return ("load_encoder", _load(artifact),
           f"error: {params}: does not fit the manifest's model (9 problems): shape mismatch "
           "encoder/layers_0/attention/key/kernel: checkpoint (16, 24), model (16, 16); shape "

@@ -11,8 +11,9 @@ import sys
 import pytest
 import pytrec_eval
 
+from hybridir import artifacts
 from hybridir import export
-from hybridir import evaluate
+from hybridir import trec
 from hybridir.models import dual_encoder
 from hybridir.models import t5
 from tests.conftest import REPO_ROOT
@@ -62,7 +63,7 @@ def test_readme_chain_runs_as_written_with_quiet_logs_and_closing_lines(tmp_path
   result = run(export_command, model_dir)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "python -m hybridir.evaluate --encoder" in closing_next_command(result.stderr)
-  manifest = export.read_manifest(f"{model_dir}/export")
+  manifest = artifacts.read_manifest(f"{model_dir}/export")
   assert manifest["max_length"] == 64 and manifest["text_format"]["query_prefix"] == "Query: "
 
   result = run(beir, model_dir)
@@ -80,7 +81,7 @@ def test_readme_chain_runs_as_written_with_quiet_logs_and_closing_lines(tmp_path
   for line in (tmp_path / "smoke" / "mlqa_r_en_de" / "qrels.tsv").read_text().splitlines()[1:]:
     qid, docid, score = line.split("\t")
     qrels.setdefault(qid, {})[docid] = int(score)
-  trec_run = evaluate.read_trec_run(str(folder / "run.trec"))
+  trec_run = trec.read_run(str(folder / "run.trec"))
   per_query = pytrec_eval.RelevanceEvaluator(qrels, {"recall.100", "ndcg_cut.10"}).evaluate(
       trec_run)
   for ours, theirs in (("recall_100", "recall_100"), ("ndcg_cut_10", "ndcg_cut_10")):

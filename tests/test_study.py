@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from hybridir import export
+from hybridir import artifacts
 from hybridir import miracl
 from hybridir import retrieval_data
 from hybridir import study
@@ -52,7 +52,7 @@ def test_demo_and_a_gin_run_give_identical_numbers_and_the_gin_run_keeps_its_exp
     demo = json.load(f)
   assert gin_run["train"]["history"] == demo["train"]["history"]
   assert gin_run["evaluation"] == demo["evaluation"]
-  kept = export.read_manifest(str(tmp_path / "export"))["metadata"]
+  kept = artifacts.read_manifest(str(tmp_path / "export"))["metadata"]
   assert kept["step"] == gin_run["train"]["chosen_step"]
 
 

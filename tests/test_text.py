@@ -7,7 +7,7 @@ import pytest
 
 import tasks
 from hybridir import corpora
-from hybridir import export
+from hybridir import encoder as encoder_lib
 from hybridir import input_pipeline
 from hybridir import retrieval_data
 from hybridir import text
@@ -97,7 +97,7 @@ def tiny_encoder(family, vocabulary, max_length):
   model = dual_encoder.DualEncoder(config)
   tokens = np.ones((1, 4), np.int32)
   params = model.init(jax.random.PRNGKey(0), tokens, tokens)["params"]
-  return export.Encoder(model, params, vocabulary, max_length)
+  return encoder_lib.Encoder(model, params, vocabulary, max_length)
 
 
 @pytest.mark.parametrize("family", ["t5", "xlmr"])

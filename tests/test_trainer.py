@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
 
-from hybridir import export
+from hybridir import checkpoints
 from hybridir import optim
 from hybridir import partitioning
 from hybridir import text
@@ -196,7 +196,6 @@ def test_init_from_imported_checkpoint_with_wrong_shapes_names_them(tmp_path, da
 
 def test_keeps_the_last_checkpoint_plus_the_best_by_eval_metric(tmp_path):
   import functools
-  from hybridir import checkpoints
   keep = functools.partial(checkpoints.Checkpointer, keep_last=1, keep_best=1, best_mode="max")
   result = run(tmp_path, 8, checkpoint_period=2, eval_input=SyntheticPairs(), eval_period=2,
                eval_steps=1, best_metric="eval/loss", checkpointer_fn=keep)
@@ -225,8 +224,8 @@ def test_checkpoint_records_the_inputs_text_format_and_passage_length_for_export
     text_format = text.TextFormat("q: ", "p: ", "sentence")
 
   run(tmp_path, 1, FormattedPairs(), checkpoint_period=1)
-  assert export.training_text_format(str(tmp_path), 1) == FormattedPairs.text_format
-  identity = export._run_identity(str(tmp_path), 1)[1]
+  assert checkpoints.training_text_format(str(tmp_path), 1) == FormattedPairs.text_format
+  identity = checkpoints.run_identity(str(tmp_path), 1)[1]
   assert identity["task_feature_lengths"]["passage"] == LENGTHS["passage"]
 
 
@@ -234,7 +233,6 @@ def test_the_best_checkpoint_survives_a_restart_and_is_found_from_disk(tmp_path)
   """Orbax forgets the metrics of steps saved before a restart unless they are written beside
   them: then the resumed run would delete the best checkpoint and early stopping pick another."""
   import functools
-  from hybridir import checkpoints
   keep = functools.partial(checkpoints.Checkpointer, keep_last=1, keep_best=1, best_mode="max")
   options = dict(checkpoint_period=2, eval_input=SyntheticPairs(), eval_period=2, eval_steps=1,
                  best_metric="eval/loss", checkpointer_fn=keep)
