@@ -1,7 +1,9 @@
 """Measured peak matmul rate (FLOP/s) of this machine: one large square matmul, jitted, best of N.
 
-The denominator of model-FLOPs utilisation (bench/train_step.py). Reports JAX (XLA:CPU) and,
-as a reference for what the hardware can do, PyTorch, in float32 and bfloat16. `--forms` also
+The denominator of model-FLOPs utilisation (bench/train_step.py). Reports the CPU's model and
+vector features (`cpu_features`) and JAX (XLA:CPU) and, as a reference for what the hardware can
+do, PyTorch, in float32 and bfloat16; PyTorch's bfloat16 only on a CPU with bf16 units
+(`has_bf16_units`: elsewhere it is emulated at ~1 GFLOP/s, minutes per probe). `--forms` also
 times the dense layer's forward and backward matmuls ([tokens, in] @ [in, out]) in the forms
 XLA:CPU may see them: bf16 or float32 results, transposed operands folded into the dot (what
 autodiff gives) or materialised first (`hybridir.models.layers._transposed`).
@@ -22,6 +24,37 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from hybridir.models import layers  # noqa: E402
+
+
+# /proc/cpuinfo flags that decide the matmul rates: 256-/512-bit vectors and bf16 units.
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_features(path: str = "/proc/cpuinfo") -> dict:
+  """{'model': the first processor's model name, 'flags': those of CPU_FLAGS it has}."""
+  model, flags = "unknown", set()
+  try:
+    with open(path) as f:
+      for line in f:
+        name, _, value = line.partition(":")
+        if name.strip() == "model name" and model == "unknown":
+          model = value.strip()
+        elif name.strip() == "flags":
+          flags = set(value.split())
+          break
+  except OSError:
+    pass
+  return {"model": model, "flags": [flag for flag in CPU_FLAGS if flag in flags]}
+
+
+def has_bf16_units(features: dict) -> bool:
+  """Whether bfloat16 matmuls run natively (AVX512-BF16 or AMX), not emulated."""
+  return bool({"avx512_bf16", "amx_bf16"} & set(features["flags"]))
+
+
+def describe_cpu(features: dict) -> str:
+  return (f"CPU: {features['model']}, {os.cpu_count()} cores, flags "
+          f"{' '.join(features['flags']) or 'none of ' + ' '.join(CPU_FLAGS)}")
 
 
 def jax_matmul_rate(dtype: str = "float32", size: int = 4096, repeats: int = 5) -> float:
@@ -90,11 +123,16 @@ def main():
   args = parser.parse_args()
   import torch
   torch.set_num_threads(os.cpu_count())
+  features = cpu_features()
+  print(describe_cpu(features))
   print(f"{args.size}x{args.size} matmul, best of {args.repeats}, {os.cpu_count()} cores")
   print(f"{'implementation':<16}{'dtype':<10}{'GFLOP/s':>10}")
   for dtype in ("float32", "bfloat16"):
     print(f"{'jax (jit)':<16}{dtype:<10}"
           f"{jax_matmul_rate(dtype, args.size, args.repeats) / 1e9:>10.1f}")
+    if dtype == "bfloat16" and not has_bf16_units(features):
+      print("pytorch bfloat16: skipped, this CPU has no bf16 units (PyTorch would emulate it)")
+      continue
     print(f"{'pytorch':<16}{dtype:<10}"
           f"{torch_matmul_rate(dtype, args.size, args.repeats) / 1e9:>10.1f}")
   if args.forms:

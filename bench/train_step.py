@@ -2,10 +2,13 @@
 
 speed: one full step (queries and passages through the shared encoder, dropout 0.1, in-batch
 softmax loss at temperature 0.05, backward, global-norm clipping 1.0, optimizer update) from
-`train_step.make_train_step`, jitted once (compile excluded), with AdamW and with Adafactor,
-alternating step by step with the same step in eager PyTorch (transformers' MT5EncoderModel /
-XLMRobertaModel with the same dims, mean pooling + L2 norm, cross-entropy over q @ p.T / 0.05,
-torch.optim.AdamW, model.train()); bfloat16 runs the peer under torch.autocast (float32 weights).
+`train_step.make_train_step`, jitted once (compile excluded), with AdamW and with Adafactor, each
+with the layers' formulations (`--kernels`: "cpu", tuned for XLA:CPU, and "portable";
+hybridir.models.layers), alternating step by step with the same step in eager PyTorch
+(transformers' MT5EncoderModel / XLMRobertaModel with the same dims, mean pooling + L2 norm,
+cross-entropy over q @ p.T / 0.05, torch.optim.AdamW, model.train()); bfloat16 runs the peer under torch.autocast (float32 weights),
+only on a CPU with bf16 units (AVX512-BF16 or AMX; elsewhere PyTorch emulates bf16 matmuls at
+~1 GFLOP/s and the peer is skipped, saying so). The header names the CPU and its vector features.
 Each implementation runs in worker processes of its own, one at a time, in alternating rounds
 (compile, warm-up, `--repeats` timed steps per round); peak RSS per implementation reported.
 Every worker, ours and the peer's, starts with the same GLIBC_TUNABLES (`--glibc_tunables`,
@@ -15,7 +18,8 @@ memory: in a subprocess, a few steps of a full-vocabulary mT5-base dual encoder 
 reporting peak RSS and parameter / optimizer-state sizes.
 
   python bench/train_step.py [--models mt5_small,xlmr_base] [--dtypes float32,bfloat16]
-      [--batch_size 32] [--query_length 64] [--passage_length 256] [--rounds 2] [--repeats 2]
+      [--kernels cpu,portable] [--optimizers adamw,adafactor] [--batch_size 32]
+      [--query_length 64] [--passage_length 256] [--rounds 2] [--repeats 2]
       [--parts speed,memory] [--memory_model mt5_base] [--memory_batch_size 8]
       [--glibc_tunables glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:...]
 """
@@ -48,11 +52,13 @@ TEMPERATURE = 0.05
 CLIP_NORM = 1.0
 
 
-def load_model(name: str, dtype: str):
-  """The gin model file's DualEncoder with ACTIVATION_DTYPE set (dropout as configured)."""
+def load_model(name: str, dtype: str, kernels: str = "cpu"):
+  """The gin model file's DualEncoder with ACTIVATION_DTYPE and KERNELS set (dropout as
+  configured); the random streams as the trainer sets them for `kernels`."""
   gin.clear_config()
-  gin_utils.parse([f"gin_configs/models/{name}.gin"], [f"ACTIVATION_DTYPE = '{dtype}'"],
-                  finalize=False)
+  gin_utils.parse([f"gin_configs/models/{name}.gin"],
+                  [f"ACTIVATION_DTYPE = '{dtype}'", f"KERNELS = '{kernels}'"], finalize=False)
+  jax.config.update("jax_threefry_partitionable", kernels != "cpu")  # As trainer.train does.
   return gin_utils.evaluate("MODEL")
 
 
@@ -184,9 +190,10 @@ class StepWorker:
   ~30% (BENCHMARKS.md).
   """
 
-  def __init__(self, args, implementation: str, name: str, dtype: str):
+  def __init__(self, args, implementation: str, name: str, dtype: str, kernels: str = "cpu"):
     command = [sys.executable, os.path.abspath(__file__), "--step_worker", implementation,
-               "--models", name, "--dtypes", dtype, "--batch_size", str(args.batch_size),
+               "--models", name, "--dtypes", dtype, "--kernels", kernels,
+               "--batch_size", str(args.batch_size),
                "--query_length", str(args.query_length),
                "--passage_length", str(args.passage_length), "--threads", str(args.threads),
                "--learning_rate", str(args.learning_rate),
@@ -226,7 +233,7 @@ def worker_env(args) -> dict:
 def step_worker(args):
   """The worker's side of StepWorker: builds one step, then runs one per 'step' line on stdin."""
   name, dtype = args.models, args.dtypes
-  model = load_model(name, dtype)
+  model = load_model(name, dtype, args.kernels)
   batch = make_batch(model.encoder_config, args.batch_size, args.query_length,
                      args.passage_length)
   if args.step_worker == "pytorch":
@@ -250,14 +257,20 @@ def speed_config(args, peaks, name, dtype):
   cfg = load_model(name, dtype).encoder_config
   step_flops = flops.train_step_flops(cfg, args.batch_size,
                                       (args.query_length, args.passage_length))
-  implementations = {f"hybridir jit {optimizer}": optimizer
+  implementations = {f"hybridir jit {optimizer} {kernels}": (optimizer, kernels)
+                     for kernels in args.kernels.split(",")
                      for optimizer in args.optimizers.split(",")}
-  if args.peer:
-    implementations["pytorch eager adamw"] = "pytorch"
+  peer = args.peer
+  if peer and dtype == "bfloat16" and not peak_matmul.has_bf16_units(args.cpu):
+    print(f"\n{name} {dtype}: PyTorch peer skipped, this CPU has no bf16 units (AVX512-BF16 or "
+          "AMX): PyTorch would emulate bf16 matmuls")
+    peer = False
+  if peer:
+    implementations["pytorch eager adamw"] = ("pytorch", "cpu")  # kernels: unused
   compile_s, timings, peak_rss = {}, {label: [] for label in implementations}, {}
   for _ in range(args.rounds):
-    for label, implementation in implementations.items():
-      worker = StepWorker(args, implementation, name, dtype)
+    for label, (implementation, kernels) in implementations.items():
+      worker = StepWorker(args, implementation, name, dtype, kernels)
       first = worker.step()  # Compiles; later warm-up steps settle allocations.
       compile_s.setdefault(label, first)
       for _ in range(args.warmup_steps - 1):
@@ -268,14 +281,14 @@ def speed_config(args, peaks, name, dtype):
         f"{dtype} activations, batch {args.batch_size}, query {args.query_length}, passage "
         f"{args.passage_length}, dropout {cfg.dropout_rate}, {args.rounds} alternating rounds "
         f"of {args.repeats} steps; model FLOPs/step {step_flops / 1e12:.3f} T; "
-        f"GLIBC_TUNABLES={args.glibc_tunables!r}")
-  print(f"{'implementation':<24}{'median s':>9}{'min s':>8}{'ex/s':>7}{'GFLOP/s':>9}"
+        f"GLIBC_TUNABLES={args.glibc_tunables!r}; {peak_matmul.describe_cpu(args.cpu)}")
+  print(f"{'implementation':<33}{'median s':>9}{'min s':>8}{'ex/s':>7}{'GFLOP/s':>9}"
         f"{'MFU f32':>9}{'first s':>9}{'RSS GiB':>9}  every run (s)")
   medians, rows = {}, []
   for label, times in timings.items():
     median = medians[label] = float(np.median(times))
     rate = step_flops / median
-    print(f"{label:<24}{median:>9.2f}{min(times):>8.2f}{args.batch_size / median:>7.2f}"
+    print(f"{label:<33}{median:>9.2f}{min(times):>8.2f}{args.batch_size / median:>7.2f}"
           f"{rate / 1e9:>9.1f}{rate / peaks['jax float32']:>9.1%}{compile_s[label]:>9.1f}"
           f"{peak_rss[label] / 2**30:>9.2f}  "
           + " ".join(f"{t:.2f}" for t in times), flush=True)
@@ -283,11 +296,19 @@ def speed_config(args, peaks, name, dtype):
                  "min_s": min(times), "examples_per_s": args.batch_size / median,
                  "gflops": rate / 1e9, "mfu_f32": rate / peaks["jax float32"],
                  "first_s": compile_s[label], "times": times, "peak_rss_bytes": peak_rss[label]})
-  if args.peer:
-    for label in medians:
-      if label.startswith("hybridir"):
-        print(f"ratio {label} / pytorch eager adamw (examples/s): "
-              f"{medians['pytorch eager adamw'] / medians[label]:.2f}x", flush=True)
+  best = {label: min(times) for label, times in timings.items()}
+  peer_label = "pytorch eager adamw"
+  for label in medians:
+    if peer and label.startswith("hybridir"):
+      print(f"ratio {label} / {peer_label} (examples/s): medians "
+            f"{medians[peer_label] / medians[label]:.2f}x, "
+            f"best {best[peer_label] / best[label]:.2f}x", flush=True)
+  for optimizer in args.optimizers.split(","):
+    cpu, portable = f"hybridir jit {optimizer} cpu", f"hybridir jit {optimizer} portable"
+    if cpu in medians and portable in medians:
+      print(f"ratio {cpu} / {portable} kernels (examples/s): medians "
+            f"{medians[portable] / medians[cpu]:.2f}x, best {best[portable] / best[cpu]:.2f}x",
+            flush=True)
   return rows
 
 
@@ -299,7 +320,7 @@ def timed(fn) -> float:
 
 def memory_child(args):
   """Runs in a fresh process (no torch): a few steps; prints one JSON line with the sizes."""
-  model = load_model(args.memory_model, args.memory_dtype)
+  model = load_model(args.memory_model, args.memory_dtype, args.memory_kernels)
   cfg = model.encoder_config
   batch = make_batch(cfg, args.memory_batch_size, args.query_length, args.passage_length)
   jax_batch = jax.tree.map(jnp.asarray, batch)
@@ -334,7 +355,7 @@ def memory_child(args):
 def run_memory(args):
   command = [sys.executable, os.path.abspath(__file__), "--memory_child",
              "--memory_model", args.memory_model, "--memory_dtype", args.memory_dtype,
-             "--memory_optimizer", args.memory_optimizer,
+             "--memory_optimizer", args.memory_optimizer, "--memory_kernels", args.memory_kernels,
              "--memory_batch_size", str(args.memory_batch_size),
              "--memory_steps", str(args.memory_steps),
              "--memory_grad_cache_chunks", str(args.memory_grad_cache_chunks),
@@ -347,6 +368,7 @@ def run_memory(args):
   wall = time.perf_counter() - start
   lines = [line for line in process.stdout.splitlines() if line.startswith("MEMORY_RESULT ")]
   print(f"\nmemory: {args.memory_model} dual encoder, {args.memory_dtype} activations, "
+        f"{args.memory_kernels} kernels, "
         f"{args.memory_optimizer}, batch {args.memory_batch_size}, query {args.query_length}, "
         f"passage {args.passage_length}, grad_cache_chunks {args.memory_grad_cache_chunks}, "
         f"{args.memory_steps} steps in a subprocess ({wall:.0f} s wall)")
@@ -374,6 +396,8 @@ def main():
   parser.add_argument("--models", default="mt5_small,xlmr_base", help="gin_configs/models names")
   parser.add_argument("--dtypes", default="float32,bfloat16", help="ACTIVATION_DTYPE values")
   parser.add_argument("--optimizers", default="adamw,adafactor", help="for hybridir's step")
+  parser.add_argument("--kernels", default="cpu,portable",
+                      help="KERNELS values for hybridir's step (hybridir.models.layers)")
   parser.add_argument("--peer", type=int, default=1, help="0: skip the PyTorch peer")
   parser.add_argument("--glibc_tunables", default="",
                       help="GLIBC_TUNABLES of every worker, ours and the peer's (default: "
@@ -392,13 +416,14 @@ def main():
   parser.add_argument("--memory_model", default="mt5_base")
   parser.add_argument("--memory_dtype", default="float32")
   parser.add_argument("--memory_optimizer", default="adafactor")
+  parser.add_argument("--memory_kernels", default="cpu")
   parser.add_argument("--memory_batch_size", type=int, default=8)
   parser.add_argument("--memory_steps", type=int, default=3)
   parser.add_argument("--memory_grad_cache_chunks", type=int, default=1)
   parser.add_argument("--memory_child", action="store_true", help=argparse.SUPPRESS)
   parser.add_argument("--step_worker", help=argparse.SUPPRESS)
   args = parser.parse_args()
-  jax.config.update("jax_threefry_partitionable", False)  # As the trainer does on CPU.
+  args.cpu = peak_matmul.cpu_features()
   if args.memory_child:
     return memory_child(args)
   if args.step_worker:
@@ -410,6 +435,7 @@ def main():
     raise SystemExit(f"--parts must be a comma list of speed, memory; got {args.parts!r}")
   print(f"jax {jax.__version__} ({jax.default_backend()}), {os.cpu_count()} cores, load average "
         f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+  print(peak_matmul.describe_cpu(args.cpu))
   if "speed" in parts:
     import torch
     torch.set_num_threads(args.threads)
@@ -417,7 +443,7 @@ def main():
     for dtype in ("float32", "bfloat16"):
       peaks[f"jax {dtype}"] = peak_matmul.jax_matmul_rate(dtype, args.matmul_size,
                                                           args.matmul_repeats)
-      if args.peer:
+      if args.peer and (dtype == "float32" or peak_matmul.has_bf16_units(args.cpu)):
         peaks[f"pytorch {dtype}"] = peak_matmul.torch_matmul_rate(dtype, args.matmul_size,
                                                                   args.matmul_repeats)
     print(f"peak matmul ({args.matmul_size}^2, best of {args.matmul_repeats}), GFLOP/s: "

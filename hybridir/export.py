@@ -52,7 +52,7 @@ def export_from_training_checkpoint(model_dir: str, output_dir: str,
 
 
 # Encoder settings that shape no parameter: a model file may differ from the run in them.
-TRAINING_ONLY_FIELDS = ("dropout_rate", "scan_layers", "dtype")
+TRAINING_ONLY_FIELDS = ("dropout_rate", "scan_layers", "dtype", "kernels")
 
 
 def run_model_and_vocabulary(model_dir: str, model: dual_encoder.DualEncoder | None,

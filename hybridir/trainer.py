@@ -88,10 +88,10 @@ def train(*, model: dual_encoder.DualEncoder, train_input: Any, task_feature_len
   missing = {"query", "passage"} - set(task_feature_lengths)
   if missing:
     raise ValueError(f"task_feature_lengths lacks {sorted(missing)}: {task_feature_lengths}")
-  if jax.default_backend() == "cpu":
-    # The cheapest dropout bits on XLA:CPU (BENCHMARKS.md, "Layouts for XLA:CPU"); TPU/GPU keep
-    # the default.
-    jax.config.update("jax_threefry_partitionable", False)
+  # "cpu" kernels: the cheapest dropout bits on XLA:CPU (BENCHMARKS.md, "Layouts for XLA:CPU");
+  # otherwise JAX's default, set either way so that a run's random streams follow its config.
+  jax.config.update("jax_threefry_partitionable",
+                    getattr(model.encoder_config, "kernels", "portable") != "cpu")
   train_input = _host_input(train_input)
   eval_input = _host_input(eval_input) if eval_input is not None else None
   _check_vocabulary_fits(train_input, model)
@@ -252,10 +252,13 @@ def _closing(checkpointer):
 
 
 def run_identity(model, train_input, task_feature_lengths: dict, seed: int) -> dict:
-  """The settings that define a run's model and data stream, as plain JSON values."""
+  """The settings that define a run's model and data stream, as plain JSON values. The encoder's
+  `kernels` is not one: it changes how the model is computed, not what, so a run may resume
+  with the other formulation (and checkpoints written before the field existed resume)."""
   describe = getattr(train_input, "identity", None)
+  encoder = {k: v for k, v in dataclasses.asdict(model.encoder_config).items() if k != "kernels"}
   identity = {"seed": seed, "task_feature_lengths": dict(task_feature_lengths),
-              "model": dataclasses.asdict(model.encoder_config),
+              "model": encoder,
               "input": describe() if callable(describe) else {
                   "input": str(getattr(train_input, "name", "")),
                   "batch_size": getattr(train_input, "batch_size", None)}}

@@ -1,4 +1,5 @@
 """Exported artifacts and Hugging Face exports encode exactly like the parameters they came from."""
+import dataclasses
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ from hybridir import encoder as encoder_lib
 from hybridir import export
 from hybridir import hf_export
 from hybridir import importers
+from hybridir import run_dir
 from hybridir import text
 from hybridir import train_step
 from hybridir.models import dual_encoder
@@ -148,6 +150,30 @@ def test_artifact_without_a_text_format_encodes_bare_texts_as_before(tmp_path, s
                              bare.encode(TEXTS, "passage"), atol=1e-6)
   with pytest.raises(ValueError, match="exported with text_format="):
     hybridir.load_encoder(artifact, text_format=text.TextFormat())
+
+
+def test_artifact_from_before_kernels_were_recorded_loads_with_the_portable_layers(tmp_path,
+                                                                                   spm_models):
+  model = dual_encoder.DualEncoder(dataclasses.replace(CONFIGS["xlmr"], kernels="cpu"))
+  params = random_params(model)
+  artifact = export.export_encoder(str(tmp_path / "a"), model, params, spm_models["xlmr"],
+                                   max_length=128)
+  manifest = export.read_manifest(artifact)
+  assert manifest["encoder_config"].pop("kernels") == "cpu"
+  export._write_manifest(artifact, manifest)
+  encoder = hybridir.load_encoder(artifact)
+  assert encoder.model.encoder_config == CONFIGS["xlmr"]  # kernels="portable", the default.
+  np.testing.assert_allclose(encoder.encode(TEXTS, "passage"),
+                             reference_encoder(model, params, spm_models["xlmr"]).encode(
+                                 TEXTS, "passage"), atol=1e-5)
+
+
+def test_run_description_from_before_kernels_were_recorded_builds_the_portable_model():
+  description = json.loads(json.dumps(run_dir.model_description(
+      dual_encoder.DualEncoder(dataclasses.replace(CONFIGS["t5"], kernels="cpu")))))
+  del description["encoder_config"]["kernels"]
+  model = run_dir.model_from_description(description, "encoder.json")
+  assert model.encoder_config == CONFIGS["t5"]
 
 
 def test_params_that_do_not_fit_the_model_are_refused_before_writing(tmp_path, spm_models):

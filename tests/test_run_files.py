@@ -40,6 +40,21 @@ def test_study_config_builds_its_published_model_from_a_checkpoint(path):
   gin.clear_config()
 
 
+@pytest.mark.parametrize("path,kernels", [
+    *[(p, "portable") for p in STUDY_FILES if not p.endswith("/base.gin")],
+    *[(f"gin_configs/runs/{p}.gin", "cpu")
+      for p in ("smoke", "study/demo_mt5", "study/demo_xlmr", "study/demo_labse")]],
+    ids=os.path.basename)
+def test_cpu_runs_use_the_cpu_layers_and_tpu_runs_the_portable_ones(path, kernels):
+  """The CPU demo and smoke run keep the XLA:CPU-tuned layers (their numbers unchanged); the
+  study's TPU runs get the portable default (hybridir.models.layers)."""
+  gin.clear_config()
+  gin_utils.parse([path], ["MODEL_DIR = '/tmp/x'", "CORPUS_DIR = '/tmp/corpus'",
+                           "SPM_PATH = '/tmp/spm.model'"], finalize=False)
+  assert gin_utils.evaluate("MODEL").encoder_config.kernels == kernels
+  gin.clear_config()
+
+
 @pytest.mark.parametrize("path", ["runs/smoke.gin", "runs/eval.gin", "runs/study/demo_mt5.gin",
                                   "runs/study/demo_xlmr.gin", "runs/study/demo_labse.gin"])
 def test_data_paths_follow_hybridir_data_dir_else_shared_data(path, monkeypatch):

@@ -40,10 +40,10 @@ class SyntheticPairs:
                 pair_ids=np.arange(self.batch_size, dtype=np.int32) + 1000 * step)
 
 
-def tiny_model(dropout_rate=0.0):
+def tiny_model(dropout_rate=0.0, kernels="portable"):
   return dual_encoder.DualEncoder(t5.T5Config(
       vocab_size=64, emb_dim=16, num_layers=2, num_heads=2, head_dim=8, mlp_dim=32,
-      dropout_rate=dropout_rate))
+      dropout_rate=dropout_rate, kernels=kernels))
 
 
 def adamw(learning_rate_schedule):
@@ -176,6 +176,18 @@ def test_resuming_with_other_run_settings_is_refused_unless_allowed(tmp_path):
     run(tmp_path, 6, seed=3)
   resumed = run(tmp_path, 6, seed=3, allow_changed_run=True)
   assert [h["step"] for h in resumed.history] == [5, 6]
+
+
+def test_a_run_resumes_with_the_other_kernels_and_its_random_streams_follow_them(tmp_path):
+  """`kernels` changes how the model is computed, not what: no part of the run's identity. The
+  "cpu" kernels use the non-partitionable threefry (the cheap one on XLA:CPU), others JAX's
+  default."""
+  run(tmp_path, 4, model=tiny_model(0.1, "cpu"))
+  assert not jax.config.jax_threefry_partitionable
+  resumed = run(tmp_path, 6, model=tiny_model(0.1, "portable"))
+  assert [h["step"] for h in resumed.history] == [5, 6]
+  assert jax.config.jax_threefry_partitionable
+  assert "kernels" not in export._run_identity(str(tmp_path), 6)[1]["model"]
 
 
 def test_vocabulary_larger_than_the_embedding_fails_before_training(tmp_path):

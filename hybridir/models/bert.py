@@ -41,6 +41,7 @@ class BertConfig:
   initializer_range: float = 0.02  # Stddev of every weight's normal initialiser (HF's name).
   dtype: str = "float32"  # Activation dtype; parameters are always float32.
   scan_layers: bool = False  # One compiled layer scanned over (layers.encoder_layers): for TPU.
+  kernels: str = "portable"  # layers.KERNELS: "cpu" for the XLA:CPU-tuned layers.
   pad_id: int = 0
 
   family = "bert"
@@ -52,6 +53,7 @@ class BertConfig:
         raise ValueError(f"BertConfig.{name} must be positive, got {getattr(self, name)}")
     layers.activation(self.mlp_activation)
     jnp.dtype(self.dtype)
+    layers.check_kernels("BertConfig", self.kernels)
 
   @property
   def max_length(self) -> int:
@@ -83,7 +85,7 @@ class BertEncoder(nn.Module):
         token_types)
     x = layers.LayerNorm(cfg.layer_norm_epsilon, dtype, name="embedding_norm")(x)
     x = layers.constrain(x, ("batch", "length", "embed"))
-    x = layers.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    x = layers.Dropout(cfg.dropout_rate, cfg.kernels)(x, deterministic=deterministic)
     bias = layers.padding_bias(mask)
     x = layers.encoder_layers(self, xlmr.EncoderLayer(cfg, parent=None), cfg.num_layers, x, bias,
                               deterministic, cfg.scan_layers)

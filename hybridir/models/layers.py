@@ -2,13 +2,19 @@
 
 Every parameter carries logical axis names (flax `nn.with_logical_partitioning`) and the main
 activations carry logical constraints, so that `hybridir.partitioning` can shard them by rules.
-Dense projections run as 2-D matmuls ([tokens, features]) and attention is computed heads-major:
-both measured faster on XLA:CPU (BENCHMARKS.md, "Layouts for XLA:CPU") and neutral on TPU. With
-bfloat16 activations every dense matmul, forward and backward, multiplies bf16 operands with float32
-accumulation (`matmul`), and dropout draws 16 random bits per element (`Dropout`): both measured
-in BENCHMARKS.md ("Training step"). What the backward pass keeps is held to one copy of each
-activation in the activation dtype: attention has a hand-written gradient (`attend`), norms and
-MLP activations are recomputed from their inputs (BENCHMARKS.md, "Activation memory").
+Dense projections run as 2-D matmuls ([tokens, features]); norms and MLP activations are recomputed
+from their inputs in the backward pass (BENCHMARKS.md, "Activation memory").
+
+Two formulations, chosen by the encoder config's `kernels` (`KERNELS`):
+- "portable" (the default): what any backend compiles well. Dense matmuls are `jnp.dot` with
+  float32 accumulation differentiated by autodiff, dropout is a Bernoulli keep mask (as
+  `nn.Dropout`), and attention without probability dropout is `jax.nn.dot_product_attention`, so
+  that a backend may use its fused kernel; with probability dropout, the softmax expression.
+- "cpu": tuned for XLA:CPU (BENCHMARKS.md, "Training step" and its "Layouts for XLA:CPU",
+  "bfloat16 on XLA:CPU" and "Activation memory" sections). bf16 matmuls have a custom backward
+  whose transposed operands are copied row-major (`_low_precision_matmul`), dropout draws 16
+  random bits per element, and attention is computed heads-major with a hand-written gradient
+  that keeps one bf16 copy of the probabilities (`attend`).
 """
 import functools
 from typing import Callable, Sequence
@@ -22,6 +28,14 @@ Initializer = Callable[..., Array]
 
 # Large negative logit for masked attention keys (finite, so fully padded rows stay finite).
 MASK_VALUE = -1e10
+# The formulations an encoder config's `kernels` selects (module docstring).
+KERNELS = ("portable", "cpu")
+
+
+def check_kernels(owner: str, kernels: str) -> None:
+  """Raises a one-line ValueError naming `owner`.kernels unless it is one of KERNELS."""
+  if kernels not in KERNELS:
+    raise ValueError(f"{owner}.kernels must be one of {KERNELS}, got {kernels!r}")
 
 
 def constrain(x: Array, axes: Sequence[str]) -> Array:
@@ -34,20 +48,23 @@ def param_with_axes(module: nn.Module, name: str, init: Initializer, shape, axes
   return module.param(name, nn.with_logical_partitioning(init, tuple(axes)), shape, dtype)
 
 
-def matmul(x: Array, kernel: Array, dtype: jnp.dtype) -> Array:
+def matmul(x: Array, kernel: Array, dtype: jnp.dtype, kernels: str = "portable") -> Array:
   """x [tokens, in] @ kernel [in, out] with `dtype` operands, accumulated and returned in float32.
 
   `x` must already be `dtype`; `kernel` is the float32 parameter, cast here so that its gradient
-  is accumulated and returned in float32. In float32 this is a plain dot. In a lower precision the
-  backward pass multiplies `dtype` operands too (the incoming gradient is cast to `dtype`, as
-  mixed-precision training does; bf16 x bf16 -> f32 is what a TPU's MXU does).
+  is accumulated and returned in float32. In float32 this is a plain dot either way. In a lower
+  precision, "portable" differentiates the dot by autodiff; "cpu" has a custom backward that
+  multiplies `dtype` operands too (the incoming gradient cast to `dtype`, as mixed-precision
+  training does), its transposed operands materialised for XLA:CPU (`_transposed`).
   """
   dtype = jnp.dtype(dtype)
   if x.dtype != dtype:
     raise TypeError(f"matmul: x is {x.dtype}, expected {dtype}")
   if dtype == jnp.float32:
     return jnp.dot(x, kernel, preferred_element_type=jnp.float32)
-  return _low_precision_matmul(x, kernel, dtype)
+  if kernels == "cpu":
+    return _low_precision_matmul(x, kernel, dtype)
+  return jnp.dot(x, kernel.astype(dtype), preferred_element_type=jnp.float32)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -95,6 +112,7 @@ class Dense(nn.Module):
   dtype: jnp.dtype = jnp.float32
   kernel_init: Initializer = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
   bias_init: Initializer = nn.initializers.zeros
+  kernels: str = "portable"  # KERNELS: how a low-precision matmul is differentiated (`matmul`).
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -102,7 +120,7 @@ class Dense(nn.Module):
     kernel = param_with_axes(self, "kernel", self.kernel_init, (in_features, self.features),
                              self.kernel_axes)
     leading = x.shape[:-1]
-    y = matmul(x.reshape(-1, in_features).astype(self.dtype), kernel, self.dtype)
+    y = matmul(x.reshape(-1, in_features).astype(self.dtype), kernel, self.dtype, self.kernels)
     if self.use_bias:
       bias = param_with_axes(self, "bias", self.bias_init, (self.features,), self.kernel_axes[1:])
       y = y + bias
@@ -166,49 +184,62 @@ class Embed(nn.Module):
 
 
 class Dropout(nn.Module):
-  """Inverted dropout drawing 16 random bits per element instead of nn.Dropout's 32.
+  """Inverted dropout from the 'dropout' RNG stream, as nn.Dropout.
 
-  An element is kept when its bits fall below round((1 - rate) * 2^16), so the rate is exact to
-  within 2^-17. Random bits are most of dropout's cost on CPU (threefry hashing): half the bits,
-  half the cost (BENCHMARKS.md). Uses the 'dropout' RNG stream, as nn.Dropout does.
+  "portable": a Bernoulli(1 - rate) keep mask, as nn.Dropout draws it. "cpu": 16 random bits per
+  element instead of 32, an element kept when its bits fall below round((1 - rate) * 2^16) (the
+  rate exact to within 2^-17): random bits are most of dropout's cost on XLA:CPU (threefry
+  hashing), so half the bits, half the cost (BENCHMARKS.md, "bfloat16 on XLA:CPU").
   """
   rate: float
+  kernels: str = "portable"
 
   @property
   def threshold(self) -> int:
-    """Elements whose 16 random bits are below this are kept (2^16: all kept)."""
-    if not 0.0 <= self.rate <= 1.0:
-      raise ValueError(f"dropout rate must be in [0, 1], got {self.rate}")
-    return round((1.0 - self.rate) * 2 ** 16)
+    """"cpu" kernels: elements whose 16 random bits are below this are kept (2^16: all kept)."""
+    return round((1.0 - self._rate()) * 2 ** 16)
 
   @property
   def keep_prob(self) -> float:
     """The probability of keeping an element; kept elements are divided by it."""
-    return self.threshold / 2 ** 16
+    if self.kernels == "cpu":
+      return self.threshold / 2 ** 16
+    return 1.0 - self._rate()
+
+  def _rate(self) -> float:
+    """The rate, checked to be in [0, 1]."""
+    if not 0.0 <= self.rate <= 1.0:
+      raise ValueError(f"dropout rate must be in [0, 1], got {self.rate}")
+    return self.rate
 
   def active(self, deterministic: bool) -> bool:
     """Whether a call drops anything."""
-    return not deterministic and self.threshold < 2 ** 16
+    return not deterministic and self.keep_prob < 1.0
 
   def keep_mask(self, shape: Sequence[int]) -> Array:
     """A bool mask of the elements to keep, drawn from the 'dropout' RNG stream."""
-    bits = jax.random.bits(self.make_rng("dropout"), tuple(shape), jnp.uint16)
-    return bits.astype(jnp.int32) < self.threshold
+    if self.kernels == "cpu":
+      bits = jax.random.bits(self.make_rng("dropout"), tuple(shape), jnp.uint16)
+      return bits.astype(jnp.int32) < self.threshold
+    return jax.random.bernoulli(self.make_rng("dropout"), self.keep_prob, tuple(shape))
 
   def __call__(self, x: Array, deterministic: bool) -> Array:
     if not self.active(deterministic):
       return x
-    if self.threshold == 0:
+    if self.keep_prob == 0:
       return jnp.zeros_like(x)
     return _dropped(x, self.keep_mask(x.shape), self.keep_prob)
 
 
 class SelfAttention(nn.Module):
-  """Multi-head self-attention with 2-D projections and heads-major score computation.
+  """Multi-head self-attention with 2-D projections.
 
   `bias` is added to the logits ([batch or 1, heads or 1, length, length]): it holds the key
   padding mask and, for T5, the shared relative position bias. T5 does not rescale the logits
   (the 1/sqrt(head_dim) is folded into the query initialiser); RoBERTa does (`scale_logits`).
+  "portable" kernels: `jax.nn.dot_product_attention` unless attention-probability dropout is
+  active, then the softmax expression (`softmax_attention`), both on [batch, length, heads,
+  head_dim]; "cpu": heads-major [batch, heads, length, head_dim] through `attend`.
   """
   num_heads: int
   head_dim: int
@@ -218,37 +249,70 @@ class SelfAttention(nn.Module):
   dtype: jnp.dtype = jnp.float32
   kernel_init: Initializer = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
   query_init: Initializer | None = None
+  kernels: str = "portable"
 
   @nn.compact
   def __call__(self, x: Array, bias: Array, deterministic: bool) -> Array:
     batch, length, features = x.shape
     joined = self.num_heads * self.head_dim
+    heads_major = self.kernels == "cpu"
 
     def project(name, init):
-      y = Dense(joined, ("embed", "joined_kv"), self.use_bias, self.dtype, init, name=name)(x)
-      y = y.reshape(batch, length, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
-      return constrain(y, ("batch", "heads", "length", "kv"))
+      y = Dense(joined, ("embed", "joined_kv"), self.use_bias, self.dtype, init, name=name,
+                kernels=self.kernels)(x)
+      y = y.reshape(batch, length, self.num_heads, self.head_dim)
+      if heads_major:
+        return constrain(y.transpose(0, 2, 1, 3), ("batch", "heads", "length", "kv"))
+      return constrain(y, ("batch", "length", "heads", "kv"))
 
     query = project("query", self.query_init or self.kernel_init)
     key = project("key", self.kernel_init)
     value = project("value", self.kernel_init)
-    if self.scale_logits:
-      query = query * jnp.asarray(self.head_dim ** -0.5, self.dtype)
-    dropout = Dropout(self.dropout_rate)
+    bias = bias.astype(jnp.float32)
+    dropout = Dropout(self.dropout_rate, self.kernels)
     keep = None
     if dropout.active(deterministic):
       keep = dropout.keep_mask((batch, self.num_heads, length, length))
-    out = attend(query, key, value, bias.astype(jnp.float32), keep, dropout.keep_prob)
-    out = out.transpose(0, 2, 1, 3).reshape(batch, length, joined)
-    out = constrain(out, ("batch", "length", "joined_kv"))
+    scale = self.head_dim ** -0.5 if self.scale_logits else 1.0
+    if heads_major:
+      if self.scale_logits:
+        query = query * jnp.asarray(scale, self.dtype)
+      out = attend(query, key, value, bias, keep, dropout.keep_prob)
+      out = out.transpose(0, 2, 1, 3)
+    elif keep is None:
+      # implementation=None: JAX picks the kernel for the backend (in jax 0.10.2 still XLA's
+      # expression everywhere; cuDNN's fused attention when JAX selects it on GPU).
+      out = jax.nn.dot_product_attention(query, key, value, bias, scale=scale,
+                                         implementation=None)
+    else:
+      out = softmax_attention(query, key, value, bias, keep, dropout.keep_prob, scale)
+    out = constrain(out.reshape(batch, length, joined), ("batch", "length", "joined_kv"))
     return Dense(features, ("joined_kv", "embed"), self.use_bias, self.dtype, self.kernel_init,
-                 name="out")(out)
+                 name="out", kernels=self.kernels)(out)
+
+
+def softmax_attention(query: Array, key: Array, value: Array, bias: Array, keep: Array | None,
+                      keep_prob: float, scale: float = 1.0) -> Array:
+  """softmax(scale * query key^T + bias), dropout, times value, differentiated by autodiff.
+
+  query, key, value: [batch, length, heads, head_dim] (`jax.nn.dot_product_attention`'s layout)
+  in the activation dtype; bias float32, broadcastable to [batch, heads, q_length, k_length];
+  keep: the dropout mask of that full shape (None: none). Logits and softmax in float32, the
+  probabilities then cast to the activation dtype, matmuls accumulated in float32.
+  """
+  dtype = query.dtype
+  logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
+  if scale != 1.0:
+    logits = logits * scale
+  probs = jax.nn.softmax(logits + bias, axis=-1).astype(dtype)
+  return jnp.einsum("bhqk,bkhd->bqhd", _dropped(probs, keep, keep_prob), value,
+                    preferred_element_type=jnp.float32).astype(dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
 def attend(query: Array, key: Array, value: Array, bias: Array, keep: Array | None,
            keep_prob: float) -> Array:
-  """The attention core: softmax(query key^T + bias), dropout, times value (no logit scaling).
+  """The "cpu" attention core: softmax(query key^T + bias), dropout, times value (no scaling).
 
   query, key, value: [batch, heads, length, head_dim] in the activation dtype; bias: float32,
   broadcastable to [batch, heads, q_length, k_length]; keep: the attention-dropout mask of that

@@ -34,6 +34,7 @@ class T5Config:
   layer_norm_epsilon: float = 1e-6
   dtype: str = "float32"  # Activation dtype; parameters are always float32.
   scan_layers: bool = False  # One compiled layer scanned over (layers.encoder_layers): for TPU.
+  kernels: str = "portable"  # layers.KERNELS: "cpu" for the XLA:CPU-tuned layers.
   pad_id: int = 0
   eos_id: int = 1
 
@@ -50,6 +51,7 @@ class T5Config:
       raise ValueError("T5Config.relative_attention_num_buckets must be an even number >= 4, "
                        f"got {self.relative_attention_num_buckets}")
     jnp.dtype(self.dtype)
+    layers.check_kernels("T5Config", self.kernels)
 
   @property
   def max_length(self) -> None:
@@ -101,11 +103,12 @@ class MLP(nn.Module):
     hidden = None
     for name, act in zip(names, cfg.mlp_activations):
       h = layers.activation(act)(layers.Dense(cfg.mlp_dim, ("embed", "mlp"), dtype=dtype,
-                                              name=name)(x))
+                                              kernels=cfg.kernels, name=name)(x))
       hidden = h if hidden is None else hidden * h
     hidden = layers.constrain(hidden, ("batch", "length", "mlp"))
-    hidden = layers.Dropout(cfg.dropout_rate)(hidden, deterministic=deterministic)
-    return layers.Dense(x.shape[-1], ("mlp", "embed"), dtype=dtype, name="wo")(hidden)
+    hidden = layers.Dropout(cfg.dropout_rate, cfg.kernels)(hidden, deterministic=deterministic)
+    return layers.Dense(x.shape[-1], ("mlp", "embed"), dtype=dtype, kernels=cfg.kernels,
+                        name="wo")(hidden)
 
 
 class EncoderLayer(nn.Module):
@@ -116,13 +119,15 @@ class EncoderLayer(nn.Module):
   def __call__(self, x: jax.Array, bias: jax.Array, deterministic: bool) -> jax.Array:
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
-    dropout = functools.partial(layers.Dropout(cfg.dropout_rate), deterministic=deterministic)
+    dropout = functools.partial(layers.Dropout(cfg.dropout_rate, cfg.kernels),
+                                deterministic=deterministic)
     depth_scaling = cfg.head_dim ** -0.5
     default_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
     h = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_attention_layer_norm")(x)
     h = layers.SelfAttention(
         cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype=dtype,
-        query_init=lambda *a: default_init(*a) * depth_scaling, name="attention")(
+        query_init=lambda *a: default_init(*a) * depth_scaling, kernels=cfg.kernels,
+        name="attention")(
             h, bias, deterministic)
     x = layers.constrain(x + dropout(h), ("batch", "length", "embed"))
     h = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(x)
@@ -143,7 +148,7 @@ class T5Encoder(nn.Module):
       mask = tokens != cfg.pad_id
     x = layers.Embed(cfg.vocab_size, cfg.emb_dim, "vocab", dtype, name="token_embedder")(tokens)
     x = layers.constrain(x, ("batch", "length", "embed"))
-    x = layers.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    x = layers.Dropout(cfg.dropout_rate, cfg.kernels)(x, deterministic=deterministic)
     bias = RelativePositionBias(cfg.num_heads, cfg.relative_attention_num_buckets,
                                 cfg.relative_attention_max_distance, name="relpos_bias")(
                                     tokens.shape[1])
@@ -151,7 +156,7 @@ class T5Encoder(nn.Module):
     x = layers.encoder_layers(self, EncoderLayer(cfg, parent=None), cfg.num_layers, x, bias,
                               deterministic, cfg.scan_layers)
     x = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, name="encoder_norm")(x)
-    return layers.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    return layers.Dropout(cfg.dropout_rate, cfg.kernels)(x, deterministic=deterministic)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ class XLMRConfig:
   initializer_range: float = 0.02  # Stddev of every weight's normal initialiser (HF's name).
   dtype: str = "float32"  # Activation dtype; parameters are always float32.
   scan_layers: bool = False  # One compiled layer scanned over (layers.encoder_layers): for TPU.
+  kernels: str = "portable"  # layers.KERNELS: "cpu" for the XLA:CPU-tuned layers.
   bos_id: int = 0
   pad_id: int = 1
   eos_id: int = 2
@@ -46,6 +47,7 @@ class XLMRConfig:
         raise ValueError(f"XLMRConfig.{name} must be positive, got {getattr(self, name)}")
     layers.activation(self.mlp_activation)
     jnp.dtype(self.dtype)
+    layers.check_kernels("XLMRConfig", self.kernels)
 
   @property
   def max_length(self) -> int:
@@ -67,12 +69,14 @@ class EncoderLayer(nn.Module):
   def __call__(self, x: jax.Array, bias: jax.Array, deterministic: bool) -> jax.Array:
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
-    dropout = functools.partial(layers.Dropout(cfg.dropout_rate), deterministic=deterministic)
+    dropout = functools.partial(layers.Dropout(cfg.dropout_rate, cfg.kernels),
+                                deterministic=deterministic)
     init = nn.initializers.normal(stddev=cfg.initializer_range)
-    dense = functools.partial(layers.Dense, use_bias=True, dtype=dtype, kernel_init=init)
+    dense = functools.partial(layers.Dense, use_bias=True, dtype=dtype, kernel_init=init,
+                              kernels=cfg.kernels)
     h = layers.SelfAttention(cfg.num_heads, cfg.head_dim, cfg.attention_dropout_rate,
                              use_bias=True, scale_logits=True, dtype=dtype, kernel_init=init,
-                             name="attention")(x, bias, deterministic)
+                             kernels=cfg.kernels, name="attention")(x, bias, deterministic)
     x = layers.LayerNorm(cfg.layer_norm_epsilon, dtype, name="attention_norm")(x + dropout(h))
     x = layers.constrain(x, ("batch", "length", "embed"))
     h = layers.activation(cfg.mlp_activation)(dense(cfg.mlp_dim, ("embed", "mlp"), name="wi")(x))
@@ -104,7 +108,7 @@ class XLMREncoder(nn.Module):
         jnp.zeros_like(tokens))
     x = layers.LayerNorm(cfg.layer_norm_epsilon, dtype, name="embedding_norm")(x)
     x = layers.constrain(x, ("batch", "length", "embed"))
-    x = layers.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    x = layers.Dropout(cfg.dropout_rate, cfg.kernels)(x, deterministic=deterministic)
     bias = layers.padding_bias(mask)
     x = layers.encoder_layers(self, EncoderLayer(cfg, parent=None), cfg.num_layers, x, bias,
                               deterministic, cfg.scan_layers)
