@@ -36,7 +36,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import gin  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -45,6 +44,7 @@ from hybridir import flops  # noqa: E402
 from hybridir import gin_utils  # noqa: E402
 from hybridir import optim  # noqa: E402
 from hybridir import train_step as step_lib  # noqa: E402
+from hybridir import trainer  # noqa: E402
 from hybridir.models import t5  # noqa: E402
 import peak_matmul  # noqa: E402
 
@@ -55,11 +55,12 @@ CLIP_NORM = 1.0
 def load_model(name: str, dtype: str, kernels: str = "cpu"):
   """The gin model file's DualEncoder with ACTIVATION_DTYPE and KERNELS set (dropout as
   configured); the random streams as the trainer sets them for `kernels`."""
-  gin.clear_config()
-  gin_utils.parse([f"gin_configs/models/{name}.gin"],
-                  [f"ACTIVATION_DTYPE = '{dtype}'", f"KERNELS = '{kernels}'"], finalize=False)
-  jax.config.update("jax_threefry_partitionable", kernels != "cpu")  # As trainer.train does.
-  return gin_utils.evaluate("MODEL")
+  model = gin_utils.macro_values([f"gin_configs/models/{name}.gin"],
+                                 [f"ACTIVATION_DTYPE = '{dtype}'", f"KERNELS = '{kernels}'"],
+                                 ["MODEL"])["MODEL"]
+  # As trainer.train draws them (the benchmark times steps outside it).
+  jax.config.update("jax_threefry_partitionable", trainer.partitionable_threefry(model))
+  return model
 
 
 def make_tokens(cfg, batch_size: int, length: int, rng) -> np.ndarray:

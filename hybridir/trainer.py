@@ -89,74 +89,79 @@ def train(*, model: dual_encoder.DualEncoder, train_input: Any, task_feature_len
   if missing:
     raise ValueError(f"task_feature_lengths lacks {sorted(missing)}: {task_feature_lengths}")
   # "cpu" kernels: the cheapest dropout bits on XLA:CPU (BENCHMARKS.md, "Layouts for XLA:CPU");
-  # otherwise JAX's default, set either way so that a run's random streams follow its config.
-  jax.config.update("jax_threefry_partitionable",
-                    getattr(model.encoder_config, "kernels", "portable") != "cpu")
-  train_input = _host_input(train_input)
-  eval_input = _host_input(eval_input) if eval_input is not None else None
-  _check_vocabulary_fits(train_input, model)
-  mesh = mesh or partitioning.create_mesh()
-  rules = logical_axis_rules or partitioning.standard_logical_axis_rules()
-  lengths = task_feature_lengths["query"], task_feature_lengths["passage"]
-  optimizer = optimizer_fn(learning_rate_schedule=learning_rate_schedule)
-  abstract_state, state_shardings = state_layout(model, optimizer, *lengths, mesh, rules)
+  # otherwise JAX's default. For this run only: the process's setting is left as it was.
+  with jax.threefry_partitionable(partitionable_threefry(model)):
+    train_input = _host_input(train_input)
+    eval_input = _host_input(eval_input) if eval_input is not None else None
+    _check_vocabulary_fits(train_input, model)
+    mesh = mesh or partitioning.create_mesh()
+    rules = logical_axis_rules or partitioning.standard_logical_axis_rules()
+    lengths = task_feature_lengths["query"], task_feature_lengths["passage"]
+    optimizer = optimizer_fn(learning_rate_schedule=learning_rate_schedule)
+    abstract_state, state_shardings = state_layout(model, optimizer, *lengths, mesh, rules)
 
-  identity = run_identity(model, train_input, task_feature_lengths, seed)
-  checkpointer = checkpointer_fn(os.path.join(model_dir, "checkpoints"), best_metric=best_metric,
-                                 best_mode=best_mode)
-  start_step, state = restore_or_initialize(
-      checkpointer, abstract_state, state_shardings, identity, allow_changed_run,
-      initialize=lambda: _initial_state(model, optimizer, loss_config, seed, init_params, lengths,
-                                        state_shardings))
-  if start_step:
-    logging.info("resumed from %s at step %d", model_dir, start_step)
+    identity = run_identity(model, train_input, task_feature_lengths, seed)
+    checkpointer = checkpointer_fn(os.path.join(model_dir, "checkpoints"), best_metric=best_metric,
+                                   best_mode=best_mode)
+    start_step, state = restore_or_initialize(
+        checkpointer, abstract_state, state_shardings, identity, allow_changed_run,
+        initialize=lambda: _initial_state(model, optimizer, loss_config, seed, init_params, lengths,
+                                          state_shardings))
+    if start_step:
+      logging.info("resumed from %s at step %d", model_dir, start_step)
 
-  compilations = [0]
-  def counted(train_step):
-    def counted_step(state, batch, rng):
-      compilations[0] += 1
-      return train_step(state, batch, rng)
-    return counted_step
+    compilations = [0]
+    def counted(train_step):
+      def counted_step(state, batch, rng):
+        compilations[0] += 1
+        return train_step(state, batch, rng)
+      return counted_step
 
-  p_train_step = sharded_train_step(model, optimizer, loss_config, mesh, state_shardings,
-                                    wrap=counted)
-  evaluator = None if eval_input is None else _Evaluator(
-      model, loss_config, mesh, state_shardings.params, eval_input, eval_steps, model_dir)
-  log = _TrainLog(model_dir, train_input, learning_rate_schedule, start_step, train_steps,
-                  log_period, checkpointer)
-  dropout_rng = jax.random.PRNGKey(seed + 1)
-  stopped_early = False
-  with (partitioning.axis_rules_context(rules, mesh), _Preemption() as preemption,
-        _closing(checkpointer)):
-    for step in range(start_step, train_steps):
-      host_batch = train_input.batch(step)
-      tokens = sum(int(np.sum(host_batch[k] != model.encoder_config.pad_id))
-                   for k in ("query_tokens", "passage_tokens")) * jax.process_count()
-      batch = partitioning.host_local_to_global(host_batch, mesh)
-      tick = time.time()
-      state, metrics = p_train_step(state, batch, dropout_rng)
-      log.flush()  # The step before's metrics, fetched while this step runs.
-      jax.block_until_ready(metrics)
-      done_step = step + 1
-      log.add(done_step, metrics, time.time() - tick, tokens)
-      eval_metrics = None
-      if evaluator and eval_period and done_step % eval_period == 0:
-        log.flush()
-        eval_metrics = evaluator.run(state.params, done_step)
-      checkpointer.check()  # A failed background save stops the run here, not at the next save.
-      preempted = preemption.agreed()
-      if done_step % checkpoint_period == 0 or done_step == train_steps or preempted:
-        log.flush()
-        checkpointer.save(done_step, state, {"step": done_step, "seed": seed,
-                                             "input": str(getattr(train_input, "name", "")),
-                                             "identity": identity},
-                          eval_metrics, force=True)
-      if preempted:
-        stopped_early = True
-        break
-    log.flush()
-  return TrainResult(state, log.history, evaluator.history if evaluator else [], compilations[0],
-                     stopped_early)
+    p_train_step = sharded_train_step(model, optimizer, loss_config, mesh, state_shardings,
+                                      wrap=counted)
+    evaluator = None if eval_input is None else _Evaluator(
+        model, loss_config, mesh, state_shardings.params, eval_input, eval_steps, model_dir)
+    log = _TrainLog(model_dir, train_input, learning_rate_schedule, start_step, train_steps,
+                    log_period, checkpointer)
+    dropout_rng = jax.random.PRNGKey(seed + 1)
+    stopped_early = False
+    with (partitioning.axis_rules_context(rules, mesh), _Preemption() as preemption,
+          _closing(checkpointer)):
+      for step in range(start_step, train_steps):
+        host_batch = train_input.batch(step)
+        tokens = sum(int(np.sum(host_batch[k] != model.encoder_config.pad_id))
+                     for k in ("query_tokens", "passage_tokens")) * jax.process_count()
+        batch = partitioning.host_local_to_global(host_batch, mesh)
+        tick = time.time()
+        state, metrics = p_train_step(state, batch, dropout_rng)
+        log.flush()  # The step before's metrics, fetched while this step runs.
+        jax.block_until_ready(metrics)
+        done_step = step + 1
+        log.add(done_step, metrics, time.time() - tick, tokens)
+        eval_metrics = None
+        if evaluator and eval_period and done_step % eval_period == 0:
+          log.flush()
+          eval_metrics = evaluator.run(state.params, done_step)
+        checkpointer.check()  # A failed background save stops the run here, not at the next save.
+        preempted = preemption.agreed()
+        if done_step % checkpoint_period == 0 or done_step == train_steps or preempted:
+          log.flush()
+          checkpointer.save(done_step, state, {"step": done_step, "seed": seed,
+                                               "input": str(getattr(train_input, "name", "")),
+                                               "identity": identity},
+                            eval_metrics, force=True)
+        if preempted:
+          stopped_early = True
+          break
+      log.flush()
+    return TrainResult(state, log.history, evaluator.history if evaluator else [], compilations[0],
+                       stopped_early)
+
+
+def partitionable_threefry(model: dual_encoder.DualEncoder) -> bool:
+  """Whether a run of `model` draws its random bits with the partitionable threefry (JAX's
+  default), not the one XLA:CPU computes fastest (its "cpu" kernels)."""
+  return getattr(model.encoder_config, "kernels", "portable") != "cpu"
 
 
 def restore_or_initialize(checkpointer, abstract_state, state_shardings, identity: dict,

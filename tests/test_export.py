@@ -156,11 +156,11 @@ def test_artifact_from_before_kernels_were_recorded_loads_with_the_portable_laye
                                                                                    spm_models):
   model = dual_encoder.DualEncoder(dataclasses.replace(CONFIGS["xlmr"], kernels="cpu"))
   params = random_params(model)
-  artifact = export.export_encoder(str(tmp_path / "a"), model, params, spm_models["xlmr"],
-                                   max_length=128)
-  manifest = export.read_manifest(artifact)
+  artifact = artifacts.export_encoder(str(tmp_path / "a"), model, params, spm_models["xlmr"],
+                                      max_length=128)
+  manifest = artifacts.read_manifest(artifact)
   assert manifest["encoder_config"].pop("kernels") == "cpu"
-  export._write_manifest(artifact, manifest)
+  artifacts._write_manifest(artifact, manifest)
   encoder = hybridir.load_encoder(artifact)
   assert encoder.model.encoder_config == CONFIGS["xlmr"]  # kernels="portable", the default.
   np.testing.assert_allclose(encoder.encode(TEXTS, "passage"),

@@ -182,12 +182,14 @@ def test_a_run_resumes_with_the_other_kernels_and_its_random_streams_follow_them
   """`kernels` changes how the model is computed, not what: no part of the run's identity. The
   "cpu" kernels use the non-partitionable threefry (the cheap one on XLA:CPU), others JAX's
   default."""
+  assert not trainer.partitionable_threefry(tiny_model(0.1, "cpu"))
+  assert trainer.partitionable_threefry(tiny_model(0.1, "portable"))
+  process_setting = jax.config.jax_threefry_partitionable
   run(tmp_path, 4, model=tiny_model(0.1, "cpu"))
-  assert not jax.config.jax_threefry_partitionable
+  assert jax.config.jax_threefry_partitionable == process_setting  # Set for the run only.
   resumed = run(tmp_path, 6, model=tiny_model(0.1, "portable"))
   assert [h["step"] for h in resumed.history] == [5, 6]
-  assert jax.config.jax_threefry_partitionable
-  assert "kernels" not in export._run_identity(str(tmp_path), 6)[1]["model"]
+  assert "kernels" not in checkpoints.run_identity(str(tmp_path), 6)[1]["model"]
 
 
 def test_vocabulary_larger_than_the_embedding_fails_before_training(tmp_path):
