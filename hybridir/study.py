@@ -20,6 +20,8 @@ import os
 import sys
 import time
 
+from absl import app
+from absl import flags
 from absl import logging
 
 from hybridir import corpora
@@ -133,14 +135,28 @@ def run_study(data_dir: str, output_dir: str, config: StudyConfig | None = None)
   return study_report.write(output_dir, results, elapsed_seconds=time.time() - started)
 
 
+def config_from_flags(values) -> StudyConfig:
+  """The sweep the command line asks for: --models, --strategies, --seeds (each defaulting to
+  StudyConfig's), --gin_bindings applied to every run."""
+  if values.gin_file:
+    raise app.UsageError("hybridir.study runs the demo's own gin files; pass bindings for every run "
+                         "with --gin_bindings (e.g. --gin_bindings='TRAIN_STEPS = 20')")
+  try:
+    seeds = tuple(int(seed) for seed in values.seeds or StudyConfig.seeds)
+  except ValueError:
+    raise app.UsageError(f"--seeds must be integers, got {values.seeds}") from None
+  try:
+    return StudyConfig(models=tuple(values.models or StudyConfig.models),
+                       strategies=tuple(values.strategies or StudyConfig.strategies),
+                       seeds=seeds, bindings=tuple(values.gin_bindings))
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+
+
 def main(argv):
   del argv
-  from absl import flags
+  config = config_from_flags(flags.FLAGS)
   values = flags.FLAGS
-  main_lib.parse_config(values.gin_file, values.gin_bindings)
-  config = StudyConfig()
-  if values.models:
-    config = dataclasses.replace(config, models=tuple(values.models))
   with main_lib.one_line_errors():
     fs.check_writable(values.output_dir, "--output_dir")
     report = run_study(values.data_dir, values.output_dir, config)
@@ -148,12 +164,12 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app
-  from absl import flags
   flags.DEFINE_string("data_dir", fs.data_root(), "Folder with xquad-r/ and mlqa-r/ "
                       "(default: $HYBRIDIR_DATA_DIR, else ../shared/data).")
   flags.DEFINE_string("output_dir", "out/study", "Where runs, vocabularies and the report go.")
   flags.DEFINE_list("models", None, f"Models to run, of {sorted(MODEL_FILES)} (default: "
-                    "StudyConfig.models, mT5 and XLM-R).")
-  # --gin_file / --gin_bindings (e.g. StudyConfig.seeds=(0,)) are hybridir.main's flags.
+                    "mT5 and XLM-R).")
+  flags.DEFINE_list("strategies", None, f"Batch strategies, of {sorted(STRATEGIES)} (default: all).")
+  flags.DEFINE_list("seeds", None, "Seeds (default: 0,1,2).")
+  # --gin_bindings (hybridir.main's flag): gin bindings for every run, e.g. 'TRAIN_STEPS = 20'.
   app.run(main)

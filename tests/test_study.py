@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -262,6 +263,22 @@ def test_study_cli_starts_with_its_flags_and_mains(tmp_path):
   assert "Traceback" not in result.stderr, result.stderr[-2000:]  # absl's help exits 1.
   assert "--data_dir" in result.stdout and "--gin_file" in result.stdout
   assert "--models" in result.stdout
+
+
+def test_the_sweep_comes_from_flags_and_bindings_apply_to_every_run():
+  from absl import app
+  flags = lambda **kw: types.SimpleNamespace(**{**dict(
+      models=None, strategies=None, seeds=None, gin_file=[], gin_bindings=[]), **kw})
+  assert study.config_from_flags(flags()) == study.StudyConfig()
+  config = study.config_from_flags(flags(models=["XLM-R"], strategies=["hybrid"], seeds=["4"],
+                                         gin_bindings=["TRAIN_STEPS = 3"]))
+  assert config == study.StudyConfig(("XLM-R",), ("hybrid",), (4,), ("TRAIN_STEPS = 3",))
+  with pytest.raises(app.UsageError, match="unknown 'mt5'"):
+    study.config_from_flags(flags(models=["mt5"]))
+  with pytest.raises(app.UsageError, match="--seeds must be integers"):
+    study.config_from_flags(flags(seeds=["one"]))
+  with pytest.raises(app.UsageError, match="--gin_bindings"):
+    study.config_from_flags(flags(gin_file=["x.gin"]))
 
 
 def test_a_tiny_labse_demo_run_trains_a_wordpiece_bert_and_evaluates_it(tmp_path, data_dir):
