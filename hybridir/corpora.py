@@ -39,6 +39,9 @@ _XLMR_LANGUAGES = (
 KNOWN_LANGUAGES = frozenset(_MT5_LANGUAGES.split() + _XLMR_LANGUAGES.split() + ["nb", "nn"])
 
 PASSAGE_UNITS = ("paragraph", "sentence")
+# The held-out split: a seeded fifth of a corpus's whole articles is "test" (in-domain evaluation),
+# the rest "train" (ParallelCorpus.select_articles).
+TEST_FRACTION, SPLIT_SEED = 0.2, 0
 
 
 class CorpusError(ValueError):
@@ -325,6 +328,25 @@ class ParallelCorpus:
     return ParallelCorpus(self.languages, {
         language: {i: pair for i, pair in self.pairs[language].items() if i in pair_ids}
         for language in self.languages})
+
+  def select_articles(self, split, where: str = "split") -> "ParallelCorpus":
+    """The corpus's part a `split` names: None, all; "train" or "test", the held-out split
+    (TEST_FRACTION of the articles, seed SPLIT_SEED), the same wherever it is asked for (training
+    tasks, evaluation tasks, vocabularies); a list of article titles, those articles."""
+    if split is None:
+      return self
+    if split in ("train", "test"):
+      train, test = self.split_by_article(TEST_FRACTION, SPLIT_SEED)
+      return train if split == "train" else test
+    if isinstance(split, str):
+      raise ValueError(f"{where}: split must be None, 'train', 'test' or a list of article "
+                       f"titles, found {split!r}")
+    titles = set(split)
+    kept = {pair_id for language in self.languages
+            for pair_id, pair in self.pairs[language].items() if pair.article_id in titles}
+    if not kept:
+      raise ValueError(f"{where}: none of the {len(titles)} split article titles were found")
+    return self.restrict(kept)
 
   def split_by_article(self, test_fraction: float,
                        seed: int = 0) -> tuple["ParallelCorpus", "ParallelCorpus"]:

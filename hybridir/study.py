@@ -80,8 +80,7 @@ def train_vocabulary(gin_file: str, bindings: list[str], output_dir: str) -> str
   path = spm.vocabulary_path(family_name, os.path.join(output_dir, "vocab", family_name))
   if not fs.exists(path):
     corpus = corpora.load_parallel_corpus(corpus_dir, languages=run["LANGUAGES"])
-    train, _ = corpus.split_by_article(tasks.qa.TEST_FRACTION, seed=0)
-    path = spm.train_on_corpus(train, family_name, run["SPM_VOCAB_SIZE"],
+    path = spm.train_on_corpus(corpus.select_articles("train"), family_name, run["SPM_VOCAB_SIZE"],
                                os.path.join(output_dir, "vocab", family_name),
                                source=f"{corpus_dir} (training articles)")
   return path

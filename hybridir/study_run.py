@@ -6,7 +6,7 @@
 runs the same gin files for every cell of the CPU demo. Each run writes
 `MODEL_DIR/study_results.json`, which the study report reads (study_report, study_gather).
 
-Data: the training corpus's articles are split into train and test (`tasks.qa.TEST_FRACTION`, the
+Data: the training corpus's articles are split into train and test (`corpora.TEST_FRACTION`, the
 in-domain test set); the train articles again into fit and validation. The model trains on fit,
 the checkpoint with the lowest validation loss is exported, and the encoder is evaluated
 zero-shot on the in-domain test articles, on MLQA-R (out-of-domain) and on MIRACL when given:
@@ -44,8 +44,8 @@ def article_splits(corpus_dir: str, languages: Sequence[str] | None,
                    validation_fraction: float) -> dict[str, list[str]]:
   """Article titles of the fit and validation parts of the corpus's train articles."""
   corpus = corpora.load_parallel_corpus(corpus_dir, languages=languages)
-  train, _ = corpus.split_by_article(tasks.qa.TEST_FRACTION, seed=0)
-  fit, validation = train.split_by_article(validation_fraction, seed=VALIDATION_SEED)
+  fit, validation = corpus.select_articles("train").split_by_article(validation_fraction,
+                                                                     seed=VALIDATION_SEED)
   return {"fit": sorted(fit.article_ids()), "validation": sorted(validation.article_ids())}
 
 

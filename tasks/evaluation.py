@@ -72,8 +72,7 @@ def _split_titles(data_dir, dataset: str, split) -> Sequence[str] | None:
     return split
   folder = fs.path(data_dir) / retrieval_data.LAREQA_FOLDERS[dataset]
   corpus = corpora.load_parallel_corpus(folder if folder.is_dir() else data_dir)
-  train, test = corpus.split_by_article(qa.TEST_FRACTION, seed=0)
-  return sorted((train if split == "train" else test).article_ids())
+  return sorted(corpus.select_articles(split).article_ids())
 
 
 def register_lareqa(dataset: str, data_dir: str, family: str, spm_path: str,

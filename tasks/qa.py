@@ -28,7 +28,6 @@ from hybridir import text as text_lib
 from hybridir import vocab
 
 SPLIT = "train"  # The seqio split of every QA task; `split` below chooses its content.
-TEST_FRACTION = 0.2  # split="train"/"test": a seeded split of whole articles (seed 0).
 
 
 @functools.lru_cache(maxsize=None)
@@ -185,24 +184,6 @@ def owner(task_or_mixture_name: str) -> HybridMixture | None:
   return _OWNER.get(task_or_mixture_name)
 
 
-def _apply_split(corpus: corpora.ParallelCorpus, split, where: str) -> corpora.ParallelCorpus:
-  """None: all; "train"/"test": a seeded article split; a list of article titles: those."""
-  if split is None:
-    return corpus
-  if split in ("train", "test"):
-    train, test = corpus.split_by_article(TEST_FRACTION, seed=0)
-    return train if split == "train" else test
-  if isinstance(split, str):
-    raise ValueError(f"{where}: split must be None, 'train', 'test' or a list of article titles, "
-                     f"found {split!r}")
-  titles = set(split)
-  kept = {pair_id for language in corpus.languages
-          for pair_id, pair in corpus.pairs[language].items() if pair.article_id in titles}
-  if not kept:
-    raise ValueError(f"{where}: none of the {len(titles)} split article titles were found")
-  return corpus.restrict(kept)
-
-
 def _examples_fn(mixture: HybridMixture, query_language: str, passage_language: str):
   def examples():
     ids = mixture.task_pair_ids(query_language, passage_language)
@@ -237,7 +218,7 @@ def register_parallel_qa(name: str, corpus_path: str, family: str, spm_path: str
   text_format = text_format or text_lib.TextFormat()
   # Passages as paragraphs, with their answer sentences: text_format's unit chooses from both.
   full = corpora.load_parallel_corpus(corpus_path, "paragraph", languages)
-  mixture = HybridMixture(f"{name}_hybrid", _apply_split(full, split, where), family,
+  mixture = HybridMixture(f"{name}_hybrid", full.select_articles(split, where), family,
                           str(spm_path), full.pair_ids(), text_format=text_format,
                           **hybrid_options)
   unregister_parallel_qa(name)

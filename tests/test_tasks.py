@@ -177,3 +177,21 @@ def test_missing_spm_model_is_named(data_dir, tmp_path):
   with pytest.raises(FileNotFoundError, match="missing.model"):
     tasks.register_parallel_qa("xqm", data_dir / "xquad-r", "t5", tmp_path / "missing.model")
   assert not [n for n in seqio.TaskRegistry.names() if n.startswith("xqm_")]
+
+
+def test_the_held_out_split_is_one_function_for_training_evaluation_and_the_study(data_dir,
+                                                                                 spm_models):
+  from hybridir import study_run
+  from tasks import evaluation
+  corpus = corpora.load_parallel_corpus(data_dir / "xquad-r")
+  train, test = corpus.select_articles("train"), corpus.select_articles("test")
+  assert train.article_ids().isdisjoint(test.article_ids())
+  assert train.article_ids() | test.article_ids() == corpus.article_ids()
+  assert register(data_dir, spm_models, name="xqs", languages=None,
+                  split="train").corpus.article_ids() == train.article_ids()
+  assert set(evaluation._split_titles(data_dir, "xquad_r", "test")) == test.article_ids()
+  parts = study_run.article_splits(str(data_dir / "xquad-r"), None, 0.1)
+  assert set(parts["fit"]) | set(parts["validation"]) == train.article_ids()
+  with pytest.raises(ValueError, match="where: split must be None, 'train', 'test'"):
+    corpus.select_articles("dev", "where")
+  assert corpus.select_articles(sorted(test.article_ids())).pair_ids() == test.pair_ids()
