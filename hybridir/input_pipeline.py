@@ -47,29 +47,51 @@ def _check_lengths(task_feature_lengths: Mapping[str, int]) -> dict[str, int]:
   return {feature: int(task_feature_lengths[feature]) for feature in FEATURES}
 
 
+class DualEncoderFeatureConverter(seqio.FeatureConverter):
+  """Task features `query`, `passage` (token ids) to the model's `query_tokens`, `passage_tokens`.
+
+  As seqio's converters do, it checks the task features (present, int32, rank 1, no longer than
+  `task_feature_lengths`) and the model features (exactly their lengths); each text is padded with
+  `pad_id`, never packed: a dual encoder embeds every text alone.
+  """
+  TASK_FEATURES = {feature: seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)
+                   for feature in FEATURES}
+  MODEL_FEATURES = {f"{feature}_tokens": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)
+                    for feature in FEATURES}
+  PACKING_FEATURE_DTYPES = {}
+
+  def __init__(self, pad_id: int = 0, pack: bool = False, **kwargs):
+    if pack:
+      raise ValueError("DualEncoderFeatureConverter: pack must be False (a dual encoder embeds "
+                       "each text alone)")
+    super().__init__(pack=False, **kwargs)
+    self.pad_id = int(pad_id)
+
+  def _convert_features(self, ds: tf.data.Dataset,
+                        task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
+    def pad(example):  # (Longer texts were refused by the input validation before.)
+      return {f"{feature}_tokens": tf.pad(
+          example[feature],
+          [[0, tf.maximum(task_feature_lengths[feature] - tf.size(example[feature]), 0)]],
+          constant_values=self.pad_id) for feature in FEATURES}
+    return ds.map(pad, num_parallel_calls=tf.data.AUTOTUNE)
+
+  def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> dict[str, int]:
+    return {f"{feature}_tokens": task_feature_lengths[feature] for feature in FEATURES}
+
+
 def task_to_numpy(task: seqio.Task, task_feature_lengths: Mapping[str, int],
                   split: str | None = None) -> dict[str, np.ndarray]:
-  """A task's examples, in order, as arrays: token features padded to their length, the rest 1-D.
-
-  Token features the task lacks (an evaluation task has one of query/passage) are left out.
-  """
-  split = split or task.splits[0]
-  vocabulary = task.output_features[FEATURES[0]].vocabulary
-  dataset = task.get_dataset(dict(task_feature_lengths), split=split, shuffle=False)
-  token_keys = [f for f in FEATURES if f in dataset.element_spec]
-  other_keys = [k for k, spec in dataset.element_spec.items()
-                if k not in token_keys and spec.shape.rank == 0]
-  dataset = dataset.map(lambda ex: {k: ex[k] for k in token_keys + other_keys})
-  dataset = dataset.padded_batch(
-      1024, padded_shapes={**{k: [task_feature_lengths[k]] for k in token_keys},
-                           **{k: [] for k in other_keys}},
-      padding_values={**{k: tf.constant(vocabulary.pad_id, tf.int32) for k in token_keys},
-                      **{k: None for k in other_keys}})
-  chunks = list(dataset.as_numpy_iterator())
-  if not chunks:
-    return {**{k: np.zeros((0, task_feature_lengths[k]), np.int32) for k in token_keys},
-            **{k: np.zeros(0, dataset.element_spec[k].dtype.as_numpy_dtype) for k in other_keys}}
-  return {k: np.concatenate([c[k] for c in chunks]) for k in token_keys + other_keys}
+  """A QA task's examples, in order, as the model's padded `query_tokens` and `passage_tokens`
+  ([examples, length] int32), through `DualEncoderFeatureConverter`."""
+  lengths = _check_lengths(task_feature_lengths)
+  converter = DualEncoderFeatureConverter(task.output_features[FEATURES[0]].vocabulary.pad_id)
+  dataset = converter(task.get_dataset(lengths, split=split or task.splits[0], shuffle=False),
+                      lengths)
+  chunks = list(dataset.batch(1024).as_numpy_iterator())
+  return {name: np.concatenate([c[name] for c in chunks]) if chunks else
+          np.zeros((0, length), np.int32)
+          for name, length in converter.get_model_feature_lengths(lengths).items()}
 
 
 class HybridInput:
@@ -123,21 +145,19 @@ class HybridInput:
                        "tasks.register_parallel_qa first)") from None
     subtasks = seqio.get_subtasks(provider)
     for task in subtasks:
-      if qa.owner(task.name) is None:
+      if not isinstance(task, qa.ParallelQATask):
         raise ValueError(f"task {task.name!r} (in {name!r}) is not a parallel QA task: "
                          "HybridInput needs query, passage and pair_id examples from "
                          "tasks.register_parallel_qa")
-    owners = {qa.owner(task.name) for task in subtasks}
+    owners = {task.hybrid for task in subtasks}
     if len(owners) > 1:
       raise ValueError(f"{name!r} mixes tasks of {len(owners)} corpora "
                        f"({sorted(o.name for o in owners)}); HybridInput serves one")
     corpus = owners.pop()
     # (query language, passage language, integer pair ids in the task's order) per task.
-    self._tasks = []
-    for task in subtasks:
-      x, y = corpus.tasks[task.name]
-      rows = np.array([corpus.pair_index[i] for i in corpus.task_pair_ids(x, y)], np.int64)
-      self._tasks.append((x, y, rows))
+    self._tasks = [(task.query_language, task.passage_language,
+                    np.array([corpus.pair_index[i] for i in task.pair_ids], np.int64))
+                   for task in subtasks]
     self._sizes = np.array([len(rows) for _, _, rows in self._tasks])
     self._rates = None
     if isinstance(provider, seqio.Mixture):
@@ -234,11 +254,12 @@ def _token_tables(corpus: qa.HybridMixture, task_feature_lengths: Mapping[str, i
   if lengths not in cached:
     pad, size = corpus.vocabulary.pad_id, len(corpus.pair_ids)
     tokens = {}
-    for language, task_name in corpus.mono_tasks.items():
-      arrays = task_to_numpy(seqio.TaskRegistry.get(task_name), task_feature_lengths)
+    for language, task in corpus.mono_tasks.items():
+      arrays = task_to_numpy(task, task_feature_lengths)
+      rows = np.array([corpus.pair_index[i] for i in task.pair_ids], np.int64)
       for feature in FEATURES:
         table = np.full((size, task_feature_lengths[feature]), pad, np.int32)
-        table[arrays["pair_id"]] = arrays[feature]
+        table[rows] = arrays[f"{feature}_tokens"]
         table.flags.writeable = False
         tokens[feature, language] = table
     cached[lengths] = tokens

@@ -6,6 +6,9 @@ Per dataset and language a queries task (`query`, `question_id`, `language`) and
 grouped into evaluation mixtures: `lareqa_xquad_r`, `lareqa_mlqa_r`, `lareqa` (both) and `miracl`
 (every registered language). An evaluation run names a mixture;
 `evaluation_mixture_datasets(name)` gives the questions, relevance and languages behind it.
+
+seqio's registries are the only ones: each task (`RetrievalTask`) holds the dataset it belongs
+to, each mixture (`EvaluationMixture`) the order of its datasets.
 """
 from typing import Sequence
 
@@ -19,10 +22,6 @@ from tasks import qa
 SPLIT = "test"  # The seqio split of every evaluation task.
 LAREQA_MIXTURE = "lareqa"
 MIRACL_MIXTURE = "miracl"
-
-_DATASETS: dict[str, retrieval_data.RetrievalDataset] = {}  # Dataset name -> its questions, candidates.
-_MIXTURES: dict[str, list[str]] = {}  # Evaluation mixture -> dataset names.
-_TASKS: dict[str, list[str]] = {}  # Dataset name -> its task names.
 
 
 def _queries_fn(questions: Sequence[retrieval_data.Question]):
@@ -38,32 +37,82 @@ def _candidates_fn(candidates: Sequence[retrieval_data.Candidate]):
                   "language": [c.language for c in candidates]}
 
 
+class RetrievalTask(seqio.Task):
+  """The queries or the candidates of one language of an evaluation dataset, e.g.
+  `xquad_r_de_queries`; `dataset` is the whole `RetrievalDataset` it belongs to."""
+
+  def __init__(self, name: str, dataset: retrieval_data.RetrievalDataset, language: str,
+               kind: str, features: dict[str, seqio.Feature]):
+    self.dataset, self.language, self.kind = dataset, language, kind
+    if kind == "queries":
+      items = dataset.questions.get(language, [])
+      examples_fn = _queries_fn(items)
+    else:
+      items = dataset.candidates.get(language, [])
+      examples_fn = _candidates_fn(items)
+    super().__init__(name, qa.function_source(examples_fn, SPLIT, len(items)),
+                     output_features=features, preprocessors=qa.preprocessors())
+
+
+class EvaluationMixture(seqio.Mixture):
+  """Every task of `datasets` (rate 1 each); evaluation reads the datasets in this order."""
+
+  def __init__(self, name: str, datasets: Sequence[str]):
+    self.dataset_names = list(datasets)
+    super().__init__(name, [t for d in self.dataset_names for t in _dataset_tasks(d)],
+                     default_rate=1.0)
+
+
+def _registered_tasks() -> list[RetrievalTask]:
+  tasks = (seqio.TaskRegistry.get(name) for name in seqio.TaskRegistry.names())
+  return [task for task in tasks if isinstance(task, RetrievalTask)]
+
+
+def _dataset_tasks(dataset_name: str) -> list[RetrievalTask]:
+  return [task for task in _registered_tasks() if task.dataset.name == dataset_name]
+
+
 def _register_dataset(prefix: str, dataset: retrieval_data.RetrievalDataset, family: str,
                       spm_path: str) -> list[str]:
   """Registers `{prefix}_{l}_queries` and `{prefix}_{l}_candidates`; returns their names."""
-  qa.remove_providers(_TASKS.pop(dataset.name, []))
+  qa.remove_providers([task.name for task in _dataset_tasks(dataset.name)])
+  features = qa.output_features(family, spm_path, required=False)
   names = []
   for language in sorted(set(dataset.questions) | set(dataset.candidates)):
-    questions = dataset.questions.get(language, [])
-    candidates = dataset.candidates.get(language, [])
-    for kind, examples_fn, count in (("queries", _queries_fn(questions), len(questions)),
-                                     ("candidates", _candidates_fn(candidates), len(candidates))):
+    for kind in ("queries", "candidates"):
       name = f"{prefix}_{language}_{kind}"
       qa.remove_providers([name])
-      seqio.TaskRegistry.add(name, qa.function_source(examples_fn, SPLIT, count),
-                             output_features=qa.output_features(family, spm_path, required=False),
-                             preprocessors=qa.preprocessors())
+      seqio.TaskRegistry.add_provider(name, RetrievalTask(name, dataset, language, kind, features))
       names.append(name)
-  _DATASETS[dataset.name] = dataset
-  _TASKS[dataset.name] = names
   return names
 
 
 def _add_mixture(name: str, dataset_names: Sequence[str]) -> None:
   """(Re-)registers an evaluation mixture of every task of `dataset_names` (rate 1 each)."""
   qa.remove_providers([name])
-  _MIXTURES[name] = list(dataset_names)
-  seqio.MixtureRegistry.add(name, [t for d in dataset_names for t in _TASKS[d]], default_rate=1.0)
+  seqio.MixtureRegistry.add_provider(name, EvaluationMixture(name, dataset_names))
+
+
+def _registered_datasets() -> set[str]:
+  return {task.dataset.name for task in _registered_tasks()}
+
+
+def evaluation_dataset_names() -> list[str]:
+  """The registered evaluation datasets, e.g. ['miracl_de', 'xquad_r']."""
+  return sorted(_registered_datasets())
+
+
+def unregister_evaluation_dataset(dataset_name: str) -> None:
+  """Removes a dataset's tasks and takes it out of every evaluation mixture (a mixture left
+  empty is removed); no-op if it is not registered."""
+  qa.remove_providers([task.name for task in _dataset_tasks(dataset_name)])
+  for name, mixture in _evaluation_mixtures().items():
+    if dataset_name in mixture.dataset_names:
+      rest = [d for d in mixture.dataset_names if d != dataset_name]
+      if rest:
+        _add_mixture(name, rest)
+      else:
+        qa.remove_providers([name])
 
 
 def _split_titles(data_dir, dataset: str, split) -> Sequence[str] | None:
@@ -88,7 +137,8 @@ def register_lareqa(dataset: str, data_dir: str, family: str, spm_path: str,
   data = retrieval_data.load_lareqa(data_dir, dataset, languages, _split_titles(data_dir, dataset, split))
   names = _register_dataset(dataset, data, family, str(spm_path))
   _add_mixture(f"lareqa_{dataset}", [dataset])
-  _add_mixture(LAREQA_MIXTURE, [d for d in retrieval_data.LAREQA_FOLDERS if d in _DATASETS])
+  _add_mixture(LAREQA_MIXTURE, [d for d in retrieval_data.LAREQA_FOLDERS
+                                if d in _registered_datasets()])
   return names
 
 
@@ -97,24 +147,35 @@ def register_miracl(language: str, topics_tsv: str, qrels_trec: str, corpus_json
   """Registers one MIRACL language (`miracl_{l}_queries`, `..._candidates`) and `miracl`."""
   data = retrieval_data.load_miracl(topics_tsv, qrels_trec, corpus_jsonl, language)
   names = _register_dataset("miracl", data, family, str(spm_path))
-  _add_mixture(MIRACL_MIXTURE, sorted(d for d in _DATASETS if d.startswith("miracl_")))
+  _add_mixture(MIRACL_MIXTURE, sorted(d for d in _registered_datasets()
+                                      if d.startswith("miracl_")))
   return names
 
 
+def _evaluation_mixtures() -> dict[str, EvaluationMixture]:
+  mixtures = {name: seqio.MixtureRegistry.get(name) for name in seqio.MixtureRegistry.names()}
+  return {name: mixture for name, mixture in mixtures.items()
+          if isinstance(mixture, EvaluationMixture)}
+
+
 def evaluation_mixture_names() -> list[str]:
-  return sorted(_MIXTURES)
+  return sorted(_evaluation_mixtures())
 
 
 def evaluation_mixture_datasets(name: str) -> list[tuple[str, retrieval_data.RetrievalDataset]]:
   """(dataset name, RetrievalDataset) behind an evaluation mixture, e.g. [('xquad_r', ...)]."""
-  if name not in _MIXTURES:
+  mixture = _evaluation_mixtures().get(name)
+  if mixture is None:
     raise ValueError(f"no evaluation mixture {name!r}; registered: {evaluation_mixture_names()} "
                      "(call tasks.register_lareqa / register_miracl first)")
-  return [(dataset, _DATASETS[dataset]) for dataset in _MIXTURES[name]]
+  datasets = {task.dataset.name: task.dataset for task in mixture.tasks}
+  return [(dataset, datasets[dataset]) for dataset in mixture.dataset_names]
 
 
 def dataset_tasks(dataset_name: str) -> list[str]:
   """The queries and candidates task names of a registered dataset, e.g. 'xquad_r'."""
-  if dataset_name not in _TASKS:
-    raise ValueError(f"no evaluation dataset {dataset_name!r}; registered: {sorted(_TASKS)}")
-  return list(_TASKS[dataset_name])
+  names = [task.name for task in _dataset_tasks(dataset_name)]
+  if not names:
+    raise ValueError(f"no evaluation dataset {dataset_name!r}; registered: "
+                     f"{sorted(_registered_datasets())}")
+  return names

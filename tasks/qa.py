@@ -5,7 +5,11 @@
   xquad_mono_{l}       query_l, passage_l          xquad_mono_mix   mono tasks, rates by size
   xquad_cross_{x}_{y}  query_x, passage_y          xquad_cross_mix  cross tasks, rates by size
                                                    xquad_all_mix    both, rates by size
-  xquad_hybrid         a `HybridMixture` (not a seqio Mixture): batch-level mono/cross sampling
+  xquad_hybrid         the corpus's record, a `HybridMixture`: a seqio Mixture of every task
+                       whose batches are drawn whole, mono or cross (`HybridMixture.sampler`)
+
+seqio's registries are the only ones: each task (`ParallelQATask`) knows its languages and its
+corpus's `HybridMixture`, which holds the corpus, its vocabulary, text format and batch options.
 
 Every example holds `query` and `passage` (token ids of `hybridir.text.tokenize`: prefixes, the
 passage unit, truncation and the vocabulary's special tokens (T5's EOS, XLM-R's <s> ... </s>,
@@ -100,11 +104,42 @@ def remove_providers(names: Sequence[str]) -> None:
     seqio.TaskRegistry.remove(name)
 
 
-class HybridMixture:
-  """A corpus registered for hybrid batches: the input pipeline draws whole batches from it.
+class ParallelQATask(seqio.Task):
+  """One (query language, passage language) task of a parallel QA corpus, e.g. `xquad_cross_de_en`.
+
+  `hybrid` is the corpus's `HybridMixture`: the record the task's examples come from.
+  """
+
+  def __init__(self, name: str, hybrid: "HybridMixture", query_language: str,
+               passage_language: str, features: dict[str, seqio.Feature]):
+    self.hybrid, self.query_language, self.passage_language = (hybrid, query_language,
+                                                               passage_language)
+    self.pair_ids = hybrid.task_pair_ids(query_language, passage_language)
+    super().__init__(name, function_source(self._examples, SPLIT, len(self.pair_ids)),
+                     output_features=features, preprocessors=preprocessors(hybrid.text_format))
+
+  def _examples(self) -> dict:
+    hybrid = self.hybrid
+    queries = hybrid.corpus.pairs[self.query_language]
+    passages = [text_lib.passage_parts(hybrid.corpus.pairs[self.passage_language][i],
+                                       hybrid.text_format.passage_unit) for i in self.pair_ids]
+    return {"query": [queries[i].question for i in self.pair_ids],
+            "passage": [text for text, _ in passages],
+            "passage_context": [context for _, context in passages],
+            "pair_id": tf.constant([hybrid.pair_index[i] for i in self.pair_ids], tf.int32),
+            "query_language": [self.query_language] * len(self.pair_ids),
+            "passage_language": [self.passage_language] * len(self.pair_ids)}
+
+
+class HybridMixture(seqio.Mixture):
+  """A parallel QA corpus registered for hybrid batches: the one record of the corpus.
+
+  A seqio Mixture, `{corpus name}_hybrid`, of the corpus's mono and cross tasks
+  (`ParallelQATask`s, rates by size: as a seqio Mixture it serves examples as `{name}_all_mix`
+  does). Its batches are drawn whole by `sampler()`, the hybrid schedule the input pipeline serves.
 
   Args:
-    name: the registered name, `{corpus name}_hybrid`.
+    corpus_name: the name the corpus is registered under (task names start with it).
     corpus: the (split) parallel corpus the batches come from.
     family: an encoder family's name (its vocabulary kinds are registered in hybridir.vocab).
     spm_path: the SentencePiece model.
@@ -112,23 +147,21 @@ class HybridMixture:
     text_format: prefixes and passage unit of every example (`text.TextFormat`).
     alpha, cross_pairs, mono_mixed_languages, language_sampling, language_temperature,
       source_temperature: as `hybrid.HybridSampler` (its defaults are the paper's batches).
-
-  `tasks` ({task name: (query language, passage language)}) lists the corpus's seqio tasks.
   """
 
-  def __init__(self, name: str, corpus: corpora.ParallelCorpus, family: str, spm_path: str,
-               pair_ids: Sequence[str], alpha: float = 0.5, cross_pairs: str = "per_example",
-               mono_mixed_languages: bool = False, language_sampling: str = "uniform",
-               language_temperature: float = 1.0, source_temperature: float = 1.0,
-               text_format: text_lib.TextFormat | None = None):
-    self.name = name
+  def __init__(self, corpus_name: str, corpus: corpora.ParallelCorpus, family: str,
+               spm_path: str, pair_ids: Sequence[str], alpha: float = 0.5,
+               cross_pairs: str = "per_example", mono_mixed_languages: bool = False,
+               language_sampling: str = "uniform", language_temperature: float = 1.0,
+               source_temperature: float = 1.0, text_format: text_lib.TextFormat | None = None):
+    name = f"{corpus_name}_hybrid"
+    self.corpus_name = corpus_name
     self.text_format = text_format or text_lib.TextFormat()
     self.corpus = corpus
     self.family = family
     self.spm_path = spm_path
     self.pair_ids = tuple(pair_ids)
     self.pair_index = {pair_id: i for i, pair_id in enumerate(self.pair_ids)}
-    self.tasks: dict[str, tuple[str, str]] = {}
     self.options = dict(alpha=alpha, cross_pairs=cross_pairs,
                         mono_mixed_languages=mono_mixed_languages,
                         language_sampling=language_sampling,
@@ -138,11 +171,29 @@ class HybridMixture:
       self.sampler(batch_size=1)
     except ValueError as e:
       raise ValueError(f"hybrid mixture {name!r}: {e}") from e
+    features = output_features(family, str(spm_path))
+    self.qa_tasks: list[ParallelQATask] = []
+    for x in self.languages:
+      for y in self.languages:
+        if x == y or self.task_pair_ids(x, y):  # Cross tasks only where translations meet.
+          task_name = f"{corpus_name}_mono_{x}" if x == y else f"{corpus_name}_cross_{x}_{y}"
+          self.qa_tasks.append(ParallelQATask(task_name, self, x, y, features))
+    super().__init__(name, [(task, max(len(task.pair_ids), 1)) for task in self.qa_tasks])
+
+  def example_mixtures(self) -> dict[str, list[tuple[ParallelQATask, int]]]:
+    """The corpus's seqio mixtures of examples: {name: [(task, rate by size)]}, non-empty ones."""
+    mono = [(t, max(len(t.pair_ids), 1)) for t in self.qa_tasks
+            if t.query_language == t.passage_language]
+    cross = [(t, len(t.pair_ids)) for t in self.qa_tasks
+             if t.query_language != t.passage_language]
+    mixtures = {f"{self.corpus_name}_mono_mix": mono, f"{self.corpus_name}_cross_mix": cross,
+                f"{self.corpus_name}_all_mix": mono + cross}
+    return {name: rates for name, rates in mixtures.items() if rates}
 
   @property
-  def mono_tasks(self) -> dict[str, str]:
+  def mono_tasks(self) -> dict[str, ParallelQATask]:
     """{language: its mono task}: these tokenise every question and passage once."""
-    return {x: task for task, (x, y) in self.tasks.items() if x == y}
+    return {t.query_language: t for t in self.qa_tasks if t.query_language == t.passage_language}
 
   def task_pair_ids(self, query_language: str, passage_language: str) -> list[str]:
     """The pair ids present in both languages, in integer `pair_id` order (a task's order)."""
@@ -151,7 +202,7 @@ class HybridMixture:
     return sorted(shared, key=self.pair_index.get)
 
   @property
-  def vocabulary(self) -> seqio.SentencePieceVocabulary:
+  def vocabulary(self) -> seqio.Vocabulary:
     return get_vocabulary(self.family, self.spm_path)
 
   @property
@@ -163,40 +214,18 @@ class HybridMixture:
     return hybrid.HybridSampler(self.corpus, batch_size, seed=seed, **self.options)
 
 
-_HYBRID_MIXTURES: dict[str, HybridMixture] = {}
-_REGISTERED: dict[str, list[str]] = {}  # Corpus name -> the seqio names it registered.
-_OWNER: dict[str, HybridMixture] = {}  # Task or mixture name -> its corpus's hybrid mixture.
-
-
 def get_hybrid_mixture(name: str) -> HybridMixture:
   """The registered hybrid mixture `name`, else a ValueError listing those registered."""
-  if name not in _HYBRID_MIXTURES:
-    raise ValueError(f"no hybrid mixture {name!r}; registered: {sorted(_HYBRID_MIXTURES)}")
-  return _HYBRID_MIXTURES[name]
+  provider = seqio.MixtureRegistry.get(name) if name in seqio.MixtureRegistry.names() else None
+  if not isinstance(provider, HybridMixture):
+    raise ValueError(f"no hybrid mixture {name!r}; registered: {hybrid_mixture_names()}")
+  return provider
 
 
 def hybrid_mixture_names() -> list[str]:
-  return sorted(_HYBRID_MIXTURES)
-
-
-def owner(task_or_mixture_name: str) -> HybridMixture | None:
-  """The hybrid mixture of the corpus a QA task or mixture was registered from, if any."""
-  return _OWNER.get(task_or_mixture_name)
-
-
-def _examples_fn(mixture: HybridMixture, query_language: str, passage_language: str):
-  def examples():
-    ids = mixture.task_pair_ids(query_language, passage_language)
-    queries = mixture.corpus.pairs[query_language]
-    passages = [text_lib.passage_parts(mixture.corpus.pairs[passage_language][i],
-                                       mixture.text_format.passage_unit) for i in ids]
-    return {"query": [queries[i].question for i in ids],
-            "passage": [text for text, _ in passages],
-            "passage_context": [context for _, context in passages],
-            "pair_id": tf.constant([mixture.pair_index[i] for i in ids], tf.int32),
-            "query_language": [query_language] * len(ids),
-            "passage_language": [passage_language] * len(ids)}
-  return examples
+  """The registered hybrid mixtures (one per registered corpus)."""
+  return sorted(name for name in seqio.MixtureRegistry.names()
+                if isinstance(seqio.MixtureRegistry.get(name), HybridMixture))
 
 
 def register_parallel_qa(name: str, corpus_path: str, family: str, spm_path: str,
@@ -214,41 +243,26 @@ def register_parallel_qa(name: str, corpus_path: str, family: str, spm_path: str
     vocab.family_kinds(family)
   except ValueError as e:
     raise ValueError(f"{where}: {e}") from e
-  features = output_features(family, str(spm_path))
+  output_features(family, str(spm_path))  # A missing vocabulary fails before the corpus is read.
   text_format = text_format or text_lib.TextFormat()
   # Passages as paragraphs, with their answer sentences: text_format's unit chooses from both.
   full = corpora.load_parallel_corpus(corpus_path, "paragraph", languages)
-  mixture = HybridMixture(f"{name}_hybrid", full.select_articles(split, where), family,
+  mixture = HybridMixture(name, full.select_articles(split, where), family,
                           str(spm_path), full.pair_ids(), text_format=text_format,
                           **hybrid_options)
   unregister_parallel_qa(name)
-  mono, cross = [], []
-  for x in mixture.languages:
-    for y in mixture.languages:
-      size = len(mixture.task_pair_ids(x, y))
-      if x != y and not size:
-        continue
-      task_name = f"{name}_mono_{x}" if x == y else f"{name}_cross_{x}_{y}"
-      seqio.TaskRegistry.add(task_name, function_source(_examples_fn(mixture, x, y), SPLIT, size),
-                             output_features=features,
-                             preprocessors=preprocessors(text_format))
-      mixture.tasks[task_name] = (x, y)
-      (mono if x == y else cross).append((task_name, size))
-  mixtures = {f"{name}_mono_mix": mono, f"{name}_cross_mix": cross, f"{name}_all_mix": mono + cross}
-  for mixture_name, rates in mixtures.items():
-    if rates:
-      seqio.MixtureRegistry.add(mixture_name, [(t, max(n, 1)) for t, n in rates])
-  registered = [t for t, _ in mono + cross] + [m for m, rates in mixtures.items() if rates]
-  _REGISTERED[name] = registered
-  _HYBRID_MIXTURES[mixture.name] = mixture
-  _OWNER.update({provider: mixture for provider in registered + [mixture.name]})
+  for task in mixture.qa_tasks:
+    seqio.TaskRegistry.add_provider(task.name, task)
+  for mixture_name, rates in mixture.example_mixtures().items():
+    seqio.MixtureRegistry.add(mixture_name, rates)
+  seqio.MixtureRegistry.add_provider(mixture.name, mixture)
   return mixture
 
 
 def unregister_parallel_qa(name: str) -> None:
   """Removes what `register_parallel_qa(name, ...)` registered; no-op if nothing."""
-  registered = _REGISTERED.pop(name, [])
-  remove_providers(registered)
-  for provider in registered + [f"{name}_hybrid"]:
-    _OWNER.pop(provider, None)
-  _HYBRID_MIXTURES.pop(f"{name}_hybrid", None)
+  if f"{name}_hybrid" not in hybrid_mixture_names():
+    return
+  mixture = get_hybrid_mixture(f"{name}_hybrid")
+  remove_providers([t.name for t in mixture.qa_tasks] + list(mixture.example_mixtures())
+                   + [mixture.name])

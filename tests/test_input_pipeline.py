@@ -4,6 +4,7 @@ import itertools
 import numpy as np
 import pytest
 import seqio
+import tensorflow as tf
 
 import tasks
 from hybridir import input_pipeline
@@ -142,12 +143,46 @@ def test_seqio_task_batches_are_deterministic_epochs_of_distinct_examples(mixtur
 
 def test_seqio_task_batches_hold_the_tasks_own_examples(mixture):
   source = input_pipeline.HybridInput("ip_cross_zh_de", LENGTHS, batch_size=8)
-  examples = input_pipeline.task_to_numpy(seqio.TaskRegistry.get("ip_cross_zh_de"), LENGTHS)
-  row_of = {pair_id: row for row, pair_id in enumerate(examples["pair_id"])}
+  task = seqio.TaskRegistry.get("ip_cross_zh_de")
+  examples = input_pipeline.task_to_numpy(task, LENGTHS)
+  pair_ids = [ex["pair_id"] for ex in task.get_dataset(LENGTHS, shuffle=False).as_numpy_iterator()]
+  row_of = {pair_id: row for row, pair_id in enumerate(pair_ids)}
   batch = source.batch(3)
   rows = [row_of[pair_id] for pair_id in batch["pair_ids"]]
-  np.testing.assert_array_equal(batch["query_tokens"], examples["query"][rows])
-  np.testing.assert_array_equal(batch["passage_tokens"], examples["passage"][rows])
+  np.testing.assert_array_equal(batch["query_tokens"], examples["query_tokens"][rows])
+  np.testing.assert_array_equal(batch["passage_tokens"], examples["passage_tokens"][rows])
+
+
+def test_feature_converter_pads_each_text_to_its_length_with_the_pad_id():
+  converter = input_pipeline.DualEncoderFeatureConverter(pad_id=1)
+  dataset = tf.data.Dataset.from_tensors({"query": tf.constant([5, 2], tf.int32),
+                                          "passage": tf.constant([7, 8, 2], tf.int32),
+                                          "pair_id": tf.constant(3, tf.int32)})
+  (example,) = converter(dataset, {"query": 4, "passage": 3}).as_numpy_iterator()
+  assert set(example) == {"query_tokens", "passage_tokens"}
+  np.testing.assert_array_equal(example["query_tokens"], [5, 2, 1, 1])
+  np.testing.assert_array_equal(example["passage_tokens"], [7, 8, 2])
+
+
+@pytest.mark.parametrize("features, error, message", [
+    ({"query": [1, 2, 3, 4, 5]}, tf.errors.InvalidArgumentError,
+     "Feature .{1,2}query.{1,2} has length not less than or equal to the expected length of 4"),
+    ({"query": np.array([1, 2], np.int64)}, ValueError, "incorrect type for feature 'query'"),
+    ({"query": [[1, 2]]}, ValueError, "incorrect rank for feature 'query'"),
+    ({"passage": None}, ValueError, "missing an expected feature.*'passage'"),
+])
+def test_feature_converter_refuses_task_features_the_model_cannot_take(features, error, message):
+  example = {"query": np.array([1, 2], np.int32), "passage": np.array([3, 2], np.int32)}
+  example.update({k: v if v is None or isinstance(v, np.ndarray) else np.array(v, np.int32)
+                  for k, v in features.items()})
+  dataset = tf.data.Dataset.from_tensors({k: v for k, v in example.items() if v is not None})
+  with pytest.raises(error, match=message):
+    list(input_pipeline.DualEncoderFeatureConverter()(dataset, {"query": 4, "passage": 4}))
+
+
+def test_feature_converter_never_packs():
+  with pytest.raises(ValueError, match="pack must be False"):
+    input_pipeline.DualEncoderFeatureConverter(pack=True)
 
 
 def test_example_mixture_batches_mix_tasks_on_each_host(mixture):

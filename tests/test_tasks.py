@@ -46,8 +46,29 @@ def test_registration_creates_a_mono_task_per_language_and_a_cross_task_per_orde
   assert names == {"xq_mono_de", "xq_mono_en", "xq_mono_zh", "xq_cross_de_en", "xq_cross_de_zh",
                    "xq_cross_en_de", "xq_cross_en_zh", "xq_cross_zh_de", "xq_cross_zh_en"}
   mixtures = {n for n in seqio.MixtureRegistry.names() if n.startswith("xq_")}
-  assert mixtures == {"xq_mono_mix", "xq_cross_mix", "xq_all_mix"}
+  assert mixtures == {"xq_mono_mix", "xq_cross_mix", "xq_all_mix", "xq_hybrid"}
   assert "xq_hybrid" in tasks.hybrid_mixture_names()
+
+
+def test_the_corpus_record_is_its_seqio_hybrid_mixture_and_its_tasks_point_to_it(
+    data_dir, spm_models):
+  mixture = register(data_dir, spm_models, name="xqrec")
+  assert seqio.get_mixture_or_task("xqrec_hybrid") is mixture
+  assert isinstance(mixture, seqio.Mixture) and len(mixture.tasks) == 9
+  task = seqio.get_mixture_or_task("xqrec_cross_zh_de")
+  assert isinstance(task, tasks.ParallelQATask) and task.hybrid is mixture
+  assert (task.query_language, task.passage_language) == ("zh", "de")
+  assert all(t.hybrid is mixture for t in seqio.get_mixture_or_task("xqrec_all_mix").tasks)
+  # As a seqio Mixture it serves its tasks' examples (the batch schedule is its sampler's).
+  examples = list(mixture.get_dataset(LENGTHS, split=tasks.qa.SPLIT, shuffle=False)
+                  .take(4).as_numpy_iterator())
+  assert len(examples) == 4
+  assert all(set(e) == {"query", "passage"} and e["passage"][-1] == 1 for e in examples)
+  tasks.unregister_parallel_qa("xqrec")
+  assert not [n for n in list(seqio.TaskRegistry.names()) + list(seqio.MixtureRegistry.names())
+              if n.startswith("xqrec_")]
+  with pytest.raises(ValueError, match="no hybrid mixture 'xqrec_hybrid'"):
+    tasks.get_hybrid_mixture("xqrec_hybrid")
 
 
 def test_mono_example_has_one_language_and_t5_ids_end_in_eos(data_dir, spm_models, xquad):
@@ -140,6 +161,22 @@ def test_lareqa_mixtures_give_the_published_counts(data_dir, spm_models):
   assert datasets["xquad_r"].stats()["en"]["candidates"] == 1180
   assert datasets["mlqa_r"].stats()["en"]["candidates"] == 6264
   assert [d for d, _ in tasks.evaluation_mixture_datasets("lareqa_mlqa_r")] == ["mlqa_r"]
+  mixture = seqio.get_mixture_or_task("lareqa")
+  assert isinstance(mixture, tasks.EvaluationMixture)
+  assert {t.dataset.name for t in mixture.tasks} == {"xquad_r", "mlqa_r"}
+  assert all(isinstance(t, tasks.RetrievalTask) for t in mixture.tasks)
+
+
+def test_reregistering_an_evaluation_dataset_replaces_its_tasks(data_dir, spm_models):
+  tasks.register_lareqa("xquad_r", data_dir, "t5", spm_models["t5"], languages=("de", "en", "zh"))
+  tasks.register_lareqa("xquad_r", data_dir, "t5", spm_models["t5"], languages=("de", "en"))
+  assert {n for n in seqio.TaskRegistry.names() if n.startswith("xquad_r_")} == {
+      "xquad_r_de_queries", "xquad_r_de_candidates", "xquad_r_en_queries",
+      "xquad_r_en_candidates"}
+  (_, dataset), = tasks.evaluation_mixture_datasets("lareqa_xquad_r")
+  assert set(dataset.questions) == {"de", "en"}
+  with pytest.raises(ValueError, match="no evaluation dataset 'tydi'"):
+    tasks.dataset_tasks("tydi")
 
 
 def test_lareqa_tasks_hold_queries_and_candidate_sentences(data_dir, spm_models):
@@ -166,6 +203,23 @@ def test_miracl_language_joins_the_miracl_mixture(tmp_path, spm_models):
   datasets = dict(tasks.evaluation_mixture_datasets("miracl"))  # Other tests add languages too.
   assert datasets["miracl_de"].questions["de"][0].relevant == ("d1",)
   assert {"miracl_de_queries", "miracl_de_candidates"} <= set(seqio.TaskRegistry.names())
+
+
+def test_unregistering_an_evaluation_dataset_takes_it_out_of_its_mixtures(tmp_path, spm_models):
+  (tmp_path / "topics.tsv").write_text("q1\tWer war Kant?\n")
+  (tmp_path / "qrels.txt").write_text("q1 Q0 d1 1\n")
+  (tmp_path / "corpus.jsonl").write_text('{"docid": "d1", "title": "Kant", "text": "Philosoph."}\n')
+  for language in ("de", "fr"):
+    tasks.register_miracl(language, tmp_path / "topics.tsv", tmp_path / "qrels.txt",
+                          tmp_path / "corpus.jsonl", "t5", spm_models["t5"])
+  tasks.unregister_evaluation_dataset("miracl_fr")
+  assert "miracl_fr" not in tasks.evaluation_dataset_names()
+  assert "miracl_fr" not in dict(tasks.evaluation_mixture_datasets("miracl"))
+  assert not [n for n in seqio.TaskRegistry.names() if n.startswith("miracl_fr_")]
+  for name in tasks.evaluation_dataset_names():
+    if name.startswith("miracl_"):
+      tasks.unregister_evaluation_dataset(name)
+  assert "miracl" not in tasks.evaluation_mixture_names()
 
 
 def test_unknown_evaluation_mixture_names_those_registered():
