@@ -79,7 +79,8 @@ def worker(args) -> None:
         train_steps=args.steps, model_dir=args.model_dir, learning_rate_schedule=1e-3,
         optimizer_fn=lambda learning_rate_schedule: optim.create_optimizer(
             "adamw", learning_rate_schedule),
-        checkpoint_period=args.period, mesh=partitioning.create_mesh(2), log_period=1000)
+        checkpoint_cfg=trainer.CheckpointConfig(period=args.period),
+        mesh=partitioning.create_mesh(2), log_period=1000)
   except (checkpoints.CheckpointSaveError, checkpoints.NoGoodCheckpointError,
           checkpoints.CheckpointShapeError, FloatingPointError) as e:
     print(f"error: {e}", file=sys.stderr, flush=True)

@@ -65,7 +65,8 @@ def check_trainer(results: dict) -> None:
   lengths = {"query": 16, "passage": 32}
   pairs = LearnablePairs(32, model.encoder_config.vocab_size, 16, 32)
   options = dict(model=model, train_input=pairs, task_feature_lengths=lengths,
-                 learning_rate_schedule=3e-3, checkpoint_period=10, log_period=10,
+                 learning_rate_schedule=3e-3, checkpoint_cfg=trainer.CheckpointConfig(period=10),
+                 log_period=10,
                  optimizer_fn=lambda learning_rate_schedule: optim.create_optimizer(
                      "adamw", learning_rate_schedule),
                  mesh=partitioning.create_mesh(1, devices=jax.devices()[:1]))

@@ -39,7 +39,7 @@ from hybridir import trainer  # noqa: E402
 EXIT_FITS, EXIT_ERROR, EXIT_DOES_NOT_FIT = 0, 1, 3
 PLATFORM = "tpu"
 # Runs whose training is trainer.train as gin binds it (the study's run trains, then evaluates).
-TRAINING_RUNS = ("hybridir.trainer.train", "hybridir.study_run.train_and_evaluate")
+TRAINING_RUNS = (gin_utils.TRAINING_RUN, "hybridir.study_run.train_and_evaluate")
 # XLA's out-of-memory messages, e.g. "the total memory required for HLO temporaries (40.00G)
 # exceeds available HBM (30.75G)" or "Used 40.00G of 30.75G hbm".
 _OOM_SIZES = (re.compile(r"required[^(]*\(([\d.]+)([KMGT]?)\)\s*exceeds available HBM"),
@@ -73,7 +73,7 @@ def train_run_from_gin(gin_files, gin_bindings=()) -> TrainRun:
   if selector not in TRAINING_RUNS:
     raise AotError(f"RUN is {selector}; hybridir.aot compiles training runs "
                    f"(RUN = @{' or @'.join(s.split('.', 1)[1] for s in TRAINING_RUNS)})")
-  train = TRAINING_RUNS[0]
+  train = gin_utils.TRAINING_RUN
   parameters = inspect.signature(trainer.train).parameters
   names = ("model", "task_feature_lengths", "optimizer_fn", "learning_rate_schedule",
            "loss_config", "logical_axis_rules")

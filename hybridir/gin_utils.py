@@ -12,6 +12,10 @@ import gin
 
 from hybridir import fs
 
+# The training run's selector (RUN = @trainer.train): main keeps its config in MODEL_DIR, aot
+# compiles it.
+TRAINING_RUN = "hybridir.trainer.train"
+
 _PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
 # Folders holding gin_configs/: the installed package (hybridir/gin_configs), else the checkout.
 GIN_ROOTS = tuple(str(p) for p in (_PACKAGE_DIR, _PACKAGE_DIR.parent)

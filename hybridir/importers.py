@@ -353,7 +353,7 @@ def _t5x_encoder(path, config, target, dual_encoder_options):
 @dataclasses.dataclass(frozen=True)
 class Pretrained:
   """Pretrained encoder weights, a Hugging Face directory or a T5X checkpoint at `path`: what
-  `trainer.train(init_params=...)` starts from."""
+  `trainer.CheckpointConfig(init_params=...)` starts a fresh run from."""
   path: str
 
   def __call__(self, model: dual_encoder.DualEncoder, shardings) -> dict:

@@ -37,7 +37,7 @@ PREEMPTED_EXIT_CODE = 143
 # Where each run function writes, by parameter ("directory": files go inside; "file": a file or
 # a file prefix); checked writable before SETUP and RUN start.
 OUTPUT_PARAMETERS = {
-    "hybridir.trainer.train": {"model_dir": "directory"},
+    gin_utils.TRAINING_RUN: {"model_dir": "directory"},
     "hybridir.study_run.train_and_evaluate": {"model_dir": "directory", "export_dir": "directory"},
     "hybridir.eval_run.run_evaluation": {"output_dir": "directory"},
     "hybridir.corpus_eval.run_corpus_evaluation": {"output_dir": "directory"},
@@ -45,8 +45,6 @@ OUTPUT_PARAMETERS = {
     "hybridir.export.export_from_training_checkpoint": {"output_dir": "directory"},
     "hybridir.spm.train": {"output": "file"},
 }
-# The run whose MODEL_DIR keeps the gin config it ran with (config.gin, beside encoder.json).
-TRAINING_RUN = "hybridir.trainer.train"
 # Errors that describe bad input or an unusable output (their message names the file, record or
 # parameter): reported as one line, not a traceback.
 EXPECTED_ERRORS = (corpora.CorpusError, fs.NotWritableError, FileNotFoundError, FileExistsError,
@@ -142,9 +140,10 @@ def check_output_locations() -> None:
 
 
 def write_training_config() -> None:
-  """A training run keeps the gin config it was started with: MODEL_DIR/config.gin."""
-  selector = gin.query_parameter("%RUN").configurable.selector
-  if selector == TRAINING_RUN and jax.process_index() == 0:
+  """A training run (gin_utils.TRAINING_RUN) keeps the gin config it was started with:
+  MODEL_DIR/config.gin, beside encoder.json."""
+  selector = gin_utils.run_selector()
+  if selector == gin_utils.TRAINING_RUN and jax.process_index() == 0:
     run_dir.write_config(gin.get_bindings(selector)["model_dir"], gin.config_str())
 
 
@@ -195,7 +194,7 @@ def one_line_errors():
 
 def closing_line_parts() -> tuple[str, str | None]:
   """(what the finished RUN wrote, the natural next command), from the run's directory macros."""
-  selector = gin.query_parameter("%RUN").configurable.name
+  selector = gin_utils.run_selector()
   model_dir, export_dir, eval_dir = (gin_utils.macro(name, None)
                                      for name in ("MODEL_DIR", "EXPORT_DIR", "EVAL_DIR"))
   if selector.endswith("export_from_training_checkpoint") and export_dir:
@@ -207,7 +206,7 @@ def closing_line_parts() -> tuple[str, str | None]:
     return (f"checkpoints, config.gin and the vocabulary to {model_dir}",
             "python -m hybridir.main --gin_file=gin_configs/runs/export.gin "
             f"--gin.MODEL_DIR=\"'{model_dir}'\" --gin.EXPORT_DIR=\"'{model_dir}/export'\"")
-  return f"the results of {selector}", None
+  return f"the results of {selector.rpartition('.')[2]}", None
 
 
 def main(argv, gin_flag_bindings: Sequence[str] = ()):

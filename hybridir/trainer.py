@@ -27,6 +27,65 @@ class RunChangedError(ValueError):
   """Resuming a checkpoint with settings that change what the run trains on or what it trains."""
 
 
+def _require(ok: bool, field: str, expected: str, found) -> None:
+  """A config field's check: ValueError `{field} must be {expected}, found {found!r}`."""
+  if not ok:
+    raise ValueError(f"{field} must be {expected}, found {found!r}")
+
+
+def _is_count(value, least: int) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+  """Saving and restoring, as T5X's checkpoint_cfg. A save every `period` steps (and at the last)
+  through `checkpointer_fn` (which may keep the best by `best_metric`, higher is better unless
+  `best_mode` is 'min'); resuming a checkpoint of other run settings only if `allow_changed_run`;
+  a fresh run starts from `init_params(model, param shardings)` (e.g. importers.pretrained(path)),
+  or a random initialisation when None."""
+  period: int = 100
+  checkpointer_fn: Callable = checkpoints.Checkpointer
+  best_metric: str | None = None
+  best_mode: str = "max"
+  allow_changed_run: bool = False
+  init_params: Callable | None = None
+
+  def __post_init__(self):
+    _require(_is_count(self.period, 1), "CheckpointConfig.period", "a positive integer",
+             self.period)
+    _require(callable(self.checkpointer_fn), "CheckpointConfig.checkpointer_fn",
+             "callable (e.g. checkpoints.Checkpointer)", self.checkpointer_fn)
+    _require(self.best_metric is None or (isinstance(self.best_metric, str) and self.best_metric),
+             "CheckpointConfig.best_metric", "a metric name (e.g. 'eval/loss') or None",
+             self.best_metric)
+    _require(self.best_mode in ("max", "min"), "CheckpointConfig.best_mode", "'max' or 'min'",
+             self.best_mode)
+    _require(isinstance(self.allow_changed_run, bool), "CheckpointConfig.allow_changed_run",
+             "True or False", self.allow_changed_run)
+    _require(self.init_params is None or callable(self.init_params),
+             "CheckpointConfig.init_params", "callable (e.g. importers.pretrained(path)) or None",
+             self.init_params)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  """The held-out check while training: mean in-batch metrics over `steps` batches of `input` (an
+  object with .batch(i), or a factory of one such as gin's @HybridInput) every `period` steps;
+  none when `period` is 0 or `input` None."""
+  input: Any = None
+  period: int = 0
+  steps: int = 4
+
+  def __post_init__(self):
+    _require(self.input is None or hasattr(self.input, "batch") or callable(self.input),
+             "EvalConfig.input", "None, an object with .batch(step) or a factory of one (e.g. "
+             "@input_pipeline.HybridInput)", self.input)
+    _require(_is_count(self.period, 0), "EvalConfig.period",
+             "a non-negative integer (0: no evaluation)", self.period)
+    _require(_is_count(self.steps, 1), "EvalConfig.steps", "a positive integer", self.steps)
+
+
 @dataclasses.dataclass
 class TrainResult:
   state: step_lib.TrainState
@@ -70,19 +129,21 @@ def train(*, model: dual_encoder.DualEncoder, train_input: Any, task_feature_len
           train_steps: int, model_dir: str, learning_rate_schedule: Callable | float,
           optimizer_fn: Callable = optim.create_optimizer,
           loss_config: step_lib.LossConfig = step_lib.LossConfig(), seed: int = 0,
-          mesh=None, logical_axis_rules=None, init_params: Callable | None = None,
-          checkpoint_period: int = 100, checkpointer_fn: Callable = checkpoints.Checkpointer,
-          eval_input: Any = None, eval_period: int = 0, eval_steps: int = 4,
-          best_metric: str | None = None, best_mode: str = "max", log_period: int = 10,
-          allow_changed_run: bool = False) -> TrainResult:
+          mesh=None, logical_axis_rules=None, checkpoint_cfg: CheckpointConfig = CheckpointConfig(),
+          eval_cfg: EvalConfig = EvalConfig(), log_period: int = 10) -> TrainResult:
   """Trains `model` on batches from `train_input.batch(step)` for `train_steps` steps.
 
   Resumes from the latest checkpoint under `model_dir/checkpoints` (the data stream is a pure
   function of (seed, step), so the step restores the data position too). The settings that define
   the run (`run_identity`) are stored with each checkpoint; resuming with others is refused unless
-  `allow_changed_run`. A fresh run starts from `init_params(model, param shardings)` (e.g.
-  `importers.pretrained(path)`) or, when None, from a random initialisation.
+  `checkpoint_cfg.allow_changed_run`. A fresh run starts from `checkpoint_cfg.init_params`, or a
+  random initialisation.
   """
+  for name, config, kind in (("checkpoint_cfg", checkpoint_cfg, CheckpointConfig),
+                             ("eval_cfg", eval_cfg, EvalConfig)):
+    if not isinstance(config, kind):
+      raise TypeError(f"train's {name} must be a trainer.{kind.__name__}, found "
+                      f"{type(config).__name__}")
   if train_steps < 1:
     raise ValueError(f"train_steps must be >= 1, got {train_steps}")
   missing = {"query", "passage"} - set(task_feature_lengths)
@@ -92,7 +153,7 @@ def train(*, model: dual_encoder.DualEncoder, train_input: Any, task_feature_len
   # otherwise JAX's default. For this run only: the process's setting is left as it was.
   with jax.threefry_partitionable(partitionable_threefry(model)):
     train_input = _host_input(train_input)
-    eval_input = _host_input(eval_input) if eval_input is not None else None
+    eval_input = _host_input(eval_cfg.input) if eval_cfg.input is not None else None
     _check_vocabulary_fits(train_input, model)
     mesh = mesh or partitioning.create_mesh()
     rules = logical_axis_rules or partitioning.standard_logical_axis_rules()
@@ -101,12 +162,13 @@ def train(*, model: dual_encoder.DualEncoder, train_input: Any, task_feature_len
     abstract_state, state_shardings = state_layout(model, optimizer, *lengths, mesh, rules)
 
     identity = run_identity(model, train_input, task_feature_lengths, seed)
-    checkpointer = checkpointer_fn(os.path.join(model_dir, "checkpoints"), best_metric=best_metric,
-                                   best_mode=best_mode)
+    checkpointer = checkpoint_cfg.checkpointer_fn(
+        os.path.join(model_dir, "checkpoints"), best_metric=checkpoint_cfg.best_metric,
+        best_mode=checkpoint_cfg.best_mode)
     start_step, state = restore_or_initialize(
-        checkpointer, abstract_state, state_shardings, identity, allow_changed_run,
-        initialize=lambda: _initial_state(model, optimizer, loss_config, seed, init_params, lengths,
-                                          state_shardings))
+        checkpointer, abstract_state, state_shardings, identity, checkpoint_cfg.allow_changed_run,
+        initialize=lambda: _initial_state(model, optimizer, loss_config, seed,
+                                          checkpoint_cfg.init_params, lengths, state_shardings))
     if start_step:
       logging.info("resumed from %s at step %d", model_dir, start_step)
 
@@ -120,7 +182,7 @@ def train(*, model: dual_encoder.DualEncoder, train_input: Any, task_feature_len
     p_train_step = sharded_train_step(model, optimizer, loss_config, mesh, state_shardings,
                                       wrap=counted)
     evaluator = None if eval_input is None else _Evaluator(
-        model, loss_config, mesh, state_shardings.params, eval_input, eval_steps, model_dir)
+        model, loss_config, mesh, state_shardings.params, eval_input, eval_cfg.steps, model_dir)
     log = _TrainLog(model_dir, train_input, learning_rate_schedule, start_step, train_steps,
                     log_period, checkpointer)
     dropout_rng = jax.random.PRNGKey(seed + 1)
@@ -139,12 +201,12 @@ def train(*, model: dual_encoder.DualEncoder, train_input: Any, task_feature_len
         done_step = step + 1
         log.add(done_step, metrics, time.time() - tick, tokens)
         eval_metrics = None
-        if evaluator and eval_period and done_step % eval_period == 0:
+        if evaluator and eval_cfg.period and done_step % eval_cfg.period == 0:
           log.flush()
           eval_metrics = evaluator.run(state.params, done_step)
         checkpointer.check()  # A failed background save stops the run here, not at the next save.
         preempted = preemption.agreed()
-        if done_step % checkpoint_period == 0 or done_step == train_steps or preempted:
+        if done_step % checkpoint_cfg.period == 0 or done_step == train_steps or preempted:
           log.flush()
           checkpointer.save(done_step, state, {"step": done_step, "seed": seed,
                                                "input": str(getattr(train_input, "name", "")),

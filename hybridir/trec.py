@@ -58,16 +58,23 @@ def _parse(path, number, value, kind, what):
   return parsed
 
 
+def _record_first(first_line: dict, path: str, number: int, qid: str, docid: str,
+                  repeated: str) -> None:
+  """Notes the line (qid, docid) first appears on in `first_line`; raises naming both lines
+  (`document ... {repeated} for query ...`) when it appears again."""
+  if (qid, docid) in first_line:
+    raise ValueError(f"{path}:{number}: document {docid!r} {repeated} for query {qid!r} (first on "
+                     f"line {first_line[qid, docid]})")
+  first_line[qid, docid] = number
+
+
 def read_run(path: str) -> dict[str, dict[str, float]]:
   """Reads a TREC run file into `{qid: {docid: score}}`; duplicates and bad fields name the line."""
   run, first_line = {}, {}
   rows = _read_table(path, 6, "qid Q0 docid rank score tag")
   for number, (qid, _, docid, rank, score, _) in rows:
     _parse(path, number, rank, int, "rank")
-    if (qid, docid) in first_line:
-      raise ValueError(f"{path}:{number}: document {docid!r} repeated for query {qid!r} (first on "
-                       f"line {first_line[qid, docid]})")
-    first_line[qid, docid] = number
+    _record_first(first_line, path, number, qid, docid, "repeated")
     run.setdefault(qid, {})[docid] = _parse(path, number, score, float, "score")
   return run
 
@@ -76,10 +83,7 @@ def read_qrels(path: str) -> dict[str, dict[str, int]]:
   """Reads a TREC qrels file into `{qid: {docid: relevance}}`."""
   qrels, first_line = {}, {}
   for number, (qid, _, docid, rel) in _read_table(path, 4, "qid 0 docid relevance"):
-    if (qid, docid) in first_line:
-      raise ValueError(f"{path}:{number}: document {docid!r} judged twice for query {qid!r} (first "
-                       f"on line {first_line[qid, docid]})")
-    first_line[qid, docid] = number
+    _record_first(first_line, path, number, qid, docid, "judged twice")
     qrels.setdefault(qid, {})[docid] = _parse(path, number, rel, int, "relevance")
   return qrels
 

@@ -102,7 +102,7 @@ def run(argv):
       # devices, parameters are split across the processes, so both write checkpoint shards.
       mesh=partitioning.create_mesh(2),
       logical_axis_rules=partitioning.standard_logical_axis_rules(parameter_partitioning_dims=2),
-      checkpoint_period=2, log_period=1)
+      checkpoint_cfg=trainer.CheckpointConfig(period=2), log_period=1)
 
   train_input, = inputs
   state = result.state

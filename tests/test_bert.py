@@ -203,7 +203,7 @@ def test_tiny_bert_dual_encoder_loss_falls_on_hybrid_batches(tmp_path, data_dir)
       optimizer_fn=lambda learning_rate_schedule: optim.create_optimizer(
           "adamw", learning_rate_schedule),
       loss_config=train_step.LossConfig(temperature=0.05), mesh=partitioning.create_mesh(1),
-      checkpoint_period=1000, log_period=1000)
+      checkpoint_cfg=trainer.CheckpointConfig(period=1000), log_period=1000)
   losses = [h["loss"] for h in result.history]
   window = steps // 6
   # Measured (seeds 0-2): last 20 steps 0.70x-0.71x the first 20; a flat loss is 1.0x.

@@ -1,6 +1,7 @@
 """Specification of hybridir.evaluate: the three settings, TREC files and the CLI, degradation."""
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -209,6 +210,17 @@ def test_bad_score_and_relevance_values_name_the_line(tmp_path):
     trec.read_run(str(tmp_path / "run"))
   (tmp_path / "qrels").write_text("q1 0 d1 1\n\nq1 0 d1 2\n")
   with pytest.raises(ValueError, match=r"qrels:3: document 'd1' judged twice .* line 1"):
+    trec.read_qrels(str(tmp_path / "qrels"))
+
+
+def test_a_document_repeated_in_a_run_or_judged_twice_names_both_lines(tmp_path):
+  (tmp_path / "run").write_text("q1 Q0 d1 1 0.9 tag\nq1 Q0 d2 2 0.8 tag\nq1 Q0 d1 3 0.7 tag\n")
+  with pytest.raises(ValueError, match=re.escape(
+      f"{tmp_path / 'run'}:3: document 'd1' repeated for query 'q1' (first on line 1)")):
+    trec.read_run(str(tmp_path / "run"))
+  (tmp_path / "qrels").write_text("q1 0 d1 1\nq2 0 d1 1\nq2 0 d1 0\n")
+  with pytest.raises(ValueError, match=re.escape(
+      f"{tmp_path / 'qrels'}:3: document 'd1' judged twice for query 'q2' (first on line 2)")):
     trec.read_qrels(str(tmp_path / "qrels"))
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from hybridir import checkpoints
+from hybridir import trainer
 from tests import test_trainer
 from tests.test_trainer import SyntheticPairs, run
 
@@ -99,7 +100,8 @@ def test_restoring_into_a_model_of_other_shape_names_the_parameter_and_both_shap
       vocab_size=64, emb_dim=24, num_layers=2, num_heads=2, head_dim=8, mlp_dim=32))
   with pytest.raises(checkpoints.CheckpointShapeError,
                      match=r"token_embedder/embedding: checkpoint \(64, 16\), model \(64, 24\)"):
-    run(tmp_path, 6, model=wider, allow_changed_run=True)
+    run(tmp_path, 6, model=wider,
+        checkpoint_cfg=trainer.CheckpointConfig(period=4, allow_changed_run=True))
 
 
 def test_failed_save_stops_training_at_once_and_keeps_the_last_good_checkpoint(

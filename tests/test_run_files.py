@@ -32,9 +32,14 @@ def test_study_config_builds_its_published_model_from_a_checkpoint(path):
   assert (gin_utils.evaluate("LEARNING_RATE"), gin_utils.evaluate("WEIGHT_DECAY"),
           gin_utils.evaluate("BATCH_SIZE"), gin_utils.evaluate("ALPHA")) == (3e-5, 0.01, 100, 0.5)
   assert gin.query_parameter("optim.create_optimizer.name") == "adamw"
-  # Early stopping: the checkpoint with the lowest validation loss; the prefixes (after E5).
-  assert gin_utils.bound_arguments("hybridir.trainer.train", ["best_metric", "best_mode"]) == {
-      "best_metric": "eval/loss", "best_mode": "min"}
+  # Early stopping: the checkpoint with the lowest validation loss, validated at each checkpoint;
+  # the prefixes (after E5).
+  configs = gin_utils.bound_arguments("hybridir.trainer.train", ["checkpoint_cfg", "eval_cfg"])
+  checkpoint_cfg, eval_cfg = configs["checkpoint_cfg"], configs["eval_cfg"]
+  assert (checkpoint_cfg.best_metric, checkpoint_cfg.best_mode) == ("eval/loss", "min")
+  assert checkpoint_cfg.period == eval_cfg.period == gin_utils.evaluate("EVAL_PERIOD")
+  assert eval_cfg.input is not None
+  assert checkpoint_cfg.init_params.path == gin_utils.evaluate("INIT_CHECKPOINT")
   text_format = gin_utils.evaluate("TEXT_FORMAT")
   assert (text_format.query_prefix, text_format.passage_prefix) == ("Query: ", "Passage: ")
   gin.clear_config()
@@ -134,6 +139,17 @@ def test_sweep_without_miracl_deletes_each_slice_after_training_and_keeps_no_exp
   jobs = [c for c in commands if "hybridir.main" in c]
   assert len(jobs) == 1 and "EXPORT_DIR" not in jobs[0] and "miracl" not in jobs[0]
   assert "tpu-vm delete" in commands[-1]
+
+
+def test_train_file_macros_reach_the_trainers_checkpoint_config():
+  gin.clear_config()
+  gin_utils.parse(["gin_configs/runs/smoke.gin"], ["CHECKPOINT_PERIOD = 7",
+                                                   "ALLOW_CHANGED_RUN = True"], finalize=False)
+  configs = gin_utils.bound_arguments("hybridir.trainer.train", ["checkpoint_cfg", "eval_cfg"])
+  checkpoint_cfg = configs["checkpoint_cfg"]
+  assert (checkpoint_cfg.period, checkpoint_cfg.allow_changed_run) == (7, True)
+  assert configs["eval_cfg"].input is None  # A plain training run does not evaluate.
+  gin.clear_config()
 
 
 def test_macro_gives_the_default_only_when_the_macro_is_unset():

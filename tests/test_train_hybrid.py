@@ -53,7 +53,7 @@ def test_loss_falls_clearly_within_a_few_dozen_hybrid_steps(tmp_path, registered
       optimizer_fn=lambda learning_rate_schedule: optim.create_optimizer(
           "adamw", learning_rate_schedule),
       loss_config=train_step.LossConfig(temperature=0.05), mesh=partitioning.create_mesh(1),
-      checkpoint_period=100, log_period=100)
+      checkpoint_cfg=trainer.CheckpointConfig(period=100), log_period=100)
   losses = [h["loss"] for h in result.history]
   window = steps // 6
   assert np.mean(losses[-window:]) < 0.8 * np.mean(losses[:window]), losses

@@ -1,5 +1,6 @@
 """The sharded trainer: mesh equivalence, GradCache, compile-once, resume, NaN stop, preemption."""
 import os
+import re
 import signal
 
 import flax
@@ -53,7 +54,8 @@ def adamw(learning_rate_schedule):
 def run(model_dir, steps, train_input=None, **kwargs):
   options = dict(model=tiny_model(), train_input=train_input or SyntheticPairs(),
                  task_feature_lengths=LENGTHS, train_steps=steps, model_dir=str(model_dir),
-                 learning_rate_schedule=3e-3, optimizer_fn=adamw, checkpoint_period=4,
+                 learning_rate_schedule=3e-3, optimizer_fn=adamw,
+                 checkpoint_cfg=trainer.CheckpointConfig(period=4),
                  mesh=partitioning.create_mesh(2), log_period=100)
   options.update(kwargs)
   return trainer.train(**options)
@@ -174,7 +176,8 @@ def test_resuming_with_other_run_settings_is_refused_unless_allowed(tmp_path):
   run(tmp_path, 4)
   with pytest.raises(trainer.RunChangedError, match=r"seed: 0 -> 3.*ALLOW_CHANGED_RUN"):
     run(tmp_path, 6, seed=3)
-  resumed = run(tmp_path, 6, seed=3, allow_changed_run=True)
+  resumed = run(tmp_path, 6, seed=3,
+                checkpoint_cfg=trainer.CheckpointConfig(period=4, allow_changed_run=True))
   assert [h["step"] for h in resumed.history] == [5, 6]
 
 
@@ -192,6 +195,30 @@ def test_a_run_resumes_with_the_other_kernels_and_its_random_streams_follow_them
   assert "kernels" not in checkpoints.run_identity(str(tmp_path), 6)[1]["model"]
 
 
+@pytest.mark.parametrize("make, message", [
+    (lambda: trainer.CheckpointConfig(period=0),
+     "CheckpointConfig.period must be a positive integer, found 0"),
+    (lambda: trainer.CheckpointConfig(best_mode="lowest"),
+     "CheckpointConfig.best_mode must be 'max' or 'min', found 'lowest'"),
+    (lambda: trainer.CheckpointConfig(init_params="/tmp/mt5"),
+     "CheckpointConfig.init_params must be callable (e.g. importers.pretrained(path)) or None, "
+     "found '/tmp/mt5'"),
+    (lambda: trainer.EvalConfig(SyntheticPairs(), period=-1),
+     "EvalConfig.period must be a non-negative integer (0: no evaluation), found -1"),
+    (lambda: trainer.EvalConfig(SyntheticPairs(), period=2, steps=0),
+     "EvalConfig.steps must be a positive integer, found 0")])
+def test_a_bad_checkpoint_or_eval_setting_fails_in_one_line_naming_the_field(make, message):
+  with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+    make()
+
+
+def test_train_refuses_a_checkpoint_cfg_that_is_no_checkpoint_config(tmp_path):
+  with pytest.raises(TypeError,
+                     match="checkpoint_cfg must be a trainer.CheckpointConfig, found dict"):
+    run(tmp_path, 2, checkpoint_cfg={"period": 4})
+  assert not (tmp_path / "checkpoints").exists()
+
+
 def test_vocabulary_larger_than_the_embedding_fails_before_training(tmp_path):
   import types
   pairs = SyntheticPairs()
@@ -204,15 +231,16 @@ def test_vocabulary_larger_than_the_embedding_fails_before_training(tmp_path):
 def test_init_from_imported_checkpoint_with_wrong_shapes_names_them(tmp_path, data_dir):
   from hybridir import importers
   with pytest.raises(importers.CheckpointMismatchError, match="token_embedder/embedding"):
-    run(tmp_path, 2, init_params=importers.pretrained(str(
-        data_dir / "t5x-tiny-checkpoint/test_de_t5_tiny.checkpoint_1000")))
+    run(tmp_path, 2, checkpoint_cfg=trainer.CheckpointConfig(init_params=importers.pretrained(str(
+        data_dir / "t5x-tiny-checkpoint/test_de_t5_tiny.checkpoint_1000"))))
 
 
 def test_keeps_the_last_checkpoint_plus_the_best_by_eval_metric(tmp_path):
   import functools
   keep = functools.partial(checkpoints.Checkpointer, keep_last=1, keep_best=1, best_mode="max")
-  result = run(tmp_path, 8, checkpoint_period=2, eval_input=SyntheticPairs(), eval_period=2,
-               eval_steps=1, best_metric="eval/loss", checkpointer_fn=keep)
+  result = run(tmp_path, 8, checkpoint_cfg=trainer.CheckpointConfig(
+                   period=2, checkpointer_fn=keep, best_metric="eval/loss"),
+               eval_cfg=trainer.EvalConfig(SyntheticPairs(), period=2, steps=1))
   losses = {h["step"]: h["eval/loss"] for h in result.eval_history}
   assert sorted(losses) == [2, 4, 6, 8]
   kept = sorted(int(p) for p in os.listdir(tmp_path / "checkpoints") if p.isdigit())
@@ -226,8 +254,9 @@ def test_init_from_hugging_face_checkpoint_starts_from_its_weights(tmp_path):
       tmp_path / "hf", vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_heads=2,
       relative_attention_num_buckets=32, relative_attention_max_distance=128)
   _, imported = importers.load_hf(str(tmp_path / "hf"))
-  result = run(tmp_path / "run", 1, init_params=importers.pretrained(str(tmp_path / "hf")),
-               learning_rate_schedule=0.0)
+  result = run(tmp_path / "run", 1, learning_rate_schedule=0.0,
+               checkpoint_cfg=trainer.CheckpointConfig(
+                   init_params=importers.pretrained(str(tmp_path / "hf"))))
   trained = jax.device_get(result.state.params["model"])
   for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(imported)):
     np.testing.assert_array_equal(a, b)
@@ -237,7 +266,7 @@ def test_checkpoint_records_the_inputs_text_format_and_passage_length_for_export
   class FormattedPairs(SyntheticPairs):
     text_format = text.TextFormat("q: ", "p: ", "sentence")
 
-  run(tmp_path, 1, FormattedPairs(), checkpoint_period=1)
+  run(tmp_path, 1, FormattedPairs(), checkpoint_cfg=trainer.CheckpointConfig(period=1))
   assert checkpoints.training_text_format(str(tmp_path), 1) == FormattedPairs.text_format
   identity = checkpoints.run_identity(str(tmp_path), 1)[1]
   assert identity["task_feature_lengths"]["passage"] == LENGTHS["passage"]
@@ -248,8 +277,9 @@ def test_the_best_checkpoint_survives_a_restart_and_is_found_from_disk(tmp_path)
   them: then the resumed run would delete the best checkpoint and early stopping pick another."""
   import functools
   keep = functools.partial(checkpoints.Checkpointer, keep_last=1, keep_best=1, best_mode="max")
-  options = dict(checkpoint_period=2, eval_input=SyntheticPairs(), eval_period=2, eval_steps=1,
-                 best_metric="eval/loss", checkpointer_fn=keep)
+  options = dict(checkpoint_cfg=trainer.CheckpointConfig(
+                     period=2, checkpointer_fn=keep, best_metric="eval/loss"),
+                 eval_cfg=trainer.EvalConfig(SyntheticPairs(), period=2, steps=1))
   first = run(tmp_path, 4, **options)
   second = run(tmp_path, 8, **options)  # Resumes from step 4.
   losses = {h["step"]: h["eval/loss"] for h in first.eval_history + second.eval_history}
