@@ -23,6 +23,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from hybridir import errors
 from hybridir import hybrid
 from tasks import qa
 
@@ -37,12 +38,12 @@ _KEY_CACHE = weakref.WeakKeyDictionary()
 def _check_lengths(task_feature_lengths: Mapping[str, int]) -> dict[str, int]:
   missing = [f for f in FEATURES if f not in task_feature_lengths]
   if missing:
-    raise ValueError(f"task_feature_lengths must give {list(FEATURES)}, missing {missing} in "
+    raise errors.SettingError(f"task_feature_lengths must give {list(FEATURES)}, missing {missing} in "
                      f"{dict(task_feature_lengths)}")
   for feature in FEATURES:
     length = task_feature_lengths[feature]
     if not isinstance(length, (int, np.integer)) or length < 2:
-      raise ValueError(f"task_feature_lengths[{feature!r}] must be an integer >= 2 (room for a "
+      raise errors.SettingError(f"task_feature_lengths[{feature!r}] must be an integer >= 2 (room for a "
                        f"token and the end token), found {length!r}")
   return {feature: int(task_feature_lengths[feature]) for feature in FEATURES}
 
@@ -110,15 +111,15 @@ class HybridInput:
                batch_size: int, seed: int = 0, host_index: int = 0, host_count: int = 1):
     self.task_feature_lengths = _check_lengths(task_feature_lengths)
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-      raise ValueError(f"batch_size must be a positive integer, found {batch_size!r}")
+      raise errors.SettingError(f"batch_size must be a positive integer, found {batch_size!r}")
     if not isinstance(host_count, (int, np.integer)) or host_count < 1:
-      raise ValueError(f"host_count must be a positive integer, found {host_count!r}")
+      raise errors.SettingError(f"host_count must be a positive integer, found {host_count!r}")
     if not 0 <= host_index < host_count:
-      raise ValueError(f"host_index must be in [0, {host_count}), found {host_index!r}")
+      raise errors.SettingError(f"host_index must be in [0, {host_count}), found {host_index!r}")
     if batch_size % host_count:
-      raise ValueError(f"batch_size {batch_size} is not divisible by host_count {host_count}")
+      raise errors.SettingError(f"batch_size {batch_size} is not divisible by host_count {host_count}")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
-      raise ValueError(f"seed must be a non-negative integer, found {seed!r}")
+      raise errors.SettingError(f"seed must be a non-negative integer, found {seed!r}")
     self.name = mixture_or_task_name
     self.batch_size, self.seed = int(batch_size), int(seed)
     self.host_index, self.host_count = int(host_index), int(host_count)
@@ -140,7 +141,7 @@ class HybridInput:
     try:
       provider = seqio.get_mixture_or_task(name)
     except ValueError:
-      raise ValueError(f"unknown task or mixture {name!r}; hybrid mixtures: "
+      raise errors.SettingError(f"unknown task or mixture {name!r}; hybrid mixtures: "
                        f"{qa.hybrid_mixture_names()} (register a corpus with "
                        "tasks.register_parallel_qa first)") from None
     subtasks = seqio.get_subtasks(provider)
@@ -164,7 +165,7 @@ class HybridInput:
       rates = np.array([provider.get_rate(task) for task in subtasks], np.float64)
       self._rates = rates / rates.sum()
     if self.batch_size > self._sizes.sum():
-      raise ValueError(f"batch_size {self.batch_size} is larger than the {self._sizes.sum()} "
+      raise errors.SettingError(f"batch_size {self.batch_size} is larger than the {self._sizes.sum()} "
                        f"examples of {name!r}")
     return corpus
 
@@ -188,7 +189,7 @@ class HybridInput:
   def batch_spec(self, step: int) -> hybrid.BatchSpec:
     """This host's batch at `step`: kind, languages and string pair ids (for logging)."""
     if not isinstance(step, (int, np.integer)) or step < 0:
-      raise ValueError(f"step must be a non-negative integer, found {step!r}")
+      raise errors.SettingError(f"step must be a non-negative integer, found {step!r}")
     step = int(step)
     if self._sampler is not None:
       return self._sampler.batch(step, self.host_index, self.host_count)

@@ -26,6 +26,7 @@ import jax
 
 from hybridir import artifacts
 from hybridir import corpora
+from hybridir import errors
 from hybridir import fs
 from hybridir import gin_utils
 from hybridir import run_dir
@@ -48,7 +49,7 @@ OUTPUT_PARAMETERS = {
 # Errors that describe bad input or an unusable output (their message names the file, record or
 # parameter): reported as one line, not a traceback.
 EXPECTED_ERRORS = (corpora.CorpusError, fs.NotWritableError, FileNotFoundError, FileExistsError,
-                   artifacts.ArtifactError)
+                   artifacts.ArtifactError, errors.SettingError)
 
 _GIN_CALL_NOTE = re.compile(r"\s*In call to configurable '[^']*' \(<[^>]*>\)( in scope '[^']*')?")
 

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from hybridir import errors
 from hybridir import partitioning
 
 Schedule = Callable[[Any], jax.Array]
@@ -28,19 +29,19 @@ def learning_rate_schedule(base_learning_rate: float,
   1/sqrt(max(step, 10k))). end_value_fraction is unused by inverse_sqrt and constant.
   """
   if decay not in DECAYS:
-    raise ValueError(f"decay must be one of {DECAYS}, got {decay!r}")
+    raise errors.SettingError(f"decay must be one of {DECAYS}, got {decay!r}")
   if not base_learning_rate > 0:
-    raise ValueError(f"base_learning_rate must be > 0, got {base_learning_rate!r}")
+    raise errors.SettingError(f"base_learning_rate must be > 0, got {base_learning_rate!r}")
   if warmup_steps < 0:
-    raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps!r}")
+    raise errors.SettingError(f"warmup_steps must be >= 0, got {warmup_steps!r}")
   if decay in ("linear", "cosine") and (total_steps is None or total_steps <= warmup_steps):
-    raise ValueError(f"total_steps must be > warmup_steps={warmup_steps} for {decay} decay, "
+    raise errors.SettingError(f"total_steps must be > warmup_steps={warmup_steps} for {decay} decay, "
                      f"got {total_steps!r}")
   if decay == "inverse_sqrt" and warmup_steps < 1:
-    raise ValueError("warmup_steps must be >= 1 for inverse_sqrt decay (it sets the scale), got "
+    raise errors.SettingError("warmup_steps must be >= 1 for inverse_sqrt decay (it sets the scale), got "
                      f"{warmup_steps!r}")
   if not 0.0 <= end_value_fraction <= 1.0:
-    raise ValueError(f"end_value_fraction must be in [0, 1], got {end_value_fraction!r}")
+    raise errors.SettingError(f"end_value_fraction must be in [0, 1], got {end_value_fraction!r}")
 
   def schedule(step):
     step = jnp.asarray(step, jnp.float32)
@@ -89,11 +90,11 @@ def create_optimizer(name: str = "adafactor",
   gradient_clip_norm None or 0 turns clipping off.
   """
   if name not in OPTIMIZERS:
-    raise ValueError(f"optimizer name must be one of {OPTIMIZERS}, got {name!r}")
+    raise errors.SettingError(f"optimizer name must be one of {OPTIMIZERS}, got {name!r}")
   if weight_decay < 0:
-    raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+    raise errors.SettingError(f"weight_decay must be >= 0, got {weight_decay!r}")
   if gradient_clip_norm is not None and gradient_clip_norm < 0:
-    raise ValueError(f"gradient_clip_norm must be >= 0 or None, got {gradient_clip_norm!r}")
+    raise errors.SettingError(f"gradient_clip_norm must be >= 0 or None, got {gradient_clip_norm!r}")
   transforms = []
   if gradient_clip_norm:
     transforms.append(optax.clip_by_global_norm(gradient_clip_norm))

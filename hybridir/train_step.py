@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from hybridir import errors
 from hybridir import losses
 from hybridir.models import dual_encoder
 
@@ -42,9 +43,9 @@ class LossConfig:
   def __post_init__(self):
     if not (self.temperature == "learned" or (isinstance(self.temperature, (int, float))
                                                 and self.temperature > 0)):
-      raise ValueError(f"LossConfig.temperature must be > 0 or 'learned', got {self.temperature!r}")
+      raise errors.SettingError(f"LossConfig.temperature must be > 0 or 'learned', got {self.temperature!r}")
     if self.grad_cache_chunks < 1:
-      raise ValueError(f"LossConfig.grad_cache_chunks must be >= 1, got {self.grad_cache_chunks}")
+      raise errors.SettingError(f"LossConfig.grad_cache_chunks must be >= 1, got {self.grad_cache_chunks}")
 
 
 def initial_params(model_params, loss_config: LossConfig) -> dict:

@@ -16,6 +16,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 from hybridir import checkpoints
+from hybridir import errors
 from hybridir import optim
 from hybridir import partitioning
 from hybridir import summaries
@@ -23,14 +24,14 @@ from hybridir import train_step as step_lib
 from hybridir.models import dual_encoder
 
 
-class RunChangedError(ValueError):
+class RunChangedError(errors.SettingError):
   """Resuming a checkpoint with settings that change what the run trains on or what it trains."""
 
 
 def _require(ok: bool, field: str, expected: str, found) -> None:
-  """A config field's check: ValueError `{field} must be {expected}, found {found!r}`."""
+  """A config field's check: SettingError `{field} must be {expected}, found {found!r}`."""
   if not ok:
-    raise ValueError(f"{field} must be {expected}, found {found!r}")
+    raise errors.SettingError(f"{field} must be {expected}, found {found!r}")
 
 
 def _is_count(value, least: int) -> bool:
@@ -145,10 +146,10 @@ def train(*, model: dual_encoder.DualEncoder, train_input: Any, task_feature_len
       raise TypeError(f"train's {name} must be a trainer.{kind.__name__}, found "
                       f"{type(config).__name__}")
   if train_steps < 1:
-    raise ValueError(f"train_steps must be >= 1, got {train_steps}")
+    raise errors.SettingError(f"train_steps must be >= 1, got {train_steps}")
   missing = {"query", "passage"} - set(task_feature_lengths)
   if missing:
-    raise ValueError(f"task_feature_lengths lacks {sorted(missing)}: {task_feature_lengths}")
+    raise errors.SettingError(f"task_feature_lengths lacks {sorted(missing)}: {task_feature_lengths}")
   # "cpu" kernels: the cheapest dropout bits on XLA:CPU (BENCHMARKS.md, "Layouts for XLA:CPU");
   # otherwise JAX's default. For this run only: the process's setting is left as it was.
   with jax.threefry_partitionable(partitionable_threefry(model)):

@@ -271,6 +271,12 @@ def main_unknown_parameter(tmp):
           "string line 3 trainer.train.nonsense = 1", [tmp / "run", tmp / "vocab"])
 
 
+def main_checkpoint_period_zero(tmp):
+  return ("main (smoke.gin)", _smoke(tmp, f"MODEL_DIR = '{tmp / 'run'}'", "CHECKPOINT_PERIOD = 0"),
+          "error: CheckpointConfig.period must be a positive integer, found 0",
+          [tmp / "run" / "checkpoints"])
+
+
 def main_unwritable_model_dir(tmp):
   model_dir = a_file(tmp) / "run"
   return ("main (smoke.gin)", _smoke(tmp, f"MODEL_DIR = '{model_dir}'"),
@@ -425,6 +431,7 @@ CASES = [
     Case("main_misspelled_macro", "gin binding of an undeclared macro", main_misspelled_macro),
     Case("main_unknown_parameter", "gin binding of an unknown parameter",
          main_unknown_parameter),
+    Case("main_checkpoint_period_zero", "CHECKPOINT_PERIOD = 0", main_checkpoint_period_zero),
     Case("main_unwritable_model_dir", "MODEL_DIR beneath a file", main_unwritable_model_dir),
     Case("main_unwritable_spm_prefix", "SPM_PREFIX (vocabulary output) beneath a file",
          main_unwritable_spm_prefix),
