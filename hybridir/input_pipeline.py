@@ -38,13 +38,13 @@ _KEY_CACHE = weakref.WeakKeyDictionary()
 def _check_lengths(task_feature_lengths: Mapping[str, int]) -> dict[str, int]:
   missing = [f for f in FEATURES if f not in task_feature_lengths]
   if missing:
-    raise errors.SettingError(f"task_feature_lengths must give {list(FEATURES)}, missing {missing} in "
-                     f"{dict(task_feature_lengths)}")
+    raise errors.SettingError(f"task_feature_lengths must give {list(FEATURES)}, missing "
+                              f"{missing} in {dict(task_feature_lengths)}")
   for feature in FEATURES:
     length = task_feature_lengths[feature]
     if not isinstance(length, (int, np.integer)) or length < 2:
-      raise errors.SettingError(f"task_feature_lengths[{feature!r}] must be an integer >= 2 (room for a "
-                       f"token and the end token), found {length!r}")
+      raise errors.SettingError(f"task_feature_lengths[{feature!r}] must be an integer >= 2 "
+                                f"(room for a token and the end token), found {length!r}")
   return {feature: int(task_feature_lengths[feature]) for feature in FEATURES}
 
 
@@ -117,7 +117,8 @@ class HybridInput:
     if not 0 <= host_index < host_count:
       raise errors.SettingError(f"host_index must be in [0, {host_count}), found {host_index!r}")
     if batch_size % host_count:
-      raise errors.SettingError(f"batch_size {batch_size} is not divisible by host_count {host_count}")
+      raise errors.SettingError(f"batch_size {batch_size} is not divisible by host_count "
+                                f"{host_count}")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
       raise errors.SettingError(f"seed must be a non-negative integer, found {seed!r}")
     self.name = mixture_or_task_name
@@ -142,8 +143,8 @@ class HybridInput:
       provider = seqio.get_mixture_or_task(name)
     except ValueError:
       raise errors.SettingError(f"unknown task or mixture {name!r}; hybrid mixtures: "
-                       f"{qa.hybrid_mixture_names()} (register a corpus with "
-                       "tasks.register_parallel_qa first)") from None
+                                f"{qa.hybrid_mixture_names()} (register a corpus with "
+                                "tasks.register_parallel_qa first)") from None
     subtasks = seqio.get_subtasks(provider)
     for task in subtasks:
       if not isinstance(task, qa.ParallelQATask):
@@ -165,8 +166,8 @@ class HybridInput:
       rates = np.array([provider.get_rate(task) for task in subtasks], np.float64)
       self._rates = rates / rates.sum()
     if self.batch_size > self._sizes.sum():
-      raise errors.SettingError(f"batch_size {self.batch_size} is larger than the {self._sizes.sum()} "
-                       f"examples of {name!r}")
+      raise errors.SettingError(f"batch_size {self.batch_size} is larger than the "
+                                f"{self._sizes.sum()} examples of {name!r}")
     return corpus
 
   def _seqio_global(self, step: int) -> list[tuple[int, int]]:

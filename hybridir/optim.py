@@ -35,11 +35,11 @@ def learning_rate_schedule(base_learning_rate: float,
   if warmup_steps < 0:
     raise errors.SettingError(f"warmup_steps must be >= 0, got {warmup_steps!r}")
   if decay in ("linear", "cosine") and (total_steps is None or total_steps <= warmup_steps):
-    raise errors.SettingError(f"total_steps must be > warmup_steps={warmup_steps} for {decay} decay, "
-                     f"got {total_steps!r}")
+    raise errors.SettingError(f"total_steps must be > warmup_steps={warmup_steps} for {decay} "
+                              f"decay, got {total_steps!r}")
   if decay == "inverse_sqrt" and warmup_steps < 1:
-    raise errors.SettingError("warmup_steps must be >= 1 for inverse_sqrt decay (it sets the scale), got "
-                     f"{warmup_steps!r}")
+    raise errors.SettingError("warmup_steps must be >= 1 for inverse_sqrt decay (it sets the "
+                              f"scale), got {warmup_steps!r}")
   if not 0.0 <= end_value_fraction <= 1.0:
     raise errors.SettingError(f"end_value_fraction must be in [0, 1], got {end_value_fraction!r}")
 
@@ -94,7 +94,8 @@ def create_optimizer(name: str = "adafactor",
   if weight_decay < 0:
     raise errors.SettingError(f"weight_decay must be >= 0, got {weight_decay!r}")
   if gradient_clip_norm is not None and gradient_clip_norm < 0:
-    raise errors.SettingError(f"gradient_clip_norm must be >= 0 or None, got {gradient_clip_norm!r}")
+    raise errors.SettingError(f"gradient_clip_norm must be >= 0 or None, got "
+                              f"{gradient_clip_norm!r}")
   transforms = []
   if gradient_clip_norm:
     transforms.append(optax.clip_by_global_norm(gradient_clip_norm))

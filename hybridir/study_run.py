@@ -141,16 +141,17 @@ def evaluate_encoder(encoder: encoder_lib.Encoder, datasets, matched_draws: int,
           "matched_draws": matched_draws}
 
 
-def train_and_evaluate(*, train: Callable[[], trainer.TrainResult], model_dir: str, model, spm_path: str, train_mixture: str,
-                       validation_mixture: str, task_feature_lengths: dict, seed: int,
-                       settings: dict, miracl: Sequence[dict] = (),
-                       matched_draws: int = 5, max_questions_per_language: int | None = None,
+def train_and_evaluate(*, train: Callable[[], trainer.TrainResult], model_dir: str, model,
+                       spm_path: str, train_mixture: str, validation_mixture: str,
+                       task_feature_lengths: dict, seed: int, settings: dict,
+                       miracl: Sequence[dict] = (), matched_draws: int = 5,
+                       max_questions_per_language: int | None = None,
                        best_metric: str = "eval/loss", best_mode: str = "min",
-                       export_dir: str | None = None,
-                       num_partitions: int = 1):
+                       export_dir: str | None = None, num_partitions: int = 1):
   """Trains (`train`: trainer.train with the run's settings bound), exports the checkpoint with
-  the best `best_metric` (the lowest validation loss), evaluates it and writes MODEL_DIR/study_results.json; returns what it wrote (or, stopped
-  by SIGTERM, the TrainResult, without evaluating).
+  the best `best_metric` (the lowest validation loss), evaluates it and writes
+  MODEL_DIR/study_results.json; returns what it wrote (or, stopped by SIGTERM, the TrainResult,
+  without evaluating).
 
   settings: the run's settings to record beside the results (the study's macros).
   miracl: as register_study_data's; MIRACL joins the evaluation when given.

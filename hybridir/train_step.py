@@ -43,9 +43,11 @@ class LossConfig:
   def __post_init__(self):
     if not (self.temperature == "learned" or (isinstance(self.temperature, (int, float))
                                                 and self.temperature > 0)):
-      raise errors.SettingError(f"LossConfig.temperature must be > 0 or 'learned', got {self.temperature!r}")
+      raise errors.SettingError(f"LossConfig.temperature must be > 0 or 'learned', got "
+                                f"{self.temperature!r}")
     if self.grad_cache_chunks < 1:
-      raise errors.SettingError(f"LossConfig.grad_cache_chunks must be >= 1, got {self.grad_cache_chunks}")
+      raise errors.SettingError(f"LossConfig.grad_cache_chunks must be >= 1, got "
+                                f"{self.grad_cache_chunks}")
 
 
 def initial_params(model_params, loss_config: LossConfig) -> dict:

@@ -149,7 +149,8 @@ def train(*, model: dual_encoder.DualEncoder, train_input: Any, task_feature_len
     raise errors.SettingError(f"train_steps must be >= 1, got {train_steps}")
   missing = {"query", "passage"} - set(task_feature_lengths)
   if missing:
-    raise errors.SettingError(f"task_feature_lengths lacks {sorted(missing)}: {task_feature_lengths}")
+    raise errors.SettingError(f"task_feature_lengths lacks {sorted(missing)}: "
+                              f"{task_feature_lengths}")
   # "cpu" kernels: the cheapest dropout bits on XLA:CPU (BENCHMARKS.md, "Layouts for XLA:CPU");
   # otherwise JAX's default. For this run only: the process's setting is left as it was.
   with jax.threefry_partitionable(partitionable_threefry(model)):

@@ -134,7 +134,8 @@ def register_lareqa(dataset: str, data_dir: str, family: str, spm_path: str,
   if dataset not in retrieval_data.LAREQA_FOLDERS:
     raise ValueError(f"dataset must be one of {sorted(retrieval_data.LAREQA_FOLDERS)}, "
                      f"found {dataset!r}")
-  data = retrieval_data.load_lareqa(data_dir, dataset, languages, _split_titles(data_dir, dataset, split))
+  data = retrieval_data.load_lareqa(data_dir, dataset, languages,
+                                    _split_titles(data_dir, dataset, split))
   names = _register_dataset(dataset, data, family, str(spm_path))
   _add_mixture(f"lareqa_{dataset}", [dataset])
   _add_mixture(LAREQA_MIXTURE, [d for d in retrieval_data.LAREQA_FOLDERS
