@@ -157,8 +157,7 @@ class HybridInput:
                        f"({sorted(o.name for o in owners)}); HybridInput serves one")
     corpus = owners.pop()
     # (query language, passage language, integer pair ids in the task's order) per task.
-    self._tasks = [(task.query_language, task.passage_language,
-                    np.array([corpus.pair_index[i] for i in task.pair_ids], np.int64))
+    self._tasks = [(task.query_language, task.passage_language, corpus.rows(task.pair_ids))
                    for task in subtasks]
     self._sizes = np.array([len(rows) for _, _, rows in self._tasks])
     self._rates = None
@@ -210,7 +209,7 @@ class HybridInput:
     """{query_tokens [local, Lq], passage_tokens [local, Lp], pair_ids [local],
     passage_keys [local]}, int32."""
     spec = self.batch_spec(step)
-    rows = np.array([self._corpus.pair_index[p] for p in spec.pair_ids], np.int64)
+    rows = self._corpus.rows(spec.pair_ids)
     return {"query_tokens": self._gather("query", spec.query_languages, rows),
             "passage_tokens": self._gather("passage", spec.passage_languages, rows),
             "pair_ids": rows.astype(np.int32),
@@ -258,7 +257,7 @@ def _token_tables(corpus: qa.HybridMixture, task_feature_lengths: Mapping[str, i
     tokens = {}
     for language, task in corpus.mono_tasks.items():
       arrays = task_to_numpy(task, task_feature_lengths)
-      rows = np.array([corpus.pair_index[i] for i in task.pair_ids], np.int64)
+      rows = corpus.rows(task.pair_ids)
       for feature in FEATURES:
         table = np.full((size, task_feature_lengths[feature]), pad, np.int32)
         table[rows] = arrays[f"{feature}_tokens"]
@@ -280,7 +279,7 @@ def _passage_keys(corpus: qa.HybridMixture, tokens, passage_length: int) -> np.n
     keys = np.arange(len(corpus.pair_ids), dtype=np.int64)
     groups = []  # (rows of one language, the group of identical passages of each row).
     for language in corpus.mono_tasks:
-      rows = np.array([corpus.pair_index[i] for i in corpus.corpus.pairs[language]], np.int64)
+      rows = corpus.rows(corpus.corpus.pairs[language])
       _, group = np.unique(tokens["passage", language][rows], axis=0, return_inverse=True)
       groups.append((rows, group.reshape(-1)))
     while True:  # Each group takes its smallest key, until no key changes (linked groups agree).

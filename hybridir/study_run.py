@@ -71,9 +71,7 @@ def register_study_data(*, corpus_name: str, corpus_dir: str, family: str, spm_p
   tasks.register_lareqa(IN_DOMAIN, in_domain_corpus_dir or data_dir, family, spm_path,
                         languages, split="test")
   tasks.register_lareqa(OUT_OF_DOMAIN, data_dir, family, spm_path, languages)
-  for name in tasks.evaluation_dataset_names():  # `miracl` is this study's languages only.
-    if name.startswith("miracl_"):
-      tasks.unregister_evaluation_dataset(name)
+  tasks.unregister_miracl()  # `miracl` is this study's languages only.
   for entry in miracl:
     tasks.register_miracl(family=family, spm_path=spm_path, **entry)
 

@@ -12,6 +12,7 @@ from tasks.evaluation import register_lareqa
 from tasks.evaluation import register_miracl
 from tasks.evaluation import RetrievalTask
 from tasks.evaluation import unregister_evaluation_dataset
+from tasks.evaluation import unregister_miracl
 from tasks.qa import get_hybrid_mixture
 from tasks.qa import get_vocabulary
 from tasks.qa import hybrid_mixture_names

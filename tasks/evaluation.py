@@ -64,8 +64,7 @@ class EvaluationMixture(seqio.Mixture):
 
 
 def _registered_tasks() -> list[RetrievalTask]:
-  tasks = (seqio.TaskRegistry.get(name) for name in seqio.TaskRegistry.names())
-  return [task for task in tasks if isinstance(task, RetrievalTask)]
+  return list(qa.registered(seqio.TaskRegistry, RetrievalTask).values())
 
 
 def _dataset_tasks(dataset_name: str) -> list[RetrievalTask]:
@@ -115,6 +114,13 @@ def unregister_evaluation_dataset(dataset_name: str) -> None:
         qa.remove_providers([name])
 
 
+def unregister_miracl() -> None:
+  """Removes every registered MIRACL language, and with the last of them the `miracl` mixture."""
+  for name in evaluation_dataset_names():
+    if name.startswith("miracl_"):
+      unregister_evaluation_dataset(name)
+
+
 def _split_titles(data_dir, dataset: str, split) -> Sequence[str] | None:
   """Article titles of the QA split of the same name ("train"/"test"), else `split` itself."""
   if split not in ("train", "test"):
@@ -138,8 +144,8 @@ def register_lareqa(dataset: str, data_dir: str, family: str, spm_path: str,
                                     _split_titles(data_dir, dataset, split))
   names = _register_dataset(dataset, data, family, str(spm_path))
   _add_mixture(f"lareqa_{dataset}", [dataset])
-  _add_mixture(LAREQA_MIXTURE, [d for d in retrieval_data.LAREQA_FOLDERS
-                                if d in _registered_datasets()])
+  datasets = _registered_datasets()
+  _add_mixture(LAREQA_MIXTURE, [d for d in retrieval_data.LAREQA_FOLDERS if d in datasets])
   return names
 
 
@@ -154,9 +160,7 @@ def register_miracl(language: str, topics_tsv: str, qrels_trec: str, corpus_json
 
 
 def _evaluation_mixtures() -> dict[str, EvaluationMixture]:
-  mixtures = {name: seqio.MixtureRegistry.get(name) for name in seqio.MixtureRegistry.names()}
-  return {name: mixture for name, mixture in mixtures.items()
-          if isinstance(mixture, EvaluationMixture)}
+  return qa.registered(seqio.MixtureRegistry, EvaluationMixture)
 
 
 def evaluation_mixture_names() -> list[str]:

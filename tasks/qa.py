@@ -97,6 +97,18 @@ def function_source(examples_fn, split: str, num_examples: int) -> seqio.Functio
                                   num_input_examples={split: num_examples})
 
 
+def registered(registry, kind: type) -> dict:
+  """{name: provider} of the providers in a seqio registry (TaskRegistry, MixtureRegistry) that
+  are `kind`s, e.g. every HybridMixture."""
+  providers = {name: registry.get(name) for name in registry.names()}
+  return {name: provider for name, provider in providers.items() if isinstance(provider, kind)}
+
+
+def _rates_by_size(tasks: Sequence["ParallelQATask"]) -> list[tuple["ParallelQATask", int]]:
+  """Each task with its number of examples as its mixing rate (at least 1)."""
+  return [(task, max(len(task.pair_ids), 1)) for task in tasks]
+
+
 def remove_providers(names: Sequence[str]) -> None:
   """Forgets tasks and mixtures (seqio raises on duplicate names)."""
   for name in names:
@@ -126,7 +138,7 @@ class ParallelQATask(seqio.Task):
     return {"query": [queries[i].question for i in self.pair_ids],
             "passage": [text for text, _ in passages],
             "passage_context": [context for _, context in passages],
-            "pair_id": tf.constant([hybrid.pair_index[i] for i in self.pair_ids], tf.int32),
+            "pair_id": tf.constant(hybrid.rows(self.pair_ids), tf.int32),
             "query_language": [self.query_language] * len(self.pair_ids),
             "passage_language": [self.passage_language] * len(self.pair_ids)}
 
@@ -178,14 +190,12 @@ class HybridMixture(seqio.Mixture):
         if x == y or self.task_pair_ids(x, y):  # Cross tasks only where translations meet.
           task_name = f"{corpus_name}_mono_{x}" if x == y else f"{corpus_name}_cross_{x}_{y}"
           self.qa_tasks.append(ParallelQATask(task_name, self, x, y, features))
-    super().__init__(name, [(task, max(len(task.pair_ids), 1)) for task in self.qa_tasks])
+    super().__init__(name, _rates_by_size(self.qa_tasks))
 
   def example_mixtures(self) -> dict[str, list[tuple[ParallelQATask, int]]]:
     """The corpus's seqio mixtures of examples: {name: [(task, rate by size)]}, non-empty ones."""
-    mono = [(t, max(len(t.pair_ids), 1)) for t in self.qa_tasks
-            if t.query_language == t.passage_language]
-    cross = [(t, len(t.pair_ids)) for t in self.qa_tasks
-             if t.query_language != t.passage_language]
+    mono = _rates_by_size([t for t in self.qa_tasks if t.query_language == t.passage_language])
+    cross = _rates_by_size([t for t in self.qa_tasks if t.query_language != t.passage_language])
     mixtures = {f"{self.corpus_name}_mono_mix": mono, f"{self.corpus_name}_cross_mix": cross,
                 f"{self.corpus_name}_all_mix": mono + cross}
     return {name: rates for name, rates in mixtures.items() if rates}
@@ -200,6 +210,10 @@ class HybridMixture(seqio.Mixture):
     shared = (self.corpus.pairs[query_language].keys()
               & self.corpus.pairs[passage_language].keys())
     return sorted(shared, key=self.pair_index.get)
+
+  def rows(self, pair_ids) -> np.ndarray:
+    """The integer pair ids (rows of the token tables) of string pair ids, int64."""
+    return np.array([self.pair_index[pair_id] for pair_id in pair_ids], np.int64)
 
   @property
   def vocabulary(self) -> seqio.Vocabulary:
@@ -224,8 +238,7 @@ def get_hybrid_mixture(name: str) -> HybridMixture:
 
 def hybrid_mixture_names() -> list[str]:
   """The registered hybrid mixtures (one per registered corpus)."""
-  return sorted(name for name in seqio.MixtureRegistry.names()
-                if isinstance(seqio.MixtureRegistry.get(name), HybridMixture))
+  return sorted(registered(seqio.MixtureRegistry, HybridMixture))
 
 
 def register_parallel_qa(name: str, corpus_path: str, family: str, spm_path: str,
@@ -261,8 +274,8 @@ def register_parallel_qa(name: str, corpus_path: str, family: str, spm_path: str
 
 def unregister_parallel_qa(name: str) -> None:
   """Removes what `register_parallel_qa(name, ...)` registered; no-op if nothing."""
-  if f"{name}_hybrid" not in hybrid_mixture_names():
+  mixture = registered(seqio.MixtureRegistry, HybridMixture).get(f"{name}_hybrid")
+  if mixture is None:
     return
-  mixture = get_hybrid_mixture(f"{name}_hybrid")
   remove_providers([t.name for t in mixture.qa_tasks] + list(mixture.example_mixtures())
                    + [mixture.name])

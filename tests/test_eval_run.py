@@ -20,9 +20,7 @@ def encoder_dir(tmp_path_factory, data_dir):
                                        300)
   ref.write_spm(folder, spm_path, "t5")
   ref.save_random_mt5(folder, vocab_size=300)
-  for name in tasks.evaluation_dataset_names():  # Other tests' MIRACL languages.
-    if name.startswith("miracl_"):
-      tasks.unregister_evaluation_dataset(name)
+  tasks.unregister_miracl()  # Other tests' MIRACL languages.
   for language in ("en", "sw"):
     tasks.register_miracl(language, str(MIRACL / language / "topics.tsv"),
                           str(MIRACL / language / "qrels.tsv"),

@@ -216,9 +216,8 @@ def test_unregistering_an_evaluation_dataset_takes_it_out_of_its_mixtures(tmp_pa
   assert "miracl_fr" not in tasks.evaluation_dataset_names()
   assert "miracl_fr" not in dict(tasks.evaluation_mixture_datasets("miracl"))
   assert not [n for n in seqio.TaskRegistry.names() if n.startswith("miracl_fr_")]
-  for name in tasks.evaluation_dataset_names():
-    if name.startswith("miracl_"):
-      tasks.unregister_evaluation_dataset(name)
+  tasks.unregister_miracl()
+  assert not [d for d in tasks.evaluation_dataset_names() if d.startswith("miracl_")]
   assert "miracl" not in tasks.evaluation_mixture_names()
 
 
