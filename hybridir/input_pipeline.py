@@ -1,7 +1,8 @@
 """From a registered task or mixture name to host-local numpy batches for the trainer.
 
-Every (language, pair) question and passage is tokenised once, through the seqio tasks, into padded
-numpy arrays kept in memory; a batch is then fancy indexing. Batches are a pure function of
+Every (language, pair) question and passage of a split is tokenised once, through the seqio tasks,
+into padded numpy arrays kept in memory (one table for all of a corpus's splits, filled as a split
+is first asked for); a batch is then fancy indexing. Batches are a pure function of
 (seed, step, host): a run restarted at step N sees what an uninterrupted run would.
 
   hybrid mixture (`{corpus}_hybrid`): `hybrid.HybridSampler` picks the kind, the languages and the
@@ -29,9 +30,10 @@ from tasks import qa
 
 FEATURES = ("query", "passage")
 EXAMPLE = "example"  # BatchSpec.kind of a seqio task or mixture batch (no batch-level kind).
-# Hybrid mixture -> {(query length, passage length): {(feature, language): token table}}.
+# Hybrid mixture -> {(query length, passage length): ({(feature, language): token table},
+# the splits filled in)}.
 _TOKEN_CACHE = weakref.WeakKeyDictionary()
-# Hybrid mixture -> {passage length: passage key of each integer pair id}.
+# Hybrid mixture -> {(split, passage length): passage key of each integer pair id}.
 _KEY_CACHE = weakref.WeakKeyDictionary()
 
 
@@ -105,10 +107,12 @@ class HybridInput:
     batch_size: the GLOBAL batch size; each host gets batch_size // host_count examples.
     seed: the schedule's seed.
     host_index, host_count: this host and the number of hosts.
+    split: the seqio split of the corpus to serve ('train', 'validation', ...).
   """
 
   def __init__(self, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
-               batch_size: int, seed: int = 0, host_index: int = 0, host_count: int = 1):
+               batch_size: int, seed: int = 0, host_index: int = 0, host_count: int = 1,
+               split: str = qa.TRAIN):
     self.task_feature_lengths = _check_lengths(task_feature_lengths)
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
       raise errors.SettingError(f"batch_size must be a positive integer, found {batch_size!r}")
@@ -121,21 +125,27 @@ class HybridInput:
                                 f"{host_count}")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
       raise errors.SettingError(f"seed must be a non-negative integer, found {seed!r}")
-    self.name = mixture_or_task_name
+    self.name, self.split = mixture_or_task_name, split
     self.batch_size, self.seed = int(batch_size), int(seed)
     self.host_index, self.host_count = int(host_index), int(host_count)
     self.local_batch_size = self.batch_size // self.host_count
     if self.name in qa.hybrid_mixture_names():
       self._corpus = qa.get_hybrid_mixture(self.name)
-      self._sampler = self._corpus.sampler(self.batch_size, self.seed)
+      self._check_split(self._corpus)
+      self._sampler = self._corpus.sampler(self.batch_size, self.seed, split)
     else:
       self._corpus = self._load_seqio(self.name)
       self._sampler = None
     self.vocabulary, self.family = self._corpus.vocabulary, self._corpus.family
     self.text_format = self._corpus.text_format  # What an encoder of this training must apply.
-    self._tokens = _token_tables(self._corpus, self.task_feature_lengths)
+    self._tokens = _token_tables(self._corpus, self.task_feature_lengths, split)
     self.passage_keys = _passage_keys(self._corpus, self._tokens,
-                                      self.task_feature_lengths["passage"])
+                                      self.task_feature_lengths["passage"], split)
+
+  def _check_split(self, corpus: qa.HybridMixture) -> None:
+    if self.split not in corpus.splits:
+      raise errors.SettingError(f"split must be one of {list(corpus.splits)} (the splits "
+                                f"{self.name!r} was registered with), found {self.split!r}")
 
   def _load_seqio(self, name: str) -> qa.HybridMixture:
     """Checks a seqio task or mixture and notes its tasks; returns the corpus they come from."""
@@ -156,9 +166,10 @@ class HybridInput:
       raise ValueError(f"{name!r} mixes tasks of {len(owners)} corpora "
                        f"({sorted(o.name for o in owners)}); HybridInput serves one")
     corpus = owners.pop()
+    self._check_split(corpus)
     # (query language, passage language, integer pair ids in the task's order) per task.
-    self._tasks = [(task.query_language, task.passage_language, corpus.rows(task.pair_ids))
-                   for task in subtasks]
+    self._tasks = [(task.query_language, task.passage_language,
+                    corpus.rows(task.pair_ids[self.split])) for task in subtasks]
     self._sizes = np.array([len(rows) for _, _, rows in self._tasks])
     self._rates = None
     if isinstance(provider, seqio.Mixture):
@@ -166,7 +177,8 @@ class HybridInput:
       self._rates = rates / rates.sum()
     if self.batch_size > self._sizes.sum():
       raise errors.SettingError(f"batch_size {self.batch_size} is larger than the "
-                                f"{self._sizes.sum()} examples of {name!r}")
+                                f"{self._sizes.sum()} examples of {name!r}, split "
+                                f"{self.split!r}")
     return corpus
 
   def _seqio_global(self, step: int) -> list[tuple[int, int]]:
@@ -230,7 +242,8 @@ class HybridInput:
     settings = {k: v for k, v in vars(self._sampler).items()
                 if isinstance(v, (bool, int, float, str))} if self._sampler is not None else {}
     vocabulary = getattr(self.vocabulary, "sp_model", None)
-    return {"input": self.name, "batch_size": self.batch_size, "seed": self.seed,
+    return {"input": self.name, "split": self.split, "batch_size": self.batch_size,
+            "seed": self.seed,
             "languages": sorted(self._corpus.languages), "sampler": settings,
             "vocabulary_sha256": hashlib.sha256(vocabulary).hexdigest() if vocabulary else None}
 
@@ -245,41 +258,46 @@ class HybridInput:
     return self.iterate(0)
 
 
-def _token_tables(corpus: qa.HybridMixture, task_feature_lengths: Mapping[str, int]):
+def _token_tables(corpus: qa.HybridMixture, task_feature_lengths: Mapping[str, int], split: str):
   """{(feature, language): [num pair ids, length] int32}, rows by integer pair id, padded.
 
-  Tokenised once per corpus and lengths through the corpus's mono seqio tasks, then shared.
+  One table per corpus and lengths for all its splits: a split's rows are tokenised through the
+  corpus's mono seqio tasks the first time it is asked for.
   """
   lengths = (task_feature_lengths["query"], task_feature_lengths["passage"])
-  cached = _TOKEN_CACHE.setdefault(corpus, {})
-  if lengths not in cached:
-    pad, size = corpus.vocabulary.pad_id, len(corpus.pair_ids)
-    tokens = {}
+  pad, size = corpus.vocabulary.pad_id, len(corpus.pair_ids)
+  tokens, filled = _TOKEN_CACHE.setdefault(corpus, {}).setdefault(lengths, ({}, set()))
+  if split not in filled:
     for language, task in corpus.mono_tasks.items():
-      arrays = task_to_numpy(task, task_feature_lengths)
-      rows = corpus.rows(task.pair_ids)
+      arrays = task_to_numpy(task, task_feature_lengths, split)
+      rows = corpus.rows(task.pair_ids[split])
       for feature in FEATURES:
-        table = np.full((size, task_feature_lengths[feature]), pad, np.int32)
+        table = tokens.setdefault((feature, language), np.full(
+            (size, task_feature_lengths[feature]), pad, np.int32))
+        table.flags.writeable = True
         table[rows] = arrays[f"{feature}_tokens"]
         table.flags.writeable = False
-        tokens[feature, language] = table
-    cached[lengths] = tokens
-  return cached[lengths]
+    filled.add(split)
+  return tokens
 
 
-def _passage_keys(corpus: qa.HybridMixture, tokens, passage_length: int) -> np.ndarray:
-  """[num pair ids] int32: the passage key of each integer pair id, cached per passage length.
+def _passage_keys(corpus: qa.HybridMixture, tokens, passage_length: int,
+                  split: str) -> np.ndarray:
+  """[num pair ids] int32: the passage key of each integer pair id of a split, cached per split
+  and passage length.
 
   Pair ids are linked when, in some language, their passages are the same tokens (what the
   encoder sees); a key is the smallest pair id of its linked group, so it is language-independent
   and every translation of an item has it.
   """
   cached = _KEY_CACHE.setdefault(corpus, {})
-  if passage_length not in cached:
+  if (split, passage_length) not in cached:
     keys = np.arange(len(corpus.pair_ids), dtype=np.int64)
     groups = []  # (rows of one language, the group of identical passages of each row).
     for language in corpus.mono_tasks:
-      rows = corpus.rows(corpus.corpus.pairs[language])
+      rows = corpus.rows(corpus.corpora[split].pairs[language])
+      if not len(rows):
+        continue
       _, group = np.unique(tokens["passage", language][rows], axis=0, return_inverse=True)
       groups.append((rows, group.reshape(-1)))
     while True:  # Each group takes its smallest key, until no key changes (linked groups agree).
@@ -292,5 +310,5 @@ def _passage_keys(corpus: qa.HybridMixture, tokens, passage_length: int) -> np.n
         break
     keys = keys.astype(np.int32)
     keys.flags.writeable = False
-    cached[passage_length] = keys
-  return cached[passage_length]
+    cached[split, passage_length] = keys
+  return cached[split, passage_length]

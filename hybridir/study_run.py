@@ -42,11 +42,12 @@ VALIDATION_SEED = 1  # The fit/validation split of the train articles (test/trai
 
 def article_splits(corpus_dir: str, languages: Sequence[str] | None,
                    validation_fraction: float) -> dict[str, list[str]]:
-  """Article titles of the fit and validation parts of the corpus's train articles."""
+  """Article titles of the seqio splits `train` (fit) and `validation`, the two parts of the
+  corpus's train articles."""
   corpus = corpora.load_parallel_corpus(corpus_dir, languages=languages)
   fit, validation = corpus.select_articles("train").split_by_article(validation_fraction,
                                                                      seed=VALIDATION_SEED)
-  return {"fit": sorted(fit.article_ids()), "validation": sorted(validation.article_ids())}
+  return {"train": sorted(fit.article_ids()), "validation": sorted(validation.article_ids())}
 
 
 def register_study_data(*, corpus_name: str, corpus_dir: str, family: str, spm_path: str,
@@ -55,19 +56,18 @@ def register_study_data(*, corpus_name: str, corpus_dir: str, family: str, spm_p
                         in_domain_corpus_dir: str | None = None,
                         miracl: Sequence[dict] = (),
                         text_format: text_lib.TextFormat = text_lib.TextFormat()) -> None:
-  """Registers `{corpus_name}_hybrid` (fit articles), `{corpus_name}_validation_hybrid` and the
-  evaluation mixtures: `lareqa` (in-domain test articles, MLQA-R) and `miracl` (each language given).
+  """Registers the corpus `{corpus_name}_hybrid`, with splits `train` (fit articles) and
+  `validation` (monolingual batches, `validation_alpha`), and the evaluation mixtures: `lareqa`
+  (in-domain test articles, MLQA-R) and `miracl` (each language given).
 
   in_domain_corpus_dir: the LAReQA folder whose test articles are in-domain (default: data_dir's
   XQuAD-R, which is the training corpus of the demo). miracl: dicts of register_miracl's
   language, topics_tsv, qrels_trec and corpus_jsonl.
   """
-  splits = article_splits(corpus_dir, languages, validation_fraction)
   tasks.register_parallel_qa(corpus_name, corpus_dir, family, spm_path, languages,
-                             split=splits["fit"], text_format=text_format, alpha=alpha)
-  tasks.register_parallel_qa(f"{corpus_name}_validation", corpus_dir, family, spm_path,
-                             languages, split=splits["validation"], text_format=text_format,
-                             alpha=validation_alpha)
+                             splits=article_splits(corpus_dir, languages, validation_fraction),
+                             text_format=text_format, alpha=alpha,
+                             split_options={"validation": {"alpha": validation_alpha}})
   tasks.register_lareqa(IN_DOMAIN, in_domain_corpus_dir or data_dir, family, spm_path,
                         languages, split="test")
   tasks.register_lareqa(OUT_OF_DOMAIN, data_dir, family, spm_path, languages)
@@ -84,17 +84,15 @@ def study_datasets(with_miracl: bool) -> list:
   return datasets
 
 
-def check_held_out(train_mixtures: Sequence[str],
-                   in_domain: retrieval_data.RetrievalDataset) -> None:
-  """Fails if an in-domain question's QA item is a training or validation pair."""
-  seen = set()
-  for name in train_mixtures:
-    seen |= set(tasks.get_hybrid_mixture(name).corpus.pair_ids())
+def check_held_out(train_mixture: str, in_domain: retrieval_data.RetrievalDataset) -> None:
+  """Fails if an in-domain question's QA item is a pair of the training corpus (any split the
+  run trains or validates on)."""
+  seen = set(tasks.get_hybrid_mixture(train_mixture).corpus.pair_ids())
   test_ids = {q.question_id for items in in_domain.questions.values() for q in items}
   overlap = seen & test_ids
   if overlap:
     raise RuntimeError(f"{len(overlap)} in-domain test questions are also training or validation "
-                       f"pairs ({', '.join(train_mixtures)}), e.g. {sorted(overlap)[:3]}")
+                       f"pairs ({train_mixture}), e.g. {sorted(overlap)[:3]}")
 
 
 def limit_questions(dataset: retrieval_data.RetrievalDataset, limit: int | None):
@@ -140,7 +138,7 @@ def evaluate_encoder(encoder: encoder_lib.Encoder, datasets, matched_draws: int,
 
 
 def train_and_evaluate(*, train: Callable[[], trainer.TrainResult], model_dir: str, model,
-                       spm_path: str, train_mixture: str, validation_mixture: str,
+                       spm_path: str, train_mixture: str,
                        task_feature_lengths: dict, seed: int, settings: dict,
                        miracl: Sequence[dict] = (), matched_draws: int = 5,
                        max_questions_per_language: int | None = None,
@@ -158,7 +156,7 @@ def train_and_evaluate(*, train: Callable[[], trainer.TrainResult], model_dir: s
   export_dir: where the exported encoder is kept (local or gs://; the MIRACL stage reads it).
   """
   datasets = study_datasets(bool(miracl))
-  check_held_out([train_mixture, validation_mixture], dict(datasets)[IN_DOMAIN])
+  check_held_out(train_mixture, dict(datasets)[IN_DOMAIN])
   result = train()
   if result.stopped_early:  # SIGTERM: checkpoint saved; main exits 143 and a rerun resumes.
     return result

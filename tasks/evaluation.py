@@ -25,16 +25,16 @@ MIRACL_MIXTURE = "miracl"
 
 
 def _queries_fn(questions: Sequence[retrieval_data.Question]):
-  return lambda: {"query": [q.text for q in questions],
-                  "question_id": [q.question_id for q in questions],
-                  "language": [q.language for q in questions]}
+  return lambda _split: {"query": [q.text for q in questions],
+                         "question_id": [q.question_id for q in questions],
+                         "language": [q.language for q in questions]}
 
 
 def _candidates_fn(candidates: Sequence[retrieval_data.Candidate]):
-  return lambda: {"passage": [c.text for c in candidates],
-                  "candidate_id": [c.candidate_id for c in candidates],
-                  "passage_context": [c.context for c in candidates],
-                  "language": [c.language for c in candidates]}
+  return lambda _split: {"passage": [c.text for c in candidates],
+                         "candidate_id": [c.candidate_id for c in candidates],
+                         "passage_context": [c.context for c in candidates],
+                         "language": [c.language for c in candidates]}
 
 
 class RetrievalTask(seqio.Task):
@@ -50,7 +50,7 @@ class RetrievalTask(seqio.Task):
     else:
       items = dataset.candidates.get(language, [])
       examples_fn = _candidates_fn(items)
-    super().__init__(name, qa.function_source(examples_fn, SPLIT, len(items)),
+    super().__init__(name, qa.function_source(examples_fn, {SPLIT: len(items)}),
                      output_features=features, preprocessors=qa.preprocessors())
 
 

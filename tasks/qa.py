@@ -1,6 +1,6 @@
 """SeqIO registrations of a parallel QA corpus: mono/cross-lingual tasks and their mixtures.
 
-`register_parallel_qa("xquad", path, family, spm)` registers, for languages l, x != y:
+`register_parallel_qa("xquad", path, family, spm, splits=...)` registers, for languages l, x != y:
 
   xquad_mono_{l}       query_l, passage_l          xquad_mono_mix   mono tasks, rates by size
   xquad_cross_{x}_{y}  query_x, passage_y          xquad_cross_mix  cross tasks, rates by size
@@ -10,6 +10,10 @@
 
 seqio's registries are the only ones: each task (`ParallelQATask`) knows its languages and its
 corpus's `HybridMixture`, which holds the corpus, its vocabulary, text format and batch options.
+A corpus is registered once: its articles are parted into seqio splits (`train`, and e.g.
+`validation` and `test`, drawn by `corpora.ParallelCorpus.select_articles`), and every task and
+mixture serves each split; a split may have batch options of its own (the study's validation
+batches are monolingual).
 
 Every example holds `query` and `passage` (token ids of `hybridir.text.tokenize`: prefixes, the
 passage unit, truncation and the vocabulary's special tokens (T5's EOS, XLM-R's <s> ... </s>,
@@ -19,7 +23,7 @@ id in the sorted ids of the whole corpus, so the same in every language and spli
 `query_language` / `passage_language`.
 """
 import functools
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import seqio
@@ -31,7 +35,7 @@ from hybridir import hybrid
 from hybridir import text as text_lib
 from hybridir import vocab
 
-SPLIT = "train"  # The seqio split of every QA task; `split` below chooses its content.
+TRAIN = "train"  # The split a corpus trains on; every registration has it.
 
 
 @functools.lru_cache(maxsize=None)
@@ -86,15 +90,16 @@ def preprocessors(text_format: text_lib.TextFormat | None = None) -> list:
   return [functools.partial(_tokenize_texts, text_format=text_format or text_lib.TextFormat())]
 
 
-def function_source(examples_fn, split: str, num_examples: int) -> seqio.FunctionDataSource:
-  """A seqio source of one split from `examples_fn() -> dict of equal-length lists`."""
+def function_source(examples_fn, num_examples: dict[str, int]) -> seqio.FunctionDataSource:
+  """A seqio source of the splits `num_examples` names, from `examples_fn(split) -> dict of
+  equal-length lists`."""
 
   def dataset_fn(split, shuffle_files, seed=None):
-    del split, shuffle_files, seed  # In-memory, ordered; shuffling is the input pipeline's job.
-    return tf.data.Dataset.from_tensor_slices(examples_fn())
+    del shuffle_files, seed  # In-memory, ordered; shuffling is the input pipeline's job.
+    return tf.data.Dataset.from_tensor_slices(examples_fn(split))
 
-  return seqio.FunctionDataSource(dataset_fn, splits=(split,),
-                                  num_input_examples={split: num_examples})
+  return seqio.FunctionDataSource(dataset_fn, splits=tuple(num_examples),
+                                  num_input_examples=dict(num_examples))
 
 
 def registered(registry, kind: type) -> dict:
@@ -105,8 +110,8 @@ def registered(registry, kind: type) -> dict:
 
 
 def _rates_by_size(tasks: Sequence["ParallelQATask"]) -> list[tuple["ParallelQATask", int]]:
-  """Each task with its number of examples as its mixing rate (at least 1)."""
-  return [(task, max(len(task.pair_ids), 1)) for task in tasks]
+  """Each task with its number of training examples as its mixing rate (at least 1)."""
+  return [(task, max(len(task.pair_ids[TRAIN]), 1)) for task in tasks]
 
 
 def remove_providers(names: Sequence[str]) -> None:
@@ -119,78 +124,103 @@ def remove_providers(names: Sequence[str]) -> None:
 class ParallelQATask(seqio.Task):
   """One (query language, passage language) task of a parallel QA corpus, e.g. `xquad_cross_de_en`.
 
-  `hybrid` is the corpus's `HybridMixture`: the record the task's examples come from.
+  `hybrid` is the corpus's `HybridMixture`: the record the task's examples come from;
+  `pair_ids[split]` are the string pair ids of each split's examples, in order.
   """
 
   def __init__(self, name: str, hybrid: "HybridMixture", query_language: str,
                passage_language: str, features: dict[str, seqio.Feature]):
     self.hybrid, self.query_language, self.passage_language = (hybrid, query_language,
                                                                passage_language)
-    self.pair_ids = hybrid.task_pair_ids(query_language, passage_language)
-    super().__init__(name, function_source(self._examples, SPLIT, len(self.pair_ids)),
+    self.pair_ids = {split: hybrid.task_pair_ids(query_language, passage_language, split)
+                     for split in hybrid.splits}
+    sizes = {split: len(ids) for split, ids in self.pair_ids.items()}
+    super().__init__(name, function_source(self._examples, sizes),
                      output_features=features, preprocessors=preprocessors(hybrid.text_format))
 
-  def _examples(self) -> dict:
-    hybrid = self.hybrid
+  def _examples(self, split: str) -> dict:
+    hybrid, pair_ids = self.hybrid, self.pair_ids[split]
     queries = hybrid.corpus.pairs[self.query_language]
     passages = [text_lib.passage_parts(hybrid.corpus.pairs[self.passage_language][i],
-                                       hybrid.text_format.passage_unit) for i in self.pair_ids]
-    return {"query": [queries[i].question for i in self.pair_ids],
+                                       hybrid.text_format.passage_unit) for i in pair_ids]
+    return {"query": [queries[i].question for i in pair_ids],
             "passage": [text for text, _ in passages],
             "passage_context": [context for _, context in passages],
-            "pair_id": tf.constant(hybrid.rows(self.pair_ids), tf.int32),
-            "query_language": [self.query_language] * len(self.pair_ids),
-            "passage_language": [self.passage_language] * len(self.pair_ids)}
+            "pair_id": tf.constant(hybrid.rows(pair_ids), tf.int32),
+            "query_language": [self.query_language] * len(pair_ids),
+            "passage_language": [self.passage_language] * len(pair_ids)}
 
 
 class HybridMixture(seqio.Mixture):
   """A parallel QA corpus registered for hybrid batches: the one record of the corpus.
 
   A seqio Mixture, `{corpus name}_hybrid`, of the corpus's mono and cross tasks
-  (`ParallelQATask`s, rates by size: as a seqio Mixture it serves examples as `{name}_all_mix`
-  does). Its batches are drawn whole by `sampler()`, the hybrid schedule the input pipeline serves.
+  (`ParallelQATask`s, rates by training size: as a seqio Mixture it serves examples as
+  `{name}_all_mix` does). Every task serves the record's splits. Batches of a split are drawn
+  whole by `sampler(split=...)`, the hybrid schedule the input pipeline serves.
 
   Args:
     corpus_name: the name the corpus is registered under (task names start with it).
-    corpus: the (split) parallel corpus the batches come from.
+    corpus: the parallel corpus the splits are drawn from.
+    splits: {seqio split: its part of `corpus`}, `TRAIN` first.
     family: an encoder family's name (its vocabulary kinds are registered in hybridir.vocab).
     spm_path: the SentencePiece model.
-    pair_ids: the string pair id of each integer `pair_id` (sorted ids of the whole corpus).
     text_format: prefixes and passage unit of every example (`text.TextFormat`).
+    split_options: {split: hybrid options} that replace the record's for that split's batches.
     alpha, cross_pairs, mono_mixed_languages, language_sampling, language_temperature,
       source_temperature: as `hybrid.HybridSampler` (its defaults are the paper's batches).
   """
 
-  def __init__(self, corpus_name: str, corpus: corpora.ParallelCorpus, family: str,
-               spm_path: str, pair_ids: Sequence[str], alpha: float = 0.5,
-               cross_pairs: str = "per_example", mono_mixed_languages: bool = False,
-               language_sampling: str = "uniform", language_temperature: float = 1.0,
-               source_temperature: float = 1.0, text_format: text_lib.TextFormat | None = None):
+  def __init__(self, corpus_name: str, corpus: corpora.ParallelCorpus,
+               splits: dict[str, corpora.ParallelCorpus], family: str, spm_path: str,
+               alpha: float = 0.5, cross_pairs: str = "per_example",
+               mono_mixed_languages: bool = False, language_sampling: str = "uniform",
+               language_temperature: float = 1.0, source_temperature: float = 1.0,
+               text_format: text_lib.TextFormat | None = None,
+               split_options: dict[str, dict] | None = None):
     name = f"{corpus_name}_hybrid"
+    if next(iter(splits), None) != TRAIN:
+      raise ValueError(f"hybrid mixture {name!r}: the splits must start with {TRAIN!r}, "
+                       f"found {list(splits)}")
+    unknown = sorted(set(split_options or {}) - set(splits))
+    if unknown:
+      raise ValueError(f"hybrid mixture {name!r}: split_options for unknown splits {unknown}; "
+                       f"splits: {list(splits)}")
     self.corpus_name = corpus_name
     self.text_format = text_format or text_lib.TextFormat()
-    self.corpus = corpus
+    self.corpora = dict(splits)
+    # Every split's pairs (`corpus` less the articles no split holds).
+    self.corpus = corpus.restrict(frozenset().union(*(c.pair_ids() for c in splits.values())))
     self.family = family
     self.spm_path = spm_path
-    self.pair_ids = tuple(pair_ids)
+    # The integer `pair_id` indexes the sorted ids of the whole `corpus`: the same in every split
+    # and in every registration of the corpus.
+    self.pair_ids = tuple(corpus.pair_ids())
     self.pair_index = {pair_id: i for i, pair_id in enumerate(self.pair_ids)}
-    self.options = dict(alpha=alpha, cross_pairs=cross_pairs,
-                        mono_mixed_languages=mono_mixed_languages,
-                        language_sampling=language_sampling,
-                        language_temperature=language_temperature,
-                        source_temperature=source_temperature)
-    try:  # Fail at registration, not at the first batch, on a bad option.
-      self.sampler(batch_size=1)
-    except ValueError as e:
-      raise ValueError(f"hybrid mixture {name!r}: {e}") from e
+    options = dict(alpha=alpha, cross_pairs=cross_pairs,
+                   mono_mixed_languages=mono_mixed_languages,
+                   language_sampling=language_sampling,
+                   language_temperature=language_temperature,
+                   source_temperature=source_temperature)
+    self.options = {split: {**options, **(split_options or {}).get(split, {})}
+                    for split in self.splits}
+    for split in self.splits:  # Fail at registration, not at the first batch, on a bad option.
+      try:
+        self.sampler(batch_size=1, split=split)
+      except ValueError as e:
+        raise ValueError(f"hybrid mixture {name!r}, split {split!r}: {e}") from e
     features = output_features(family, str(spm_path))
     self.qa_tasks: list[ParallelQATask] = []
     for x in self.languages:
-      for y in self.languages:
-        if x == y or self.task_pair_ids(x, y):  # Cross tasks only where translations meet.
+      for y in self.languages:  # Cross tasks only where translations meet.
+        if x == y or any(self.task_pair_ids(x, y, split) for split in self.splits):
           task_name = f"{corpus_name}_mono_{x}" if x == y else f"{corpus_name}_cross_{x}_{y}"
           self.qa_tasks.append(ParallelQATask(task_name, self, x, y, features))
     super().__init__(name, _rates_by_size(self.qa_tasks))
+
+  @property
+  def splits(self) -> tuple[str, ...]:
+    return tuple(self.corpora)
 
   def example_mixtures(self) -> dict[str, list[tuple[ParallelQATask, int]]]:
     """The corpus's seqio mixtures of examples: {name: [(task, rate by size)]}, non-empty ones."""
@@ -205,10 +235,17 @@ class HybridMixture(seqio.Mixture):
     """{language: its mono task}: these tokenise every question and passage once."""
     return {t.query_language: t for t in self.qa_tasks if t.query_language == t.passage_language}
 
-  def task_pair_ids(self, query_language: str, passage_language: str) -> list[str]:
-    """The pair ids present in both languages, in integer `pair_id` order (a task's order)."""
-    shared = (self.corpus.pairs[query_language].keys()
-              & self.corpus.pairs[passage_language].keys())
+  def check_split(self, split: str) -> str:
+    if split not in self.corpora:
+      raise ValueError(f"hybrid mixture {self.name!r} has no split {split!r}; splits: "
+                       f"{list(self.splits)}")
+    return split
+
+  def task_pair_ids(self, query_language: str, passage_language: str,
+                    split: str = TRAIN) -> list[str]:
+    """A split's pair ids present in both languages, in integer `pair_id` order (a task's order)."""
+    pairs = self.corpora[self.check_split(split)].pairs
+    shared = pairs[query_language].keys() & pairs[passage_language].keys()
     return sorted(shared, key=self.pair_index.get)
 
   def rows(self, pair_ids) -> np.ndarray:
@@ -223,9 +260,10 @@ class HybridMixture(seqio.Mixture):
   def languages(self) -> tuple[str, ...]:
     return self.corpus.languages
 
-  def sampler(self, batch_size: int, seed: int = 0) -> hybrid.HybridSampler:
-    """The batch schedule over this corpus with this mixture's options."""
-    return hybrid.HybridSampler(self.corpus, batch_size, seed=seed, **self.options)
+  def sampler(self, batch_size: int, seed: int = 0, split: str = TRAIN) -> hybrid.HybridSampler:
+    """The batch schedule over a split of this corpus with the split's options."""
+    return hybrid.HybridSampler(self.corpora[self.check_split(split)], batch_size, seed=seed,
+                                **self.options[split])
 
 
 def get_hybrid_mixture(name: str) -> HybridMixture:
@@ -242,14 +280,19 @@ def hybrid_mixture_names() -> list[str]:
 
 
 def register_parallel_qa(name: str, corpus_path: str, family: str, spm_path: str,
-                         languages: Sequence[str] | None = None, split=None,
+                         languages: Sequence[str] | None = None,
+                         splits: Mapping[str, object] | None = None,
                          text_format: text_lib.TextFormat | None = None,
+                         split_options: Mapping[str, dict] | None = None,
                          **hybrid_options) -> HybridMixture:
   """Registers a corpus's mono and cross tasks, mixtures and `{name}_hybrid`; returns the last.
 
+  splits: {seqio split: the articles it holds, as `ParallelCorpus.select_articles` takes them
+  (None: all; "train"/"test": the held-out split; a list of article titles)}, `train` first;
+  default {"train": None}, the whole corpus. Splits must not share an article.
   Registering `name` again replaces what the earlier call registered. `text_format` (default:
   `text.TextFormat()`) gives prefixes and passage unit; `hybrid_options` are `HybridMixture`'s
-  alpha, cross_pairs, ...
+  alpha, cross_pairs, ..., and `split_options` replace them for a split's batches.
   """
   where = f"register_parallel_qa({name!r}, {str(corpus_path)!r})"
   try:
@@ -258,11 +301,19 @@ def register_parallel_qa(name: str, corpus_path: str, family: str, spm_path: str
     raise ValueError(f"{where}: {e}") from e
   output_features(family, str(spm_path))  # A missing vocabulary fails before the corpus is read.
   text_format = text_format or text_lib.TextFormat()
+  splits = {TRAIN: None} if splits is None else dict(splits)
   # Passages as paragraphs, with their answer sentences: text_format's unit chooses from both.
   full = corpora.load_parallel_corpus(corpus_path, "paragraph", languages)
-  mixture = HybridMixture(name, full.select_articles(split, where), family,
-                          str(spm_path), full.pair_ids(), text_format=text_format,
-                          **hybrid_options)
+  parts = {split: full.select_articles(selection, f"{where}, split {split!r}")
+           for split, selection in splits.items()}
+  seen = {}
+  for split, part in parts.items():
+    for article in part.article_ids():
+      if seen.setdefault(article, split) != split:
+        raise ValueError(f"{where}: article {article!r} is in splits {seen[article]!r} and "
+                         f"{split!r}; splits must not share an article")
+  mixture = HybridMixture(name, full, parts, family, str(spm_path), text_format=text_format,
+                          split_options=dict(split_options or {}), **hybrid_options)
   unregister_parallel_qa(name)
   for task in mixture.qa_tasks:
     seqio.TaskRegistry.add_provider(task.name, task)

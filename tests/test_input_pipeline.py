@@ -153,6 +153,33 @@ def test_seqio_task_batches_hold_the_tasks_own_examples(mixture):
   np.testing.assert_array_equal(batch["passage_tokens"], examples["passage_tokens"][rows])
 
 
+def test_each_split_serves_its_own_articles_from_one_token_table(data_dir,
+                                                                 spm_models):  # noqa: F811
+  corpus = tasks.register_parallel_qa("ips", data_dir / "xquad-r", "t5", spm_models["t5"],
+                                      languages=LANGUAGES,
+                                      splits={"train": "train", "validation": "test"},
+                                      split_options={"validation": {"alpha": 1.0}})
+  train = input_pipeline.HybridInput("ips_hybrid", LENGTHS, batch_size=8)
+  validation = input_pipeline.HybridInput("ips_hybrid", LENGTHS, batch_size=8,
+                                          split="validation")
+  validation_rows = set(corpus.rows(corpus.corpora["validation"].pair_ids()))
+  for step in range(6):
+    assert not set(train.batch(step)["pair_ids"]) & validation_rows
+    batch = validation.batch(step)
+    assert set(batch["pair_ids"]) <= validation_rows
+    assert validation.batch_spec(step).kind == "mono"
+  assert train._tokens is validation._tokens  # One table, each split tokenised once.
+  # A seqio task serves the same split, and the identity names it.
+  task_input = input_pipeline.HybridInput("ips_mono_de", LENGTHS, batch_size=8,
+                                          split="validation")
+  assert set(task_input.batch(0)["pair_ids"]) <= validation_rows
+  assert (train.identity()["split"], task_input.identity()["split"]) == ("train", "validation")
+  with pytest.raises(ValueError, match=r"split must be one of \['train', 'validation'\] .*"
+                     r"found 'test'"):
+    input_pipeline.HybridInput("ips_mono_de", LENGTHS, batch_size=8, split="test")
+  tasks.unregister_parallel_qa("ips")
+
+
 def test_feature_converter_pads_each_text_to_its_length_with_the_pad_id():
   converter = input_pipeline.DualEncoderFeatureConverter(pad_id=1)
   dataset = tf.data.Dataset.from_tensors({"query": tf.constant([5, 2], tf.int32),

@@ -60,7 +60,7 @@ def test_the_corpus_record_is_its_seqio_hybrid_mixture_and_its_tasks_point_to_it
   assert (task.query_language, task.passage_language) == ("zh", "de")
   assert all(t.hybrid is mixture for t in seqio.get_mixture_or_task("xqrec_all_mix").tasks)
   # As a seqio Mixture it serves its tasks' examples (the batch schedule is its sampler's).
-  examples = list(mixture.get_dataset(LENGTHS, split=tasks.qa.SPLIT, shuffle=False)
+  examples = list(mixture.get_dataset(LENGTHS, split=tasks.qa.TRAIN, shuffle=False)
                   .take(4).as_numpy_iterator())
   assert len(examples) == 4
   assert all(set(e) == {"query", "passage"} and e["passage"][-1] == 1 for e in examples)
@@ -134,8 +134,9 @@ def test_example_mixtures_are_rated_by_task_size(data_dir, spm_models):
 def test_hybrid_options_are_the_papers_batches_unless_given(data_dir, spm_models):
   default = register(data_dir, spm_models, name="xqg")
   explicit = register(data_dir, spm_models, name="xqg", alpha=0.3, cross_pairs="per_batch")
-  assert default.options["alpha"] == 0.5 and default.options["cross_pairs"] == "per_example"
-  assert explicit.options["alpha"] == 0.3 and explicit.options["cross_pairs"] == "per_batch"
+  default, explicit = default.options["train"], explicit.options["train"]
+  assert default["alpha"] == 0.5 and default["cross_pairs"] == "per_example"
+  assert explicit["alpha"] == 0.3 and explicit["cross_pairs"] == "per_batch"
 
 
 def test_invalid_hybrid_option_fails_at_registration(data_dir, spm_models):
@@ -143,11 +144,39 @@ def test_invalid_hybrid_option_fails_at_registration(data_dir, spm_models):
     register(data_dir, spm_models, name="xqa", alpha=1.5)
 
 
-def test_train_and_test_splits_hold_disjoint_articles(data_dir, spm_models):
-  train = register(data_dir, spm_models, name="xqtrain", split="train").corpus
-  test = register(data_dir, spm_models, name="xqtest", split="test").corpus
+def test_one_record_serves_disjoint_seqio_splits_with_their_own_batch_options(data_dir,
+                                                                               spm_models):
+  mixture = register(data_dir, spm_models, name="xqsp", splits={"train": "train", "test": "test"},
+                     alpha=0.0, split_options={"test": {"alpha": 1.0}})
+  train, test = mixture.corpora["train"], mixture.corpora["test"]
+  assert mixture.splits == ("train", "test")
   assert train.article_ids().isdisjoint(test.article_ids())
-  assert len(train.pair_ids()) + len(test.pair_ids()) == 1190
+  assert len(train.pair_ids()) + len(test.pair_ids()) == len(mixture.pair_ids) == 1190
+  task = seqio.get_mixture_or_task("xqsp_cross_de_en")
+  assert task.splits == ("train", "test")
+  for split, part in (("train", train), ("test", test)):
+    ids = [mixture.pair_ids[e["pair_id"]] for e in task.get_dataset(
+        LENGTHS, split=split, shuffle=False).as_numpy_iterator()]
+    assert ids == task.pair_ids[split] and set(ids) == set(part.pair_ids())
+  # Batches of a split come from its articles, drawn with its options (X-Y train, mono test).
+  assert {mixture.sampler(8, split="train").batch(s).kind for s in range(5)} == {"cross"}
+  test_batches = [mixture.sampler(8, split="test").batch(s) for s in range(5)]
+  assert {b.kind for b in test_batches} == {"mono"}
+  assert set().union(*(b.pair_ids for b in test_batches)) <= set(test.pair_ids())
+  with pytest.raises(ValueError, match="no split 'validation'; splits: \\['train', 'test'\\]"):
+    mixture.sampler(8, split="validation")
+
+
+def test_splits_that_share_an_article_or_lack_train_fail_at_registration(data_dir, spm_models):
+  with pytest.raises(ValueError, match="article .* is in splits 'train' and 'test'"):
+    register(data_dir, spm_models, name="xqov", splits={"train": None, "test": "test"})
+  with pytest.raises(ValueError, match="splits must start with 'train'"):
+    register(data_dir, spm_models, name="xqov", splits={"test": "test"})
+  with pytest.raises(ValueError, match="split_options for unknown splits \\['dev'\\]"):
+    register(data_dir, spm_models, name="xqov", split_options={"dev": {"alpha": 1.0}})
+  with pytest.raises(ValueError, match="split 'test': alpha must be in"):
+    register(data_dir, spm_models, name="xqov", splits={"train": "train", "test": "test"},
+             split_options={"test": {"alpha": 2.0}})
 
 
 def test_lareqa_mixtures_give_the_published_counts(data_dir, spm_models):
@@ -241,10 +270,10 @@ def test_the_held_out_split_is_one_function_for_training_evaluation_and_the_stud
   assert train.article_ids().isdisjoint(test.article_ids())
   assert train.article_ids() | test.article_ids() == corpus.article_ids()
   assert register(data_dir, spm_models, name="xqs", languages=None,
-                  split="train").corpus.article_ids() == train.article_ids()
+                  splits={"train": "train"}).corpora["train"].article_ids() == train.article_ids()
   assert set(evaluation._split_titles(data_dir, "xquad_r", "test")) == test.article_ids()
   parts = study_run.article_splits(str(data_dir / "xquad-r"), None, 0.1)
-  assert set(parts["fit"]) | set(parts["validation"]) == train.article_ids()
+  assert set(parts["train"]) | set(parts["validation"]) == train.article_ids()
   with pytest.raises(ValueError, match="where: split must be None, 'train', 'test'"):
     corpus.select_articles("dev", "where")
   assert corpus.select_articles(sorted(test.article_ids())).pair_ids() == test.pair_ids()
