@@ -53,7 +53,7 @@ class RetrievalDataset:
     } for language in sorted(set(self.questions) | set(self.candidates))}
 
 
-def _lareqa_folder(data_dir: PathLike, dataset: str) -> pathlib.Path:
+def lareqa_folder(data_dir: PathLike, dataset: str) -> pathlib.Path:
   """`data_dir/<dataset folder>` if it exists, else `data_dir` itself."""
   if dataset not in LAREQA_FOLDERS:
     raise ValueError(f"dataset must be one of {sorted(LAREQA_FOLDERS)}, found {dataset!r}")
@@ -73,7 +73,7 @@ def load_lareqa(data_dir: PathLike, dataset: str = "xquad_r",
   language where its id exists. `split`, a list of article titles, keeps those articles and, in
   every language, the articles holding their question ids (MLQA titles are per language).
   """
-  folder = _lareqa_folder(data_dir, dataset)
+  folder = lareqa_folder(data_dir, dataset)
   languages = tuple(languages or LAREQA_LANGUAGES[dataset])
   for language in languages:
     corpora.check_language(language, f"languages argument for {dataset}")

@@ -6,9 +6,10 @@
 runs the same gin files for every cell of the CPU demo. Each run writes
 `MODEL_DIR/study_results.json`, which the study report reads (study_report, study_gather).
 
-Data: the training corpus's articles are split into train and test (`corpora.TEST_FRACTION`, the
-in-domain test set); the train articles again into fit and validation. The model trains on fit,
-the checkpoint with the lowest validation loss is exported, and the encoder is evaluated
+Data: the training corpus is one record (`{CORPUS_NAME}_hybrid`) whose articles are parted into
+seqio splits: `test` (`corpora.TEST_FRACTION` of the articles, the in-domain test set) and the
+rest, again parted into `train` (fit) and `validation`. The model trains on `train`, the
+checkpoint with the lowest loss on `validation` is exported, and the encoder is evaluated
 zero-shot on the in-domain test articles, on MLQA-R (out-of-domain) and on MIRACL when given:
 full pools (evaluate.evaluate_settings) and size-matched pools with chance (study_eval).
 """
@@ -61,15 +62,22 @@ def register_study_data(*, corpus_name: str, corpus_dir: str, family: str, spm_p
   (in-domain test articles, MLQA-R) and `miracl` (each language given).
 
   in_domain_corpus_dir: the LAReQA folder whose test articles are in-domain (default: data_dir's
-  XQuAD-R, which is the training corpus of the demo). miracl: dicts of register_miracl's
-  language, topics_tsv, qrels_trec and corpus_jsonl.
+  XQuAD-R). When it is the training corpus (the demo), the in-domain set is that record's `test`
+  split (`tasks.register_lareqa_split`); otherwise the folder is registered on its own.
+  miracl: dicts of register_miracl's language, topics_tsv, qrels_trec and corpus_jsonl.
   """
-  tasks.register_parallel_qa(corpus_name, corpus_dir, family, spm_path, languages,
-                             splits=article_splits(corpus_dir, languages, validation_fraction),
-                             text_format=text_format, alpha=alpha,
-                             split_options={"validation": {"alpha": validation_alpha}})
-  tasks.register_lareqa(IN_DOMAIN, in_domain_corpus_dir or data_dir, family, spm_path,
-                        languages, split="test")
+  in_domain_dir = retrieval_data.lareqa_folder(in_domain_corpus_dir or data_dir, IN_DOMAIN)
+  same_corpus = str(in_domain_dir).rstrip("/") == str(fs.path(corpus_dir)).rstrip("/")
+  splits = article_splits(corpus_dir, languages, validation_fraction)
+  if same_corpus:  # The in-domain test articles are the training corpus's third split.
+    splits["test"] = "test"
+  record = tasks.register_parallel_qa(corpus_name, corpus_dir, family, spm_path, languages,
+                                      splits=splits, text_format=text_format, alpha=alpha,
+                                      split_options={"validation": {"alpha": validation_alpha}})
+  if same_corpus:
+    tasks.register_lareqa_split(IN_DOMAIN, record.name, "test")
+  else:
+    tasks.register_lareqa(IN_DOMAIN, in_domain_dir, family, spm_path, languages, split="test")
   tasks.register_lareqa(OUT_OF_DOMAIN, data_dir, family, spm_path, languages)
   tasks.unregister_miracl()  # `miracl` is this study's languages only.
   for entry in miracl:
@@ -85,9 +93,11 @@ def study_datasets(with_miracl: bool) -> list:
 
 
 def check_held_out(train_mixture: str, in_domain: retrieval_data.RetrievalDataset) -> None:
-  """Fails if an in-domain question's QA item is a pair of the training corpus (any split the
-  run trains or validates on)."""
-  seen = set(tasks.get_hybrid_mixture(train_mixture).corpus.pair_ids())
+  """Fails if an in-domain question's QA item is a pair the run trains or validates on (the
+  corpus's `train` and `validation` splits)."""
+  corpus = tasks.get_hybrid_mixture(train_mixture)
+  seen = {pair_id for split in corpus.splits if split != "test"
+          for pair_id in corpus.corpora[split].pair_ids()}
   test_ids = {q.question_id for items in in_domain.questions.values() for q in items}
   overlap = seen & test_ids
   if overlap:

@@ -15,7 +15,6 @@ from typing import Sequence
 import seqio
 
 from hybridir import corpora
-from hybridir import fs
 from hybridir import retrieval_data
 from tasks import qa
 
@@ -125,8 +124,7 @@ def _split_titles(data_dir, dataset: str, split) -> Sequence[str] | None:
   """Article titles of the QA split of the same name ("train"/"test"), else `split` itself."""
   if split not in ("train", "test"):
     return split
-  folder = fs.path(data_dir) / retrieval_data.LAREQA_FOLDERS[dataset]
-  corpus = corpora.load_parallel_corpus(folder if folder.is_dir() else data_dir)
+  corpus = corpora.load_parallel_corpus(retrieval_data.lareqa_folder(data_dir, dataset))
   return sorted(corpus.select_articles(split).article_ids())
 
 
@@ -142,8 +140,24 @@ def register_lareqa(dataset: str, data_dir: str, family: str, spm_path: str,
                      f"found {dataset!r}")
   data = retrieval_data.load_lareqa(data_dir, dataset, languages,
                                     _split_titles(data_dir, dataset, split))
-  names = _register_dataset(dataset, data, family, str(spm_path))
-  _add_mixture(f"lareqa_{dataset}", [dataset])
+  return _add_lareqa(data, family, str(spm_path))
+
+
+def register_lareqa_split(dataset: str, hybrid_mixture: str, split: str = "test") -> list[str]:
+  """Registers a LAReQA dataset ('xquad_r' or 'mlqa_r'), `lareqa_{dataset}` and `lareqa`, from a
+  split of a registered corpus read from LAReQA's files (e.g. the test split of the study's
+  XQuAD-R): that split's articles, every sentence a candidate, in the corpus's languages, with its
+  vocabulary. Returns the task names.
+  """
+  corpus = qa.get_hybrid_mixture(hybrid_mixture)
+  titles = sorted(corpus.corpora[corpus.check_split(split)].article_ids())
+  data = retrieval_data.load_lareqa(corpus.corpus_path, dataset, corpus.languages, titles)
+  return _add_lareqa(data, corpus.family, corpus.spm_path)
+
+
+def _add_lareqa(data: retrieval_data.RetrievalDataset, family: str, spm_path: str) -> list[str]:
+  names = _register_dataset(data.name, data, family, spm_path)
+  _add_mixture(f"lareqa_{data.name}", [data.name])
   datasets = _registered_datasets()
   _add_mixture(LAREQA_MIXTURE, [d for d in retrieval_data.LAREQA_FOLDERS if d in datasets])
   return names

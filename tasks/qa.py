@@ -161,6 +161,7 @@ class HybridMixture(seqio.Mixture):
 
   Args:
     corpus_name: the name the corpus is registered under (task names start with it).
+    corpus_path: the file or folder the corpus was read from.
     corpus: the parallel corpus the splits are drawn from.
     splits: {seqio split: its part of `corpus`}, `TRAIN` first.
     family: an encoder family's name (its vocabulary kinds are registered in hybridir.vocab).
@@ -171,7 +172,7 @@ class HybridMixture(seqio.Mixture):
       source_temperature: as `hybrid.HybridSampler` (its defaults are the paper's batches).
   """
 
-  def __init__(self, corpus_name: str, corpus: corpora.ParallelCorpus,
+  def __init__(self, corpus_name: str, corpus_path: str, corpus: corpora.ParallelCorpus,
                splits: dict[str, corpora.ParallelCorpus], family: str, spm_path: str,
                alpha: float = 0.5, cross_pairs: str = "per_example",
                mono_mixed_languages: bool = False, language_sampling: str = "uniform",
@@ -186,7 +187,7 @@ class HybridMixture(seqio.Mixture):
     if unknown:
       raise ValueError(f"hybrid mixture {name!r}: split_options for unknown splits {unknown}; "
                        f"splits: {list(splits)}")
-    self.corpus_name = corpus_name
+    self.corpus_name, self.corpus_path = corpus_name, corpus_path
     self.text_format = text_format or text_lib.TextFormat()
     self.corpora = dict(splits)
     # Every split's pairs (`corpus` less the articles no split holds).
@@ -312,7 +313,7 @@ def register_parallel_qa(name: str, corpus_path: str, family: str, spm_path: str
       if seen.setdefault(article, split) != split:
         raise ValueError(f"{where}: article {article!r} is in splits {seen[article]!r} and "
                          f"{split!r}; splits must not share an article")
-  mixture = HybridMixture(name, full, parts, family, str(spm_path), text_format=text_format,
+  mixture = HybridMixture(name, str(corpus_path), full, parts, family, str(spm_path), text_format=text_format,
                           split_options=dict(split_options or {}), **hybrid_options)
   unregister_parallel_qa(name)
   for task in mixture.qa_tasks:

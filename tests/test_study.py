@@ -91,7 +91,10 @@ def test_arms_that_stay_at_chance_are_flagged_and_left_out_of_the_answer(quick_s
 def test_in_domain_questions_are_held_out_of_training_and_validation(quick_study):
   import tasks
   in_domain = dict(tasks.evaluation_mixture_datasets("lareqa"))[study_run.IN_DOMAIN]
-  assert tasks.get_hybrid_mixture("study_hybrid").splits == ("train", "validation")
+  record = tasks.get_hybrid_mixture("study_hybrid")
+  assert record.splits == ("train", "validation", "test")  # The demo's in-domain set: its test.
+  assert ({q.question_id for items in in_domain.questions.values() for q in items}
+          == set(record.corpora["test"].pair_ids()))
   study_run.check_held_out("study_hybrid", in_domain)
   leaked = tasks.get_hybrid_mixture("study_hybrid").corpus.pair_ids()[0]
   some_language = next(iter(in_domain.questions))

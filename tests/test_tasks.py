@@ -179,6 +179,25 @@ def test_splits_that_share_an_article_or_lack_train_fail_at_registration(data_di
              split_options={"test": {"alpha": 2.0}})
 
 
+def test_lareqa_of_a_corpus_split_is_lareqa_read_on_that_splits_articles(data_dir, spm_models):
+  from hybridir import retrieval_data
+  record = register(data_dir, spm_models, name="xqle", languages=("de", "en"),
+                    splits={"train": "train", "test": "test"})
+  tasks.register_lareqa_split("xquad_r", "xqle_hybrid", "test")
+  from_record = dict(tasks.evaluation_mixture_datasets("lareqa_xquad_r"))["xquad_r"]
+  direct = retrieval_data.load_lareqa(data_dir, "xquad_r", ("de", "en"),
+                                      tasks.evaluation._split_titles(data_dir, "xquad_r", "test"))
+  assert from_record.questions == direct.questions
+  assert from_record.candidates == direct.candidates
+  assert ({q.question_id for q in from_record.questions["de"]}
+          == set(record.corpora["test"].pairs["de"]))
+  assert sum(len(c) for c in from_record.candidates.values()) > 0
+  with pytest.raises(ValueError, match="no split 'validation'"):
+    tasks.register_lareqa_split("xquad_r", "xqle_hybrid", "validation")
+  tasks.unregister_evaluation_dataset("xquad_r")
+  tasks.unregister_parallel_qa("xqle")
+
+
 def test_lareqa_mixtures_give_the_published_counts(data_dir, spm_models):
   tasks.register_lareqa("xquad_r", data_dir, "t5", spm_models["t5"], languages=("de", "en"))
   tasks.register_lareqa("mlqa_r", data_dir, "t5", spm_models["t5"], languages=("de", "en"))
