@@ -67,7 +67,9 @@ def register_study_data(*, corpus_name: str, corpus_dir: str, family: str, spm_p
   miracl: dicts of register_miracl's language, topics_tsv, qrels_trec and corpus_jsonl.
   """
   in_domain_dir = retrieval_data.lareqa_folder(in_domain_corpus_dir or data_dir, IN_DOMAIN)
-  same_corpus = str(in_domain_dir).rstrip("/") == str(fs.path(corpus_dir)).rstrip("/")
+  same_corpus = fs.abspath(in_domain_dir).rstrip("/") == fs.abspath(corpus_dir).rstrip("/")
+  logging.info("in-domain test set: %s", f"the test split of {corpus_name}_hybrid" if same_corpus
+               else f"the test articles of {in_domain_dir}")
   splits = article_splits(corpus_dir, languages, validation_fraction)
   if same_corpus:  # The in-domain test articles are the training corpus's third split.
     splits["test"] = "test"
