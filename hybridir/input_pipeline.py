@@ -242,10 +242,12 @@ class HybridInput:
     settings = {k: v for k, v in vars(self._sampler).items()
                 if isinstance(v, (bool, int, float, str))} if self._sampler is not None else {}
     vocabulary = getattr(self.vocabulary, "sp_model", None)
-    return {"input": self.name, "split": self.split, "batch_size": self.batch_size,
-            "seed": self.seed,
-            "languages": sorted(self._corpus.languages), "sampler": settings,
-            "vocabulary_sha256": hashlib.sha256(vocabulary).hexdigest() if vocabulary else None}
+    identity = {"input": self.name, "batch_size": self.batch_size, "seed": self.seed,
+                "languages": sorted(self._corpus.languages), "sampler": settings,
+                "vocabulary_sha256": hashlib.sha256(vocabulary).hexdigest() if vocabulary else None}
+    if self.split != qa.TRAIN:  # Named when not the default, so earlier runs resume unchanged.
+      identity["split"] = self.split
+    return identity
 
   def iterate(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
     """Batches from `start_step` on, forever."""
