@@ -313,8 +313,9 @@ def register_parallel_qa(name: str, corpus_path: str, family: str, spm_path: str
       if seen.setdefault(article, split) != split:
         raise ValueError(f"{where}: article {article!r} is in splits {seen[article]!r} and "
                          f"{split!r}; splits must not share an article")
-  mixture = HybridMixture(name, str(corpus_path), full, parts, family, str(spm_path), text_format=text_format,
-                          split_options=dict(split_options or {}), **hybrid_options)
+  mixture = HybridMixture(name, str(corpus_path), full, parts, family, str(spm_path),
+                          text_format=text_format, split_options=dict(split_options or {}),
+                          **hybrid_options)
   unregister_parallel_qa(name)
   for task in mixture.qa_tasks:
     seqio.TaskRegistry.add_provider(task.name, task)

@@ -96,7 +96,7 @@ def test_in_domain_questions_are_held_out_of_training_and_validation(quick_study
   assert ({q.question_id for items in in_domain.questions.values() for q in items}
           == set(record.corpora["test"].pair_ids()))
   study_run.check_held_out("study_hybrid", in_domain)
-  leaked = tasks.get_hybrid_mixture("study_hybrid").corpus.pair_ids()[0]
+  leaked = record.corpora["train"].pair_ids()[0]  # A training pair, not one of the test split.
   some_language = next(iter(in_domain.questions))
   question = in_domain.questions[some_language][0]
   poisoned = retrieval_data.RetrievalDataset("x", {some_language: [
