@@ -32,6 +32,16 @@ NOTE = ("**Smoke scale.** Tiny encoders (d_model 64, 2 layers) trained from scra
         "They show that the pipeline runs end to end and how the comparison is made; they say "
         "nothing about pretrained mT5 or XLM-R at scale (`gin_configs/runs/study/` holds the "
         "full-scale configs).")
+PRETRAINED_NOTE = (
+    "**A pretrained encoder, fine-tuned briefly on a CPU.** Each arm fine-tunes the same "
+    "pretrained checkpoint ({checkpoints}) with hybrid-batch training's recipe, and the zero-shot "
+    "row is that checkpoint evaluated untrained with the same inputs (prefixes, lengths, pools). "
+    "The training corpus is XQuAD-R's fit articles, so XQuAD-R's held-out articles are in-domain "
+    "by construction and MLQA-R is out-of-domain. An English-pretrained encoder on de, en, es "
+    "and vi stands in for the study's question on a CPU (does hybrid fine-tuning help a "
+    "pretrained encoder out of domain and across languages?); mT5 against XLM-R remains a TPU "
+    "question (`gin_configs/runs/study/`).")
+ZERO_SHOT = "zero-shot"
 
 
 def _mean_std(values) -> tuple[float, float]:
@@ -124,6 +134,38 @@ def answer_paragraph(table: dict, training: dict, results: dict) -> str:
     parts.append("No effect could be computed: no model has a hybrid arm and a baseline that "
                  "both learned.")
   return " ".join(parts)
+
+
+def is_zero_shot(result: dict) -> bool:
+  """A pretrained model's zero-shot row: evaluated untrained (hybridir.study_run, ZERO_SHOT)."""
+  return bool(result["train"].get("zero_shot"))
+
+
+def objective_rows(results: dict) -> list:
+  """Per fine-tuned arm: the pretrained and the fine-tuned model's in-batch loss on held-out
+  batches of the arm's own kind (mean ± std over seeds), and whether every seed improved it."""
+  rows = []
+  for (model, strategy), by_seed in _arms(results).items():
+    objectives = [r["train"].get("objective") for r in by_seed.values()]
+    if not objectives or any(o is None for o in objectives):
+      continue
+    beats = all(o["fine_tuned"] < o["pretrained"] for o in objectives)
+    rows.append([model, strategy, _fmt([o["pretrained"] for o in objectives], 1.0, 3),
+                 _fmt([o["fine_tuned"] for o in objectives], 1.0, 3),
+                 "yes" if beats else "**no**"])
+  return rows
+
+
+def objective_sentence(rows: list) -> str:
+  """Whether every fine-tuned arm beat the pretrained model on its own training objective."""
+  if not rows:
+    return ""
+  failed = [f"{model} {strategy}" for model, strategy, *_, beats in rows if beats != "yes"]
+  if failed:
+    return ("**Not every fine-tuned arm beat the pretrained model on its own training objective** "
+            "(held-out in-batch loss, every seed): " + ", ".join(failed) + " did not.")
+  return ("Every fine-tuned arm, in every seed, beat the pretrained model on its own training "
+          "objective (held-out in-batch loss on batches of its own kind).")
 
 
 def _training_rows(training: dict, results: dict) -> list:
@@ -262,6 +304,8 @@ def plot_loss_curves(path: str, results: dict) -> None:
       if m != model:
         continue
       for j, result in enumerate(by_seed.values()):
+        if is_zero_shot(result):
+          continue
         history = result["train"]["history"]
         steps = [h["step"] for h in history]
         axes.plot(steps, [h["loss"] for h in history], color=colours.get(strategy, "grey"),
@@ -277,17 +321,32 @@ def plot_loss_curves(path: str, results: dict) -> None:
   reports.save_figure(figure, path)
 
 
+def title(results: dict) -> str:
+  """The report's title, naming the models it compares."""
+  models = list(dict.fromkeys(model for model, _, _ in results))
+  return ("# Hybrid batches against X-X-mono and X-Y: out-of-domain degradation, "
+          + " vs ".join(models))
+
+
 def markdown(results: dict, training: dict, table: dict, description: str) -> str:
-  lines = ["# Hybrid batches against X-X-mono and X-Y: out-of-domain degradation, mT5 vs XLM-R",
-           "", answer_paragraph(table, training, results), "", description, "",
-           *_effects_table(table),
+  trained = {k: r for k, r in results.items() if not is_zero_shot(r)}
+  objectives = objective_rows(results)
+  objective_lines = [] if not objectives else [
+      "## Fine-tuning against the pretrained model: in-batch loss on held-out batches of each "
+      "arm's own kind (lower is better; mean ± std over seeds)", "",
+      objective_sentence(objectives), "",
+      reports.markdown_table(["model", "batches", "pretrained (zero-shot)", "fine-tuned",
+                              "improved in every seed"], objectives), ""]
+  lines = [title(results), "", answer_paragraph(table, training, trained), "",
+           *([objective_sentence(objectives), ""] if objectives else []), description, "",
+           *_effects_table(table), *objective_lines,
            f"## Training against chance (final = mean of the last {int(TAIL * 100)}% of steps; "
            "a run learned if its final loss is "
            f"{LEARNED_LOSS_MARGIN} below ln(batch) and its in-batch accuracy {LEARNED_ACCURACY_FACTOR:g}x "
            "chance)", "",
            reports.markdown_table(["model", "batches", "final loss", "chance loss",
                                    "final accuracy %", "chance %", "checkpoint (per seed)",
-                                   "learned"], _training_rows(training, results)), "",
+                                   "learned"], _training_rows(training, trained)), "",
            "Loss curves: `study_loss.png`.", "", *_tables(results),
            "Per-run results (every language and pair, per-query scores): "
            "`runs/*/study_results.json`; all cells and intervals: `study.json`."]
@@ -296,49 +355,73 @@ def markdown(results: dict, training: dict, table: dict, description: str) -> st
 
 def describe(results: dict, elapsed_seconds: float | None) -> str:
   """The set-up line of a demo report: when, where, which settings, how long."""
-  settings = next(iter(results.values()))["settings"]
-  seeds = sorted({seed for _, _, seed in results})
-  learning_rates = {m: r["settings"]["learning_rate"] for (m, _, _), r in results.items()}
+  trained = {k: r for k, r in results.items() if not is_zero_shot(r)} or results
+  settings = next(iter(trained.values()))["settings"]
+  seeds = sorted({seed for _, _, seed in trained})
+  learning_rates = {m: r["settings"]["learning_rate"] for (m, _, _), r in trained.items()}
   took = f" in {elapsed_seconds / 60:.0f} min" if elapsed_seconds else ""
+  checkpoints = sorted({os.path.basename(str(r["settings"].get("init_checkpoint")).rstrip("/"))
+                        for r in results.values() if r["settings"].get("init_checkpoint")})
+  note = PRETRAINED_NOTE.format(checkpoints=", ".join(checkpoints)) if checkpoints else NOTE
+  evaluation = next(iter(results.values()))["evaluation"]
+  sampled = [f"the first {evaluation['max_questions_per_language']} questions per language"
+             if evaluation.get("max_questions_per_language") else "",
+             f"{evaluation['max_candidates_per_language']} candidates per language (every "
+             "relevant one, then one seeded draw shared by all runs)"
+             if evaluation.get("max_candidates_per_language") else ""]
+  sampled = " and ".join(part for part in sampled if part)
+  sampled = (f" Evaluation on {sampled}, to fit the budget: the \"full\" pools below are these "
+             "sampled pools." if sampled else "")
   return (f"Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on "
           f"{platform.node() or 'unknown host'} ({os.cpu_count()} CPU cores){took}: "
           f"{len(results)} runs, seeds {', '.join(map(str, seeds))}; {settings['train_steps']} "
           f"steps of batch {settings['batch_size']}, learning rate "
           + ", ".join(f"{m} {rate:g}" for m, rate in learning_rates.items())
           + f", temperature "
-          f"{settings['temperature']}, AdamW weight decay {settings['weight_decay']}; languages "
-          f"{', '.join(settings['languages'])}.\n\n{NOTE}")
+          f"{settings['temperature']}, AdamW weight decay {settings['weight_decay']}, lengths "
+          f"query {settings['task_feature_lengths']['query']} and passage "
+          f"{settings['task_feature_lengths']['passage']} tokens; languages "
+          f"{', '.join(settings['languages'])}.{sampled}\n\n{note}")
 
 
 def write(output_dir: str, results: dict, description: str | None = None,
           elapsed_seconds: float | None = None, num_samples: int = 2000) -> dict:
   """Writes study.json, study.md and study_loss.png; returns their paths."""
-  training = {key: training_summary(result) for key, result in results.items()}
-  table = effects(results, {k: t["learned"] for k, t in training.items()}, num_samples)
+  trained = {key: result for key, result in results.items() if not is_zero_shot(result)}
+  training = {key: training_summary(result) for key, result in trained.items()}
+  table = effects(trained, {k: t["learned"] for k, t in training.items()}, num_samples)
   paths = {"json": os.path.join(output_dir, "study.json"),
            "markdown": os.path.join(output_dir, "study.md"),
            "loss_plot": os.path.join(output_dir, "study_loss.png")}
   reports.write_json(paths["json"], {
-      "effects": table, "training": {"/".join(map(str, k)): v for k, v in training.items()}})
+      "effects": table, "training": {"/".join(map(str, k)): v for k, v in training.items()},
+      "objective": {"/".join(map(str, k)): r["train"]["objective"] for k, r in trained.items()
+                    if r["train"].get("objective")}})
   text = markdown(results, training, table, description or describe(results, elapsed_seconds))
   fs.write_text_atomically(paths["markdown"], text)
   plot_loss_curves(paths["loss_plot"], results)
   return paths
 
 
-README_BEGIN, README_END = "<!-- study-demo:begin", "<!-- study-demo:end -->"
+SECTIONS = ("study-demo", "study-pretrained")  # README's generated sections, by marker name.
 
 
-def update_readme(report_path: str, readme_path: str) -> None:
-  """Replaces README's demo section (between its markers) with the report, headings demoted."""
+def update_readme(report_path: str, readme_path: str, section: str = "study-demo") -> None:
+  """Replaces a README section (between its `<!-- {section}:begin` and `<!-- {section}:end -->`
+  markers) with the report, headings demoted and its plot named by its path."""
+  if section not in SECTIONS:
+    raise ValueError(f"section must be one of {SECTIONS}, found {section!r}")
+  begin, end_marker = f"<!-- {section}:begin", f"<!-- {section}:end -->"
   body = fs.read_text(report_path).split("\n", 1)[1].strip()  # Without the report's title.
   body = "\n".join("##" + line if line.startswith("## ") else line for line in body.splitlines())
-  body = body.replace("`study_loss.png`", "`out/study/study_loss.png`")
+  plot = os.path.join(os.path.relpath(os.path.dirname(os.path.abspath(report_path))),
+                      "study_loss.png")
+  body = body.replace("`study_loss.png`", f"`{plot}`")
   with open(readme_path, encoding="utf-8") as f:
     readme = f.read()
-  start, end = readme.find(README_BEGIN), readme.find(README_END)
+  start, end = readme.find(begin), readme.find(end_marker)
   if start < 0 or end < start:
-    raise ValueError(f"{readme_path}: no '{README_BEGIN} ... {README_END}' section to replace")
+    raise ValueError(f"{readme_path}: no '{begin} ... {end_marker}' section to replace")
   start = readme.index("\n", start) + 1
   fs.write_text_atomically(readme_path, readme[:start] + body + "\n" + readme[end:])
 
@@ -346,9 +429,11 @@ def update_readme(report_path: str, readme_path: str) -> None:
 if __name__ == "__main__":
   import argparse
   parser = argparse.ArgumentParser(prog="python -m hybridir.study_report",
-                                   description="Copies a demo report into README's demo section.")
+                                   description="Copies a study report into README's section.")
   parser.add_argument("--report", default="out/study/study.md")
   parser.add_argument("--readme", default="README.md")
+  parser.add_argument("--section", default="study-demo", choices=SECTIONS,
+                      help="study-demo (make demo) or study-pretrained (make study-pretrained)")
   arguments = parser.parse_args()
-  update_readme(arguments.report, arguments.readme)
-  print(f"{arguments.readme}: demo section replaced by {arguments.report}")
+  update_readme(arguments.report, arguments.readme, arguments.section)
+  print(f"{arguments.readme}: section {arguments.section} replaced by {arguments.report}")
