@@ -84,7 +84,7 @@ def _per_query(result: dict) -> dict:
           for dataset in (IN_DOMAIN, OUT_OF_DOMAIN)}
 
 
-def effects(results: dict, learned: dict, num_samples: int = 2000) -> dict:
+def effects(results: dict, learned: dict) -> dict:
   """Hybrid minus each baseline on degradation per model, and mT5 minus XLM-R of each, with CIs.
 
   Arms that did not learn (any seed) are left out, and so is every contrast that needs them.
@@ -108,23 +108,53 @@ def effects(results: dict, learned: dict, num_samples: int = 2000) -> dict:
     return {}
   scores = {arm: {seed: _per_query(result) for seed, result in by_seed.items()}
             for arm, by_seed in arms.items() if arm in usable}
-  return study_stats.bootstrap_contrasts(scores, contrasts, IN_DOMAIN, OUT_OF_DOMAIN,
-                                         [s for s, _ in SETTINGS], num_samples=num_samples)
+  return study_stats.contrast_intervals(scores, contrasts, IN_DOMAIN, OUT_OF_DOMAIN,
+                                       [s for s, _ in SETTINGS])
 
 
-def answer_paragraph(table: dict, training: dict, results: dict) -> str:
-  """The opening paragraph: every effect and interval, in numbers, and the arms left out."""
-  seeds = sorted({seed for _, _, seed in results})
+def _interval_method(table: dict) -> str:
+  """What the intervals are over: queries, and seeds where an arm has more than one."""
+  counts = sorted({n for by_setting in table.values()
+                   for n in by_setting[study_stats.ALL_SETTINGS]["seeds"].values()})
+  seeds = str(counts[0]) if counts[0] == counts[-1] else f"{counts[0]}-{counts[-1]}"
+  if counts[-1] < 2:
+    return (f"95% intervals over queries only ({seeds} seed per arm: seed-to-seed variation is "
+            "not estimated)")
+  return (f"95% intervals over queries (paired: every arm answers the same questions) and "
+          f"{seeds} seeds per arm (t on Welch-Satterthwaite degrees of freedom)")
+
+
+def _exploratory_cells(table: dict) -> list[tuple[str, str, dict]]:
+  return [(name, setting, cell) for name, by_setting in table.items()
+          for setting, cell in by_setting.items() if cell["role"] == study_stats.EXPLORATORY]
+
+
+def _interval_text(cell: dict) -> str:
+  return (f"{100 * cell['estimate']:+.1f} [{100 * cell['low']:+.1f}, "
+          f"{100 * cell['high']:+.1f}]")
+
+
+def answer_paragraph(table: dict, training: dict) -> str:
+  """The opening paragraph: the primary effects and intervals, in numbers, the exploratory cells
+  that stay clear of zero after Holm's adjustment, and the arms left out."""
   parts = ["**The answer, computed.** Out-of-domain degradation is in-domain minus out-of-domain "
-           "mAP above chance on size-matched pools ((AP - chance) / (1 - chance), x 100, mean "
-           "of the mono, cross and multi settings); an effect below zero means hybrid batches "
-           f"lose less out of domain. 95% bootstrap intervals over queries and {len(seeds)} "
-           f"seed{'s' if len(seeds) > 1 else ''}."]
+           "mAP above chance on size-matched pools ((AP - chance) / (1 - chance), x 100); an "
+           "effect below zero means hybrid batches lose less out of domain."]
+  if table:
+    parts.append("The primary answer is each effect on the mean of the mono, cross and multi "
+                 f"settings, with {_interval_method(table)}:")
   for name, by_setting in table.items():
     cell = by_setting[study_stats.ALL_SETTINGS]
     verdict = "excludes zero" if cell["excludes_zero"] else "includes zero"
-    parts.append(f"{name}: {100 * cell['estimate']:+.1f} [{100 * cell['low']:+.1f}, "
-                 f"{100 * cell['high']:+.1f}], the interval {verdict}.")
+    parts.append(f"{name}: {_interval_text(cell)}, the interval {verdict}.")
+  exploratory = _exploratory_cells(table)
+  if exploratory:
+    clear = [f"{name} {dict(SETTINGS)[setting]} {_interval_text(cell)}"
+             for name, setting, cell in exploratory if cell["holm_excludes_zero"]]
+    parts.append(f"The {len(exploratory)} per-setting effects in the table are exploratory: "
+                 f"{sum(cell['excludes_zero'] for _, _, cell in exploratory)} exclude zero at 95%, "
+                 f"{len(clear)} after Holm's adjustment over all {len(exploratory)}"
+                 + (f" ({'; '.join(clear)})." if clear else "."))
   stuck = sorted({(m, s) for (m, s, _), t in training.items() if not t["learned"]})
   if stuck:
     parts.append("Left out because they did not learn (final training loss or in-batch accuracy "
@@ -279,16 +309,28 @@ def _miracl_tables(arms: dict) -> list[str]:
   return lines
 
 
+def _cell_text(cell: dict) -> str:
+  """An effect's interval, marked ~0 when it includes zero, and ~0 after Holm when an exploratory
+  cell's Holm-adjusted p-value does not clear 5%."""
+  if not cell["excludes_zero"]:
+    return _interval_text(cell) + " ~0"
+  return _interval_text(cell) + ("" if cell.get("holm_excludes_zero", True) else " ~0 after Holm")
+
+
 def _effects_table(table: dict) -> list[str]:
   if not table:
     return []
-  header = ["effect on degradation (x 100)"] + [s for _, s in SETTINGS] + ["mean of settings"]
-  rows = [[name] + [f"{100 * c['estimate']:+.1f} [{100 * c['low']:+.1f}, {100 * c['high']:+.1f}]"
-                    + ("" if c["excludes_zero"] else " ~0")
-                    for c in (by_setting[s] for s in [s for s, _ in SETTINGS]
-                              + [study_stats.ALL_SETTINGS])]
+  header = (["effect on degradation (x 100)"] + [s for _, s in SETTINGS]
+            + ["mean of settings (primary)"])
+  rows = [[name] + [_cell_text(by_setting[s])
+                    for s in [s for s, _ in SETTINGS] + [study_stats.ALL_SETTINGS]]
           for name, by_setting in table.items()]
-  return ["## Effects with 95% confidence intervals (~0: the interval includes zero)", "",
+  return ["## Effects with 95% confidence intervals over queries and seeds", "",
+          "Primary: the mean of settings (the answer above). Exploratory: the per-setting cells, "
+          f"each with its own 95% interval; Holm's adjustment runs over all "
+          f"{len(_exploratory_cells(table))} of them. ~0: the interval includes zero; ~0 after "
+          "Holm: it excludes zero, but not after the adjustment. Standard errors, degrees of "
+          "freedom and p-values: `study.json`.", "",
           reports.markdown_table(header, rows), ""]
 
 
@@ -337,7 +379,7 @@ def markdown(results: dict, training: dict, table: dict, description: str) -> st
       objective_sentence(objectives), "",
       reports.markdown_table(["model", "batches", "pretrained (zero-shot)", "fine-tuned",
                               "improved in every seed"], objectives), ""]
-  lines = [title(results), "", answer_paragraph(table, training, trained), "",
+  lines = [title(results), "", answer_paragraph(table, training), "",
            *([objective_sentence(objectives), ""] if objectives else []), description, "",
            *_effects_table(table), *objective_lines,
            f"## Training against chance (final = mean of the last {int(TAIL * 100)}% of steps; "
@@ -385,11 +427,11 @@ def describe(results: dict, elapsed_seconds: float | None) -> str:
 
 
 def write(output_dir: str, results: dict, description: str | None = None,
-          elapsed_seconds: float | None = None, num_samples: int = 2000) -> dict:
+          elapsed_seconds: float | None = None) -> dict:
   """Writes study.json, study.md and study_loss.png; returns their paths."""
   trained = {key: result for key, result in results.items() if not is_zero_shot(result)}
   training = {key: training_summary(result) for key, result in trained.items()}
-  table = effects(trained, {k: t["learned"] for k, t in training.items()}, num_samples)
+  table = effects(trained, {k: t["learned"] for k, t in training.items()})
   paths = {"json": os.path.join(output_dir, "study.json"),
            "markdown": os.path.join(output_dir, "study.md"),
            "loss_plot": os.path.join(output_dir, "study_loss.png")}

@@ -1,65 +1,137 @@
-"""Confidence intervals for the study's effects: a two-stage bootstrap over seeds and queries.
+"""Confidence intervals for the study's effects: paired over queries, t over seeds.
 
 Scores are per query: `{arm: {seed: {dataset: {setting: {group: {item: value}}}}}}`, where a group
 is what a setting macro-averages over (a language, or a language pair) and an item is a QA item (a
 question id, shared by its translations). An arm's statistic for one setting is the degradation:
 the macro average on the in-domain dataset minus that on the out-of-domain one, averaged over
-seeds. An effect is a linear contrast of arms (hybrid minus a baseline; the difference of such
-effects between models).
+seeds. An effect is a linear contrast of arms, sum_a c_a D_a (hybrid minus a baseline; the
+difference of such effects between models), with variance
 
-Each bootstrap replicate draws the items of every dataset with replacement, the same items for
-every arm (the arms answer the same questions, so the contrasts are paired over queries), and the
-seeds of every arm with replacement, the seed-stage deviation scaled by sqrt(n / (n - 1)) (a
-bootstrap of n seeds otherwise shrinks their variance by (n - 1) / n, which matters at n = 3).
-The interval is the replicates' percentile interval.
-Pure NumPy.
+  V = V_query + sum_a c_a^2 s_a^2 / n_a,
+
+s_a^2 the sample variance of arm a's n_a per-seed degradations. Every arm and seed answers the same
+questions, so query sampling moves them together and hardly shows between seeds: V_query is the
+contrast's variance when each dataset's items are resampled, the same items for every arm (delta
+method), less the seed-by-query part that s_a^2 already holds (estimated from each seed's deviation
+from its arm's mean), so that no noise is counted twice. The interval is estimate +-
+t_{df} sqrt(V), df by Welch-Satterthwaite with V_query's taken as infinite (thousands of queries
+against n_a - 1 per arm): with 3 seeds per arm, seed noise widens it as a t on few df should. An arm
+with one seed has no seed part (its interval is over queries only).
+
+The mean over settings is each effect's primary answer; the per-setting cells are exploratory: their
+p-values are Holm-adjusted over every per-setting cell of the contrasts given.
 """
-import math
 from typing import Mapping, Sequence
 
 import numpy as np
+from scipy import stats
 
 ALL_SETTINGS = "all"  # The contrast on the mean over settings.
+PRIMARY, EXPLORATORY = "primary", "exploratory"
 
 
-def item_weights(num_items: int, num_samples: int, rng: np.random.Generator) -> np.ndarray:
-  """[num_samples, num_items] counts of each item in a resample with replacement."""
-  return rng.multinomial(num_items, np.full(num_items, 1.0 / num_items), size=num_samples)
+def macro_mean_and_influence(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Macro average over groups of each group's mean over its items, and each item's influence.
 
-
-def macro_means(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
-  """Macro average over groups of the weighted mean over items, one per row of `weights`.
-
-  values: [groups, items], NaN where the item has no query in that group.
-  weights: [samples, items]. A group no resampled item falls in is left out of that average.
+  values: [..., groups, items], NaN where the item has no query in that group; a group with none
+  is left out. An item's influence is the average's derivative in its weight when items are
+  resampled; the resampled average's variance is the sum of squared influences (delta method).
+  Returns the averages [...] and the influences [..., items].
   """
   present = ~np.isnan(values)
-  numerator = weights @ np.where(present, values, 0.0).T
-  denominator = weights @ present.T.astype(np.float64)
-  with np.errstate(invalid="ignore", divide="ignore"):
-    per_group = numerator / denominator
-  return np.nanmean(np.where(denominator > 0, per_group, np.nan), axis=1)
+  counts = np.maximum(present.sum(axis=-1, keepdims=True), 1)
+  means = np.where(present, values, 0.0).sum(axis=-1, keepdims=True) / counts  # 0 if empty.
+  num_groups = present.any(axis=-1).sum(axis=-1)
+  deviations = np.where(present, values - means, 0.0) / counts
+  return means[..., 0].sum(axis=-1) / num_groups, deviations.sum(axis=-2) / num_groups[..., None]
 
 
-def _matrix(groups: Mapping[str, Mapping[str, float]], items: Sequence[str]) -> np.ndarray:
-  index = {item: i for i, item in enumerate(items)}
-  matrix = np.full((len(groups), len(items)), np.nan)
-  for g, name in enumerate(sorted(groups)):
-    for item, value in groups[name].items():
-      matrix[g, index[item]] = value
+def holm_adjusted(p_values: Sequence[float]) -> np.ndarray:
+  """Holm's step-down adjusted p-values: they control the family-wise error rate over all."""
+  p_values = np.asarray(p_values, np.float64)
+  order = np.argsort(p_values, kind="stable")
+  steps = len(p_values) - np.arange(len(p_values))
+  adjusted = np.empty_like(p_values)
+  adjusted[order] = np.minimum(np.maximum.accumulate(steps * p_values[order]), 1.0)
+  return adjusted
+
+
+def _matrix(groups: Mapping[str, Mapping[str, float]], names: Sequence[str],
+            index: Mapping[str, int]) -> np.ndarray:
+  """[groups, items] of one seed's scores, NaN where the group lacks the item (or the group)."""
+  matrix = np.full((len(names), len(index)), np.nan)
+  for g, name in enumerate(names):
+    if name in groups:
+      matrix[g, np.fromiter(map(index.__getitem__, groups[name]), np.int64)] = list(
+          groups[name].values())
   return matrix
 
 
-def _percentile_interval(samples: np.ndarray, confidence: float) -> tuple[float, float]:
-  tail = (1.0 - confidence) / 2.0 * 100.0
-  low, high = np.percentile(samples, [tail, 100.0 - tail])
-  return float(low), float(high)
+def _arm_arrays(arm, by_seed: Mapping, datasets: Sequence[str], settings: Sequence[str],
+                indices: Mapping) -> tuple[np.ndarray, np.ndarray]:
+  """An arm's degradation [seeds, cells] and its items' influence [seeds, cells, items].
+
+  Cells are the settings then their mean; items are the in-domain then the out-of-domain ones.
+  """
+  seeds = sorted(by_seed)
+  degradation, influence = [], []
+  for setting in settings:
+    per_dataset = []
+    for dataset in datasets:
+      names = sorted({g for s in seeds for g in by_seed[s][dataset][setting]})
+      values = np.stack([_matrix(by_seed[s][dataset][setting], names, indices[dataset])
+                         for s in seeds])
+      empty = [s for s, seed_values in zip(seeds, values) if np.isnan(seed_values).all()]
+      if empty:
+        raise ValueError(f"arm {arm!r} seed {empty[0]}: no scored query in {dataset} {setting} "
+                         f"(found groups {names})")
+      per_dataset.append(macro_mean_and_influence(values))
+    (inside, inside_influence), (outside, outside_influence) = per_dataset
+    degradation.append(inside - outside)
+    influence.append(np.concatenate([inside_influence, -outside_influence], axis=-1))
+  degradation, influence = np.stack(degradation, axis=1), np.stack(influence, axis=1)
+  return (np.concatenate([degradation, degradation.mean(axis=1, keepdims=True)], axis=1),
+          np.concatenate([influence, influence.mean(axis=1, keepdims=True)], axis=1))
 
 
-def bootstrap_contrasts(scores: Mapping, contrasts: Mapping[str, Mapping], in_domain: str,
-                        out_of_domain: str, settings: Sequence[str], num_samples: int = 2000,
-                        confidence: float = 0.95, seed: int = 0) -> dict:
-  """Each contrast of arms' degradation with its bootstrap interval, per setting and overall.
+def t_intervals(coefficients: Mapping, degradation: Mapping, influence: Mapping,
+                item_factor: np.ndarray, confidence: float) -> dict:
+  """A contrast's estimate, standard error, df, interval and p-value per cell (module docstring).
+
+  degradation: {arm: [seeds, cells]}; influence: {arm: [seeds, cells, items]}; item_factor:
+  [items], n / (n - 1) of the item's dataset (the unbiased variance of a resampled sum).
+  """
+  estimate = sum(c * degradation[arm].mean(axis=0) for arm, c in coefficients.items())
+  contrast_influence = sum(c * influence[arm].mean(axis=0) for arm, c in coefficients.items())
+  query_variance = (contrast_influence ** 2 * item_factor).sum(axis=-1)
+  seed_terms, seed_dfs = [], []
+  for arm, c in coefficients.items():
+    num_seeds = len(degradation[arm])
+    if num_seeds < 2:
+      continue
+    deviation = influence[arm] - influence[arm].mean(axis=0)
+    seed_by_query = (deviation ** 2 * item_factor).sum(axis=(0, -1)) / (num_seeds - 1)
+    query_variance = query_variance - c ** 2 * seed_by_query / num_seeds
+    seed_terms.append(c ** 2 * degradation[arm].var(axis=0, ddof=1) / num_seeds)
+    seed_dfs.append(num_seeds - 1)
+  variance = np.maximum(query_variance, 0.0) + sum(seed_terms, np.zeros_like(estimate))
+  welch_denominator = sum((term ** 2 / df for term, df in zip(seed_terms, seed_dfs)),
+                          np.zeros_like(estimate))
+  with np.errstate(divide="ignore", invalid="ignore"):
+    df = np.where(welch_denominator > 0, variance ** 2 / welch_denominator, np.inf)
+    statistic = np.where(variance > 0, np.abs(estimate) / np.sqrt(variance),
+                         np.where(estimate == 0, 0.0, np.inf))
+  half_width = stats.t.ppf(0.5 + confidence / 2, df) * np.sqrt(variance)
+  return {"estimate": estimate, "standard_error": np.sqrt(variance), "df": df,
+          "low": estimate - half_width, "high": estimate + half_width,
+          "p_value": 2 * stats.t.sf(statistic, df)}
+
+
+def contrast_intervals(scores: Mapping, contrasts: Mapping[str, Mapping], in_domain: str,
+                       out_of_domain: str, settings: Sequence[str],
+                       confidence: float = 0.95) -> dict:
+  """Each contrast of arms' degradation with its interval over queries and seeds, per setting and
+  on their mean (the primary cell).
 
   Args:
     scores: per-query values, `{arm: {seed: {dataset: {setting: {group: {item: value}}}}}}`.
@@ -68,8 +140,10 @@ def bootstrap_contrasts(scores: Mapping, contrasts: Mapping[str, Mapping], in_do
     settings: the settings to report; ALL_SETTINGS is their mean.
 
   Returns:
-    `{name: {setting: {"estimate", "low", "high", "excludes_zero", "seeds"}}}`, settings plus
-    ALL_SETTINGS; "seeds" maps each arm to its number of seeds.
+    `{name: {setting: cell}}`, settings plus ALL_SETTINGS; a cell has "estimate", "low", "high",
+    "excludes_zero", "standard_error", "df" (None: infinite), "p_value", "role" (PRIMARY for
+    ALL_SETTINGS, else EXPLORATORY, which adds "holm_p_value" and "holm_excludes_zero") and
+    "seeds" (each arm's number of seeds).
   """
   if not 0 < confidence < 1:
     raise ValueError(f"confidence must be in (0, 1), found {confidence}")
@@ -77,51 +151,31 @@ def bootstrap_contrasts(scores: Mapping, contrasts: Mapping[str, Mapping], in_do
   for arm in arms:
     if arm not in scores or not scores[arm]:
       raise ValueError(f"contrast arm {arm!r} has no scores; arms with scores: {sorted(scores)}")
-  rng = np.random.default_rng(seed)
   datasets = (in_domain, out_of_domain)
-  items = {d: sorted({item for arm in arms for by_seed in scores[arm].values()
-                      for groups in by_seed[d].values() for values in groups.values()
-                      for item in values}) for d in datasets}
-  weights = {d: item_weights(len(items[d]), num_samples, rng) for d in datasets}
-  full = {d: np.ones((1, len(items[d]))) for d in datasets}
-  # Per arm and setting: the degradation of each seed, on the full data and per replicate.
-  point, replicates = {}, {}
-  for arm in arms:
-    seeds = sorted(scores[arm])
-    for setting in settings:
-      rows, estimate = [], []
-      for s in seeds:
-        degradation = []
-        for w in (full, weights):
-          inside = macro_means(_matrix(scores[arm][s][in_domain][setting], items[in_domain]),
-                               w[in_domain])
-          outside = macro_means(_matrix(scores[arm][s][out_of_domain][setting],
-                                        items[out_of_domain]), w[out_of_domain])
-          degradation.append(inside - outside)
-        estimate.append(degradation[0][0])
-        rows.append(degradation[1])
-      rows = np.stack(rows)  # [seeds, samples]
-      draws = rng.integers(len(seeds), size=(num_samples, len(seeds)))  # Seeds with replacement.
-      centre = rows.mean(axis=0)
-      resampled = rows[draws, np.arange(num_samples)[:, None]].mean(axis=1)
-      # A bootstrap of n seeds shrinks their variance by (n - 1) / n: undo it (n is small).
-      inflation = math.sqrt(len(seeds) / (len(seeds) - 1)) if len(seeds) > 1 else 1.0
-      replicates[arm, setting] = centre + inflation * (resampled - centre)
-      point[arm, setting] = float(np.mean(estimate))
+  indices = {d: {item: i for i, item in enumerate(sorted(set().union(
+      *(values for arm in arms for by_seed in scores[arm].values()
+        for groups in by_seed[d].values() for values in groups.values()))))} for d in datasets}
+  item_factor = np.concatenate([np.full(len(indices[d]), len(indices[d]) / max(
+      len(indices[d]) - 1, 1)) for d in datasets])
+  arrays = {arm: _arm_arrays(arm, scores[arm], datasets, settings, indices) for arm in arms}
+  cells = list(settings) + [ALL_SETTINGS]
   results = {}
   for name, coefficients in contrasts.items():
+    columns = t_intervals(coefficients, {arm: arrays[arm][0] for arm in coefficients},
+                          {arm: arrays[arm][1] for arm in coefficients}, item_factor, confidence)
     results[name] = {}
-    for setting in list(settings) + [ALL_SETTINGS]:
-      chosen = settings if setting == ALL_SETTINGS else [setting]
-      estimate = sum(c * np.mean([point[arm, s] for s in chosen])
-                     for arm, c in coefficients.items())
-      samples = sum(c * np.mean([replicates[arm, s] for s in chosen], axis=0)
-                    for arm, c in coefficients.items())
-      low, high = _percentile_interval(samples, confidence)
-      results[name][setting] = {
-          "estimate": float(estimate), "low": low, "high": high,
-          "excludes_zero": bool(low > 0 or high < 0),
-          "seeds": {str(arm): len(scores[arm]) for arm in coefficients}}
+    for k, setting in enumerate(cells):
+      cell = {key: float(values[k]) for key, values in columns.items()}
+      cell["df"] = cell["df"] if np.isfinite(cell["df"]) else None
+      cell["excludes_zero"] = bool(cell["low"] > 0 or cell["high"] < 0)
+      cell["role"] = PRIMARY if setting == ALL_SETTINGS else EXPLORATORY
+      cell["seeds"] = {str(arm): len(scores[arm]) for arm in coefficients}
+      results[name][setting] = cell
+  exploratory = [cell for by_setting in results.values() for cell in by_setting.values()
+                 if cell["role"] == EXPLORATORY]
+  for cell, adjusted in zip(exploratory, holm_adjusted([c["p_value"] for c in exploratory])):
+    cell["holm_p_value"] = float(adjusted)
+    cell["holm_excludes_zero"] = bool(adjusted < 1 - confidence)
   return results
 
 
@@ -138,4 +192,3 @@ def expected_random_average_precision(pool_size: int, num_relevant: int) -> floa
   if pool_size == 1:
     return 1.0
   return (harmonic + (num_relevant - 1) / (pool_size - 1) * (pool_size - harmonic)) / pool_size
-

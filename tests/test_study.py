@@ -82,9 +82,9 @@ def test_arms_that_stay_at_chance_are_flagged_and_left_out_of_the_answer(quick_s
       h["loss"], h["accuracy"] = (1.0, 0.9) if learned else (math.log(8), 1 / 8)
   training = {k: study_report.training_summary(r) for k, r in results.items()}
   assert [t["learned"] for t in training.values()] == [False, True]
-  table = study_report.effects(results, {k: t["learned"] for k, t in training.items()}, 50)
+  table = study_report.effects(results, {k: t["learned"] for k, t in training.items()})
   assert table == {}
-  paragraph = study_report.answer_paragraph(table, training, results)
+  paragraph = study_report.answer_paragraph(table, training)
   assert "mT5 X-Y" in paragraph and "did not learn" in paragraph and "No effect" in paragraph
 
 
@@ -230,35 +230,6 @@ def test_expected_random_average_precision_matches_a_simulation():
     simulated = np.mean(np.sum(np.arange(1, relevant + 1) / ranks, axis=1) / relevant)
     exact = study_stats.expected_random_average_precision(pool_size, relevant)
     assert exact == pytest.approx(simulated, rel=0.02)
-
-
-def _simulated_scores(rng, truth_gap, seeds=3, items=40, groups=3):
-  means = {("A", "in"): 0.5, ("A", "out"): 0.3, ("B", "in"): 0.5, ("B", "out"): 0.3 + truth_gap}
-  item_effect = {d: rng.normal(0, 0.1, (groups, items)) for d in ("in", "out")}
-  scores = {}
-  for arm in "AB":
-    scores[arm] = {}
-    for seed in range(seeds):
-      scores[arm][seed] = {}
-      for d in ("in", "out"):
-        values = (means[arm, d] + rng.normal(0, 0.02) + item_effect[d]
-                  + rng.normal(0, 0.15, (groups, items)))
-        scores[arm][seed][d] = {"mono": {f"g{g}": {f"{d}{i}": float(values[g, i])
-                                                   for i in range(items)}
-                                         for g in range(groups)}}
-  return scores
-
-
-def test_bootstrap_intervals_cover_a_known_simulated_effect_at_about_the_nominal_rate():
-  rng = np.random.default_rng(1)
-  truth = -0.1  # B's degradation minus A's: B loses 0.1 less out of domain.
-  covered = []
-  for k in range(100):
-    result = study_stats.bootstrap_contrasts(_simulated_scores(rng, 0.1), {"B - A": {"B": 1, "A": -1}},
-                                             "in", "out", ["mono"], num_samples=300, seed=k)
-    cell = result["B - A"]["mono"]
-    covered.append(cell["low"] <= truth <= cell["high"])
-  assert 0.88 <= np.mean(covered) <= 0.995
 
 
 def test_study_cli_starts_with_its_flags_and_mains(tmp_path):
