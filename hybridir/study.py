@@ -200,6 +200,11 @@ def main(argv):
   values = flags.FLAGS
   with main_lib.one_line_errors():
     fs.check_writable(values.output_dir, "--output_dir")
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR") and not fs.is_remote(values.output_dir):
+      # The runs of a sweep compile the same programs (train step, encode buckets): once each.
+      import jax  # pylint: disable=import-outside-toplevel
+      jax.config.update("jax_compilation_cache_dir",
+                        os.path.join(values.output_dir, "compilation_cache"))
     report = run_study(values.data_dir, values.output_dir, config)
   print(f"\nReport: {report['markdown']}")
 
