@@ -32,6 +32,7 @@ from hybridir import encoder as encoder_lib
 from hybridir import export
 from hybridir import fs
 from hybridir import importers
+from hybridir import sentence_transformers_folder as st_folder
 from hybridir import vocab
 from hybridir.models import dual_encoder
 from hybridir.models import families
@@ -102,16 +103,21 @@ def _write_json(path: str, content: dict) -> None:
     json.dump(content, f, indent=2, sort_keys=True)
 
 
+# DualEncoder pooling -> sentence-transformers' Pooling mode ('first_dense': cls, then the Dense).
+POOLING_MODES = {**{ours: theirs for theirs, ours in st_folder.POOLING_MODES.items()},
+                 "first_dense": "cls"}
+
+
 def sentence_transformers_modules(model: dual_encoder.DualEncoder, tensors: dict) -> dict:
   """{relative path: JSON dict or tensors} of the sentence-transformers modules that give the
-  model's pooling and normalisation (`importers.sentence_transformers_head` reads them back):
-  Transformer, Pooling (cls or mean), for 'first_dense' a tanh Dense holding the pooler, and
-  Normalize when the model normalises."""
+  model's pooling and normalisation (`sentence_transformers_folder.read` reads them back):
+  Transformer, Pooling (cls, mean, max or mean_sqrt_len_tokens), for 'first_dense' a tanh Dense
+  holding the pooler, and Normalize when the model normalises."""
   dim = model.encoder_config.emb_dim
   modules = [("", "sentence_transformers.base.modules.transformer.Transformer"),
              ("1_Pooling", "sentence_transformers.sentence_transformer.modules.pooling.Pooling")]
   files = {"1_Pooling/config.json": {"embedding_dimension": dim, "include_prompt": True,
-                                     "pooling_mode": "mean" if model.pooling == "mean" else "cls"}}
+                                     "pooling_mode": POOLING_MODES[model.pooling]}}
   if model.pooling == "first_dense":
     modules.append(("2_Dense", "sentence_transformers.base.modules.dense.Dense"))
     files["2_Dense/config.json"] = {
@@ -166,6 +172,19 @@ def fast_tokenizer_files(config: dual_encoder.EncoderConfig, vocabulary, source:
             if os.path.exists(os.path.join(output, name))}
 
 
+def sentence_transformers_settings(encoder: encoder_lib.Encoder, max_seq_length: int) -> dict:
+  """sentence_bert_config.json and config_sentence_transformers.json that make
+  SentenceTransformer(folder).encode(...) mean what the encoder's encode(...) means: its lengths
+  (query_length: encode_query's cut), prompts and default prompt."""
+  transformer = {"max_seq_length": max_seq_length, "do_lower_case": False}
+  if encoder.query_max_length and encoder.query_max_length != max_seq_length:
+    transformer["query_length"] = encoder.query_max_length
+  return {"sentence_bert_config.json": transformer,
+          "config_sentence_transformers.json": {
+              "prompts": dict(encoder.prompts), "default_prompt_name": encoder.default_prompt_name,
+              "similarity_fn_name": "cosine" if encoder.model.normalize else "dot"}}
+
+
 def model_card(encoder: encoder_lib.Encoder, source: str, max_seq_length: int) -> str:
   """README.md: what the model is, how to use it, how it was trained and evaluated."""
   cfg, text_format = encoder.model.encoder_config, encoder.text_format
@@ -213,15 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     encoder = export.load_encoder(args.encoder)
     cfg = encoder.model.encoder_config
     max_seq_length = min(encoder.max_length, cfg.max_length or encoder.max_length)
-    text_format = encoder.text_format
-    extra = {
-        "sentence_bert_config.json": {"max_seq_length": max_seq_length, "do_lower_case": False},
-        "config_sentence_transformers.json": {
-            "prompts": {"query": text_format.query_prefix,
-                        "document": text_format.passage_prefix},
-            "default_prompt_name": None,
-            "similarity_fn_name": "cosine" if encoder.model.normalize else "dot"},
-        "README.md": model_card(encoder, args.encoder, max_seq_length)}
+    extra = {**sentence_transformers_settings(encoder, max_seq_length),
+             "README.md": model_card(encoder, args.encoder, max_seq_length)}
     path = export_hf(args.output, encoder.model, encoder.params, vocabulary_file(encoder),
                      overwrite=args.overwrite, extra_files=extra, max_seq_length=max_seq_length)
   except (OSError, ValueError) as error:
