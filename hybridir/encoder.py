@@ -114,12 +114,12 @@ class Encoder:
     """Embeds texts ([N, D] float32; one text: [D]), as sentence-transformers' `encode` with the
     same arguments does.
 
-    The task, `tower`, else `prompt_type` (mteb) or `task` (sentence-transformers): 'query' or
-    'passage' ('document', 'corpus'), selects the tower, its prompt and its length
-    (query_max_length for queries) and lets passages take `contexts` (each one's paragraph).
-    The prompt is `prompt`, else `prompts[prompt_name]`, else the task's, else the default
-    prompt's (`Encoder.prompt`); with no task a text is cut at max_length and goes through the
-    query tower. `normalize_embeddings` L2-normalises (the model's output already is when it
+    `tower`, else `prompt_type` (mteb): 'query' or 'passage' ('document', 'corpus'), selects
+    the tower, its prompt and its length (query_max_length for queries) and lets passages take
+    `contexts` (each one's paragraph); sentence-transformers' `task` selects the tower and length
+    alone. The prompt is `prompt`, else `prompts[prompt_name]`, else the tower's, else the
+    default prompt's (`Encoder.prompt`); with neither a text is cut at max_length and goes
+    through the query tower. `normalize_embeddings` L2-normalises (the model's output already is when it
     normalises). Batches are sorted by length and padded to a bucket (a power of two up to
     max_length), so only a few shapes are ever compiled. Other sentence-transformers options
     (`unused`, e.g. `convert_to_tensor`) are accepted and ignored.
@@ -130,9 +130,10 @@ class Encoder:
     texts = [texts] if single else list(texts)
     if texts and isinstance(texts[0], dict):  # mteb's batches, or BEIR-style documents.
       texts, contexts = _texts_of_records(texts)
-    named = tower or prompt_type or task
-    tower = _tower(named) if named is not None else None
-    prefix = self.prompt(tower, prompt_name, prompt)
+    role = tower or prompt_type  # hybridir's and mteb's task: the tower and its prompt.
+    role = _tower(role) if role is not None else None
+    tower = role or (_tower(task) if task is not None else None)  # sentence-transformers' task.
+    prefix = self.prompt(role, prompt_name, prompt)
     out = self.encode_ids(self.tokenize(texts, tower, contexts, prefix), tower or "query",
                           batch_size=batch_size, show_progress_bar=show_progress_bar)
     if normalize_embeddings:
