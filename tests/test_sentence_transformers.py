@@ -33,14 +33,15 @@ def assert_same_vectors(ours, theirs):
                              rtol=1e-4)
 
 
-@pytest.fixture(scope="module")
-def reference(minilm_dir):
-  return sentence_transformers.SentenceTransformer(minilm_dir, device="cpu")
+def loaded(folder: str) -> tuple:
+  """(hybridir.load_encoder(folder), SentenceTransformer(folder)) on the CPU."""
+  return (hybridir.load_encoder(folder, batch_size=8),
+          sentence_transformers.SentenceTransformer(folder, device="cpu"))
 
 
 @pytest.fixture(scope="module")
-def encoder(minilm_dir):
-  return hybridir.load_encoder(minilm_dir, batch_size=8)
+def real(minilm_dir):
+  return loaded(minilm_dir)
 
 
 def folder_copy(source: str, destination, edits: dict) -> str:
@@ -61,7 +62,8 @@ def folder_copy(source: str, destination, edits: dict) -> str:
   return str(destination)
 
 
-def test_real_checkpoint_reads_its_lengths_modules_and_prompts(encoder, reference):
+def test_real_checkpoint_reads_its_lengths_modules_and_prompts(real):
+  encoder, reference = real
   assert encoder.max_length == reference.max_seq_length == 256
   assert (encoder.model.pooling, encoder.model.normalize) == ("mean", True)
   assert encoder.prompts == reference.prompts and encoder.default_prompt_name is None
@@ -71,19 +73,21 @@ def test_real_checkpoint_reads_its_lengths_modules_and_prompts(encoder, referenc
   assert len(encoder.tokenize([LONG], None)[0]) == 256
 
 
-def test_real_checkpoint_encodes_short_and_long_texts_like_sentence_transformers(encoder,
-                                                                                  reference):
+def test_real_checkpoint_encodes_short_and_long_texts_like_sentence_transformers(real):
+  encoder, reference = real
   assert_same_vectors(encoder.encode(TEXTS), reference.encode(TEXTS))
   assert_same_vectors(encoder.encode(LONG), reference.encode(LONG))
 
 
-def test_batch_size_changes_no_vector(encoder, reference):
+def test_batch_size_changes_no_vector(real):
+  encoder, reference = real
   expected = reference.encode(TEXTS, batch_size=2)
   for batch_size in (1, 3):
     assert_same_vectors(encoder.encode(TEXTS, batch_size=batch_size), expected)
 
 
-def test_max_length_argument_cuts_as_max_seq_length_does(minilm_dir, reference):
+def test_max_length_argument_cuts_as_max_seq_length_does(minilm_dir, real):
+  reference = real[1]
   encoder = hybridir.load_encoder(minilm_dir, max_length=64)
   reference.max_seq_length = 64
   try:
@@ -107,13 +111,8 @@ def prompted_folder(minilm_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def prompted_reference(prompted_folder):
-  return sentence_transformers.SentenceTransformer(prompted_folder, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def prompted_encoder(prompted_folder):
-  return hybridir.load_encoder(prompted_folder, batch_size=8)
+def prompted(prompted_folder):
+  return loaded(prompted_folder)
 
 
 @pytest.mark.parametrize("call,options", [
@@ -122,16 +121,16 @@ def prompted_encoder(prompted_folder):
     ("encode_query", {}), ("encode_document", {}), ("encode_query", {"prompt_name": "passage"})],
     ids=["default", "query", "passage", "prompt", "task", "encode_query", "encode_document",
          "encode_query_named"])
-def test_prompted_calls_mean_what_they_mean_in_sentence_transformers(
-    prompted_encoder, prompted_reference, call, options):
-  ours = {"encode": prompted_encoder.encode, "encode_query": prompted_encoder.encode_queries,
-          "encode_document": prompted_encoder.encode_corpus}[call]
-  assert_same_vectors(ours(TEXTS, **options), getattr(prompted_reference, call)(TEXTS, **options))
+def test_prompted_calls_mean_what_they_mean_in_sentence_transformers(prompted, call, options):
+  encoder, reference = prompted
+  ours = {"encode": encoder.encode, "encode_query": encoder.encode_queries,
+          "encode_document": encoder.encode_corpus}[call]
+  assert_same_vectors(ours(TEXTS, **options), getattr(reference, call)(TEXTS, **options))
 
 
-def test_unknown_prompt_name_is_refused_as_sentence_transformers_does(prompted_encoder):
+def test_unknown_prompt_name_is_refused_as_sentence_transformers_does(prompted):
   with pytest.raises(ValueError, match="'answer' is not one of this encoder's prompts"):
-    prompted_encoder.encode(SHORT, prompt_name="answer")
+    prompted[0].encode(SHORT, prompt_name="answer")
 
 
 MODULES = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
@@ -231,8 +230,8 @@ def fine_tuned(minilm_dir, data_dir, tmp_path_factory):
   return result, artifact, str(folder / "hf")
 
 
-def test_fine_tune_starts_from_the_pretrained_weights_pooling_and_tokenizer(fine_tuned, encoder):
-  result, artifact, _ = fine_tuned
+def test_fine_tune_starts_from_the_pretrained_weights_pooling_and_tokenizer(fine_tuned, real):
+  (result, artifact, _), encoder = fine_tuned, real[0]
   assert len(result.history) == 2 and np.isfinite([h["loss"] for h in result.history]).all()
   tuned = hybridir.load_encoder(artifact)
   assert (tuned.model.pooling, tuned.model.normalize) == ("mean", True)
@@ -247,8 +246,7 @@ def round_trip(fine_tuned):
   """The fine-tuned artifact and its Hugging Face folder, loaded by hybridir, and that folder
   loaded by sentence-transformers."""
   _, artifact, folder = fine_tuned
-  return (hybridir.load_encoder(artifact), hybridir.load_encoder(folder),
-          sentence_transformers.SentenceTransformer(folder, device="cpu"))
+  return (hybridir.load_encoder(artifact), *loaded(folder))
 
 
 @pytest.mark.parametrize("call,options", [
