@@ -119,10 +119,10 @@ class Encoder:
     `contexts` (each one's paragraph); sentence-transformers' `task` selects the tower and length
     alone. The prompt is `prompt`, else `prompts[prompt_name]`, else the tower's, else the
     default prompt's (`Encoder.prompt`); with neither a text is cut at max_length and goes
-    through the query tower. `normalize_embeddings` L2-normalises (the model's output already is when it
-    normalises). Batches are sorted by length and padded to a bucket (a power of two up to
-    max_length), so only a few shapes are ever compiled. Other sentence-transformers options
-    (`unused`, e.g. `convert_to_tensor`) are accepted and ignored.
+    through the query tower. `normalize_embeddings` L2-normalises (the model's output already
+    is when it normalises). Batches are sorted by length and padded to a bucket (a power of two
+    up to max_length), so only a few shapes are ever compiled. Other sentence-transformers
+    options (`unused`, e.g. `convert_to_tensor`) are accepted and ignored.
 
     This is also mteb's encoder protocol: `texts` may be mteb's DataLoader of batches (a corpus
     batch's `title` then `body`), with `prompt_type` a PromptType."""

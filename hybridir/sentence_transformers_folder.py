@@ -27,7 +27,8 @@ _LEGACY_POOLING_FLAGS = {"pooling_mode_cls_token": "cls", "pooling_mode_max_toke
 _NEUTRAL_SETTINGS = {
     "transformer_task": ("feature-extraction",),
     "module_output_name": ("token_embeddings",),
-    "modality_config": ({"text": {"method": "forward", "method_output_name": "last_hidden_state"}},),
+    "modality_config": (
+        {"text": {"method": "forward", "method_output_name": "last_hidden_state"}},),
     "processing_kwargs": ({}, None), "model_kwargs": ({}, None), "model_args": ({}, None),
     "config_kwargs": ({}, None), "config_args": ({}, None), "query_expansion": (None,),
     "document_length": (None,)}

@@ -201,7 +201,7 @@ def test_run_model_that_contradicts_the_folder_is_refused(minilm_dir):
     importers.Pretrained(minilm_dir)(other, None)
 
 
-FINE_TUNE = "minilm_fine_tune"
+FINE_TUNE, RUN_NAME = "minilm_fine_tune", "minilm_hybrid_run"
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +213,7 @@ def fine_tuned(minilm_dir, data_dir, tmp_path_factory):
   from hybridir import hf_export
   from hybridir import main
   folder = tmp_path_factory.mktemp("fine_tune")
-  bindings = [f"MODEL_DIR = '{folder / 'run'}'", f"CORPUS_DIR = '{data_dir / 'xquad-r'}'",
+  bindings = [f"MODEL_DIR = '{folder / RUN_NAME}'", f"CORPUS_DIR = '{data_dir / 'xquad-r'}'",
               f"SPM_PATH = '{minilm_dir}/tokenizer.json'", "FAMILY = 'bert'",
               f"INIT_CHECKPOINT = '{minilm_dir}'", f"CORPUS_NAME = '{FINE_TUNE}'",
               f"MIXTURE_OR_TASK_NAME = '{FINE_TUNE}_hybrid'", "LANGUAGES = ['en', 'de']",
@@ -225,7 +225,8 @@ def fine_tuned(minilm_dir, data_dir, tmp_path_factory):
                              bindings)
   finally:
     tasks.unregister_parallel_qa(FINE_TUNE)
-  artifact = export.export_from_training_checkpoint(str(folder / "run"), str(folder / "artifact"))
+  artifact = export.export_from_training_checkpoint(str(folder / RUN_NAME),
+                                                    str(folder / "artifact"))
   assert hf_export.main(["--encoder", artifact, "--output", str(folder / "hf")]) == 0
   return result, artifact, str(folder / "hf")
 
@@ -270,3 +271,36 @@ def test_fine_tuned_export_states_its_prompts_and_lengths(round_trip):
   assert reference.default_prompt_name == artifact.default_prompt_name == "query"
   assert (reference.max_seq_length, reference[0].query_length) == (32, 16) == (
       artifact.max_length, artifact.query_max_length)
+
+
+def test_fine_tuned_export_card_states_the_run_and_its_sample_runs_as_written(fine_tuned):
+  import re
+  import subprocess
+  import sys
+  from hybridir import model_card
+  _, artifact, folder = fine_tuned
+  card = open(os.path.join(folder, "README.md")).read()
+  assert card.splitlines()[5] == f"# {RUN_NAME}"
+  assert "/tokenizer.json'` |" in card  # SPM_PATH, which config.gin wraps, read whole.
+  for stated in ("step 2", "| query length (query_length) | 16 |",
+                 "| passage length (max_seq_length) | 32 |", "| query prompt | 'Query: ' |",
+                 "| LANGUAGES | `['en', 'de']` |", "| TRAIN_STEPS | `2` |",
+                 "| BATCH_SIZE | `8` |", "`AutoModel` builds the same class",
+                 f"transformers.BertModel.from_pretrained('{folder}')",
+                 "`encode(texts)` with no prompt adds the default prompt `query` ('Query: ')",
+                 "None recorded with the run"):
+    assert stated in card, stated
+  sample = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+  result = subprocess.run([sys.executable, "-c", sample], capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 0 and "tensor([[" in result.stdout, result.stderr[-2000:]
+  # An evaluation summary (eval_run's) becomes the card's table.
+  summary = os.path.join(folder, "..", "summary.json")
+  with open(summary, "w") as f:
+    json.dump({"xquad_r": {"monolingual/map": 0.5, "cross_lingual/map": 0.25},
+               "degradation": {}}, f)
+  encoder = hybridir.load_encoder(artifact)
+  run = model_card.training_run(artifact)
+  table = model_card.model_card(encoder, json.load(open(os.path.join(folder, "config.json"))),
+                                folder, 32, run, model_card.evaluation_rows(run, summary))
+  assert "| dataset | setting | map |" in table and "| xquad_r | monolingual | 0.5000 |" in table
