@@ -45,20 +45,15 @@ def real(minilm_dir):
 
 
 def folder_copy(source: str, destination, edits: dict) -> str:
-  """A copy of a model folder (its weights linked) with {relative path: JSON, or None to
-  delete} applied."""
+  """A copy of a model folder (its weights linked) with files {relative path: JSON} written."""
   shutil.copytree(source, destination, ignore=shutil.ignore_patterns("*.safetensors"))
   for name in os.listdir(source):
     if name.endswith(".safetensors"):
       os.symlink(os.path.join(source, name), os.path.join(destination, name))
   for name, content in edits.items():
-    path = os.path.join(destination, name)
-    if content is None:
-      os.remove(path)
-    else:
-      os.makedirs(os.path.dirname(path), exist_ok=True)
-      with open(path, "w") as f:
-        json.dump(content, f)
+    os.makedirs(os.path.dirname(os.path.join(destination, name)), exist_ok=True)
+    with open(os.path.join(destination, name), "w") as f:
+      json.dump(content, f)
   return str(destination)
 
 
@@ -95,6 +90,13 @@ def test_max_length_argument_cuts_as_max_seq_length_does(minilm_dir, real):
   finally:
     reference.max_seq_length = 256
   assert_same_vectors(encoder.encode(TEXTS), expected)
+
+
+def test_prompts_given_to_load_encoder_win_over_the_folders(minilm_dir, real):
+  encoder = hybridir.load_encoder(minilm_dir, prompts={"query": "q: "}, default_prompt_name="query")
+  assert encoder.prompts == {"query": "q: ", "document": ""}
+  np.testing.assert_allclose(encoder.encode(SHORT), real[0].encode(SHORT, prompt="q: "),
+                             atol=1e-6)
 
 
 PROMPTS = {"query": "query: ", "passage": "passage: ", "classification": "Classify this: "}
