@@ -25,8 +25,10 @@ class Encoder:
   The forward pass splits each batch over the local devices' data axis, so batch_size is rounded
   up to a multiple of it. Parameters are replicated, or with `num_partitions` > 1 split over that
   many local devices as the logical axis rules say (a model too large for one chip, e.g. mT5-XXL).
-  Texts become tokens through `text.tokenize` with `text_format` (prefixes, passage unit), as in
-  training.
+  Texts become tokens through `text.tokenize` with `text_format` (passage unit) and a prompt, as
+  in training. Prompts are sentence-transformers': `prompts` (name -> text; default: the text
+  format's prefixes as 'query' and 'document') and `default_prompt_name`, the prompt of an
+  `encode(texts)` call that names none ('query': hybridir's own encoders, as trained; None: none).
   """
   model: dual_encoder.DualEncoder
   params: dict
@@ -37,9 +39,17 @@ class Encoder:
   query_max_length: int | None = None  # Queries' cut, as in training (None: max_length).
   name: str = "encoder"  # What reports and mteb call it (load_encoder: its folder's name).
   num_partitions: int = 1  # Local devices each parameter is split over (1: replicated).
+  prompts: dict | None = None  # sentence-transformers' prompts (None: the text format's).
+  default_prompt_name: str | None = "query"
 
   def __post_init__(self):
     self.family = self.model.encoder_config.family
+    if self.prompts is None:
+      self.prompts = {"query": self.text_format.query_prefix,
+                      "document": self.text_format.passage_prefix}
+    if self.default_prompt_name is not None and self.default_prompt_name not in self.prompts:
+      raise ValueError(f"Encoder.default_prompt_name {self.default_prompt_name!r} is not one of "
+                       f"its prompts {sorted(self.prompts)}")
     self.mesh = partitioning.create_mesh(num_partitions=self.num_partitions,
                                          devices=jax.local_devices())
     num_devices = partitioning.data_parallel_size(self.mesh)
@@ -54,38 +64,65 @@ class Encoder:
   def dimension(self) -> int:
     return self.model.projection_dim or self.model.encoder_config.emb_dim
 
-  def tokenize(self, texts: list[str], tower: str = "query",
-               contexts: list[str] | None = None) -> list[list[int]]:
-    """Ids of each text with its tower's prefix (and, for passages, its context)."""
+  def prompt(self, task: str | None = None, prompt_name: str | None = None,
+             prompt: str | None = None) -> str:
+    """The text put before each text, as sentence-transformers resolves it: `prompt`, else the
+    prompt named `prompt_name`, else the task's ('query'; 'passage': the first of 'document',
+    'passage', 'corpus'), as encode_query / encode_document do, else the default prompt's."""
+    if prompt is not None:
+      return prompt
+    if prompt_name is not None:
+      if prompt_name not in self.prompts:
+        raise ValueError(f"encode: prompt_name {prompt_name!r} is not one of this encoder's "
+                         f"prompts {sorted(self.prompts)}")
+      return self.prompts[prompt_name]
+    names = {"query": ("query",), "passage": ("document", "passage", "corpus"),
+             None: (self.default_prompt_name,)}[task]
+    return next((self.prompts[n] for n in names if n in self.prompts), "")
+
+  def tokenize(self, texts: list[str], tower: str | None = "query",
+               contexts: list[str] | None = None, prefix: str | None = None) -> list[list[int]]:
+    """Ids of each text with `prefix` (default: the tower's prompt) and, for passages, its
+    context; cut at the tower's length (no tower: max_length)."""
     contexts = [""] * len(texts) if contexts is None else list(contexts)
     if len(contexts) != len(texts):
       raise ValueError(f"encode: {len(texts)} texts but {len(contexts)} contexts")
-    return [text_lib.tokenize(self.vocabulary, tower, text, context, self.length(tower),
-                              self.text_format) for text, context in zip(texts, contexts)]
+    if tower != "passage" and any(contexts):
+      raise ValueError("encode: contexts are passages' paragraphs; pass tower='passage'")
+    prefix = self.prompt(tower) if prefix is None else prefix
+    return [text_lib.tokenize(self.vocabulary, tower or "query", text, context,
+                              self.length(tower), self.text_format, prefix)
+            for text, context in zip(texts, contexts)]
 
-  def length(self, tower: str) -> int:
+  def length(self, tower: str | None) -> int:
     """The longest input of a tower: query_max_length for queries when set, else max_length."""
     return self.query_max_length if tower == "query" and self.query_max_length else (
         self.max_length)
 
-  def bucket(self, num_tokens: int, tower: str = "passage") -> int:
-    """The padded length of a batch whose longest text has num_tokens: a power of two."""
-    return min(self.length(tower), max(MIN_BUCKET, 1 << (num_tokens - 1).bit_length()))
+  def bucket(self, num_tokens: int) -> int:
+    """The padded length of a batch whose longest text has num_tokens: a power of two, at most
+    the longest input (max_length, query_max_length when longer, num_tokens when longer yet)."""
+    longest = max(self.max_length, self.query_max_length or 0, num_tokens)
+    return min(longest, max(MIN_BUCKET, 1 << (num_tokens - 1).bit_length()))
 
   def encode(self, texts: str | Sequence[str], tower: str | None = None,
              contexts: Sequence[str] | None = None, *, batch_size: int | None = None,
              prompt_type: str | None = None, prompt_name: str | None = None,
+             prompt: str | None = None, task: str | None = None,
              show_progress_bar: bool = False, normalize_embeddings: bool = False,
              convert_to_numpy: bool = True, **unused) -> np.ndarray:
-    """Embeds texts ([N, D] float32; one text: [D]): queries, or passages (`contexts`: each one's
-    paragraph).
+    """Embeds texts ([N, D] float32; one text: [D]), as sentence-transformers' `encode` with the
+    same arguments does.
 
-    The tower (and its prefix) is `tower`, else `prompt_type` / `prompt_name` as
-    sentence-transformers and mteb name it ('query'; 'passage', 'document' or 'corpus'), else
-    'query'. `normalize_embeddings` L2-normalises (the model's output already is when it
-    normalises). Batches are sorted by length and padded to a bucket (a power of two up to
-    max_length), so only a few shapes are ever compiled. Other sentence-transformers options
-    (`unused`, e.g. `convert_to_tensor`) are accepted and ignored.
+    `tower`, else `prompt_type` (mteb): 'query' or 'passage' ('document', 'corpus'), selects
+    the tower, its prompt and its length (query_max_length for queries) and lets passages take
+    `contexts` (each one's paragraph); sentence-transformers' `task` selects the tower and length
+    alone. The prompt is `prompt`, else `prompts[prompt_name]`, else the tower's, else the
+    default prompt's (`Encoder.prompt`); with neither a text is cut at max_length and goes
+    through the query tower. `normalize_embeddings` L2-normalises (the model's output already
+    is when it normalises). Batches are sorted by length and padded to a bucket (a power of two
+    up to max_length), so only a few shapes are ever compiled. Other sentence-transformers
+    options (`unused`, e.g. `convert_to_tensor`) are accepted and ignored.
 
     This is also mteb's encoder protocol: `texts` may be mteb's DataLoader of batches (a corpus
     batch's `title` then `body`), with `prompt_type` a PromptType."""
@@ -93,9 +130,12 @@ class Encoder:
     texts = [texts] if single else list(texts)
     if texts and isinstance(texts[0], dict):  # mteb's batches, or BEIR-style documents.
       texts, contexts = _texts_of_records(texts)
-    tower = _tower(tower or prompt_type or prompt_name or "query")
-    out = self.encode_ids(self.tokenize(texts, tower, contexts), tower, batch_size=batch_size,
-                          show_progress_bar=show_progress_bar)
+    role = tower or prompt_type  # hybridir's and mteb's task: the tower and its prompt.
+    role = _tower(role) if role is not None else None
+    tower = role or (_tower(task) if task is not None else None)  # sentence-transformers' task.
+    prefix = self.prompt(role, prompt_name, prompt)
+    out = self.encode_ids(self.tokenize(texts, tower, contexts, prefix), tower or "query",
+                          batch_size=batch_size, show_progress_bar=show_progress_bar)
     if normalize_embeddings:
       out /= np.maximum(np.linalg.norm(out, axis=-1, keepdims=True), 1e-12)
     out = out[0] if single else out
@@ -103,7 +143,8 @@ class Encoder:
 
   def encode_ids(self, ids: Sequence[Sequence[int]], tower: str = "query", *,
                  batch_size: int | None = None, show_progress_bar: bool = False) -> np.ndarray:
-    """Embeds token id lists ([N, D] float32), as `encode` does once texts are tokenised."""
+    """Embeds token id lists ([N, D] float32) with the tower's encoder, as `encode` does once
+    texts are tokenised."""
     batch_size = self.batch_size if batch_size is None else batch_size
     num_devices = partitioning.data_parallel_size(self.mesh)
     batch_size = -(-max(1, batch_size) // num_devices) * num_devices
@@ -115,7 +156,7 @@ class Encoder:
                           enabled=show_progress_bar):
       chunk = order[start:start + batch_size]
       longest = max(len(ids[i]) for i in chunk)
-      tokens = np.full((batch_size, self.bucket(longest, tower)), pad, np.int32)
+      tokens = np.full((batch_size, self.bucket(longest)), pad, np.int32)
       for row, i in enumerate(chunk):
         tokens[row, :len(ids[i])] = ids[i]
       with partitioning.axis_rules_context(self._rules, self.mesh):

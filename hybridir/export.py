@@ -15,6 +15,7 @@ from hybridir import encoder as encoder_lib
 from hybridir import fs
 from hybridir import importers
 from hybridir import run_dir
+from hybridir import sentence_transformers_folder as st_folder
 from hybridir import text as text_lib
 from hybridir import vocab
 from hybridir.models import dual_encoder
@@ -85,20 +86,27 @@ def load_encoder(path: str, vocabulary: str | None = None, model_config=None,
                  pooling: str | None = None, normalize: bool | None = None,
                  projection_dim: int | None = None, max_length: int | None = None,
                  batch_size: int = 32, text_format: text_lib.TextFormat | None = None,
-                 num_partitions: int = 1) -> encoder_lib.Encoder:
+                 num_partitions: int = 1, prompts: dict | None = None,
+                 default_prompt_name: str | None = None) -> encoder_lib.Encoder:
   """Loads an exported artifact, a Hugging Face directory or a T5X checkpoint (with vocabulary).
 
   An artifact carries its own config, pooling, vocabulary and text format; options that
   contradict it raise, and it is verified against its manifest (ArtifactError names what is
   missing or different: keys, params/, parameter tree and shapes, dtype, count, and the
-  vocabulary's sha256, also of a `vocabulary` given here). A sentence-transformers folder's
-  modules decide pooling and normalize the same way; elsewhere pooling defaults to the family's
-  (mean for mT5 and XLM-R, [CLS] + dense pooler for BERT), normalize to True and text_format to
-  bare texts (`text.UNFORMATTED`). num_partitions > 1 splits the parameters over that many local
+  vocabulary's sha256, also of a `vocabulary` given here). A Hugging Face folder is read as
+  sentence-transformers reads it (`sentence_transformers_folder`): its modules' pooling and
+  normalize, max_seq_length (and query_length), do_lower_case, prompts and default prompt; a
+  setting hybridir cannot honour raises. Elsewhere pooling defaults to the family's (mean for mT5
+  and XLM-R, [CLS] + dense pooler for BERT), normalize to True and text_format to bare texts
+  (`text.UNFORMATTED`). An explicit max_length cuts every text (as `model.max_seq_length = n`).
+  `prompts` and `default_prompt_name` win over the path's, as in SentenceTransformer(...);
+  hybridir's own artifacts and runs have the prompts of their text format and the default
+  'query' (see `encoder.Encoder`). num_partitions > 1 splits the parameters over that many local
   devices (Encoder.num_partitions), for a model too large to replicate on each.
   """
   local = not path.startswith("gs://")
   built = None  # The vocabulary, where a branch needs it before the model is final.
+  own_prompts, default = None, "query"  # Of hybridir's artifacts and runs: the text format's.
   if fs.exists(os.path.join(path, artifacts.MANIFEST)):
     if model_config is not None:
       raise ValueError(f"{path}: an exported artifact carries its own config; drop model_config")
@@ -121,18 +129,28 @@ def load_encoder(path: str, vocabulary: str | None = None, model_config=None,
     query_max_length = description.get("query_max_length") if max_length is None else None
     max_length = max_length or description["max_length"]
   else:
-    query_max_length = None
+    query_max_length, default = None, None
     options = dict(pooling=pooling, normalize=normalize)  # None: the importer decides.
     if projection_dim:
       options["projection_dim"] = projection_dim
     if fs.exists(os.path.join(path, "config.json")):
       model, params = importers.load_hf(path, **options)
       spm_path = vocabulary or vocab.find_vocabulary_file(path, model.encoder_config.family)
+      settings = st_folder.read(path)
       # transformers masks padding by its tokenizer's attention mask: pad as the tokenizer does
       # (a MiniLM-style BERT with XLM-R's tokenizer pads with 1, its config.json says 0).
       built = vocab.family_vocabulary(model.encoder_config.family, spm_path)
+      if settings.do_lower_case:
+        built = vocab.lowercased(built, os.path.join(path, "sentence_bert_config.json"))
       model = model.clone(encoder_config=dataclasses.replace(model.encoder_config,
                                                              pad_id=built.pad_id))
+      query_max_length = settings.query_length if max_length is None else None
+      # The folder's length, within the positions the model has.
+      limits = [n for n in (settings.max_seq_length, model.encoder_config.max_length) if n]
+      max_length = max_length or min(limits, default=512)
+      own_prompts, default = dict(settings.prompts), settings.default_prompt_name
+      if text_format is not None:
+        own_prompts.update(query=text_format.query_prefix, document=text_format.passage_prefix)
     elif not local or os.path.exists(os.path.join(path, "checkpoint")):
       if vocabulary is None:
         raise ValueError(f"{path}: a T5X checkpoint needs vocabulary=<SentencePiece model path>")
@@ -143,8 +161,13 @@ def load_encoder(path: str, vocabulary: str | None = None, model_config=None,
                               f"an exported artifact ({artifacts.MANIFEST}) nor a T5X checkpoint "
                               "(checkpoint file)")
   cfg = model.encoder_config
+  text_format = text_format or text_lib.UNFORMATTED
+  if own_prompts is None:
+    own_prompts = {"query": text_format.query_prefix, "document": text_format.passage_prefix}
   return encoder_lib.Encoder(model, params, artifacts.check_vocabulary(cfg, spm_path, built),
-                             max_length or cfg.max_length or 512, batch_size,
-                             text_format or text_lib.UNFORMATTED, query_max_length,
+                             max_length or cfg.max_length or 512, batch_size, text_format,
+                             query_max_length,
                              name=os.path.basename(os.path.normpath(path)) or "encoder",
-                             num_partitions=num_partitions)
+                             num_partitions=num_partitions,
+                             prompts={**own_prompts, **(prompts or {})},
+                             default_prompt_name=default_prompt_name or default)

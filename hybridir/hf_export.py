@@ -9,12 +9,12 @@ back exactly. Only a shared-tower encoder without projection fits transformers' 
 are written as sentence-transformers modules (modules.json, 1_Pooling, 2_Dense, N_Normalize), which
 `load_encoder` reads back.
 
-    python -m hybridir.hf_export --encoder PATH --output DIR [--overwrite]
+    python -m hybridir.hf_export --encoder PATH --output DIR [--overwrite] [--evaluation JSON]
 
 takes anything `load_encoder` takes (a training MODEL_DIR, an export) and adds what
 sentence-transformers and transformers users expect: `sentence_bert_config.json` (the
 `max_seq_length` the model takes, also the fast tokenizer's `model_max_length`), the
-query/passage prompts and a model card.
+query/passage prompts, default prompt and query length, and a model card (`model_card`).
 """
 import argparse
 import json
@@ -32,6 +32,8 @@ from hybridir import encoder as encoder_lib
 from hybridir import export
 from hybridir import fs
 from hybridir import importers
+from hybridir import model_card
+from hybridir import sentence_transformers_folder as st_folder
 from hybridir import vocab
 from hybridir.models import dual_encoder
 from hybridir.models import families
@@ -102,16 +104,21 @@ def _write_json(path: str, content: dict) -> None:
     json.dump(content, f, indent=2, sort_keys=True)
 
 
+# DualEncoder pooling -> sentence-transformers' Pooling mode ('first_dense': cls, then the Dense).
+POOLING_MODES = {**{ours: theirs for theirs, ours in st_folder.POOLING_MODES.items()},
+                 "first_dense": "cls"}
+
+
 def sentence_transformers_modules(model: dual_encoder.DualEncoder, tensors: dict) -> dict:
   """{relative path: JSON dict or tensors} of the sentence-transformers modules that give the
-  model's pooling and normalisation (`importers.sentence_transformers_head` reads them back):
-  Transformer, Pooling (cls or mean), for 'first_dense' a tanh Dense holding the pooler, and
-  Normalize when the model normalises."""
+  model's pooling and normalisation (`sentence_transformers_folder.read` reads them back):
+  Transformer, Pooling (cls, mean, max or mean_sqrt_len_tokens), for 'first_dense' a tanh Dense
+  holding the pooler, and Normalize when the model normalises."""
   dim = model.encoder_config.emb_dim
   modules = [("", "sentence_transformers.base.modules.transformer.Transformer"),
              ("1_Pooling", "sentence_transformers.sentence_transformer.modules.pooling.Pooling")]
   files = {"1_Pooling/config.json": {"embedding_dimension": dim, "include_prompt": True,
-                                     "pooling_mode": "mean" if model.pooling == "mean" else "cls"}}
+                                     "pooling_mode": POOLING_MODES[model.pooling]}}
   if model.pooling == "first_dense":
     modules.append(("2_Dense", "sentence_transformers.base.modules.dense.Dense"))
     files["2_Dense/config.json"] = {
@@ -166,40 +173,17 @@ def fast_tokenizer_files(config: dual_encoder.EncoderConfig, vocabulary, source:
             if os.path.exists(os.path.join(output, name))}
 
 
-def model_card(encoder: encoder_lib.Encoder, source: str, max_seq_length: int) -> str:
-  """README.md: what the model is, how to use it, how it was trained and evaluated."""
-  cfg, text_format = encoder.model.encoder_config, encoder.text_format
-  rows = "\n".join(f"| {k} | {v} |" for k, v in (
-      ("family", cfg.family), ("dimension", encoder.dimension), ("pooling", encoder.model.pooling),
-      ("normalised", encoder.model.normalize), ("max_seq_length", max_seq_length),
-      ("query prompt", repr(text_format.query_prefix)),
-      ("passage prompt", repr(text_format.passage_prefix)),
-      ("passage unit", text_format.passage_unit), ("exported from", source)))
-  return f"""---
-library_name: sentence-transformers
-tags: [sentence-transformers, feature-extraction, retrieval, hybridir]
----
-# {encoder.name}
-
-A multilingual dense retriever trained with hybridir (hybrid mono- and cross-lingual batches).
-
-```python
-from sentence_transformers import SentenceTransformer
-model = SentenceTransformer("PATH")
-queries = model.encode(["Who led the Panthers in sacks?"], prompt_name="query")
-passages = model.encode(["Kawann Short led the team in sacks."], prompt_name="document")
-```
-
-With passage unit `sentence_with_context`, hybridir encodes a passage as its prompt, the
-sentence, then its paragraph: pass `f"{{sentence}} {{paragraph}}"` as the document text.
-
-| setting | value |
-|---|---|
-{rows}
-
-Training data and evaluation: see the run's `config.gin` and the evaluation reports
-(`python -m hybridir.evaluate --encoder PATH ...`) of `{source}`.
-"""
+def sentence_transformers_settings(encoder: encoder_lib.Encoder, max_seq_length: int) -> dict:
+  """sentence_bert_config.json and config_sentence_transformers.json that make
+  SentenceTransformer(folder).encode(...) mean what the encoder's encode(...) means: its lengths
+  (query_length: encode_query's cut), prompts and default prompt."""
+  transformer = {"max_seq_length": max_seq_length, "do_lower_case": False}
+  if encoder.query_max_length and encoder.query_max_length != max_seq_length:
+    transformer["query_length"] = encoder.query_max_length
+  return {"sentence_bert_config.json": transformer,
+          "config_sentence_transformers.json": {
+              "prompts": dict(encoder.prompts), "default_prompt_name": encoder.default_prompt_name,
+              "similarity_fn_name": "cosine" if encoder.model.normalize else "dot"}}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -208,20 +192,17 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--encoder", required=True, help="anything load_encoder takes")
   parser.add_argument("--output", required=True, help="the Hugging Face folder to write")
   parser.add_argument("--overwrite", action="store_true")
+  parser.add_argument("--evaluation", help="an evaluation summary.json for the model card's "
+                      "table (default: the training run's study_results.json, if any)")
   args = parser.parse_args(argv)
   try:
     encoder = export.load_encoder(args.encoder)
     cfg = encoder.model.encoder_config
     max_seq_length = min(encoder.max_length, cfg.max_length or encoder.max_length)
-    text_format = encoder.text_format
-    extra = {
-        "sentence_bert_config.json": {"max_seq_length": max_seq_length, "do_lower_case": False},
-        "config_sentence_transformers.json": {
-            "prompts": {"query": text_format.query_prefix,
-                        "document": text_format.passage_prefix},
-            "default_prompt_name": None,
-            "similarity_fn_name": "cosine" if encoder.model.normalize else "dot"},
-        "README.md": model_card(encoder, args.encoder, max_seq_length)}
+    run = model_card.training_run(args.encoder)
+    card = model_card.model_card(encoder, hf_config(cfg), fs.abspath(args.output), max_seq_length,
+                                 run, model_card.evaluation_rows(run, args.evaluation))
+    extra = {**sentence_transformers_settings(encoder, max_seq_length), "README.md": card}
     path = export_hf(args.output, encoder.model, encoder.params, vocabulary_file(encoder),
                      overwrite=args.overwrite, extra_files=extra, max_seq_length=max_seq_length)
   except (OSError, ValueError) as error:

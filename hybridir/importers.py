@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hybridir import fs
+from hybridir import sentence_transformers_folder as st_folder
 from hybridir.models import dual_encoder
 from hybridir.models import families
 from hybridir.models import t5
@@ -84,66 +85,28 @@ HF_POOLER_NAMES = {"pooler.dense.weight": ("pooler/kernel", True),
                    "pooler.dense.bias": ("pooler/bias", False)}
 
 
-def sentence_transformers_head(model_dir: str) -> dict | None:
-  """What a sentence-transformers folder does after its Transformer module: `pooling`,
-  `normalize` and, for a Dense after CLS pooling (LaBSE's head), its tensors as the DualEncoder's
-  'first_dense' pooler. None when the folder has no modules.json."""
-  path = os.path.join(model_dir, "modules.json")
-  if not fs.exists(path):
-    return None
-  with fs.open(path) as f:
-    modules = json.load(f)
-  kinds = [m.get("type", "").rsplit(".", 1)[-1] for m in modules]
-  known = ("Transformer", "Pooling", "Dense", "Normalize")
-  if (not kinds or kinds[0] != "Transformer" or kinds.count("Pooling") != 1
-      or any(k not in known for k in kinds)):
-    raise ValueError(f"{path}: modules {kinds} are not Transformer, Pooling[, Dense][, Normalize], "
-                     "the sentence-transformers heads hybridir reads")
-  by_kind = {k: os.path.join(model_dir, m.get("path", "")) for k, m in zip(kinds, modules)}
-  pooling_path = os.path.join(by_kind["Pooling"], "config.json")
-  with fs.open(pooling_path) as f:
-    pooling = json.load(f)
-  # sentence-transformers >= 6 writes "pooling_mode"; older folders (LaBSE's) one flag per mode.
-  modes = pooling.get("pooling_mode") or [name[len("pooling_mode_"):] for name, on in
-                                          pooling.items() if name.startswith("pooling_mode_") and on]
-  modes = [modes] if isinstance(modes, str) else list(modes)
-  mode = {("cls",): "first", ("cls_token",): "first", ("mean",): "mean",
-          ("mean_tokens",): "mean"}.get(tuple(modes))
-  if mode is None:
-    raise ValueError(f"{pooling_path}: pooling {modes} is not supported; expected cls or mean")
-  head = {"pooling": mode, "normalize": "Normalize" in kinds, "tensors": {}}
-  if "Dense" in kinds:
-    dense_path = os.path.join(by_kind["Dense"], "config.json")
-    with fs.open(dense_path) as f:
-      dense = json.load(f)
-    if (mode != "first" or dense.get("in_features") != dense.get("out_features")
-        or not dense.get("bias", True)
-        or not dense.get("activation_function", "").endswith("Tanh")):
-      raise ValueError(f"{dense_path}: only a square Dense with bias and tanh after CLS pooling "
-                       f"(LaBSE's head) is supported; found {dense} after {mode} pooling")
-    tensors = _read_hf_tensors(by_kind["Dense"])
-    head.update(pooling="first_dense", tensors={"pooler/kernel": tensors["linear.weight"].T,
-                                                "pooler/bias": tensors["linear.bias"]})
-  return head
-
-
-def _pooling_options(model_dir: str, family, options: dict) -> tuple[dict, dict]:
-  """(DualEncoder options, pooler tensors): pooling and normalize from a sentence-transformers
-  folder when present (an option contradicting it raises), else the options, else the family's
-  default pooling and normalize=True."""
-  head = sentence_transformers_head(model_dir)
+def _pooling_options(model_dir: str, settings: st_folder.FolderSettings, family,
+                     options: dict) -> tuple[dict, dict]:
+  """(DualEncoder options, pooler tensors): pooling and normalize as the folder's
+  sentence-transformers modules give them (an option contradicting them raises), else the
+  options, else the family's default pooling and normalize=True; a LaBSE-style Dense's tensors
+  as the 'first_dense' pooler."""
   options = dict(options)
-  if head is not None:
+  if settings.pooling is not None:
     for name in ("pooling", "normalize"):
-      if options.get(name) is not None and options[name] != head[name]:
+      if options.get(name) is not None and options[name] != getattr(settings, name):
         raise ValueError(f"{model_dir}/modules.json: the sentence-transformers modules give "
-                         f"{name}={head[name]!r}, not {options[name]!r}")
-      options[name] = head[name]
+                         f"{name}={getattr(settings, name)!r}, not {options[name]!r}")
+      options[name] = getattr(settings, name)
   if options.get("pooling") is None:
     options["pooling"] = family.default_pooling
   if options.get("normalize") is None:
     options["normalize"] = True
-  return options, head["tensors"] if head else {}
+  tensors = {}
+  if settings.dense_dir is not None:
+    dense = _read_hf_tensors(settings.dense_dir)
+    tensors = {"pooler/kernel": dense["linear.weight"].T, "pooler/bias": dense["linear.bias"]}
+  return options, tensors
 
 
 def _read_hf_tensors(model_dir: str) -> dict[str, np.ndarray]:
@@ -180,8 +143,9 @@ def load_hf(model_dir: str, target: dual_encoder.DualEncoder | None = None,
   """A transformers model directory of any family (MT5EncoderModel, XLMRobertaModel, BertModel...).
 
   `target`: check and assemble the tensors against this model (e.g. a gin-configured one to
-  initialise training) instead of one built from the checkpoint's config.json. Pooling and
-  normalize: see `_pooling_options` (a sentence-transformers folder's modules decide them).
+  initialise training) instead of one built from the checkpoint's config.json; its pooling and
+  normalize must be the folder's sentence-transformers modules' (else a ValueError naming both).
+  Pooling and normalize: see `_pooling_options` (a sentence-transformers folder's modules decide).
   """
   config_path = os.path.join(model_dir, "config.json")
   if not fs.exists(config_path):
@@ -189,7 +153,10 @@ def load_hf(model_dir: str, target: dual_encoder.DualEncoder | None = None,
   with fs.open(config_path) as f:
     cfg = config_from_hf(json.load(f), config_path)
   family = families.of_config(cfg)
-  options, head_tensors = _pooling_options(model_dir, family, dual_encoder_options)
+  settings = st_folder.read(model_dir)
+  options, head_tensors = _pooling_options(model_dir, settings, family, dual_encoder_options)
+  if target is not None and settings.pooling is not None:
+    _check_target_head(model_dir, target, options)
   model = target or dual_encoder.DualEncoder(cfg, **options)
   names = {name: ("encoder/" + path, transpose)
            for name, (path, transpose) in family.hf_names(cfg).items()}
@@ -210,6 +177,16 @@ def load_hf(model_dir: str, target: dual_encoder.DualEncoder | None = None,
         r"^encoder\.block\.\d+\.layer\.0\.SelfAttention\.relative_attention_bias", name):
       unknown.append(name)
   return model, assemble_params(model, tensors, unknown, model_dir)
+
+
+def _check_target_head(model_dir: str, target: dual_encoder.DualEncoder, folder: dict) -> None:
+  """A run's model pools and normalises as the folder it starts from, else one line naming both:
+  the run describes, trains and exports its own model, so it may not silently differ."""
+  changed = [f"{name}={folder[name]!r} (the run's model: {getattr(target, name)!r})"
+             for name in ("pooling", "normalize") if getattr(target, name) != folder[name]]
+  if changed:
+    raise ValueError(f"{model_dir}/modules.json gives " + ", ".join(changed)
+                     + ": set the model file's POOLING (and normalize) to the folder's")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,6 +337,10 @@ class Pretrained:
     """The model's parameters, checked against `model` (raises listing every mismatch). A T5X
     checkpoint is read as a pod reads it: each host its shards of `shardings`."""
     if fs.exists(os.path.join(self.path, "config.json")):
+      if st_folder.read(self.path).do_lower_case:
+        raise st_folder.UnsupportedSettingError(
+            f"{self.path}/sentence_bert_config.json: do_lower_case=true is not supported for "
+            "training (texts are tokenised by SPM_PATH's vocabulary: use an uncased one)")
       return load_hf(self.path, target=model)[1]
     return load_t5x_sharded(self.path, model, shardings)
 

@@ -86,21 +86,23 @@ def passage_parts(pair: corpora.QAPair, passage_unit: str) -> tuple[str, str]:
 
 
 def model_input(role: str, text: str, context: str = "",
-                text_format: TextFormat | None = None) -> str:
-  """The string the model reads: prefix, text, then the context where the passage unit uses it."""
+                text_format: TextFormat | None = None, prefix: str | None = None) -> str:
+  """The string the model reads: prefix (the role's in text_format unless given: an encoder's
+  prompt), text, then the context where the passage unit uses it."""
   text_format = text_format or TextFormat()
-  out = text_format.prefix(role) + text
+  out = (text_format.prefix(role) if prefix is None else prefix) + text
   if role == "passage" and context and text_format.uses_context:
     out += " " + context
   return out
 
 
 def tokenize(vocabulary: seqio.Vocabulary, role: str, text: str, context: str,
-             max_length: int | None, text_format: TextFormat | None = None) -> list[int]:
+             max_length: int | None, text_format: TextFormat | None = None,
+             prefix: str | None = None) -> list[int]:
   """Token ids of `model_input(...)` with the vocabulary's special tokens, cut to max_length.
 
   The end is cut, so the prefix and text (the answer sentence) stay whole when they fit.
   max_length None: no cut.
   """
-  string = model_input(role, text, context, text_format)
+  string = model_input(role, text, context, text_format, prefix)
   return vocab.tokenize(vocabulary, string, sys.maxsize if max_length is None else max_length)

@@ -242,6 +242,19 @@ class WordPieceVocabulary(seqio.Vocabulary):
     return hash((self.vocab_file, self.options))
 
 
+def lowercased(vocabulary: seqio.Vocabulary, where: str) -> seqio.Vocabulary:
+  """The vocabulary lower-casing texts before it reads them, as sentence-transformers'
+  do_lower_case does: a WordPiece one lower-cases, keeping accents unless it stripped them; other
+  kinds raise, naming `where` (the setting's file)."""
+  if not isinstance(vocabulary, WordPieceVocabulary):
+    raise ValueError(f"{where}: do_lower_case=true is not supported (hybridir lower-cases only "
+                     f"WordPiece vocabularies, not {type(vocabulary).__name__})")
+  if vocabulary.options.lowercase:
+    return vocabulary
+  return WordPieceVocabulary(vocabulary.vocab_file, dataclasses.replace(
+      vocabulary.options, lowercase=True, strip_accents=vocabulary.options.strip_accents is True))
+
+
 def train_wordpiece(texts: Iterable[str], prefix: str, vocab_size: int,
                     character_coverage: float = 0.9995, lowercase: bool = False) -> str:
   """Trains a WordPiece vocabulary (BERT's specials first) on texts; writes prefix.txt, or for

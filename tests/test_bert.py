@@ -114,7 +114,9 @@ def cosines(a, b):
 @pytest.mark.parametrize("pooling_mode,dense,normalize,pooling", [
     ("cls", True, True, "first_dense"),  # LaBSE.
     ("mean", False, False, "mean"),  # mBERT-style.
-], ids=["labse_style", "mbert_style"])
+    ("max", False, True, "max"),
+    ("mean_sqrt_len_tokens", False, False, "mean_sqrt_length"),
+], ids=["labse_style", "mbert_style", "max", "mean_sqrt_len_tokens"])
 def test_sentence_transformers_folder_encodes_like_sentence_transformers(
     tmp_path, wordpiece, pooling_mode, dense, normalize, pooling):
   reference = sentence_transformers_folder(tmp_path, wordpiece, pooling_mode, dense, normalize)
@@ -127,6 +129,25 @@ def test_sentence_transformers_folder_encodes_like_sentence_transformers(
   assert cosines(embeddings, expected).min() >= 0.99999
   np.testing.assert_allclose(np.linalg.norm(embeddings, axis=-1),
                              np.linalg.norm(expected, axis=-1), rtol=1e-4)
+
+
+def test_do_lower_case_lower_cases_before_a_cased_tokenizer_as_sentence_transformers(
+    tmp_path, wordpiece):
+  import json
+  import sentence_transformers
+  sentence_transformers_folder(tmp_path, wordpiece, "mean", False, True)
+  config = json.loads((tmp_path / "sentence_bert_config.json").read_text())
+  (tmp_path / "sentence_bert_config.json").write_text(json.dumps(
+      {**config, "do_lower_case": True}))
+  reference = sentence_transformers.SentenceTransformer(str(tmp_path), device="cpu")
+  encoder = hybridir.load_encoder(str(tmp_path))
+  texts = MORE_TEXTS + ACCENTED
+  assert [vocab_lib.tokenize(encoder.vocabulary, t, 64) for t in texts] == [
+      reference.tokenizer(t, truncation=True, max_length=64)["input_ids"] for t in texts]
+  assert encoder.tokenize(["École"], None) == encoder.tokenize(["école"], None) != (
+      encoder.tokenize(["ecole"], None))  # Lower-cased, accents kept.
+  embeddings, expected = encoder.encode(texts), reference.encode(texts)
+  assert cosines(embeddings, expected).min() >= 0.99999
 
 
 def test_pooling_option_contradicting_the_folder_is_refused(tmp_path, wordpiece):
@@ -148,7 +169,7 @@ def test_plain_bert_folder_defaults_to_the_pooler_and_takes_an_argument(tmp_path
   assert hybridir.load_encoder(str(tmp_path), pooling="mean").model.pooling == "mean"
 
 
-@pytest.mark.parametrize("pooling", ["first_dense", "mean"])
+@pytest.mark.parametrize("pooling", ["first_dense", "max"])  # Mean: the MiniLM-style test below.
 def test_hf_export_round_trip_and_sentence_transformers_load(tmp_path, wordpiece, pooling):
   tokenizer = ref.write_wordpiece(tmp_path / "source", wordpiece)
   ref.save_random_bert(tmp_path / "source", vocab_size=len(tokenizer))

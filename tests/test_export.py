@@ -300,6 +300,23 @@ def test_hf_export_encodes_like_transformers(tmp_path, spm_models, family):
   assert (np.sum(embeddings * expected, axis=-1) > 0.99999).all()
 
 
+def test_mt5_export_card_names_the_encoder_class_automodel_does_not_build(tmp_path, spm_models):
+  """config.json's architectures and the card name MT5EncoderModel; the card's line for AutoModel
+  users says what AutoModel really builds from the export."""
+  from hybridir import model_card
+  model = dual_encoder.DualEncoder(CONFIGS["t5"])
+  params = random_params(model)
+  output = hf_export.export_hf(str(tmp_path / "hf"), model, params, spm_models["t5"])
+  config = json.loads(open(os.path.join(output, "config.json")).read())
+  assert config["architectures"] == ["MT5EncoderModel"]
+  built = type(transformers.AutoModel.from_pretrained(output)).__name__
+  card = model_card.model_card(reference_encoder(model, params, spm_models["t5"]), config, output,
+                               128, {}, {})
+  assert f"transformers.MT5EncoderModel.from_pretrained('{output}')" in card
+  assert f"`AutoModel` builds `{built}`, not this encoder-only class" in card
+  assert built == "MT5Model"
+
+
 @pytest.mark.parametrize("family", ["t5", "xlmr"])
 def test_hf_export_reimports_exactly(tmp_path, spm_models, family):
   model = dual_encoder.DualEncoder(CONFIGS[family])

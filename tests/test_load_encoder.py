@@ -110,3 +110,31 @@ def test_directory_without_spm_file_says_what_is_missing(tmp_path):
 def test_unknown_path_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="neither a Hugging Face model directory"):
     hybridir.load_encoder(str(tmp_path))
+
+
+@pytest.mark.parametrize("family", ["t5", "xlmr"])
+def test_sentence_transformers_folder_of_each_family_cuts_as_sentence_transformers(
+    tmp_path, spm_models, family):
+  """mT5 and XLM-R folders saved by sentence-transformers, with a max_seq_length of 20: the same
+  ids and vectors as SentenceTransformer, texts past it included."""
+  import json
+  sentence_transformers = pytest.importorskip("sentence_transformers")
+  ref.write_spm(tmp_path, spm_models[family], family)
+  if family == "t5":
+    tokenizer = transformers.T5Tokenizer.from_pretrained(tmp_path, extra_ids=0)
+    ref.save_random_mt5(tmp_path, vocab_size=len(tokenizer))
+  else:
+    tokenizer = transformers.XLMRobertaTokenizer.from_pretrained(tmp_path)
+    ref.save_random_xlmr(tmp_path, vocab_size=len(tokenizer))
+  tokenizer.save_pretrained(tmp_path)
+  ref.save_sentence_transformer(tmp_path, "mean", dense=False, normalize=True)
+  config = json.loads((tmp_path / "sentence_bert_config.json").read_text())
+  (tmp_path / "sentence_bert_config.json").write_text(json.dumps({**config, "max_seq_length": 20}))
+  reference = sentence_transformers.SentenceTransformer(str(tmp_path), device="cpu")
+  encoder = hybridir.load_encoder(str(tmp_path), batch_size=4)
+  assert encoder.max_length == reference.max_seq_length == 20
+  texts = TEXTS + [" ".join(TEXTS * 3)]
+  assert encoder.tokenize(texts, None) == [
+      reference.tokenizer(t, truncation=True, max_length=20)["input_ids"] for t in texts]
+  expected = reference.encode(texts)
+  assert (np.sum(encoder.encode(texts) * expected, axis=-1) > 0.99999).all()

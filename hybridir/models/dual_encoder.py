@@ -2,8 +2,10 @@
 
 With shared towers (the default) queries and passages go through one encoder, whose parameters
 live under `encoder`; with separate towers under `query_encoder` and `passage_encoder`.
-Pooling: 'mean' over real tokens, 'first' (the first token: BERT's [CLS], XLM-R's <s>), or
-'first_dense' (the first token through BERT's dense tanh pooler, params under `pooler`).
+Pooling: 'mean' over real tokens, 'max' (each feature's maximum over them), 'mean_sqrt_length'
+(their sum over the square root of their number), 'first' (the first token: BERT's [CLS], XLM-R's
+<s>), or 'first_dense' (the first token through BERT's dense tanh pooler, params under `pooler`);
+sentence-transformers' Pooling modes mean, max, mean_sqrt_len_tokens and cls.
 """
 from typing import Any
 
@@ -15,7 +17,7 @@ from hybridir.models import families
 from hybridir.models import layers
 
 EncoderConfig = Any  # The config of any family (hybridir.models.families).
-POOLINGS = ("mean", "first", "first_dense")
+POOLINGS = ("mean", "max", "mean_sqrt_length", "first", "first_dense")
 
 
 def encoder_module(config: EncoderConfig, name: str | None = None) -> nn.Module:
@@ -26,9 +28,13 @@ def encoder_module(config: EncoderConfig, name: str | None = None) -> nn.Module:
 def pool(hidden: jax.Array, mask: jax.Array, pooling: str) -> jax.Array:
   """[batch, length, features] -> [batch, features], in float32; padding never counts."""
   hidden = hidden.astype(jnp.float32)
-  if pooling == "mean":
+  if pooling in ("mean", "mean_sqrt_length"):
     weights = mask.astype(jnp.float32)[..., None]
-    return jnp.sum(hidden * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
+    count = jnp.maximum(jnp.sum(weights, axis=1), 1.0)
+    return jnp.sum(hidden * weights, axis=1) / (count if pooling == "mean" else jnp.sqrt(count))
+  if pooling == "max":
+    pooled = jnp.max(jnp.where(mask[..., None], hidden, -jnp.inf), axis=1)
+    return jnp.where(jnp.any(mask, axis=1)[:, None], pooled, 0.0)  # A row of padding: zeros.
   if pooling in ("first", "first_dense"):
     return hidden[:, 0]
   raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
