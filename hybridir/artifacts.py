@@ -143,8 +143,7 @@ def export_encoder(output_dir: str, model: dual_encoder.DualEncoder, params, spm
       "shared_towers": model.shared_towers, "param_dtype": dtype, "max_length": max_length,
       "query_max_length": query_max_length,
       "text_format": (text_format or text_lib.TextFormat()).to_json(),
-      "vocabulary": {"source": fs.abspath(spm_path), "file": vocabulary_file,
-                     "sha256": _sha256(spm_path)},
+      "vocabulary": {"source": fs.abspath(spm_path), "file": vocabulary_file},
       "parameter_count": int(sum(x.size for x in jax.tree.leaves(params))),
       "created": {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
                   "hybridir_version": _version(), "jax_version": jax.__version__},
@@ -154,6 +153,8 @@ def export_encoder(output_dir: str, model: dual_encoder.DualEncoder, params, spm
     ocp.PyTreeCheckpointer().save(os.path.join(temporary, PARAMS_DIR),
                                   args=ocp.args.PyTreeSave(params))
     vocab.write_vocabulary(vocabulary, spm_path, os.path.join(temporary, vocabulary_file))
+    # The digest of the file as written: a WordPiece tokenizer.json is written as vocab.txt.
+    manifest["vocabulary"]["sha256"] = _sha256(os.path.join(temporary, vocabulary_file))
     _write_manifest(temporary, manifest)
   return fs.abspath(output_dir)
 

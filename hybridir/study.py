@@ -28,16 +28,21 @@ from hybridir import corpora
 from hybridir import fs
 from hybridir import gin_utils
 from hybridir import main as main_lib
+from hybridir import packaged_models
 from hybridir import spm
 from hybridir import study_report
 from hybridir import study_run
+from hybridir import vocab
+from hybridir.models import families
 import tasks
 
 STRATEGIES = {"X-X-mono": 1.0, "X-Y": 0.0, "hybrid": 0.5}  # Batch kind -> ALPHA.
-SLUGS = {"X-X-mono": "mono", "X-Y": "cross", "hybrid": "hybrid"}  # In run folder names.
+ZERO_SHOT = "zero-shot"  # A pretrained model evaluated untrained: one run, no seed of its own.
+SLUGS = {"X-X-mono": "mono", "X-Y": "cross", "hybrid": "hybrid", ZERO_SHOT: "zeroshot"}
 MODEL_FILES = {"mT5": "gin_configs/runs/study/demo_mt5.gin",
                "XLM-R": "gin_configs/runs/study/demo_xlmr.gin",
-               "LaBSE": "gin_configs/runs/study/demo_labse.gin"}
+               "LaBSE": "gin_configs/runs/study/demo_labse.gin",
+               "MiniLM": "gin_configs/runs/study/pretrained_minilm.gin"}
 
 
 @functools.lru_cache(maxsize=None)
@@ -65,6 +70,27 @@ class StudyConfig:
       raise ValueError("StudyConfig.seeds must name at least one seed")
 
 
+@functools.lru_cache(maxsize=None)
+def packaged_model(model: str) -> str | None:
+  """The packaged pretrained model (hybridir.packaged_models) the model's file starts from, or
+  None for a model trained from scratch."""
+  try:
+    return gin_utils.file_macro(MODEL_FILES[model], "PACKAGED_MODEL")
+  except ValueError:
+    return None
+
+
+def cells(config: "StudyConfig") -> list[tuple[str, str, int]]:
+  """(model, strategy, seed) of every run: each strategy and seed, and for a pretrained model
+  first its zero-shot row (seed 0: nothing of it is random but the matched pools' draws)."""
+  out = []
+  for model in config.models:
+    if packaged_model(model):
+      out.append((model, ZERO_SHOT, 0))
+    out += [(model, strategy, seed) for strategy in config.strategies for seed in config.seeds]
+  return out
+
+
 def run_name(model: str, strategy: str, seed: int) -> str:
   """The run folder: `{family}_{mono|cross|hybrid}_seed{seed}`, as launch/study_sweep.sh names
   its runs `{model}_{mono|cross|hybrid}_seed{seed}`."""
@@ -86,13 +112,28 @@ def train_vocabulary(gin_file: str, bindings: list[str], output_dir: str) -> str
   return path
 
 
+def pretrained_model(model: str) -> tuple[str, str]:
+  """(INIT_CHECKPOINT, SPM_PATH) of a pretrained model: its packaged folder, unpacked once into
+  the cache (packaged_models), and the vocabulary file in it."""
+  folder = packaged_models.folder(packaged_model(model))
+  # families.get imports the family's module, which registers the vocabulary kinds it reads.
+  return folder, vocab.find_vocabulary_file(folder, families.get(family(model)).name)
+
+
 def cell_bindings(data_dir: str, model_dir: str, spm_path: str, family_name: str, alpha: float,
-                  seed: int, extra=()) -> list[str]:
-  """The gin bindings of one demo run (the same ones a `hybridir.main` run would take)."""
-  vocab_size = tasks.get_vocabulary(family_name, spm_path).vocab_size
-  return [f"DATA_DIR = {data_dir!r}", f"CORPUS_DIR = {os.path.join(data_dir, 'xquad-r')!r}",
-          f"MODEL_DIR = {model_dir!r}", f"SPM_PATH = {spm_path!r}", f"VOCAB_SIZE = {vocab_size}",
-          f"ALPHA = {alpha}", f"SEED = {seed}", *extra]
+                  seed: int, extra=(), init_checkpoint: str | None = None,
+                  zero_shot: bool = False) -> list[str]:
+  """The gin bindings of one demo run (the same ones a `hybridir.main` run would take). A model
+  trained from scratch sizes its embedding to its vocabulary (VOCAB_SIZE); a pretrained one
+  starts from `init_checkpoint`, and `zero_shot` evaluates it untrained."""
+  bindings = [f"DATA_DIR = {data_dir!r}", f"CORPUS_DIR = {os.path.join(data_dir, 'xquad-r')!r}",
+              f"MODEL_DIR = {model_dir!r}", f"SPM_PATH = {spm_path!r}", f"ALPHA = {alpha}",
+              f"SEED = {seed}"]
+  if init_checkpoint:
+    bindings += [f"INIT_CHECKPOINT = {init_checkpoint!r}", f"ZERO_SHOT = {zero_shot}"]
+  else:
+    bindings.append(f"VOCAB_SIZE = {tasks.get_vocabulary(family_name, spm_path).vocab_size}")
+  return bindings + list(extra)
 
 
 def run_cell(gin_file: str, bindings: list[str]) -> dict:
@@ -106,31 +147,32 @@ def run_study(data_dir: str, output_dir: str, config: StudyConfig | None = None)
   for folder in ("xquad-r", "mlqa-r"):
     if not fs.isdir(os.path.join(data_dir, folder)):
       raise FileNotFoundError(f"{os.path.join(data_dir, folder)}: not found (set --data_dir)")
-  cells = [(m, s, seed) for m in config.models for s in config.strategies for seed in config.seeds]
-  results, started, done = {}, time.time(), 0
-  for model in config.models:
+  sweep = cells(config)
+  results, started, done, vocabularies = {}, time.time(), 0, {}
+  for model, strategy, seed in sweep:
     gin_file = MODEL_FILES[model]
-    base = [f"DATA_DIR = {data_dir!r}", f"CORPUS_DIR = {os.path.join(data_dir, 'xquad-r')!r}",
-            *config.bindings]
-    spm_path = train_vocabulary(gin_file, base, output_dir)
-    for strategy in config.strategies:
-      for seed in config.seeds:
-        model_dir = os.path.join(output_dir, "runs", run_name(model, strategy, seed))
-        results_path = os.path.join(model_dir, study_run.RESULTS_FILE)
-        logging.info("run %d/%d: %s, %s batches, seed %d", done + 1, len(cells), model,
-                     strategy, seed)
-        if not fs.exists(results_path):
-          out = run_cell(gin_file, cell_bindings(data_dir, model_dir, spm_path, family(model),
-                                                 STRATEGIES[strategy], seed, config.bindings))
-          if getattr(out, "stopped_early", False):
-            logging.warning("SIGTERM: %s saved its checkpoint; rerun the demo to resume", model_dir)
-            sys.exit(main_lib.PREEMPTED_EXIT_CODE)
-        with fs.open(results_path) as f:
-          results[model, strategy, seed] = json.load(f)
-        done += 1
-        elapsed = time.time() - started
-        logging.info("%d/%d runs done in %.0f s; about %.0f s to go", done, len(cells), elapsed,
-                     elapsed / done * (len(cells) - done))
+    if model not in vocabularies:
+      base = [f"DATA_DIR = {data_dir!r}", f"CORPUS_DIR = {os.path.join(data_dir, 'xquad-r')!r}",
+              *config.bindings]
+      vocabularies[model] = (pretrained_model(model) if packaged_model(model)
+                             else (None, train_vocabulary(gin_file, base, output_dir)))
+    init_checkpoint, spm_path = vocabularies[model]
+    model_dir = os.path.join(output_dir, "runs", run_name(model, strategy, seed))
+    results_path = os.path.join(model_dir, study_run.RESULTS_FILE)
+    logging.info("run %d/%d: %s, %s, seed %d", done + 1, len(sweep), model, strategy, seed)
+    if not fs.exists(results_path):
+      out = run_cell(gin_file, cell_bindings(
+          data_dir, model_dir, spm_path, family(model), STRATEGIES.get(strategy, 0.5), seed,
+          config.bindings, init_checkpoint, zero_shot=strategy == ZERO_SHOT))
+      if getattr(out, "stopped_early", False):
+        logging.warning("SIGTERM: %s saved its checkpoint; rerun the demo to resume", model_dir)
+        sys.exit(main_lib.PREEMPTED_EXIT_CODE)
+    with fs.open(results_path) as f:
+      results[model, strategy, seed] = json.load(f)
+    done += 1
+    elapsed = time.time() - started
+    logging.info("%d/%d runs done in %.0f s; about %.0f s to go", done, len(sweep), elapsed,
+                 elapsed / done * (len(sweep) - done))
   return study_report.write(output_dir, results, elapsed_seconds=time.time() - started)
 
 
@@ -158,6 +200,11 @@ def main(argv):
   values = flags.FLAGS
   with main_lib.one_line_errors():
     fs.check_writable(values.output_dir, "--output_dir")
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR") and not fs.is_remote(values.output_dir):
+      # The runs of a sweep compile the same programs (train step, encode buckets): once each.
+      import jax  # pylint: disable=import-outside-toplevel
+      jax.config.update("jax_compilation_cache_dir",
+                        os.path.join(values.output_dir, "compilation_cache"))
     report = run_study(values.data_dir, values.output_dir, config)
   print(f"\nReport: {report['markdown']}")
 

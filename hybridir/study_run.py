@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 
 from absl import logging
 import jax
+import numpy as np
 
 import tasks
 from hybridir import artifacts
@@ -31,9 +32,13 @@ from hybridir import eval_run
 from hybridir import evaluate
 from hybridir import export
 from hybridir import fs
+from hybridir import importers
+from hybridir import input_pipeline
+from hybridir import partitioning
 from hybridir import retrieval_data
 from hybridir import study_eval
 from hybridir import text as text_lib
+from hybridir import train_step
 from hybridir import trainer
 
 IN_DOMAIN, OUT_OF_DOMAIN = "xquad_r", "mlqa_r"
@@ -115,6 +120,28 @@ def limit_questions(dataset: retrieval_data.RetrievalDataset, limit: int | None)
       language: items[:limit] for language, items in dataset.questions.items()})
 
 
+POOL_SAMPLE_SEED = 0  # One draw of candidates, the same for every run: the arms share their pools.
+
+
+def limit_candidates(dataset: retrieval_data.RetrievalDataset, limit: int | None):
+  """The dataset with at most `limit` candidates per language: every candidate relevant to one of
+  its questions, then a seeded sample of the others (the same draw for every run), in the
+  dataset's order. A language whose relevant candidates alone exceed `limit` keeps them all."""
+  if limit is None:
+    return dataset
+  relevant = {c for items in dataset.questions.values() for q in items for c in q.relevant}
+  rng = np.random.default_rng(POOL_SAMPLE_SEED)
+  candidates = {}
+  for language in sorted(dataset.candidates):
+    items = dataset.candidates[language]
+    kept = {i for i, c in enumerate(items) if c.candidate_id in relevant}
+    others = np.array([i for i in range(len(items)) if i not in kept], np.int64)
+    extra = max(0, limit - len(kept))
+    kept |= set(rng.permutation(others)[:extra].tolist())
+    candidates[language] = [items[i] for i in sorted(kept)]
+  return dataclasses.replace(dataset, candidates=candidates)
+
+
 def evaluation_partitions(num_partitions: int, local_devices: int) -> int:
   """The devices evaluation splits each parameter over: the training's count, at most one host's."""
   return min(num_partitions, local_devices)
@@ -132,10 +159,16 @@ def best_step(model_dir: str, metric: str, mode: str) -> int | None:
 
 
 def evaluate_encoder(encoder: encoder_lib.Encoder, datasets, matched_draws: int, seed: int,
-                     max_questions_per_language: int | None) -> dict:
-  """Full-pool results with chance for every dataset; matched pools for the LAReQA pair."""
-  inputs = {name: eval_run.encode_dataset(encoder, limit_questions(dataset,
-                                                                     max_questions_per_language))
+                     max_questions_per_language: int | None,
+                     max_candidates_per_language: int | None = None) -> dict:
+  """Full-pool results with chance for every dataset; matched pools for the LAReQA pair.
+
+  max_questions_per_language, max_candidates_per_language: evaluate the first questions and a
+  sample of the candidates of each language (limit_questions, limit_candidates) to fit a budget;
+  "full" pools are then these sampled pools.
+  """
+  inputs = {name: eval_run.encode_dataset(encoder, limit_candidates(
+      limit_questions(dataset, max_questions_per_language), max_candidates_per_language))
             for name, dataset in datasets}
   evaluation = {name: {"full": evaluate.evaluate_settings(**inputs[name]),
                        "full_chance": study_eval.full_pool_chance(inputs[name])}
@@ -146,7 +179,28 @@ def evaluate_encoder(encoder: encoder_lib.Encoder, datasets, matched_draws: int,
     evaluation[name]["matched"] = study_eval.score_dataset(inputs[name], pool_size,
                                                            matched_draws, seed)
   return {"datasets": evaluation, "matched_pool_size": pool_size,
-          "matched_draws": matched_draws}
+          "matched_draws": matched_draws,
+          "max_questions_per_language": max_questions_per_language,
+          "max_candidates_per_language": max_candidates_per_language}
+
+
+def objective_losses(model, loss_config: train_step.LossConfig, params_by_name: dict,
+                     eval_input, steps: int) -> dict[str, float]:
+  """{name: mean in-batch loss (no dropout) over the first `steps` batches of eval_input} for each
+  model's params: the same batches for every name."""
+  step_fn = jax.jit(train_step.make_eval_step(model, loss_config))
+  batches = [eval_input.batch(i) for i in range(steps)]
+  return {name: float(np.mean([float(step_fn(train_step.initial_params(params, loss_config),
+                                             batch)["loss"]) for batch in batches]))
+          for name, params in params_by_name.items()}
+
+
+def pretrained_params(pretrained: importers.Pretrained, model) -> dict:
+  """The model's parameters as the pretrained checkpoint gives them (replicated on this host)."""
+  mesh = partitioning.create_mesh(devices=jax.local_devices())
+  abstract = importers.abstract_params(model)
+  return jax.device_get(pretrained(model, jax.tree.map(
+      lambda _: partitioning.replicated(mesh), abstract)))
 
 
 def train_and_evaluate(*, train: Callable[[], trainer.TrainResult], model_dir: str, model,
@@ -154,8 +208,13 @@ def train_and_evaluate(*, train: Callable[[], trainer.TrainResult], model_dir: s
                        task_feature_lengths: dict, seed: int, settings: dict,
                        miracl: Sequence[dict] = (), matched_draws: int = 5,
                        max_questions_per_language: int | None = None,
+                       max_candidates_per_language: int | None = None,
                        best_metric: str = "eval/loss", best_mode: str = "min",
-                       export_dir: str | None = None, num_partitions: int = 1):
+                       export_dir: str | None = None, num_partitions: int = 1,
+                       pretrained: importers.Pretrained | None = None, zero_shot: bool = False,
+                       text_format: text_lib.TextFormat = text_lib.TextFormat(),
+                       loss_config: train_step.LossConfig = train_step.LossConfig(),
+                       batch_size: int = 32, objective_steps: int = 0):
   """Trains (`train`: trainer.train with the run's settings bound), exports the checkpoint with
   the best `best_metric` (the lowest validation loss), evaluates it and writes
   MODEL_DIR/study_results.json; returns what it wrote (or, stopped by SIGTERM, the TrainResult,
@@ -166,32 +225,58 @@ def train_and_evaluate(*, train: Callable[[], trainer.TrainResult], model_dir: s
   num_partitions: the training mesh's (NUM_PARTITIONS); evaluation splits each parameter over as
   many of this host's devices (at most all of them), so a model trained split is evaluated split.
   export_dir: where the exported encoder is kept (local or gs://; the MIRACL stage reads it).
+  pretrained, zero_shot: the run's INIT_CHECKPOINT; with zero_shot, that model is evaluated as it
+  is, untrained (the study's zero-shot row), with `text_format` and the task lengths.
+  objective_steps > 0: the pretrained and the chosen model's in-batch loss on that many held-out
+  batches of the run's own kind (the record's `test` split, the run's ALPHA, `batch_size`): did
+  fine-tuning improve the objective it trained on?
   """
   datasets = study_datasets(bool(miracl))
   check_held_out(train_mixture, dict(datasets)[IN_DOMAIN])
-  result = train()
-  if result.stopped_early:  # SIGTERM: checkpoint saved; main exits 143 and a rerun resumes.
-    return result
-  step = best_step(model_dir, best_metric, best_mode)
-  if step is None:
-    logging.warning("no kept checkpoint was saved with %s (no evaluation ran?): "
-                    "exporting the latest checkpoint", best_metric)
+  if zero_shot and pretrained is None:
+    raise ValueError("a zero-shot run evaluates the pretrained model: set INIT_CHECKPOINT")
+  result, step = None, None
+  if not zero_shot:
+    result = train()
+    if result.stopped_early:  # SIGTERM: checkpoint saved; main exits 143 and a rerun resumes.
+      return result
+    step = best_step(model_dir, best_metric, best_mode)
+    if step is None:
+      logging.warning("no kept checkpoint was saved with %s (no evaluation ran?): "
+                      "exporting the latest checkpoint", best_metric)
   with tempfile.TemporaryDirectory() as scratch:
-    path = export.export_from_training_checkpoint(
-        model_dir, os.path.join(scratch, "export"), model, spm_path, step=step,
-        max_length=max(task_feature_lengths.values()), overwrite=True)
+    path = os.path.join(scratch, "export")
+    if zero_shot:
+      artifacts.export_encoder(path, model, pretrained_params(pretrained, model), spm_path,
+                               max_length=task_feature_lengths["passage"],
+                               query_max_length=task_feature_lengths["query"],
+                               text_format=text_format,
+                               extra_metadata={"zero_shot": pretrained.path})
+    else:
+      export.export_from_training_checkpoint(
+          model_dir, path, model, spm_path, step=step,
+          max_length=max(task_feature_lengths.values()), overwrite=True)
     if export_dir and jax.process_index() == 0:  # One writer, though every process exported.
       artifacts.copy_artifact(path, export_dir)
     encoder = export.load_encoder(path, batch_size=128, num_partitions=evaluation_partitions(
         num_partitions, jax.local_device_count()))
     evaluation = evaluate_encoder(encoder, datasets, matched_draws, seed,
-                                  max_questions_per_language)
-  out = {"settings": settings, "evaluation": evaluation,
-         "train": {"chosen_step": step, "best_metric": best_metric,
-                   "history": [{k: h[k] for k in ("step", "loss", "accuracy") if k in h}
-                               for h in result.history],
-                   "validation": [{k: e[k] for k in ("step", "eval/loss", "eval/accuracy")
-                                   if k in e} for e in result.eval_history]}}
+                                  max_questions_per_language, max_candidates_per_language)
+  train_record = {"chosen_step": step if not zero_shot else 0, "best_metric": best_metric,
+                  "zero_shot": zero_shot,
+                  "history": [{k: h[k] for k in ("step", "loss", "accuracy") if k in h}
+                              for h in (result.history if result else [])],
+                  "validation": [{k: e[k] for k in ("step", "eval/loss", "eval/accuracy")
+                                  if k in e} for e in (result.eval_history if result else [])]}
+  record = tasks.get_hybrid_mixture(train_mixture)
+  if objective_steps and not zero_shot and pretrained is not None and "test" in record.splits:
+    held_out = input_pipeline.HybridInput(train_mixture, task_feature_lengths, batch_size,
+                                          seed=0, split="test")
+    train_record["objective"] = dict(objective_losses(
+        model, loss_config, {"pretrained": pretrained_params(pretrained, model),
+                             "fine_tuned": checkpoints.restore_params(model_dir, step)[1]},
+        held_out, objective_steps), steps=objective_steps, split="test")
+  out = {"settings": settings, "evaluation": evaluation, "train": train_record}
   if jax.process_index() == 0:
     fs.write_text_atomically(os.path.join(model_dir, RESULTS_FILE),
                              json.dumps(out, allow_nan=True))
