@@ -91,10 +91,15 @@ def cells(config: "StudyConfig") -> list[tuple[str, str, int]]:
   return out
 
 
+# A model's prefix in run folder names: its family for the models trained from scratch (as runs
+# were always named), its own name for a pretrained one (MiniLM is a BERT, as LaBSE's demo).
+RUN_PREFIXES = {"mT5": "t5", "XLM-R": "xlmr", "LaBSE": "bert", "MiniLM": "minilm"}
+
+
 def run_name(model: str, strategy: str, seed: int) -> str:
-  """The run folder: `{family}_{mono|cross|hybrid}_seed{seed}`, as launch/study_sweep.sh names
-  its runs `{model}_{mono|cross|hybrid}_seed{seed}`."""
-  return f"{family(model)}_{SLUGS[strategy]}_seed{seed}"
+  """The run folder: `{prefix}_{mono|cross|hybrid|zeroshot}_seed{seed}`, as launch/study_sweep.sh
+  names its runs `{model}_{mono|cross|hybrid}_seed{seed}`."""
+  return f"{RUN_PREFIXES[model]}_{SLUGS[strategy]}_seed{seed}"
 
 
 def train_vocabulary(gin_file: str, bindings: list[str], output_dir: str) -> str:

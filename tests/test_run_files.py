@@ -10,7 +10,7 @@ from hybridir import gin_utils
 from tests.conftest import REPO_ROOT
 
 STUDY_FILES = sorted(p for p in glob.glob(str(REPO_ROOT / "gin_configs/runs/study/*.gin"))
-                     if not os.path.basename(p).startswith("demo_")
+                     if not os.path.basename(p).startswith(("demo_", "pretrained_"))  # CPU runs.
                      and os.path.basename(p) != "miracl.gin")  # The MIRACL stage trains nothing.
 EMB_DIMS = {"mt5_base": 768, "mt5_large": 1024, "mt5_xl": 2048, "xlmr_base": 768,
             "xlmr_large": 1024, "labse": 768}
@@ -48,7 +48,8 @@ def test_study_config_builds_its_published_model_from_a_checkpoint(path):
 @pytest.mark.parametrize("path,kernels", [
     *[(p, "portable") for p in STUDY_FILES if not p.endswith("/base.gin")],
     *[(f"gin_configs/runs/{p}.gin", "cpu")
-      for p in ("smoke", "study/demo_mt5", "study/demo_xlmr", "study/demo_labse")]],
+      for p in ("smoke", "study/demo_mt5", "study/demo_xlmr", "study/demo_labse",
+                "study/pretrained_minilm")]],
     ids=os.path.basename)
 def test_cpu_runs_use_the_cpu_layers_and_tpu_runs_the_portable_ones(path, kernels):
   """The CPU demo and smoke run keep the XLA:CPU-tuned layers (their numbers unchanged); the

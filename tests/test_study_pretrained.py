@@ -8,8 +8,8 @@ import pytest
 
 from hybridir import retrieval_data
 from hybridir import study
-from hybridir import study_report
 from hybridir import study_run
+from hybridir import study_tables
 
 TINY = ("TRAIN_STEPS = 2", "WARMUP_STEPS = 1", "BATCH_SIZE = 8", "EVAL_PERIOD = 1",
         "VALIDATION_STEPS = 1", "LANGUAGES = ['en', 'de']",
@@ -35,7 +35,7 @@ def pretrained_study(tmp_path_factory, data_dir, minilm_dir):
       os.environ["HYBRIDIR_MODEL_CACHE"] = previous
   results = {}
   for strategy, slug in (("zero-shot", "zeroshot"), ("hybrid", "hybrid")):
-    with open(output_dir / "runs" / f"bert_{slug}_seed0" / study_run.RESULTS_FILE) as f:
+    with open(output_dir / "runs" / f"minilm_{slug}_seed0" / study_run.RESULTS_FILE) as f:
       results["MiniLM", strategy, 0] = json.load(f)
   return paths, results
 
@@ -45,7 +45,7 @@ def test_a_pretrained_model_sweeps_its_zero_shot_row_first():
   assert study.cells(config)[:3] == [("MiniLM", "zero-shot", 0), ("MiniLM", "X-Y", 0),
                                      ("MiniLM", "X-Y", 1)]
   assert ("mT5", "zero-shot", 0) not in study.cells(config)  # Trained from scratch: none.
-  assert study.run_name("MiniLM", "zero-shot", 0) == "bert_zeroshot_seed0"
+  assert study.run_name("MiniLM", "zero-shot", 0) == "minilm_zeroshot_seed0"
 
 
 def test_zero_shot_row_is_the_untrained_checkpoint_and_fine_tuning_starts_from_it(
@@ -84,9 +84,9 @@ def test_pretrained_report_shows_the_zero_shot_row_and_the_objective_check(pretr
   worse = copy.deepcopy(results)
   objective = worse["MiniLM", "hybrid", 0]["train"]["objective"]
   objective["fine_tuned"] = objective["pretrained"] + 0.1
-  rows = study_report.objective_rows(worse)
+  rows = study_tables.objective_rows(worse)
   assert rows[0][-1] == "**no**"
-  assert "MiniLM hybrid did not" in study_report.objective_sentence(rows)
+  assert "MiniLM hybrid did not" in study_tables.objective_sentence(rows)
 
 
 def test_sampled_pools_keep_every_relevant_candidate_and_are_the_same_draw_each_time(data_dir):
