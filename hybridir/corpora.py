@@ -214,17 +214,23 @@ def read_squad(path: PathLike, language: str, passage_unit: str = "paragraph") -
   return pairs
 
 
-def read_lines(path: PathLike) -> Iterator[tuple[str, str]]:
-  """(where, line) for each non-blank line, `where` naming file and line number; a .gz file is
-  gunzipped as it is read, and a truncated one is an error, never a shorter file."""
+def numbered_lines(path: PathLike) -> Iterator[tuple[int, str]]:
+  """(line number, line) for each non-blank line; a .gz file is gunzipped as it is read, and a
+  truncated one is an error, never a shorter file."""
   number = 0
   try:
     with fs.open_text(path) as f:
       for number, line in enumerate(f, start=1):
         if line.strip():
-          yield f"{path}: line {number}", line.rstrip("\n")
+          yield number, line.rstrip("\n")
   except (EOFError, gzip.BadGzipFile, zlib.error) as e:
     raise CorpusError(f"{path}: truncated or corrupt gzip after line {number}: {e}") from e
+
+
+def read_lines(path: PathLike) -> Iterator[tuple[str, str]]:
+  """(where, line) for each non-blank line, `where` naming file and line number (numbered_lines)."""
+  for number, line in numbered_lines(path):
+    yield f"{path}: line {number}", line
 
 
 def jsonl_files(path: PathLike) -> list[str]:
@@ -270,6 +276,17 @@ def read_jsonl(path: PathLike) -> list[QAPair]:
                         required_text(record, "passage", where), article_id, answer_sentence,
                         source))
   return pairs
+
+
+def jsonl_line(pair: QAPair) -> str:
+  """`pair` as the JSON line read_jsonl reads back into it."""
+  record = {"id": pair.pair_id, "lang": pair.language, "question": pair.question,
+            "passage": pair.passage, "article_id": pair.article_id}
+  if pair.answer_sentence is not None:
+    record["answer_sentence"] = pair.answer_sentence
+  if pair.source:
+    record["source"] = pair.source
+  return json.dumps(record, ensure_ascii=False)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -161,7 +161,8 @@ def best_step(model_dir: str, metric: str, mode: str) -> int | None:
 def evaluate_encoder(encoder: encoder_lib.Encoder, datasets, matched_draws: int, seed: int,
                      max_questions_per_language: int | None,
                      max_candidates_per_language: int | None = None) -> dict:
-  """Full-pool results with chance for every dataset; matched pools for the LAReQA pair.
+  """Full-pool results with chance for every dataset; size- and distractor-matched pools for the
+  LAReQA pair.
 
   max_questions_per_language, max_candidates_per_language: evaluate the first questions and a
   sample of the candidates of each language (limit_questions, limit_candidates) to fit a budget;
@@ -178,6 +179,8 @@ def evaluate_encoder(encoder: encoder_lib.Encoder, datasets, matched_draws: int,
   for name in lareqa:
     evaluation[name]["matched"] = study_eval.score_dataset(inputs[name], pool_size,
                                                            matched_draws, seed)
+  for name, scores in study_eval.score_distractor_matched(lareqa, matched_draws, seed).items():
+    evaluation[name]["distractor_matched"] = scores
   return {"datasets": evaluation, "matched_pool_size": pool_size,
           "matched_draws": matched_draws,
           "max_questions_per_language": max_questions_per_language,
