@@ -8,11 +8,9 @@ output locations that cannot be written fail before any compute; expected errors
 artifacts, outputs) end the run with one line `error: ...` and status 1, without a traceback. A run
 stopped by SIGTERM exits with status 143 after saving its checkpoint.
 """
-import contextlib
 import functools
 import inspect
 import os
-import re
 import sys
 import tokenize
 from typing import Sequence
@@ -25,6 +23,7 @@ import gin
 import jax
 
 from hybridir import artifacts
+from hybridir import checkpoints
 from hybridir import corpora
 from hybridir import errors
 from hybridir import fs
@@ -49,9 +48,9 @@ OUTPUT_PARAMETERS = {
 # Errors that describe bad input or an unusable output (their message names the file, record or
 # parameter): reported as one line, not a traceback.
 EXPECTED_ERRORS = (corpora.CorpusError, fs.NotWritableError, FileNotFoundError, FileExistsError,
-                   artifacts.ArtifactError, errors.SettingError)
-
-_GIN_CALL_NOTE = re.compile(r"\s*In call to configurable '[^']*' \(<[^>]*>\)( in scope '[^']*')?")
+                   artifacts.ArtifactError, errors.SettingError, checkpoints.CheckpointSaveError,
+                   checkpoints.NoGoodCheckpointError, checkpoints.CheckpointShapeError,
+                   checkpoints.CheckpointDamagedError, FloatingPointError)
 
 _GIN_FILE = flags.DEFINE_multi_string("gin_file", [], "Gin files, parsed in order.")
 _GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings (after the files).")
@@ -154,10 +153,12 @@ def run_parsed_config():
   check_output_locations()
   if jax.process_index() == 0:  # A training run also writes it to MODEL_DIR/config.gin.
     logging.debug("gin config:\n%s", gin.config_str())
-  for call in gin_utils.macro("SETUP", []):
-    call.scoped_configurable_fn()
-  write_training_config()
-  return run()
+  model_dir = gin_utils.macro("MODEL_DIR", None)
+  with run_dir.undone_unless_trained(model_dir if isinstance(model_dir, str) else None):
+    for call in gin_utils.macro("SETUP", []):
+      call.scoped_configurable_fn()
+    write_training_config()
+    return run()
 
 
 def run_config(gin_files: Sequence[str], gin_bindings: Sequence[str]):
@@ -180,17 +181,11 @@ def parse_config(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> None:
     raise app.UsageError(" ".join(str(e).split())) from None
 
 
-@contextlib.contextmanager
 def one_line_errors():
-  """Ends the program with `error: MESSAGE` and status 1 on an expected error (EXPECTED_ERRORS),
-  without a traceback: its message already names the file, record or parameter."""
-  try:
-    yield
-  except EXPECTED_ERRORS as e:
-    message = _GIN_CALL_NOTE.sub("", str(e))  # gin's note of the configurable called.
-    logging.flush()
-    print(f"error: {' '.join(message.split())}", file=sys.stderr)
-    sys.exit(1)
+  """Ends the program with `error: MESSAGE` and status 1 on an expected error (EXPECTED_ERRORS,
+  or storage: errors.STORAGE_ERRNOS), without a traceback: its message names the file, record or
+  parameter."""
+  return errors.one_line_errors(EXPECTED_ERRORS)
 
 
 def closing_line_parts() -> tuple[str, str | None]:

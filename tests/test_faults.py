@@ -89,7 +89,8 @@ def test_checkpoint_whose_restore_fails_is_skipped_too(tmp_path, caplog):
   os.remove(step_dir / checkpoints.CHECKSUMS)  # As if written before checksums existed.
   os.remove(step_dir / "state" / "_METADATA")
   with caplog.at_level("WARNING"):
-    resumed = run(tmp_path, 10)
+    resumed = run(tmp_path, 10, checkpoint_cfg=trainer.CheckpointConfig(
+        period=4, allow_unverified=True))
   assert "checkpoint step 8 is damaged" in caplog.text and "_METADATA" in caplog.text
   assert [h["step"] for h in resumed.history] == list(range(5, 11))
 
