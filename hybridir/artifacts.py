@@ -242,7 +242,7 @@ def _stamp(params_path: str, names) -> tuple | None:
   """What says a parameter file is unchanged since it was verified: its size and mtime."""
   try:
     if fs.is_remote(params_path):
-      stats = [fs.path(params_path, name).stat() for name in names]
+      stats = [(fs.path(params_path) / name).stat() for name in names]
       return params_path, tuple((s.length, s.mtime) for s in stats)
     stats = [os.stat(os.path.join(params_path, name)) for name in names]
     return params_path, tuple((s.st_size, s.st_mtime_ns) for s in stats)
