@@ -9,8 +9,10 @@ the whole message on one line, status 1, no traceback.
 import contextlib
 import errno
 import logging
+import os
 import re
 import sys
+import threading
 from typing import Iterator
 
 # OSErrors that describe the storage, not the program: a full disk or quota, a file over the
@@ -48,6 +50,22 @@ def exit_with_line(error: BaseException | str, status: int = 1) -> None:
     handler.flush()
   print(one_line(error), file=sys.stderr, flush=True)
   sys.exit(status)
+
+
+_ENDING = threading.Lock()
+
+
+def exit_at_once(error: BaseException | str | None, status: int = 1) -> None:
+  """Prints `one_line(error)` (unless None) and ends the process now, from any thread (os._exit:
+  nothing else runs, so a process whose peer is gone cannot hang or abort in its exit handlers);
+  when two threads get here, the second waits for the first's exit."""
+  with _ENDING:
+    for handler in logging.getLogger().handlers + logging.getLogger("absl").handlers:
+      handler.flush()
+    if error is not None:
+      print(one_line(error), file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(status)  # pylint: disable=protected-access
 
 
 @contextlib.contextmanager
