@@ -134,22 +134,21 @@ _PEER_FAILURES = (jax.errors.JaxRuntimeError, TimeoutError, checkpoints.Checkpoi
 def told_to_peers():
   """In a multi-process run: an error of the kind a lost peer causes waits (up to the heartbeat
   timeout and a little more) for the watchdog's verdict, so the line names the lost process, not
-  the collective that failed; and this process, failing, ends at once without the exit barrier,
-  so its peers see it go silent and end with a line naming it."""
+  the collective that failed; a process failing stops beating, so its peers end too, and one
+  failing with an expected error ends at once with its line, without the exit barrier."""
   if not _WATCHDOG:
     yield
     return
   watchdog = _WATCHDOG[0]
   try:
     yield
-  except _PEER_FAILURES:
-    if _PEER_LOST.wait(watchdog.timeout + 3 * watchdog.period):
+  except BaseException as e:
+    if isinstance(e, _PEER_FAILURES) and _PEER_LOST.wait(watchdog.timeout + 3 * watchdog.period):
       threading.Event().wait()  # _end_on_lost_peer is ending the process.
     watchdog.stop(done=False)
+    if isinstance(e, EXPECTED_ERRORS) or errors.is_storage_error(e):
+      errors.exit_at_once(e)
     raise
-  except SystemExit as e:  # An expected error, its line printed.
-    watchdog.stop(done=False)
-    errors.exit_at_once(None, e.code if isinstance(e.code, int) else 1)
   watchdog.stop(done=True)
 
 
