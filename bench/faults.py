@@ -267,8 +267,8 @@ def disk_cases(work, reference, base):
     verified = [s for s in kept if checkpoints.verify(
         os.path.join(model_dir, "checkpoints", str(s))) is None]
     _, lines = counted(run.text())
-    names_newest = bool(lines) and lines[0].endswith(f"Newest good checkpoint: {model_dir}/"
-                                                     f"checkpoints/{verified[-1] if verified else 'none'}")
+    newest = f"{model_dir}/checkpoints/{verified[-1]}" if verified else "none"
+    names_newest = bool(lines) and lines[0].endswith(f"Newest good checkpoint: {newest}")
     record(f"disk full while training (tmpfs of {kib} KiB, a checkpoint is {step_bytes >> 10} KiB)",
            "main smoke.gin", "one line naming the newest good checkpoint, exit 1; it verifies",
            status, run.text(), "one line" if status == 1 and len(lines) == 1 and names_newest
@@ -417,9 +417,10 @@ def table() -> str:
            "|---|---|---|---|---|---|---|---|"]
   for r in ROWS:
     line = r["line"].replace("|", "/").replace(ARGS.work_dir, "$WORK")
+    measured = r["measured"].replace(ARGS.work_dir, "$WORK")
     lines.append(f"| {r['case']} | {r['command']} | {r['expected']} | {r['status']} | "
-                 f"{r['tracebacks']} | {r['outcome']} | {r['measured'].replace(ARGS.work_dir, '$WORK')}"
-                 f" | {'`' + line + '`' if line else '-'} |")
+                 f"{r['tracebacks']} | {r['outcome']} | {measured} | "
+                 f"{'`' + line + '`' if line else '-'} |")
   return "\n".join(lines)
 
 

@@ -44,26 +44,26 @@ def one_line(error: BaseException | str) -> str:
   return "error: " + " ".join(_GIN_CALL_NOTE.sub("", str(error)).split())
 
 
-def exit_with_line(error: BaseException | str, status: int = 1) -> None:
-  """Prints `one_line(error)` to stderr, after the log lines before it, and exits with `status`."""
+def _print_line(error: BaseException | str) -> None:
+  """`one_line(error)` on stderr, after the log lines written before it."""
   for handler in logging.getLogger().handlers + logging.getLogger("absl").handlers:
     handler.flush()
   print(one_line(error), file=sys.stderr, flush=True)
+
+
+def exit_with_line(error: BaseException | str, status: int = 1) -> None:
+  _print_line(error)
   sys.exit(status)
 
 
 _ENDING = threading.Lock()
 
 
-def exit_at_once(error: BaseException | str | None, status: int = 1) -> None:
-  """Prints `one_line(error)` (unless None) and ends the process now, from any thread (os._exit:
-  nothing else runs, so a process whose peer is gone cannot hang or abort in its exit handlers);
-  when two threads get here, the second waits for the first's exit."""
+def exit_at_once(error: BaseException | str, status: int = 1) -> None:
+  """Prints `one_line(error)` and ends the process now, from any thread (os._exit: a process
+  whose peer is gone must not wait at an exit barrier); a second caller waits for the first."""
   with _ENDING:
-    for handler in logging.getLogger().handlers + logging.getLogger("absl").handlers:
-      handler.flush()
-    if error is not None:
-      print(one_line(error), file=sys.stderr, flush=True)
+    _print_line(error)
     sys.stdout.flush()
     os._exit(status)  # pylint: disable=protected-access
 

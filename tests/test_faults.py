@@ -166,13 +166,14 @@ def test_checkpointer_drops_only_the_closed_event_loop_tracebacks_of_a_failed_sa
 
 def test_a_resumed_run_shows_each_step_once_in_tensorboard_with_the_values_it_continued_with(
     tmp_path):
-  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
-  from tensorboard.backend.event_processing import plugin_event_accumulator  # pylint: disable=g-import-not-at-top
-  from tensorboard.util import tensor_util  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top  # TensorBoard's own loader, only here.
+  from tensorboard.backend.event_processing import event_accumulator
+  from tensorboard.backend.event_processing import plugin_event_accumulator
+  from tensorboard.util import tensor_util
   run(tmp_path, 8)
   shutil.rmtree(tmp_path / "checkpoints" / "8")  # Resumes from 4: steps 5-8 run again.
   resumed = run(tmp_path, 10, learning_rate_schedule=1e-3)  # Not in the run's identity.
-  logged = plugin_event_accumulator.EventAccumulator(  # TensorBoard's own loader.
+  logged = plugin_event_accumulator.EventAccumulator(
       str(tmp_path / "train"), size_guidance={event_accumulator.TENSORS: 0})
   logged.Reload()
   losses = logged.Tensors("loss")

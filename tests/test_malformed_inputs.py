@@ -489,7 +489,8 @@ CASES = [
          load_encoder_swapped_vocabulary),
     Case("load_encoder_missing_params", "exported artifact without params/",
          load_encoder_missing_params),
-    Case("load_encoder_flipped_params", "exported artifact with 16 bytes flipped in a parameter file",
+    Case("load_encoder_flipped_params",
+         "exported artifact with 16 bytes flipped in a parameter file",
          load_encoder_flipped_params),
     Case("load_encoder_manifest_without_config", "manifest without encoder_config and the "
          "vocabulary's sha256", load_encoder_manifest_without_config),
