@@ -15,6 +15,7 @@ import json
 import logging as logging_lib
 import os
 import sys
+import traceback
 from typing import Iterator
 
 from absl import logging
@@ -141,11 +142,13 @@ def check_shapes(metadata, abstract_state, step_dir) -> None:
 
 
 class _OrbaxTracebacks(logging_lib.Filter):
-  """Keeps orbax's log line about a failed background save but not its traceback: the failure
-  reaches the caller as one CheckpointSaveError, and hundreds of traceback lines would bury it."""
+  """Keeps orbax's (and asyncio's `Task exception was never retrieved`) log line about a failed
+  background save but not its traceback: the failure reaches the caller as one
+  CheckpointSaveError, and hundreds of traceback lines would bury it."""
 
   def filter(self, record):
-    if "orbax" in record.pathname and record.exc_info:
+    if record.exc_info and ("orbax" in record.pathname or any(
+        "orbax" in frame.filename for frame in traceback.extract_tb(record.exc_info[2]))):
       record.exc_info, record.exc_text = None, None
     return True
 
@@ -162,9 +165,9 @@ def _quiet_closed_loop_errors() -> None:
   if not getattr(sys.excepthook, "hybridir_quiet", False):
     previous_excepthook = sys.excepthook
 
-    def excepthook(kind, value, traceback):
+    def excepthook(kind, value, trace):
       if not _is_closed_loop_error(value):
-        previous_excepthook(kind, value, traceback)
+        previous_excepthook(kind, value, trace)
 
     excepthook.hybridir_quiet = True
     sys.excepthook = excepthook
@@ -207,9 +210,9 @@ class Checkpointer:
     self._best_metric, self._best_mode = tracked, best_mode
     self._saving_step = None
     self._warn_about_incomplete()
-    absl_logger = logging_lib.getLogger("absl")
-    if not any(isinstance(f, _OrbaxTracebacks) for f in absl_logger.filters):
-      absl_logger.addFilter(_OrbaxTracebacks())
+    for logger in (logging_lib.getLogger("absl"), logging_lib.getLogger("asyncio")):
+      if not any(isinstance(f, _OrbaxTracebacks) for f in logger.filters):
+        logger.addFilter(_OrbaxTracebacks())
     _quiet_closed_loop_errors()
     policies = [checkpoint_managers.LatestN(keep_last)]
     if tracked:

@@ -1,6 +1,7 @@
 """Checkpoint and process faults: damaged checkpoints fall back, failed saves stop the run, a
 refused run leaves its directory as it was, a resumed run logs each step once."""
 import errno
+import logging
 import os
 import re
 import shutil
@@ -239,3 +240,19 @@ def test_a_run_refused_before_its_first_checkpoint_leaves_its_directory_as_it_wa
       (fresh / "checkpoints" / "4").mkdir(parents=True)
       raise FloatingPointError("loss is nan")
   assert (fresh / "config.gin").read_text() == "new"
+
+
+def test_asyncio_logs_a_failed_save_task_without_its_traceback(tmp_path, caplog):
+  """After a failed save, asyncio logs `Task exception was never retrieved` for each orbax write
+  task, with its traceback: the line stays, the traceback goes (others' tracebacks stay)."""
+  checkpoints.Checkpointer(str(tmp_path / "checkpoints")).close()
+  records = {}
+  for source in ("/site-packages/orbax/checkpoint/serialization.py", "/elsewhere/module.py"):
+    try:
+      exec(compile("raise ValueError()", source, "exec"))  # pylint: disable=exec-used
+    except ValueError:
+      with caplog.at_level("ERROR", logger="asyncio"):
+        logging.getLogger("asyncio").error("Task exception was never retrieved",
+                                           exc_info=sys.exc_info())
+      records[source] = caplog.records[-1]
+  assert [r.exc_info is None for r in records.values()] == [True, False]
