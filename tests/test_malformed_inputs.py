@@ -303,7 +303,7 @@ def main_unknown_parameter(tmp):
 def main_checkpoint_period_zero(tmp):
   return ("main (smoke.gin)", _smoke(tmp, f"MODEL_DIR = '{tmp / 'run'}'", "CHECKPOINT_PERIOD = 0"),
           "error: CheckpointConfig.period must be a positive integer, found 0",
-          [tmp / "run" / "checkpoints"])
+          [tmp / "run"])  # Nothing: not config.gin, encoder.json or vocabulary/ either.
 
 
 def main_unwritable_model_dir(tmp):
