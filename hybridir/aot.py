@@ -30,6 +30,7 @@ import jax.numpy as jnp  # noqa: E402
 from hybridir import accelerators  # noqa: E402
 from hybridir import artifacts  # noqa: E402
 from hybridir import encoder as encoder_lib  # noqa: E402
+from hybridir import errors  # noqa: E402
 from hybridir import flops as flops_lib  # noqa: E402
 from hybridir import gin_utils  # noqa: E402
 from hybridir import partitioning  # noqa: E402
@@ -139,16 +140,6 @@ def _compile(lowered, tpu_slice: accelerators.Slice, what: str, chips: int) -> d
           "compile_seconds": round(time.time() - started, 1)}
 
 
-def check_batch_size(batch_size: int, chunks: int, mesh, hosts: int) -> None:
-  """The global batch splits over hosts, the data-parallel devices and GradCache chunks."""
-  data = partitioning.data_parallel_size(mesh)
-  unit = math.lcm(data, hosts) * chunks
-  if not isinstance(batch_size, int) or batch_size < 1 or batch_size % unit:
-    raise AotError(f"BATCH_SIZE={batch_size} does not split evenly: it must be a multiple of "
-                   f"{unit} (mesh {dict(mesh.shape)}: {data} data-parallel devices, {hosts} "
-                   f"hosts, LossConfig.grad_cache_chunks={chunks})")
-
-
 def _abstract_batch(run: TrainRun, batch_size: int, sharding) -> dict:
   """The global batch input_pipeline.HybridInput.batch gives, as shapes (all int32)."""
   tokens = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding)
@@ -179,7 +170,7 @@ def _lower(step, *args, what: str, mesh):
 def compile_train_step(run: TrainRun, mesh, tpu_slice: accelerators.Slice, batch_size: int,
                        grad_cache_chunks: int) -> dict:
   """The train step exactly as trainer.train jits it, compiled for the slice."""
-  check_batch_size(batch_size, grad_cache_chunks, mesh, tpu_slice.hosts)
+  partitioning.check_batch_splits(batch_size, mesh, tpu_slice.hosts, grad_cache_chunks)
   loss_config = dataclasses.replace(run.loss_config, grad_cache_chunks=grad_cache_chunks)
   abstract_state, state_shardings = trainer.state_layout(
       run.model, run.optimizer, run.query_length, run.passage_length, mesh, run.rules)
@@ -372,7 +363,7 @@ def main(argv=None) -> int:
     report = check(args.accelerator_type, args.gin_file, args.gin_bindings, args.max_batch,
                    args.batch_granularity)
   except (AotError, ValueError, RuntimeError, gin_utils.UnknownMacroError, IOError) as e:
-    print(f"hybridir.aot: error: {_first_line(e)}", file=sys.stderr)
+    print(f"hybridir.aot: {errors.one_line(e)}", file=sys.stderr)
     return EXIT_ERROR
   print(json.dumps(report, sort_keys=True))
   return EXIT_FITS if report["fits"] else EXIT_DOES_NOT_FIT

@@ -1,10 +1,11 @@
 """The encoder artifact format: writing one (`export_encoder`) and reading it back, checked.
 
 An artifact is a directory holding `manifest.json` (what the model is: family, encoder config,
-pooling, vocabulary, text format (prefixes, passage unit), ...), `params/` (orbax, float32 or
-bfloat16) and a copy of the vocabulary file, so it is self-contained. It is written under a
-temporary name and renamed when complete; reading verifies it against its manifest
-(`ArtifactError` names what is missing or different).
+pooling, vocabulary, text format (prefixes, passage unit), the sha256 of every file of its
+parameters, ...), `params/` (orbax, float32 or bfloat16) and a copy of the vocabulary file, so it
+is self-contained. It is written under a temporary name and renamed when complete; reading
+verifies it against its manifest (`ArtifactError` names what is missing or different), the
+parameter files to the byte once per process (again when a file's size or mtime changes).
 """
 import contextlib
 import dataclasses
@@ -14,6 +15,7 @@ import json
 import os
 import shutil
 
+from absl import logging
 import flax
 import flax.linen as nn
 import jax
@@ -32,6 +34,7 @@ from hybridir.models import families
 FORMAT, FORMAT_VERSION = "hybridir-encoder", 1
 MANIFEST, PARAMS_DIR, SPM_FILE = "manifest.json", "params", "sentencepiece.model"
 PARAM_DTYPES = ("float32", "bfloat16")
+PARAMS_SHA256 = "params_sha256"  # {path under params/: sha256}; absent in older artifacts.
 # What a manifest must hold beyond its format and family (text_format may be absent: older).
 MANIFEST_KEYS = ("encoder_config", "pooling", "normalize", "projection_dim", "shared_towers",
                  "param_dtype", "max_length", "vocabulary", "parameter_count")
@@ -152,6 +155,7 @@ def export_encoder(output_dir: str, model: dual_encoder.DualEncoder, params, spm
   with atomic_directory(output_dir, overwrite) as temporary:
     ocp.PyTreeCheckpointer().save(os.path.join(temporary, PARAMS_DIR),
                                   args=ocp.args.PyTreeSave(params))
+    manifest[PARAMS_SHA256] = checkpoints.tree_digests(os.path.join(temporary, PARAMS_DIR))
     vocab.write_vocabulary(vocabulary, spm_path, os.path.join(temporary, vocabulary_file))
     # The digest of the file as written: a WordPiece tokenizer.json is written as vocab.txt.
     manifest["vocabulary"]["sha256"] = _sha256(os.path.join(temporary, vocabulary_file))
@@ -209,10 +213,11 @@ def _restore_params(path: str, model: dual_encoder.DualEncoder, manifest: dict) 
   params_path = os.path.join(path, PARAMS_DIR)
   if not fs.isdir(params_path):
     raise ArtifactError(f"{params_path}: missing (the artifact's parameters)")
+  check_params_digests(path, manifest)
   try:
     stored = checkpoints.restore_numpy(params_path)
   except Exception as e:  # pylint: disable=broad-except  # orbax / tensorstore, any layer.
-    raise ArtifactError(f"{params_path}: unreadable: {' '.join(str(e).split())[:300]}") from e
+    raise ArtifactError(f"{params_path}: unreadable: {' '.join(str(e).split())}") from e
   dtypes = sorted({str(x.dtype) for x in jax.tree.leaves(stored)})
   if dtypes != [manifest["param_dtype"]]:
     raise ArtifactError(f"{params_path}: parameters are {', '.join(dtypes)}; the manifest "
@@ -229,6 +234,41 @@ def _restore_params(path: str, model: dual_encoder.DualEncoder, manifest: dict) 
     raise ArtifactError(f"{params_path}: {count} parameters; the manifest says "
                         f"{manifest['parameter_count']}")
   return params
+
+
+_VERIFIED_PARAMS = set()  # Stamps (params/, each file's size and mtime) verified in this process.
+
+
+def _stamp(params_path: str, names) -> tuple | None:
+  """What says a parameter file is unchanged since it was verified: its size and mtime."""
+  try:
+    if fs.is_remote(params_path):
+      stats = [(fs.path(params_path) / name).stat() for name in names]
+      return params_path, tuple((s.length, s.mtime) for s in stats)
+    stats = [os.stat(os.path.join(params_path, name)) for name in names]
+    return params_path, tuple((s.st_size, s.st_mtime_ns) for s in stats)
+  except OSError:  # A missing file: digest_problem names it.
+    return None
+
+
+def check_params_digests(path: str, manifest: dict) -> None:
+  """Fails (ArtifactError naming the file) unless every parameter file has the sha256 the
+  manifest records; an artifact from before they were recorded loads with a warning."""
+  params_path = os.path.join(path, PARAMS_DIR)
+  sums = manifest.get(PARAMS_SHA256)
+  if not isinstance(sums, dict):
+    logging.warning("%s records no %s (exported before they were): its parameters are loaded "
+                    "unverified", os.path.join(path, MANIFEST), PARAMS_SHA256)
+    return
+  stamp = _stamp(params_path, sorted(sums))
+  if stamp is not None and stamp in _VERIFIED_PARAMS:
+    return
+  problem = checkpoints.digest_problem(params_path, sums)
+  if problem:
+    raise ArtifactError(f"{problem} (the {PARAMS_SHA256} of {os.path.join(path, MANIFEST)}): "
+                        "the artifact's parameters are damaged; export it again")
+  if stamp is not None:
+    _VERIFIED_PARAMS.add(stamp)
 
 
 def read_artifact(path: str, overrides: dict) -> tuple[dual_encoder.DualEncoder, dict, dict]:

@@ -18,6 +18,7 @@ import numpy as np
 from hybridir import beir
 from hybridir import console
 from hybridir import encoder as encoder_lib
+from hybridir import errors
 from hybridir import evaluate
 from hybridir import export
 from hybridir import fs
@@ -92,7 +93,7 @@ def main(args) -> int:
     encoder = export.load_encoder(args.encoder)
     results = evaluate_beir(encoder, data, output_dir, measures, args.depth, args.languages)
   except (OSError, ValueError) as error:
-    print(f"error: {error}", file=sys.stderr)
+    print(errors.one_line(error), file=sys.stderr)
     return 1
   shown = ", ".join(f"{k} {v:.4f}" for k, v in results["all"].items() if k in SHOWN)
   print(f"{shown} over {results['all']['num_q']} queries", file=sys.stderr)

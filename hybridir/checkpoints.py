@@ -15,6 +15,8 @@ import json
 import logging as logging_lib
 import os
 import sys
+import traceback
+from typing import Iterator
 
 from absl import logging
 import jax
@@ -27,6 +29,8 @@ from hybridir import text as text_lib
 
 STATE, DATA = "state", "data"
 CHECKSUMS = "checksums.json"  # {"sha256": {relative path: hex digest}} of a step's item files.
+# The gin macro (CheckpointConfig.allow_unverified) that resumes steps without checksums.
+ALLOW_UNVERIFIED = "ALLOW_UNVERIFIED_CHECKPOINTS"
 _CHUNK = 1 << 24
 
 
@@ -40,6 +44,10 @@ class CheckpointShapeError(ValueError):
 
 class NoGoodCheckpointError(RuntimeError):
   """Checkpoints exist but none passes verification and restore."""
+
+
+class CheckpointDamagedError(ValueError):
+  """A checkpoint read outside the loop (export, loading a MODEL_DIR) fails its checksums."""
 
 
 def _abstract(tree, shardings):
@@ -56,19 +64,40 @@ def _sha256(path) -> str:
   return digest.hexdigest()
 
 
+def _files_under(directory, prefix: str) -> Iterator[str]:
+  """Paths, `prefix/`-relative, of the files under `directory`, at any depth."""
+  for child in fs.path(directory).iterdir():
+    name = f"{prefix}/{child.name}" if prefix else child.name
+    if child.is_dir():
+      yield from _files_under(child, name)
+    else:
+      yield name
+
+
 def _item_files(step_dir) -> list[str]:
   """Paths (relative to the step) of the files in its item directories: what the arrays and the
   data position are read from (orbax's own step metadata at the top is left to orbax)."""
-  def walk(directory, prefix):
-    for child in directory.iterdir():
-      name = f"{prefix}/{child.name}"
-      if child.is_dir():
-        yield from walk(child, name)
-      else:
-        yield name
   root = fs.path(step_dir)
   return sorted(name for item in (STATE, DATA) if (root / item).is_dir()
-                for name in walk(root / item, item))
+                for name in _files_under(root / item, item))
+
+
+def tree_digests(directory) -> dict[str, str]:
+  """{relative path: sha256} of every file under `directory` (an export's params/)."""
+  return {name: _sha256(fs.path(directory) / name) for name in sorted(_files_under(directory, ""))}
+
+
+def digest_problem(directory, sums: dict[str, str]) -> str | None:
+  """None if every file of `sums` ({relative path: sha256}) is under `directory` with that
+  sha256, else what is wrong with the first that is not, naming it."""
+  for name, expected in sums.items():
+    path = fs.path(directory) / name
+    if not path.exists():
+      return f"{path}: missing"
+    found = _sha256(path)
+    if found != expected:
+      return f"{path}: sha256 {found[:12]}... differs from the recorded {expected[:12]}..."
+  return None
 
 
 def write_checksums(step_dir) -> None:
@@ -78,24 +107,20 @@ def write_checksums(step_dir) -> None:
                            json.dumps({"sha256": sums}, indent=1, sort_keys=True))
 
 
-def verify(step_dir) -> str | None:
+def verify(step_dir, allow_unverified: bool = False) -> str | None:
   """None if every file listed in the step's checksums is there with its recorded sha256, else
-  what is wrong, naming the file. A step without checksums (written before they existed) passes."""
+  what is wrong, naming the file. A step without checksums fails (every step this version writes
+  has them: it lost them) unless `allow_unverified` (a step written before checksums existed)."""
   listing = fs.path(step_dir) / CHECKSUMS
   if not listing.exists():
-    return None
+    return None if allow_unverified else (
+        f"{listing}: missing, so the step cannot be verified (a step written before checksums "
+        f"existed resumes only with {ALLOW_UNVERIFIED} = True)")
   try:
     sums = json.loads(listing.read_text())["sha256"]
   except (ValueError, KeyError, TypeError) as e:
     return f"{listing}: unreadable checksum list ({e})"
-  for name, expected in sums.items():
-    path = fs.path(step_dir) / name
-    if not path.exists():
-      return f"{path}: missing"
-    found = _sha256(path)
-    if found != expected:
-      return f"{path}: sha256 {found[:12]}... differs from the recorded {expected[:12]}..."
-  return None
+  return digest_problem(step_dir, sums)
 
 
 def check_shapes(metadata, abstract_state, step_dir) -> None:
@@ -117,11 +142,13 @@ def check_shapes(metadata, abstract_state, step_dir) -> None:
 
 
 class _OrbaxTracebacks(logging_lib.Filter):
-  """Keeps orbax's log line about a failed background save but not its traceback: the failure
-  reaches the caller as one CheckpointSaveError, and hundreds of traceback lines would bury it."""
+  """Keeps orbax's (and asyncio's `Task exception was never retrieved`) log line about a failed
+  background save but not its traceback: the failure reaches the caller as one
+  CheckpointSaveError, and hundreds of traceback lines would bury it."""
 
   def filter(self, record):
-    if "orbax" in record.pathname and record.exc_info:
+    if record.exc_info and ("orbax" in record.pathname or any(
+        "orbax" in frame.filename for frame in traceback.extract_tb(record.exc_info[2]))):
       record.exc_info, record.exc_text = None, None
     return True
 
@@ -132,23 +159,33 @@ def _is_closed_loop_error(error: BaseException) -> bool:
 
 def _quiet_closed_loop_errors() -> None:
   """After a failed save, tensorstore's write callbacks still schedule onto orbax's closed asyncio
-  loop, and each prints a `RuntimeError: Event loop is closed` traceback (dozens on a full disk)
-  that says nothing the CheckpointSaveError does not; drop those, print every other error."""
-  if getattr(sys.excepthook, "hybridir_quiet", False):
-    return
-  previous = sys.excepthook
+  loop, and each prints a `RuntimeError: Event loop is closed` traceback (dozens on a full disk,
+  through sys.unraisablehook, or sys.excepthook) that says nothing the CheckpointSaveError does
+  not; drop those, print every other error."""
+  if not getattr(sys.excepthook, "hybridir_quiet", False):
+    previous_excepthook = sys.excepthook
 
-  def hook(kind, value, traceback):
-    if not _is_closed_loop_error(value):
-      previous(kind, value, traceback)
+    def excepthook(kind, value, trace):
+      if not _is_closed_loop_error(value):
+        previous_excepthook(kind, value, trace)
 
-  hook.hybridir_quiet = True
-  sys.excepthook = hook
+    excepthook.hybridir_quiet = True
+    sys.excepthook = excepthook
+  if not getattr(sys.unraisablehook, "hybridir_quiet", False):
+    previous_unraisablehook = sys.unraisablehook
+
+    def unraisablehook(unraisable):
+      if not _is_closed_loop_error(unraisable.exc_value):
+        previous_unraisablehook(unraisable)
+
+    unraisablehook.hybridir_quiet = True
+    sys.unraisablehook = unraisablehook
 
 
 def _first_line(error: BaseException) -> str:
+  """The error's type and first line, whole (a longer message repeats it in detail)."""
   lines = str(error).strip().splitlines()
-  return f"{type(error).__name__}: {lines[0] if lines else ''}"[:400]
+  return f"{type(error).__name__}: {lines[0] if lines else ''}"
 
 
 class Checkpointer:
@@ -173,9 +210,9 @@ class Checkpointer:
     self._best_metric, self._best_mode = tracked, best_mode
     self._saving_step = None
     self._warn_about_incomplete()
-    absl_logger = logging_lib.getLogger("absl")
-    if not any(isinstance(f, _OrbaxTracebacks) for f in absl_logger.filters):
-      absl_logger.addFilter(_OrbaxTracebacks())
+    for logger in (logging_lib.getLogger("absl"), logging_lib.getLogger("asyncio")):
+      if not any(isinstance(f, _OrbaxTracebacks) for f in logger.filters):
+        logger.addFilter(_OrbaxTracebacks())
     _quiet_closed_loop_errors()
     policies = [checkpoint_managers.LatestN(keep_last)]
     if tracked:
@@ -290,15 +327,17 @@ class Checkpointer:
         DATA: ocp.args.JsonRestore()}))
     return restored[STATE], restored[DATA]
 
-  def restore_newest_good(self, abstract_state, shardings, check_position=lambda step, d: None):
+  def restore_newest_good(self, abstract_state, shardings, check_position=lambda step, d: None,
+                          allow_unverified: bool = False):
     """(step, state, data position) of the newest checkpoint that verifies and restores, or None
     when there is none. Damaged newer ones are skipped with a warning and deleted, so the run
     rewrites them. `check_position(step, position)` may refuse a checkpoint by raising, as do
-    arrays of other shapes than `abstract_state`'s (CheckpointShapeError): neither is damage."""
+    arrays of other shapes than `abstract_state`'s (CheckpointShapeError): neither is damage.
+    A step without checksums is damaged unless `allow_unverified` (see `verify`)."""
     steps = self.all_steps()
     damaged = []
     for step in reversed(steps):
-      problem = _agreed(verify(self.step_dir(step)))
+      problem = _agreed(verify(self.step_dir(step), allow_unverified))
       if problem is None:
         try:
           position = self._manager.restore(step, args=ocp.args.Composite(
@@ -326,7 +365,7 @@ class Checkpointer:
     if steps:
       raise NoGoodCheckpointError(
           f"{self.directory}: none of the checkpoints {steps} verifies and restores (see the "
-          "warnings above); move them away to start afresh")
+          "warnings above); they are left as they were: move them away to start afresh")
     return None
 
   def close(self) -> None:
@@ -354,7 +393,9 @@ def restore_numpy(path: str, subtree: str | None = None) -> dict:
   """An orbax pytree (or one top-level entry of it) as numpy arrays, whatever devices saved it."""
   path = fs.abspath(path)  # orbax reads no item metadata through a relative path.
   checkpointer = ocp.PyTreeCheckpointer()
-  tree = checkpointer.metadata(path).item_metadata.tree
+  # The item's own metadata: a training step's state/ has no step metadata file of its own, and
+  # asking the checkpointer for it logs a warning on every export.
+  tree = ocp.PyTreeCheckpointHandler().metadata(fs.path(path)).tree
   if subtree is not None:
     if subtree not in tree:
       raise KeyError(f"{path}: no {subtree!r} in the checkpoint (found {sorted(tree)})")
@@ -383,7 +424,16 @@ def restore_params(model_dir: str, step: int | None = None) -> tuple[int, dict]:
   if step not in steps:
     raise FileNotFoundError(f"{model_dir}/checkpoints: no checkpoint for step {step}; "
                             f"found steps {steps}")
-  path = os.path.join(model_dir, "checkpoints", str(step), STATE)
+  step_dir = os.path.join(model_dir, "checkpoints", str(step))
+  if fs.exists(os.path.join(step_dir, CHECKSUMS)):
+    problem = verify(step_dir)
+    if problem:
+      raise CheckpointDamagedError(f"checkpoint step {step} of {model_dir} is damaged: {problem}"
+                                   f" (steps there: {steps})")
+  else:
+    logging.warning("%s has no %s (written before checksums existed?): read unverified",
+                    step_dir, CHECKSUMS)
+  path = os.path.join(step_dir, STATE)
   params = restore_numpy(path, "params")
   if "model" not in params:
     raise KeyError(f"{path}: params hold {sorted(params)}, expected 'model'")

@@ -86,13 +86,10 @@ def required_text(record: Mapping, field: str, where: str) -> str:
 
 def _load_json(path: pathlib.Path) -> object:
   try:
-    with fs.open(path, encoding="utf-8") as f:
-      return json.load(f)
+    return json.loads(decoded_text(fs.read_bytes(path), path, 1))
   except json.JSONDecodeError as e:
     raise CorpusError(f"{path}: malformed or truncated JSON at line {e.lineno} column {e.colno}: "
                       f"{e.msg}") from e
-  except UnicodeDecodeError as e:
-    raise CorpusError(f"{path}: not UTF-8 text: {e}") from e
 
 
 _SENTENCE_END = re.compile(r"[.!?\u0964][\"'\u201d\u2019)\]]*\s+|[\u3002\uff01\uff1f]\s*")
@@ -215,14 +212,15 @@ def read_squad(path: PathLike, language: str, passage_unit: str = "paragraph") -
 
 
 def numbered_lines(path: PathLike) -> Iterator[tuple[int, str]]:
-  """(line number, line) for each non-blank line; a .gz file is gunzipped as it is read, and a
-  truncated one is an error, never a shorter file."""
+  """(line number, line) for each non-blank UTF-8 line; a .gz file is gunzipped as it is read,
+  and a truncated or corrupt one is an error, never a shorter file."""
   number = 0
   try:
-    with fs.open_text(path) as f:
-      for number, line in enumerate(f, start=1):
+    with fs.open_bytes(path) as f:
+      for number, raw in enumerate(f, start=1):
+        line = decoded_text(raw, path, number).removesuffix("\n").removesuffix("\r")
         if line.strip():
-          yield number, line.rstrip("\n")
+          yield number, line
   except (EOFError, gzip.BadGzipFile, zlib.error) as e:
     raise CorpusError(f"{path}: truncated or corrupt gzip after line {number}: {e}") from e
 
@@ -231,6 +229,19 @@ def read_lines(path: PathLike) -> Iterator[tuple[str, str]]:
   """(where, line) for each non-blank line, `where` naming file and line number (numbered_lines)."""
   for number, line in numbered_lines(path):
     yield f"{path}: line {number}", line
+
+
+def decoded_text(data: bytes, path: PathLike, line: int) -> str:
+  """UTF-8 text of a line (or a whole file: line 1 onwards); CorpusError names the line and
+  column of a byte that is not UTF-8 (in a .gz file, often a corrupt shard)."""
+  try:
+    return data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    line += data.count(b"\n", 0, e.start)
+    column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+    hint = " (a corrupt gzip shard?)" if os.fspath(path).endswith(".gz") else ""
+    raise CorpusError(f"{path}: line {line} column {column}: not UTF-8 text (byte "
+                      f"{data[e.start:e.start + 1].hex()}: {e.reason}){hint}") from None
 
 
 def jsonl_files(path: PathLike) -> list[str]:

@@ -16,6 +16,7 @@ from typing import Sequence
 from hybridir import beir
 from hybridir import console
 from hybridir import corpora
+from hybridir import errors
 from hybridir import fs
 from hybridir import retrieval_data
 from hybridir import hybrid
@@ -116,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with console.closed_pipe_ok():
       {"stats": _stats, "beir": _beir, "batches": _batches}[args.command](args)
   except (ValueError, OSError) as e:  # CorpusError, bad settings, unreadable files: say why.
-    print(f"error: {e}", file=sys.stderr)
+    print(errors.one_line(e), file=sys.stderr)
     return 1
   return 0
 

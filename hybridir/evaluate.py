@@ -17,6 +17,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from hybridir import errors
 from hybridir import metrics
 from hybridir import retrieval
 from hybridir import trec
@@ -272,7 +273,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     output = evaluate_files(args.run, args.qrels, measures, args.per_query, args.languages)
   except (OSError, ValueError) as error:
-    print(f"error: {error}", file=sys.stderr)
+    print(errors.one_line(error), file=sys.stderr)
     return 1
   print(json.dumps(output, indent=1, sort_keys=True))
   return 0

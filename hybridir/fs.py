@@ -116,14 +116,15 @@ def open(p: PathLike, mode: str = "r", **kwargs):  # pylint: disable=redefined-b
 
 
 @contextlib.contextmanager
-def open_text(p: PathLike) -> Iterator[io.TextIOBase]:
-  """A UTF-8 text file open for reading, gunzipped as it is read when its name ends in .gz."""
-  if not os.fspath(p).endswith(".gz"):
-    with open(p, encoding="utf-8") as f:
+def open_bytes(p: PathLike) -> Iterator[io.BufferedIOBase]:
+  """A file open for reading bytes, gunzipped as it is read when its name ends in .gz (the
+  reader decodes, so a bad byte is named by its line)."""
+  with open(p, "rb") as raw:
+    if not os.fspath(p).endswith(".gz"):
+      yield raw
+      return
+    with gzip.open(raw, "rb") as f:
       yield f
-    return
-  with open(p, "rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as f:
-    yield f
 
 
 def read_text(p: PathLike) -> str:
@@ -172,6 +173,8 @@ def write_bytes_atomically(p: PathLike, data: bytes) -> None:
       os.fsync(f.fileno())
     normal_permissions(temporary)
     os.replace(temporary, p)
+  except OSError as e:  # A full disk names no file of its own: name the one being written.
+    raise OSError(e.errno, e.strerror, p) from None
   finally:
     if os.path.exists(temporary):
       os.remove(temporary)

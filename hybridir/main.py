@@ -5,15 +5,18 @@ A run file binds `RUN` (the function to call: train, evaluate or export) and may
 a list of calls made first (task registration, vocabulary preparation). `--gin.KEY=VALUE` flags
 are gin bindings, as in T5X. Bad bindings, macros no file declares, missing required settings and
 output locations that cannot be written fail before any compute; expected errors (bad input files,
-artifacts, outputs) end the run with one line `error: ...` and status 1, without a traceback. A run
-stopped by SIGTERM exits with status 143 after saving its checkpoint.
+artifacts, outputs, failed saves, no good checkpoint, a full disk) end the run with one line
+`error: ...` and status 1, without a traceback. A run stopped by SIGTERM exits with status 143
+after saving its checkpoint. In a multi-process run, a process that stops sending heartbeats for
+--heartbeat_timeout_seconds (killed, hung, its host gone) ends every other with one line naming
+it, status 1; the last committed checkpoint is intact.
 """
 import contextlib
 import functools
 import inspect
 import os
-import re
 import sys
+import threading
 import tokenize
 from typing import Sequence
 
@@ -25,10 +28,12 @@ import gin
 import jax
 
 from hybridir import artifacts
+from hybridir import checkpoints
 from hybridir import corpora
 from hybridir import errors
 from hybridir import fs
 from hybridir import gin_utils
+from hybridir import multihost
 from hybridir import run_dir
 
 # Exit status after SIGTERM (preemption) once the checkpoint is saved: 128 + SIGTERM, as a shell
@@ -49,9 +54,9 @@ OUTPUT_PARAMETERS = {
 # Errors that describe bad input or an unusable output (their message names the file, record or
 # parameter): reported as one line, not a traceback.
 EXPECTED_ERRORS = (corpora.CorpusError, fs.NotWritableError, FileNotFoundError, FileExistsError,
-                   artifacts.ArtifactError, errors.SettingError)
-
-_GIN_CALL_NOTE = re.compile(r"\s*In call to configurable '[^']*' \(<[^>]*>\)( in scope '[^']*')?")
+                   artifacts.ArtifactError, errors.SettingError, checkpoints.CheckpointSaveError,
+                   checkpoints.NoGoodCheckpointError, checkpoints.CheckpointShapeError,
+                   checkpoints.CheckpointDamagedError, FloatingPointError)
 
 _GIN_FILE = flags.DEFINE_multi_string("gin_file", [], "Gin files, parsed in order.")
 _GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings (after the files).")
@@ -61,6 +66,12 @@ _PROCESS_COUNT = flags.DEFINE_integer("process_count", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 _MULTIHOST = flags.DEFINE_bool("multihost", None, "Initialise jax.distributed (default: "
                                "auto, on when a coordinator is given or a TPU pod is detected).")
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    "heartbeat_timeout_seconds", 60, "Multi-host: a process silent this long (killed, hung, its "
+    "host gone) is declared lost, and every other process ends with one line naming it.")
+_SHUTDOWN_TIMEOUT = flags.DEFINE_integer(
+    "shutdown_timeout_seconds", 60, "Multi-host: how long a finishing process waits at exit for "
+    "the others to finish too.")
 
 
 def gin_flags_to_bindings(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -78,16 +89,67 @@ def gin_flags_to_bindings(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def initialize_distributed() -> None:
-  """jax.distributed.initialize when several processes run the job."""
+  """jax.distributed.initialize when several processes run the job, with the shutdown timeout of
+  the flags, and a multihost.Watchdog ending this process in one line when a peer is lost."""
   on_tpu_pod = "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
   wanted = _MULTIHOST.value if _MULTIHOST.value is not None else (
       bool(_COORDINATOR.value) or on_tpu_pod)
   if not wanted:
     return
-  jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                             num_processes=_PROCESS_COUNT.value, process_id=_PROCESS_ID.value)
+  jax.distributed.initialize(
+      coordinator_address=_COORDINATOR.value, num_processes=_PROCESS_COUNT.value,
+      process_id=_PROCESS_ID.value,
+      heartbeat_timeout_seconds=_HEARTBEAT_TIMEOUT.value + multihost.JAX_HEARTBEAT_MARGIN_SECONDS,
+      shutdown_timeout_seconds=_SHUTDOWN_TIMEOUT.value)
+  watchdog = multihost.start_watchdog(_HEARTBEAT_TIMEOUT.value, _end_on_lost_peer)
+  if watchdog:
+    _WATCHDOG.append(watchdog)
   logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+_PEER_LOST = threading.Event()
+_WATCHDOG = []  # This process's multihost.Watchdog, once started.
+
+
+def _end_on_lost_peer(line: str) -> None:
+  """The watchdog's verdict (its thread): a peer is lost; this process ends with the line, and
+  the checkpoint a rerun of every process resumes from."""
+  _PEER_LOST.set()
+  model_dir, steps = gin_utils.macro("MODEL_DIR", None), []
+  try:
+    steps = checkpoints.training_steps(model_dir) if isinstance(model_dir, str) else []
+  except (OSError, ValueError):
+    pass
+  last = f"{model_dir}/checkpoints/{steps[-1]}" if steps else "none"
+  errors.exit_at_once(f"{line}. Last committed checkpoint (intact, as every commit is atomic): "
+                      f"{last}; rerun every process to resume from it")
+
+
+# Errors a process meets when a peer is gone (a collective, a barrier, a save needing its shards).
+_PEER_FAILURES = (jax.errors.JaxRuntimeError, TimeoutError, checkpoints.CheckpointSaveError)
+
+
+@contextlib.contextmanager
+def told_to_peers():
+  """In a multi-process run: an error of the kind a lost peer causes waits (up to the heartbeat
+  timeout and a little more) for the watchdog's verdict, so the line names the lost process, not
+  the collective that failed; a process failing stops beating, so its peers end too, and one
+  failing with an expected error ends at once with its line, without the exit barrier."""
+  if not _WATCHDOG:
+    yield
+    return
+  watchdog = _WATCHDOG[0]
+  try:
+    yield
+  except BaseException as e:
+    if isinstance(e, _PEER_FAILURES) and _PEER_LOST.wait(watchdog.timeout + 3 * watchdog.period):
+      threading.Event().wait()  # _end_on_lost_peer is ending the process.
+    watchdog.stop(done=False)
+    if isinstance(e, EXPECTED_ERRORS) or errors.is_storage_error(e):
+      errors.exit_at_once(e)
+    raise
+  watchdog.stop(done=True)
 
 
 def _missing_required(fn) -> list[str]:
@@ -154,10 +216,12 @@ def run_parsed_config():
   check_output_locations()
   if jax.process_index() == 0:  # A training run also writes it to MODEL_DIR/config.gin.
     logging.debug("gin config:\n%s", gin.config_str())
-  for call in gin_utils.macro("SETUP", []):
-    call.scoped_configurable_fn()
-  write_training_config()
-  return run()
+  model_dir = gin_utils.macro("MODEL_DIR", None)
+  with run_dir.undone_unless_trained(model_dir if isinstance(model_dir, str) else None):
+    for call in gin_utils.macro("SETUP", []):
+      call.scoped_configurable_fn()
+    write_training_config()
+    return run()
 
 
 def run_config(gin_files: Sequence[str], gin_bindings: Sequence[str]):
@@ -180,17 +244,11 @@ def parse_config(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> None:
     raise app.UsageError(" ".join(str(e).split())) from None
 
 
-@contextlib.contextmanager
 def one_line_errors():
-  """Ends the program with `error: MESSAGE` and status 1 on an expected error (EXPECTED_ERRORS),
-  without a traceback: its message already names the file, record or parameter."""
-  try:
-    yield
-  except EXPECTED_ERRORS as e:
-    message = _GIN_CALL_NOTE.sub("", str(e))  # gin's note of the configurable called.
-    logging.flush()
-    print(f"error: {' '.join(message.split())}", file=sys.stderr)
-    sys.exit(1)
+  """Ends the program with `error: MESSAGE` and status 1 on an expected error (EXPECTED_ERRORS,
+  or storage: errors.STORAGE_ERRNOS), without a traceback: its message names the file, record or
+  parameter."""
+  return errors.one_line_errors(EXPECTED_ERRORS)
 
 
 def closing_line_parts() -> tuple[str, str | None]:
@@ -216,7 +274,7 @@ def main(argv, gin_flag_bindings: Sequence[str] = ()):
   console.quiet_libraries()
   initialize_distributed()
   parse_config(_GIN_FILE.value, _GIN_BINDINGS.value + list(gin_flag_bindings))
-  with one_line_errors():
+  with one_line_errors(), told_to_peers():
     result = run_parsed_config()
   if jax.process_index() == 0 and not getattr(result, "stopped_early", False):
     console.finish(*closing_line_parts())

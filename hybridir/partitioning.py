@@ -4,12 +4,15 @@ Models name their axes ('batch', 'embed', 'mlp', ...); the rules here map those 
 mesh axes, 'data' (batch, and very large parameters) and 'model' (tensor parallelism), as T5X does.
 """
 import contextlib
+import math
 from typing import Any, Iterator, Mapping, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
 from jax.experimental import mesh_utils
 import numpy as np
+
+from hybridir import errors
 
 PartitionSpec = jax.sharding.PartitionSpec
 NamedSharding = jax.sharding.NamedSharding
@@ -29,9 +32,9 @@ def create_mesh(num_partitions: int = 1,
   """A (data, model) mesh over all global devices, num_partitions devices per model replica."""
   devices = list(jax.devices() if devices is None else devices)
   if not isinstance(num_partitions, int) or num_partitions < 1:
-    raise ValueError(f"num_partitions must be a positive int, got {num_partitions!r}")
+    raise errors.SettingError(f"num_partitions must be a positive int, got {num_partitions!r}")
   if len(devices) % num_partitions:
-    raise ValueError(f"num_partitions={num_partitions} must divide the number of devices "
+    raise errors.SettingError(f"num_partitions={num_partitions} must divide the number of devices "
                      f"({len(devices)}); choose one of {_divisors(len(devices))}")
   shape = (len(devices) // num_partitions, num_partitions)
   try:  # Topology-aware layout on TPU/GPU; keeps the model axis on the fastest links.
@@ -122,6 +125,18 @@ def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
 def data_parallel_size(mesh: jax.sharding.Mesh) -> int:
   """How many ways the batch is split: the size of the mesh's data axis."""
   return mesh.shape[DATA_AXIS]
+
+
+def check_batch_splits(batch_size, mesh: jax.sharding.Mesh, hosts: int, chunks: int = 1) -> None:
+  """Fails (SettingError, naming BATCH_SIZE and what it must divide by) unless the global batch
+  splits evenly over the hosts, the data-parallel devices and GradCache's chunks."""
+  data = data_parallel_size(mesh)
+  unit = math.lcm(data, hosts) * chunks
+  if not isinstance(batch_size, int) or batch_size < 1 or batch_size % unit:
+    raise errors.SettingError(
+        f"BATCH_SIZE={batch_size} does not split evenly: it must be a multiple of {unit} (mesh "
+        f"{dict(mesh.shape)}: {data} data-parallel devices, {hosts} hosts, "
+        f"LossConfig.grad_cache_chunks={chunks})")
 
 
 def model_parallel_size(mesh: jax.sharding.Mesh) -> int:

@@ -3,12 +3,19 @@ with (`config.gin`), a copy of its vocabulary (`vocabulary/`) and `encoder.json`
 text format, passage length and vocabulary file), so export and evaluation take just MODEL_DIR.
 
 `describe_run` is a SETUP call of `gin_configs/runs/train.gin` and `hybridir.main` writes the
-config (`write_config`); `read_description` and
+config (`write_config`); each leaves a file that already says the same untouched, so a rerun on a
+full disk gets to its checkpoints. `undone_unless_trained` puts them back as they were when a run
+is refused (or fails) before it commits a checkpoint. `read_description` and
 `model_from_description` serve `export.load_encoder(MODEL_DIR)`.
 """
+import contextlib
 import dataclasses
+import hashlib
 import json
 import os
+from typing import Iterator
+
+from absl import logging
 
 import jax
 
@@ -56,23 +63,95 @@ def describe_run(model_dir: str, model: dual_encoder.DualEncoder, spm_path: str,
   kind = vocab.kind_of(family, spm_path)
   copy = os.path.join(VOCABULARY_DIR, "sentencepiece.model" if spm_path.endswith(".model")
                       else kind.files[0])
-  fs.makedirs(os.path.join(model_dir, VOCABULARY_DIR))
-  # As an export writes it: a WordPiece vocabulary with the tokenizer_config.json of its options.
-  vocab.write_vocabulary(kind.read(spm_path), spm_path, os.path.join(model_dir, copy))
   description = {"format": FORMAT, "format_version": FORMAT_VERSION,
                  **model_description(model), "text_format": text_format.to_json(),
                  "max_length": int(task_feature_lengths["passage"]),
                  "query_max_length": int(task_feature_lengths["query"]),
-                 "vocabulary": {"file": copy, "source": fs.abspath(spm_path)}}
-  fs.write_text_atomically(os.path.join(model_dir, DESCRIPTION),
-                           json.dumps(description, indent=2, sort_keys=True))
+                 "vocabulary": {"file": copy, "source": fs.abspath(spm_path),
+                                "sha256": hashlib.sha256(fs.read_bytes(spm_path)).hexdigest()}}
+  text = json.dumps(description, indent=2, sort_keys=True)
+  path = os.path.join(model_dir, DESCRIPTION)
+  if _holds(path, text) and fs.exists(os.path.join(model_dir, copy)):
+    return model_dir  # Written by an earlier run of the same settings and vocabulary.
+  fs.makedirs(os.path.join(model_dir, VOCABULARY_DIR))
+  # As an export writes it: a WordPiece vocabulary with the tokenizer_config.json of its options.
+  vocab.write_vocabulary(kind.read(spm_path), spm_path, os.path.join(model_dir, copy))
+  fs.write_text_atomically(path, text)
   return model_dir
+
+
+def _holds(path: str, text: str) -> bool:
+  """Whether the file at `path` exists with exactly `text` in it."""
+  return fs.isfile(path) and fs.read_bytes(path) == text.encode("utf-8")
 
 
 def write_config(model_dir: str, config_text: str) -> None:
   """Writes MODEL_DIR/config.gin, the configuration the run was started with (atomically)."""
+  if _holds(os.path.join(model_dir, CONFIG), config_text):
+    return
   fs.makedirs(model_dir)
   fs.write_text_atomically(os.path.join(model_dir, CONFIG), config_text)
+
+
+def _committed_steps(model_dir: str) -> set[str]:
+  directory = os.path.join(model_dir, "checkpoints")
+  return {n for n in fs.listdir(directory) if n.isdigit()} if fs.isdir(directory) else set()
+
+
+def _snapshot(path: str):
+  """A file's bytes, a folder's {name: bytes} (files directly in it), or None when absent."""
+  if fs.isdir(path):
+    return {name: fs.read_bytes(os.path.join(path, name)) for name in fs.listdir(path)
+            if fs.isfile(os.path.join(path, name))}
+  return fs.read_bytes(path) if fs.isfile(path) else None
+
+
+def _put_back(path: str, before) -> None:
+  """Makes `path` what `_snapshot` saw, writing only what differs (the disk may be full)."""
+  now = _snapshot(path)
+  if now == before:
+    return
+  if before is None:
+    if fs.isdir(path):
+      fs.rmtree(path)
+    else:
+      fs.path(path).unlink()
+  elif isinstance(before, bytes):
+    fs.write_bytes_atomically(path, before)
+  else:
+    now = now if isinstance(now, dict) else {}
+    for name in set(now) - set(before):
+      fs.path(os.path.join(path, name)).unlink()
+    for name in (name for name, data in before.items() if now.get(name) != data):
+      fs.write_bytes_atomically(os.path.join(path, name), before[name])
+
+
+@contextlib.contextmanager
+def undone_unless_trained(model_dir: str | None) -> Iterator[None]:
+  """Puts MODEL_DIR's config.gin, encoder.json and vocabulary/ back as they were (removing new
+  ones, and a MODEL_DIR or checkpoints/ left empty) when the code inside raises before a new
+  checkpoint is committed: a run refused for a setting, or failed before training, leaves what
+  was there, so a refused rerun of an existing run cannot rewrite its description either."""
+  if not model_dir or jax.process_index() != 0:
+    yield
+    return
+  existed = {p: fs.exists(p) for p in (model_dir, os.path.join(model_dir, "checkpoints"))}
+  before = {name: _snapshot(os.path.join(model_dir, name))
+            for name in (CONFIG, DESCRIPTION, VOCABULARY_DIR)}
+  steps = _committed_steps(model_dir)
+  try:
+    yield
+  except Exception:
+    if _committed_steps(model_dir) == steps:
+      try:
+        for name, content in before.items():
+          _put_back(os.path.join(model_dir, name), content)
+        for path in sorted(existed, reverse=True):  # checkpoints/ before MODEL_DIR.
+          if not existed[path] and fs.isdir(path) and not fs.listdir(path):
+            fs.rmtree(path)
+      except OSError as e:  # The first error is the one to show.
+        logging.warning("could not restore %s as it was: %s", model_dir, e)
+    raise
 
 
 def is_run(path: str) -> bool:

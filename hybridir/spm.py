@@ -16,6 +16,7 @@ import tempfile
 from typing import Sequence
 
 from hybridir import corpora
+from hybridir import errors
 from hybridir import fs
 from hybridir import vocab
 from hybridir.models import families
@@ -101,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = train(args.corpus, args.family, args.vocab_size, args.output, args.languages,
                  args.passage_unit, args.character_coverage)
   except (ValueError, OSError) as e:  # CorpusError, bad settings, unwritable --output: say why.
-    print(f"error: {e}", file=sys.stderr)
+    print(errors.one_line(e), file=sys.stderr)
     return 1
   print(path)
   return 0

@@ -8,6 +8,11 @@ object cannot be appended to: the writer keeps the current file's records and up
 file at each write (one object upload, complete or absent), and starts a new file past
 `max_file_bytes` so no upload grows without bound. TensorBoard reads a logdir's event files in
 name order; names carry the creation time and a sequence number.
+
+A resumed run replays the steps after its checkpoint: its writer is given `purge_step` (the first
+step it writes) and starts with TensorBoard's restart marker (a SessionLog START at that step, as
+tf.summary and PyTorch's `purge_step` write), so TensorBoard drops the earlier files' events from
+that step on and shows each step once, with the values of the run that continued.
 """
 import io
 import os
@@ -27,8 +32,10 @@ from hybridir import fs
 class SummaryWriter:
   """TensorBoard scalars under `logdir`, from process 0 only (None: writes nothing)."""
 
-  def __init__(self, logdir: str | None, max_file_bytes: int = 1 << 20):
+  def __init__(self, logdir: str | None, max_file_bytes: int = 1 << 20,
+               purge_step: int | None = None):
     self._logdir = logdir if logdir and jax.process_index() == 0 else None
+    self._purge_step = purge_step
     self._remote = bool(self._logdir) and fs.is_remote(self._logdir)
     self._max_file_bytes = max_file_bytes
     self._started = int(time.time())
@@ -49,6 +56,10 @@ class SummaryWriter:
     self._records = io.BytesIO()
     self._append(self._record(event_pb2.Event(wall_time=time.time(),
                                               file_version="brain.Event:2")))
+    if self._purge_step is not None and self._index == 0:
+      self._append(self._record(event_pb2.Event(
+          wall_time=time.time(), step=int(self._purge_step),
+          session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START))))
 
   def _append(self, record: bytes) -> None:
     if self._remote:

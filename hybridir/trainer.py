@@ -43,6 +43,7 @@ class CheckpointConfig:
   """Saving and restoring, as T5X's checkpoint_cfg. A save every `period` steps (and at the last)
   through `checkpointer_fn` (which may keep the best by `best_metric`, higher is better unless
   `best_mode` is 'min'); resuming a checkpoint of other run settings only if `allow_changed_run`;
+  resuming one without checksums (written before they existed) only if `allow_unverified`;
   a fresh run starts from `init_params(model, param shardings)` (e.g. importers.pretrained(path)),
   or a random initialisation when None."""
   period: int = 100
@@ -51,6 +52,7 @@ class CheckpointConfig:
   best_mode: str = "max"
   allow_changed_run: bool = False
   init_params: Callable | None = None
+  allow_unverified: bool = False
 
   def __post_init__(self):
     _require(_is_count(self.period, 1), "CheckpointConfig.period", "a positive integer",
@@ -62,8 +64,9 @@ class CheckpointConfig:
              self.best_metric)
     _require(self.best_mode in ("max", "min"), "CheckpointConfig.best_mode", "'max' or 'min'",
              self.best_mode)
-    _require(isinstance(self.allow_changed_run, bool), "CheckpointConfig.allow_changed_run",
-             "True or False", self.allow_changed_run)
+    for name in ("allow_changed_run", "allow_unverified"):
+      _require(isinstance(getattr(self, name), bool), f"CheckpointConfig.{name}", "True or False",
+               getattr(self, name))
     _require(self.init_params is None or callable(self.init_params),
              "CheckpointConfig.init_params", "callable (e.g. importers.pretrained(path)) or None",
              self.init_params)
@@ -158,6 +161,9 @@ def train(*, model: dual_encoder.DualEncoder, train_input: Any, task_feature_len
     eval_input = _host_input(eval_cfg.input) if eval_cfg.input is not None else None
     _check_vocabulary_fits(train_input, model)
     mesh = mesh or partitioning.create_mesh()
+    # Before any state or checkpoint directory exists: the batch must split over the mesh.
+    partitioning.check_batch_splits(getattr(train_input, "batch_size", None), mesh,
+                                    jax.process_count(), loss_config.grad_cache_chunks)
     rules = logical_axis_rules or partitioning.standard_logical_axis_rules()
     lengths = task_feature_lengths["query"], task_feature_lengths["passage"]
     optimizer = optimizer_fn(learning_rate_schedule=learning_rate_schedule)
@@ -170,7 +176,8 @@ def train(*, model: dual_encoder.DualEncoder, train_input: Any, task_feature_len
     start_step, state = restore_or_initialize(
         checkpointer, abstract_state, state_shardings, identity, checkpoint_cfg.allow_changed_run,
         initialize=lambda: _initial_state(model, optimizer, loss_config, seed,
-                                          checkpoint_cfg.init_params, lengths, state_shardings))
+                                          checkpoint_cfg.init_params, lengths, state_shardings),
+        allow_unverified=checkpoint_cfg.allow_unverified)
     if start_step:
       logging.info("resumed from %s at step %d", model_dir, start_step)
 
@@ -184,7 +191,8 @@ def train(*, model: dual_encoder.DualEncoder, train_input: Any, task_feature_len
     p_train_step = sharded_train_step(model, optimizer, loss_config, mesh, state_shardings,
                                       wrap=counted)
     evaluator = None if eval_input is None else _Evaluator(
-        model, loss_config, mesh, state_shardings.params, eval_input, eval_cfg.steps, model_dir)
+        model, loss_config, mesh, state_shardings.params, eval_input, eval_cfg.steps, model_dir,
+        start_step)
     log = _TrainLog(model_dir, train_input, learning_rate_schedule, start_step, train_steps,
                     log_period, checkpointer)
     dropout_rng = jax.random.PRNGKey(seed + 1)
@@ -229,12 +237,15 @@ def partitionable_threefry(model: dual_encoder.DualEncoder) -> bool:
 
 
 def restore_or_initialize(checkpointer, abstract_state, state_shardings, identity: dict,
-                          allow_changed_run: bool, initialize: Callable):
-  """(step, state): the newest good checkpoint's, refused if written with another `identity`
-  (unless `allow_changed_run`), else (0, initialize())."""
+                          allow_changed_run: bool, initialize: Callable,
+                          allow_unverified: bool = False):
+  """(step, state): the newest good checkpoint's (one without checksums only if
+  `allow_unverified`), refused if written with another `identity` (unless `allow_changed_run`),
+  else (0, initialize())."""
   restored = checkpointer.restore_newest_good(
       abstract_state, state_shardings, check_position=lambda step, position: _check_run_identity(
-          position.get("identity"), identity, allow_changed_run, checkpointer.step_dir(step)))
+          position.get("identity"), identity, allow_changed_run, checkpointer.step_dir(step)),
+      allow_unverified=allow_unverified)
   if restored is None:
     return 0, initialize()
   step, state, _ = restored
@@ -246,13 +257,14 @@ class _Evaluator:
   MODEL_DIR/eval and kept in `history`."""
 
   def __init__(self, model, loss_config, mesh, param_shardings, eval_input, steps: int,
-               model_dir: str):
+               model_dir: str, start_step: int):
     self.mesh, self.eval_input, self.steps, self.history = mesh, eval_input, steps, []
     self.step_fn = jax.jit(step_lib.make_eval_step(model, loss_config),
                            in_shardings=(param_shardings, partitioning.batch_sharding(mesh)),
                            out_shardings=partitioning.replicated(mesh),
                            compiler_options=step_lib.compiler_options())
-    self.writer = summaries.SummaryWriter(os.path.join(model_dir, "eval"))
+    self.writer = summaries.SummaryWriter(os.path.join(model_dir, "eval"),
+                                          purge_step=start_step + 1)
 
   def run(self, params, step: int) -> dict:
     results = [_to_host(self.step_fn(params, partitioning.host_local_to_global(
@@ -275,7 +287,8 @@ class _TrainLog:
     self.batch_size = getattr(train_input, "batch_size", float("nan"))
     self.start_step, self.train_steps, self.log_period = start_step, train_steps, log_period
     self.checkpointer, self.history, self.pending = checkpointer, [], None
-    self.writer = summaries.SummaryWriter(os.path.join(model_dir, "train"))
+    self.writer = summaries.SummaryWriter(os.path.join(model_dir, "train"),
+                                          purge_step=start_step + 1)
     self.started = time.time()
 
   def add(self, step: int, metrics, seconds: float, tokens: int) -> None:
@@ -405,9 +418,10 @@ def _check_vocabulary_fits(train_input, model) -> None:
   vocabulary = getattr(train_input, "vocabulary", None)
   embedding_rows = model.encoder_config.vocab_size
   if vocabulary is not None and vocabulary.vocab_size > embedding_rows:
-    raise ValueError(f"the input's vocabulary ({getattr(train_input, 'name', 'train_input')}) has "
-                     f"{vocabulary.vocab_size} ids but the model's embedding has {embedding_rows} "
-                     "rows: set VOCAB_SIZE (the model file) to at least the vocabulary size")
+    raise errors.SettingError(
+        f"the input's vocabulary ({getattr(train_input, 'name', 'train_input')}) has "
+        f"{vocabulary.vocab_size} ids but the model's embedding has {embedding_rows} rows: set "
+        "VOCAB_SIZE (the model file) to at least the vocabulary size")
 
 
 def _host_input(source):

@@ -25,6 +25,7 @@ import time
 from typing import Callable, Mapping, Sequence
 
 from hybridir import corpora
+from hybridir import errors
 from hybridir import fs
 from hybridir import mt_engines
 from hybridir.mt_engines import TranslateError
@@ -351,7 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                        args.device, cache_dir, args.threads),
         args.unit, args.batch_size, filters, settings, show_progress=not args.quiet)
   except (ValueError, OSError) as e:  # CorpusError, TranslateError, missing files: say why.
-    print(f"error: {e}", file=sys.stderr)
+    print(errors.one_line(e), file=sys.stderr)
     return 1
   for language, stats in summary["languages"].items():
     print(f"{language}: {stats['records_written']} records, dropped {stats['dropped']}")

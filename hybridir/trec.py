@@ -6,6 +6,7 @@ file and line of a bad field or a repeated document.
 """
 import math
 
+from hybridir import corpora
 from hybridir import fs
 from hybridir import metrics
 
@@ -37,8 +38,9 @@ def write_qrels(path: str, qrels: metrics.Qrels) -> None:
 
 def _read_table(path: str, num_fields: int, layout: str, separator: str | None = None):
   """Yields (line number, fields) of non-blank lines; a wrong field count raises naming the line."""
-  with fs.open(path, encoding="utf-8") as f:
-    for number, line in enumerate(f, start=1):
+  with fs.open(path, "rb") as f:
+    for number, raw in enumerate(f, start=1):
+      line = corpora.decoded_text(raw, path, number)
       if not line.strip():
         continue
       fields = line.rstrip("\r\n").split(separator)

@@ -110,3 +110,7 @@ def gcs_bucket(tmp_path_factory) -> str:
     except subprocess.TimeoutExpired:
       process.kill()
       process.wait()
+
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", "slow: a test over ~20 s (deselect with -m 'not slow')")

@@ -1,7 +1,10 @@
-"""Checkpoint and process faults: damaged checkpoints fall back, failed saves stop the run."""
+"""Checkpoint and process faults: damaged checkpoints fall back, failed saves stop the run, a
+refused run leaves its directory as it was, a resumed run logs each step once."""
 import errno
+import logging
 import os
 import re
+import shutil
 import sys
 
 import jax
@@ -10,7 +13,12 @@ import numpy as np
 import pytest
 
 from hybridir import checkpoints
+from hybridir import errors
+from hybridir import fs
+from hybridir import run_dir
 from hybridir import trainer
+from hybridir.models import families
+from tests import reference_models
 from tests import test_trainer
 from tests.test_trainer import SyntheticPairs, run
 
@@ -67,17 +75,31 @@ def test_newest_verified_skips_a_damaged_newer_step(tmp_path):
   assert checkpoints.Checkpointer(str(tmp_path)).newest_verified() == 1
 
 
+def test_a_step_without_checksums_fails_verification_unless_unverified_steps_are_allowed(
+    tmp_path):
+  save_tiny(tmp_path, [1])
+  os.remove(tmp_path / "1" / checkpoints.CHECKSUMS)
+  assert f"{tmp_path / '1' / checkpoints.CHECKSUMS}: missing" in checkpoints.verify(tmp_path / "1")
+  assert checkpoints.verify(tmp_path / "1", allow_unverified=True) is None
+  assert checkpoints.Checkpointer(str(tmp_path)).newest_verified() is None
+
+
+@pytest.mark.parametrize("checksums_deleted", [False, True], ids=["flipped", "and_unlisted"])
 def test_corrupt_newest_checkpoint_is_skipped_and_the_run_continues_bitwise_from_the_older(
-    tmp_path, caplog):
+    tmp_path, caplog, checksums_deleted):
   straight = run(tmp_path / "straight", 12)
   run(tmp_path / "resumed", 8)
-  victim = largest_state_file(tmp_path / "resumed" / "checkpoints" / "8")
+  step_dir = tmp_path / "resumed" / "checkpoints" / "8"
+  victim = largest_state_file(step_dir)
   flip_bytes(victim, 8)
+  if checksums_deleted:  # Not resumed unverified: the damage would go unseen.
+    os.remove(step_dir / checkpoints.CHECKSUMS)
+    victim = step_dir / checkpoints.CHECKSUMS
   with caplog.at_level("WARNING"):
     resumed = run(tmp_path / "resumed", 12)
   warnings = [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]
   assert len(warnings) == 1 and "step 8" in warnings[0]
-  assert os.path.relpath(victim, tmp_path / "resumed" / "checkpoints" / "8") in warnings[0]
+  assert os.path.relpath(victim, step_dir) in warnings[0]
   assert [h["step"] for h in resumed.history] == list(range(5, 13))
   for a, b in zip(jax.tree.leaves(straight.state), jax.tree.leaves(resumed.state)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -89,7 +111,8 @@ def test_checkpoint_whose_restore_fails_is_skipped_too(tmp_path, caplog):
   os.remove(step_dir / checkpoints.CHECKSUMS)  # As if written before checksums existed.
   os.remove(step_dir / "state" / "_METADATA")
   with caplog.at_level("WARNING"):
-    resumed = run(tmp_path, 10)
+    resumed = run(tmp_path, 10, checkpoint_cfg=trainer.CheckpointConfig(
+        period=4, allow_unverified=True))
   assert "checkpoint step 8 is damaged" in caplog.text and "_METADATA" in caplog.text
   assert [h["step"] for h in resumed.history] == list(range(5, 11))
 
@@ -140,3 +163,96 @@ def test_checkpointer_drops_only_the_closed_event_loop_tracebacks_of_a_failed_sa
   for error in (RuntimeError("Event loop is closed"), RuntimeError("other"), OSError("disk")):
     sys.excepthook(type(error), error, None)
   assert [str(e) for e in printed] == ["other", "disk"]
+
+
+def test_a_resumed_run_shows_each_step_once_in_tensorboard_with_the_values_it_continued_with(
+    tmp_path):
+  # pylint: disable=g-import-not-at-top  # TensorBoard's own loader, only here.
+  from tensorboard.backend.event_processing import event_accumulator
+  from tensorboard.backend.event_processing import plugin_event_accumulator
+  from tensorboard.util import tensor_util
+  run(tmp_path, 8)
+  shutil.rmtree(tmp_path / "checkpoints" / "8")  # Resumes from 4: steps 5-8 run again.
+  resumed = run(tmp_path, 10, learning_rate_schedule=1e-3)  # Not in the run's identity.
+  logged = plugin_event_accumulator.EventAccumulator(
+      str(tmp_path / "train"), size_guidance={event_accumulator.TENSORS: 0})
+  logged.Reload()
+  losses = logged.Tensors("loss")
+  assert [event.step for event in losses] == list(range(1, 11))
+  assert [tensor_util.make_ndarray(event.tensor_proto).item() for event in losses[4:]] == [
+      np.float32(h["loss"]) for h in resumed.history]
+
+
+def test_a_damaged_checkpoint_is_refused_by_export_naming_the_file(tmp_path):
+  run(tmp_path, 4)
+  victim = largest_state_file(tmp_path / "checkpoints" / "4")
+  flip_bytes(victim, 8)
+  with pytest.raises(checkpoints.CheckpointDamagedError,
+                     match=f"step 4 .* damaged: {re.escape(str(victim))}: sha256 "):
+    checkpoints.restore_params(str(tmp_path))
+
+
+def test_reading_a_checkpoints_arrays_logs_no_warning(tmp_path, caplog):
+  save_tiny(tmp_path, [1])
+  with caplog.at_level("WARNING"):
+    restored = checkpoints.restore_numpy(str(tmp_path / "1" / checkpoints.STATE))
+  assert sorted(restored) == ["b", "w"]
+  assert [r.getMessage() for r in caplog.records] == []
+
+
+@pytest.fixture(scope="module")
+def tiny_vocabulary(tmp_path_factory, data_dir):
+  texts = reference_models.xquad_texts(data_dir, ("en",), limit=100)
+  return families.train_vocabulary("t5", texts, str(tmp_path_factory.mktemp("spm") / "spm"), 200)
+
+
+def test_describing_a_run_again_the_same_way_writes_nothing(tmp_path, tiny_vocabulary,
+                                                             monkeypatch):
+  """So a rerun on a full disk gets past its setup to its checkpoints."""
+  model = test_trainer.tiny_model()
+  run_dir.describe_run(str(tmp_path), model, tiny_vocabulary, test_trainer.LENGTHS)
+  run_dir.write_config(str(tmp_path), "trainer.train.seed = 0\n")
+  def disk_full(path, data):
+    raise OSError(errno.ENOSPC, "No space left on device", str(path))
+  monkeypatch.setattr(fs, "write_bytes_atomically", disk_full)
+  run_dir.describe_run(str(tmp_path), model, tiny_vocabulary, test_trainer.LENGTHS)
+  run_dir.write_config(str(tmp_path), "trainer.train.seed = 0\n")
+  with pytest.raises(OSError, match="No space left"):  # What differs is written.
+    run_dir.write_config(str(tmp_path), "trainer.train.seed = 1\n")
+
+
+def test_a_run_refused_before_its_first_checkpoint_leaves_its_directory_as_it_was(tmp_path):
+  existing, fresh = tmp_path / "existing", tmp_path / "fresh"
+  (existing / "checkpoints" / "4").mkdir(parents=True)
+  (existing / "config.gin").write_text("old")
+  for model_dir in (existing, fresh):
+    with pytest.raises(errors.SettingError):
+      with run_dir.undone_unless_trained(str(model_dir)):
+        run_dir.write_config(str(model_dir), "new")
+        fs.write_text_atomically(str(model_dir / "vocabulary" / "spm.model"), "new")
+        (model_dir / "checkpoints").mkdir(exist_ok=True)
+        raise errors.SettingError("refused")
+  assert sorted(os.listdir(existing)) == ["checkpoints", "config.gin"]
+  assert (existing / "config.gin").read_text() == "old" and not fresh.exists()
+  with pytest.raises(FloatingPointError):  # Failed after a checkpoint: what it wrote stays.
+    with run_dir.undone_unless_trained(str(fresh)):
+      run_dir.write_config(str(fresh), "new")
+      (fresh / "checkpoints" / "4").mkdir(parents=True)
+      raise FloatingPointError("loss is nan")
+  assert (fresh / "config.gin").read_text() == "new"
+
+
+def test_asyncio_logs_a_failed_save_task_without_its_traceback(tmp_path, caplog):
+  """After a failed save, asyncio logs `Task exception was never retrieved` for each orbax write
+  task, with its traceback: the line stays, the traceback goes (others' tracebacks stay)."""
+  checkpoints.Checkpointer(str(tmp_path / "checkpoints")).close()
+  records = {}
+  for source in ("/site-packages/orbax/checkpoint/serialization.py", "/elsewhere/module.py"):
+    try:
+      exec(compile("raise ValueError()", source, "exec"))  # pylint: disable=exec-used
+    except ValueError:
+      with caplog.at_level("ERROR", logger="asyncio"):
+        logging.getLogger("asyncio").error("Task exception was never retrieved",
+                                           exc_info=sys.exc_info())
+      records[source] = caplog.records[-1]
+  assert [r.exc_info is None for r in records.values()] == [True, False]

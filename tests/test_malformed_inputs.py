@@ -7,6 +7,7 @@ import atexit
 import contextlib
 import dataclasses
 import functools
+import gzip
 import hashlib
 import io
 import json
@@ -36,6 +37,7 @@ from hybridir.models import families
 from tests import reference_models
 from tests.conftest import REPO_ROOT
 from tests.conftest import shared_data_dir
+from tests.test_faults import flip_bytes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +164,18 @@ def data_batches_bad_json_line(tmp):
           f"error: {path}: line 2: malformed or truncated JSON: Expecting ',' delimiter", [])
 
 
+def data_batches_not_utf8(tmp):
+  line = json.dumps(record("q2")).encode().replace(b"Why?", b"Caf\xe9?")
+  path = tmp / "corpus" / "en.jsonl"
+  jsonl(path, record("q1"))
+  with open(path, "ab") as f:
+    f.write(line + b"\n")
+  column = line.index(b"\xe9") + 1
+  return ("data batches", _batches(tmp / "corpus"),
+          f"error: {path}: line 2 column {column}: not UTF-8 text (byte e9: invalid continuation "
+          "byte)", [])
+
+
 def data_batches_duplicate_id(tmp):
   path = jsonl(tmp / "corpus" / "en.jsonl", record("q1"), record("q1"))
   return ("data batches", _batches(tmp / "corpus"),
@@ -253,6 +267,21 @@ def evaluate_missing_qrels(tmp):
           f"error: [Errno 2] No such file or directory: '{tmp / 'no.qrels'}'", [])
 
 
+def evaluate_gzip_shard_not_utf8(tmp):
+  lines = [json.dumps({"_id": f"d{i}", "text": "Because."}).encode() for i in range(3)]
+  lines[2] = lines[2].replace(b"Because", b"Bec\xffause")
+  corpus = tmp / "corpus.jsonl.gz"
+  corpus.write_bytes(gzip.compress(b"\n".join(lines) + b"\n"))
+  queries, qrels = jsonl(tmp / "queries.jsonl", {"_id": "q1", "text": "Why?"}), tmp / "qrels.tsv"
+  qrels.write_text("q1\td1\t1\n")
+  column = lines[2].index(b"\xff") + 1
+  return ("evaluate --encoder", argparse_cli(evaluate_cli.main, [
+      "--encoder", tmp / "encoder", "--corpus", corpus, "--queries", queries, "--qrels", qrels,
+      "--output_dir", tmp / "eval"]),
+      f"error: {corpus}: line 3 column {column}: not UTF-8 text (byte ff: invalid start byte) "
+      "(a corrupt gzip shard?)", [tmp / "eval"])
+
+
 def _smoke(tmp, *bindings):
   return gin_run(["gin_configs/runs/smoke.gin"], [
       f"SPM_PREFIX = '{tmp / 'vocab' / 'spm'}'", *bindings])
@@ -274,7 +303,7 @@ def main_unknown_parameter(tmp):
 def main_checkpoint_period_zero(tmp):
   return ("main (smoke.gin)", _smoke(tmp, f"MODEL_DIR = '{tmp / 'run'}'", "CHECKPOINT_PERIOD = 0"),
           "error: CheckpointConfig.period must be a positive integer, found 0",
-          [tmp / "run" / "checkpoints"])
+          [tmp / "run"])  # Nothing: not config.gin, encoder.json or vocabulary/ either.
 
 
 def main_unwritable_model_dir(tmp):
@@ -373,6 +402,18 @@ def load_encoder_missing_params(tmp):
           f"error: {artifact / artifacts.PARAMS_DIR}: missing (the artifact's parameters)", [])
 
 
+def load_encoder_flipped_params(tmp):
+  artifact = _artifact_copy(tmp)
+  victim = max((p for p in (artifact / artifacts.PARAMS_DIR).rglob("*") if p.is_file()),
+               key=lambda p: p.stat().st_size)
+  recorded = _sha(victim)
+  flip_bytes(victim, victim.stat().st_size // 2)
+  return ("load_encoder", _load(artifact),
+          f"error: {victim}: sha256 {_sha(victim)}... differs from the recorded {recorded}... (the "
+          f"params_sha256 of {artifact / artifacts.MANIFEST}): the artifact's parameters are "
+          "damaged; export it again", [])
+
+
 def load_encoder_manifest_without_config(tmp):
   artifact = _artifact_copy(tmp)
   manifest = json.loads((artifact / artifacts.MANIFEST).read_text())
@@ -410,6 +451,8 @@ CASES = [
     Case("data_stats_unknown_language", "unknown language code", data_stats_unknown_language),
     Case("data_batches_bad_json_line", "corpus JSONL with a truncated line",
          data_batches_bad_json_line),
+    Case("data_batches_not_utf8", "corpus JSONL with a Latin-1 byte on line 2",
+         data_batches_not_utf8),
     Case("data_batches_duplicate_id", "corpus with a pair id twice in one language",
          data_batches_duplicate_id),
     Case("data_batches_empty_corpus", "empty corpus folder", data_batches_empty_corpus),
@@ -428,6 +471,8 @@ CASES = [
          translate_wrong_language_code),
     Case("evaluate_bad_run_line", "TREC run line with 4 fields", evaluate_bad_run_line),
     Case("evaluate_missing_qrels", "qrels file that does not exist", evaluate_missing_qrels),
+    Case("evaluate_gzip_shard_not_utf8", "BEIR corpus .jsonl.gz shard whose line 3 is not UTF-8",
+         evaluate_gzip_shard_not_utf8),
     Case("main_misspelled_macro", "gin binding of an undeclared macro", main_misspelled_macro),
     Case("main_unknown_parameter", "gin binding of an unknown parameter",
          main_unknown_parameter),
@@ -444,6 +489,9 @@ CASES = [
          load_encoder_swapped_vocabulary),
     Case("load_encoder_missing_params", "exported artifact without params/",
          load_encoder_missing_params),
+    Case("load_encoder_flipped_params",
+         "exported artifact with 16 bytes flipped in a parameter file",
+         load_encoder_flipped_params),
     Case("load_encoder_manifest_without_config", "manifest without encoder_config and the "
          "vocabulary's sha256", load_encoder_manifest_without_config),
     Case("load_encoder_other_dims", "manifest's num_heads changed (3 to 2)",

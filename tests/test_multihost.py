@@ -8,6 +8,7 @@ step 3 of 5, so both must stop after step 3; the reference trains those 3 steps.
 """
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import time
 import numpy as np
 import pytest
 
+from hybridir import checkpoints
 from hybridir import spm
 from tests.conftest import REPO_ROOT
 
@@ -163,3 +165,46 @@ def test_only_process_0_writes_summaries(runs):
   events = [f for f in os.listdir(multi / "model" / "train") if "tfevents" in f]
   # TensorFlow names event files events.out.tfevents.<time>.<host>.<pid>.<n>.v2.
   assert len(events) == 1 and events[0].split(".")[-3] == str(first["pid"]), events
+
+
+@pytest.mark.slow
+def test_a_killed_process_ends_the_other_in_one_line_naming_it_with_the_checkpoint_intact(
+    tmp_path, data_dir):
+  """`python -m hybridir.main` as two processes; process 1 is killed (-9) after step 3: process 0
+  ends within the heartbeat timeout (5 s) and a little, status 1, one line, no abort."""
+  spm_path = spm.train(str(data_dir / "xquad-r"), "t5", 1000, str(tmp_path / "spm"),
+                       languages=["en", "de"])
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  address, model_dir = f"localhost:{free_port()}", tmp_path / "model"
+  logs = [tmp_path / f"process_{i}.log" for i in range(2)]
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "hybridir.main", "--gin_file=gin_configs/runs/smoke.gin",
+       f"--gin.MODEL_DIR='{model_dir}'", f"--gin.SPM_PATH='{spm_path}'", "--gin.TRAIN_STEPS=100",
+       "--gin.CHECKPOINT_PERIOD=2", "--gin.trainer.train.log_period=1",
+       f"--coordinator_address={address}", "--process_count=2", f"--process_id={i}",
+       "--heartbeat_timeout_seconds=5"], cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
+      stderr=open(log, "w")) for i, log in enumerate(logs)]
+  try:
+    deadline = time.monotonic() + TIMEOUT_SECONDS
+    while "step 3/100" not in logs[0].read_text():
+      assert time.monotonic() < deadline and all(p.poll() is None for p in procs), tail(logs[0])
+      time.sleep(0.1)
+    procs[1].send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    status = procs[0].wait(timeout=60)
+    seconds = time.monotonic() - killed
+  finally:
+    for p in procs:
+      p.kill()
+      p.wait()
+  stderr = logs[0].read_text()
+  lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
+  assert status == 1 and len(lines) == 1 and seconds < 30, (status, seconds, tail(logs[0]))
+  assert "Traceback" not in stderr and "Fatal Python error" not in stderr
+  assert lines[0].startswith("error: process 1 of 2 stopped (no heartbeat for 5 s); process 0 "
+                             "stops too. Last committed checkpoint"), lines[0]
+  last = checkpoints.training_steps(str(model_dir))[-1]
+  assert lines[0].endswith(f"{model_dir}/checkpoints/{last}; rerun every process to resume "
+                           "from it") and last >= 2
+  assert checkpoints.verify(model_dir / "checkpoints" / str(last)) is None
