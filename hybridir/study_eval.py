@@ -195,7 +195,8 @@ def monolingual_ndcg_above_chance(inputs: Mapping) -> dict:
   out = {}
   for language, values in per_query.items():
     pool = set(inputs["candidates"].get(language, ()))
-    relevant = {qid: sum(d in pool for d in docids) for qid, docids in inputs["questions"][language]}
+    relevant = {qid: sum(d in pool for d in docids)
+                for qid, docids in inputs["questions"][language]}
     out[language] = ndcg_above_chance({q: m[NDCG_MEASURE] for q, m in values.items()}, relevant,
                                       len(pool))
   return {"monolingual": {language: values for language, values in out.items() if values}}

@@ -35,7 +35,9 @@ STRATEGY_NAMES = {slug: name for name, slug in study.SLUGS.items()}
 def model_name(prefix: str) -> str:
   """'mt5_base' -> 'mT5 base': the family's display name plus the size; a CPU demo run's
   family name ('t5', see `study.run_name`) -> its model ('mT5')."""
-  demo = {study.family(model): model for model in study.MODEL_FILES}
+  demo = {}
+  for model in study.MODEL_FILES:  # The first of a family: LaBSE's demo before MiniLM's study.
+    demo.setdefault(study.family(model), model)
   if prefix in demo:
     return demo[prefix]
   family, _, size = prefix.partition("_")

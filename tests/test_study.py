@@ -63,6 +63,10 @@ def test_quick_study_writes_a_report_that_opens_with_the_computed_answer(quick_s
   first_paragraph = report.split("\n\n")[1]
   assert first_paragraph.startswith("**The answer, computed.**")
   assert "Training against chance" in report and "size-matched pools" in report
+  # The demo trains on XQuAD-R: the report says its XQuAD-R is in-domain, MLQA-R out of domain.
+  assert ("XQuAD-R is not out of domain here: the runs train on its training articles, so its "
+          "held-out articles are the in-domain set (by construction)") in report
+  assert "**Out of domain**, zero-shot: MLQA-R in de, en (" in report
   assert os.path.getsize(paths["loss_plot"]) > 1000
   with open(paths["json"]) as f:
     training = json.load(f)["training"]

@@ -13,21 +13,9 @@ from hybridir import input_pipeline
 from hybridir import retrieval_data
 from hybridir import study_run
 from tests.test_tasks import spm_models  # noqa: F401  (the fixture)
+from tests.test_tasks import translated_corpus
 
 PAPER_LANGUAGES = ["ar", "zh", "en", "de", "hi", "ru", "es", "th", "tr"]
-
-
-def translated_corpus(data_dir, folder, languages):
-  """XQuAD-R as a translated training corpus would be: JSONL records with passage and answer
-  sentence (hybridir.translate's), in a folder that is not LAReQA's."""
-  folder.mkdir()
-  for language in languages:
-    pairs = corpora.read_squad(data_dir / "xquad-r" / f"{language}.json", language)
-    (folder / f"{language}.jsonl").write_text("".join(json.dumps(
-        {"id": p.pair_id, "lang": language, "question": p.question, "passage": p.passage,
-         "article_id": p.article_id, "answer_sentence": p.answer_sentence}) + "\n"
-        for p in pairs))
-  return folder
 
 
 def register(data_dir, spm_path, corpus_dir, languages, **options):

@@ -200,7 +200,7 @@ def test_lareqa_of_a_corpus_split_is_lareqa_read_on_that_splits_articles(data_di
   tasks.unregister_parallel_qa("xqle")
 
 
-def _translated_corpus(data_dir, folder, languages=("de", "en")):
+def translated_corpus(data_dir, folder, languages=("de", "en")):
   """XQuAD-R's de and en as a translated corpus: JSONL records with passage and answer sentence
   (what hybridir.translate writes), under a folder that is not LAReQA's."""
   folder.mkdir(exist_ok=True)
@@ -215,7 +215,7 @@ def _translated_corpus(data_dir, folder, languages=("de", "en")):
 
 def test_lareqa_of_a_translated_corpus_split_has_sentence_candidates_relevant_in_every_language(
     data_dir, spm_models, tmp_path):
-  folder = _translated_corpus(data_dir, tmp_path / "translated")
+  folder = translated_corpus(data_dir, tmp_path / "translated")
   record = tasks.register_parallel_qa("tr", folder, "t5", spm_models["t5"], ("de", "en"),
                                       splits={"train": "train", "test": "test"})
   tasks.register_lareqa_split("in_domain", "tr_hybrid", "test")
