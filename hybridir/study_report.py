@@ -55,9 +55,18 @@ def training_summary(result: dict) -> dict:
           "chosen_step": result["train"]["chosen_step"]}
 
 
+def model_pairs(models) -> list[tuple[str, str]]:
+  """The models whose effects are contrasted: each mT5 against the XLM-R of its size (the study's
+  question: 'mT5 base' - 'XLM-R base', the demo's 'mT5' - 'XLM-R'); else two models, in order."""
+  pairs = [(a, b) for a in models for b in models if a.split()[0] == "mT5"
+           and b.split()[0] == "XLM-R" and a.split()[1:] == b.split()[1:]]
+  return pairs or ([tuple(models)] if len(models) == 2 else [])
+
+
 def effects(results: dict, learned: dict) -> dict:
-  """Hybrid minus each baseline on degradation per model, and mT5 minus XLM-R of each, with CIs,
-  against every out-of-domain set (study_tables.comparison_scores); MLQA-R's is primary.
+  """Hybrid minus each baseline on degradation per model, and mT5 minus XLM-R of each (model_pairs),
+  with CIs, against every out-of-domain set (study_tables.comparison_scores); MLQA-R's is
+  primary.
 
   Arms that did not learn (any seed) are left out, and so is every contrast that needs them.
   """
@@ -69,8 +78,7 @@ def effects(results: dict, learned: dict) -> dict:
     for baseline in BASELINES:
       if {(model, HYBRID), (model, baseline)} <= usable:
         contrasts[f"{model}: hybrid - {baseline}"] = {(model, HYBRID): 1, (model, baseline): -1}
-  if len(models) == 2:
-    first, second = models
+  for first, second in model_pairs(models):
     for baseline in BASELINES:
       a, b = f"{first}: hybrid - {baseline}", f"{second}: hybrid - {baseline}"
       if a in contrasts and b in contrasts:

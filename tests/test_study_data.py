@@ -125,8 +125,8 @@ def test_the_demo_trains_on_xquad_r_so_its_xquad_r_is_in_domain_and_mlqa_r_out_o
   assert sorted(datasets["mlqa_r"].questions) == languages
 
 
-def test_validation_on_a_squad_file_given_fits_on_every_train_article(data_dir, spm_models,
-                                                                      tmp_path):  # noqa: F811
+def test_validation_on_a_squad_file_given_fits_on_every_train_article(
+    data_dir, spm_models, tmp_path):  # noqa: F811
   # A SQuADShifts-like file: SQuAD JSON named after no language, read as English.
   squad = json.loads((data_dir / "mlqa-r" / "en.json").read_text())
   squad["data"] = squad["data"][:3]

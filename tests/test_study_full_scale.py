@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from hybridir import study_gather
+from hybridir import study_report
 from hybridir import study_run
 from hybridir import study_tables
 from tests.conftest import REPO_ROOT
@@ -127,6 +127,9 @@ def test_the_gather_prints_the_papers_table_1_beside_the_xlmr_and_labse_rows(rep
 
 def test_miracl_degradation_enters_the_effects_beside_xquad_r_and_mlqa_r_primary(report):
   markdown, written = report
+  assert set(written["effects"]) == {f"{model}: hybrid - {baseline}" for model in (
+      "XLM-R base", "LaBSE", "mT5 base", "mT5 base - XLM-R base") for baseline in (
+          "X-X-mono", "X-Y")}  # The question: mT5 against the XLM-R of its size.
   effects = written["effects"]["XLM-R base: hybrid - X-X-mono"]
   assert set(effects) == {"mlqa_r", "xquad_r", "miracl"}
   assert effects["mlqa_r"]["all"]["role"] == "primary"
@@ -155,3 +158,12 @@ def test_every_full_pool_table_shows_r_at_1_and_r_at_10_beside_map(report):
     level = 70.0 if name == "In-domain" else 60.0
     assert (f"| XLM-R base | hybrid | {level:.1f} ± 0.0 (0.40) | {level - 10:.1f} ± 0.0 | "
             f"{level + 10:.1f} ± 0.0 |") in section
+
+
+def test_mt5_is_contrasted_with_the_xlmr_of_its_size():
+  assert study_report.model_pairs(["mT5 base", "mT5 large", "mT5 xl", "XLM-R base",
+                                   "XLM-R large", "LaBSE"]) == [("mT5 base", "XLM-R base"),
+                                                                ("mT5 large", "XLM-R large")]
+  assert study_report.model_pairs(["mT5", "XLM-R", "LaBSE"]) == [("mT5", "XLM-R")]  # The demo.
+  assert study_report.model_pairs(["mT5", "LaBSE"]) == [("mT5", "LaBSE")]
+  assert study_report.model_pairs(["MiniLM"]) == []

@@ -224,7 +224,6 @@ def test_the_report_names_the_primary_answer_and_marks_cells_that_do_not_survive
   cells = [cell for by_comparison in table.values() for by_setting in by_comparison.values()
            for cell in by_setting.values()]
   exploratory = [c for c in cells if c["role"] == study_stats.EXPLORATORY]
-  primary = [c for c in cells if c["role"] == study_stats.PRIMARY]
   survivors = [c for c in exploratory if c["holm_excludes_zero"]]
   lost = [c for c in exploratory if c["excludes_zero"] and not c["holm_excludes_zero"]]
   assert survivors and lost  # The case the marks are for.
