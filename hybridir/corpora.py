@@ -109,6 +109,20 @@ def split_sentences(text: str) -> list[tuple[int, int]]:
   return breaks
 
 
+def sentence_parts(passage: str, anchors: Sequence[str]) -> tuple[str, ...]:
+  """The passage's sentences (split_sentences), each anchor found in it (an answer sentence) kept
+  whole as one part: the units a passage is translated in and LAReQA's candidates."""
+  cuts = {end for _, end in split_sentences(passage)}
+  spans = []
+  for anchor in (a.strip() for a in anchors):
+    start = passage.find(anchor) if anchor else -1
+    if start >= 0:
+      spans.append((start, start + len(anchor)))
+  cuts = {c for c in cuts if not any(s < c < e for s, e in spans)}
+  cuts = sorted(cuts | {c for span in spans for c in span} | {0, len(passage)})
+  return tuple(p for p in (passage[a:b].strip() for a, b in zip(cuts, cuts[1:])) if p)
+
+
 @dataclasses.dataclass(frozen=True)
 class SquadQuestion:
   qid: str
@@ -407,9 +421,19 @@ def _corpus_files(path: pathlib.Path) -> list[tuple[pathlib.Path, str]]:
   return files
 
 
+def _squad_file_language(file: pathlib.Path, path: pathlib.Path,
+                         languages: Sequence[str] | None) -> str:
+  """A SQuAD file's language: its name (`de.json`); a lone file not named after a language, read
+  with one language asked for, is in that language (SQuADShifts' `new_wiki_v1.0.json` as 'en')."""
+  if file == path and file.stem not in KNOWN_LANGUAGES and languages and len(languages) == 1:
+    return languages[0]
+  return file.stem
+
+
 def load_parallel_corpus(path: PathLike, passage_unit: str = "paragraph",
                          languages: Sequence[str] | None = None) -> ParallelCorpus:
-  """A folder of `<lang>.json` SQuAD files and/or `.jsonl` files (or one `.jsonl` file).
+  """A folder of `<lang>.json` SQuAD files and/or `.jsonl` files (or one `.jsonl` file, or one
+  SQuAD file: named after its language, or read in the one language of `languages`).
 
   Source datasets: a JSONL record's `source` field, else the subfolder holding the file (a folder
   `corpus/<source>/<lang>.json` per source), else the corpus's own name (folder or file stem).
@@ -424,9 +448,10 @@ def load_parallel_corpus(path: PathLike, passage_unit: str = "paragraph",
   source_of = {}
   for file, default_source in files:
     if file.suffix == ".json":
-      if languages is not None and file.stem not in languages:
+      language = _squad_file_language(file, path, languages)
+      if languages is not None and language not in languages:
         continue
-      pairs = read_squad(file, check_language(file.stem, f"{file} (the file name)"), passage_unit)
+      pairs = read_squad(file, check_language(language, f"{file} (the file name)"), passage_unit)
     else:
       pairs = read_jsonl(file)
     for pair in pairs:

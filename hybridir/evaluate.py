@@ -117,16 +117,11 @@ def evaluate_settings(questions: Questions, question_emb: Mapping[str, np.ndarra
     candidates in X; cross-lingual: every X != Y; multilingual: X against all languages' candidates.
     Only relevant candidates inside the pool count, and queries with none there are skipped.
   """
-  for name in measures:
-    metrics.parse_measure(name)
   candidate_language = _validate_settings_input(questions, question_emb, candidates, candidate_emb)
   languages = sorted(questions)
-  mono, cross, multi = {}, {}, {}
-  for lang in languages:
-    per_query, _ = _evaluate_pool(questions[lang], np.asarray(question_emb[lang]),
-                                  candidates.get(lang, []),
-                                  np.asarray(candidate_emb.get(lang, np.zeros((0, 1)))), measures)
-    mono[lang] = _summary(per_query)
+  mono = {lang: _summary(per_query) for lang, per_query in monolingual_per_query(
+      questions, question_emb, candidates, candidate_emb, measures).items()}
+  cross, multi = {}, {}
   for query_lang in languages:
     cross[query_lang] = {}
     for pool_lang in sorted(candidates):
@@ -150,6 +145,20 @@ def evaluate_settings(questions: Questions, question_emb: Mapping[str, np.ndarra
           [entry for row in cross.values() for entry in row.values()])},
       "multilingual": {"per_language": multi, "average": _macro_average(list(multi.values()))},
   }
+
+
+def monolingual_per_query(questions: Questions, question_emb: Mapping[str, np.ndarray],
+                          candidates: Mapping[str, Sequence[str]],
+                          candidate_emb: Mapping[str, np.ndarray],
+                          measures: Sequence[str] = metrics.DEFAULT_MEASURES) -> dict:
+  """`{X: {qid: {measure: value}}}`: each query in X against the pool in X (evaluate_settings's
+  monolingual setting, per query); queries with no relevant candidate in X are left out."""
+  for name in measures:
+    metrics.parse_measure(name)
+  return {lang: _evaluate_pool(questions[lang], np.asarray(question_emb[lang]),
+                               candidates.get(lang, []),
+                               np.asarray(candidate_emb.get(lang, np.zeros((0, 1)))), measures)[0]
+          for lang in sorted(questions)}
 
 
 def _rank_distance_means(distances: Mapping[str, tuple[float, float]]) -> dict[str, float]:

@@ -43,6 +43,8 @@ class RetrievalDataset:
   name: str
   questions: dict[str, list[Question]]
   candidates: dict[str, list[Candidate]]
+  candidate_unit: str = "sentence"  # LAReQA's answer sentences; "passage" (MIRACL, or a corpus
+                                    # whose answer sentences are unknown: from_parallel_corpus).
 
   def stats(self) -> dict[str, dict[str, int]]:
     """Per language: questions, candidates, and (question, relevant candidate) pairs."""
@@ -165,4 +167,45 @@ def load_miracl(topics_tsv: PathLike, qrels_trec: PathLike, corpus_jsonl: PathLi
         relevant[qid].append(docid)
   questions = [Question(qid, language, text, tuple(relevant[qid])) for qid, text in topics.items()]
   return RetrievalDataset(f"miracl_{language}", {language: questions},
-                          {language: list(documents.values())})
+                          {language: list(documents.values())}, candidate_unit="passage")
+
+
+def from_parallel_corpus(corpus: corpora.ParallelCorpus, name: str) -> RetrievalDataset:
+  """LAReQA's construction on any parallel QA corpus (e.g. a translated training corpus's held-out
+  articles): every sentence of every distinct passage is a candidate, read in its passage, and a
+  question's relevant candidates are its answer sentence in every language holding its pair.
+
+  Sentences are `corpora.sentence_parts` (each answer sentence whole, as the translation stage
+  cut them). If any pair's answer sentence is absent or not found in its passage, the candidates
+  are the distinct passages instead (`candidate_unit` "passage"), in every language alike.
+  """
+  pairs = {language: [corpus.pairs[language][i] for i in sorted(corpus.pairs[language])]
+           for language in corpus.languages}
+  anchors = {language: {} for language in corpus.languages}  # passage -> its answer sentences
+  for language, items in pairs.items():
+    for pair in items:
+      anchors[language].setdefault(pair.passage, []).append((pair.answer_sentence or "").strip())
+  parts = {language: {passage: corpora.sentence_parts(passage, sorted(set(found)))
+                      for passage, found in by_passage.items()}
+           for language, by_passage in anchors.items()}
+  by_sentence = all(pair.answer_sentence and pair.answer_sentence.strip() in parts[language][
+      pair.passage] for language, items in pairs.items() for pair in items)
+  candidates, answers = {}, collections.defaultdict(dict)
+  for language, items in pairs.items():
+    candidates[language], ids = [], {}
+    for p, (passage, units) in enumerate(parts[language].items()):
+      units = units if by_sentence else (passage,)
+      for s, unit in enumerate(units):
+        ids[passage, unit] = f"{language}:{p}:{s}"
+        candidates[language].append(Candidate(ids[passage, unit], language, unit,
+                                              passage if by_sentence else ""))
+    for pair in items:
+      unit = pair.answer_sentence.strip() if by_sentence else pair.passage
+      answers[pair.pair_id][language] = ids[pair.passage, unit]
+  questions = {language: [
+      Question(pair.pair_id, language, pair.question, tuple(
+          answers[pair.pair_id][other] for other in corpus.languages
+          if other in answers[pair.pair_id])) for pair in items]
+      for language, items in pairs.items()}
+  return RetrievalDataset(name, questions, candidates,
+                          candidate_unit="sentence" if by_sentence else "passage")

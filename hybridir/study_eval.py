@@ -22,6 +22,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from hybridir import evaluate
 from hybridir import study_stats
 
 SETTINGS = ("monolingual", "cross_lingual", "multilingual")
@@ -329,3 +330,34 @@ def score_distractor_matched(datasets: Mapping[str, Mapping], draws: int = 5, se
   pool_size = distractor_matched_pool_size(datasets, distractors)
   return {name: score_dataset_distractor_matched(inputs, pool_size, distractors, draws, seed)
           for name, inputs in datasets.items()}
+
+
+NDCG_MEASURE = "ndcg_cut_10"  # MIRACL's measure (the paper's): nDCG@10.
+
+
+def ndcg_above_chance(ndcg: Mapping[str, float], num_relevant: Mapping[str, int],
+                      pool_size: int, cutoff: int = 10) -> dict[str, float]:
+  """{qid: (nDCG@cutoff - chance) / (1 - chance)}, chance a random ranking's exact expectation
+  for the query's relevant count in a pool of `pool_size` (study_stats.expected_random_ndcg);
+  queries without a relevant candidate are left out."""
+  out = {}
+  for qid, value in ndcg.items():
+    if not num_relevant.get(qid):
+      continue
+    chance = study_stats.expected_random_ndcg(pool_size, num_relevant[qid], cutoff)
+    out[qid] = float((value - chance) / (1.0 - chance)) if chance < 1 else 0.0
+  return out
+
+
+def monolingual_ndcg_above_chance(inputs: Mapping) -> dict:
+  """`{"monolingual": {language: {qid: nDCG@10 above chance}}}` on each language's full pool: the
+  measure the study compares with MIRACL's."""
+  per_query = evaluate.monolingual_per_query(**inputs, measures=[NDCG_MEASURE])
+  out = {}
+  for language, values in per_query.items():
+    pool = set(inputs["candidates"].get(language, ()))
+    relevant = {qid: sum(d in pool for d in docids)
+                for qid, docids in inputs["questions"][language]}
+    out[language] = ndcg_above_chance({q: m[NDCG_MEASURE] for q, m in values.items()}, relevant,
+                                      len(pool))
+  return {"monolingual": {language: values for language, values in out.items() if values}}

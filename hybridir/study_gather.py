@@ -3,8 +3,10 @@
 Each run directory is named `{model}_{mono|cross|hybrid}_seed{seed}` (as launch/study_sweep.sh
 makes them) and holds `study_results.json`, written by the study's run (hybridir.study_run), the
 same file the CPU demo's runs write, and, when the sweep ran the MIRACL stage,
-`miracl/<lang>/results.json` (hybridir.corpus_eval), read into the results' "miracl" entry.
-Local folders and gs:// both work.
+`miracl/<lang>/results.json` (hybridir.corpus_eval), read into the results' "miracl" entry with
+each query's nDCG@10 above chance (from the stage's run.trec and qrels.trec): MIRACL's
+degradation. The report prints the paper's Table 1 beside the XLM-R and LaBSE rows. Local folders
+and gs:// both work.
 
   python -m hybridir.study_gather --runs_root gs://bucket/study --output_dir out/study_full
 """
@@ -15,12 +17,15 @@ from absl import app
 from absl import flags
 
 from hybridir import corpus_eval
+from hybridir import evaluate
 from hybridir import fs
 from hybridir import main as main_lib
 from hybridir import miracl
 from hybridir import study
 from hybridir import study_report
+from hybridir import study_eval
 from hybridir import study_run
+from hybridir import trec
 from hybridir.models import families
 
 RUN_NAME = re.compile(r"^(?P<model>.+)_(?P<strategy>mono|cross|hybrid)_seed(?P<seed>\d+)$")
@@ -40,8 +45,27 @@ def model_name(prefix: str) -> str:
 MIRACL_MEASURES = ("ndcg_cut_10", "recall_100")  # The paper's MIRACL measures.
 
 
+def miracl_ndcg_above_chance(language_dir: str, language: str, results: dict) -> dict:
+  """{qid: nDCG@10 above chance} of a MIRACL stage's run.trec and qrels.trec, chance for the
+  language's corpus (results' num_candidates, else its published size, which the stage checks
+  unless ALLOW_SUBSET) and each query's relevant count."""
+  paths = [f"{language_dir}/{name}" for name in (corpus_eval.RUN_FILE, corpus_eval.QRELS_FILE)]
+  absent = [path for path in paths if not fs.exists(path)]
+  if absent:
+    raise FileNotFoundError(f"{absent[0]}: MIRACL {language} has no run or qrels (the study's "
+                            "MIRACL degradation needs each query's nDCG@10)")
+  per_query = evaluate.evaluate_files(*paths, [study_eval.NDCG_MEASURE], per_query=True)
+  relevant = {qid: sum(rel > 0 for rel in docs.values())
+              for qid, docs in trec.read_qrels(paths[1]).items()}
+  pool_size = results.get("num_candidates") or miracl.DEV_SIZES[language][1]
+  return study_eval.ndcg_above_chance(
+      {q: m[study_eval.NDCG_MEASURE] for q, m in per_query["per_query"].items()}, relevant,
+      pool_size)
+
+
 def read_miracl(run_dir: str) -> dict:
-  """{language: results.json} of a run's MIRACL stage ({} when it has none)."""
+  """{language: results.json, with "ndcg_above_chance" per query} of a run's MIRACL stage ({}
+  when it has none)."""
   folder = f"{run_dir}/miracl"
   if not fs.isdir(folder):
     return {}
@@ -58,6 +82,8 @@ def read_miracl(run_dir: str) -> dict:
     absent = [m for m in MIRACL_MEASURES if m not in results[language]]
     if absent:
       raise ValueError(f"{path}: no {', '.join(absent)} (found {sorted(results[language])})")
+    results[language]["ndcg_above_chance"] = miracl_ndcg_above_chance(
+        f"{folder}/{language}", language, results[language])
   return results
 
 
@@ -109,7 +135,7 @@ def gather(runs_root: str, output_dir: str) -> dict:
              for seed in seeds}
   description = (f"Gathered from {runs_root}: {len(results)} runs ({len(models)} models x "
                  f"{len(strategies)} batch kinds x {len(seeds)} seeds).")
-  return study_report.write(output_dir, ordered, description=description)
+  return study_report.write(output_dir, ordered, description=description, beside_paper=True)
 
 
 def main(argv):

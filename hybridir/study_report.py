@@ -17,7 +17,7 @@ from hybridir import fs  # noqa: E402
 from hybridir import reports  # noqa: E402
 from hybridir import study_stats  # noqa: E402
 from hybridir import study_tables  # noqa: E402
-from hybridir.study_tables import IN_DOMAIN, OUT_OF_DOMAIN, SETTINGS  # noqa: E402
+from hybridir.study_tables import label, PRIMARY, SETTINGS  # noqa: E402
 
 BASELINES = ("X-X-mono", "X-Y")
 HYBRID = "hybrid"
@@ -34,8 +34,7 @@ PRETRAINED_NOTE = (
     "**A pretrained encoder, fine-tuned briefly on a CPU.** Each arm fine-tunes the same "
     "pretrained checkpoint ({checkpoints}) with hybrid-batch training's recipe, and the zero-shot "
     "row is that checkpoint evaluated untrained with the same inputs (prefixes, lengths, pools). "
-    "The training corpus is XQuAD-R's fit articles, so XQuAD-R's held-out articles are in-domain "
-    "by construction and MLQA-R is out-of-domain. An English-pretrained encoder on de, en, es "
+    "An English-pretrained encoder on de, en, es "
     "and vi stands in for the study's question on a CPU (does hybrid fine-tuning help a "
     "pretrained encoder out of domain and across languages?); mT5 against XLM-R remains a TPU "
     "question (`gin_configs/runs/study/`).")
@@ -56,13 +55,18 @@ def training_summary(result: dict) -> dict:
           "chosen_step": result["train"]["chosen_step"]}
 
 
-def _per_query(result: dict) -> dict:
-  return {dataset: result["evaluation"]["datasets"][dataset]["matched"]["per_query_above_chance"]
-          for dataset in (IN_DOMAIN, OUT_OF_DOMAIN)}
+def model_pairs(models) -> list[tuple[str, str]]:
+  """The models whose effects are contrasted: each mT5 against the XLM-R of its size (the study's
+  question: 'mT5 base' - 'XLM-R base', the demo's 'mT5' - 'XLM-R'); else two models, in order."""
+  pairs = [(a, b) for a in models for b in models if a.split()[0] == "mT5"
+           and b.split()[0] == "XLM-R" and a.split()[1:] == b.split()[1:]]
+  return pairs or ([tuple(models)] if len(models) == 2 else [])
 
 
 def effects(results: dict, learned: dict) -> dict:
-  """Hybrid minus each baseline on degradation per model, and mT5 minus XLM-R of each, with CIs.
+  """Hybrid minus each baseline on degradation per model, and mT5 minus XLM-R of each (model_pairs),
+  with CIs, against every out-of-domain set (study_tables.comparison_scores); MLQA-R's is
+  primary.
 
   Arms that did not learn (any seed) are left out, and so is every contrast that needs them.
   """
@@ -74,25 +78,35 @@ def effects(results: dict, learned: dict) -> dict:
     for baseline in BASELINES:
       if {(model, HYBRID), (model, baseline)} <= usable:
         contrasts[f"{model}: hybrid - {baseline}"] = {(model, HYBRID): 1, (model, baseline): -1}
-  if len(models) == 2:
-    first, second = models
+  for first, second in model_pairs(models):
     for baseline in BASELINES:
       a, b = f"{first}: hybrid - {baseline}", f"{second}: hybrid - {baseline}"
       if a in contrasts and b in contrasts:
         contrasts[f"{first} - {second}: hybrid - {baseline}"] = {
             **contrasts[a], **{arm: -c for arm, c in contrasts[b].items()}}
-  if not contrasts:
-    return {}
-  scores = {arm: {seed: _per_query(result) for seed, result in by_seed.items()}
+  scores = {arm: {seed: study_tables.comparison_scores(result) for seed, result in by_seed.items()}
             for arm, by_seed in arms.items() if arm in usable}
-  return study_stats.contrast_intervals(scores, contrasts, IN_DOMAIN, OUT_OF_DOMAIN,
-                                       [s for s, _ in SETTINGS])
+  every = [set(by_comparison) for by_seed in scores.values() for by_comparison in by_seed.values()]
+  names = set.intersection(*every) if every else set()
+  comparisons = {name: c["settings"] for name, c in next(iter(next(iter(
+      scores.values())).values())).items() if name in names} if names else {}
+  if not contrasts or not comparisons:
+    return {}
+  primary = PRIMARY if PRIMARY in comparisons else next(iter(comparisons))
+  return study_stats.contrast_intervals(scores, contrasts, comparisons, primary)
+
+
+def _cells(table: dict, role: str) -> list[tuple[str, str, str, dict]]:
+  """(contrast, comparison, setting, cell) of every cell of a role."""
+  return [(name, comparison, setting, cell) for name, by_comparison in table.items()
+          for comparison, cells in by_comparison.items() for setting, cell in cells.items()
+          if cell["role"] == role]
 
 
 def _interval_method(table: dict) -> str:
   """What the intervals are over: queries, and seeds where an arm has more than one."""
-  counts = sorted({n for by_setting in table.values()
-                   for n in by_setting[study_stats.ALL_SETTINGS]["seeds"].values()})
+  counts = sorted({n for _, _, _, cell in _cells(table, study_stats.PRIMARY)
+                   for n in cell["seeds"].values()})
   seeds = str(counts[0]) if counts[0] == counts[-1] else f"{counts[0]}-{counts[-1]}"
   if counts[-1] < 2:
     return (f"95% intervals over queries only ({seeds} seed per arm: seed-to-seed variation is "
@@ -101,9 +115,8 @@ def _interval_method(table: dict) -> str:
           f"{seeds} seeds per arm (t on Welch-Satterthwaite degrees of freedom)")
 
 
-def _exploratory_cells(table: dict) -> list[tuple[str, str, dict]]:
-  return [(name, setting, cell) for name, by_setting in table.items()
-          for setting, cell in by_setting.items() if cell["role"] == study_stats.EXPLORATORY]
+def _setting_name(setting: str) -> str:
+  return "mean of settings" if setting == study_stats.ALL_SETTINGS else dict(SETTINGS)[setting]
 
 
 def _interval_text(cell: dict) -> str:
@@ -113,23 +126,32 @@ def _interval_text(cell: dict) -> str:
 
 def answer_paragraph(table: dict, training: dict) -> str:
   """The opening paragraph: the primary effects and intervals, in numbers, the exploratory cells
-  that stay clear of zero after Holm's adjustment, and the arms left out."""
-  parts = ["**The answer, computed.** Out-of-domain degradation is in-domain minus out-of-domain "
-           "mAP above chance on size-matched pools ((AP - chance) / (1 - chance), x 100); an "
-           "effect below zero means hybrid batches lose less out of domain."]
-  if table:
-    parts.append("The primary answer is each effect on the mean of the mono, cross and multi "
-                 f"settings, with {_interval_method(table)}:")
-  for name, by_setting in table.items():
-    cell = by_setting[study_stats.ALL_SETTINGS]
+  (other out-of-domain sets, per-setting effects) that stay clear of zero after Holm's
+  adjustment, and the arms left out."""
+  parts = ["**The answer, computed.** Out-of-domain degradation is the in-domain score minus the "
+           "out-of-domain one, each above chance ((score - chance) / (1 - chance), x 100): mAP "
+           "on size-matched pools for XQuAD-R and MLQA-R, nDCG@10 for MIRACL; an effect below "
+           "zero means hybrid batches lose less out of domain."]
+  primary = _cells(table, study_stats.PRIMARY)
+  if primary:
+    _, comparison, setting, _ = primary[0]
+    on = ("the mean of the mono, cross and multi settings" if setting == study_stats.ALL_SETTINGS
+          else f"the {_setting_name(setting)} setting")
+    parts.append(f"The primary answer is each effect on {label(comparison)}, on {on}, with "
+                 f"{_interval_method(table)}:")
+  for name, _, _, cell in primary:
     verdict = "excludes zero" if cell["excludes_zero"] else "includes zero"
     parts.append(f"{name}: {_interval_text(cell)}, the interval {verdict}.")
-  exploratory = _exploratory_cells(table)
+  exploratory = _cells(table, study_stats.EXPLORATORY)
   if exploratory:
-    clear = [f"{name} {dict(SETTINGS)[setting]} {_interval_text(cell)}"
-             for name, setting, cell in exploratory if cell["holm_excludes_zero"]]
-    parts.append(f"The {len(exploratory)} per-setting effects in the table are exploratory: "
-                 f"{sum(cell['excludes_zero'] for _, _, cell in exploratory)} exclude zero at 95%, "
+    others = sorted({label(c) for _, c, _, _ in exploratory if c != primary[0][1]}
+                    if primary else ())
+    clear = [f"{name} {label(comparison)} {_setting_name(setting)} {_interval_text(cell)}"
+             for name, comparison, setting, cell in exploratory if cell["holm_excludes_zero"]]
+    parts.append(f"The {len(exploratory)} other effects in the tables are exploratory (the "
+                 "per-setting effects" + (f", and every effect on {' and '.join(others)}"
+                                          if others else "") + "): "
+                 f"{sum(cell['excludes_zero'] for *_, cell in exploratory)} exclude zero at 95%, "
                  f"{len(clear)} after Holm's adjustment over all {len(exploratory)}"
                  + (f" ({'; '.join(clear)})." if clear else "."))
   stuck = sorted({(m, s) for (m, s, _), t in training.items() if not t["learned"]})
@@ -154,18 +176,24 @@ def _cell_text(cell: dict) -> str:
 def _effects_table(table: dict) -> list[str]:
   if not table:
     return []
-  header = (["effect on degradation (x 100)"] + [s for _, s in SETTINGS]
-            + ["mean of settings (primary)"])
-  rows = [[name] + [_cell_text(by_setting[s])
-                    for s in [s for s, _ in SETTINGS] + [study_stats.ALL_SETTINGS]]
-          for name, by_setting in table.items()]
-  return ["## Effects with 95% confidence intervals over queries and seeds", "",
-          "Primary: the mean of settings (the answer above). Exploratory: the per-setting cells, "
-          f"each with its own 95% interval; Holm's adjustment runs over all "
-          f"{len(_exploratory_cells(table))} of them. ~0: the interval includes zero; ~0 after "
-          "Holm: it excludes zero, but not after the adjustment. Standard errors, degrees of "
-          "freedom and p-values: `study.json`.", "",
-          reports.markdown_table(header, rows), ""]
+  lines = ["## Effects with 95% confidence intervals over queries and seeds", "",
+           "One table per out-of-domain set, each against the in-domain set on the languages "
+           "both have. Primary: the cell marked (primary), the answer above. Exploratory: every "
+           "other cell, "
+           f"each with its own 95% interval; Holm's adjustment runs over all "
+           f"{len(_cells(table, study_stats.EXPLORATORY))} of them. ~0: the interval includes "
+           "zero; ~0 after Holm: it excludes zero, but not after the adjustment. Standard "
+           "errors, degrees of freedom and p-values: `study.json`.", ""]
+  for comparison, cells in next(iter(table.values())).items():
+    header = ["effect on degradation (x 100)"] + [
+        _setting_name(setting) + (" (primary)" if cell["role"] == study_stats.PRIMARY else "")
+        for setting, cell in cells.items()]
+    rows = [[name] + [_cell_text(by_comparison[comparison][s]) for s in cells]
+            for name, by_comparison in table.items()]
+    lines += [f"**{label(comparison)}**" + (" (nDCG@10, monolingual)"
+                                            if comparison == study_tables.MIRACL else ""), "",
+              reports.markdown_table(header, rows), ""]
+  return lines
 
 
 def plot_loss_curves(path: str, results: dict) -> None:
@@ -204,7 +232,10 @@ def title(results: dict) -> str:
           + " vs ".join(models))
 
 
-def markdown(results: dict, training: dict, table: dict, description: str) -> str:
+def markdown(results: dict, training: dict, table: dict, description: str,
+             beside_paper: bool = False) -> str:
+  """The report; beside_paper adds the paper's Table 1 beside the XLM-R and LaBSE rows (a
+  full-scale sweep: study_gather)."""
   trained = {k: r for k, r in results.items() if not study_tables.is_zero_shot(r)}
   objectives = study_tables.objective_rows(results)
   objective_lines = [] if not objectives else [
@@ -215,7 +246,8 @@ def markdown(results: dict, training: dict, table: dict, description: str) -> st
                               "improved in every seed"], objectives), ""]
   lines = [title(results), "", answer_paragraph(table, training), "",
            *([study_tables.objective_sentence(objectives), ""] if objectives else []),
-           description, "",
+           description, "", study_tables.set_description(results), "",
+           *(study_tables.paper_table(results) if beside_paper else []),
            *_effects_table(table), *objective_lines,
            f"## Training against chance (final = mean of the last {int(TAIL * 100)}% of steps; "
            "a run learned if its final loss is "
@@ -257,13 +289,14 @@ def describe(results: dict, elapsed_seconds: float | None) -> str:
           + f", temperature "
           f"{settings['temperature']}, AdamW weight decay {settings['weight_decay']}, lengths "
           f"query {settings['task_feature_lengths']['query']} and passage "
-          f"{settings['task_feature_lengths']['passage']} tokens; languages "
+          f"{settings['task_feature_lengths']['passage']} tokens; training languages "
           f"{', '.join(settings['languages'])}.{sampled}\n\n{note}")
 
 
 def write(output_dir: str, results: dict, description: str | None = None,
-          elapsed_seconds: float | None = None) -> dict:
-  """Writes study.json, study.md and study_loss.png; returns their paths."""
+          elapsed_seconds: float | None = None, beside_paper: bool = False) -> dict:
+  """Writes study.json, study.md and study_loss.png; returns their paths. beside_paper: as
+  markdown's."""
   trained = {key: result for key, result in results.items()
              if not study_tables.is_zero_shot(result)}
   training = {key: training_summary(result) for key, result in trained.items()}
@@ -275,7 +308,8 @@ def write(output_dir: str, results: dict, description: str | None = None,
       "effects": table, "training": {"/".join(map(str, k)): v for k, v in training.items()},
       "objective": {"/".join(map(str, k)): r["train"]["objective"] for k, r in trained.items()
                     if r["train"].get("objective")}})
-  text = markdown(results, training, table, description or describe(results, elapsed_seconds))
+  text = markdown(results, training, table, description or describe(results, elapsed_seconds),
+                  beside_paper)
   fs.write_text_atomically(paths["markdown"], text)
   plot_loss_curves(paths["loss_plot"], results)
   return paths

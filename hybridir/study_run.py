@@ -6,12 +6,15 @@
 runs the same gin files for every cell of the CPU demo. Each run writes
 `MODEL_DIR/study_results.json`, which the study report reads (study_report, study_gather).
 
-Data: the training corpus is one record (`{CORPUS_NAME}_hybrid`) whose articles are parted into
-seqio splits: `test` (`corpora.TEST_FRACTION` of the articles, the in-domain test set) and the
-rest, again parted into `train` (fit) and `validation`. The model trains on `train`, the
-checkpoint with the lowest loss on `validation` is exported, and the encoder is evaluated
-zero-shot on the in-domain test articles, on MLQA-R (out-of-domain) and on MIRACL when given:
-full pools (evaluate.evaluate_settings) and size-matched pools with chance (study_eval).
+Data (register_study_data): the training corpus is one record (`{CORPUS_NAME}_hybrid`) whose
+articles are parted into seqio splits: `test` (`corpora.TEST_FRACTION` of the articles: the
+in-domain test set, IN_DOMAIN, at every scale) and the rest, `train` (fit) and `validation`. The
+model trains on `train`; the checkpoint with the lowest loss on the validation corpus (the English
+part of the validation articles, as the paper's English-only SQuADShifts; or a SQuAD file given)
+is exported, and the encoder is evaluated zero-shot in domain and out of domain (XQuAD-R and
+MLQA-R whole, unless one is the training corpus; MIRACL when given): full pools
+(evaluate.evaluate_settings) and, per out-of-domain LAReQA set, size-matched pools with chance on
+the languages it shares with the in-domain set (study_eval).
 """
 import dataclasses
 import json
@@ -34,16 +37,21 @@ from hybridir import export
 from hybridir import fs
 from hybridir import importers
 from hybridir import input_pipeline
+from hybridir import metrics
 from hybridir import partitioning
 from hybridir import retrieval_data
 from hybridir import study_eval
+from hybridir import study_stats
 from hybridir import text as text_lib
 from hybridir import train_step
 from hybridir import trainer
 
-IN_DOMAIN, OUT_OF_DOMAIN = "xquad_r", "mlqa_r"
+IN_DOMAIN = "in_domain"  # The training corpus's held-out test split, LAReQA-style.
+STUDY_MIXTURE = "study_evaluation"  # In-domain, then the out-of-domain sets, then MIRACL.
 RESULTS_FILE = "study_results.json"
 VALIDATION_SEED = 1  # The fit/validation split of the train articles (test/train uses seed 0).
+# Full-pool measures: every default one, and R@1 beside R@10 (trec_eval's recall_1, recall_10).
+MEASURES = (*metrics.DEFAULT_MEASURES, "recall_1")
 
 
 def article_splits(corpus_dir: str, languages: Sequence[str] | None,
@@ -56,55 +64,81 @@ def article_splits(corpus_dir: str, languages: Sequence[str] | None,
   return {"train": sorted(fit.article_ids()), "validation": sorted(validation.article_ids())}
 
 
+def validation_record_name(corpus_name: str) -> str:
+  """The corpus the validation loss is measured on: `{corpus_name}_validation` (its record
+  `{corpus_name}_validation_hybrid`, served as its one split, `train`)."""
+  return f"{corpus_name}_validation"
+
+
+def _same_folder(a, b) -> bool:
+  return fs.abspath(str(a)).rstrip("/") == fs.abspath(str(b)).rstrip("/")
+
+
 def register_study_data(*, corpus_name: str, corpus_dir: str, family: str, spm_path: str,
                         languages: Sequence[str] | None, data_dir: str, alpha: float,
                         validation_fraction: float = 0.1, validation_alpha: float = 1.0,
-                        in_domain_corpus_dir: str | None = None,
+                        validation_languages: Sequence[str] | None = ("en",),
+                        validation_file: str | None = None,
+                        out_of_domain_languages: Sequence[str] | None = None,
+                        in_domain_max_items: int | None = None,
                         miracl: Sequence[dict] = (),
                         text_format: text_lib.TextFormat = text_lib.TextFormat()) -> None:
-  """Registers the corpus `{corpus_name}_hybrid`, with splits `train` (fit articles) and
-  `validation` (monolingual batches, `validation_alpha`), and the evaluation mixtures: `lareqa`
-  (in-domain test articles, MLQA-R) and `miracl` (each language given).
+  """Registers the study's data: the training corpus `{corpus_name}_hybrid`, its validation
+  corpus, and the evaluation mixture STUDY_MIXTURE (in-domain, then out-of-domain sets).
 
-  in_domain_corpus_dir: the LAReQA folder whose test articles are in-domain (default: data_dir's
-  XQuAD-R). When it is the training corpus (the demo), the in-domain set is that record's `test`
-  split (`tasks.register_lareqa_split`); otherwise the folder is registered on its own.
+  The corpus's articles are parted into `test` (the held-out articles: the in-domain set,
+  IN_DOMAIN, at every scale), `train` (fit) and, without `validation_file`, `validation`
+  (`validation_fraction` of the train articles). The validation loss is measured on
+  `{corpus_name}_validation_hybrid`: the `validation_languages` part (the paper's: English only)
+  of the validation articles, or of `validation_file` (a SQuAD-format file, e.g. SQuADShifts, read
+  in the one validation language unless named after its language; every train article is then
+  fit), in batches of `validation_alpha` (1: monolingual).
+  Out of domain, zero-shot and whole: data_dir's XQuAD-R and MLQA-R in `out_of_domain_languages`
+  (None: all of each set's), less the one that is the training corpus (the CPU demo trains on
+  XQuAD-R: its XQuAD-R is in-domain by construction), then MIRACL's languages given.
+  in_domain_max_items: evaluate a seeded sample of that many held-out QA items (None: all).
   miracl: dicts of register_miracl's language, topics_tsv, qrels_trec and corpus_jsonl.
   """
-  in_domain_dir = retrieval_data.lareqa_folder(in_domain_corpus_dir or data_dir, IN_DOMAIN)
-  same_corpus = fs.abspath(in_domain_dir).rstrip("/") == fs.abspath(corpus_dir).rstrip("/")
-  logging.info("in-domain test set: %s", f"the test split of {corpus_name}_hybrid" if same_corpus
-               else f"the test articles of {in_domain_dir}")
-  splits = article_splits(corpus_dir, languages, validation_fraction)
-  if same_corpus:  # The in-domain test articles are the training corpus's third split.
-    splits["test"] = "test"
+  splits = ({"train": "train"} if validation_file
+            else article_splits(corpus_dir, languages, validation_fraction))
+  splits["test"] = "test"
   record = tasks.register_parallel_qa(corpus_name, corpus_dir, family, spm_path, languages,
-                                      splits=splits, text_format=text_format, alpha=alpha,
-                                      split_options={"validation": {"alpha": validation_alpha}})
-  if same_corpus:
-    tasks.register_lareqa_split(IN_DOMAIN, record.name, "test")
-  else:
-    tasks.register_lareqa(IN_DOMAIN, in_domain_dir, family, spm_path, languages, split="test")
-  tasks.register_lareqa(OUT_OF_DOMAIN, data_dir, family, spm_path, languages)
+                                      splits=splits, text_format=text_format, alpha=alpha)
+  tasks.register_parallel_qa(validation_record_name(corpus_name),
+                             validation_file or corpus_dir, family, spm_path,
+                             validation_languages or languages,
+                             splits={"train": None if validation_file else splits["validation"]},
+                             text_format=text_format, alpha=validation_alpha)
+  tasks.register_lareqa_split(IN_DOMAIN, record.name, "test", max_items=in_domain_max_items)
+  logging.info("in-domain test set: the test split of %s (%s)", record.name, corpus_dir)
+  out_of_domain = []
+  for dataset in retrieval_data.LAREQA_FOLDERS:
+    if _same_folder(retrieval_data.lareqa_folder(data_dir, dataset), corpus_dir):
+      tasks.unregister_evaluation_dataset(dataset)  # The training corpus: in-domain.
+      continue
+    tasks.register_lareqa(dataset, data_dir, family, spm_path, out_of_domain_languages)
+    out_of_domain.append(dataset)
   tasks.unregister_miracl()  # `miracl` is this study's languages only.
   for entry in miracl:
     tasks.register_miracl(family=family, spm_path=spm_path, **entry)
+  tasks.register_evaluation_mixture(STUDY_MIXTURE, [IN_DOMAIN, *out_of_domain, *(
+      f"miracl_{entry['language']}" for entry in miracl)])
 
 
-def study_datasets(with_miracl: bool) -> list:
-  """(name, RetrievalDataset) of the LAReQA pair, then of MIRACL's registered languages."""
-  datasets = tasks.evaluation_mixture_datasets("lareqa")
-  if with_miracl:
-    datasets += tasks.evaluation_mixture_datasets("miracl")
-  return datasets
+def study_datasets() -> list:
+  """(name, RetrievalDataset) of the study's evaluation: in-domain first (STUDY_MIXTURE)."""
+  return tasks.evaluation_mixture_datasets(STUDY_MIXTURE)
 
 
-def check_held_out(train_mixture: str, in_domain: retrieval_data.RetrievalDataset) -> None:
+def check_held_out(train_mixture: str, in_domain: retrieval_data.RetrievalDataset,
+                   validation_mixture: str | None = None) -> None:
   """Fails if an in-domain question's QA item is a pair the run trains or validates on (the
-  corpus's `train` and `validation` splits)."""
+  corpus's splits but `test`, and the validation corpus's pairs)."""
   corpus = tasks.get_hybrid_mixture(train_mixture)
   seen = {pair_id for split in corpus.splits if split != "test"
           for pair_id in corpus.corpora[split].pair_ids()}
+  if validation_mixture:
+    seen |= set(tasks.get_hybrid_mixture(validation_mixture).corpus.pair_ids())
   test_ids = {q.question_id for items in in_domain.questions.values() for q in items}
   overlap = seen & test_ids
   if overlap:
@@ -158,12 +192,33 @@ def best_step(model_dir: str, metric: str, mode: str) -> int | None:
     checkpointer.close()
 
 
+def restrict_languages(inputs: dict, languages: Sequence[str]) -> dict:
+  """An encoded dataset's (eval_run.encode_dataset) questions and candidates in `languages` only."""
+  return {key: {language: values for language, values in by_language.items()
+                if language in languages} for key, by_language in inputs.items()}
+
+
+def distractor_matched(pair: tuple, draws: int, seed: int) -> dict | None:
+  """{side: scores} of an (in-domain, out-of-domain) pair of encoded sets on distractor-matched
+  pools (study_eval.score_distractor_matched), or None where the candidates are not LAReQA
+  sentences whose paragraph their ids name (e.g. a translated corpus's passages)."""
+  try:
+    return study_eval.score_distractor_matched(dict(zip(study_stats.SIDES, pair)), draws, seed)
+  except ValueError as e:
+    logging.info("no distractor-matched pools: %s", e)
+    return None
+
+
 def evaluate_encoder(encoder: encoder_lib.Encoder, datasets, matched_draws: int, seed: int,
                      max_questions_per_language: int | None,
                      max_candidates_per_language: int | None = None) -> dict:
-  """Full-pool results with chance for every dataset; size- and distractor-matched pools for the
-  LAReQA pair.
+  """Full-pool results with chance for every dataset (its languages, mAP, R@1, R@10, ...); for each
+  out-of-domain LAReQA set, a comparison with the in-domain set on size-matched pools of the
+  languages both have, and on distractor-matched pools where both are LAReQA sentences with
+  their paragraphs; the in-domain and MIRACL sets' per-query nDCG@10 above chance (monolingual,
+  full pools), which the report compares on the languages MIRACL shares.
 
+  datasets: (name, RetrievalDataset), IN_DOMAIN among them (study_datasets()).
   max_questions_per_language, max_candidates_per_language: evaluate the first questions and a
   sample of the candidates of each language (limit_questions, limit_candidates) to fit a budget;
   "full" pools are then these sampled pools.
@@ -171,17 +226,31 @@ def evaluate_encoder(encoder: encoder_lib.Encoder, datasets, matched_draws: int,
   inputs = {name: eval_run.encode_dataset(encoder, limit_candidates(
       limit_questions(dataset, max_questions_per_language), max_candidates_per_language))
             for name, dataset in datasets}
-  evaluation = {name: {"full": evaluate.evaluate_settings(**inputs[name]),
+  units = {name: dataset.candidate_unit for name, dataset in datasets}
+  evaluation = {name: {"languages": sorted(inputs[name]["questions"]),
+                       "questions": len({qid for items in inputs[name]["questions"].values()
+                                         for qid, _ in items}),
+                       "candidate_unit": units[name],
+                       "full": evaluate.evaluate_settings(**inputs[name], measures=MEASURES),
                        "full_chance": study_eval.full_pool_chance(inputs[name])}
                 for name in inputs}
-  lareqa = {name: inputs[name] for name in (IN_DOMAIN, OUT_OF_DOMAIN) if name in inputs}
-  pool_size = study_eval.matched_pool_size(lareqa)
-  for name in lareqa:
-    evaluation[name]["matched"] = study_eval.score_dataset(inputs[name], pool_size,
-                                                           matched_draws, seed)
-  for name, scores in study_eval.score_distractor_matched(lareqa, matched_draws, seed).items():
-    evaluation[name]["distractor_matched"] = scores
-  return {"datasets": evaluation, "matched_pool_size": pool_size,
+  for name in inputs:
+    if name == IN_DOMAIN or name.startswith("miracl_"):
+      evaluation[name]["ndcg_above_chance"] = study_eval.monolingual_ndcg_above_chance(inputs[name])
+  shared = {name: sorted(set(inputs[IN_DOMAIN]["questions"]) & set(inputs[name]["questions"]))
+            for name in inputs if name in retrieval_data.LAREQA_FOLDERS}
+  pairs = {name: (restrict_languages(inputs[IN_DOMAIN], languages),
+                  restrict_languages(inputs[name], languages))
+           for name, languages in shared.items() if languages}
+  pool_size = study_eval.matched_pool_size(
+      {f"{name}/{side}": pair[k] for name, pair in pairs.items()
+       for k, side in enumerate(study_stats.SIDES)}) if pairs else None
+  comparisons = {name: {"languages": shared[name], **{
+      side: study_eval.score_dataset(pair[k], pool_size, matched_draws, seed)
+      for k, side in enumerate(study_stats.SIDES)},
+      "distractor_matched": distractor_matched(pair, matched_draws, seed)}
+      for name, pair in pairs.items()}
+  return {"datasets": evaluation, "comparisons": comparisons, "matched_pool_size": pool_size,
           "matched_draws": matched_draws,
           "max_questions_per_language": max_questions_per_language,
           "max_candidates_per_language": max_candidates_per_language}
@@ -209,7 +278,7 @@ def pretrained_params(pretrained: importers.Pretrained, model) -> dict:
 def train_and_evaluate(*, train: Callable[[], trainer.TrainResult], model_dir: str, model,
                        spm_path: str, train_mixture: str,
                        task_feature_lengths: dict, seed: int, settings: dict,
-                       miracl: Sequence[dict] = (), matched_draws: int = 5,
+                       validation_mixture: str | None = None, matched_draws: int = 5,
                        max_questions_per_language: int | None = None,
                        max_candidates_per_language: int | None = None,
                        best_metric: str = "eval/loss", best_mode: str = "min",
@@ -224,7 +293,8 @@ def train_and_evaluate(*, train: Callable[[], trainer.TrainResult], model_dir: s
   without evaluating).
 
   settings: the run's settings to record beside the results (the study's macros).
-  miracl: as register_study_data's; MIRACL joins the evaluation when given.
+  validation_mixture: the validation corpus's record, checked with the training one to hold no
+  in-domain test question. The evaluation is register_study_data's (study_datasets()).
   num_partitions: the training mesh's (NUM_PARTITIONS); evaluation splits each parameter over as
   many of this host's devices (at most all of them), so a model trained split is evaluated split.
   export_dir: where the exported encoder is kept (local or gs://; the MIRACL stage reads it).
@@ -234,8 +304,8 @@ def train_and_evaluate(*, train: Callable[[], trainer.TrainResult], model_dir: s
   batches of the run's own kind (the record's `test` split, the run's ALPHA, `batch_size`): did
   fine-tuning improve the objective it trained on?
   """
-  datasets = study_datasets(bool(miracl))
-  check_held_out(train_mixture, dict(datasets)[IN_DOMAIN])
+  datasets = study_datasets()
+  check_held_out(train_mixture, dict(datasets)[IN_DOMAIN], validation_mixture)
   if zero_shot and pretrained is None:
     raise ValueError("a zero-shot run evaluates the pretrained model: set INIT_CHECKPOINT")
   result, step = None, None
@@ -265,13 +335,14 @@ def train_and_evaluate(*, train: Callable[[], trainer.TrainResult], model_dir: s
         num_partitions, jax.local_device_count()))
     evaluation = evaluate_encoder(encoder, datasets, matched_draws, seed,
                                   max_questions_per_language, max_candidates_per_language)
+  record = tasks.get_hybrid_mixture(train_mixture)
+  evaluation["in_domain_corpus"] = record.corpus_path  # Its held-out test split is in-domain.
   train_record = {"chosen_step": step if not zero_shot else 0, "best_metric": best_metric,
                   "zero_shot": zero_shot,
                   "history": [{k: h[k] for k in ("step", "loss", "accuracy") if k in h}
                               for h in (result.history if result else [])],
                   "validation": [{k: e[k] for k in ("step", "eval/loss", "eval/accuracy")
                                   if k in e} for e in (result.eval_history if result else [])]}
-  record = tasks.get_hybrid_mixture(train_mixture)
   if objective_steps and not zero_shot and pretrained is not None and "test" in record.splits:
     held_out = input_pipeline.HybridInput(train_mixture, task_feature_lengths, batch_size,
                                           seed=0, split="test")

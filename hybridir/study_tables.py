@@ -10,9 +10,12 @@ import numpy as np
 
 from hybridir import miracl
 from hybridir import reports
+from hybridir import study_stats
 
 SETTINGS = (("monolingual", "mono"), ("cross_lingual", "cross"), ("multilingual", "multi"))
-IN_DOMAIN, OUT_OF_DOMAIN = "xquad_r", "mlqa_r"
+IN_DOMAIN, MIRACL = "in_domain", "miracl"  # study_run's in-domain set; MIRACL's comparison.
+PRIMARY = "mlqa_r"  # The comparison each effect's primary answer is on (study_report).
+LABELS = {IN_DOMAIN: "in-domain", "xquad_r": "XQuAD-R", "mlqa_r": "MLQA-R", MIRACL: "MIRACL"}
 ZERO_SHOT = "zero-shot"
 
 
@@ -91,66 +94,167 @@ def average(result, dataset, setting, key="map"):
   return result["evaluation"]["datasets"][dataset]["full"][setting]["average"].get(key)
 
 
+def label(dataset: str) -> str:
+  """A dataset's or comparison's name in the report."""
+  return LABELS.get(dataset, dataset)
 
-def score_tables(results: dict) -> list[str]:
-  arms = arms_of(results)
-  lines = ["## mAP x 100 on the full pools, beside a random ranking's (exact expected AP)", ""]
-  header = ["model", "batches"] + [f"{short} {d}" for d in (IN_DOMAIN, OUT_OF_DOMAIN)
-                                   for _, short in SETTINGS]
-  rows = []
-  for (model, strategy), by_seed in arms.items():
-    row = [model, strategy]
-    for dataset in (IN_DOMAIN, OUT_OF_DOMAIN):
-      for setting, _ in SETTINGS:
-        chance = next(iter(by_seed.values()))["evaluation"]["datasets"][dataset]["full_chance"]
-        row.append(f"{fmt([average(r, dataset, setting) for r in by_seed.values()])} "
-                   f"({100 * chance[setting]:.2f})")
-    rows.append(row)
-  lines += [reports.markdown_table(header, rows), ""]
-  first = next(iter(results.values()))["evaluation"]
-  lines += [f"## mAP x 100 on size-matched pools ({first['matched_pool_size']} candidates per "
-            f"pool language and query, relevant ones kept; {first['matched_draws']} seeded "
-            "draws), beside chance", "",
-            "Each cell: mean ± std over seeds (chance); the spread over draws is in "
-            "`study.json`.", ""]
-  rows = []
-  for (model, strategy), by_seed in arms.items():
-    row = [model, strategy]
-    for dataset in (IN_DOMAIN, OUT_OF_DOMAIN):
-      for setting, _ in SETTINGS:
-        cells = [r["evaluation"]["datasets"][dataset]["matched"]["summary"][setting]
-                 for r in by_seed.values()]
-        row.append(f"{fmt([c['map'] for c in cells])} ({100 * cells[0]['chance']:.2f})")
-    rows.append(row)
-  lines += [reports.markdown_table(header, rows), "",
-            "## Degradation on matched pools: in-domain minus out-of-domain mAP above chance "
-            "(x 100, mean ± std over seeds)", ""]
+
+def lareqa_datasets(results: dict) -> list[str]:
+  """The LAReQA-style sets evaluated (in-domain first, then XQuAD-R, MLQA-R), as the runs have
+  them."""
+  datasets = next(iter(results.values()))["evaluation"]["datasets"]
+  return [d for d in LABELS if d in datasets and d != MIRACL]
+
+
+def set_description(results: dict) -> str:
+  """Which set is in-domain and which are out of domain, in which languages, and on which
+  languages each degradation compares them."""
+  evaluation = next(iter(results.values()))["evaluation"]
+  datasets = evaluation["datasets"]
+
+  def languages(name):
+    return ", ".join(datasets[name]["languages"])
+
+  inside = datasets[IN_DOMAIN]
+  parts = [f"**In domain**: the held-out test split (articles never trained or validated on) of "
+           f"the training corpus, `{evaluation.get('in_domain_corpus', '?')}`: "
+           f"{inside.get('questions', '?')} QA items in {languages(IN_DOMAIN)}; candidates: "
+           + ("answer sentences read in their passages, as LAReQA's"
+              if inside.get("candidate_unit", "sentence") == "sentence"
+              else "passages (the corpus gives no answer sentences)") + "."]
+  outside = [f"{label(d)} in {languages(d)} ({datasets[d].get('questions', '?')} questions)"
+             for d in lareqa_datasets(results) if d != IN_DOMAIN]
+  miracl_languages = sorted({x for r in results.values() for x in miracl_per_query(r)})
+  if miracl_languages:
+    outside.append(f"MIRACL dev in {', '.join(miracl_languages)} (monolingual, nDCG@10)")
+  if outside:
+    parts.append("**Out of domain**, zero-shot: " + "; ".join(outside) + ".")
+  if "xquad_r" not in datasets:
+    parts.append("XQuAD-R is not out of domain here: the runs train on its training articles, so "
+                 "its held-out articles are the in-domain set (by construction).")
+  compared = comparison_scores(next(iter(results.values())))
+  if compared:
+    parts.append("Each degradation compares an out-of-domain set with the in-domain set on the "
+                 "languages both have (" + "; ".join(
+                     f"{label(c)}: {', '.join(v['languages'])}" for c, v in compared.items())
+                 + "): LAReQA sets by mAP above chance on size-matched pools, MIRACL by nDCG@10 "
+                 "above chance (a random ranking's exact expectation for the pool and the "
+                 "query's relevant count) on full pools, monolingual.")
+  return " ".join(parts)
+
+
+def miracl_per_query(result: dict) -> dict:
+  """{language: {qid: nDCG@10 above chance}} of a run's MIRACL: the corpus-scale stage's
+  (hybridir.study_gather), else the in-memory evaluation's (miracl_<lang>)."""
+  if result.get("miracl"):
+    return {x: r["ndcg_above_chance"] for x, r in result["miracl"].items()
+            if "ndcg_above_chance" in r}
+  datasets = result["evaluation"]["datasets"]
+  return {x: values for d in datasets if d.startswith("miracl_")
+          for x, values in datasets[d].get("ndcg_above_chance", {}).get("monolingual", {}).items()}
+
+
+def comparison_scores(result: dict) -> dict:
+  """{comparison: {"languages", "settings", IN_DOMAIN and OUT_OF_DOMAIN per-query scores ({setting:
+  {group: {qid: value}}})}}: each out-of-domain LAReQA set's matched pools (study_run), then
+  MIRACL against the in-domain set's nDCG@10 on the languages both have."""
+  evaluation = result["evaluation"]
+  out = {name: {"languages": c["languages"], "settings": [s for s, _ in SETTINGS],
+                **{side: c[side]["per_query_above_chance"] for side in study_stats.SIDES}}
+         for name, c in sorted(evaluation.get("comparisons", {}).items(),
+                               key=lambda item: item[0] != PRIMARY)}
+  inside = evaluation["datasets"][IN_DOMAIN].get("ndcg_above_chance", {}).get("monolingual", {})
+  outside = miracl_per_query(result)
+  shared = sorted(set(inside) & set(outside))
+  if shared:
+    out[MIRACL] = {"languages": shared, "settings": ["monolingual"],
+                   study_stats.IN_DOMAIN: {"monolingual": {x: inside[x] for x in shared}},
+                   study_stats.OUT_OF_DOMAIN: {"monolingual": {x: outside[x] for x in shared}}}
+  return out
+
+
+def degradation(scores: dict, setting: str) -> float:
+  """A comparison's degradation in one setting: the macro average over groups (of the mean over
+  queries) in domain minus that out of domain, as study_stats averages."""
+  def macro(groups):
+    return float(np.mean([np.mean(list(v.values())) for v in groups.values() if v]))
+  return (macro(scores[study_stats.IN_DOMAIN][setting])
+          - macro(scores[study_stats.OUT_OF_DOMAIN][setting]))
+
+
+def _full_pool_table(arms: dict, dataset: str) -> list[str]:
+  """mAP beside chance, R@1 and R@10 on one dataset's full pools, per setting."""
+  first = next(iter(next(iter(arms.values())).values()))["evaluation"]["datasets"][dataset]
+  header = ["model", "batches"] + [f"{short} {measure}" for _, short in SETTINGS
+                                   for measure in ("mAP (chance)", "R@1", "R@10")]
   rows = []
   for (model, strategy), by_seed in arms.items():
     row = [model, strategy]
     for setting, _ in SETTINGS:
-      values = []
-      for r in by_seed.values():
-        matched = {d: r["evaluation"]["datasets"][d]["matched"]["summary"][setting]["above_chance"]
-                   for d in (IN_DOMAIN, OUT_OF_DOMAIN)}
-        values.append(matched[IN_DOMAIN] - matched[OUT_OF_DOMAIN])
-      row.append(fmt(values))
+      chance = first["full_chance"].get(setting, math.nan)
+      row += [f"{fmt([average(r, dataset, setting) for r in by_seed.values()])} "
+              f"({100 * chance:.2f})",
+              fmt([average(r, dataset, setting, "recall_1") for r in by_seed.values()]),
+              fmt([average(r, dataset, setting, "recall_10") for r in by_seed.values()])]
     rows.append(row)
-  lines += [reports.markdown_table(["model", "batches"] + [s for _, s in SETTINGS], rows), "",
-            "## Language bias: maximum rank distance, multilingual full pools (lower is less "
+  name = label(dataset)
+  return [f"## {name[0].upper() + name[1:]}, full pools ({', '.join(first['languages'])}; "
+          f"{first.get('questions', '?')} questions): mAP x 100 beside a random ranking's "
+          "(exact expected AP), R@1 and R@10 x 100 (trec_eval's recall_1, recall_10)", "",
+          reports.markdown_table(header, rows), ""]
+
+
+def score_tables(results: dict) -> list[str]:
+  arms = arms_of(results)
+  lines = [line for dataset in lareqa_datasets(results) for line in _full_pool_table(arms, dataset)]
+  first = next(iter(results.values()))["evaluation"]
+  compared = comparison_scores(next(iter(results.values())))
+  for name, comparison in first.get("comparisons", {}).items():
+    header = ["model", "batches"] + [f"{short} {side}" for side in (label(IN_DOMAIN), label(name))
+                                     for _, short in SETTINGS]
+    rows = []
+    for (model, strategy), by_seed in arms.items():
+      row = [model, strategy]
+      for side in study_stats.SIDES:
+        for setting, _ in SETTINGS:
+          cells = [r["evaluation"]["comparisons"][name][side]["summary"][setting]
+                   for r in by_seed.values()]
+          row.append(f"{fmt([c['map'] for c in cells])} ({100 * cells[0]['chance']:.2f})")
+      rows.append(row)
+    lines += [f"## In-domain against {label(name)} on size-matched pools, mAP x 100 "
+              f"({', '.join(comparison['languages'])}; {first['matched_pool_size']} candidates "
+              f"per pool language and query, relevant ones kept; {first['matched_draws']} seeded "
+              "draws), beside chance", "",
+              "Each cell: mean ± std over seeds (chance); the spread over draws is in "
+              "`runs/*/study_results.json`.", "", reports.markdown_table(header, rows), ""]
+  if compared:
+    columns = [(name, setting) for name, c in compared.items() for setting in c["settings"]]
+    short = dict(SETTINGS)
+    rows = []
+    for (model, strategy), by_seed in arms.items():
+      scores = [comparison_scores(r) for r in by_seed.values()]
+      rows.append([model, strategy] + [
+          fmt([degradation(s[name], setting) for s in scores if name in s])
+          for name, setting in columns])
+    lines += ["## Degradation: in-domain minus out-of-domain score above chance (x 100, mean ± "
+              "std over seeds; each on the languages both sets have)", "",
+              reports.markdown_table(["model", "batches"] + [
+                  f"{label(name)} {short[setting]}" + (" nDCG@10" if name == MIRACL else "")
+                  for name, setting in columns], rows), ""]
+  lines += ["## Language bias: maximum rank distance, multilingual full pools (lower is less "
             "biased; a random ranking's value in brackets)", ""]
   rows = []
   for (model, strategy), by_seed in arms.items():
     row = [model, strategy]
-    for dataset in (IN_DOMAIN, OUT_OF_DOMAIN):
+    for dataset in lareqa_datasets(results):
       values = [average(r, dataset, "multilingual", "rank_distance") for r in by_seed.values()]
       random = average(next(iter(by_seed.values())), dataset, "multilingual",
                         "rank_distance_random")
       row.append(fmt(values, 1.0) + (f" ({random:.0f})" if random is not None else ""))
     rows.append(row)
-  lines += [reports.markdown_table(["model", "batches", IN_DOMAIN, OUT_OF_DOMAIN], rows), ""]
+  lines += [reports.markdown_table(["model", "batches"] + [
+      label(d) for d in lareqa_datasets(results)], rows), ""]
   return lines + miracl_tables(arms)
-
 
 
 def miracl_scores(result: dict) -> dict:
@@ -189,3 +293,54 @@ def miracl_tables(arms: dict) -> list[str]:
   return lines
 
 
+
+
+# The paper's Table 1 (Elmahdy et al. 2024; ../shared/PAPER.md): mAP mono, cross, multi on
+# XQuAD-R and MLQA-R, maximum rank distance on XQuAD-R and MLQA-R, MIRACL dev mean nDCG@10.
+PAPER_TABLE_1 = {
+    ("XLM-R", "X-X-mono"): ((.792, .674, .547), (.648, .584, .473), (410, 288), .415),
+    ("XLM-R", "X-Y"): ((.755, .700, .593), (.626, .620, .508), (295, 227), .399),
+    ("XLM-R", "hybrid"): ((.798, .705, .593), (.648, .623, .512), (287, 227), .405),
+    ("LaBSE", "X-X-mono"): ((.808, .752, .652), (.681, .656, .550), (262, 225), .455),
+    ("LaBSE", "X-Y"): ((.801, .762, .679), (.671, .677, .576), (225, 198), .418),
+    ("LaBSE", "hybrid"): ((.817, .767, .682), (.686, .681, .579), (221, 195), .441),
+}
+PAPER_SETS = {"xquad_r": 11, "mlqa_r": 7}  # The paper's languages per set (all of each).
+
+
+def paper_table(results: dict) -> list[str]:
+  """Every XLM-R and LaBSE arm beside the paper's Table 1: "ours (paper)", ours mean ± std over
+  seeds on the whole XQuAD-R and MLQA-R full pools and MIRACL's mean over our languages."""
+  rows = []
+  for (model, strategy), by_seed in arms_of(results).items():
+    paper = PAPER_TABLE_1.get((model.split()[0], strategy))
+    if paper is None:
+      continue
+    runs = list(by_seed.values())
+    row = [model, strategy]
+    for dataset, values in zip(PAPER_SETS, paper[:2]):
+      for (setting, _), value in zip(SETTINGS, values):
+        ours = [average(r, dataset, setting) for r in runs
+                if dataset in r["evaluation"]["datasets"]]
+        row.append(f"{fmt(ours)} ({100 * value:.1f})")
+    for dataset, value in zip(PAPER_SETS, paper[2]):
+      ours = [average(r, dataset, "multilingual", "rank_distance") for r in runs
+              if dataset in r["evaluation"]["datasets"]]
+      row.append(f"{fmt(ours, 1.0, 0)} ({value})")
+    means = [float(np.mean([v["ndcg_cut_10"] for v in miracl_scores(r).values()]))
+             if miracl_scores(r) else None for r in runs]
+    rows.append(row + [f"{fmt(means)} ({100 * paper[3]:.1f})"])
+  if not rows:
+    return []
+  datasets = next(iter(results.values()))["evaluation"]["datasets"]
+  scope = "; ".join(
+      f"{label(d)}: ours {len(datasets[d]['languages'])} languages, {datasets[d]['questions']} "
+      f"questions (the paper's: all {n})" if d in datasets else f"{label(d)}: not evaluated"
+      for d, n in PAPER_SETS.items())
+  header = (["model", "batches"] + [f"{label(d)} {short}" for d in PAPER_SETS
+                                    for _, short in SETTINGS]
+            + [f"rank distance {label(d)}" for d in PAPER_SETS] + ["MIRACL nDCG@10"])
+  return ["## Beside the paper's Table 1 (Elmahdy et al. 2024): ours (paper)", "",
+          "mAP and nDCG@10 x 100, ours mean ± std over seeds on the full pools, zero-shot; "
+          f"rank distance in ranks. {scope}. MIRACL: our mean over its languages evaluated (the "
+          "paper's 15 are not named).", "", reports.markdown_table(header, rows), ""]

@@ -120,17 +120,7 @@ def read_input(path: corpora.PathLike, source_language: str) -> list[corpora.QAP
 
 def passage_parts(passage: str, anchors: Sequence[str], unit: str) -> tuple[str, ...]:
   """The passage whole, or its sentences with each anchor (answer sentence) kept as one part."""
-  if unit == "passage":
-    return (passage,)
-  cuts = {end for _, end in corpora.split_sentences(passage)}
-  spans = []
-  for anchor in (a.strip() for a in anchors):
-    start = passage.find(anchor) if anchor else -1
-    if start >= 0:  # An anchor not in the passage is translated on its own.
-      spans.append((start, start + len(anchor)))
-  cuts = {c for c in cuts if not any(s < c < e for s, e in spans)}
-  cuts = sorted(cuts | {c for span in spans for c in span} | {0, len(passage)})
-  return tuple(p for p in (passage[a:b].strip() for a, b in zip(cuts, cuts[1:])) if p)
+  return (passage,) if unit == "passage" else corpora.sentence_parts(passage, anchors)
 
 
 def plan(pairs: Sequence[corpora.QAPair], unit: str) -> dict[str, tuple[str, ...]]:

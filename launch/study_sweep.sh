@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The full-scale study on Cloud TPU: for every model x strategy x seed, one job (launch/tpu.sh) runs
 # the study's run (gin_configs/runs/study/base.gin, the same run the CPU demo sweeps): train,
-# keep the checkpoint with the lowest validation loss, export it and evaluate it on the in-domain
-# test articles and MLQA-R, into gs://BUCKET/study/{model}_{strategy}_seed{seed}/study_results.json.
+# keep the checkpoint with the lowest English validation loss, export it and evaluate it on the
+# corpus's held-out test articles (in-domain) and on XQuAD-R and MLQA-R whole (out of domain), into
+# gs://BUCKET/study/{model}_{strategy}_seed{seed}/study_results.json.
 # With --miracl_dir (the public MIRACL files: README, "MIRACL in the study"), the run keeps its
 # export at <run>/export and a second job on the same slice evaluates it on every MIRACL language
 # (gin_configs/runs/study/miracl.gin) into <run>/miracl/<lang>/results.json, skipping languages

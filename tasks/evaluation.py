@@ -4,17 +4,22 @@ Per dataset and language a queries task (`query`, `question_id`, `language`) and
 (`passage`, `candidate_id`, `language`; the candidate's context joins `passage` as
 `text.TextFormat()` says), e.g. `xquad_r_de_queries` and `xquad_r_de_candidates`,
 grouped into evaluation mixtures: `lareqa_xquad_r`, `lareqa_mlqa_r`, `lareqa` (both) and `miracl`
-(every registered language). An evaluation run names a mixture;
+(every registered language); a LAReQA-style set built from a corpus split (`register_lareqa_split`,
+e.g. the study's `in_domain`) has its own `lareqa_{name}`, and `register_evaluation_mixture` groups
+registered datasets in a given order (the study's). An evaluation run names a mixture;
 `evaluation_mixture_datasets(name)` gives the questions, relevance and languages behind it.
 
 seqio's registries are the only ones: each task (`RetrievalTask`) holds the dataset it belongs
 to, each mixture (`EvaluationMixture`) the order of its datasets.
 """
+import dataclasses
 from typing import Sequence
 
+import numpy as np
 import seqio
 
 from hybridir import corpora
+from hybridir import fs
 from hybridir import retrieval_data
 from tasks import qa
 
@@ -143,23 +148,53 @@ def register_lareqa(dataset: str, data_dir: str, family: str, spm_path: str,
   return _add_lareqa(data, family, str(spm_path))
 
 
-def register_lareqa_split(dataset: str, hybrid_mixture: str, split: str = "test") -> list[str]:
-  """Registers a LAReQA dataset ('xquad_r' or 'mlqa_r'), `lareqa_{dataset}` and `lareqa`, from a
-  split of a registered corpus read from LAReQA's files (e.g. the test split of the study's
-  XQuAD-R): that split's articles, every sentence a candidate, in the corpus's languages, with its
-  vocabulary. Returns the task names.
+def register_lareqa_split(name: str, hybrid_mixture: str, split: str = "test",
+                          max_items: int | None = None, seed: int = 0) -> list[str]:
+  """Registers a LAReQA-style evaluation set `name` (and `lareqa_{name}`) from a split of a
+  registered corpus record, e.g. the study's in-domain set: the test split of its training corpus.
+
+  A corpus of LAReQA's files (`<lang>.json`, e.g. XQuAD-R) is read as `load_lareqa` reads it on the
+  split's articles; any other (a translated corpus's JSONL) as `retrieval_data.from_parallel_corpus`
+  builds it. Questions and candidates are in the corpus's languages, tokenised with its
+  vocabulary. max_items: at most that many of the split's QA items (a seeded sample, `seed`), with
+  the candidates of their passages (LAReQA's files: of their articles). Returns the task names.
   """
   corpus = qa.get_hybrid_mixture(hybrid_mixture)
-  titles = sorted(corpus.corpora[corpus.check_split(split)].article_ids())
-  data = retrieval_data.load_lareqa(corpus.corpus_path, dataset, corpus.languages, titles)
+  part = corpus.corpora[corpus.check_split(split)]
+  pair_ids = part.pair_ids()
+  if max_items is not None and len(pair_ids) > max_items:
+    chosen = np.random.default_rng(seed).choice(len(pair_ids), max_items, replace=False)
+    part = part.restrict({pair_ids[i] for i in chosen})
+  folder = fs.path(corpus.corpus_path)
+  if all((folder / f"{language}.json").is_file() for language in corpus.languages):
+    data = retrieval_data.load_lareqa(folder, "xquad_r", corpus.languages,
+                                      sorted(part.article_ids()))
+    kept = set(part.pair_ids())
+    data = dataclasses.replace(data, name=name, questions={
+        language: [q for q in items if q.question_id in kept]
+        for language, items in data.questions.items()})
+  else:
+    data = retrieval_data.from_parallel_corpus(part, name)
   return _add_lareqa(data, corpus.family, corpus.spm_path)
+
+
+def register_evaluation_mixture(name: str, dataset_names: Sequence[str]) -> None:
+  """(Re-)registers an evaluation mixture of registered datasets, in the order given (e.g. the
+  study's: in-domain first, then its out-of-domain sets)."""
+  absent = [d for d in dataset_names if d not in _registered_datasets()]
+  if absent:
+    raise ValueError(f"evaluation mixture {name!r}: datasets {absent} are not registered; "
+                     f"registered: {evaluation_dataset_names()}")
+  _add_mixture(name, dataset_names)
 
 
 def _add_lareqa(data: retrieval_data.RetrievalDataset, family: str, spm_path: str) -> list[str]:
   names = _register_dataset(data.name, data, family, spm_path)
   _add_mixture(f"lareqa_{data.name}", [data.name])
   datasets = _registered_datasets()
-  _add_mixture(LAREQA_MIXTURE, [d for d in retrieval_data.LAREQA_FOLDERS if d in datasets])
+  lareqa = [d for d in retrieval_data.LAREQA_FOLDERS if d in datasets]  # LAReQA's own sets.
+  if lareqa:
+    _add_mixture(LAREQA_MIXTURE, lareqa)
   return names
 
 

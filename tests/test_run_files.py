@@ -7,11 +7,14 @@ import gin
 import pytest
 
 from hybridir import gin_utils
+from hybridir import study_run
 from tests.conftest import REPO_ROOT
 
+# The full-scale files: not the CPU ones (demo_*, pretrained_*), nor the MIRACL stage (no training).
 STUDY_FILES = sorted(p for p in glob.glob(str(REPO_ROOT / "gin_configs/runs/study/*.gin"))
-                     if not os.path.basename(p).startswith(("demo_", "pretrained_"))  # CPU runs.
-                     and os.path.basename(p) != "miracl.gin")  # The MIRACL stage trains nothing.
+                     if not os.path.basename(p).startswith(("demo_", "pretrained_"))
+                     and os.path.basename(p) != "miracl.gin")
+CPU_STUDY_FILES = ["demo_mt5", "demo_xlmr", "demo_labse", "pretrained_minilm"]
 EMB_DIMS = {"mt5_base": 768, "mt5_large": 1024, "mt5_xl": 2048, "xlmr_base": 768,
             "xlmr_large": 1024, "labse": 768}
 
@@ -45,11 +48,42 @@ def test_study_config_builds_its_published_model_from_a_checkpoint(path):
   gin.clear_config()
 
 
+@pytest.mark.parametrize("path", [p for p in STUDY_FILES if not p.endswith("/base.gin")],
+                         ids=os.path.basename)
+def test_full_scale_runs_train_on_the_papers_languages_and_validate_in_english(path):
+  """The paper's nine training languages (el and vi unseen), checkpoints chosen on an English-only
+  validation set, XQuAD-R and MLQA-R evaluated whole (every language)."""
+  gin.clear_config()
+  gin_utils.parse([path], ["MODEL_DIR = '/tmp/x'", "CORPUS_DIR = '/tmp/corpus'"], finalize=False)
+  assert gin_utils.evaluate("LANGUAGES") == ["ar", "zh", "en", "de", "hi", "ru", "es", "th", "tr"]
+  study = gin_utils.bound_arguments("hybridir.study_run.register_study_data", [
+      "languages", "validation_languages", "validation_file", "out_of_domain_languages"])
+  assert study["validation_languages"] == ["en"] and study["validation_file"] is None
+  assert study["out_of_domain_languages"] is None
+  validation = gin_utils.bound_arguments("validation/hybridir.input_pipeline.HybridInput",
+                                         ["mixture_or_task_name", "split"])
+  assert validation == {"split": "train", "mixture_or_task_name": (
+      f"{study_run.validation_record_name(gin_utils.evaluate('CORPUS_NAME'))}_hybrid")}
+  gin.clear_config()
+
+
+@pytest.mark.parametrize("name", CPU_STUDY_FILES)
+def test_cpu_studies_keep_their_four_languages_in_and_out_of_domain(name):
+  gin.clear_config()
+  gin_utils.parse([f"gin_configs/runs/study/{name}.gin"],
+                  ["MODEL_DIR = '/tmp/x'", "SPM_PATH = '/tmp/spm.model'",
+                   "INIT_CHECKPOINT = '/tmp/ckpt'"], finalize=False)
+  study = gin_utils.bound_arguments("hybridir.study_run.register_study_data", [
+      "languages", "out_of_domain_languages", "corpus_dir", "data_dir"])
+  assert study["languages"] == study["out_of_domain_languages"] == ["de", "en", "es", "vi"]
+  assert study["corpus_dir"] == f"{study['data_dir']}/xquad-r"  # XQuAD-R: in-domain.
+  gin.clear_config()
+
+
 @pytest.mark.parametrize("path,kernels", [
     *[(p, "portable") for p in STUDY_FILES if not p.endswith("/base.gin")],
     *[(f"gin_configs/runs/{p}.gin", "cpu")
-      for p in ("smoke", "study/demo_mt5", "study/demo_xlmr", "study/demo_labse",
-                "study/pretrained_minilm")]],
+      for p in ("smoke", *(f"study/{name}" for name in CPU_STUDY_FILES))]],
     ids=os.path.basename)
 def test_cpu_runs_use_the_cpu_layers_and_tpu_runs_the_portable_ones(path, kernels):
   """The CPU demo and smoke run keep the XLA:CPU-tuned layers (their numbers unchanged); the

@@ -63,6 +63,10 @@ def test_quick_study_writes_a_report_that_opens_with_the_computed_answer(quick_s
   first_paragraph = report.split("\n\n")[1]
   assert first_paragraph.startswith("**The answer, computed.**")
   assert "Training against chance" in report and "size-matched pools" in report
+  # The demo trains on XQuAD-R: the report says its XQuAD-R is in-domain, MLQA-R out of domain.
+  assert ("XQuAD-R is not out of domain here: the runs train on its training articles, so its "
+          "held-out articles are the in-domain set (by construction)") in report
+  assert "**Out of domain**, zero-shot: MLQA-R in de, en (" in report
   assert os.path.getsize(paths["loss_plot"]) > 1000
   with open(paths["json"]) as f:
     training = json.load(f)["training"]
@@ -90,7 +94,9 @@ def test_arms_that_stay_at_chance_are_flagged_and_left_out_of_the_answer(quick_s
 
 def test_in_domain_questions_are_held_out_of_training_and_validation(quick_study):
   import tasks
-  in_domain = dict(tasks.evaluation_mixture_datasets("lareqa"))[study_run.IN_DOMAIN]
+  datasets = study_run.study_datasets()
+  assert [name for name, _ in datasets] == ["in_domain", "mlqa_r"]  # XQuAD-R trains: in-domain.
+  in_domain = dict(datasets)[study_run.IN_DOMAIN]
   record = tasks.get_hybrid_mixture("study_hybrid")
   assert record.splits == ("train", "validation", "test")  # The demo's in-domain set: its test.
   assert ({q.question_id for items in in_domain.questions.values() for q in items}
@@ -150,10 +156,21 @@ def _sweep_with_miracl(quick_study, root, languages) -> dict:
     shutil.copy(output_dir / "runs" / run / study_run.RESULTS_FILE, target)
     (target / "miracl" / "logs").mkdir(parents=True)  # The launch's logs are no language.
     for i, language in enumerate(languages):
-      (target / "miracl" / language).mkdir()
-      ndcg = 0.40 + i / 100 + (0.05 if rest.startswith("hybrid") else 0.0)
-      (target / "miracl" / language / "results.json").write_text(json.dumps(
-          {"ndcg_cut_10": ndcg, "recall_100": 0.8, "map": 0.3, "num_q": 12}))
+      write_miracl_stage(target / "miracl" / language, 0.40 + i / 100 + (
+          0.05 if rest.startswith("hybrid") else 0.0))
+
+
+def write_miracl_stage(folder, ndcg, num_queries=12):
+  """A MIRACL stage's files for one language: results.json, and run.trec and qrels.trec in which
+  the first `round(ndcg * n)` of n queries rank their one relevant passage first (nDCG@10 1) and
+  the others miss it (0)."""
+  folder.mkdir(parents=True)
+  hits = round(ndcg * num_queries)
+  folder.joinpath("results.json").write_text(json.dumps(
+      {"ndcg_cut_10": ndcg, "recall_100": 0.8, "map": 0.3, "num_q": num_queries}))
+  folder.joinpath("qrels.trec").write_text("".join(f"q{q} 0 d{q} 1\n" for q in range(num_queries)))
+  folder.joinpath("run.trec").write_text("".join(
+      f"q{q} Q0 {'d' if q < hits else 'x'}{q} 1 1.0 t\n" for q in range(num_queries)))
 
 
 def test_gather_reports_the_miracl_stage_per_language_with_the_mean(quick_study, tmp_path):
@@ -221,6 +238,17 @@ def test_matched_pools_make_a_random_encoders_in_and_out_of_domain_scores_equal(
     noise = math.sqrt(sum(np.var(v) / len(v) for v in values.values()))
     difference = np.mean(values["in"]) - np.mean(values["out"])
     assert abs(difference) < 3 * noise, (setting, difference, noise)
+
+
+def test_expected_random_ndcg_matches_a_simulation():
+  rng = np.random.default_rng(0)
+  discounts = 1.0 / np.log2(np.arange(2, 12))
+  for pool_size, relevant in ((1, 1), (5, 2), (40, 1), (200, 12)):
+    ranks = np.argsort(rng.random((20000, pool_size)), axis=1)[:, :relevant] + 1  # 1-based.
+    gains = np.where(ranks <= 10, 1.0 / np.log2(ranks + 1), 0.0).sum(axis=1)
+    simulated = np.mean(gains / discounts[:min(relevant, 10)].sum())
+    exact = study_stats.expected_random_ndcg(pool_size, relevant)
+    assert exact == pytest.approx(simulated, rel=0.03, abs=1e-4)
 
 
 def test_expected_random_average_precision_matches_a_simulation():

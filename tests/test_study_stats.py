@@ -49,9 +49,23 @@ def _simulated_scores(rng, seed_sd, arms=ARMS, settings=SETTINGS, seeds=3, gap=0
   return scores
 
 
+def _as_comparison(scores, comparison="out"):
+  """Simulated scores as one comparison's: {arm: {seed: {comparison: {side: ...}}}}."""
+  return {arm: {seed: {comparison: {study_stats.IN_DOMAIN: by_dataset["in"],
+                                    study_stats.OUT_OF_DOMAIN: by_dataset["out"]}}
+                for seed, by_dataset in by_seed.items()} for arm, by_seed in scores.items()}
+
+
+def _intervals(scores, contrasts, settings=SETTINGS):
+  """One comparison's table: {contrast: {setting: cell}}."""
+  table = study_stats.contrast_intervals(_as_comparison(scores), contrasts, {"out": settings},
+                                         "out")
+  return {name: by_comparison["out"] for name, by_comparison in table.items()}
+
+
 def _primary_cells(scores, contrasts, settings=SETTINGS):
-  table = study_stats.contrast_intervals(scores, contrasts, "in", "out", settings)
-  return [table[name][study_stats.ALL_SETTINGS] for name in contrasts]
+  table = _intervals(scores, contrasts, settings)
+  return [study_stats.primary_cell({"out": table[name]}) for name in contrasts]
 
 
 @pytest.mark.parametrize("seed_sd", [0.0, 0.01, 0.02, 0.05])
@@ -98,7 +112,7 @@ def _paired_bootstrap_sd(scores, coefficients, setting, num_samples, rng):
 def test_with_one_seed_the_interval_is_over_queries_and_matches_a_paired_item_bootstrap():
   rng = np.random.default_rng(3)
   scores = {arm: {0: by_seed[0]} for arm, by_seed in _simulated_scores(rng, 0.02).items()}
-  table = study_stats.contrast_intervals(scores, PRIMARY, "in", "out", ["mono"])
+  table = _intervals(scores, PRIMARY, ["mono"])
   for name, coefficients in PRIMARY.items():
     cell = table[name]["mono"]
     assert cell["df"] is None  # No seed part: a normal interval.
@@ -130,7 +144,7 @@ def test_holm_adjusted_p_values_match_a_hand_computation():
 def test_the_mean_over_settings_is_primary_and_per_setting_cells_are_holm_adjusted_together():
   rng = np.random.default_rng(2)
   scores = _simulated_scores(rng, 0.01, gap=0.08)
-  table = study_stats.contrast_intervals(scores, PRIMARY, "in", "out", SETTINGS)
+  table = _intervals(scores, PRIMARY, SETTINGS)
   cells = [cell for by_setting in table.values() for cell in by_setting.values()]
   primary = [table[name][study_stats.ALL_SETTINGS] for name in PRIMARY]
   exploratory = [table[name][s] for name in PRIMARY for s in SETTINGS]
@@ -149,29 +163,79 @@ def test_the_mean_over_settings_is_primary_and_per_setting_cells_are_holm_adjust
 def test_a_seed_without_scored_queries_in_a_setting_is_named():
   scores = _simulated_scores(np.random.default_rng(0), 0.0, ARMS[:2], ("mono",))
   scores[ARMS[1]][2]["out"]["mono"] = {"group0": {}}
-  with pytest.raises(ValueError, match=r"'X-X-mono'\) seed 2: no scored query in out mono"):
-    study_stats.contrast_intervals(scores, {"c": PRIMARY["mT5: hybrid - X-X-mono"]}, "in", "out",
-                                   ["mono"])
+  with pytest.raises(ValueError, match=r"'X-X-mono'\) seed 2: no scored query in out "
+                     "out_of_domain mono"):
+    _intervals(scores, {"c": PRIMARY["mT5: hybrid - X-X-mono"]}, ["mono"])
+
+
+def _three_sets(rng, settings, gap=0.0, seed_sd=0.005):
+  """Scores of three comparisons, as the full-scale study has them: MLQA-R and XQuAD-R (every
+  setting) and MIRACL (monolingual only), each simulated on its own items."""
+  comparisons = {"mlqa_r": settings, "xquad_r": settings, "miracl": settings[:1]}
+  scores = {arm: {seed: {} for seed in range(3)} for arm in ARMS}
+  for name, its_settings in comparisons.items():
+    simulated = _as_comparison(_simulated_scores(rng, seed_sd, settings=its_settings, gap=gap),
+                               name)
+    for arm, by_seed in simulated.items():
+      for seed, by_comparison in by_seed.items():
+        scores[arm][seed].update(by_comparison)
+  return scores, comparisons
+
+
+def test_miracl_enters_the_intervals_as_a_third_out_of_domain_set_and_mlqa_r_stays_primary():
+  settings = [setting for setting, _ in study_report.SETTINGS]
+  scores, comparisons = _three_sets(np.random.default_rng(4), settings, gap=0.05)
+  table = study_stats.contrast_intervals(scores, PRIMARY, comparisons, "mlqa_r")
+  for name in PRIMARY:
+    assert set(table[name]) == {"mlqa_r", "xquad_r", "miracl"}
+    assert list(table[name]["miracl"]) == ["monolingual"]  # One setting: no mean cell.
+    roles = {(c, s): cell["role"] for c, cells in table[name].items() for s, cell in cells.items()}
+    assert [k for k, role in roles.items() if role == study_stats.PRIMARY] == [
+        ("mlqa_r", study_stats.ALL_SETTINGS)]
+  exploratory = [cell for by_comparison in table.values() for cells in by_comparison.values()
+                 for cell in cells.values() if cell["role"] == study_stats.EXPLORATORY]
+  assert len(exploratory) == len(PRIMARY) * (3 + 4 + 1)  # Holm runs over every one of them.
+  np.testing.assert_allclose([c["holm_p_value"] for c in exploratory],
+                             study_stats.holm_adjusted([c["p_value"] for c in exploratory]))
+  # MIRACL's cell is its own comparison's: the degradation contrast of its per-query scores, with
+  # the interval it has alone (the other sets only join the Holm family).
+  contrast = PRIMARY["mT5: hybrid - X-X-mono"]
+  expected = 0.0
+  for arm, coefficient in contrast.items():
+    per_seed = []
+    for by_comparison in scores[arm].values():
+      means = {side: np.mean([np.mean(list(g.values())) for g in by_side["monolingual"].values()])
+               for side, by_side in by_comparison["miracl"].items()}
+      per_seed.append(means[study_stats.IN_DOMAIN] - means[study_stats.OUT_OF_DOMAIN])
+    expected += coefficient * np.mean(per_seed)
+  cell = table["mT5: hybrid - X-X-mono"]["miracl"]["monolingual"]
+  assert cell["estimate"] == pytest.approx(expected)
+  alone = study_stats.contrast_intervals(scores, {"c": contrast}, {"miracl": ["monolingual"]},
+                                         "miracl")["c"]["miracl"]["monolingual"]
+  assert (alone["low"], alone["high"]) == pytest.approx((cell["low"], cell["high"]))
+  with pytest.raises(ValueError, match="primary comparison 'tydi' is not one of"):
+    study_stats.contrast_intervals(scores, PRIMARY, comparisons, "tydi")
 
 
 def test_the_report_names_the_primary_answer_and_marks_cells_that_do_not_survive_holm():
   settings = [setting for setting, _ in study_report.SETTINGS]
-  scores = _simulated_scores(np.random.default_rng(1), 0.005, settings=settings, gap=0.06)
-  table = study_stats.contrast_intervals(scores, PRIMARY, "in", "out", settings)
-  exploratory = [cell for by_setting in table.values() for cell in by_setting.values()
-                 if cell["role"] == study_stats.EXPLORATORY]
+  scores, comparisons = _three_sets(np.random.default_rng(1), settings, gap=0.06)
+  table = study_stats.contrast_intervals(scores, PRIMARY, comparisons, "mlqa_r")
+  cells = [cell for by_comparison in table.values() for by_setting in by_comparison.values()
+           for cell in by_setting.values()]
+  exploratory = [c for c in cells if c["role"] == study_stats.EXPLORATORY]
   survivors = [c for c in exploratory if c["holm_excludes_zero"]]
   lost = [c for c in exploratory if c["excludes_zero"] and not c["holm_excludes_zero"]]
   assert survivors and lost  # The case the marks are for.
   paragraph = study_report.answer_paragraph(table, {})
-  assert ("The primary answer is each effect on the mean of the mono, cross and multi settings, "
-          "with 95% intervals over queries (paired" in paragraph)
+  assert ("The primary answer is each effect on MLQA-R, on the mean of the mono, cross and multi "
+          "settings, with 95% intervals over queries (paired" in paragraph)
   assert "3 seeds per arm (t on Welch-Satterthwaite degrees of freedom)" in paragraph
-  assert (f"The 18 per-setting effects in the table are exploratory: {len(survivors + lost)} "
-          f"exclude zero at 95%, {len(survivors)} after Holm's adjustment over all 18" in paragraph)
+  assert (f"The 48 other effects in the tables are exploratory (the per-setting effects, and every "
+          f"effect on MIRACL and XQuAD-R): {len(survivors + lost)} exclude zero at 95%, "
+          f"{len(survivors)} after Holm's adjustment over all 48" in paragraph)
   effects_table = "\n".join(study_report._effects_table(table))
   assert "| mean of settings (primary) |" in effects_table
+  assert "**MIRACL** (nDCG@10, monolingual)" in effects_table and "**XQuAD-R**" in effects_table
   assert effects_table.count("~0 after Holm") == len(lost) + 1  # And once in the legend.
-  primary = [table[name][study_stats.ALL_SETTINGS] for name in PRIMARY]
-  assert effects_table.count("] ~0 |") == sum(not c["excludes_zero"] for c in primary) + sum(
-      not c["excludes_zero"] for c in exploratory)
+  assert effects_table.count("] ~0 |") == sum(not c["excludes_zero"] for c in cells)

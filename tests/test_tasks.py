@@ -1,9 +1,12 @@
 """SeqIO registrations: parallel QA tasks and mixtures, the hybrid mixture, evaluation mixtures."""
+import json
+
 import pytest
 import seqio
 
 import tasks
 from hybridir import corpora
+from hybridir import retrieval_data
 from hybridir import vocab
 from hybridir.models import families
 
@@ -180,11 +183,10 @@ def test_splits_that_share_an_article_or_lack_train_fail_at_registration(data_di
 
 
 def test_lareqa_of_a_corpus_split_is_lareqa_read_on_that_splits_articles(data_dir, spm_models):
-  from hybridir import retrieval_data
   record = register(data_dir, spm_models, name="xqle", languages=("de", "en"),
                     splits={"train": "train", "test": "test"})
-  tasks.register_lareqa_split("xquad_r", "xqle_hybrid", "test")
-  from_record = dict(tasks.evaluation_mixture_datasets("lareqa_xquad_r"))["xquad_r"]
+  tasks.register_lareqa_split("in_domain", "xqle_hybrid", "test")
+  from_record = dict(tasks.evaluation_mixture_datasets("lareqa_in_domain"))["in_domain"]
   direct = retrieval_data.load_lareqa(data_dir, "xquad_r", ("de", "en"),
                                       tasks.evaluation._split_titles(data_dir, "xquad_r", "test"))
   assert from_record.questions == direct.questions
@@ -193,9 +195,72 @@ def test_lareqa_of_a_corpus_split_is_lareqa_read_on_that_splits_articles(data_di
           == set(record.corpora["test"].pairs["de"]))
   assert sum(len(c) for c in from_record.candidates.values()) > 0
   with pytest.raises(ValueError, match="no split 'validation'"):
-    tasks.register_lareqa_split("xquad_r", "xqle_hybrid", "validation")
-  tasks.unregister_evaluation_dataset("xquad_r")
+    tasks.register_lareqa_split("in_domain", "xqle_hybrid", "validation")
+  tasks.unregister_evaluation_dataset("in_domain")
   tasks.unregister_parallel_qa("xqle")
+
+
+def translated_corpus(data_dir, folder, languages=("de", "en")):
+  """XQuAD-R's de and en as a translated corpus: JSONL records with passage and answer sentence
+  (what hybridir.translate writes), under a folder that is not LAReQA's."""
+  folder.mkdir(exist_ok=True)
+  for language in languages:
+    pairs = corpora.read_squad(data_dir / "xquad-r" / f"{language}.json", language)
+    (folder / f"{language}.jsonl").write_text("".join(json.dumps(
+        {"id": p.pair_id, "lang": language, "question": p.question, "passage": p.passage,
+         "article_id": p.article_id, "answer_sentence": p.answer_sentence}) + "\n"
+        for p in pairs))
+  return folder
+
+
+def test_lareqa_of_a_translated_corpus_split_has_sentence_candidates_relevant_in_every_language(
+    data_dir, spm_models, tmp_path):
+  folder = translated_corpus(data_dir, tmp_path / "translated")
+  record = tasks.register_parallel_qa("tr", folder, "t5", spm_models["t5"], ("de", "en"),
+                                      splits={"train": "train", "test": "test"})
+  tasks.register_lareqa_split("in_domain", "tr_hybrid", "test")
+  (_, dataset), = tasks.evaluation_mixture_datasets("lareqa_in_domain")
+  test = record.corpora["test"]
+  assert dataset.candidate_unit == "sentence"
+  assert {q.question_id for q in dataset.questions["en"]} == set(test.pairs["en"])
+  candidates = {c.candidate_id: c for items in dataset.candidates.values() for c in items}
+  for language in ("de", "en"):
+    for question in dataset.questions[language]:
+      relevant = [candidates[c] for c in question.relevant]
+      assert [c.language for c in relevant] == ["de", "en"]  # One per language holding the pair.
+      for candidate in relevant:  # The pair's answer sentence, read in its passage.
+        pair = test.pairs[candidate.language][question.question_id]
+        assert candidate.text == pair.answer_sentence.strip()
+        assert candidate.context == pair.passage
+  # Every sentence of every distinct passage is a candidate: about LAReQA's count on these articles.
+  lareqa = retrieval_data.load_lareqa(data_dir, "xquad_r", ("de", "en"), sorted(test.article_ids()))
+  for language in ("de", "en"):
+    assert abs(len(dataset.candidates[language]) - len(lareqa.candidates[language])) <= 0.1 * len(
+        lareqa.candidates[language])
+  tasks.register_lareqa_split("in_domain", "tr_hybrid", "test", max_items=20)
+  (_, sampled), = tasks.evaluation_mixture_datasets("lareqa_in_domain")
+  kept = {q.question_id for items in sampled.questions.values() for q in items}
+  assert len(kept) == 20 and kept <= set(test.pair_ids())
+  passages = {test.pairs["en"][i].passage for i in kept if i in test.pairs["en"]}
+  assert {c.context for c in sampled.candidates["en"]} == passages  # Their passages' sentences.
+  tasks.unregister_evaluation_dataset("in_domain")
+  tasks.unregister_parallel_qa("tr")
+
+
+def test_a_corpus_without_answer_sentences_gives_passage_candidates(tmp_path):
+  records = [{"id": f"q{i}", "lang": language, "question": f"Q{i} {language}?",
+              "passage": f"Passage {i % 2} in {language}. Second sentence.", "article_id": f"a{i}"}
+             for i in range(4) for language in ("de", "en")]
+  path = tmp_path / "pairs.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in records))
+  dataset = retrieval_data.from_parallel_corpus(corpora.load_parallel_corpus(path), "in_domain")
+  assert dataset.candidate_unit == "passage"
+  assert [c.text for c in dataset.candidates["en"]] == ["Passage 0 in en. Second sentence.",
+                                                        "Passage 1 in en. Second sentence."]
+  by_id = {c.candidate_id: c.text for items in dataset.candidates.values() for c in items}
+  question = dataset.questions["de"][1]
+  assert [by_id[c] for c in question.relevant] == ["Passage 1 in de. Second sentence.",
+                                                   "Passage 1 in en. Second sentence."]
 
 
 def test_lareqa_mixtures_give_the_published_counts(data_dir, spm_models):
