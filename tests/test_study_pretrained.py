@@ -75,8 +75,16 @@ def test_pretrained_report_shows_the_zero_shot_row_and_the_objective_check(pretr
   report = open(paths["markdown"]).read()
   assert report.startswith("# Hybrid batches against X-X-mono and X-Y: out-of-domain "
                            "degradation, MiniLM\n")
-  # In every score table: full pools (in-domain, MLQA-R), matched pools, degradation, bias.
-  assert report.count("| MiniLM | zero-shot |") == 5
+  # In every score table: full pools (in-domain, MLQA-R), size-matched pools, degradation on
+  # them and on distractor-matched pools, bias.
+  assert report.count("| MiniLM | zero-shot |") == 6
+  assert "## Degradation on distractor-matched pools" in report
+  comparison = results["MiniLM", "hybrid", 0]["evaluation"]["comparisons"]["mlqa_r"]
+  matched = [comparison["distractor_matched"][side] for side in ("in_domain", "out_of_domain")]
+  assert all(m["per_query_above_chance"]["monolingual"] for m in matched)
+  # The same k and pool size on both sides (k is 0 here: 40 sampled candidates per language
+  # leave few sentences of a relevant one's paragraph).
+  assert len({(m["distractors"], m["pool_size"]) for m in matched}) == 1
   assert "all-MiniLM-L6-v2" in report and "to fit the budget" in report
   assert "## Fine-tuning against the pretrained model" in report
   with open(paths["json"]) as f:
