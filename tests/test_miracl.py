@@ -1,7 +1,6 @@
 """MIRACL in the study: the public files (gzip JSON-lines shards) read as one corpus, the
 published sizes enforced, and the study's MIRACL stage over languages, local and on gs://,
 resuming by skipping the languages done."""
-import gzip
 import json
 import os
 import pathlib
@@ -21,6 +20,7 @@ from tests.conftest import REPO_ROOT
 from tests.test_corpus_eval import NUM_PASSAGES
 from tests.test_corpus_eval import NUM_TOPICS
 from tests.test_corpus_eval import tiny_encoder
+from tests.test_corpus_eval import write_gzip_shards
 from tests.test_corpus_eval import write_miracl_files
 
 LANGUAGES = ("sw", "te")
@@ -41,11 +41,8 @@ def write_public_layout(root, language, seed):
     os.makedirs(os.path.dirname(target), exist_ok=True)
     shutil.copy(source, target)
   lines = (single / "corpus.jsonl").read_text().splitlines(keepends=True)
-  shard_dir = os.path.dirname(files.corpus)
-  os.makedirs(shard_dir)
-  for i, part in enumerate(np.array_split(np.arange(len(lines)), SHARDS)):
-    with gzip.open(os.path.join(shard_dir, f"docs-{i}.jsonl.gz"), "wt", encoding="utf-8") as f:
-      f.writelines(lines[j] for j in part)
+  write_gzip_shards(lines, os.path.dirname(files.corpus),
+                    [len(part) for part in np.array_split(lines, SHARDS)])
   return files, single
 
 
