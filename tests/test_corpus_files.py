@@ -14,8 +14,10 @@ from hybridir import corpus_eval
 from hybridir import corpus_files
 from hybridir import corpus_index
 from hybridir import export
+from hybridir import retrieval_data
 from tests.test_corpus_eval import tiny_encoder
 from tests.test_corpus_eval import write_gzip_shards
+from tests.test_corpus_index import read_index
 
 
 def record(i, **fields):
@@ -204,3 +206,31 @@ def test_a_corpus_smaller_than_published_is_refused_naming_both_counts(encoder, 
         corpus_jsonl=corpus, language="sw", output_dir=str(tmp_path / "out"))
   assert str(error.value).startswith(f"{corpus}: 11 passages where MIRACL sw dev has 131924")
   assert not list((tmp_path / "out" / "index").glob("shard-*"))
+
+
+def test_a_streamed_encoding_killed_mid_file_resumes_to_the_index_of_one_pass(encoder, tmp_path,
+                                                                              monkeypatch):
+  corpus = counted(write_corpus(tmp_path / "docs", (5, 6)))  # Shard 2 starts in docs-1.
+  source = corpus_index.StreamedPassages(encoder, corpus, retrieval_data.miracl_passage)
+  write, written = corpus_index.write_shard, []
+
+  def crash_after_two(*args):
+    if len(written) == 2:
+      raise KeyboardInterrupt("killed")
+    write(*args)
+    written.append(args[2])
+
+  monkeypatch.setattr(corpus_index, "write_shard", crash_after_two)
+  with pytest.raises(KeyboardInterrupt):
+    corpus_index.encode_corpus(encoder, source, str(tmp_path / "resumed"), 4, progress=False)
+  monkeypatch.setattr(corpus_index, "write_shard", write)
+  fresh = corpus_index.StreamedPassages(encoder, corpus, retrieval_data.miracl_passage)
+  resumed = corpus_index.encode_corpus(encoder, fresh, str(tmp_path / "resumed"), 4,
+                                       progress=False)
+  assert (resumed["encoded_shards"], resumed["skipped_shards"]) == (1, 2)
+  corpus_index.encode_corpus(encoder, corpus_index.StreamedPassages(
+      encoder, corpus, retrieval_data.miracl_passage), str(tmp_path / "one_pass"), 4,
+                             progress=False)
+  ids, embeddings = read_index(str(tmp_path / "resumed"))
+  assert ids == [f"d{i}" for i in range(11)] == read_index(str(tmp_path / "one_pass"))[0]
+  np.testing.assert_array_equal(embeddings, read_index(str(tmp_path / "one_pass"))[1])
