@@ -21,6 +21,7 @@ from hybridir.models import t5
 from tests.conftest import REPO_ROOT
 from tests.test_corpus_index import init_params
 from tests.test_corpus_index import read_index
+from tests.test_corpus_search import PEAK_RSS_GROWTH
 from tests.test_multihost import free_port
 from tests.test_multihost import run_processes
 
@@ -153,13 +154,9 @@ def test_the_run_ranks_as_brute_force_over_the_encoded_corpus(runs):
   assert exact >= NUM_TOPICS - 1
 
 
-EVALUATE_AND_REPORT_RSS_GROWTH = """
-import ctypes, gc, json, sys, threading
+EVALUATE_AND_REPORT_RSS_GROWTH = PEAK_RSS_GROWTH + """
+import functools, json, sys
 from hybridir import corpus_eval, export
-
-def rss():  # Bytes resident now, from the kernel's accounting of this process.
-  with open("/proc/self/statm") as f:
-    return int(f.read().split()[1]) * 4096
 
 encoder_dir, folder, names = sys.argv[1], sys.argv[2], sys.argv[3:]
 encoder = export.load_encoder(encoder_dir, batch_size=64)
@@ -171,21 +168,8 @@ def evaluate(name):
       allow_subset=True)
 
 evaluate(names[0])  # jax's start-up and every compilation (XLA's memory): out of the count.
-growth = {}
-for name in names[1:]:
-  gc.collect()
-  ctypes.CDLL("libc.so.6").malloc_trim(0)
-  before, peak, done = rss(), [0], threading.Event()
-  def sample():
-    while not done.wait(0.001):
-      peak[0] = max(peak[0], rss())
-  sampler = threading.Thread(target=sample)
-  sampler.start()
-  evaluate(name)
-  done.set()
-  sampler.join()
-  growth[name] = max(peak[0], rss()) - before
-print(json.dumps(growth))
+print(json.dumps({name: peak_rss_growth(functools.partial(evaluate, name))
+                  for name in names[1:]}))
 """
 
 

@@ -17,6 +17,7 @@ from hybridir import export
 from hybridir import retrieval_data
 from tests.test_corpus_eval import tiny_encoder
 from tests.test_corpus_eval import write_gzip_shards
+from tests.test_corpus_index import encode_killed_after_two_shards
 from tests.test_corpus_index import read_index
 
 
@@ -212,18 +213,7 @@ def test_a_streamed_encoding_killed_mid_file_resumes_to_the_index_of_one_pass(en
                                                                               monkeypatch):
   corpus = counted(write_corpus(tmp_path / "docs", (5, 6)))  # Shard 2 starts in docs-1.
   source = corpus_index.StreamedPassages(encoder, corpus, retrieval_data.miracl_passage)
-  write, written = corpus_index.write_shard, []
-
-  def crash_after_two(*args):
-    if len(written) == 2:
-      raise KeyboardInterrupt("killed")
-    write(*args)
-    written.append(args[2])
-
-  monkeypatch.setattr(corpus_index, "write_shard", crash_after_two)
-  with pytest.raises(KeyboardInterrupt):
-    corpus_index.encode_corpus(encoder, source, str(tmp_path / "resumed"), 4, progress=False)
-  monkeypatch.setattr(corpus_index, "write_shard", write)
+  encode_killed_after_two_shards(encoder, source, str(tmp_path / "resumed"), 4, monkeypatch)
   fresh = corpus_index.StreamedPassages(encoder, corpus, retrieval_data.miracl_passage)
   resumed = corpus_index.encode_corpus(encoder, fresh, str(tmp_path / "resumed"), 4,
                                        progress=False)
