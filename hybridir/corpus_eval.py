@@ -6,7 +6,8 @@ search it exactly in bounded memory, write the TREC run and qrels, score them.
       --gin.CORPUS="'corpus.jsonl'" --gin.LANGUAGE="'sw'" --gin.EVAL_DIR="'gs://b/eval/sw'"
 
 The same command runs on one process or on every host of a pod (jax.distributed, hybridir.main's
-flags): each process encodes and searches its own shards; process 0 writes the run and results.
+flags): each process reads only its part of the corpus files, encodes and searches its own
+shards; process 0 writes the run and results.
 Rerunning after a crash skips the shards already encoded. A MIRACL language whose files do not
 hold its published numbers of queries and passages is refused unless ALLOW_SUBSET = True.
 
@@ -107,9 +108,10 @@ def evaluate_corpus(encoder: encoder_lib.Encoder, *, topics_tsv: str, qrels_trec
   absent = corpus_index.check_passage_ids(index_dir, encoding, source.where, list(judged),
                                           memory_bytes)
   if absent:
-    raise corpora.CorpusError(f"{judged[absent[0]]}: docid {absent[0]!r} is not in "
-                              f"{corpus_jsonl}" + (f" (nor are {len(absent) - 1} other judged "
-                                                   "docids)" if len(absent) > 1 else ""))
+    missing = frozenset(absent)
+    first = next(docid for docid in judged if docid in missing)  # In the qrels' order.
+    raise corpora.CorpusError(f"{judged[first]}: docid {first!r} is not in {corpus_jsonl}" + (
+        f" (nor are {len(absent) - 1} other judged docids)" if len(absent) > 1 else ""))
   logging.info("checked the index's ids in %.1f s", time.monotonic() - began)
   began = time.monotonic()
   query_emb = encoder.encode([q.text for q in questions], tower="query")

@@ -25,6 +25,8 @@ from tests.test_corpus_search import PEAK_RSS_GROWTH
 from tests.test_multihost import free_port
 from tests.test_multihost import run_processes
 
+pytestmark = pytest.mark.slow  # The 2-process run of `runs` takes 40-60 s on 2 shared cores.
+
 WORDS = ("river city school music garden history language water mountain king football bridge "
          "science winter market island train paper forest castle").split()
 NUM_PASSAGES, NUM_TOPICS = 240, 12
@@ -173,7 +175,6 @@ print(json.dumps({name: peak_rss_growth(functools.partial(evaluate, name))
 """
 
 
-@pytest.mark.slow
 def test_evaluation_memory_does_not_grow_with_a_tenfold_corpus(tmp_path, data_dir):
   """Peak RSS growth of an evaluation process (measured, not timed) over gzip corpora of 2,000
   and 20,000 passages of 80 words in files of 3,000, shards of 1,000 and a 1 MiB search bound:
