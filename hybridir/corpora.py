@@ -273,16 +273,21 @@ def jsonl_files(path: PathLike) -> list[str]:
   return files
 
 
+def json_record(line: str, where: str) -> Mapping:
+  """The JSON object on one line, else a CorpusError naming `where`."""
+  try:
+    record = json.loads(line)
+  except json.JSONDecodeError as e:
+    raise CorpusError(f"{where}: malformed or truncated JSON: {e.msg}") from e
+  if not isinstance(record, Mapping):
+    raise CorpusError(f"{where}: a record must be a JSON object")
+  return record
+
+
 def read_json_lines(path: PathLike) -> Iterator[tuple[str, Mapping]]:
   """(where, record) for each non-blank line of a JSON lines file."""
   for where, line in read_lines(path):
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise CorpusError(f"{where}: malformed or truncated JSON: {e.msg}") from e
-    if not isinstance(record, Mapping):
-      raise CorpusError(f"{where}: a record must be a JSON object")
-    yield where, record
+    yield where, json_record(line, where)
 
 
 def read_jsonl(path: PathLike) -> list[QAPair]:

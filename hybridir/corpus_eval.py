@@ -6,7 +6,8 @@ search it exactly in bounded memory, write the TREC run and qrels, score them.
       --gin.CORPUS="'corpus.jsonl'" --gin.LANGUAGE="'sw'" --gin.EVAL_DIR="'gs://b/eval/sw'"
 
 The same command runs on one process or on every host of a pod (jax.distributed, hybridir.main's
-flags): each process encodes and searches its own shards; process 0 writes the run and results.
+flags): each process reads only its part of the corpus files, encodes and searches its own
+shards; process 0 writes the run and results.
 Rerunning after a crash skips the shards already encoded. A MIRACL language whose files do not
 hold its published numbers of queries and passages is refused unless ALLOW_SUBSET = True.
 
@@ -15,12 +16,14 @@ language in turn from the public files under one root, skipping those already do
 """
 import json
 import os
+import time
 from typing import Sequence
 
 from absl import logging
 import jax
 
 from hybridir import artifacts
+from hybridir import corpora
 from hybridir import corpus_index
 from hybridir import corpus_search
 from hybridir import encoder as encoder_lib
@@ -60,9 +63,8 @@ def run_corpus_evaluation(*, encoder_path: str, topics_tsv: str, qrels_trec: str
   gs://): {measure: mean over judged queries, num_q}, also written to output_dir/results.json.
   num_partitions: local devices each parameter is split over (load_encoder's).
 
-  The corpus: a JSONL file, a glob or a folder of them, gzipped or not. The index goes to
-  index_dir (default output_dir/index); candidates are read as `retrieval_data.load_miracl`
-  gives them (title, then text) and encoded as passages. A language of MIRACL's table must have
+  The corpus: a JSONL file, a glob or a folder of them, gzipped or not, streamed (evaluate_corpus).
+  The index goes to index_dir (default output_dir/index). A language of MIRACL's table must have
   its published dev sizes (`miracl.check_published_counts`) unless allow_subset.
   """
   for name in measures:
@@ -81,22 +83,42 @@ def evaluate_corpus(encoder: encoder_lib.Encoder, *, topics_tsv: str, qrels_trec
                     dtype: str = "float32", depth: int = 100, memory_bytes: int = 2 << 30,
                     measures: Sequence[str] = metrics.DEFAULT_MEASURES,
                     allow_subset: bool = False) -> dict:
-  """run_corpus_evaluation with the encoder already loaded."""
+  """run_corpus_evaluation with the encoder already loaded.
+
+  The corpus is never held whole: its files are counted once (index_dir/counts), each process
+  streams the records of its own shards (corpus_index.StreamedPassages), and after encoding the
+  index's ids are checked for duplicates and for the judged docids (check_passage_ids).
+  """
   index_dir = index_dir or os.path.join(output_dir, "index")
-  data = retrieval_data.load_miracl(topics_tsv, qrels_trec, corpus_jsonl, language)
+  questions, judged = retrieval_data.read_miracl_topics(topics_tsv, qrels_trec, language)
+  began = time.monotonic()
+  corpus = corpus_index.count_corpus(index_dir, corpora.jsonl_files(corpus_jsonl))
+  logging.info("counted %d passages in %d files in %.1f s", len(corpus), len(corpus.files),
+               time.monotonic() - began)
   if not allow_subset:
-    miracl.check_published_counts(data, language, topics_tsv, corpus_jsonl)
-  questions, candidates = data.questions[language], data.candidates[language]
-  source = corpus_index.TextPassages(encoder, [c.candidate_id for c in candidates],
-                                     [c.text for c in candidates],
-                                     [c.context for c in candidates])
+    miracl.check_published_counts(language, topics_tsv, len(questions), corpus_jsonl,
+                                  len(corpus))
+  source = corpus_index.StreamedPassages(encoder, corpus, retrieval_data.miracl_passage)
   encoding = corpus_index.encode_corpus(encoder, source, index_dir, shard_size, dtype)
-  logging.info("encoded %d passages (%d shards skipped) at %.1f passages/s",
-               encoding["encoded_passages"], encoding["skipped_shards"],
+  logging.info("encoded %d passages (%d shards skipped) in %.1f s (%.1f s reading and "
+               "tokenising) at %.1f passages/s", encoding["encoded_passages"],
+               encoding["skipped_shards"], encoding["seconds"], encoding["read_seconds"],
                encoding["passages_per_second"])
+  began = time.monotonic()
+  absent = corpus_index.check_passage_ids(index_dir, encoding, source.where, list(judged),
+                                          memory_bytes)
+  if absent:
+    missing = frozenset(absent)
+    first = next(docid for docid in judged if docid in missing)  # In the qrels' order.
+    raise corpora.CorpusError(f"{judged[first]}: docid {first!r} is not in {corpus_jsonl}" + (
+        f" (nor are {len(absent) - 1} other judged docids)" if len(absent) > 1 else ""))
+  logging.info("checked the index's ids in %.1f s", time.monotonic() - began)
+  began = time.monotonic()
   query_emb = encoder.encode([q.text for q in questions], tower="query")
-  scores, indices = corpus_search.search_index(index_dir, query_emb,
-                                               min(depth, len(candidates)), memory_bytes)
+  scores, indices = corpus_search.search_index(index_dir, query_emb, min(depth, len(corpus)),
+                                               memory_bytes)
+  logging.info("searched %d queries over %d passages in %.1f s", len(questions), len(corpus),
+               time.monotonic() - began)
   if jax.process_index() != 0:  # Every process holds the same top-k; one writes.
     return {}
   qids = [q.question_id for q in questions]

@@ -1,17 +1,21 @@
 """Corpus encoding as a resumable, sharded job: N passages in fixed shards, one file pair per shard.
 
     INDEX_DIR/index.json                    what is encoded: passages, shards, dim, dtype, source
+    INDEX_DIR/counts/docs-3.jsonl.gz.json   a corpus file's records, counted once (StreamedPassages)
     INDEX_DIR/shard-00012-of-00100.ids.npy  the shard's passage ids (unicode), written first
     INDEX_DIR/shard-00012-of-00100.npy      its embeddings [rows, dim] (float32, or bfloat16 bits
                                             as uint16), written last: the shard's done marker
 
 INDEX_DIR may be local or gs://; every file is written atomically (hybridir.fs), so a shard whose
-embeddings file exists is complete and a rerun of the same job skips it. Shard s belongs to process
-s mod process_count, which encodes it over all its local devices (an `encoder.Encoder`).
+embeddings file exists is complete and a rerun of the same job skips it. Process p of P encodes a
+contiguous block of shards (the same number of passages, within one shard, and one pass over its
+part of the corpus files) over all its local devices (an `encoder.Encoder`), reading
+`read_size` passages at a time: memory holds one shard's ids and embeddings and one read's texts.
 """
 import dataclasses
 import hashlib
 import io
+import itertools
 import json
 import os
 import time
@@ -23,44 +27,91 @@ import ml_dtypes
 import numpy as np
 import tqdm
 
+from hybridir import corpora
+from hybridir import corpus_files
 from hybridir import fs
 
 INDEX_FILE = "index.json"
 FORMAT, FORMAT_VERSION = "hybridir-corpus-index", 1
 DTYPES = ("float32", "bfloat16")
 MAX_PASSAGES = 2**31 - 1  # Global passage positions travel between hosts as int32.
+READ_SIZE = 2048  # Passages read, tokenised and encoded at a time within a shard.
+COUNTS_DIR = "counts"
 # An encoder.Encoder (encode_ids, tokenize, dimension, params, model); not imported, so that a
 # search-only process (hybridir.corpus_search) loads neither the models nor their vocabularies.
 Encoder = Any
 
 
 class PassageSource(Protocol):
-  """A corpus with random access by position: read(start, stop) -> (passage ids, token ids)."""
+  """A corpus by position: read(start, stop) -> (passage ids, token ids); where(position) names
+  a passage in errors (file and line)."""
 
   def __len__(self) -> int: ...
   def read(self, start: int, stop: int) -> tuple[list[str], list[list[int]]]: ...
+  def where(self, position: int) -> str: ...
   def describe(self) -> dict: ...
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class TextPassages:
-  """Passages held as texts (with contexts: MIRACL titles), tokenised by the encoder as passages."""
-  encoder: Encoder
-  ids: Sequence[str]
-  texts: Sequence[str]
-  contexts: Sequence[str]
+class StreamedPassages:
+  """Passages streamed from JSON-lines files (corpus_files), tokenised by the encoder as passages:
+  `passage(record, where) -> (id, text)` reads one record. Consecutive reads continue one open
+  stream; a read elsewhere reopens the file it starts in and skips to it."""
+
+  def __init__(self, encoder: Encoder, corpus: corpus_files.CorpusFiles, passage):
+    self.encoder, self.corpus, self.passage = encoder, corpus, passage
+    self._stream, self._position = None, None
 
   def __len__(self) -> int:
-    return len(self.ids)
+    return len(self.corpus)
 
   def read(self, start, stop):
-    return (list(self.ids[start:stop]),
-            self.encoder.tokenize(list(self.texts[start:stop]), "passage",
-                                  list(self.contexts[start:stop])))
+    stop = min(stop, len(self.corpus))
+    if self._position != start:
+      self._stream = self.corpus.records(start)
+    ids, texts = [], []
+    for where, record in itertools.islice(self._stream, stop - start):
+      passage_id, text = self.passage(record, where)
+      ids.append(passage_id)
+      texts.append(text)
+    self._position = stop
+    return ids, self.encoder.tokenize(texts, "passage")
+
+  def where(self, position: int) -> str:
+    return self.corpus.where(position)
 
   def describe(self) -> dict:
-    digest = hashlib.sha256("\n".join(self.ids).encode("utf-8")).hexdigest()
-    return {"kind": "texts", "ids_sha256": digest}
+    return self.corpus.describe()
+
+
+def count_corpus(index_dir: str, paths: Sequence[str]) -> corpus_files.CorpusFiles:
+  """The corpus files' record counts, from INDEX_DIR/counts/ where counted before (same size),
+  else counted now: each process counts its share of the bytes (corpus_files.files_to_count),
+  then all wait for each other and read every count."""
+  sizes = [corpus_files.file_size(p) for p in paths]
+  def count_path(path):
+    return os.path.join(index_dir, COUNTS_DIR, os.path.basename(path) + ".json")
+
+  def recorded(index):
+    path = count_path(paths[index])
+    if not fs.exists(path):
+      return None
+    count = corpus_files.FileCount(**json.loads(fs.read_text(path)))
+    return count if count.size_bytes == sizes[index] else None
+
+  fs.makedirs(os.path.join(index_dir, COUNTS_DIR))
+  for index in corpus_files.files_to_count(sizes, jax.process_index(), jax.process_count()):
+    if recorded(index) is None:
+      count = corpus_files.count_records(paths[index])
+      fs.write_text_atomically(count_path(paths[index]), json.dumps(dataclasses.asdict(count)))
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("corpus_index.count_corpus")
+  counts = [recorded(index) for index in range(len(paths))]
+  changed = [paths[i] for i, count in enumerate(counts) if count is None]
+  if changed:
+    raise corpora.CorpusError(f"{changed[0]}: its count in {count_path(changed[0])} is missing "
+                              "or of another size after counting: was it written meanwhile?")
+  return corpus_files.CorpusFiles(tuple(dataclasses.replace(c, path=p)
+                                        for c, p in zip(counts, paths)))
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -99,6 +150,9 @@ class SyntheticPassages:
     return ([f"p{i}" for i in range(start, stop)],
             [row[:length].tolist() for row, length in zip(tokens, lengths)])
 
+  def where(self, position: int) -> str:
+    return f"synthetic passage {position}"
+
   def describe(self) -> dict:
     return {"kind": "synthetic", **dataclasses.asdict(self)}
 
@@ -117,10 +171,21 @@ def shard_bounds(spec: dict, shard: int) -> tuple[int, int]:
 
 def shards_of_process(num_shards: int, process: int | None = None,
                       count: int | None = None) -> list[int]:
-  """The shards one process encodes and searches: s mod process_count == process_index."""
+  """The shards one process encodes and searches: its contiguous block of num_shards / count
+  (blocks differ by at most one shard), so it reads its part of the corpus in one pass."""
   process = jax.process_index() if process is None else process
   count = jax.process_count() if count is None else count
-  return list(range(process, num_shards, count))
+  return list(range(process * num_shards // count, (process + 1) * num_shards // count))
+
+
+def passages_of_process(num_passages: int, shard_size: int, process: int,
+                        count: int) -> tuple[int, int]:
+  """[start, stop) of the passages a process encodes (its shards' span)."""
+  spec = {"shard_size": shard_size, "num_passages": num_passages}
+  shards = shards_of_process(-(-num_passages // shard_size), process, count)
+  if not shards:
+    return 0, 0
+  return shard_bounds(spec, shards[0])[0], shard_bounds(spec, shards[-1])[1]
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -222,17 +287,21 @@ def encoder_fingerprint(encoder: Encoder) -> str:
 # The job
 
 def encode_corpus(encoder: Encoder, source: PassageSource, index_dir: str,
-                  shard_size: int = 65536, dtype: str = "float32",
-                  progress: bool = True) -> dict:
-  """Encodes this process's unfinished shards of `source` into index_dir; returns the index spec
-  with this run's counts (`encoded_shards`, `skipped_shards`, `seconds`, `passages_per_second`).
+                  shard_size: int = 65536, dtype: str = "float32", progress: bool = True,
+                  read_size: int = READ_SIZE) -> dict:
+  """Encodes this process's unfinished shards of `source` into index_dir, `read_size` passages
+  at a time; returns the index spec with this run's counts (`encoded_shards`, `skipped_shards`,
+  `seconds`, `read_seconds`: reading and tokenising, `passages_per_second`).
 
-  All processes wait for each other at the end, so the index is complete when this returns.
+  A passage id twice in one shard is an error naming both (source.where) before the shard is
+  written; across shards, check_passage_ids. All processes wait for each other at the end, so
+  the index is complete when this returns.
   """
   if dtype not in DTYPES:
     raise ValueError(f"encode_corpus dtype must be one of {DTYPES}, got {dtype!r}")
-  if not isinstance(shard_size, int) or shard_size < 1:
-    raise ValueError(f"encode_corpus shard_size must be a positive int, got {shard_size!r}")
+  for name, value in (("shard_size", shard_size), ("read_size", read_size)):
+    if not isinstance(value, int) or value < 1:
+      raise ValueError(f"encode_corpus {name} must be a positive int, got {value!r}")
   if not 1 <= len(source) <= MAX_PASSAGES:
     raise ValueError(f"encode_corpus: the source has {len(source)} passages; expected 1 to "
                      f"{MAX_PASSAGES}")
@@ -247,15 +316,23 @@ def encode_corpus(encoder: Encoder, source: PassageSource, index_dir: str,
   def rows(shards):
     return sum(stop - start for start, stop in (shard_bounds(spec, s) for s in shards))
 
-  began = time.monotonic()
+  began, reading = time.monotonic(), 0.0
   with tqdm.tqdm(total=rows(mine), initial=rows(mine) - rows(pending), unit="passage",
                  desc=f"encoding (process {jax.process_index()})", disable=not progress,
                  smoothing=0.1) as bar:
     for shard in pending:
       start, stop = shard_bounds(spec, shard)
-      ids, tokens = source.read(start, stop)
-      write_shard(index_dir, spec, shard, ids, encoder.encode_ids(tokens, "passage"))
-      bar.update(stop - start)
+      ids, embeddings = [], np.empty((stop - start, spec["dimension"]), np.float32)
+      for first in range(start, stop, read_size):
+        read_began = time.monotonic()
+        read_ids, tokens = source.read(first, min(first + read_size, stop))
+        reading += time.monotonic() - read_began
+        ids += read_ids
+        embeddings[first - start:first - start + len(tokens)] = encoder.encode_ids(tokens,
+                                                                                   "passage")
+        bar.update(len(tokens))
+      _check_unique_in_shard(ids, start, source)
+      write_shard(index_dir, spec, shard, ids, embeddings)
   seconds = time.monotonic() - began
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("corpus_index.encode_corpus")
@@ -265,5 +342,72 @@ def encode_corpus(encoder: Encoder, source: PassageSource, index_dir: str,
                        "after encoding")
   encoded = rows(pending)
   return dict(spec, encoded_shards=len(pending), skipped_shards=len(mine) - len(pending),
-              encoded_passages=encoded, seconds=seconds,
+              encoded_passages=encoded, seconds=seconds, read_seconds=reading,
               passages_per_second=encoded / seconds if seconds > 0 else 0.0)
+
+
+def _check_unique_in_shard(ids: Sequence[str], start: int, source: PassageSource) -> None:
+  if len(set(ids)) == len(ids):
+    return
+  first = {}
+  for offset, passage_id in enumerate(ids):
+    if passage_id in first:
+      raise _duplicate(source.where, passage_id, start + first[passage_id], start + offset)
+    first[passage_id] = offset
+
+
+def id_hashes(ids: np.ndarray) -> np.ndarray:
+  """64-bit hashes of unicode ids (one numpy pass per character column, splitmix64 mixing; the
+  padding of a shorter id leaves its hash unchanged, so any array width hashes alike)."""
+  ids = np.ascontiguousarray(ids, dtype=np.str_)
+  width = ids.dtype.itemsize // 4
+  columns = ids.view(np.uint32).reshape(len(ids), width).astype(np.uint64)
+  hashes = np.full(len(ids), 0x9E3779B97F4A7C15, np.uint64)
+  for column in columns.T:
+    hashes = np.where(column != 0, _mix(hashes ^ column), hashes)
+  return hashes
+
+
+def check_passage_ids(index_dir: str, spec: dict, where, required: Sequence[str] = (),
+                      memory_bytes: int = 2 << 30) -> list[str]:
+  """Fails, naming both places (where(position)), if an id is held twice anywhere in a complete
+  index; returns the `required` ids it does not hold (compared exactly).
+
+  Ids are hashed (id_hashes) and checked a bucket of hash values at a time, 32 bytes a passage
+  within memory_bytes; equal hashes are compared as ids. Every process reads every ids file, so
+  all fail alike.
+  """
+  required = np.asarray(sorted(set(required)), dtype=np.str_)
+  absent = np.ones(len(required), bool)
+  buckets = max(1, -(-spec["num_passages"] * 32 // memory_bytes))
+  edges = [np.uint64(b * (2**64 // buckets)) for b in range(buckets)]
+  for bucket, low in enumerate(edges):
+    hashes, positions = [], []
+    for shard in range(spec["num_shards"]):
+      ids = read_shard_ids(index_dir, spec, shard)
+      if bucket == 0 and len(required):
+        absent &= ~np.isin(required, ids)
+      shard_hashes = id_hashes(ids)
+      keep = shard_hashes >= low
+      if bucket + 1 < buckets:
+        keep &= shard_hashes < edges[bucket + 1]
+      hashes.append(shard_hashes[keep])
+      positions.append(shard_bounds(spec, shard)[0] + np.flatnonzero(keep))
+    hashes, positions = np.concatenate(hashes), np.concatenate(positions)
+    order = np.argsort(hashes, kind="stable")  # Equal hashes stay in position order.
+    hashes, positions = hashes[order], positions[order]
+    for i in np.flatnonzero(hashes[1:] == hashes[:-1]):
+      first, second = (_id_at(index_dir, spec, p) for p in positions[i:i + 2])
+      if first == second:
+        raise _duplicate(where, first, int(positions[i]), int(positions[i + 1]))
+  return required[absent].tolist()
+
+
+def _duplicate(where, passage_id: str, first: int, second: int) -> corpora.CorpusError:
+  return corpora.CorpusError(f"{where(second)}: duplicate docid {passage_id!r} (first at "
+                             f"{where(first)})")
+
+
+def _id_at(index_dir: str, spec: dict, position: int) -> str:
+  shard = int(position) // spec["shard_size"]
+  return str(read_shard_ids(index_dir, spec, shard)[int(position) - shard * spec["shard_size"]])

@@ -9,12 +9,16 @@ def matmul_params(cfg) -> int:
   return (attention + (mlp_inputs + 1) * cfg.emb_dim * cfg.mlp_dim) * cfg.num_layers
 
 
+def encode_flops(cfg, length: int) -> float:
+  """Forward FLOPs of one text of `length` tokens: 2 * matmul params * L + 4 * L^2 * heads *
+  head_dim * layers (attention scores and values). The embedding lookup counts zero; padded
+  positions count (every implementation computes them)."""
+  return (2 * matmul_params(cfg) * length
+          + 4 * length ** 2 * cfg.num_heads * cfg.head_dim * cfg.num_layers)
+
+
 def train_step_flops(cfg, batch_size: int, lengths) -> float:
-  """Forward + backward FLOPs: 6 * matmul params * tokens + 12 * B * L^2 * heads * head_dim * layers
-  (attention scores and values), summed over the query and passage calls, plus the loss matmul.
-  The embedding lookup counts zero; padded positions count (every implementation computes them)."""
-  flops = 0.0
-  for length in lengths:
-    flops += 6 * matmul_params(cfg) * batch_size * length
-    flops += 12 * batch_size * length ** 2 * cfg.num_heads * cfg.head_dim * cfg.num_layers
+  """Forward + backward FLOPs (3x forward: encode_flops) of the query and passage calls, plus
+  the loss matmul."""
+  flops = sum(3 * batch_size * encode_flops(cfg, length) for length in lengths)
   return flops + 6 * batch_size * batch_size * cfg.emb_dim

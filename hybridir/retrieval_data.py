@@ -7,7 +7,7 @@ import collections
 import dataclasses
 import pathlib
 import re
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from hybridir import corpora
 from hybridir import fs
@@ -121,29 +121,24 @@ def _restrict_to_articles(paragraphs: dict[str, list[corpora.SquadParagraph]], t
           for language, ps in paragraphs.items()}
 
 
-def load_miracl(topics_tsv: PathLike, qrels_trec: PathLike, corpus_jsonl: PathLike,
-                language: str) -> RetrievalDataset:
-  """One MIRACL language: topics `qid<TAB>query`, qrels `qid Q0 docid rel`, corpus JSONL.
+def miracl_passage(record: Mapping, where: str) -> tuple[str, str]:
+  """(docid, title then text) of one MIRACL corpus record, as MIRACL's baselines read it; a
+  missing or empty field is an error naming `where` (file and line) and the docid."""
+  docid = corpora.required_text(record, "docid", where)
+  where = f"{where} (docid {docid!r})"
+  if not isinstance(record.get("title"), str):
+    raise CorpusError(f"{where}: missing field 'title' (a string)")
+  text = corpora.required_text(record, "text", where)
+  title = record["title"].strip()
+  return docid, f"{title} {text}" if title else text
 
-  The corpus is one JSONL file, a glob or a folder of them, gzipped or not (the public corpus:
-  `miracl-corpus-v1.0-{lang}/docs-*.jsonl.gz`; hybridir.miracl has the public paths).
-  Only judgements with rel > 0 are relevant; a topic without one keeps an empty `relevant`.
-  Candidate text is the document title, then the passage text (as MIRACL's baselines read it).
-  """
+
+def read_miracl_topics(topics_tsv: PathLike, qrels_trec: PathLike,
+                       language: str) -> tuple[list[Question], dict[str, str]]:
+  """One MIRACL language's topics `qid<TAB>query` and qrels `qid Q0 docid rel`: its questions
+  (relevant: the docids with rel > 0) and, for each relevant docid, where the qrels first judge
+  it (to name it should the corpus not hold it). Small files: read whole."""
   corpora.check_language(language, f"{topics_tsv}")
-  documents = {}
-  records = (item for path in corpora.jsonl_files(corpus_jsonl)
-             for item in corpora.read_json_lines(path))
-  for where, record in records:
-    docid = corpora.required_text(record, "docid", where)
-    where = f"{where} (docid {docid!r})"
-    if not isinstance(record.get("title"), str):
-      raise CorpusError(f"{where}: missing field 'title' (a string)")
-    if docid in documents:
-      raise CorpusError(f"{where}: duplicate docid")
-    text = corpora.required_text(record, "text", where)
-    title = record["title"].strip()
-    documents[docid] = Candidate(docid, language, f"{title} {text}" if title else text, "")
   topics = {}
   for where, line in corpora.read_lines(topics_tsv):
     fields = line.split("\t")
@@ -152,7 +147,7 @@ def load_miracl(topics_tsv: PathLike, qrels_trec: PathLike, corpus_jsonl: PathLi
     if fields[0] in topics:
       raise CorpusError(f"{where}: duplicate qid {fields[0]!r}")
     topics[fields[0]] = fields[1].strip()
-  relevant = {qid: [] for qid in topics}
+  relevant, judged = {qid: [] for qid in topics}, {}
   for where, line in corpora.read_lines(qrels_trec):
     fields = line.split()
     if len(fields) != 4 or not re.fullmatch(r"-?\d+", fields[3]):
@@ -161,11 +156,34 @@ def load_miracl(topics_tsv: PathLike, qrels_trec: PathLike, corpus_jsonl: PathLi
     if qid not in topics:
       raise CorpusError(f"{where}: qid {qid!r} is not in {topics_tsv}")
     if int(rel) > 0:
-      if docid not in documents:
-        raise CorpusError(f"{where}: docid {docid!r} is not in {corpus_jsonl}")
+      judged.setdefault(docid, where)
       if docid not in relevant[qid]:
         relevant[qid].append(docid)
   questions = [Question(qid, language, text, tuple(relevant[qid])) for qid, text in topics.items()]
+  return questions, judged
+
+
+def load_miracl(topics_tsv: PathLike, qrels_trec: PathLike, corpus_jsonl: PathLike,
+                language: str) -> RetrievalDataset:
+  """One MIRACL language in memory: topics, qrels and corpus JSONL (read_miracl_topics,
+  miracl_passage), for small sets; the corpus-scale evaluation streams it (corpus_eval).
+
+  The corpus is one JSONL file, a glob or a folder of them, gzipped or not (the public corpus:
+  `miracl-corpus-v1.0-{lang}/docs-*.jsonl.gz`; hybridir.miracl has the public paths).
+  A topic without a relevant docid keeps an empty `relevant`.
+  """
+  questions, judged = read_miracl_topics(topics_tsv, qrels_trec, language)
+  documents = {}
+  records = (item for path in corpora.jsonl_files(corpus_jsonl)
+             for item in corpora.read_json_lines(path))
+  for where, record in records:
+    docid, text = miracl_passage(record, where)
+    if docid in documents:
+      raise CorpusError(f"{where} (docid {docid!r}): duplicate docid")
+    documents[docid] = Candidate(docid, language, text, "")
+  for docid, where in judged.items():
+    if docid not in documents:
+      raise CorpusError(f"{where}: docid {docid!r} is not in {corpus_jsonl}")
   return RetrievalDataset(f"miracl_{language}", {language: questions},
                           {language: list(documents.values())}, candidate_unit="passage")
 

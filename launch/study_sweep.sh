@@ -7,7 +7,9 @@
 # With --miracl_dir (the public MIRACL files: README, "MIRACL in the study"), the run keeps its
 # export at <run>/export and a second job on the same slice evaluates it on every MIRACL language
 # (gin_configs/runs/study/miracl.gin) into <run>/miracl/<lang>/results.json, skipping languages
-# already done. Then gather one report:
+# already done; --dry-run then first prints that stage's plan (python -m hybridir.miracl_plan,
+# with $PYTHON, default python3): per language the files and passages each host reads, per model
+# the index size and projected encoding time. Then gather one report:
 #   python -m hybridir.study_gather --runs_root gs://BUCKET/study --output_dir out/study_full
 #
 # usage: launch/study_sweep.sh --bucket gs://BUCKET/study --corpus_dir gs://BUCKET/corpus \
@@ -23,7 +25,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 models="mt5_base mt5_large mt5_xl xlmr_base xlmr_large labse"
 strategies="mono cross hybrid"
 seeds="0 1 2"
-bucket="" corpus_dir="" zone="" accelerator_type="" data_dir="data" extra=()
+bucket="" corpus_dir="" zone="" accelerator_type="" data_dir="data" extra=() dry_run=0
 miracl_dir="" miracl_languages=""
 
 while (($#)); do
@@ -38,7 +40,7 @@ while (($#)); do
     --data_dir) data_dir="$2"; shift 2 ;;
     --miracl_dir) miracl_dir="${2%/}"; shift 2 ;;
     --miracl_languages) miracl_languages="$2"; shift 2 ;;
-    --dry-run) extra+=(--dry-run); shift ;;
+    --dry-run) extra+=(--dry-run); dry_run=1; shift ;;
     *) echo "study_sweep.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -66,6 +68,16 @@ if [[ -n "$miracl_languages" ]]; then
     list+="${list:+, }'$language'"
   done
   miracl_bindings+=(--gin "MIRACL_LANGUAGES=[$list]")
+fi
+
+if ((dry_run)) && [[ -n "$miracl_dir" ]]; then
+  plan=(-m hybridir.miracl_plan --miracl_dir "$miracl_dir" --accelerator_type "$accelerator_type"
+        --models "$models")
+  if [[ -n "$miracl_languages" ]]; then
+    plan+=(--languages "$miracl_languages")
+  fi
+  (cd "$here/.." && "${PYTHON:-python3}" "${plan[@]}") ||
+    echo "study_sweep.sh: no MIRACL plan (python ${plan[*]} failed); the jobs follow" >&2
 fi
 
 for model in $models; do

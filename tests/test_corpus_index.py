@@ -56,8 +56,8 @@ def test_synthetic_passages_are_a_function_of_position_alone():
   assert corpus_index.SyntheticPassages(100, 300, seed=4).read(0, 5)[1] != tokens[:5]
 
 
-def test_crashed_encoding_resumes_and_equals_one_pass(tmp_path, encoder, monkeypatch):
-  source = corpus_index.SyntheticPassages(300, 300)  # 5 shards, the last one short.
+def encode_killed_after_two_shards(encoder, source, index_dir, shard_size, monkeypatch):
+  """encode_corpus interrupted as it starts writing its third shard."""
   write, written = corpus_index.write_shard, []
 
   def crash_after_two(*args):
@@ -68,8 +68,13 @@ def test_crashed_encoding_resumes_and_equals_one_pass(tmp_path, encoder, monkeyp
 
   monkeypatch.setattr(corpus_index, "write_shard", crash_after_two)
   with pytest.raises(KeyboardInterrupt):
-    corpus_index.encode_corpus(encoder, source, str(tmp_path), SHARD_SIZE, progress=False)
+    corpus_index.encode_corpus(encoder, source, index_dir, shard_size, progress=False)
   monkeypatch.setattr(corpus_index, "write_shard", write)
+
+
+def test_crashed_encoding_resumes_and_equals_one_pass(tmp_path, encoder, monkeypatch):
+  source = corpus_index.SyntheticPassages(300, 300)  # 5 shards, the last one short.
+  encode_killed_after_two_shards(encoder, source, str(tmp_path), SHARD_SIZE, monkeypatch)
   assert sorted(n for n in fs.listdir(tmp_path) if n.endswith(".npy")
                 and not n.endswith(".ids.npy")) == ["shard-00000-of-00005.npy",
                                                     "shard-00001-of-00005.npy"]

@@ -95,34 +95,41 @@ def test_a_memory_bound_too_small_for_the_queries_says_what_it_needs():
     corpus_search.plan_search(500, 768, 100, 1000, 1, 10**6)
 
 
-SEARCH_AND_REPORT_PEAK_RSS = """
-import ctypes, gc, sys, threading
-import numpy as np
-from hybridir import corpus_search
+# Child-process source: peak_rss_growth(call) runs call() once more, after gc and malloc_trim,
+# sampling this process's resident memory every ms; the growth over the baseline before it.
+PEAK_RSS_GROWTH = """
+import ctypes, gc, threading
 
 def rss():  # Bytes resident now, from the kernel's accounting of this process.
   with open("/proc/self/statm") as f:
     return int(f.read().split()[1]) * 4096
+
+def peak_rss_growth(call):
+  gc.collect()
+  ctypes.CDLL("libc.so.6").malloc_trim(0)  # What earlier calls freed leaves now, not during it.
+  before, peak, done = rss(), [0], threading.Event()
+  def sample():
+    while not done.wait(0.001):
+      peak[0] = max(peak[0], rss())
+  sampler = threading.Thread(target=sample)
+  sampler.start()
+  call()
+  done.set()
+  sampler.join()
+  return max(peak[0], rss()) - before
+"""
+
+SEARCH_AND_REPORT_PEAK_RSS = PEAK_RSS_GROWTH + """
+import sys
+import numpy as np
+from hybridir import corpus_search
 
 queries = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
 def search():
   corpus_search.search_index(sys.argv[1], queries, 10, memory_bytes=int(sys.argv[2]))
 
 search()  # jax's start-up and the step's compilation (XLA's memory, not arrays): out of the count.
-gc.collect()
-ctypes.CDLL("libc.so.6").malloc_trim(0)  # What that freed leaves now, not during the search.
-before, peak, done = rss(), [0], threading.Event()
-
-def sample():
-  while not done.wait(0.001):
-    peak[0] = max(peak[0], rss())
-
-sampler = threading.Thread(target=sample)
-sampler.start()
-search()
-done.set()
-sampler.join()
-print(max(peak[0], rss()) - before)
+print(peak_rss_growth(search))
 """
 
 

@@ -1,7 +1,6 @@
 """MIRACL in the study: the public files (gzip JSON-lines shards) read as one corpus, the
 published sizes enforced, and the study's MIRACL stage over languages, local and on gs://,
 resuming by skipping the languages done."""
-import gzip
 import json
 import os
 import pathlib
@@ -16,11 +15,13 @@ from hybridir import corpora
 from hybridir import corpus_eval
 from hybridir import fs
 from hybridir import miracl
+from hybridir import miracl_plan
 from hybridir import retrieval_data
 from tests.conftest import REPO_ROOT
 from tests.test_corpus_eval import NUM_PASSAGES
 from tests.test_corpus_eval import NUM_TOPICS
 from tests.test_corpus_eval import tiny_encoder
+from tests.test_corpus_eval import write_gzip_shards
 from tests.test_corpus_eval import write_miracl_files
 
 LANGUAGES = ("sw", "te")
@@ -41,11 +42,8 @@ def write_public_layout(root, language, seed):
     os.makedirs(os.path.dirname(target), exist_ok=True)
     shutil.copy(source, target)
   lines = (single / "corpus.jsonl").read_text().splitlines(keepends=True)
-  shard_dir = os.path.dirname(files.corpus)
-  os.makedirs(shard_dir)
-  for i, part in enumerate(np.array_split(np.arange(len(lines)), SHARDS)):
-    with gzip.open(os.path.join(shard_dir, f"docs-{i}.jsonl.gz"), "wt", encoding="utf-8") as f:
-      f.writelines(lines[j] for j in part)
+  write_gzip_shards(lines, os.path.dirname(files.corpus),
+                    [len(part) for part in np.array_split(lines, SHARDS)])
   return files, single
 
 
@@ -98,19 +96,17 @@ def test_a_truncated_gzip_shard_is_an_error_naming_it(public, tmp_path):
 def test_sizes_other_than_published_are_one_line_naming_the_file_and_both_counts(public):
   _, layouts = public
   files, _ = layouts["sw"]
-  data = retrieval_data.load_miracl(files.topics_tsv, files.qrels_trec, files.corpus, "sw")
   with pytest.raises(corpora.CorpusError) as error:
-    miracl.check_published_counts(data, "sw", files.topics_tsv, files.corpus)
+    miracl.check_published_counts("sw", files.topics_tsv, NUM_TOPICS, files.corpus, NUM_PASSAGES)
   message = str(error.value)
   assert "\n" not in message
   assert message.startswith(f"{files.topics_tsv}: {NUM_TOPICS} queries where MIRACL sw dev "
                             "has 482") and "ALLOW_SUBSET" in message
-  only_passages = retrieval_data.RetrievalDataset(
-      "miracl_sw", {"sw": data.questions["sw"][:1] * 482}, data.candidates)
   with pytest.raises(corpora.CorpusError,
                      match=rf"docs-\*\.jsonl\.gz: {NUM_PASSAGES} passages where MIRACL sw dev "
                            "has 131924"):
-    miracl.check_published_counts(only_passages, "sw", files.topics_tsv, files.corpus)
+    miracl.check_published_counts("sw", files.topics_tsv, 482, files.corpus, NUM_PASSAGES)
+  miracl.check_published_counts("sw", files.topics_tsv, 482, files.corpus, 131924)
 
 
 def test_the_study_languages_are_the_sixteen_with_training_data():
@@ -207,6 +203,7 @@ def upload(folder: pathlib.Path, url: str) -> None:
     fs.copy_file(path, f"{url}/{path.relative_to(folder)}")
 
 
+@pytest.mark.slow
 def test_the_stage_gin_run_reads_and_writes_gcs_and_resumes(public, encoder_dir, gcs_bucket):
   root, _ = public
   remote_root, encoder = f"{gcs_bucket}/miracl", f"{gcs_bucket}/encoder"
@@ -229,3 +226,42 @@ def test_the_stage_gin_run_reads_and_writes_gcs_and_resumes(public, encoder_dir,
   assert second.returncode == 0, second.stderr[-3000:]
   assert all(f"MIRACL {x}: {output_dir}/{x}/{corpus_eval.RESULTS_FILE} exists, skipping" in
              second.stderr for x in LANGUAGES)
+
+
+def test_a_plan_shares_the_published_passages_by_bytes_and_hosts_by_shards(tmp_path):
+  sizes = [300, 100, 100, 500]
+  paths = [str(tmp_path / f"docs-{i}.jsonl.gz") for i in range(4)]
+  corpus = miracl_plan.estimated_corpus(paths, sizes, 1001)
+  assert [f.records for f in corpus.files] == [300, 100, 100, 501]
+  hosts = miracl_plan.host_plan(corpus, 200, 2)  # 6 shards: 3 a host.
+  assert hosts == ["host 0: 600 passages: docs-0.jsonl.gz … docs-2.jsonl.gz (whole, 3 files), "
+                   "docs-3.jsonl.gz records 0-99",
+                   "host 1: 401 passages: docs-3.jsonl.gz records 100-500"]
+
+
+@pytest.mark.slow
+def test_the_sweeps_dry_run_prints_the_miracl_stages_plan_per_language_and_host(public,
+                                                                                tmp_path):
+  root, _ = public
+  fake = tmp_path / "bin" / "gcloud"
+  fake.parent.mkdir()
+  fake.write_text("#!/bin/sh\nif [ \"$1 $2\" = 'config get-value' ]; then echo my-project; fi\n")
+  fake.chmod(0o755)
+  result = subprocess.run(
+      ["launch/study_sweep.sh", "--bucket", "gs://b/study", "--corpus_dir", "gs://b/corpus",
+       "--zone", "us-central2-b", "--accelerator_type", "v4-32", "--models", "mt5_base",
+       "--strategies", "hybrid", "--seeds", "0", "--miracl_dir", str(root),
+       "--miracl_languages", "sw te", "--dry-run"], cwd=REPO_ROOT, capture_output=True,
+      text=True, timeout=300,
+      env=dict(os.environ, PATH=f"{fake.parent}:{os.environ['PATH']}", PYTHON=sys.executable))
+  assert result.returncode == 0 and "no MIRACL plan" not in result.stderr, result.stderr[-3000:]
+  lines = result.stdout.splitlines()
+  assert lines[0].startswith("MIRACL stage on v4-32 (4 hosts, 4 chips each")
+  for language, size in (("sw", 131924), ("te", 518079)):
+    at = lines.index(next(l for l in lines if l.startswith(f"MIRACL {language}: ")))
+    assert lines[at].startswith(f"MIRACL {language}: {size:,} passages in {SHARDS} files")
+    hosts = lines[at + 1:at + 5]
+    assert [h.split(":")[0] for h in hosts] == [f"  host {i}" for i in range(4)]
+    assert sum(int(h.split(": ")[1].split()[0].replace(",", "")) for h in hosts) == size
+    assert lines[at + 5].startswith("  mt5_base: index ") and "GFLOP a passage" in lines[at + 5]
+  assert any(line.startswith("+ ") and "hybridir.main" in line for line in lines)
