@@ -25,8 +25,11 @@ import pytest
 
 from hybridir import artifacts
 from hybridir import data as data_cli
+from hybridir import errors
 from hybridir import evaluate as evaluate_cli
 from hybridir import export
+from hybridir import gin_utils
+from hybridir import hf_export
 from hybridir import main as main_lib
 from hybridir import retrieval_data
 from hybridir import spm as spm_cli
@@ -75,14 +78,17 @@ def argparse_cli(main: Callable, argv) -> Callable:
   def run():
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-      status = main([str(a) for a in argv])
+      try:
+        status = main([str(a) for a in argv])
+      except SystemExit as e:  # A mistake in the arguments (console.ArgumentParser).
+        status = e.code
     return status, out.getvalue(), err.getvalue()
   return run
 
 
 def absl_cli(body: Callable) -> Callable:
-  """Runs an absl CLI's body as its main does: a UsageError's message is printed last (as
-  app.run does, after the usage), an expected error through main.one_line_errors."""
+  """Runs an absl CLI's body as its main does (console.run_app): a UsageError as one line
+  `error: ...`, an expected error through main.one_line_errors."""
   def run():
     out, err = io.StringIO(), io.StringIO()
     status = 0
@@ -90,7 +96,7 @@ def absl_cli(body: Callable) -> Callable:
       try:
         body()
       except app.UsageError as e:
-        print(e, file=sys.stderr)
+        print(errors.one_line(e), file=sys.stderr)
         status = 1
       except SystemExit as e:
         status = e.code
@@ -98,9 +104,12 @@ def absl_cli(body: Callable) -> Callable:
   return run
 
 
-def gin_run(files, bindings) -> Callable:
-  """`python -m hybridir.main --gin_file=... --gin.KEY=VALUE...`, in this process."""
+def gin_run(files, bindings, flags=()) -> Callable:
+  """`python -m hybridir.main --gin_file=... --gin.KEY=VALUE...`, in this process: the checks
+  made before the heavy imports, then the run."""
   def body():
+    main_lib.check_command_line(["hybridir.main", *(f"--gin_file={f}" for f in files),
+                                 *(f"--gin_bindings={b}" for b in bindings), *flags])
     gin.clear_config()
     try:
       main_lib.parse_config(files, bindings)
@@ -264,7 +273,82 @@ def evaluate_missing_qrels(tmp):
   run = tmp / "x.run"
   run.write_text("q1 Q0 d1 1 0.5 tag\n")
   return ("evaluate", argparse_cli(evaluate_cli.main, ["--run", run, "--qrels", tmp / "no.qrels"]),
-          f"error: [Errno 2] No such file or directory: '{tmp / 'no.qrels'}'", [])
+          f"error: --qrels {tmp / 'no.qrels'}: no such file or folder (python -m hybridir.evaluate "
+          "--help lists the options)", [])
+
+
+def _beir(tmp, corpus=({"_id": "d1", "title": "", "text": "Because."},),
+          queries=({"_id": "q1", "text": "Why?"},), qrels="query-id\tcorpus-id\tscore\nq1\td1\t1\n"):
+  """(paths of BEIR files with these records, the evaluate --encoder command over them)."""
+  paths = (jsonl(tmp / "corpus.jsonl", *corpus), jsonl(tmp / "queries.jsonl", *queries),
+           tmp / "qrels.tsv")
+  paths[2].write_text(qrels)
+  (tmp / "encoder").mkdir()
+  return paths, argparse_cli(evaluate_cli.main, [
+      "--encoder", tmp / "encoder", "--corpus", paths[0], "--queries", paths[1], "--qrels",
+      paths[2], "--output_dir", tmp / "eval"])
+
+
+def evaluate_missing_corpus(tmp):
+  (tmp / "encoder").mkdir()
+  (tmp / "qrels.tsv").write_text("q1\td1\t1\n")
+  return ("evaluate --encoder", argparse_cli(evaluate_cli.main, [
+      "--encoder", tmp / "encoder", "--corpus", tmp / "corpus.jsonl", "--queries",
+      jsonl(tmp / "queries.jsonl", {"_id": "q1", "text": "Why?"}), "--qrels", tmp / "qrels.tsv"]),
+      f"error: --corpus {tmp / 'corpus.jsonl'}: no such file or folder (python -m "
+      "hybridir.evaluate --help lists the options)", [])
+
+
+def beir_document_without_text(tmp):
+  (corpus, *_), run = _beir(tmp, corpus=({"_id": "d1", "text": "Because."},
+                                         {"_id": "d2", "title": "Sky"}))
+  return ("evaluate --encoder", run, f"error: {corpus}: line 2 (_id 'd2'): missing field 'text'",
+          [tmp / "eval"])
+
+
+def beir_query_without_text(tmp):
+  (_, queries, _), run = _beir(tmp, queries=({"_id": "q1", "query": "Why?"},))
+  return ("evaluate --encoder", run, f"error: {queries}: line 1 (_id 'q1'): missing field 'text'",
+          [tmp / "eval"])
+
+
+def beir_query_with_empty_text(tmp):
+  (_, queries, _), run = _beir(tmp, queries=({"_id": "q1", "text": "Why?"},
+                                             {"_id": "q2", "text": " "}))
+  return ("evaluate --encoder", run, f"error: {queries}: line 2 (_id 'q2'): field 'text' is empty",
+          [tmp / "eval"])
+
+
+def beir_record_without_id(tmp):
+  (corpus, *_), run = _beir(tmp, corpus=({"_id": "d1", "text": "Because."},
+                                         {"id": "d2", "text": "Blue."}))
+  return ("evaluate --encoder", run, f"error: {corpus}: line 2: missing field '_id'",
+          [tmp / "eval"])
+
+
+def beir_duplicate_id(tmp):
+  (corpus, *_), run = _beir(tmp, corpus=({"_id": "d1", "text": "Because."},
+                                         {"_id": "d1", "text": "Blue."}))
+  return ("evaluate --encoder", run, f"error: {corpus}: line 2 (_id 'd1'): duplicate _id (first "
+          f"at {corpus}: line 1 (_id 'd1'))", [tmp / "eval"])
+
+
+def beir_empty_queries(tmp):
+  (_, queries, _), run = _beir(tmp, queries=())
+  return ("evaluate --encoder", run, f"error: {queries}: no records (an empty file; expected a "
+          "JSON object with _id and text per line)", [tmp / "eval"])
+
+
+def beir_empty_corpus(tmp):
+  (corpus, *_), run = _beir(tmp, corpus=())
+  return ("evaluate --encoder", run, f"error: {corpus}: no records (an empty file; expected a JSON "
+          "object with _id and text per line)", [tmp / "eval"])
+
+
+def beir_qrels_of_an_unknown_query(tmp):
+  (_, queries, qrels), run = _beir(tmp, qrels="query-id\tcorpus-id\tscore\nq9\td1\t1\n")
+  return ("evaluate --encoder", run, f"error: {qrels}: line 2: query-id 'q9' is not in {queries}",
+          [tmp / "eval"])
 
 
 def evaluate_gzip_shard_not_utf8(tmp):
@@ -274,6 +358,7 @@ def evaluate_gzip_shard_not_utf8(tmp):
   corpus.write_bytes(gzip.compress(b"\n".join(lines) + b"\n"))
   queries, qrels = jsonl(tmp / "queries.jsonl", {"_id": "q1", "text": "Why?"}), tmp / "qrels.tsv"
   qrels.write_text("q1\td1\t1\n")
+  (tmp / "encoder").mkdir()  # Read after the corpus: its error comes first.
   column = lines[2].index(b"\xff") + 1
   return ("evaluate --encoder", argparse_cli(evaluate_cli.main, [
       "--encoder", tmp / "encoder", "--corpus", corpus, "--queries", queries, "--qrels", qrels,
@@ -289,15 +374,83 @@ def _smoke(tmp, *bindings):
 
 def main_misspelled_macro(tmp):
   return ("main (smoke.gin)", _smoke(tmp, f"MODEL_DIR = '{tmp / 'run'}'", "TRAIN_STEP = 3"),
-          "gin binding 'TRAIN_STEP = 3': no included file declares the macro TRAIN_STEP; did you "
-          "mean TRAIN_STEPS, TRAIN_SPLIT?", [tmp / "run", tmp / "vocab"])
+          "error: gin binding 'TRAIN_STEP = 3': no included file declares the macro TRAIN_STEP; "
+          "did you mean TRAIN_STEPS, TRAIN_SPLIT?", [tmp / "run", tmp / "vocab"])
 
 
 def main_unknown_parameter(tmp):
   return ("main (smoke.gin)", _smoke(tmp, f"MODEL_DIR = '{tmp / 'run'}'",
                                      "trainer.train.nonsense = 1"),
-          "Configurable 'trainer.train' doesn't have a parameter named 'nonsense'. In bindings "
-          "string line 3 trainer.train.nonsense = 1", [tmp / "run", tmp / "vocab"])
+          "error: Configurable 'trainer.train' doesn't have a parameter named 'nonsense'. In "
+          "bindings string line 3 trainer.train.nonsense = 1", [tmp / "run", tmp / "vocab"])
+
+
+_SEARCHED = " and ".join(["looked in the working directory", *gin_utils.GIN_ROOTS])
+
+
+def main_missing_gin_file(tmp):
+  return ("main", gin_run(["gin_configs/runs/smok.gin"], [f"MODEL_DIR = '{tmp / 'run'}'"]),
+          f"error: --gin_file=gin_configs/runs/smok.gin: no such gin file ({_SEARCHED}; the run "
+          "files are gin_configs/runs/*.gin)", [tmp / "run"])
+
+
+def main_missing_include(tmp):
+  run_file = tmp / "mine.gin"
+  run_file.write_text("include 'gin_configs/runs/trian.gin'\n")
+  return ("main", gin_run([run_file], []),
+          f"error: {run_file}: line 1: include 'gin_configs/runs/trian.gin': no such gin file "
+          f"({_SEARCHED}; the run files are gin_configs/runs/*.gin)", [])
+
+
+def main_unquoted_string(tmp):
+  return ("main (smoke.gin)", _smoke(tmp, f"MODEL_DIR = {tmp / 'run'}"),
+          f"error: gin binding 'MODEL_DIR = {tmp / 'run'}': '{tmp / 'run'}' is not a gin value; a "
+          f"string takes gin's quotes inside the shell's: --gin.MODEL_DIR=\"'{tmp / 'run'}'\"",
+          [tmp / "run", tmp / "vocab"])
+
+
+def main_required_setting_unbound(tmp):
+  return ("main (export.gin)", gin_run(["gin_configs/runs/export.gin"],
+                                       [f"EXPORT_DIR = '{tmp / 'export'}'"]),
+          "error: MODEL_DIR is required (gin_configs/runs/export.gin: line 13 sets MODEL_DIR to "
+          "%gin.REQUIRED): bind it, e.g. --gin.MODEL_DIR=\"'...'\"", [tmp / "export"])
+
+
+def main_export_without_a_run(tmp):
+  return ("main (export.gin)", gin_run(["gin_configs/runs/export.gin"], [
+      f"MODEL_DIR = '{tmp / 'run'}'", f"EXPORT_DIR = '{tmp / 'run' / 'export'}'"]),
+      f"error: MODEL_DIR (export_from_training_checkpoint.model_dir): {tmp / 'run'}: no such file "
+      "or folder; train a run there first (gin_configs/runs/train.gin or smoke.gin)",
+      [tmp / "run"])
+
+
+def main_export_of_a_folder_without_a_run(tmp):
+  (tmp / "run").mkdir()
+  return ("main (export.gin)", gin_run(["gin_configs/runs/export.gin"], [
+      f"MODEL_DIR = '{tmp / 'run'}'", f"EXPORT_DIR = '{tmp / 'run' / 'export'}'"]),
+      f"error: MODEL_DIR (export_from_training_checkpoint.model_dir): {tmp / 'run'} holds no "
+      "training run (no checkpoints/ or encoder.json): give the MODEL_DIR a training run wrote",
+      [tmp / "run" / "export"])
+
+
+def main_missing_corpus(tmp):
+  return ("main (smoke.gin)", _smoke(tmp, f"MODEL_DIR = '{tmp / 'run'}'",
+                                     f"CORPUS_DIR = '{tmp / 'corpus'}'"),
+          f"error: CORPUS_DIR (register_parallel_qa.corpus_path): {tmp / 'corpus'}: no such file "
+          "or folder", [tmp / "run", tmp / "vocab"])
+
+
+def main_misspelled_flag(tmp):
+  return ("main", gin_run([], [], flags=["--gin_fil=gin_configs/runs/smoke.gin"]),
+          "error: Unknown command line flag 'gin_fil'. Did you mean: gin_file ? (--helpfull lists "
+          "the flags)", [])
+
+
+def hf_export_missing_encoder(tmp):
+  return ("hf_export", argparse_cli(hf_export.main, [
+      "--encoder", tmp / "export", "--output", tmp / "hf"]),
+      f"error: --encoder {tmp / 'export'}: no such file or folder (python -m hybridir.hf_export "
+      "--help lists the options)", [tmp / "hf"])
 
 
 def main_checkpoint_period_zero(tmp):
@@ -322,6 +475,7 @@ def main_unwritable_spm_prefix(tmp):
 
 
 def main_unwritable_eval_dir(tmp):
+  (tmp / "encoder").mkdir()
   eval_dir = a_file(tmp) / "eval"
   return ("main (eval.gin)", gin_run(["gin_configs/runs/eval.gin"], [
       f"ENCODER_PATH = '{tmp / 'encoder'}'", f"EVAL_DIR = '{eval_dir}'",
@@ -331,6 +485,7 @@ def main_unwritable_eval_dir(tmp):
 
 
 def main_eval_duplicate_question_id(tmp):
+  (tmp / "encoder").mkdir()
   path = squad(tmp / "data" / "xquad-r" / "en.json", ["q1", "q1"])
   return ("main (eval.gin)", gin_run(["gin_configs/runs/eval.gin"], [
       f"ENCODER_PATH = '{tmp / 'encoder'}'", f"EVAL_DIR = '{tmp / 'eval'}'",
@@ -473,9 +628,35 @@ CASES = [
     Case("evaluate_missing_qrels", "qrels file that does not exist", evaluate_missing_qrels),
     Case("evaluate_gzip_shard_not_utf8", "BEIR corpus .jsonl.gz shard whose line 3 is not UTF-8",
          evaluate_gzip_shard_not_utf8),
+    Case("evaluate_missing_corpus", "BEIR --corpus file that does not exist",
+         evaluate_missing_corpus),
+    Case("beir_document_without_text", "BEIR corpus record without text",
+         beir_document_without_text),
+    Case("beir_query_without_text", "BEIR query without text", beir_query_without_text),
+    Case("beir_query_with_empty_text", "BEIR query whose text is blank",
+         beir_query_with_empty_text),
+    Case("beir_record_without_id", "BEIR corpus record without _id", beir_record_without_id),
+    Case("beir_duplicate_id", "BEIR corpus with a document id twice", beir_duplicate_id),
+    Case("beir_empty_queries", "empty BEIR queries file", beir_empty_queries),
+    Case("beir_empty_corpus", "empty BEIR corpus file", beir_empty_corpus),
+    Case("beir_qrels_of_an_unknown_query", "BEIR qrels judging a query the queries file lacks",
+         beir_qrels_of_an_unknown_query),
     Case("main_misspelled_macro", "gin binding of an undeclared macro", main_misspelled_macro),
     Case("main_unknown_parameter", "gin binding of an unknown parameter",
          main_unknown_parameter),
+    Case("main_missing_gin_file", "--gin_file that does not exist", main_missing_gin_file),
+    Case("main_missing_include", "gin file including a file that does not exist",
+         main_missing_include),
+    Case("main_unquoted_string", "gin string without gin's quotes (--gin.MODEL_DIR=/tmp/x)",
+         main_unquoted_string),
+    Case("main_required_setting_unbound", "export without MODEL_DIR",
+         main_required_setting_unbound),
+    Case("main_export_without_a_run", "export of a MODEL_DIR that does not exist",
+         main_export_without_a_run),
+    Case("main_export_of_a_folder_without_a_run", "export of a folder no training run wrote",
+         main_export_of_a_folder_without_a_run),
+    Case("main_missing_corpus", "training CORPUS_DIR that does not exist", main_missing_corpus),
+    Case("main_misspelled_flag", "misspelled flag (--gin_fil)", main_misspelled_flag),
     Case("main_checkpoint_period_zero", "CHECKPOINT_PERIOD = 0", main_checkpoint_period_zero),
     Case("main_unwritable_model_dir", "MODEL_DIR beneath a file", main_unwritable_model_dir),
     Case("main_unwritable_spm_prefix", "SPM_PREFIX (vocabulary output) beneath a file",
@@ -498,6 +679,8 @@ CASES = [
          load_encoder_other_dims),
     Case("gather_missing_runs_root", "study runs folder that does not exist",
          gather_missing_runs_root),
+    Case("hf_export_missing_encoder", "hf_export --encoder that does not exist",
+         hf_export_missing_encoder),
 ]
 
 
