@@ -41,6 +41,8 @@ from tests import reference_models
 from tests.conftest import REPO_ROOT
 from tests.conftest import shared_data_dir
 from tests.test_faults import flip_bytes
+from tests.test_main import heavy_imports
+from tests.test_main import own_lines
 
 
 @dataclasses.dataclass(frozen=True)
@@ -720,6 +722,34 @@ def test_main_process_with_an_unwritable_model_dir_exits_1_with_the_line_only(tm
       f"error: MODEL_DIR (trainer.train.model_dir): cannot write to {model_dir}: "
       f"{tmp_path / 'a_file'} is a file, not a folder")
   assert os.listdir(tmp_path) == ["a_file"]
+
+
+def test_beir_files_are_checked_before_tensorflow_loads(tmp_path):
+  """The real process: a bad BEIR record ends `evaluate --encoder` before the encoder's imports."""
+  (corpus, queries, qrels), _ = _beir(tmp_path, corpus=({"_id": "d1", "title": "Sky"},))
+  result = subprocess.run(
+      [sys.executable, "-X", "importtime", "-m", "hybridir.evaluate", "--encoder",
+       str(tmp_path / "encoder"), "--corpus", str(corpus), "--queries", str(queries), "--qrels",
+       str(qrels), "--output_dir", str(tmp_path / "eval")],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1 and own_lines(result.stderr) == [
+      f"error: {corpus}: line 1 (_id 'd1'): missing field 'text'"]
+  assert "tensorflow" not in heavy_imports(result.stderr)
+  assert not (tmp_path / "eval").exists()
+
+
+def test_queries_without_a_judgement_are_not_scored_and_named_in_a_note(tmp_path):
+  queries = ({"_id": "q1", "text": "Why is the sky blue?"}, {"_id": "q2", "text": "Why?"},
+             {"_id": "q3", "text": "How?"})
+  (_, queries_path, _), run = _beir(tmp_path, queries=queries)
+  (tmp_path / "encoder").rmdir()
+  shutil.copytree(_exported()[0], tmp_path / "encoder")
+  status, stdout, stderr = run()
+  assert status == 0, stderr
+  assert stderr.splitlines()[0] == (
+      f"note: 2 of 3 queries have no judgement in {tmp_path / 'qrels.tsv'} and are not scored "
+      f"(the first: {queries_path}: line 2 (_id 'q2'))")
+  assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["all"]["num_q"] == 1
 
 
 def markdown_table() -> str:
