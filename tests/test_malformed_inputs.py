@@ -280,7 +280,8 @@ def evaluate_missing_qrels(tmp):
 
 
 def _beir(tmp, corpus=({"_id": "d1", "title": "", "text": "Because."},),
-          queries=({"_id": "q1", "text": "Why?"},), qrels="query-id\tcorpus-id\tscore\nq1\td1\t1\n"):
+          queries=({"_id": "q1", "text": "Why?"},),
+          qrels="query-id\tcorpus-id\tscore\nq1\td1\t1\n"):
   """(paths of BEIR files with these records, the evaluate --encoder command over them)."""
   paths = (jsonl(tmp / "corpus.jsonl", *corpus), jsonl(tmp / "queries.jsonl", *queries),
            tmp / "qrels.tsv")
@@ -754,14 +755,15 @@ def test_queries_without_a_judgement_are_not_scored_and_named_in_a_note(tmp_path
 
 def markdown_table() -> str:
   """Runs every case; a markdown row per input with its command and error line ($TMP: its
-  scratch folder)."""
+  scratch folder; $REPO: the checkout)."""
   rows = ["| input tried | command | status | error line (last line of stderr) | no output left |",
           "|---|---|---|---|---|"]
   for case in CASES:
     with tempfile.TemporaryDirectory() as scratch:
       tmp = pathlib.Path(scratch)
       result = run_case(case, tmp)
-    line = result["line"].replace(str(tmp), "$TMP").replace("|", "\\|")
+    line = result["line"].replace(str(tmp), "$TMP").replace(str(REPO_ROOT), "$REPO")
+    line = line.replace("|", "\\|")
     ok = "yes" if not result["left"] and not result["stdout"] else "NO"
     match = "" if result["line"] == result["expected"] else " (UNEXPECTED)"
     rows.append(f"| {case.tried} | {result['command']} | {result['status']} | `{line}`{match} "

@@ -23,7 +23,7 @@ SESSION_SETTINGS = ("JAX_PLATFORMS", "TPU_SKIP_MDS_QUERY", "TF_CPP_MIN_LOG_LEVEL
 
 
 def user_env(**settings) -> dict[str, str]:
-  """This environment without SESSION_SETTINGS, plus `settings`: as a user's shell runs a command."""
+  """This environment without SESSION_SETTINGS, plus `settings`: a user's shell's."""
   env = {key: value for key, value in os.environ.items() if key not in SESSION_SETTINGS}
   return {**env, **settings}
 

@@ -50,6 +50,7 @@ def closing_next_command(stderr: str) -> str:
   return last.split("; next: ", 1)[1]
 
 
+@pytest.mark.slow
 def test_readme_chain_runs_as_written_with_quiet_logs_and_closing_lines(tmp_path, data_dir):
   model_dir = str(tmp_path / "smoke")
   smoke, export_command, beir, evaluation, hugging_face = readme_commands()

@@ -243,6 +243,7 @@ def test_study_cli_starts_with_its_flags_and_mains(tmp_path):
   assert "--models" in result.stdout
 
 
+@pytest.mark.slow
 def test_a_study_run_describes_itself_and_keeps_the_chosen_checkpoints_export(quick_study,
                                                                              tmp_path):
   output_dir, _ = quick_study
