@@ -2,6 +2,7 @@
 TPU probing, no libtpu lines), TensorFlow's load-time lines are dropped, and other libraries'
 INFO lines stay hidden unless HYBRIDIR_VERBOSE=1. `library_lines` is what the command-line tests
 (tests/test_readme_chain.py, tests/test_study.py) find empty in each command's output."""
+import logging
 import os
 import re
 import subprocess
@@ -78,3 +79,16 @@ def test_only_the_noise_is_dropped_from_what_a_library_prints_while_it_loads(cap
     os.write(2, b"I0000 00:00:1.5 1 cudart_stub.cc:31] Could not find cuda drivers\n")
     os.write(2, b"a real problem\n")
   assert capfd.readouterr().err == "a real problem\n"
+
+
+def test_other_libraries_info_and_handled_warnings_are_hidden_not_their_other_warnings():
+  def passes(path: str, level: int, message: str) -> bool:
+    return console.OwnInfoOnly().filter(logging.LogRecord("absl", level, path, 1, message, (),
+                                                          None))
+  orbax = "/venv/site-packages/orbax/checkpoint/checkpoint_manager.py"
+  seqio = "/venv/site-packages/seqio/vocabularies.py"
+  assert passes(str(REPO_ROOT / "hybridir" / "trainer.py"), logging.INFO, "step 5/40")
+  assert not passes(orbax, logging.INFO, "Saving checkpoint at step 3")
+  assert passes(orbax, logging.WARNING, "Checkpoint directory is not empty")
+  assert not passes(seqio, logging.WARNING, "T5 library uses PAD_ID=0, which is different from "
+                    "the sentencepiece vocabulary, which defines pad_id=-1")
