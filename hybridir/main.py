@@ -102,7 +102,8 @@ def check_inputs(config: gin_utils.LiteralConfig) -> None:
           hint = ("; train a run there first (gin_configs/runs/train.gin or smoke.gin)"
                   if kind == "run" else "")
           raise errors.SettingError(f"{name}: {path}: no such file or folder{hint}")
-        if kind == "run" and not {"checkpoints", "encoder.json"} & set(os.listdir(path)):
+        if kind == "run" and not (os.path.isdir(path) and {"checkpoints", "encoder.json"} & set(
+            os.listdir(path))):
           raise errors.SettingError(f"{name}: {path} holds no training run (no checkpoints/ or "
                                     "encoder.json): give the MODEL_DIR a training run wrote")
 

@@ -302,56 +302,17 @@ def evaluate_missing_corpus(tmp):
       "hybridir.evaluate --help lists the options)", [])
 
 
-def beir_document_without_text(tmp):
-  (corpus, *_), run = _beir(tmp, corpus=({"_id": "d1", "text": "Because."},
-                                         {"_id": "d2", "title": "Sky"}))
-  return ("evaluate --encoder", run, f"error: {corpus}: line 2 (_id 'd2'): missing field 'text'",
-          [tmp / "eval"])
+def beir_case(expected: str, **records) -> Callable:
+  """A case of `evaluate --encoder` over BEIR files with these records (_beir's arguments):
+  `expected` names the files as {corpus}, {queries} and {qrels}."""
+  def make(tmp):
+    (corpus, queries, qrels), run = _beir(tmp, **records)
+    return ("evaluate --encoder", run, "error: " + expected.format(
+        corpus=corpus, queries=queries, qrels=qrels), [tmp / "eval"])
+  return make
 
 
-def beir_query_without_text(tmp):
-  (_, queries, _), run = _beir(tmp, queries=({"_id": "q1", "query": "Why?"},))
-  return ("evaluate --encoder", run, f"error: {queries}: line 1 (_id 'q1'): missing field 'text'",
-          [tmp / "eval"])
-
-
-def beir_query_with_empty_text(tmp):
-  (_, queries, _), run = _beir(tmp, queries=({"_id": "q1", "text": "Why?"},
-                                             {"_id": "q2", "text": " "}))
-  return ("evaluate --encoder", run, f"error: {queries}: line 2 (_id 'q2'): field 'text' is empty",
-          [tmp / "eval"])
-
-
-def beir_record_without_id(tmp):
-  (corpus, *_), run = _beir(tmp, corpus=({"_id": "d1", "text": "Because."},
-                                         {"id": "d2", "text": "Blue."}))
-  return ("evaluate --encoder", run, f"error: {corpus}: line 2: missing field '_id'",
-          [tmp / "eval"])
-
-
-def beir_duplicate_id(tmp):
-  (corpus, *_), run = _beir(tmp, corpus=({"_id": "d1", "text": "Because."},
-                                         {"_id": "d1", "text": "Blue."}))
-  return ("evaluate --encoder", run, f"error: {corpus}: line 2 (_id 'd1'): duplicate _id (first "
-          f"at {corpus}: line 1 (_id 'd1'))", [tmp / "eval"])
-
-
-def beir_empty_queries(tmp):
-  (_, queries, _), run = _beir(tmp, queries=())
-  return ("evaluate --encoder", run, f"error: {queries}: no records (an empty file; expected a "
-          "JSON object with _id and text per line)", [tmp / "eval"])
-
-
-def beir_empty_corpus(tmp):
-  (corpus, *_), run = _beir(tmp, corpus=())
-  return ("evaluate --encoder", run, f"error: {corpus}: no records (an empty file; expected a JSON "
-          "object with _id and text per line)", [tmp / "eval"])
-
-
-def beir_qrels_of_an_unknown_query(tmp):
-  (_, queries, qrels), run = _beir(tmp, qrels="query-id\tcorpus-id\tscore\nq9\td1\t1\n")
-  return ("evaluate --encoder", run, f"error: {qrels}: line 2: query-id 'q9' is not in {queries}",
-          [tmp / "eval"])
+_EMPTY = "no records (an empty file; expected a JSON object with _id and text per line)"
 
 
 def evaluate_gzip_shard_not_utf8(tmp):
@@ -633,17 +594,28 @@ CASES = [
          evaluate_gzip_shard_not_utf8),
     Case("evaluate_missing_corpus", "BEIR --corpus file that does not exist",
          evaluate_missing_corpus),
-    Case("beir_document_without_text", "BEIR corpus record without text",
-         beir_document_without_text),
-    Case("beir_query_without_text", "BEIR query without text", beir_query_without_text),
-    Case("beir_query_with_empty_text", "BEIR query whose text is blank",
-         beir_query_with_empty_text),
-    Case("beir_record_without_id", "BEIR corpus record without _id", beir_record_without_id),
-    Case("beir_duplicate_id", "BEIR corpus with a document id twice", beir_duplicate_id),
-    Case("beir_empty_queries", "empty BEIR queries file", beir_empty_queries),
-    Case("beir_empty_corpus", "empty BEIR corpus file", beir_empty_corpus),
+    Case("beir_document_without_text", "BEIR corpus record without text", beir_case(
+        "{corpus}: line 2 (_id 'd2'): missing field 'text'",
+        corpus=({"_id": "d1", "text": "Because."}, {"_id": "d2", "title": "Sky"}))),
+    Case("beir_query_without_text", "BEIR query without text", beir_case(
+        "{queries}: line 1 (_id 'q1'): missing field 'text'",
+        queries=({"_id": "q1", "query": "Why?"},))),
+    Case("beir_query_with_empty_text", "BEIR query whose text is blank", beir_case(
+        "{queries}: line 2 (_id 'q2'): field 'text' is empty",
+        queries=({"_id": "q1", "text": "Why?"}, {"_id": "q2", "text": " "}))),
+    Case("beir_record_without_id", "BEIR corpus record without _id", beir_case(
+        "{corpus}: line 2: missing field '_id'",
+        corpus=({"_id": "d1", "text": "Because."}, {"id": "d2", "text": "Blue."}))),
+    Case("beir_duplicate_id", "BEIR corpus with a document id twice", beir_case(
+        "{corpus}: line 2 (_id 'd1'): duplicate _id (first at {corpus}: line 1 (_id 'd1'))",
+        corpus=({"_id": "d1", "text": "Because."}, {"_id": "d1", "text": "Blue."}))),
+    Case("beir_empty_queries", "empty BEIR queries file",
+         beir_case("{queries}: " + _EMPTY, queries=())),
+    Case("beir_empty_corpus", "empty BEIR corpus file",
+         beir_case("{corpus}: " + _EMPTY, corpus=())),
     Case("beir_qrels_of_an_unknown_query", "BEIR qrels judging a query the queries file lacks",
-         beir_qrels_of_an_unknown_query),
+         beir_case("{qrels}: line 2: query-id 'q9' is not in {queries}",
+                   qrels="query-id\tcorpus-id\tscore\nq9\td1\t1\n")),
     Case("main_misspelled_macro", "gin binding of an undeclared macro", main_misspelled_macro),
     Case("main_unknown_parameter", "gin binding of an unknown parameter",
          main_unknown_parameter),
