@@ -8,6 +8,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from hybridir import console
 from tests.conftest import REPO_ROOT
 
@@ -66,6 +68,7 @@ def test_an_accelerator_or_a_users_platform_choice_is_left_to_jax():
   assert python(code, JAX_PLATFORMS="cpu,tpu").stdout.split() == ["cpu,tpu"]
 
 
+@pytest.mark.slow
 def test_tensorflow_loads_without_its_lines_unless_verbose():
   quiet = python("import hybridir, tensorflow")
   assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
