@@ -90,14 +90,18 @@ class _QuietLoader(importlib.abc.Loader):
   def __init__(self, loader: importlib.abc.Loader):
     self._loader = loader
 
+  def __getattr__(self, name: str):  # get_data, get_resource_reader, ...: the wrapped loader's.
+    return getattr(self._loader, name)
+
   def create_module(self, spec):
     return self._loader.create_module(spec)
 
   def exec_module(self, module) -> None:
     with _stderr_without(_TENSORFLOW_NOISE):
       self._loader.exec_module(module)
-      if not accelerator_present():  # Its one CUDA probe happens here, not in the first op.
-        module.config.list_physical_devices("GPU")
+      config = getattr(module, "config", None)
+      if config is not None and not accelerator_present():  # Its CUDA probe: here, not later.
+        config.list_physical_devices("GPU")
 
 
 class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
@@ -125,7 +129,6 @@ def quiet_start() -> None:
   if "tensorflow" not in sys.modules and not any(
       isinstance(finder, _QuietTensorFlowImport) for finder in sys.meta_path):
     sys.meta_path.insert(0, _QuietTensorFlowImport())
-
 
 
 # Other libraries' warnings about what hybridir sees to: seqio's for XLM-R's SentencePiece model,
