@@ -1,4 +1,6 @@
-# `make demo` runs the main job end to end; `make test` runs the test suite. Each sets itself up.
+# `make demo` runs the main job end to end; `make test` runs the test suite. Each sets itself up:
+# the demo installs hybridir alone (`setup`), the tests add the test extra's reference libraries
+# (torch, transformers, mteb, libtpu, ...: `setup-test`).
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
@@ -6,13 +8,19 @@ export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export HYBRIDIR_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: setup demo study-pretrained test bench clean
+.PHONY: setup setup-test demo study-pretrained test bench clean
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+setup-test: $(VENV)/.installed-test
+
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
@@ -27,10 +35,10 @@ study-pretrained: setup
 	XLA_FLAGS= $(PY) -m hybridir.study --models=MiniLM --data_dir=$(HYBRIDIR_DATA_DIR) --output_dir=out/study_pretrained
 	@echo "Report: out/study_pretrained/study.md; README: $(PY) -m hybridir.study_report --report out/study_pretrained/study.md --section study-pretrained"
 
-test: setup
+test: setup-test
 	$(PY) -m pytest -q tests
 
-bench: setup
+bench: setup-test
 	$(PY) -m pip install --quiet -e '.[test,bench]'
 	$(PY) bench/encode.py
 

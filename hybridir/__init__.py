@@ -1,6 +1,11 @@
 """hybridir: hybrid-batch training of multilingual dense retrievers (mT5, XLM-R) in JAX."""
+from hybridir import console
 
 __version__ = "0.1.0"
+
+# Before any of hybridir's modules loads jax or TensorFlow: no accelerator probing on a CPU-only
+# machine, no load-time lines (console.quiet_start).
+console.quiet_start()
 
 
 def load_encoder(path, **kwargs):

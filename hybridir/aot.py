@@ -29,6 +29,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from hybridir import accelerators  # noqa: E402
 from hybridir import artifacts  # noqa: E402
+from hybridir import console  # noqa: E402
 from hybridir import encoder as encoder_lib  # noqa: E402
 from hybridir import errors  # noqa: E402
 from hybridir import flops as flops_lib  # noqa: E402
@@ -336,13 +337,38 @@ def check(accelerator_type: str, gin_files, gin_bindings=(), max_batch: bool = F
   return report
 
 
+HELP_EPILOG = f"""\
+gin bindings also as --gin.KEY=VALUE (as python -m hybridir.main takes them); a string takes
+gin's quotes inside the shell's: --gin.CORPUS_DIR="'gs://BUCKET/xquad-r'".
+
+prints one JSON line on stdout: accelerator_type, topology, chips, hosts, hbm_per_chip_bytes,
+mesh, model, and for train_step and encode_step each: bytes per chip (arguments, outputs,
+aliased, temporaries, code, total), gib_per_chip, hbm_bytes, flops_per_chip, tflops_per_step,
+compile_seconds and fits (or, out of memory: required_bytes and XLA's error); then fits (both
+fit). With --max_batch also max_batch, max_batch_search and a grad_cache_chunks suggestion.
+
+exit status:
+  {EXIT_FITS}  the run fits the slice
+  {EXIT_DOES_NOT_FIT}  it does not fit (out of memory at compile time is a result, not an error)
+  {EXIT_ERROR}  an error, as one line `error: ...` on stderr: a bad option, gin file or binding, a
+     batch or mesh the slice cannot split, libtpu missing (pip install -e '.[aot]')
+
+example:
+  python -m hybridir.aot --accelerator_type v4-32 \\
+      --gin_file=gin_configs/runs/study/mt5_base.gin --gin.BATCH_SIZE=256 --max_batch
+"""
+
+
 def parse_args(argv):
-  parser = argparse.ArgumentParser(prog="python -m hybridir.aot", description=__doc__.split(
-      "\n")[0])
+  parser = console.ArgumentParser(prog="python -m hybridir.aot", description=__doc__.split(
+      "\n")[0], epilog=HELP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--accelerator_type", required=True,
                       help="as gcloud names it: " + ", ".join(accelerators.accelerator_types()))
-  parser.add_argument("--gin_file", action="append", default=[], required=True)
-  parser.add_argument("--gin_bindings", action="append", default=[])
+  parser.add_argument("--gin_file", action="append", default=[], required=True,
+                      help="a gin file of a training run (RUN = @trainer.train or the study's "
+                      "run); repeatable, parsed in order, as hybridir.main parses them")
+  parser.add_argument("--gin_bindings", action="append", default=[],
+                      help="a gin binding ('TRAIN_STEPS = 10'), after the files; repeatable")
   parser.add_argument("--max_batch", action="store_true",
                       help="also find the largest global batch that fits (several compiles)")
   parser.add_argument("--batch_granularity", type=int, default=0,

@@ -16,25 +16,44 @@ class BeirData:
   corpus: dict[str, dict[str, str]]  # {doc id: {"title": ..., "text": ...}}, in file order.
   queries: dict[str, str]             # {query id: text}, in file order.
   qrels: dict[str, dict[str, int]]    # {query id: {doc id: relevance}}.
+  # Where each query without a judgement is ('queries.jsonl: line 3 (_id 'q9')'): not scored.
+  unjudged_queries: tuple[str, ...] = ()
 
 
-def _read_records(path: str, fields: tuple[str, ...]) -> dict[str, dict]:
-  records = {}
+def _read_records(path: str, optional: tuple[str, ...]) -> tuple[dict[str, dict], dict[str, str]]:
+  """({_id: {"text": ..., optional field: ...}}, {_id: where it is}) of a BEIR JSON lines file:
+  every record has a string `_id` and `text` (a query's not empty), ids are unique, and the file
+  holds at least one record; a CorpusError names the file and line otherwise."""
+  records, where_of = {}, {}
   for where, record in corpora.read_json_lines(path):
     key = corpora.required_text(record, "_id", where)
+    where = f"{where} (_id {key!r})"
     if key in records:
-      raise ValueError(f"{where}: duplicate _id {key!r}")
-    for field in fields:
+      raise corpora.CorpusError(f"{where}: duplicate _id (first at {where_of[key]})")
+    if "text" not in record:
+      raise corpora.CorpusError(f"{where}: missing field 'text'")
+    for field in ("text", *optional):
       if not isinstance(record.get(field, ""), str):
-        raise ValueError(f"{where} (_id {key!r}): field {field!r} must be a string")
-    records[key] = {field: record.get(field, "") for field in fields}
-  return records
+        raise corpora.CorpusError(f"{where}: field {field!r} must be a string, found "
+                                  f"{type(record[field]).__name__}")
+    records[key] = {field: record.get(field, "") for field in ("text", *optional)}
+    where_of[key] = where
+  if not records:
+    raise corpora.CorpusError(f"{path}: no records (an empty file; expected a JSON object with "
+                              "_id and text per line)")
+  return records, where_of
 
 
 def read_beir(corpus_path: str, queries_path: str, qrels_path: str) -> BeirData:
-  """The three files, checked: every judged query and document exists, scores are integers."""
-  corpus = _read_records(corpus_path, ("title", "text"))
-  queries = {k: v["text"] for k, v in _read_records(queries_path, ("text",)).items()}
+  """The three files, checked: every record has `_id` and `text` (a query's not empty), ids are
+  unique, no file is empty, every judged query and document exists, scores are integers. Queries
+  without a judgement are kept aside (BEIR's queries.jsonl often holds every split's)."""
+  corpus, _ = _read_records(corpus_path, ("title",))
+  query_records, query_where = _read_records(queries_path, ())
+  for qid, record in query_records.items():
+    if not record["text"].strip():
+      raise corpora.CorpusError(f"{query_where[qid]}: field 'text' is empty")
+  queries = {qid: record["text"] for qid, record in query_records.items()}
   qrels = {}
   for number, (where, line) in enumerate(corpora.read_lines(qrels_path)):
     fields = line.split("\t")
@@ -50,8 +69,10 @@ def read_beir(corpus_path: str, queries_path: str, qrels_path: str) -> BeirData:
       raise ValueError(f"{where}: corpus-id {docid!r} is not in {corpus_path}")
     qrels.setdefault(qid, {})[docid] = score
   if not qrels:
-    raise ValueError(f"{qrels_path}: no judgements")
-  return BeirData(corpus, queries, qrels)
+    raise ValueError(f"{qrels_path}: no judgements (expected 'query-id<TAB>corpus-id<TAB>score' "
+                     "lines after the header)")
+  return BeirData(corpus, queries, qrels,
+                  tuple(query_where[qid] for qid in queries if qid not in qrels))
 
 
 def write_lareqa(output_dir: str, dataset: retrieval_data.RetrievalDataset) -> dict[str, str]:

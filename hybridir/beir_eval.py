@@ -32,9 +32,10 @@ SHOWN = ("map", "ndcg_cut_10", "recall_100")
 
 def evaluate_beir(encoder: encoder_lib.Encoder, data: beir.BeirData, output_dir: str,
                   measures: Sequence[str] = metrics.DEFAULT_MEASURES, depth: int = 100,
-                  languages_path: str | None = None, show_progress: bool = True) -> dict:
+                  languages: dict[str, str] | None = None, show_progress: bool = True) -> dict:
   """Encodes, searches the whole corpus, scores the run; writes run.trec, metrics.json, report.md
-  under output_dir and returns the metrics."""
+  under output_dir and returns the metrics. languages: `{id: language}` (trec.read_languages)
+  for the language bias."""
   for name in measures:
     metrics.parse_measure(name)
   started = time.time()
@@ -50,9 +51,9 @@ def evaluate_beir(encoder: encoder_lib.Encoder, data: beir.BeirData, output_dir:
   per_query = metrics.evaluate_run(run, data.qrels, measures)
   results = {"all": {"num_q": len(per_query), **metrics.aggregate(per_query)},
              "corpus_size": len(docids), "depth": depth, "seconds": round(time.time() - started, 1)}
-  if languages_path:
+  if languages:
     results["rank_distance"] = _rank_distance(qids, query_emb, docids, corpus_emb, data.qrels,
-                                              trec.read_languages(languages_path))
+                                              languages)
   trec.write_run(os.path.join(output_dir, "run.trec"), run, "hybridir")
   reports.write_json(os.path.join(output_dir, "metrics.json"), results)
   rows = [[name, results["all"][name]] for name in results["all"] if name != "num_q"]
@@ -83,15 +84,17 @@ def _rank_distance(qids, query_emb, docids, corpus_emb, qrels, languages) -> dic
                                                                        len(docids)), languages)
 
 
-def main(args) -> int:
-  """The `--encoder` mode of `python -m hybridir.evaluate` (args from its parser)."""
-  output_dir = args.output_dir or os.path.join(os.getcwd(), "eval_" + os.path.basename(
-      os.path.normpath(args.encoder)))
-  measures = [name.strip() for name in args.measures.split(",") if name.strip()]
+def main(encoder_path: str, data: beir.BeirData, output_dir: str, measures: Sequence[str],
+         depth: int, languages: dict[str, str] | None, qrels_path: str) -> int:
+  """The `--encoder` mode of `python -m hybridir.evaluate`, once it has read and checked the
+  inputs (`data`, `languages`) and probed `output_dir`: loads the encoder, evaluates, reports."""
+  if data.unjudged_queries:
+    print(f"note: {len(data.unjudged_queries)} of {len(data.queries)} queries have no judgement "
+          f"in {qrels_path} and are not scored (the first: {data.unjudged_queries[0]})",
+          file=sys.stderr)
   try:
-    data = beir.read_beir(args.corpus, args.queries, args.qrels)
-    encoder = export.load_encoder(args.encoder)
-    results = evaluate_beir(encoder, data, output_dir, measures, args.depth, args.languages)
+    encoder = export.load_encoder(encoder_path)
+    results = evaluate_beir(encoder, data, output_dir, measures, depth, languages)
   except (OSError, ValueError) as error:
     print(errors.one_line(error), file=sys.stderr)
     return 1

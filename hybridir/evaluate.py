@@ -9,15 +9,18 @@ reads a TREC run (`qid Q0 docid rank score tag`) and qrels (`qid 0 docid relevan
 measures as JSON under pytrec_eval's names. With LANGS (TSV `id<TAB>language` for the candidates
 and optionally the queries) it adds `rank_distance`, the language bias of a multilingual run.
 """
-import argparse
 import json
 import math
+import os
 import sys
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from hybridir import beir
+from hybridir import console
 from hybridir import errors
+from hybridir import fs
 from hybridir import metrics
 from hybridir import retrieval
 from hybridir import trec
@@ -253,8 +256,8 @@ def evaluate_files(run_path: str, qrels_path: str, measures: Sequence[str],
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m hybridir.evaluate",
-                                   description=__doc__.split("\n")[0])
+  parser = console.ArgumentParser(prog="python -m hybridir.evaluate",
+                                  description=__doc__.split("\n")[0])
   parser.add_argument("--run", help="TREC run file: qid Q0 docid rank score tag")
   parser.add_argument("--qrels", required=True, help="TREC qrels file: qid 0 docid relevance "
                       "(with --encoder: BEIR's qrels.tsv)")
@@ -271,14 +274,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--languages", help="TSV id<TAB>language of the candidates (and optionally "
                       "the queries): adds rank_distance, the language bias, beside its random value")
   args = parser.parse_args(argv)
+  console.check_input_files(parser, args, ("run", "qrels", "encoder", "corpus", "queries",
+                                           "languages"))
+  measures = [name.strip() for name in args.measures.split(",") if name.strip()]
   if args.encoder:
     if not (args.corpus and args.queries):
       parser.error("--encoder needs --corpus and --queries (and --qrels)")
+    output_dir = args.output_dir or os.path.join(os.getcwd(), "eval_" + os.path.basename(
+        os.path.normpath(args.encoder)))
+    try:  # Every input read and checked, the output probed, before the encoder loads.
+      for name in measures:
+        metrics.parse_measure(name)
+      data = beir.read_beir(args.corpus, args.queries, args.qrels)
+      languages = trec.read_languages(args.languages) if args.languages else None
+      fs.check_writable(output_dir, "--output_dir")
+    except (OSError, ValueError) as error:
+      print(errors.one_line(error), file=sys.stderr)
+      return 1
     from hybridir import beir_eval  # pylint: disable=import-outside-toplevel  (it imports us)
-    return beir_eval.main(args)
+    return beir_eval.main(args.encoder, data, output_dir, measures, args.depth, languages,
+                          args.qrels)
   if not args.run:
     parser.error("give --run (a TREC run to score) or --encoder (an encoder to evaluate)")
-  measures = [name.strip() for name in args.measures.split(",") if name.strip()]
   try:
     output = evaluate_files(args.run, args.qrels, measures, args.per_query, args.languages)
   except (OSError, ValueError) as error:

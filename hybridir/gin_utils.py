@@ -2,14 +2,18 @@
 `gin_configs/` (installed inside the package by setup.py, or the checkout's); data paths written
 `$HYBRIDIR_DATA_DIR/...` read the shared data folder (fs.data_root)."""
 import contextlib
+import dataclasses
 import difflib
 import logging
 import os
 import pathlib
 import re
+import tokenize
+from typing import Sequence
 
 import gin
 
+from hybridir import errors
 from hybridir import fs
 
 # The training run's selector (RUN = @trainer.train): main keeps its config in MODEL_DIR, aot
@@ -31,7 +35,7 @@ def declared_macros() -> set[str]:
   return {name for name, selector in gin.config._CONFIG if selector == "gin.macro"}
 
 
-class UnknownMacroError(ValueError):
+class UnknownMacroError(errors.SettingError):
   """A binding names a macro that no parsed gin file declares."""
 
 
@@ -46,8 +50,8 @@ def check_macro_bindings(gin_bindings: list[str], known: set[str]) -> None:
       name = match.group(1)
       close = difflib.get_close_matches(name, sorted(known), n=3)
       hint = f"; did you mean {', '.join(close)}?" if close else ""
-      raise UnknownMacroError(f"gin binding {binding.strip()!r}: no included file declares the macro "
-                       f"{name}{hint}")
+      raise UnknownMacroError(f"gin binding {binding.strip()!r}: no included file declares the "
+                              f"macro {name}{hint}")
 
 
 def _not_a_search_miss(record: logging.LogRecord) -> bool:
@@ -65,8 +69,9 @@ def _quiet_search():
 
 
 def parse(gin_files: list[str], gin_bindings: list[str] = (), finalize: bool = True) -> None:
-  """Parses files then bindings (later wins); a syntax error, unknown name or macro no file
-  declares fails here, with the file and line, before anything is computed."""
+  """Parses files then bindings (later wins); a missing file, a syntax error, an unknown name or
+  a macro no file declares fails here, with the file and line, before anything is computed."""
+  read_literal(gin_files, gin_bindings)  # Its messages name the file, line or binding.
   for path in (os.getcwd(), *GIN_ROOTS):
     if path not in gin.config._LOCATION_PREFIXES:  # Keep the search path free of duplicates.
       gin.add_config_file_search_path(path)
@@ -133,27 +138,119 @@ class _LiteralDelegate(gin.config_parser.ParserDelegate):
     return f"%{name}"
 
 
+def find_file(gin_file: str) -> str | None:
+  """The file a gin path names, searched as `parse` has gin search it: as given (or from the
+  cwd), then in GIN_ROOTS; None when there is none."""
+  candidates = (gin_file, *(os.path.join(root, gin_file) for root in GIN_ROOTS))
+  return next((path for path in candidates if os.path.isfile(path)), None)
+
+
+@dataclasses.dataclass
+class LiteralConfig:
+  """Gin files and bindings as written, read without importing anything: {macro NAME or
+  'scope/selector.parameter': value, with `@f()` and `%NAME` as text}, the last binding winning,
+  and where each was last bound."""
+  values: dict = dataclasses.field(default_factory=dict)
+  origins: dict = dataclasses.field(default_factory=dict)
+
+  def bind(self, statement: gin.config_parser.BindingStatement, origin: str) -> None:
+    key = statement.selector
+    if statement.arg_name:
+      key = f"{statement.scope + '/' if statement.scope else ''}{key}.{statement.arg_name}"
+    self.values[key] = _expand_data(statement.value)
+    self.origins[key] = origin
+
+  def macros(self) -> set[str]:
+    return {key for key in self.values if "." not in key and "/" not in key}
+
+  def resolved(self, key: str):
+    """The value bound to `key`, following `%NAME` to the macro's value; None when unbound."""
+    value, seen = self.values.get(key), {key}
+    while isinstance(value, str) and _MACRO_TEXT.fullmatch(value) and value[1:] not in seen:
+      seen.add(value[1:])
+      value = self.values.get(value[1:])
+    return value
+
+
+_MACRO_TEXT = re.compile(r"%[A-Za-z_][\w.]*")
+_SEARCHED = "looked in the working directory" + "".join(f" and {root}" for root in GIN_ROOTS)
+
+
+def _syntax_message(where: str, error: Exception) -> str:
+  """gin's SyntaxError (or tokenize's) as text naming `where` and the line."""
+  if isinstance(error, SyntaxError):
+    return f"{where}: line {error.lineno}: {error.msg} {(error.text or '').strip()!r}"
+  return f"{where}: {error.args[0] if error.args else error} (an unclosed bracket or quote?)"
+
+
+def _read_file(gin_file: str, config: LiteralConfig, named_by: str) -> None:
+  """Adds a gin file's bindings (its includes' where they stand) to `config`."""
+  path = find_file(gin_file)
+  if path is None:
+    raise errors.SettingError(f"{named_by}: no such gin file ({_SEARCHED}; the run files are "
+                              "gin_configs/runs/*.gin)")
+  try:
+    with open(path) as f:
+      for statement in gin.config_parser.ConfigParser(f, _LiteralDelegate()):
+        where = f"{path}: line {statement.location.line_num}"
+        if isinstance(statement, gin.config_parser.IncludeStatement):
+          _read_file(statement.filename, config, f"{where}: include {statement.filename!r}")
+        elif isinstance(statement, gin.config_parser.BindingStatement):
+          config.bind(statement, where)
+  except (SyntaxError, tokenize.TokenError) as e:
+    raise errors.SettingError(_syntax_message(path, e)) from None
+
+
+def _binding_message(binding: str, error: Exception) -> str:
+  """Why a binding does not parse; for a bare word or path, how to quote it on a command line."""
+  key, _, value = binding.partition("=")
+  key, value = key.strip(), value.strip()
+  if isinstance(error, SyntaxError) and error.msg.startswith("Unable to parse value") and not (
+      set(value) & set("'\"[]{}()")):
+    return (f"gin binding {binding.strip()!r}: {value!r} is not a gin value; a string takes "
+            f"gin's quotes inside the shell's: --gin.{key}=\"'{value}'\"")
+  return _syntax_message(f"gin binding {binding.strip()!r}", error)
+
+
+def read_literal(gin_files: Sequence[str], gin_bindings: Sequence[str] = ()) -> LiteralConfig:
+  """The files (with their includes) and then the bindings, as written (LiteralConfig); a file
+  or include that does not exist, or a statement gin cannot parse, is a SettingError naming
+  it."""
+  config = LiteralConfig()
+  for gin_file in gin_files:
+    _read_file(gin_file, config, f"--gin_file={gin_file}")
+  for binding in gin_bindings:
+    try:
+      for statement in gin.config_parser.ConfigParser(binding, _LiteralDelegate()):
+        if isinstance(statement, gin.config_parser.BindingStatement):
+          config.bind(statement, f"gin binding {binding.strip()!r}")
+    except (SyntaxError, tokenize.TokenError) as e:
+      raise errors.SettingError(_binding_message(binding, e)) from None
+  return config
+
+
+def check_command_line(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> LiteralConfig:
+  """What can be checked of a config without importing anything: files and includes exist,
+  every statement parses, bindings name declared macros, no macro is left `%gin.REQUIRED`."""
+  check_macro_bindings(list(gin_bindings), read_literal(gin_files).macros())
+  config = read_literal(gin_files, gin_bindings)
+  required = [name for name, value in config.values.items() if value == "%gin.REQUIRED"]
+  if required:
+    raise errors.SettingError(
+        f"{', '.join(required)} {'is' if len(required) == 1 else 'are'} required "
+        f"({config.origins[required[0]]} sets {required[0]} to %gin.REQUIRED): bind "
+        f"{'it' if len(required) == 1 else 'each'}, e.g. --gin.{required[0]}=\"'...'\"")
+  return config
+
+
 def file_macro(gin_file: str, name: str):
   """The literal value (`$HYBRIDIR_DATA_DIR` expanded) a gin file (with its includes, later wins)
   gives the macro `name`, read without touching the global gin config; raises ValueError when no
   file sets it."""
-  found = []
-
-  def read(path: str) -> None:
-    candidates = (path, *(os.path.join(root, path) for root in GIN_ROOTS))
-    resolved = next((p for p in candidates if os.path.exists(p)), path)
-    with open(resolved) as f:
-      for statement in gin.config_parser.ConfigParser(f, _LiteralDelegate()):
-        if isinstance(statement, gin.config_parser.IncludeStatement):
-          read(statement.filename)
-        elif (isinstance(statement, gin.config_parser.BindingStatement)
-              and statement.selector == name and not statement.arg_name):
-          found.append(statement.value)
-
-  read(gin_file)
-  if not found:
+  config = read_literal([gin_file])
+  if name not in config.values:
     raise ValueError(f"{gin_file}: sets no {name} (in it or its includes)")
-  return _expand_data(found[-1])
+  return config.values[name]
 
 
 def run_selector() -> str | None:

@@ -16,7 +16,6 @@ sentence-transformers and transformers users expect: `sentence_bert_config.json`
 `max_seq_length` the model takes, also the fast tokenizer's `model_max_length`), the
 query/passage prompts, default prompt and query length, and a model card (`model_card`).
 """
-import argparse
 import json
 import os
 import sys
@@ -29,6 +28,7 @@ import numpy as np
 from hybridir import artifacts
 from hybridir import console
 from hybridir import encoder as encoder_lib
+from hybridir import errors
 from hybridir import export
 from hybridir import fs
 from hybridir import importers
@@ -187,14 +187,15 @@ def sentence_transformers_settings(encoder: encoder_lib.Encoder, max_seq_length:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m hybridir.hf_export",
-                                   description=__doc__.split("\n")[0])
+  parser = console.ArgumentParser(prog="python -m hybridir.hf_export",
+                                  description=__doc__.split("\n")[0])
   parser.add_argument("--encoder", required=True, help="anything load_encoder takes")
   parser.add_argument("--output", required=True, help="the Hugging Face folder to write")
   parser.add_argument("--overwrite", action="store_true")
   parser.add_argument("--evaluation", help="an evaluation summary.json for the model card's "
                       "table (default: the training run's study_results.json, if any)")
   args = parser.parse_args(argv)
+  console.check_input_files(parser, args, ("encoder", "evaluation"))
   try:
     encoder = export.load_encoder(args.encoder)
     cfg = encoder.model.encoder_config
@@ -206,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = export_hf(args.output, encoder.model, encoder.params, vocabulary_file(encoder),
                      overwrite=args.overwrite, extra_files=extra, max_seq_length=max_seq_length)
   except (OSError, ValueError) as error:
-    print(f"error: {error}", file=sys.stderr)
+    print(errors.one_line(error), file=sys.stderr)
     return 1
   console.finish(f"the Hugging Face folder {path}",
                  f"python -c \"from sentence_transformers import SentenceTransformer; "

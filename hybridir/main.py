@@ -3,10 +3,14 @@
 
 A run file binds `RUN` (the function to call: train, evaluate or export) and may bind `SETUP`,
 a list of calls made first (task registration, vocabulary preparation). `--gin.KEY=VALUE` flags
-are gin bindings, as in T5X. Bad bindings, macros no file declares, missing required settings and
-output locations that cannot be written fail before any compute; expected errors (bad input files,
-artifacts, outputs, failed saves, no good checkpoint, a full disk) end the run with one line
-`error: ...` and status 1, without a traceback. A run stopped by SIGTERM exits with status 143
+are gin bindings, as in T5X: a string value takes gin's quotes inside the shell's
+(`--gin.MODEL_DIR="'/tmp/run'"`). A mistake in the command line (a flag, a gin file or include that
+does not exist, a binding gin cannot parse, a macro no file declares, a `%gin.REQUIRED` setting
+left unbound, an input that does not exist) ends it in about a second, before TensorFlow and jax
+load; output locations that cannot be written, and unknown parameters, fail before any compute.
+Each of these and the expected errors (bad input files, artifacts, outputs, failed saves, no good
+checkpoint, a full disk) end the run with one line `error: ...` and status 1, without a traceback
+or usage text. A run stopped by SIGTERM exits with status 143
 after saving its checkpoint. In a multi-process run, a process that stops sending heartbeats for
 --heartbeat_timeout_seconds (killed, hung, its host gone) ends every other with one line naming
 it, status 1; the last committed checkpoint is intact.
@@ -22,19 +26,118 @@ from typing import Sequence
 
 from absl import app
 from absl import flags
-from hybridir import console  # First: it quiets TensorFlow's C++ logs before anything imports it.
 from absl import logging
 import gin
+
+from hybridir import console
+from hybridir import errors
+from hybridir import fs
+from hybridir import gin_utils
+
+_GIN_FILE = flags.DEFINE_multi_string("gin_file", [], "Gin files, parsed in order.")
+_GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings (after the files).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0, for multi-host runs off Cloud TPU.")
+_PROCESS_COUNT = flags.DEFINE_integer("process_count", None, "Number of processes (hosts).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_MULTIHOST = flags.DEFINE_bool("multihost", None, "Initialise jax.distributed (default: "
+                               "auto, on when a coordinator is given or a TPU pod is detected).")
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    "heartbeat_timeout_seconds", 60, "Multi-host: a process silent this long (killed, hung, its "
+    "host gone) is declared lost, and every other process ends with one line naming it.")
+_SHUTDOWN_TIMEOUT = flags.DEFINE_integer(
+    "shutdown_timeout_seconds", 60, "Multi-host: how long a finishing process waits at exit for "
+    "the others to finish too.")
+
+# What the run functions read, by parameter ("run": a training run's MODEL_DIR; "path": a file
+# or folder): checked to exist before anything is imported.
+INPUT_PARAMETERS = {
+    "hybridir.export.export_from_training_checkpoint": {"model_dir": "run"},
+    "hybridir.eval_run.run_evaluation": {"encoder_path": "path"},
+    "hybridir.corpus_eval.run_corpus_evaluation": {"encoder_path": "path", "topics_tsv": "path",
+                                                   "qrels_trec": "path"},
+    "hybridir.corpus_eval.run_miracl_evaluation": {"encoder_path": "path", "miracl_dir": "path"},
+    "tasks.register_parallel_qa": {"corpus_path": "path"},
+}
+
+
+def gin_flags_to_bindings(argv: list[str]) -> tuple[list[str], list[str]]:
+  """Splits T5X-style `--gin.KEY=VALUE` flags off argv, returning (argv, bindings)."""
+  rest, bindings = [], []
+  for arg in argv:
+    if arg.startswith("--gin."):
+      key, sep, value = arg[len("--gin."):].partition("=")
+      if not sep:
+        raise app.UsageError(f"{arg}: gin flags take the form --gin.KEY=VALUE")
+      bindings.append(f"{key} = {value}")
+    else:
+      rest.append(arg)
+  return rest, bindings
+
+
+def _called(config: gin_utils.LiteralConfig) -> list[str]:
+  """The configurables RUN and SETUP call, as the files write them ('export.export_...')."""
+  setup = config.resolved("SETUP")
+  references = [config.resolved("RUN"), *(setup if isinstance(setup, list) else [])]
+  return [r[1:].removesuffix("()") for r in references
+          if isinstance(r, str) and r.startswith("@")]
+
+
+def check_inputs(config: gin_utils.LiteralConfig) -> None:
+  """Fails (SettingError, one line naming the setting) when a local input of INPUT_PARAMETERS
+  that the config's RUN or SETUP reads does not exist, or a MODEL_DIR to export holds no run."""
+  for written in _called(config):
+    for selector, parameters in INPUT_PARAMETERS.items():
+      if selector != written and not selector.endswith("." + written):
+        continue
+      for parameter, kind in parameters.items():
+        key = f"{written}.{parameter}"
+        path, bound = config.resolved(key), config.values.get(key)
+        if not isinstance(path, str) or "://" in path or path.startswith(("@", "%")):
+          continue
+        macro = bound[1:] if isinstance(bound, str) and bound.startswith("%") else None
+        setting = f"{written.rpartition('.')[2]}.{parameter}"
+        name = f"{macro} ({setting})" if macro else setting
+        if not os.path.exists(path):
+          hint = ("; train a run there first (gin_configs/runs/train.gin or smoke.gin)"
+                  if kind == "run" else "")
+          raise errors.SettingError(f"{name}: {path}: no such file or folder{hint}")
+        if kind == "run" and not (os.path.isdir(path) and {"checkpoints", "encoder.json"} & set(
+            os.listdir(path))):
+          raise errors.SettingError(f"{name}: {path} holds no training run (no checkpoints/ or "
+                                    "encoder.json): give the MODEL_DIR a training run wrote")
+
+
+def check_command_line(argv: list[str]) -> None:
+  """Ends the program with one line `error: ...` (status 1) on a mistake that can be found
+  without running anything: a flag, a gin file, a binding, a required setting, a missing input.
+  Imports nothing heavy: mistakes show in about a second, not after TensorFlow and jax load."""
+  try:
+    argv, bindings = gin_flags_to_bindings(argv)
+    app.define_help_flags()
+    flags.FLAGS(argv)
+    check_inputs(gin_utils.check_command_line(_GIN_FILE.value,
+                                              _GIN_BINDINGS.value + bindings))
+  except flags.Error as e:
+    errors.exit_with_line(f"{e} (--helpfull lists the flags)")
+  except (app.UsageError, errors.SettingError) as e:
+    errors.exit_with_line(e)
+  finally:
+    flags.FLAGS.unparse_flags()  # app.run parses them again.
+
+
+if __name__ == "__main__":
+  check_command_line(sys.argv)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position  (after check_command_line, on purpose)
 import jax
 
 from hybridir import artifacts
 from hybridir import checkpoints
 from hybridir import corpora
-from hybridir import errors
-from hybridir import fs
-from hybridir import gin_utils
 from hybridir import multihost
 from hybridir import run_dir
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 # Exit status after SIGTERM (preemption) once the checkpoint is saved: 128 + SIGTERM, as a shell
 # reports a process ended by it, so schedulers treat the run as interrupted, not finished.
@@ -57,35 +160,6 @@ EXPECTED_ERRORS = (corpora.CorpusError, fs.NotWritableError, FileNotFoundError, 
                    artifacts.ArtifactError, errors.SettingError, checkpoints.CheckpointSaveError,
                    checkpoints.NoGoodCheckpointError, checkpoints.CheckpointShapeError,
                    checkpoints.CheckpointDamagedError, FloatingPointError)
-
-_GIN_FILE = flags.DEFINE_multi_string("gin_file", [], "Gin files, parsed in order.")
-_GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings (after the files).")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
-                                   "host:port of process 0, for multi-host runs off Cloud TPU.")
-_PROCESS_COUNT = flags.DEFINE_integer("process_count", None, "Number of processes (hosts).")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
-_MULTIHOST = flags.DEFINE_bool("multihost", None, "Initialise jax.distributed (default: "
-                               "auto, on when a coordinator is given or a TPU pod is detected).")
-_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
-    "heartbeat_timeout_seconds", 60, "Multi-host: a process silent this long (killed, hung, its "
-    "host gone) is declared lost, and every other process ends with one line naming it.")
-_SHUTDOWN_TIMEOUT = flags.DEFINE_integer(
-    "shutdown_timeout_seconds", 60, "Multi-host: how long a finishing process waits at exit for "
-    "the others to finish too.")
-
-
-def gin_flags_to_bindings(argv: list[str]) -> tuple[list[str], list[str]]:
-  """Splits T5X-style `--gin.KEY=VALUE` flags off argv, returning (argv, bindings)."""
-  rest, bindings = [], []
-  for arg in argv:
-    if arg.startswith("--gin."):
-      key, sep, value = arg[len("--gin."):].partition("=")
-      if not sep:
-        raise app.UsageError(f"{arg}: gin flags take the form --gin.KEY=VALUE")
-      bindings.append(f"{key} = {value}")
-    else:
-      rest.append(arg)
-  return rest, bindings
 
 
 def initialize_distributed() -> None:
@@ -202,11 +276,11 @@ def check_output_locations() -> None:
         fs.check_writable(value, f"{macro} ({setting})" if macro else setting, kind)
 
 
-def write_training_config() -> None:
-  """A training run (gin_utils.TRAINING_RUN) keeps the gin config it was started with:
-  MODEL_DIR/config.gin, beside encoder.json."""
+def write_run_config() -> None:
+  """A run that owns a MODEL_DIR (its RUN writes `model_dir`: training, a study run) keeps the gin
+  config it was started with there, as config.gin beside encoder.json."""
   selector = gin_utils.run_selector()
-  if selector == gin_utils.TRAINING_RUN and jax.process_index() == 0:
+  if "model_dir" in OUTPUT_PARAMETERS.get(selector, {}) and jax.process_index() == 0:
     run_dir.write_config(gin.get_bindings(selector)["model_dir"], gin.config_str())
 
 
@@ -214,13 +288,13 @@ def run_parsed_config():
   """Calls SETUP's functions, then RUN, of the parsed gin config; returns RUN's result."""
   run = resolve_run()
   check_output_locations()
-  if jax.process_index() == 0:  # A training run also writes it to MODEL_DIR/config.gin.
+  if jax.process_index() == 0:  # A run owning a MODEL_DIR also writes it to MODEL_DIR/config.gin.
     logging.debug("gin config:\n%s", gin.config_str())
   model_dir = gin_utils.macro("MODEL_DIR", None)
   with run_dir.undone_unless_trained(model_dir if isinstance(model_dir, str) else None):
     for call in gin_utils.macro("SETUP", []):
       call.scoped_configurable_fn()
-    write_training_config()
+    write_run_config()
     return run()
 
 
@@ -240,8 +314,8 @@ def parse_config(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> None:
   UsageError."""
   try:
     gin_utils.parse(list(gin_files), list(gin_bindings))
-  except (ValueError, SyntaxError, tokenize.TokenError, OSError) as e:
-    raise app.UsageError(" ".join(str(e).split())) from None
+  except (ValueError, NameError, SyntaxError, tokenize.TokenError, OSError) as e:
+    raise app.UsageError(errors.one_line(e).removeprefix("error: ")) from None
 
 
 def one_line_errors():
@@ -271,7 +345,6 @@ def closing_line_parts() -> tuple[str, str | None]:
 def main(argv, gin_flag_bindings: Sequence[str] = ()):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  console.quiet_libraries()
   initialize_distributed()
   parse_config(_GIN_FILE.value, _GIN_BINDINGS.value + list(gin_flag_bindings))
   with one_line_errors(), told_to_peers():
@@ -286,7 +359,7 @@ def main(argv, gin_flag_bindings: Sequence[str] = ()):
 
 def console_main():
   argv, bindings = gin_flags_to_bindings(sys.argv)
-  app.run(functools.partial(main, gin_flag_bindings=bindings), argv=argv)
+  console.run_app(functools.partial(main, gin_flag_bindings=bindings), argv=argv)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from hybridir import console
 from hybridir import corpora
 from hybridir import fs
 from hybridir import gin_utils
@@ -128,12 +129,13 @@ def pretrained_model(model: str) -> tuple[str, str]:
 def cell_bindings(data_dir: str, model_dir: str, spm_path: str, family_name: str, alpha: float,
                   seed: int, extra=(), init_checkpoint: str | None = None,
                   zero_shot: bool = False) -> list[str]:
-  """The gin bindings of one demo run (the same ones a `hybridir.main` run would take). A model
-  trained from scratch sizes its embedding to its vocabulary (VOCAB_SIZE); a pretrained one
-  starts from `init_checkpoint`, and `zero_shot` evaluates it untrained."""
+  """The gin bindings of one demo run (the same ones a `hybridir.main` run would take); the
+  chosen checkpoint's encoder is kept at MODEL_DIR/export. A model trained from scratch sizes its
+  embedding to its vocabulary (VOCAB_SIZE); a pretrained one starts from `init_checkpoint`, and
+  `zero_shot` evaluates it untrained."""
   bindings = [f"DATA_DIR = {data_dir!r}", f"CORPUS_DIR = {os.path.join(data_dir, 'xquad-r')!r}",
               f"MODEL_DIR = {model_dir!r}", f"SPM_PATH = {spm_path!r}", f"ALPHA = {alpha}",
-              f"SEED = {seed}"]
+              f"SEED = {seed}", f"EXPORT_DIR = {os.path.join(model_dir, 'export')!r}"]
   if init_checkpoint:
     bindings += [f"INIT_CHECKPOINT = {init_checkpoint!r}", f"ZERO_SHOT = {zero_shot}"]
   else:
@@ -146,15 +148,27 @@ def run_cell(gin_file: str, bindings: list[str]) -> dict:
   return main_lib.run_config([gin_file], bindings)
 
 
+def run_line(position: str, name: str, result: dict, seconds: float | None) -> str:
+  """The one line the study prints for a run: its chosen step, each dataset's multilingual mAP,
+  and its time (None: done by an earlier invocation, kept)."""
+  maps = ", ".join(f"{dataset} {values['full']['multilingual']['average']['map']:.3f}"
+                   for dataset, values in result["evaluation"]["datasets"].items())
+  step = "zero-shot" if result["train"].get("zero_shot") else (
+      f"step {result['train']['chosen_step']} chosen")
+  took = "done earlier, kept" if seconds is None else f"{seconds:.0f} s"
+  return f"run {position} {name}: {step}; multilingual mAP {maps}; {took}"
+
+
 def run_study(data_dir: str, output_dir: str, config: StudyConfig | None = None) -> dict:
-  """Runs every (model, strategy, seed) not yet done; writes the report; returns its paths."""
+  """Runs every (model, strategy, seed) not yet done, printing a line for each; writes the
+  report; returns its paths."""
   config = config or StudyConfig()
   for folder in ("xquad-r", "mlqa-r"):
     if not fs.isdir(os.path.join(data_dir, folder)):
       raise FileNotFoundError(f"{os.path.join(data_dir, folder)}: not found (set --data_dir)")
   sweep = cells(config)
-  results, started, done, vocabularies = {}, time.time(), 0, {}
-  for model, strategy, seed in sweep:
+  results, started, vocabularies, durations = {}, time.time(), {}, []
+  for number, (model, strategy, seed) in enumerate(sweep, 1):
     gin_file = MODEL_FILES[model]
     if model not in vocabularies:
       base = [f"DATA_DIR = {data_dir!r}", f"CORPUS_DIR = {os.path.join(data_dir, 'xquad-r')!r}",
@@ -162,9 +176,10 @@ def run_study(data_dir: str, output_dir: str, config: StudyConfig | None = None)
       vocabularies[model] = (pretrained_model(model) if packaged_model(model)
                              else (None, train_vocabulary(gin_file, base, output_dir)))
     init_checkpoint, spm_path = vocabularies[model]
-    model_dir = os.path.join(output_dir, "runs", run_name(model, strategy, seed))
+    name = run_name(model, strategy, seed)
+    model_dir = os.path.join(output_dir, "runs", name)
     results_path = os.path.join(model_dir, study_run.RESULTS_FILE)
-    logging.info("run %d/%d: %s, %s, seed %d", done + 1, len(sweep), model, strategy, seed)
+    run_started, seconds = time.time(), None
     if not fs.exists(results_path):
       out = run_cell(gin_file, cell_bindings(
           data_dir, model_dir, spm_path, family(model), STRATEGIES.get(strategy, 0.5), seed,
@@ -172,13 +187,24 @@ def run_study(data_dir: str, output_dir: str, config: StudyConfig | None = None)
       if getattr(out, "stopped_early", False):
         logging.warning("SIGTERM: %s saved its checkpoint; rerun the demo to resume", model_dir)
         sys.exit(main_lib.PREEMPTED_EXIT_CODE)
+      seconds = time.time() - run_started
+      durations.append(seconds)
     with fs.open(results_path) as f:
       results[model, strategy, seed] = json.load(f)
-    done += 1
-    elapsed = time.time() - started
-    logging.info("%d/%d runs done in %.0f s; about %.0f s to go", done, len(sweep), elapsed,
-                 elapsed / done * (len(sweep) - done))
+    line = run_line(f"{number}/{len(sweep)}", f"{name} ({model}, {strategy}, seed {seed})",
+                    results[model, strategy, seed], seconds)
+    if durations and number < len(sweep):  # The runs made now tell how long the rest take.
+      left = sum(durations) / len(durations) * (len(sweep) - number)
+      line += f"; about {left:.0f} s to go" if left < 90 else f"; about {left / 60:.0f} min to go"
+    logging.info(line)
   return study_report.write(output_dir, results, elapsed_seconds=time.time() - started)
+
+
+def summary(report_markdown: str) -> str:
+  """The report's answer (its first paragraph) as one line of plain text."""
+  with fs.open(report_markdown) as f:
+    paragraphs = f.read().split("\n\n")
+  return " ".join(paragraphs[1].replace("**", "").split()) if len(paragraphs) > 1 else ""
 
 
 def config_from_flags(values) -> StudyConfig:
@@ -211,7 +237,9 @@ def main(argv):
       jax.config.update("jax_compilation_cache_dir",
                         os.path.join(values.output_dir, "compilation_cache"))
     report = run_study(values.data_dir, values.output_dir, config)
-  print(f"\nReport: {report['markdown']}")
+  print(summary(report["markdown"]), file=sys.stderr)
+  console.finish(f"the report {report['markdown']} (plots and per-run results beside it)",
+                 f"cat {report['markdown']}")
 
 
 if __name__ == "__main__":
@@ -223,4 +251,4 @@ if __name__ == "__main__":
   flags.DEFINE_list("strategies", None, f"Batch strategies, of {sorted(STRATEGIES)} (default: all).")
   flags.DEFINE_list("seeds", None, "Seeds (default: 0,1,2).")
   # --gin_bindings (hybridir.main's flag): gin bindings for every run, e.g. 'TRAIN_STEPS = 20'.
-  app.run(main)
+  console.run_app(main)

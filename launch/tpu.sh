@@ -35,8 +35,11 @@ Code (one of):
 
 Job:
   --gin_file FILE           gin file relative to the repository root; repeatable, at least one
-  --gin KEY=VALUE           gin binding, passed as --gin.KEY=VALUE; repeatable. Strings need quotes:
-                            --gin "MIXTURE='xquad_r'"
+  --gin KEY=VALUE           gin binding, passed as --gin.KEY=VALUE; repeatable. KEY is a macro
+                            a gin file declares (TRAIN_STEPS) or a parameter
+                            (trainer.train.log_period); a string takes gin's quotes inside the
+                            shell's:
+                            --gin "CORPUS_DIR='gs://BUCKET/xquad-r'" --gin TRAIN_STEPS=20000
   --model_dir gs://...      where checkpoints, metrics and logs go (bound as MODEL_DIR); required
   --results_dir PATH        copy the model dir here when the job ends (gcloud storage cp -r)
 
@@ -44,6 +47,16 @@ Job:
                             command run is `gcloud config get-value project` when --project is not
                             given. A dry run assumes the TPU does not exist yet (unless --reuse).
   -h, --help                show this help
+
+Exit status:
+  0                         the job succeeded on every worker
+  2                         a mistake in these options (one line `launch/tpu.sh: error: ...`), or
+                            --check found the run does not fit or could not compile it; nothing
+                            was created
+  other                     the job's status as `gcloud ... ssh --worker=all` reports it
+                            (hybridir.main: 1 for an error, its one line `error: ...` in the
+                            log; 143 when preempted after saving its checkpoint: rerun to
+                            resume), or that of a gcloud step that failed (create, copy, install)
 
 If copying or installing fails the script stops and leaves the TPU up, so you can look at it.
 The job lives as long as the ssh session: launch from tmux or screen for long runs.

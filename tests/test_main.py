@@ -1,4 +1,5 @@
-"""The gin entry point: smoke.gin trains end to end; bad or missing bindings fail before compute."""
+"""The gin entry point: smoke.gin trains end to end; bad or missing bindings fail before compute,
+mistakes in the command line before TensorFlow and jax load."""
 import json
 import os
 import subprocess
@@ -102,3 +103,34 @@ def test_gin_flags_become_bindings():
   assert argv == ["prog", "--foo=1"] and bindings == ["TRAIN_STEPS = 5"]
   with pytest.raises(Exception, match="--gin.KEY=VALUE"):
     main.gin_flags_to_bindings(["prog", "--gin.TRAIN_STEPS"])
+
+
+def heavy_imports(stderr: str) -> set[str]:
+  """The top-level packages among jax, flax and TensorFlow that `python -X importtime` saw load."""
+  names = {line.rpartition("|")[2].strip() for line in stderr.splitlines()
+           if line.startswith("import time:")}
+  return {name.split(".")[0] for name in names} & {"jax", "flax", "tensorflow"}
+
+
+def own_lines(stderr: str) -> list[str]:
+  return [line for line in stderr.splitlines() if not line.startswith("import time:")]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--gin_file=gin_configs/runs/smok.gin"], "--gin_file=gin_configs/runs/smok.gin: no such"),
+    (["--gin_file=gin_configs/runs/smoke.gin", "--gin.MODEL_DIR=/tmp/x"],
+     "a string takes gin's quotes inside the shell's: --gin.MODEL_DIR=\"'/tmp/x'\""),
+    (["--gin_file=gin_configs/runs/smoke.gin", "--gin.TRAIN_STEP=3"], "did you mean TRAIN_STEPS"),
+    (["--gin_file=gin_configs/runs/export.gin"], "MODEL_DIR, EXPORT_DIR are required"),
+    (["--gin_file=gin_configs/runs/export.gin", "--gin.MODEL_DIR='/nonexistent/run'",
+      "--gin.EXPORT_DIR='/nonexistent/run/export'"], "/nonexistent/run: no such file or folder"),
+    (["--gin_fil=gin_configs/runs/smoke.gin"], "Unknown command line flag 'gin_fil'"),
+], ids=["missing_gin_file", "unquoted_string", "misspelled_macro", "required_unbound",
+        "export_without_run", "misspelled_flag"])
+def test_command_line_mistakes_end_in_one_line_before_tensorflow_or_jax_load(args, fragment):
+  result = subprocess.run([sys.executable, "-X", "importtime", "-m", "hybridir.main", *args],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1 and result.stdout == ""
+  lines = own_lines(result.stderr)
+  assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], lines
+  assert heavy_imports(result.stderr) == set()

@@ -25,8 +25,11 @@ import pytest
 
 from hybridir import artifacts
 from hybridir import data as data_cli
+from hybridir import errors
 from hybridir import evaluate as evaluate_cli
 from hybridir import export
+from hybridir import gin_utils
+from hybridir import hf_export
 from hybridir import main as main_lib
 from hybridir import retrieval_data
 from hybridir import spm as spm_cli
@@ -38,6 +41,8 @@ from tests import reference_models
 from tests.conftest import REPO_ROOT
 from tests.conftest import shared_data_dir
 from tests.test_faults import flip_bytes
+from tests.test_main import heavy_imports
+from tests.test_main import own_lines
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,14 +80,17 @@ def argparse_cli(main: Callable, argv) -> Callable:
   def run():
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-      status = main([str(a) for a in argv])
+      try:
+        status = main([str(a) for a in argv])
+      except SystemExit as e:  # A mistake in the arguments (console.ArgumentParser).
+        status = e.code
     return status, out.getvalue(), err.getvalue()
   return run
 
 
 def absl_cli(body: Callable) -> Callable:
-  """Runs an absl CLI's body as its main does: a UsageError's message is printed last (as
-  app.run does, after the usage), an expected error through main.one_line_errors."""
+  """Runs an absl CLI's body as its main does (console.run_app): a UsageError as one line
+  `error: ...`, an expected error through main.one_line_errors."""
   def run():
     out, err = io.StringIO(), io.StringIO()
     status = 0
@@ -90,7 +98,7 @@ def absl_cli(body: Callable) -> Callable:
       try:
         body()
       except app.UsageError as e:
-        print(e, file=sys.stderr)
+        print(errors.one_line(e), file=sys.stderr)
         status = 1
       except SystemExit as e:
         status = e.code
@@ -98,9 +106,12 @@ def absl_cli(body: Callable) -> Callable:
   return run
 
 
-def gin_run(files, bindings) -> Callable:
-  """`python -m hybridir.main --gin_file=... --gin.KEY=VALUE...`, in this process."""
+def gin_run(files, bindings, flags=()) -> Callable:
+  """`python -m hybridir.main --gin_file=... --gin.KEY=VALUE...`, in this process: the checks
+  made before the heavy imports, then the run."""
   def body():
+    main_lib.check_command_line(["hybridir.main", *(f"--gin_file={f}" for f in files),
+                                 *(f"--gin_bindings={b}" for b in bindings), *flags])
     gin.clear_config()
     try:
       main_lib.parse_config(files, bindings)
@@ -264,7 +275,44 @@ def evaluate_missing_qrels(tmp):
   run = tmp / "x.run"
   run.write_text("q1 Q0 d1 1 0.5 tag\n")
   return ("evaluate", argparse_cli(evaluate_cli.main, ["--run", run, "--qrels", tmp / "no.qrels"]),
-          f"error: [Errno 2] No such file or directory: '{tmp / 'no.qrels'}'", [])
+          f"error: --qrels {tmp / 'no.qrels'}: no such file or folder (python -m hybridir.evaluate "
+          "--help lists the options)", [])
+
+
+def _beir(tmp, corpus=({"_id": "d1", "title": "", "text": "Because."},),
+          queries=({"_id": "q1", "text": "Why?"},),
+          qrels="query-id\tcorpus-id\tscore\nq1\td1\t1\n"):
+  """(paths of BEIR files with these records, the evaluate --encoder command over them)."""
+  paths = (jsonl(tmp / "corpus.jsonl", *corpus), jsonl(tmp / "queries.jsonl", *queries),
+           tmp / "qrels.tsv")
+  paths[2].write_text(qrels)
+  (tmp / "encoder").mkdir()
+  return paths, argparse_cli(evaluate_cli.main, [
+      "--encoder", tmp / "encoder", "--corpus", paths[0], "--queries", paths[1], "--qrels",
+      paths[2], "--output_dir", tmp / "eval"])
+
+
+def evaluate_missing_corpus(tmp):
+  (tmp / "encoder").mkdir()
+  (tmp / "qrels.tsv").write_text("q1\td1\t1\n")
+  return ("evaluate --encoder", argparse_cli(evaluate_cli.main, [
+      "--encoder", tmp / "encoder", "--corpus", tmp / "corpus.jsonl", "--queries",
+      jsonl(tmp / "queries.jsonl", {"_id": "q1", "text": "Why?"}), "--qrels", tmp / "qrels.tsv"]),
+      f"error: --corpus {tmp / 'corpus.jsonl'}: no such file or folder (python -m "
+      "hybridir.evaluate --help lists the options)", [])
+
+
+def beir_case(expected: str, **records) -> Callable:
+  """A case of `evaluate --encoder` over BEIR files with these records (_beir's arguments):
+  `expected` names the files as {corpus}, {queries} and {qrels}."""
+  def make(tmp):
+    (corpus, queries, qrels), run = _beir(tmp, **records)
+    return ("evaluate --encoder", run, "error: " + expected.format(
+        corpus=corpus, queries=queries, qrels=qrels), [tmp / "eval"])
+  return make
+
+
+_EMPTY = "no records (an empty file; expected a JSON object with _id and text per line)"
 
 
 def evaluate_gzip_shard_not_utf8(tmp):
@@ -274,6 +322,7 @@ def evaluate_gzip_shard_not_utf8(tmp):
   corpus.write_bytes(gzip.compress(b"\n".join(lines) + b"\n"))
   queries, qrels = jsonl(tmp / "queries.jsonl", {"_id": "q1", "text": "Why?"}), tmp / "qrels.tsv"
   qrels.write_text("q1\td1\t1\n")
+  (tmp / "encoder").mkdir()  # Read after the corpus: its error comes first.
   column = lines[2].index(b"\xff") + 1
   return ("evaluate --encoder", argparse_cli(evaluate_cli.main, [
       "--encoder", tmp / "encoder", "--corpus", corpus, "--queries", queries, "--qrels", qrels,
@@ -289,15 +338,83 @@ def _smoke(tmp, *bindings):
 
 def main_misspelled_macro(tmp):
   return ("main (smoke.gin)", _smoke(tmp, f"MODEL_DIR = '{tmp / 'run'}'", "TRAIN_STEP = 3"),
-          "gin binding 'TRAIN_STEP = 3': no included file declares the macro TRAIN_STEP; did you "
-          "mean TRAIN_STEPS, TRAIN_SPLIT?", [tmp / "run", tmp / "vocab"])
+          "error: gin binding 'TRAIN_STEP = 3': no included file declares the macro TRAIN_STEP; "
+          "did you mean TRAIN_STEPS, TRAIN_SPLIT?", [tmp / "run", tmp / "vocab"])
 
 
 def main_unknown_parameter(tmp):
   return ("main (smoke.gin)", _smoke(tmp, f"MODEL_DIR = '{tmp / 'run'}'",
                                      "trainer.train.nonsense = 1"),
-          "Configurable 'trainer.train' doesn't have a parameter named 'nonsense'. In bindings "
-          "string line 3 trainer.train.nonsense = 1", [tmp / "run", tmp / "vocab"])
+          "error: Configurable 'trainer.train' doesn't have a parameter named 'nonsense'. In "
+          "bindings string line 3 trainer.train.nonsense = 1", [tmp / "run", tmp / "vocab"])
+
+
+_SEARCHED = " and ".join(["looked in the working directory", *gin_utils.GIN_ROOTS])
+
+
+def main_missing_gin_file(tmp):
+  return ("main", gin_run(["gin_configs/runs/smok.gin"], [f"MODEL_DIR = '{tmp / 'run'}'"]),
+          f"error: --gin_file=gin_configs/runs/smok.gin: no such gin file ({_SEARCHED}; the run "
+          "files are gin_configs/runs/*.gin)", [tmp / "run"])
+
+
+def main_missing_include(tmp):
+  run_file = tmp / "mine.gin"
+  run_file.write_text("include 'gin_configs/runs/trian.gin'\n")
+  return ("main", gin_run([run_file], []),
+          f"error: {run_file}: line 1: include 'gin_configs/runs/trian.gin': no such gin file "
+          f"({_SEARCHED}; the run files are gin_configs/runs/*.gin)", [])
+
+
+def main_unquoted_string(tmp):
+  return ("main (smoke.gin)", _smoke(tmp, f"MODEL_DIR = {tmp / 'run'}"),
+          f"error: gin binding 'MODEL_DIR = {tmp / 'run'}': '{tmp / 'run'}' is not a gin value; a "
+          f"string takes gin's quotes inside the shell's: --gin.MODEL_DIR=\"'{tmp / 'run'}'\"",
+          [tmp / "run", tmp / "vocab"])
+
+
+def main_required_setting_unbound(tmp):
+  return ("main (export.gin)", gin_run(["gin_configs/runs/export.gin"],
+                                       [f"EXPORT_DIR = '{tmp / 'export'}'"]),
+          "error: MODEL_DIR is required (gin_configs/runs/export.gin: line 13 sets MODEL_DIR to "
+          "%gin.REQUIRED): bind it, e.g. --gin.MODEL_DIR=\"'...'\"", [tmp / "export"])
+
+
+def main_export_without_a_run(tmp):
+  return ("main (export.gin)", gin_run(["gin_configs/runs/export.gin"], [
+      f"MODEL_DIR = '{tmp / 'run'}'", f"EXPORT_DIR = '{tmp / 'run' / 'export'}'"]),
+      f"error: MODEL_DIR (export_from_training_checkpoint.model_dir): {tmp / 'run'}: no such file "
+      "or folder; train a run there first (gin_configs/runs/train.gin or smoke.gin)",
+      [tmp / "run"])
+
+
+def main_export_of_a_folder_without_a_run(tmp):
+  (tmp / "run").mkdir()
+  return ("main (export.gin)", gin_run(["gin_configs/runs/export.gin"], [
+      f"MODEL_DIR = '{tmp / 'run'}'", f"EXPORT_DIR = '{tmp / 'run' / 'export'}'"]),
+      f"error: MODEL_DIR (export_from_training_checkpoint.model_dir): {tmp / 'run'} holds no "
+      "training run (no checkpoints/ or encoder.json): give the MODEL_DIR a training run wrote",
+      [tmp / "run" / "export"])
+
+
+def main_missing_corpus(tmp):
+  return ("main (smoke.gin)", _smoke(tmp, f"MODEL_DIR = '{tmp / 'run'}'",
+                                     f"CORPUS_DIR = '{tmp / 'corpus'}'"),
+          f"error: CORPUS_DIR (register_parallel_qa.corpus_path): {tmp / 'corpus'}: no such file "
+          "or folder", [tmp / "run", tmp / "vocab"])
+
+
+def main_misspelled_flag(tmp):
+  return ("main", gin_run([], [], flags=["--gin_fil=gin_configs/runs/smoke.gin"]),
+          "error: Unknown command line flag 'gin_fil'. Did you mean: gin_file ? (--helpfull lists "
+          "the flags)", [])
+
+
+def hf_export_missing_encoder(tmp):
+  return ("hf_export", argparse_cli(hf_export.main, [
+      "--encoder", tmp / "export", "--output", tmp / "hf"]),
+      f"error: --encoder {tmp / 'export'}: no such file or folder (python -m hybridir.hf_export "
+      "--help lists the options)", [tmp / "hf"])
 
 
 def main_checkpoint_period_zero(tmp):
@@ -322,6 +439,7 @@ def main_unwritable_spm_prefix(tmp):
 
 
 def main_unwritable_eval_dir(tmp):
+  (tmp / "encoder").mkdir()
   eval_dir = a_file(tmp) / "eval"
   return ("main (eval.gin)", gin_run(["gin_configs/runs/eval.gin"], [
       f"ENCODER_PATH = '{tmp / 'encoder'}'", f"EVAL_DIR = '{eval_dir}'",
@@ -331,6 +449,7 @@ def main_unwritable_eval_dir(tmp):
 
 
 def main_eval_duplicate_question_id(tmp):
+  (tmp / "encoder").mkdir()
   path = squad(tmp / "data" / "xquad-r" / "en.json", ["q1", "q1"])
   return ("main (eval.gin)", gin_run(["gin_configs/runs/eval.gin"], [
       f"ENCODER_PATH = '{tmp / 'encoder'}'", f"EVAL_DIR = '{tmp / 'eval'}'",
@@ -473,9 +592,46 @@ CASES = [
     Case("evaluate_missing_qrels", "qrels file that does not exist", evaluate_missing_qrels),
     Case("evaluate_gzip_shard_not_utf8", "BEIR corpus .jsonl.gz shard whose line 3 is not UTF-8",
          evaluate_gzip_shard_not_utf8),
+    Case("evaluate_missing_corpus", "BEIR --corpus file that does not exist",
+         evaluate_missing_corpus),
+    Case("beir_document_without_text", "BEIR corpus record without text", beir_case(
+        "{corpus}: line 2 (_id 'd2'): missing field 'text'",
+        corpus=({"_id": "d1", "text": "Because."}, {"_id": "d2", "title": "Sky"}))),
+    Case("beir_query_without_text", "BEIR query without text", beir_case(
+        "{queries}: line 1 (_id 'q1'): missing field 'text'",
+        queries=({"_id": "q1", "query": "Why?"},))),
+    Case("beir_query_with_empty_text", "BEIR query whose text is blank", beir_case(
+        "{queries}: line 2 (_id 'q2'): field 'text' is empty",
+        queries=({"_id": "q1", "text": "Why?"}, {"_id": "q2", "text": " "}))),
+    Case("beir_record_without_id", "BEIR corpus record without _id", beir_case(
+        "{corpus}: line 2: missing field '_id'",
+        corpus=({"_id": "d1", "text": "Because."}, {"id": "d2", "text": "Blue."}))),
+    Case("beir_duplicate_id", "BEIR corpus with a document id twice", beir_case(
+        "{corpus}: line 2 (_id 'd1'): duplicate _id (first at {corpus}: line 1 (_id 'd1'))",
+        corpus=({"_id": "d1", "text": "Because."}, {"_id": "d1", "text": "Blue."}))),
+    Case("beir_empty_queries", "empty BEIR queries file",
+         beir_case("{queries}: " + _EMPTY, queries=())),
+    Case("beir_empty_corpus", "empty BEIR corpus file",
+         beir_case("{corpus}: " + _EMPTY, corpus=())),
+    Case("beir_qrels_of_an_unknown_query", "BEIR qrels judging a query the queries file lacks",
+         beir_case("{qrels}: line 2: query-id 'q9' is not in {queries}",
+                   qrels="query-id\tcorpus-id\tscore\nq9\td1\t1\n")),
     Case("main_misspelled_macro", "gin binding of an undeclared macro", main_misspelled_macro),
     Case("main_unknown_parameter", "gin binding of an unknown parameter",
          main_unknown_parameter),
+    Case("main_missing_gin_file", "--gin_file that does not exist", main_missing_gin_file),
+    Case("main_missing_include", "gin file including a file that does not exist",
+         main_missing_include),
+    Case("main_unquoted_string", "gin string without gin's quotes (--gin.MODEL_DIR=/tmp/x)",
+         main_unquoted_string),
+    Case("main_required_setting_unbound", "export without MODEL_DIR",
+         main_required_setting_unbound),
+    Case("main_export_without_a_run", "export of a MODEL_DIR that does not exist",
+         main_export_without_a_run),
+    Case("main_export_of_a_folder_without_a_run", "export of a folder no training run wrote",
+         main_export_of_a_folder_without_a_run),
+    Case("main_missing_corpus", "training CORPUS_DIR that does not exist", main_missing_corpus),
+    Case("main_misspelled_flag", "misspelled flag (--gin_fil)", main_misspelled_flag),
     Case("main_checkpoint_period_zero", "CHECKPOINT_PERIOD = 0", main_checkpoint_period_zero),
     Case("main_unwritable_model_dir", "MODEL_DIR beneath a file", main_unwritable_model_dir),
     Case("main_unwritable_spm_prefix", "SPM_PREFIX (vocabulary output) beneath a file",
@@ -498,6 +654,8 @@ CASES = [
          load_encoder_other_dims),
     Case("gather_missing_runs_root", "study runs folder that does not exist",
          gather_missing_runs_root),
+    Case("hf_export_missing_encoder", "hf_export --encoder that does not exist",
+         hf_export_missing_encoder),
 ]
 
 
@@ -539,16 +697,45 @@ def test_main_process_with_an_unwritable_model_dir_exits_1_with_the_line_only(tm
   assert os.listdir(tmp_path) == ["a_file"]
 
 
+def test_beir_files_are_checked_before_tensorflow_loads(tmp_path):
+  """The real process: a bad BEIR record ends `evaluate --encoder` before the encoder's imports."""
+  (corpus, queries, qrels), _ = _beir(tmp_path, corpus=({"_id": "d1", "title": "Sky"},))
+  result = subprocess.run(
+      [sys.executable, "-X", "importtime", "-m", "hybridir.evaluate", "--encoder",
+       str(tmp_path / "encoder"), "--corpus", str(corpus), "--queries", str(queries), "--qrels",
+       str(qrels), "--output_dir", str(tmp_path / "eval")],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1 and own_lines(result.stderr) == [
+      f"error: {corpus}: line 1 (_id 'd1'): missing field 'text'"]
+  assert "tensorflow" not in heavy_imports(result.stderr)
+  assert not (tmp_path / "eval").exists()
+
+
+def test_queries_without_a_judgement_are_not_scored_and_named_in_a_note(tmp_path):
+  queries = ({"_id": "q1", "text": "Why is the sky blue?"}, {"_id": "q2", "text": "Why?"},
+             {"_id": "q3", "text": "How?"})
+  (_, queries_path, _), run = _beir(tmp_path, queries=queries)
+  (tmp_path / "encoder").rmdir()
+  shutil.copytree(_exported()[0], tmp_path / "encoder")
+  status, stdout, stderr = run()
+  assert status == 0, stderr
+  assert stderr.splitlines()[0] == (
+      f"note: 2 of 3 queries have no judgement in {tmp_path / 'qrels.tsv'} and are not scored "
+      f"(the first: {queries_path}: line 2 (_id 'q2'))")
+  assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["all"]["num_q"] == 1
+
+
 def markdown_table() -> str:
   """Runs every case; a markdown row per input with its command and error line ($TMP: its
-  scratch folder)."""
+  scratch folder; $REPO: the checkout)."""
   rows = ["| input tried | command | status | error line (last line of stderr) | no output left |",
           "|---|---|---|---|---|"]
   for case in CASES:
     with tempfile.TemporaryDirectory() as scratch:
       tmp = pathlib.Path(scratch)
       result = run_case(case, tmp)
-    line = result["line"].replace(str(tmp), "$TMP").replace("|", "\\|")
+    line = result["line"].replace(str(tmp), "$TMP").replace(str(REPO_ROOT), "$REPO")
+    line = line.replace("|", "\\|")
     ok = "yes" if not result["left"] and not result["stdout"] else "NO"
     match = "" if result["line"] == result["expected"] else " (UNEXPECTED)"
     rows.append(f"| {case.tried} | {result['command']} | {result['status']} | `{line}`{match} "

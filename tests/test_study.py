@@ -10,6 +10,7 @@ import types
 import numpy as np
 import pytest
 
+import hybridir
 from hybridir import artifacts
 from hybridir import miracl
 from hybridir import retrieval_data
@@ -19,6 +20,7 @@ from hybridir import study_gather
 from hybridir import study_report
 from hybridir import study_run
 from hybridir import study_stats
+from tests import test_quiet
 from tests.conftest import REPO_ROOT
 
 TINY = ("TRAIN_STEPS = 6", "BATCH_SIZE = 8", "EVAL_PERIOD = 3", "VALIDATION_STEPS = 1",
@@ -42,18 +44,19 @@ def test_demo_and_a_gin_run_give_identical_numbers_and_the_gin_run_keeps_its_exp
   bindings = study.cell_bindings(str(data_dir), str(tmp_path / "run"), spm_path, "t5", 0.5, 0,
                                  TINY)
   command = [sys.executable, "-m", "hybridir.main",
-             "--gin_file=gin_configs/runs/study/demo_mt5.gin",
-             f"--gin.EXPORT_DIR='{tmp_path / 'export'}'"]  # Kept, as the sweep keeps it.
+             "--gin_file=gin_configs/runs/study/demo_mt5.gin"]  # The export kept at run/export.
   command += [f"--gin.{b.split(' = ', 1)[0]}={b.split(' = ', 1)[1]}" for b in bindings]
-  result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+  result = subprocess.run(command, cwd=REPO_ROOT, env=test_quiet.user_env(), capture_output=True,
+                          text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
+  assert test_quiet.library_lines(result.stderr) == [], result.stderr[-3000:]  # No orbax, CUDA.
   with open(tmp_path / "run" / study_run.RESULTS_FILE) as f:
     gin_run = json.load(f)
   with open(output_dir / "runs" / "t5_hybrid_seed0" / study_run.RESULTS_FILE) as f:
     demo = json.load(f)
   assert gin_run["train"]["history"] == demo["train"]["history"]
   assert gin_run["evaluation"] == demo["evaluation"]
-  kept = artifacts.read_manifest(str(tmp_path / "export"))["metadata"]
+  kept = artifacts.read_manifest(str(tmp_path / "run" / "export"))["metadata"]
   assert kept["step"] == gin_run["train"]["chosen_step"]
 
 
@@ -266,6 +269,51 @@ def test_study_cli_starts_with_its_flags_and_mains(tmp_path):
   assert "Traceback" not in result.stderr, result.stderr[-2000:]  # absl's help exits 1.
   assert "--data_dir" in result.stdout and "--gin_file" in result.stdout
   assert "--models" in result.stdout
+
+
+@pytest.mark.slow
+def test_a_study_run_describes_itself_and_keeps_the_chosen_checkpoints_export(quick_study,
+                                                                             tmp_path):
+  output_dir, _ = quick_study
+  run = output_dir / "runs" / "t5_hybrid_seed0"
+  assert {"checkpoints", "config.gin", "encoder.json", "vocabulary", "export"} <= set(
+      os.listdir(run))
+  assert "ALPHA = 0.5" in (run / "config.gin").read_text()
+  with open(run / study_run.RESULTS_FILE) as f:
+    chosen = json.load(f)["train"]["chosen_step"]
+  assert artifacts.read_manifest(str(run / "export"))["metadata"]["step"] == chosen
+  texts = ["Why is the sky blue?", "Warum ist der Himmel blau?"]
+  latest, kept = (hybridir.load_encoder(str(path)) for path in (run, run / "export"))
+  if chosen == max(int(step) for step in os.listdir(run / "checkpoints")):
+    np.testing.assert_allclose(latest.encode(texts), kept.encode(texts), atol=1e-6)
+  result = subprocess.run([sys.executable, "-m", "hybridir.hf_export", "--encoder",
+                           str(run / "export"), "--output", str(tmp_path / "hf")],
+                          cwd=REPO_ROOT, env=test_quiet.user_env(), capture_output=True, text=True,
+                          timeout=600)
+  assert result.returncode == 0 and test_quiet.library_lines(result.stderr) == [], result.stderr
+  card = (tmp_path / "hf" / "README.md").read_text()
+  assert f"step {chosen}" in card and "## Evaluation" in card and "| xquad_r |" in card
+
+
+def test_the_study_command_prints_a_line_per_run_the_answer_and_a_closing_line(quick_study,
+                                                                              data_dir):
+  output_dir, _ = quick_study  # Its runs are done: the command keeps them and reports again.
+  result = subprocess.run(
+      [sys.executable, "-m", "hybridir.study", f"--data_dir={data_dir}",
+       f"--output_dir={output_dir}", "--models=mT5", "--strategies=X-Y,hybrid", "--seeds=0",
+       *(f"--gin_bindings={binding}" for binding in TINY)],
+      cwd=REPO_ROOT, env=test_quiet.user_env(), capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = result.stderr.strip().splitlines()
+  assert test_quiet.library_lines(result.stderr) == [], lines
+  runs = [line.split("] ", 1)[1] for line in lines if "study.py" in line and "] run " in line]
+  assert [line.split(":")[0] for line in runs] == [
+      "run 1/2 t5_cross_seed0 (mT5, X-Y, seed 0)", "run 2/2 t5_hybrid_seed0 (mT5, hybrid, seed 0)"]
+  assert all(line.endswith("; done earlier, kept") and "multilingual mAP xquad_r" in line
+             for line in runs)
+  assert lines[-2].startswith("The answer, computed.")
+  assert lines[-1] == (f"wrote the report {output_dir}/study.md (plots and per-run results beside "
+                       f"it); next: cat {output_dir}/study.md")
 
 
 def test_the_sweep_comes_from_flags_and_bindings_apply_to_every_run():
