@@ -38,8 +38,8 @@ def _alpha(value: str) -> float:
 
 
 def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="python -m hybridir.data", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = console.ArgumentParser(prog="python -m hybridir.data", description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
   commands = parser.add_subparsers(dest="command", required=True)
   stats = commands.add_parser("stats", help="per-language LAReQA question/candidate counts")
   stats.add_argument("--dataset", choices=sorted(retrieval_data.LAREQA_FOLDERS), required=True)

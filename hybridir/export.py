@@ -27,7 +27,8 @@ def export_from_training_checkpoint(model_dir: str, output_dir: str,
                                     step: int | None = None,
                                     text_format: text_lib.TextFormat | None = None,
                                     **export_options) -> str:
-  """Exports the model params of MODEL_DIR's latest (or given) training checkpoint.
+  """Exports the model params of MODEL_DIR's given training checkpoint, else the one a study
+  chose (run_dir.chosen_step), else the latest.
 
   The manifest records the text format the checkpoint was trained with; a checkpoint from before
   formats were recorded gets `text_format`, else bare texts (`text.UNFORMATTED`), as it was trained.
@@ -36,7 +37,8 @@ def export_from_training_checkpoint(model_dir: str, output_dir: str,
   MODEL_DIR/encoder.json); given, they must agree with it.
   """
   model, spm_path = run_model_and_vocabulary(model_dir, model, spm_path)
-  step, params = checkpoints.restore_params(model_dir, step)
+  step, params = checkpoints.restore_params(
+      model_dir, run_dir.chosen_step(model_dir) if step is None else step)
   trained = checkpoints.training_text_format(model_dir, step)
   lengths = checkpoints.run_identity(model_dir, step)[1].get("task_feature_lengths")
   for option, feature in (("max_length", "passage"), ("query_max_length", "query")):
@@ -118,12 +120,13 @@ def load_encoder(path: str, vocabulary: str | None = None, model_config=None,
     artifacts.check_vocabulary_digest(path, manifest, spm_path)
     query_max_length = manifest.get("query_max_length") if max_length is None else None
     max_length = max_length or manifest["max_length"]
-  elif run_dir.is_run(path):  # A training MODEL_DIR: its latest checkpoint.
+  elif run_dir.is_run(path):  # A training MODEL_DIR: its chosen (a study's), else latest step.
     if model_config is not None:
       raise ValueError(f"{path}: a training run describes its own model; drop model_config")
     description = run_dir.read_description(path)
     model = run_dir.model_from_description(description, os.path.join(path, run_dir.DESCRIPTION))
-    params = artifacts.checked_params(model, checkpoints.restore_params(path)[1], path)
+    step = run_dir.chosen_step(path)
+    params = artifacts.checked_params(model, checkpoints.restore_params(path, step)[1], path)
     spm_path = vocabulary or description["vocabulary"]
     text_format = text_format or description["text_format"]
     query_max_length = description.get("query_max_length") if max_length is None else None

@@ -12,12 +12,12 @@ host boundaries are estimates. Time: each model's forward FLOPs per passage padd
 passage length (an upper bound), over the host's chips at their published peak bf16 rate times
 --mfu, an assumption (default 0.38: the best train-step MFU in BENCHMARKS.md), not a measurement.
 """
-import argparse
 import os
 import sys
 
 from hybridir import accelerators
 from hybridir import aot
+from hybridir import console
 from hybridir import corpus_files
 from hybridir import corpus_index
 from hybridir import errors
@@ -105,8 +105,8 @@ def plan(miracl_dir: str, accelerator_type: str, languages, models, shard_size: 
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m hybridir.miracl_plan",
-                                   description=__doc__.split("\n")[0])
+  parser = console.ArgumentParser(prog="python -m hybridir.miracl_plan",
+                                  description=__doc__.split("\n")[0])
   parser.add_argument("--miracl_dir", required=True, help="holds miracl/ and miracl-corpus/")
   parser.add_argument("--accelerator_type", required=True, help="e.g. v4-32")
   parser.add_argument("--models", default="mt5_base", help="study models, space-separated")

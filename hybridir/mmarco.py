@@ -172,7 +172,7 @@ def write_corpus(corpus: corpora.ParallelCorpus, output_dir: str) -> list[str]:
 
 
 def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
+  parser = console.ArgumentParser(
       prog="python -m hybridir.mmarco", description="mMARCO's public files (unicamp-dl/mmarco) "
       "into a corpus folder's source: OUTPUT/<lang>.jsonl, source 'mmarco'.")
   parser.add_argument("--mmarco_dir", required=True, help="the root the public files lie under")

@@ -32,7 +32,8 @@ def training_run(source: str) -> dict:
     metadata = artifacts.read_manifest(source).get("metadata") or {}
     model_dir, step = metadata.get("training_checkpoint"), metadata.get("step")
   elif run_dir.is_run(source):
-    model_dir, step = source, max(checkpoints.training_steps(source), default=None)
+    model_dir = source
+    step = run_dir.chosen_step(source) or max(checkpoints.training_steps(source), default=None)
   else:
     return {}
   if not model_dir:

@@ -26,6 +26,7 @@ from hybridir.models import dual_encoder
 from hybridir.models import families
 
 CONFIG, DESCRIPTION, VOCABULARY_DIR = "config.gin", "encoder.json", "vocabulary"
+CHOSEN = "chosen_checkpoint.json"  # The step a study picked (its best validation metric).
 FORMAT, FORMAT_VERSION = "hybridir-training-run", 1
 
 
@@ -152,6 +153,25 @@ def undone_unless_trained(model_dir: str | None) -> Iterator[None]:
       except OSError as e:  # The first error is the one to show.
         logging.warning("could not restore %s as it was: %s", model_dir, e)
     raise
+
+
+def record_chosen_step(model_dir: str, step: int, metric: str) -> None:
+  """Records the checkpoint a study chose (process 0, atomically): load_encoder(MODEL_DIR) and
+  export then take that step rather than the latest."""
+  if jax.process_index() == 0:
+    fs.write_text_atomically(os.path.join(model_dir, CHOSEN),
+                             json.dumps({"step": int(step), "metric": metric}))
+
+
+def chosen_step(model_dir: str) -> int | None:
+  """The step recorded by record_chosen_step, else None (the latest checkpoint is the run's)."""
+  path = os.path.join(model_dir, CHOSEN)
+  if not fs.exists(path):
+    return None
+  try:
+    return int(json.loads(fs.read_text(path))["step"])
+  except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+    raise ValueError(f"{path}: expected {{\"step\": N, \"metric\": ...}}: {e}") from e
 
 
 def is_run(path: str) -> bool:

@@ -15,6 +15,7 @@ import sys
 import tempfile
 from typing import Sequence
 
+from hybridir import console
 from hybridir import corpora
 from hybridir import errors
 from hybridir import fs
@@ -82,8 +83,8 @@ def train_on_corpus(corpus: corpora.ParallelCorpus, family: str, vocab_size: int
 
 
 def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="python -m hybridir.spm", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = console.ArgumentParser(prog="python -m hybridir.spm", description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--corpus", required=True, help="folder of <lang>.json/.jsonl, or a .jsonl")
   parser.add_argument("--family", choices=families.names(), required=True)
   parser.add_argument("--vocab_size", type=int, required=True)

@@ -13,9 +13,9 @@ and gs:// both work.
 import json
 import re
 
-from absl import app
 from absl import flags
 
+from hybridir import console
 from hybridir import corpus_eval
 from hybridir import evaluate
 from hybridir import fs
@@ -150,4 +150,4 @@ if __name__ == "__main__":
   flags.DEFINE_string("runs_root", None, "Folder (or gs:// prefix) holding the run folders.",
                       required=True)
   flags.DEFINE_string("output_dir", "out/study_full", "Where the report goes.")
-  app.run(main)
+  console.run_app(main)

@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 from matplotlib.figure import Figure  # noqa: E402
 import numpy as np  # noqa: E402
 
+from hybridir import console  # noqa: E402
 from hybridir import fs  # noqa: E402
 from hybridir import reports  # noqa: E402
 from hybridir import study_stats  # noqa: E402
@@ -339,9 +340,8 @@ def update_readme(report_path: str, readme_path: str, section: str = "study-demo
 
 
 if __name__ == "__main__":
-  import argparse
-  parser = argparse.ArgumentParser(prog="python -m hybridir.study_report",
-                                   description="Copies a study report into README's section.")
+  parser = console.ArgumentParser(prog="python -m hybridir.study_report",
+                                  description="Copies a study report into README's section.")
   parser.add_argument("--report", default="out/study/study.md")
   parser.add_argument("--readme", default="README.md")
   parser.add_argument("--section", default="study-demo", choices=SECTIONS,

@@ -40,6 +40,7 @@ from hybridir import input_pipeline
 from hybridir import metrics
 from hybridir import partitioning
 from hybridir import retrieval_data
+from hybridir import run_dir
 from hybridir import study_eval
 from hybridir import study_stats
 from hybridir import text as text_lib
@@ -110,7 +111,7 @@ def register_study_data(*, corpus_name: str, corpus_dir: str, family: str, spm_p
                              splits={"train": None if validation_file else splits["validation"]},
                              text_format=text_format, alpha=validation_alpha)
   tasks.register_lareqa_split(IN_DOMAIN, record.name, "test", max_items=in_domain_max_items)
-  logging.info("in-domain test set: the test split of %s (%s)", record.name, corpus_dir)
+  logging.debug("in-domain test set: the test split of %s (%s)", record.name, corpus_dir)
   out_of_domain = []
   for dataset in retrieval_data.LAREQA_FOLDERS:
     if _same_folder(retrieval_data.lareqa_folder(data_dir, dataset), corpus_dir):
@@ -317,6 +318,8 @@ def train_and_evaluate(*, train: Callable[[], trainer.TrainResult], model_dir: s
     if step is None:
       logging.warning("no kept checkpoint was saved with %s (no evaluation ran?): "
                       "exporting the latest checkpoint", best_metric)
+    elif run_dir.is_run(model_dir):  # load_encoder(MODEL_DIR) then takes the chosen step.
+      run_dir.record_chosen_step(model_dir, step, best_metric)
   with tempfile.TemporaryDirectory() as scratch:
     path = os.path.join(scratch, "export")
     if zero_shot:

@@ -24,6 +24,7 @@ import tempfile
 import time
 from typing import Callable, Mapping, Sequence
 
+from hybridir import console
 from hybridir import corpora
 from hybridir import errors
 from hybridir import fs
@@ -289,8 +290,8 @@ def translate_corpus(pairs: Sequence[corpora.QAPair], source_language: str,
 
 
 def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="python -m hybridir.translate", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = console.ArgumentParser(prog="python -m hybridir.translate", description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--input", required=True, help="SQuAD .json or corpora .jsonl file")
   parser.add_argument("--source_language", required=True)
   parser.add_argument("--languages", required=True, help="comma-separated targets, e.g. de,zh")

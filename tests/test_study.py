@@ -14,6 +14,7 @@ import hybridir
 from hybridir import artifacts
 from hybridir import miracl
 from hybridir import retrieval_data
+from hybridir import run_dir
 from hybridir import study
 from hybridir import study_eval
 from hybridir import study_gather
@@ -283,16 +284,18 @@ def test_a_study_run_describes_itself_and_keeps_the_chosen_checkpoints_export(qu
     chosen = json.load(f)["train"]["chosen_step"]
   assert artifacts.read_manifest(str(run / "export"))["metadata"]["step"] == chosen
   texts = ["Why is the sky blue?", "Warum ist der Himmel blau?"]
-  latest, kept = (hybridir.load_encoder(str(path)) for path in (run, run / "export"))
-  if chosen == max(int(step) for step in os.listdir(run / "checkpoints")):
-    np.testing.assert_allclose(latest.encode(texts), kept.encode(texts), atol=1e-6)
+  # The run folder loads the chosen checkpoint (run_dir.chosen_step), not the latest.
+  assert run_dir.chosen_step(str(run)) == chosen
+  from_run, kept = (hybridir.load_encoder(str(path)) for path in (run, run / "export"))
+  np.testing.assert_allclose(from_run.encode(texts), kept.encode(texts), atol=1e-6)
   result = subprocess.run([sys.executable, "-m", "hybridir.hf_export", "--encoder",
-                           str(run / "export"), "--output", str(tmp_path / "hf")],
+                           str(run), "--output", str(tmp_path / "hf")],
                           cwd=REPO_ROOT, env=test_quiet.user_env(), capture_output=True, text=True,
                           timeout=600)
   assert result.returncode == 0 and test_quiet.library_lines(result.stderr) == [], result.stderr
   card = (tmp_path / "hf" / "README.md").read_text()
-  assert f"step {chosen}" in card and "## Evaluation" in card and "| xquad_r |" in card
+  assert f"step {chosen}" in card and "## Evaluation" in card
+  assert "| in_domain |" in card and "| mlqa_r |" in card  # XQuAD-R is the training corpus.
 
 
 def test_the_study_command_prints_a_line_per_run_the_answer_and_a_closing_line(quick_study,
@@ -309,7 +312,7 @@ def test_the_study_command_prints_a_line_per_run_the_answer_and_a_closing_line(q
   runs = [line.split("] ", 1)[1] for line in lines if "study.py" in line and "] run " in line]
   assert [line.split(":")[0] for line in runs] == [
       "run 1/2 t5_cross_seed0 (mT5, X-Y, seed 0)", "run 2/2 t5_hybrid_seed0 (mT5, hybrid, seed 0)"]
-  assert all(line.endswith("; done earlier, kept") and "multilingual mAP xquad_r" in line
+  assert all(line.endswith("; done earlier, kept") and "multilingual mAP in_domain" in line
              for line in runs)
   assert lines[-2].startswith("The answer, computed.")
   assert lines[-1] == (f"wrote the report {output_dir}/study.md (plots and per-run results beside "
