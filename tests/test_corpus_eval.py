@@ -17,6 +17,9 @@ from tests.test_corpus_index import read_index
 from tests.test_multihost import free_port
 from tests.test_multihost import run_processes
 
+# Every test reads one evaluation by two jax.distributed processes and by one.
+pytestmark = pytest.mark.slow
+
 WORDS = ("river city school music garden history language water mountain king football bridge "
          "science winter market island train paper forest castle").split()
 NUM_PASSAGES, NUM_TOPICS = 240, 12

@@ -207,6 +207,7 @@ def upload(folder: pathlib.Path, url: str) -> None:
     fs.copy_file(path, f"{url}/{path.relative_to(folder)}")
 
 
+@pytest.mark.slow
 def test_the_stage_gin_run_reads_and_writes_gcs_and_resumes(public, encoder_dir, gcs_bucket):
   root, _ = public
   remote_root, encoder = f"{gcs_bucket}/miracl", f"{gcs_bucket}/encoder"

@@ -18,6 +18,9 @@ from hybridir.models import dual_encoder
 from hybridir.models import t5
 from tests.conftest import REPO_ROOT
 
+# The README's four commands, each a process.
+pytestmark = pytest.mark.slow
+
 README_PATH = "/tmp/hybridir_smoke"
 
 
