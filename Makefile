@@ -8,7 +8,7 @@ export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export HYBRIDIR_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: setup setup-test demo study-pretrained test bench clean
+.PHONY: setup setup-test demo study-pretrained test test-fast bench clean
 
 setup: $(VENV)/.installed
 
@@ -35,8 +35,17 @@ study-pretrained: setup
 	XLA_FLAGS= $(PY) -m hybridir.study --models=MiniLM --data_dir=$(HYBRIDIR_DATA_DIR) --output_dir=out/study_pretrained
 	@echo "Report: out/study_pretrained/study.md; README: $(PY) -m hybridir.study_report --report out/study_pretrained/study.md --section study-pretrained"
 
+# Two workers (pytest-xdist), one test file per worker at a time: a file's fixtures are built once,
+# and one worker's subprocess or compile overlaps the other's Python. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+
 test: setup-test
-	$(PY) -m pytest -q tests
+	$(PYTEST) tests
+
+# The edit loop: every test not marked slow (pytest.ini), in under 5 minutes on 2 cores.
+test-fast: setup-test
+	$(PYTEST) -m "not slow" tests
 
 bench: setup-test
 	$(PY) -m pip install --quiet -e '.[test,bench]'

@@ -39,6 +39,7 @@ EXTRAS_REQUIRE = {
     # Reference implementations, used only by parity tests and benchmarks.
     "test": [
         "pytest==9.2.0",
+        "pytest-xdist==3.8.0",  # make test: two workers, one test file each at a time.
         "torch==2.13.0",
         "transformers==5.23.0",
         "sentence-transformers==6.2.0",

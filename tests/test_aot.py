@@ -44,6 +44,7 @@ def test_accelerator_types_map_to_their_chips_hosts_and_memory():
     accelerators.get_slice("v4-12")
 
 
+@pytest.mark.slow
 def test_tiny_model_compiles_for_v4_8_and_fits(capsys):
   status, out, err = run_main(capsys, *TINY)
   assert status == aot.EXIT_FITS, err
@@ -60,6 +61,7 @@ def test_tiny_model_compiles_for_v4_8_and_fits(capsys):
   assert encode["fits"] and encode["length"] == 512 and encode["batch_size"] % 4 == 0
 
 
+@pytest.mark.slow
 def test_encode_step_splits_parameters_over_the_model_axis_as_training_does(capsys):
   """A run split over 2 chips (NUM_PARTITIONS=2) is evaluated split the same way on one host, so
   a model too large to replicate (mT5-XXL) fits; replicated, each chip holds all parameters."""
@@ -74,6 +76,7 @@ def test_encode_step_splits_parameters_over_the_model_axis_as_training_does(caps
   assert arguments[2] < 0.75 * arguments[1]
 
 
+@pytest.mark.slow
 def test_batch_that_cannot_fit_exits_3_with_the_memory_it_needed(capsys):
   status, out, err = run_main(capsys, *TINY[:1], "--gin.BATCH_SIZE=4194304")
   assert status == aot.EXIT_DOES_NOT_FIT, err

@@ -169,6 +169,7 @@ def test_plain_bert_folder_defaults_to_the_pooler_and_takes_an_argument(tmp_path
   assert hybridir.load_encoder(str(tmp_path), pooling="mean").model.pooling == "mean"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pooling", ["first_dense", "max"])  # Mean: the MiniLM-style test below.
 def test_hf_export_round_trip_and_sentence_transformers_load(tmp_path, wordpiece, pooling):
   tokenizer = ref.write_wordpiece(tmp_path / "source", wordpiece)
@@ -188,6 +189,7 @@ def test_hf_export_round_trip_and_sentence_transformers_load(tmp_path, wordpiece
                              np.linalg.norm(original.encode(TEXTS), axis=-1), rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_tiny_bert_dual_encoder_loss_falls_on_hybrid_batches(tmp_path, data_dir):
   import tasks
   from hybridir import input_pipeline
@@ -265,6 +267,7 @@ def test_minilm_style_folder_with_xlmr_tokenizer_encodes_like_sentence_transform
   assert cosines(encoder.encode(MORE_TEXTS), expected).min() >= 0.99999
 
 
+@pytest.mark.slow
 def test_minilm_style_export_loads_in_sentence_transformers_equal(tmp_path, xlmr_sentencepiece):
   minilm_style_folder(tmp_path / "source", xlmr_sentencepiece)
   original = hybridir.load_encoder(str(tmp_path / "source"), max_length=64)

@@ -116,6 +116,7 @@ def _mteb_task(data_dir, language="en", num_questions=30, pool_size=200):
   return XquadRetrieval(), questions, candidates
 
 
+@pytest.mark.slow
 def test_mteb_evaluates_a_hybridir_encoder_as_hybridir_does(encoder, data_dir, tmp_path):
   mteb = pytest.importorskip("mteb")
   from hybridir import metrics
@@ -136,6 +137,7 @@ def test_mteb_evaluates_a_hybridir_encoder_as_hybridir_does(encoder, data_dir, t
   assert encoder.mteb_model_meta.embed_dim == encoder.dimension
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["t5", "xlmr"])
 def test_hf_export_cli_folder_is_a_sentence_transformer_equal_to_hybridir(family, request, tmp_path,
                                                                          capsys):
@@ -170,6 +172,7 @@ def test_hf_export_cli_folder_is_a_sentence_transformer_equal_to_hybridir(family
     assert (np.sum(theirs * ours, axis=-1) > 0.99999).all()
 
 
+@pytest.mark.slow
 def test_parameters_split_over_local_devices_encode_as_when_replicated(encoder):
   """num_partitions > 1 (a model too large for one chip) splits each parameter over that many
   devices as the logical axis rules say, and encodes what the replicated encoder does."""

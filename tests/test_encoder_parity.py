@@ -52,6 +52,7 @@ def test_encoder_matches_transformers_on_padded_batches(tmp_path, family, name):
                               ref.torch_hidden(torch_model, tokens, mask), mask)
 
 
+@pytest.mark.slow
 def test_padding_does_not_change_real_token_outputs(tmp_path):
   ref.save_random_mt5(tmp_path)
   model, params = importers.load_hf(str(tmp_path))

@@ -84,6 +84,7 @@ def test_a_step_without_checksums_fails_verification_unless_unverified_steps_are
   assert checkpoints.Checkpointer(str(tmp_path)).newest_verified() is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("checksums_deleted", [False, True], ids=["flipped", "and_unlisted"])
 def test_corrupt_newest_checkpoint_is_skipped_and_the_run_continues_bitwise_from_the_older(
     tmp_path, caplog, checksums_deleted):
@@ -105,6 +106,7 @@ def test_corrupt_newest_checkpoint_is_skipped_and_the_run_continues_bitwise_from
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow
 def test_checkpoint_whose_restore_fails_is_skipped_too(tmp_path, caplog):
   run(tmp_path, 8)
   step_dir = tmp_path / "checkpoints" / "8"
@@ -145,6 +147,7 @@ def test_failed_save_stops_training_at_once_and_keeps_the_last_good_checkpoint(
   assert checkpoints.verify(tmp_path / "checkpoints" / "4") is None
 
 
+@pytest.mark.slow
 def test_nan_stop_names_the_newest_verified_checkpoint(tmp_path, monkeypatch):
   schedule = lambda step: jnp.where(step >= 9, jnp.inf, 1e-3)
   verify = checkpoints.verify

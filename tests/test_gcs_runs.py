@@ -16,6 +16,9 @@ from hybridir import fs
 from tests.conftest import REPO_ROOT
 from tests.conftest import shared_titles
 
+# Every test reads one chain of hybridir.main processes (train, kill, resume, export, evaluate).
+pytestmark = pytest.mark.slow
+
 TRAIN_LANGUAGES = ("en", "de", "es", "zh")  # smoke.gin's LANGUAGES.
 EVAL_LANGUAGES = ("en", "de")
 

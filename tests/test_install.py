@@ -6,7 +6,12 @@ import subprocess
 import sysconfig
 import venv
 
+import pytest
+
 from tests.conftest import REPO_ROOT
+
+# A pip install and a smoke run in a fresh virtual environment.
+pytestmark = pytest.mark.slow
 
 
 def _fresh_venv(folder):

@@ -206,6 +206,7 @@ def saved_residual_bytes(fn, *args) -> dict[tuple[str, tuple[int, ...]], int]:
   return found
 
 
+@pytest.mark.slow
 def test_cpu_bfloat16_attention_and_norms_keep_no_float32_activations_for_the_backward_pass():
   """With "cpu" kernels, attention keeps its probabilities in bf16 (not the float32 softmax), layer norm and GELU
   only their bf16 inputs: the float32 copies autodiff would keep were most of the activation
@@ -343,6 +344,7 @@ TINY_ENCODERS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(TINY_ENCODERS))
 @pytest.mark.parametrize("dtype,tolerance", [("float32", 1e-5), ("bfloat16", 0.05)])
 def test_portable_and_cpu_encoders_agree_without_dropout(family, dtype, tolerance):

@@ -17,6 +17,7 @@ def run_main(*args, timeout=600):
                         capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_run_files_train_export_and_evaluate_end_to_end(tmp_path, data_dir):
   spm_path = tmp_path / "vocab" / "spm.model"
   result = run_main("--gin_file=gin_configs/runs/smoke.gin", f"--gin.MODEL_DIR='{tmp_path}'",
@@ -63,6 +64,7 @@ def test_run_files_train_export_and_evaluate_end_to_end(tmp_path, data_dir):
   assert abs(recall - expected) < 1e-6
 
 
+@pytest.mark.slow
 def test_unknown_gin_binding_fails_before_compute_naming_it(tmp_path):
   result = run_main("--gin_file=gin_configs/runs/smoke.gin", "--gin.trainer.train.nonsense=1",
                     timeout=120)
@@ -70,6 +72,7 @@ def test_unknown_gin_binding_fails_before_compute_naming_it(tmp_path):
   assert "nonsense" in result.stderr and "Saving checkpoint" not in result.stderr
 
 
+@pytest.mark.slow
 def test_misspelled_macro_fails_before_compute_naming_the_closest(tmp_path):
   result = run_main("--gin_file=gin_configs/runs/smoke.gin", "--gin.TRAIN_STEP=3",
                     f"--gin.MODEL_DIR='{tmp_path}'", timeout=120)
@@ -78,6 +81,7 @@ def test_misspelled_macro_fails_before_compute_naming_the_closest(tmp_path):
   assert not (tmp_path / "checkpoints").exists() and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_preempted_run_saves_then_exits_with_the_documented_status(tmp_path):
   from hybridir import main
   run_file = tmp_path / "preempted.gin"
@@ -90,6 +94,7 @@ def test_preempted_run_saves_then_exits_with_the_documented_status(tmp_path):
   assert (tmp_path / "checkpoints" / "3").is_dir()
 
 
+@pytest.mark.slow
 def test_missing_required_setting_is_named(tmp_path):
   result = run_main("--gin_file=gin_configs/runs/train.gin",
                     "--gin_file=gin_configs/models/mt5_tiny.gin", timeout=120)

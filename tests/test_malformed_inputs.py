@@ -682,6 +682,7 @@ def test_bad_input_ends_with_one_exact_line_and_no_output(case, tmp_path):
   assert result["stdout"] == "" and result["left"] == []
 
 
+@pytest.mark.slow
 def test_main_process_with_an_unwritable_model_dir_exits_1_with_the_line_only(tmp_path):
   """The real process, once: what the in-process cases above stand for."""
   (tmp_path / "a_file").write_text("x")

@@ -123,6 +123,7 @@ def test_bfloat16_activations_keep_float32_parameters():
   np.testing.assert_allclose(model.apply(params, tokens, method="encode"), reference, atol=3e-2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mt5_tiny", "xlmr_tiny", "bert_tiny"])
 def test_scanned_layers_keep_the_parameters_outputs_and_gradients(name):
   unrolled, scanned = (model_from_gin(name, [f"SCAN_LAYERS = {scan}"]) for scan in (False, True))

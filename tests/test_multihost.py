@@ -21,6 +21,9 @@ from hybridir import checkpoints
 from hybridir import spm
 from tests.conftest import REPO_ROOT
 
+# Every test reads one run of two jax.distributed processes and its one-process reference.
+pytestmark = pytest.mark.slow
+
 TIMEOUT_SECONDS = 300  # Per phase; a healthy phase takes well under a minute.
 STEPS = 3  # Steps trained before the preemption stops the two-process run.
 PLANNED_STEPS = 5

@@ -1,8 +1,13 @@
 """A T5X checkpoint loads as a pod loads it: each process reads only its own devices' shards."""
 import json
 
+import pytest
+
 from tests.test_multihost import free_port
 from tests.test_multihost import run_processes
+
+# Two jax.distributed processes.
+pytestmark = pytest.mark.slow
 
 T5X_DIR = "t5x-tiny-checkpoint/test_de_t5_tiny.checkpoint_1000"
 

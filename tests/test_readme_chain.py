@@ -20,6 +20,9 @@ from hybridir.models import t5
 from tests import test_quiet
 from tests.conftest import REPO_ROOT
 
+# The README's four commands, each a process.
+pytestmark = pytest.mark.slow
+
 README_PATH = "/tmp/hybridir_smoke"
 
 

@@ -38,6 +38,7 @@ def quick_study(tmp_path_factory, data_dir):
   return output_dir, study.run_study(str(data_dir), str(output_dir), QUICK)
 
 
+@pytest.mark.slow
 def test_demo_and_a_gin_run_give_identical_numbers_and_the_gin_run_keeps_its_export(
     quick_study, data_dir, tmp_path):
   output_dir, _ = quick_study
@@ -61,6 +62,7 @@ def test_demo_and_a_gin_run_give_identical_numbers_and_the_gin_run_keeps_its_exp
   assert kept["step"] == gin_run["train"]["chosen_step"]
 
 
+@pytest.mark.slow
 def test_quick_study_writes_a_report_that_opens_with_the_computed_answer(quick_study):
   _, paths = quick_study
   report = open(paths["markdown"]).read()
@@ -78,6 +80,7 @@ def test_quick_study_writes_a_report_that_opens_with_the_computed_answer(quick_s
   assert all(t["chance_loss"] == pytest.approx(math.log(8)) for t in training.values())
 
 
+@pytest.mark.slow
 def test_arms_that_stay_at_chance_are_flagged_and_left_out_of_the_answer(quick_study):
   output_dir, _ = quick_study
   results = {}
@@ -96,6 +99,7 @@ def test_arms_that_stay_at_chance_are_flagged_and_left_out_of_the_answer(quick_s
   assert "mT5 X-Y" in paragraph and "did not learn" in paragraph and "No effect" in paragraph
 
 
+@pytest.mark.slow
 def test_in_domain_questions_are_held_out_of_training_and_validation(quick_study):
   import tasks
   datasets = study_run.study_datasets()
@@ -116,6 +120,7 @@ def test_in_domain_questions_are_held_out_of_training_and_validation(quick_study
     study_run.check_held_out("study_hybrid", poisoned)
 
 
+@pytest.mark.slow
 def test_gather_builds_the_same_report_from_a_sweep_of_run_folders(quick_study, tmp_path):
   output_dir, _ = quick_study
   for run in os.listdir(output_dir / "runs"):
@@ -129,6 +134,7 @@ def test_gather_builds_the_same_report_from_a_sweep_of_run_folders(quick_study, 
   assert "Gathered from" in report and "Smoke scale" not in report
 
 
+@pytest.mark.slow
 def test_gather_over_gcs_runs_matches_a_local_gather(quick_study, gcs_bucket, tmp_path):
   from hybridir import fs
   output_dir, _ = quick_study
@@ -177,6 +183,7 @@ def write_miracl_stage(folder, ndcg, num_queries=12):
       f"q{q} Q0 {'d' if q < hits else 'x'}{q} 1 1.0 t\n" for q in range(num_queries)))
 
 
+@pytest.mark.slow
 def test_gather_reports_the_miracl_stage_per_language_with_the_mean(quick_study, tmp_path):
   _sweep_with_miracl(quick_study, tmp_path / "sweep", miracl.STUDY_LANGUAGES)
   report = open(study_gather.gather(str(tmp_path / "sweep"),
@@ -193,6 +200,7 @@ def test_gather_reports_the_miracl_stage_per_language_with_the_mean(quick_study,
   assert "| mT5 tiny | hybrid |" + " 80.0 ± 0.0 |" * 17 in recall
 
 
+@pytest.mark.slow
 def test_gather_names_the_runs_whose_miracl_stage_is_incomplete(quick_study, tmp_path):
   _sweep_with_miracl(quick_study, tmp_path, ("sw", "te"))
   (tmp_path / "mt5_tiny_cross_seed0" / "miracl" / "te" / "results.json").unlink()
@@ -335,6 +343,7 @@ def test_the_sweep_comes_from_flags_and_bindings_apply_to_every_run():
     study.config_from_flags(flags(gin_file=["x.gin"]))
 
 
+@pytest.mark.slow
 def test_a_tiny_labse_demo_run_trains_a_wordpiece_bert_and_evaluates_it(tmp_path, data_dir):
   config = study.StudyConfig(models=("LaBSE",), strategies=("hybrid",), seeds=(0,),
                              bindings=TINY)

@@ -13,6 +13,9 @@ from hybridir.models import dual_encoder
 from hybridir.models import t5
 from hybridir.models import xlmr
 
+# Two SentencePiece models and dozens of training steps per model.
+pytestmark = pytest.mark.slow
+
 LANGUAGES = ["en", "de", "zh"]
 LENGTHS = {"query": 24, "passage": 48}
 

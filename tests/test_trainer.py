@@ -87,6 +87,7 @@ def assert_trees_close(a, b, tolerance=1e-5):
     assert np.abs(x - y).max() / scale < tolerance, jax.tree_util.keystr(path)
 
 
+@pytest.mark.slow
 def test_loss_and_grads_on_data4_model2_mesh_equal_single_device():
   batch = SyntheticPairs().batch(0)
   config = step_lib.LossConfig()
@@ -97,6 +98,7 @@ def test_loss_and_grads_on_data4_model2_mesh_equal_single_device():
   assert_trees_close(grads_mesh, grads_one)
 
 
+@pytest.mark.slow
 def test_grad_cache_over_4_chunks_equals_unchunked_step():
   batch = SyntheticPairs().batch(3)
   mesh = partitioning.create_mesh(2)
@@ -124,6 +126,7 @@ def test_loss_masks_examples_sharing_a_passage_key_else_the_same_pair_id():
                     dict(batch, passage_keys=keys)) == 0
 
 
+@pytest.mark.slow
 def test_training_compiles_once_shards_params_by_rules_and_lowers_the_loss(tmp_path):
   result = run(tmp_path, 24, learning_rate_schedule=1e-2)
   assert result.compilations == 1
@@ -155,6 +158,7 @@ def test_half_written_checkpoint_is_ignored_with_a_warning(tmp_path, caplog):
   assert [h["step"] for h in result.history] == [5, 6]
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_naming_the_step_and_last_good_checkpoint(tmp_path):
   schedule = lambda step: jnp.where(step >= 5, jnp.inf, 1e-3)
   with pytest.raises(FloatingPointError, match=r"at step 7; .*Last good checkpoint: .*/checkpoints/4"):
@@ -181,6 +185,7 @@ def test_resuming_with_other_run_settings_is_refused_unless_allowed(tmp_path):
   assert [h["step"] for h in resumed.history] == [5, 6]
 
 
+@pytest.mark.slow
 def test_a_run_resumes_with_the_other_kernels_and_its_random_streams_follow_them(tmp_path):
   """`kernels` changes how the model is computed, not what: no part of the run's identity. The
   "cpu" kernels use the non-partitionable threefry (the cheap one on XLA:CPU), others JAX's
@@ -247,6 +252,7 @@ def test_keeps_the_last_checkpoint_plus_the_best_by_eval_metric(tmp_path):
   assert kept == sorted({max(losses, key=losses.get), 8})
 
 
+@pytest.mark.slow
 def test_init_from_hugging_face_checkpoint_starts_from_its_weights(tmp_path):
   from hybridir import importers
   from tests import reference_models

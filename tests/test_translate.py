@@ -162,6 +162,7 @@ def test_output_has_one_record_per_id_and_language_and_loads_as_a_corpus(transla
   assert summary["missing_pair_ids"] == {}
 
 
+@pytest.mark.slow
 def test_translated_output_trains_a_few_steps_with_smoke_gin(translated_dir, tmp_path):
   corpus = corpora.load_parallel_corpus(translated_dir, languages=["en", "de"])
   characters = {c for pairs in corpus.pairs.values() for p in pairs.values()
@@ -196,6 +197,7 @@ def kill_after_first_commit(args: list[str], shards: pathlib.Path) -> subprocess
   return process
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_rerun_equals_an_uninterrupted_run(tmp_path, squad_file, models):
   def args(output):
     return ["--input", squad_file, "--source_language", "en", "--languages", "de,sw",
