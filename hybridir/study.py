@@ -197,7 +197,8 @@ def run_study(data_dir: str, output_dir: str, config: StudyConfig | None = None)
       left = sum(durations) / len(durations) * (len(sweep) - number)
       line += f"; about {left:.0f} s to go" if left < 90 else f"; about {left / 60:.0f} min to go"
     logging.info(line)
-  return study_report.write(output_dir, results, elapsed_seconds=time.time() - started)
+  return study_report.write(output_dir, results, elapsed_seconds=time.time() - started,
+                            kept_runs=len(sweep) - len(durations))
 
 
 def summary(report_markdown: str) -> str:

@@ -263,13 +263,16 @@ def markdown(results: dict, training: dict, table: dict, description: str,
   return "\n".join(lines) + "\n"
 
 
-def describe(results: dict, elapsed_seconds: float | None) -> str:
-  """The set-up line of a demo report: when, where, which settings, how long."""
+def describe(results: dict, elapsed_seconds: float | None, kept_runs: int = 0) -> str:
+  """The set-up line of a demo report: when, where, which settings, how long (kept_runs: runs
+  an earlier invocation finished, which that time leaves out)."""
   trained = {k: r for k, r in results.items() if not study_tables.is_zero_shot(r)} or results
   settings = next(iter(trained.values()))["settings"]
   seeds = sorted({seed for _, _, seed in trained})
   learning_rates = {m: r["settings"]["learning_rate"] for (m, _, _), r in trained.items()}
   took = f" in {elapsed_seconds / 60:.0f} min" if elapsed_seconds else ""
+  if took and kept_runs:
+    took += f" ({kept_runs} of the {len(results)} runs kept from an earlier invocation)"
   checkpoints = sorted({os.path.basename(str(r["settings"].get("init_checkpoint")).rstrip("/"))
                         for r in results.values() if r["settings"].get("init_checkpoint")})
   note = PRETRAINED_NOTE.format(checkpoints=", ".join(checkpoints)) if checkpoints else NOTE
@@ -295,9 +298,10 @@ def describe(results: dict, elapsed_seconds: float | None) -> str:
 
 
 def write(output_dir: str, results: dict, description: str | None = None,
-          elapsed_seconds: float | None = None, beside_paper: bool = False) -> dict:
+          elapsed_seconds: float | None = None, beside_paper: bool = False,
+          kept_runs: int = 0) -> dict:
   """Writes study.json, study.md and study_loss.png; returns their paths. beside_paper: as
-  markdown's."""
+  markdown's; elapsed_seconds and kept_runs: as describe's."""
   trained = {key: result for key, result in results.items()
              if not study_tables.is_zero_shot(result)}
   training = {key: training_summary(result) for key, result in trained.items()}
@@ -309,7 +313,7 @@ def write(output_dir: str, results: dict, description: str | None = None,
       "effects": table, "training": {"/".join(map(str, k)): v for k, v in training.items()},
       "objective": {"/".join(map(str, k)): r["train"]["objective"] for k, r in trained.items()
                     if r["train"].get("objective")}})
-  text = markdown(results, training, table, description or describe(results, elapsed_seconds),
+  text = markdown(results, training, table, description or describe(results, elapsed_seconds, kept_runs),
                   beside_paper)
   fs.write_text_atomically(paths["markdown"], text)
   plot_loss_curves(paths["loss_plot"], results)

@@ -323,6 +323,7 @@ def test_the_study_command_prints_a_line_per_run_the_answer_and_a_closing_line(q
   assert all(line.endswith("; done earlier, kept") and "multilingual mAP in_domain" in line
              for line in runs)
   assert lines[-2].startswith("The answer, computed.")
+  assert "(2 of the 2 runs kept from an earlier invocation)" in (output_dir / "study.md").read_text()
   assert lines[-1] == (f"wrote the report {output_dir}/study.md (plots and per-run results beside "
                        f"it); next: cat {output_dir}/study.md")
 
