@@ -323,3 +323,10 @@ def test_only_the_entry_point_imports_gin():
     ("def f():\n  import gin\n", True), ("import ginkgo", False), ("from hybridir import gin_utils", False)])
 def test_gin_checker_sees_every_import_form(source, expected):
   assert imports_gin(source) is expected
+
+
+def test_nothing_imports_the_demo():
+  """The demo (hybridir.study) is imported by nothing; the gather and the study's run take run
+  names from study_layout."""
+  importers = {module for module, deps in _project_imports().items() if "hybridir.study" in deps}
+  assert importers == set()
