@@ -1,4 +1,7 @@
 """hybridir: hybrid-batch training of multilingual dense retrievers (mT5, XLM-R) in JAX."""
+import pathlib
+import re
+
 import setuptools
 
 INSTALL_REQUIRES = [
@@ -64,9 +67,12 @@ EXTRAS_REQUIRE = {
 # hybridir.gin_utils finds them by the same names as in a checkout ('gin_configs/runs/smoke.gin').
 GIN_PACKAGES = ["hybridir." + p for p in setuptools.find_namespace_packages(include=["gin_configs*"])]
 
+VERSION = re.search(r'VERSION = "(.+)"', (pathlib.Path(__file__).parent / "hybridir" / "version.py")
+                    .read_text()).group(1)
+
 setuptools.setup(
     name="hybridir",
-    version="0.1.0",
+    version=VERSION,
     description=__doc__,
     packages=setuptools.find_packages(include=["hybridir", "hybridir.*", "tasks", "tasks.*"])
     + GIN_PACKAGES,

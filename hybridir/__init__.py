@@ -1,7 +1,8 @@
 """hybridir: hybrid-batch training of multilingual dense retrievers (mT5, XLM-R) in JAX."""
 from hybridir import console
+from hybridir import version
 
-__version__ = "0.1.0"
+__version__ = version.VERSION
 
 # Before any of hybridir's modules loads jax or TensorFlow: no accelerator probing on a CPU-only
 # machine, no load-time lines (console.quiet_start).

@@ -37,6 +37,7 @@ from hybridir import gin_utils  # noqa: E402
 from hybridir import partitioning  # noqa: E402
 from hybridir import train_step as step_lib  # noqa: E402
 from hybridir import trainer  # noqa: E402
+from hybridir.models import dual_encoder  # noqa: E402
 
 EXIT_FITS, EXIT_ERROR, EXIT_DOES_NOT_FIT = 0, 1, 3
 PLATFORM = "tpu"
@@ -217,7 +218,7 @@ def compile_encode_step(run: TrainRun, devices, tpu_slice: accelerators.Slice,
   if config.max_length:  # Learned positions (XLM-R, BERT) cap the length.
     length = min(length, config.max_length)
   with partitioning.axis_rules_context(encoder_lib.ENCODE_AXIS_RULES, mesh):
-    params = step_lib.strip_boxes(step_lib.abstract_model_variables(run.model, length, length))
+    params = step_lib.strip_boxes(dual_encoder.abstract_params(run.model, length, length))
     params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32), params)
     shardings = encoder_lib.encode_param_shardings(run.model, mesh)  # One, when replicated.
     tokens = jax.ShapeDtypeStruct((batch_size, length), jnp.int32,

@@ -27,6 +27,7 @@ from hybridir import fs
 from hybridir import importers
 from hybridir import run_dir
 from hybridir import text as text_lib
+from hybridir import version
 from hybridir import vocab
 from hybridir.models import dual_encoder
 from hybridir.models import families
@@ -149,7 +150,7 @@ def export_encoder(output_dir: str, model: dual_encoder.DualEncoder, params, spm
       "vocabulary": {"source": fs.abspath(spm_path), "file": vocabulary_file},
       "parameter_count": int(sum(x.size for x in jax.tree.leaves(params))),
       "created": {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-                  "hybridir_version": _version(), "jax_version": jax.__version__},
+                  "hybridir_version": version.VERSION, "jax_version": jax.__version__},
       "metadata": extra_metadata or {},
   }
   with atomic_directory(output_dir, overwrite) as temporary:
@@ -161,11 +162,6 @@ def export_encoder(output_dir: str, model: dual_encoder.DualEncoder, params, spm
     manifest["vocabulary"]["sha256"] = _sha256(os.path.join(temporary, vocabulary_file))
     _write_manifest(temporary, manifest)
   return fs.abspath(output_dir)
-
-
-def _version() -> str:
-  import hybridir  # The package's own version; imported here to keep the import graph one-way.
-  return hybridir.__version__
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ from hybridir import beir
 from hybridir import console
 from hybridir import encoder as encoder_lib
 from hybridir import errors
-from hybridir import evaluate
 from hybridir import export
 from hybridir import fs
 from hybridir import metrics
@@ -77,10 +76,10 @@ def _rank_distance(qids, query_emb, docids, corpus_emb, qrels, languages) -> dic
   relevant = [[position[d] for d, grade in qrels[q].items() if grade >= 1] for q in qids]
   width = max(map(len, relevant), default=1)
   targets = np.array([r + [-1] * (width - len(r)) for r in relevant], np.int64)
-  ranks = retrieval.ranks_of(query_emb, corpus_emb, targets, evaluate.tie_priority(docids))
+  ranks = retrieval.ranks_of(query_emb, corpus_emb, targets, retrieval.trec_tie_priority(docids))
   ranks_by_query = {q: {docids[t]: int(r) for t, r in zip(row, rank_row)}
                     for q, row, rank_row in zip(qids, relevant, ranks) if row}
-  return evaluate.rank_distance_of_ranks(ranks_by_query, dict.fromkeys(ranks_by_query,
+  return metrics.rank_distance_of_ranks(ranks_by_query, dict.fromkeys(ranks_by_query,
                                                                        len(docids)), languages)
 
 

@@ -11,7 +11,6 @@ import numpy as np
 
 from hybridir import partitioning
 from hybridir import text as text_lib
-from hybridir import train_step
 from hybridir.console import progress
 from hybridir.models import dual_encoder
 
@@ -235,7 +234,7 @@ def encode_param_shardings(model: dual_encoder.DualEncoder, mesh: jax.sharding.M
   if partitioning.model_parallel_size(mesh) == 1:
     return partitioning.replicated(mesh)
   with partitioning.axis_rules_context(ENCODE_AXIS_RULES, mesh):
-    boxed = train_step.abstract_model_variables(model, MIN_BUCKET, MIN_BUCKET)
+    boxed = dual_encoder.abstract_params(model, MIN_BUCKET, MIN_BUCKET)
     return partitioning.params_shardings(boxed, mesh, ENCODE_AXIS_RULES)
 
 

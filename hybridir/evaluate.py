@@ -29,12 +29,6 @@ from hybridir import trec
 Questions = Mapping[str, Sequence[tuple[str, Sequence[str]]]]
 
 
-def tie_priority(docids: Sequence[str]) -> np.ndarray:
-  """Each candidate's place in trec_eval's tie order (docid descending): ranks match trec_eval."""
-  priority = np.empty(len(docids), np.int64)
-  order = sorted(range(len(docids)), key=lambda i: docids[i], reverse=True)
-  priority[order] = np.arange(len(docids))
-  return priority
 
 
 def _evaluate_pool(questions: Sequence[tuple[str, Sequence[str]]], question_emb: np.ndarray,
@@ -51,7 +45,7 @@ def _evaluate_pool(questions: Sequence[tuple[str, Sequence[str]]], question_emb:
     return {}, {}
   width = max(len(t) for t in targets)
   target_matrix = np.array([t + [-1] * (width - len(t)) for t in targets], np.int64)
-  ranks = retrieval.ranks_of(question_emb[kept], pool_emb, target_matrix, tie_priority(pool_ids))
+  ranks = retrieval.ranks_of(question_emb[kept], pool_emb, target_matrix, retrieval.trec_tie_priority(pool_ids))
   per_query, relevant_ranks = {}, {}
   for row, rank_row, target_row in zip(kept, ranks, targets):
     qid = questions[row][0]
@@ -140,7 +134,7 @@ def evaluate_settings(questions: Questions, question_emb: Mapping[str, np.ndarra
                                       pool_emb, measures)
     multi[lang] = _summary(per_query)
     if per_query:
-      multi[lang].update(_rank_distance_means(
+      multi[lang].update(metrics.rank_distance_means(
           metrics.rank_distances(ranks, candidate_language, len(pool_ids))))
   return {
       "monolingual": {"per_language": mono, "average": _macro_average(list(mono.values()))},
@@ -164,11 +158,6 @@ def monolingual_per_query(questions: Questions, question_emb: Mapping[str, np.nd
           for lang in sorted(questions)}
 
 
-def _rank_distance_means(distances: Mapping[str, tuple[float, float]]) -> dict[str, float]:
-  """Mean maximum rank distance and a random ranking's mean over queries (NaN if none)."""
-  values = np.array(list(distances.values()), np.float64).reshape(-1, 2)
-  mean = values.mean(axis=0) if len(values) else (math.nan, math.nan)
-  return {"rank_distance": float(mean[0]), "rank_distance_random": float(mean[1])}
 
 
 def rank_distance_of_run(run: metrics.Run, qrels: metrics.Qrels,
@@ -193,31 +182,9 @@ def rank_distance_of_run(run: metrics.Run, qrels: metrics.Qrels,
                        "rank distance needs the full ranking of the pool")
     ranks_by_query[qid] = dict(zip(relevant, ranks.tolist()))
     pool_sizes[qid] = len(run[qid])
-  return rank_distance_of_ranks(ranks_by_query, pool_sizes, languages)
+  return metrics.rank_distance_of_ranks(ranks_by_query, pool_sizes, languages)
 
 
-def rank_distance_of_ranks(ranks_by_query: Mapping[str, Mapping[str, int]],
-                           pool_sizes: Mapping[str, int], languages: Mapping[str, str]) -> dict:
-  """`rank_distance_of_run` from `{qid: {relevant docid: rank}}` and each query's pool size."""
-  distances = metrics.rank_distances(ranks_by_query, languages, pool_sizes)
-  with_language = [qid for qid in distances if qid in languages]
-  if with_language and len(with_language) < len(distances):
-    unlabelled = sorted(set(distances) - set(with_language))
-    raise ValueError(f"queries {unlabelled[:3]} have no language, but {len(with_language)} others "
-                     "do: give every query's language or none")
-  groups = {}
-  for qid, values in distances.items():
-    groups.setdefault(languages[qid] if with_language else "all", {})[qid] = values
-  per_language = {}
-  for language, group in sorted(groups.items()):
-    means = _rank_distance_means(group)
-    per_language[language] = {"mean": means["rank_distance"],
-                              "random": means["rank_distance_random"], "num_q": len(group)}
-  return {"mean": float(np.mean([v["mean"] for v in per_language.values()]))
-          if per_language else math.nan,
-          "random": float(np.mean([v["random"] for v in per_language.values()]))
-          if per_language else math.nan,
-          "num_q": len(distances), "per_query_language": per_language}
 
 
 def degradation(in_domain: Mapping[str, float],
@@ -291,7 +258,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (OSError, ValueError) as error:
       print(errors.one_line(error), file=sys.stderr)
       return 1
-    from hybridir import beir_eval  # pylint: disable=import-outside-toplevel  (it imports us)
+    from hybridir import beir_eval  # pylint: disable=import-outside-toplevel  (jax: after the checks)
     return beir_eval.main(args.encoder, data, output_dir, measures, args.depth, languages,
                           args.qrels)
   if not args.run:

@@ -12,6 +12,7 @@ trec_eval conventions followed here (checked against pytrec_eval in tests/test_m
     relevant document scores 0 on every measure;
   * P_K divides by K even when fewer than K documents were retrieved.
 """
+import math
 import re
 from typing import Hashable, Iterable, Mapping, Optional, Sequence
 
@@ -166,3 +167,35 @@ def rank_distances(relevant_ranks_by_query: Mapping[str, Mapping[str, int]],
     result[qid] = (float(max(ranks.values()) - min(ranks.values())),
                    expected_random_rank_distance(size, len(ranks)))
   return result
+
+
+def rank_distance_means(distances: Mapping[str, tuple[float, float]]) -> dict[str, float]:
+  """Mean maximum rank distance and a random ranking's mean over queries (NaN if none)."""
+  values = np.array(list(distances.values()), np.float64).reshape(-1, 2)
+  mean = values.mean(axis=0) if len(values) else (math.nan, math.nan)
+  return {"rank_distance": float(mean[0]), "rank_distance_random": float(mean[1])}
+
+
+def rank_distance_of_ranks(ranks_by_query: Mapping[str, Mapping[str, int]],
+                           pool_sizes: Mapping[str, int], languages: Mapping[str, str]) -> dict:
+  """evaluate.rank_distance_of_run's result from `{qid: {relevant docid: rank}}` and each
+  query's pool size: the mean per query language (else one group "all"), then over languages."""
+  distances = rank_distances(ranks_by_query, languages, pool_sizes)
+  with_language = [qid for qid in distances if qid in languages]
+  if with_language and len(with_language) < len(distances):
+    unlabelled = sorted(set(distances) - set(with_language))
+    raise ValueError(f"queries {unlabelled[:3]} have no language, but {len(with_language)} others "
+                     "do: give every query's language or none")
+  groups = {}
+  for qid, values in distances.items():
+    groups.setdefault(languages[qid] if with_language else "all", {})[qid] = values
+  per_language = {}
+  for language, group in sorted(groups.items()):
+    means = rank_distance_means(group)
+    per_language[language] = {"mean": means["rank_distance"],
+                              "random": means["rank_distance_random"], "num_q": len(group)}
+  return {"mean": float(np.mean([v["mean"] for v in per_language.values()]))
+          if per_language else math.nan,
+          "random": float(np.mean([v["random"] for v in per_language.values()]))
+          if per_language else math.nan,
+          "num_q": len(distances), "per_query_language": per_language}

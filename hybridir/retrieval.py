@@ -176,3 +176,11 @@ def ranking_to_run(qids: Sequence[str], docids: Sequence[str], scores: np.ndarra
                      f"disagree")
   return {qid: {docids[j]: float(s) for s, j in zip(score_row, index_row)}
           for qid, score_row, index_row in zip(qids, scores, indices)}
+
+
+def trec_tie_priority(docids: Sequence[str]) -> np.ndarray:
+  """Each candidate's place in trec_eval's tie order (docid descending): ranks match trec_eval."""
+  priority = np.empty(len(docids), np.int64)
+  order = sorted(range(len(docids)), key=lambda i: docids[i], reverse=True)
+  priority[order] = np.arange(len(docids))
+  return priority

@@ -31,15 +31,14 @@ from hybridir import gin_utils
 from hybridir import main as main_lib
 from hybridir import packaged_models
 from hybridir import spm
+from hybridir import study_layout
 from hybridir import study_report
 from hybridir import study_run
 from hybridir import vocab
 from hybridir.models import families
 import tasks
 
-STRATEGIES = {"X-X-mono": 1.0, "X-Y": 0.0, "hybrid": 0.5}  # Batch kind -> ALPHA.
-ZERO_SHOT = "zero-shot"  # A pretrained model evaluated untrained: one run, no seed of its own.
-SLUGS = {"X-X-mono": "mono", "X-Y": "cross", "hybrid": "hybrid", ZERO_SHOT: "zeroshot"}
+STRATEGIES, ZERO_SHOT = study_layout.STRATEGIES, study_layout.ZERO_SHOT
 MODEL_FILES = {"mT5": "gin_configs/runs/study/demo_mt5.gin",
                "XLM-R": "gin_configs/runs/study/demo_xlmr.gin",
                "LaBSE": "gin_configs/runs/study/demo_labse.gin",
@@ -92,15 +91,9 @@ def cells(config: "StudyConfig") -> list[tuple[str, str, int]]:
   return out
 
 
-# A model's prefix in run folder names: its family for the models trained from scratch (as runs
-# were always named), its own name for a pretrained one (MiniLM is a BERT, as LaBSE's demo).
-RUN_PREFIXES = {"mT5": "t5", "XLM-R": "xlmr", "LaBSE": "bert", "MiniLM": "minilm"}
-
-
 def run_name(model: str, strategy: str, seed: int) -> str:
-  """The run folder: `{prefix}_{mono|cross|hybrid|zeroshot}_seed{seed}`, as launch/study_sweep.sh
-  names its runs `{model}_{mono|cross|hybrid}_seed{seed}`."""
-  return f"{RUN_PREFIXES[model]}_{SLUGS[strategy]}_seed{seed}"
+  """The run folder (study_layout): `{prefix}_{mono|cross|hybrid|zeroshot}_seed{seed}`."""
+  return study_layout.run_name(study_layout.DEMO_PREFIXES[model], strategy, seed)
 
 
 def train_vocabulary(gin_file: str, bindings: list[str], output_dir: str) -> str:

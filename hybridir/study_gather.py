@@ -11,7 +11,6 @@ and gs:// both work.
   python -m hybridir.study_gather --runs_root gs://bucket/study --output_dir out/study_full
 """
 import json
-import re
 
 from absl import flags
 
@@ -21,21 +20,19 @@ from hybridir import evaluate
 from hybridir import fs
 from hybridir import main as main_lib
 from hybridir import miracl
-from hybridir import study
+from hybridir import study_layout
 from hybridir import study_report
 from hybridir import study_eval
 from hybridir import study_run
 from hybridir import trec
 from hybridir.models import families
 
-RUN_NAME = re.compile(r"^(?P<model>.+)_(?P<strategy>mono|cross|hybrid)_seed(?P<seed>\d+)$")
-STRATEGY_NAMES = {slug: name for name, slug in study.SLUGS.items()}
 
 
 def model_name(prefix: str) -> str:
   """'mt5_base' -> 'mT5 base': the family's display name plus the size; a CPU demo run's
-  family name ('t5', see `study.run_name`) -> its model ('mT5')."""
-  demo = {prefix: model for model, prefix in study.RUN_PREFIXES.items()}
+  prefix ('t5', study_layout.DEMO_PREFIXES) -> its model ('mT5')."""
+  demo = {prefix: model for model, prefix in study_layout.DEMO_PREFIXES.items()}
   if prefix in demo:
     return demo[prefix]
   family, _, size = prefix.partition("_")
@@ -104,8 +101,8 @@ def read_runs(runs_root: str) -> dict:
   results = {}
   for entry in fs.listdir(runs_root):
     name = entry.rstrip("/")
-    match = RUN_NAME.match(name)
-    if not match:
+    parsed = study_layout.parse_run_name(name)
+    if not parsed or parsed[1] == study_layout.ZERO_SHOT:
       continue
     path = f"{runs_root.rstrip('/')}/{name}/{study_run.RESULTS_FILE}"
     if not fs.exists(path):
@@ -113,8 +110,7 @@ def read_runs(runs_root: str) -> dict:
     with fs.open(path) as f:
       result = json.load(f)
     result["miracl"] = read_miracl(f"{runs_root.rstrip('/')}/{name}")
-    results[model_name(match["model"]), STRATEGY_NAMES[match["strategy"]],
-            int(match["seed"])] = result
+    results[model_name(parsed[0]), parsed[1], parsed[2]] = result
   if not results:
     raise FileNotFoundError(f"{runs_root}: no run folders named MODEL_{{mono,cross,hybrid}}_seedN")
   return results
@@ -124,7 +120,7 @@ def gather(runs_root: str, output_dir: str) -> dict:
   """Writes the study report for every run under `runs_root`; returns the report's paths."""
   results = read_runs(runs_root)
   models = list(dict.fromkeys(m for m, _, _ in results))
-  strategies = [s for s in study.STRATEGIES if any(k[1] == s for k in results)]
+  strategies = [s for s in study_layout.STRATEGIES if any(k[1] == s for k in results)]
   seeds = sorted({seed for _, _, seed in results})
   missing = [(m, s, seed) for m in models for s in strategies for seed in seeds
              if (m, s, seed) not in results]

@@ -187,14 +187,6 @@ def make_eval_step(model: dual_encoder.DualEncoder, loss_config: LossConfig):
   return eval_step
 
 
-def abstract_model_variables(model: dual_encoder.DualEncoder, query_length: int,
-                             passage_length: int):
-  """Boxed (logically annotated) parameter shapes, from jax.eval_shape of init."""
-  return jax.eval_shape(lambda: model.init(
-      jax.random.PRNGKey(0), jnp.ones((1, query_length), jnp.int32),
-      jnp.ones((1, passage_length), jnp.int32)))["params"]
-
-
 def strip_boxes(tree):
   """The values inside logical-partitioning boxes, without applying sharding constraints."""
   is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)

@@ -383,7 +383,7 @@ def state_layout(model: dual_encoder.DualEncoder, optimizer, query_length: int,
   """(abstract state, state shardings): the train state's shapes and NamedShardings, unallocated."""
   replicated = partitioning.replicated(mesh)
   with partitioning.axis_rules_context(rules, mesh):
-    boxed = step_lib.abstract_model_variables(model, query_length, passage_length)
+    boxed = dual_encoder.abstract_params(model, query_length, passage_length)
     param_shardings = {"model": partitioning.params_shardings(boxed, mesh, rules),
                        "log_scale": replicated}
     abstract_params = {"model": step_lib.strip_boxes(boxed),

@@ -51,15 +51,6 @@ for required in bucket corpus_dir zone accelerator_type; do
   fi
 done
 
-alpha_of() {
-  case "$1" in
-    mono) echo 1.0 ;;
-    cross) echo 0.0 ;;
-    hybrid) echo 0.5 ;;
-    *) echo "study_sweep.sh: unknown strategy $1" >&2; exit 2 ;;
-  esac
-}
-
 # MIRACL's languages as a gin list (empty: miracl.gin's default, the study's 16).
 miracl_bindings=()
 if [[ -n "$miracl_languages" ]]; then
@@ -82,9 +73,12 @@ fi
 
 for model in $models; do
   for strategy in $strategies; do
-    alpha="$(alpha_of "$strategy")"
     for seed in $seeds; do
-      run="${model}_${strategy}_seed${seed}"
+      # The run's folder name and ALPHA, as the demo and the gather name runs (standard library
+      # only: no hybridir install needed here).
+      layout="$(python3 "$here/../hybridir/study_layout.py" --model "$model" \
+        --strategy "$strategy" --seed "$seed")"
+      read -r run alpha <<<"$layout"
       name="hybridir-${run//_/-}"
       name="${name,,}"
       slice=(--name "$name" --zone "$zone" --accelerator_type "$accelerator_type" --spot)

@@ -18,7 +18,7 @@ import numpy as np
 from hybridir import importers
 from hybridir import main as hybridir_main
 from hybridir import partitioning
-from hybridir import train_step
+from hybridir.models import dual_encoder
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "T5X checkpoint directory.", required=True)
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Where process_<i>.json goes.", required=True)
@@ -31,7 +31,7 @@ def main(argv):
   mesh = partitioning.create_mesh(num_partitions=2)
   rules = partitioning.standard_logical_axis_rules(1, 2)
   with partitioning.axis_rules_context(rules, mesh):
-    boxed = train_step.abstract_model_variables(model, 8, 8)
+    boxed = dual_encoder.abstract_params(model, 8, 8)
   shardings = partitioning.params_shardings(boxed, mesh, rules)
 
   elements_read = [0]

@@ -166,6 +166,75 @@ def test_no_module_imports_a_later_stage():
   assert sorted(KNOWN_VIOLATIONS - violations) == [], "fixed: remove them from KNOWN_VIOLATIONS"
 
 
+def import_cycles(imports: dict[str, set[str]]) -> list[list[str]]:
+  """Every group of modules that import each other, directly or through others (the strongly
+  connected components with more than one module, or a module importing itself), sorted."""
+  index, low, stack, on_stack, cycles = {}, {}, [], set(), []
+
+  def visit(module):  # Tarjan's algorithm; the graph has ~70 modules, so recursion is fine.
+    index[module] = low[module] = len(index)
+    stack.append(module)
+    on_stack.add(module)
+    for dep in imports.get(module, ()):
+      if dep not in index:
+        visit(dep)
+        low[module] = min(low[module], low[dep])
+      elif dep in on_stack:
+        low[module] = min(low[module], index[dep])
+    if low[module] == index[module]:
+      group = []
+      while not group or group[-1] != module:
+        group.append(stack.pop())
+        on_stack.discard(group[-1])
+      if len(group) > 1 or module in imports.get(module, ()):
+        cycles.append(sorted(group))
+
+  for module in sorted(imports):
+    if module not in index:
+      visit(module)
+  return sorted(cycles)
+
+
+# The training loop and step: what evaluation and export never need, directly or through others.
+TRAINING_MODULES = frozenset({"hybridir.optim", "hybridir.train_step", "hybridir.trainer",
+                              "hybridir.flops", "hybridir.summaries"})
+
+
+def reachable(imports: dict[str, set[str]], module: str) -> set[str]:
+  """Every module `module` imports, directly or through others."""
+  seen, todo = set(), [module]
+  while todo:
+    for dep in imports.get(todo.pop(), ()):
+      if dep not in seen:
+        seen.add(dep)
+        todo.append(dep)
+  return seen
+
+
+def test_no_module_imports_itself_through_others():
+  """Stage order allows imports within a stage; a cycle there still breaks the one-way flow."""
+  assert import_cycles(_project_imports()) == []
+
+
+def test_cycle_checker_catches_a_cycle_inside_a_stage():
+  imports = {"hybridir.evaluate": {"hybridir.beir_eval", "hybridir.metrics"},
+             "hybridir.beir_eval": {"hybridir.retrieval"}, "hybridir.retrieval": {"hybridir.fs"},
+             "hybridir.metrics": set(), "hybridir.fs": set()}
+  assert import_cycles(imports) == []
+  imports["hybridir.retrieval"].add("hybridir.evaluate")  # evaluate -> beir_eval -> retrieval -> evaluate
+  assert import_cycles(imports) == [["hybridir.beir_eval", "hybridir.evaluate",
+                                     "hybridir.retrieval"]]
+  assert import_cycles({"hybridir.fs": {"hybridir.fs"}}) == [["hybridir.fs"]]
+
+
+def test_export_and_evaluation_do_not_import_training_code():
+  stages, imports = _stages(), _project_imports()
+  reached = {module: sorted(reachable(imports, module) & TRAINING_MODULES)
+             for module in imports if stages[module] in (8, 9)}  # 8 export, 9 evaluation.
+  assert {module: found for module, found in reached.items() if found} == {}
+  assert TRAINING_MODULES <= {module for module, stage in stages.items() if stage == 7}
+
+
 def test_stage_checker_catches_an_import_of_a_later_stage():
   stages = {"hybridir.fs": 0, "hybridir.corpora": 1, "hybridir.trainer": 7}
   source = "def f():\n  from hybridir import trainer\n"  # Inside a function still counts.
@@ -254,3 +323,10 @@ def test_only_the_entry_point_imports_gin():
     ("def f():\n  import gin\n", True), ("import ginkgo", False), ("from hybridir import gin_utils", False)])
 def test_gin_checker_sees_every_import_form(source, expected):
   assert imports_gin(source) is expected
+
+
+def test_nothing_imports_the_demo():
+  """The demo (hybridir.study) is imported by nothing; the gather and the study's run take run
+  names from study_layout."""
+  importers = {module for module, deps in _project_imports().items() if "hybridir.study" in deps}
+  assert importers == set()

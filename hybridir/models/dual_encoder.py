@@ -90,3 +90,11 @@ class DualEncoder(nn.Module):
                deterministic: bool = True) -> tuple[jax.Array, jax.Array]:
     return (self.encode(query_tokens, "query", deterministic=deterministic),
             self.encode(passage_tokens, "passage", deterministic=deterministic))
+
+
+def abstract_params(model: DualEncoder, query_length: int, passage_length: int):
+  """The model's parameter shapes, boxed with their logical axis names (jax.eval_shape of init:
+  nothing is computed); training and evaluation shard parameters from them."""
+  return jax.eval_shape(lambda: model.init(
+      jax.random.PRNGKey(0), jnp.ones((1, query_length), jnp.int32),
+      jnp.ones((1, passage_length), jnp.int32)))["params"]
