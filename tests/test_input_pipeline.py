@@ -153,6 +153,7 @@ def test_seqio_task_batches_hold_the_tasks_own_examples(mixture):
   np.testing.assert_array_equal(batch["passage_tokens"], examples["passage_tokens"][rows])
 
 
+@pytest.mark.slow
 def test_each_split_serves_its_own_articles_from_one_token_table(data_dir,
                                                                  spm_models):  # noqa: F811
   corpus = tasks.register_parallel_qa("ips", data_dir / "xquad-r", "t5", spm_models["t5"],
@@ -265,6 +266,7 @@ def test_questions_on_one_answer_sentence_share_a_passage_key_and_no_other_parag
   assert len(paragraphs_of_key) > 3 * 240  # XQuAD-R's 240 paragraphs hold ~790 answer sentences.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("passage_unit", ["paragraph", "sentence_with_context"])
 def test_default_batches_never_contrast_examples_whose_passages_are_one_text(
     data_dir, spm_models, passage_unit):  # noqa: F811

@@ -59,6 +59,7 @@ def test_adafactor_factors_a_large_embedding():
   assert state_size >= 25_000 + 64  # Row and column statistics.
 
 
+@pytest.mark.slow
 def test_adafactor_and_adamw_update_params():
   params = {"kernel": jnp.ones((4, 3)), "scale": jnp.ones((3,))}
   grads = jax.tree.map(jnp.ones_like, params)

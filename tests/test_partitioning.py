@@ -121,6 +121,7 @@ def test_params_are_born_sharded_as_the_rules_say():
   assert params["projection"]["kernel"].sharding.is_fully_replicated
 
 
+@pytest.mark.slow
 def test_sharded_loss_and_grads_equal_single_device():
   model, batch = ToyEncoder(), toy_batch()
   params = nn.unbox(model.init(jax.random.key(0), jnp.asarray(batch["query_ids"])))["params"]

@@ -272,6 +272,7 @@ def test_expected_random_average_precision_matches_a_simulation():
     assert exact == pytest.approx(simulated, rel=0.02)
 
 
+@pytest.mark.slow
 def test_study_cli_starts_with_its_flags_and_mains(tmp_path):
   result = subprocess.run([sys.executable, "-m", "hybridir.study", "--helpfull"], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=300)
