@@ -70,6 +70,7 @@ def test_t5x_tiny_checkpoint_config_is_inferred_as_t5_1_0(data_dir):
   assert model.projection_dim == 768
 
 
+@pytest.mark.slow
 def test_t5x_dual_encoder_gives_finite_unit_embeddings(data_dir):
   model, params = importers.load_t5x(str(data_dir / T5X_DIR))
   tokens = jnp.array([[37, 1566, 19, 1, 0, 0], [8, 1, 0, 0, 0, 0]])

@@ -107,6 +107,7 @@ def test_cross_batch_passages_are_in_the_passage_language(mixture):
                                                                 passage_text(pair), 32)
 
 
+@pytest.mark.slow
 def test_mixed_pair_batches_gather_each_examples_languages(data_dir, spm_models):  # noqa: F811
   mixed = tasks.register_parallel_qa("ipm", data_dir / "xquad-r", "t5", spm_models["t5"],
                                      languages=LANGUAGES, alpha=0.0)

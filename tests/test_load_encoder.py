@@ -29,6 +29,7 @@ def spm_models(tmp_path_factory, data_dir):
           for family in ("t5", "xlmr")}
 
 
+@pytest.mark.slow
 def test_mt5_hf_directory_encodes_like_transformers(tmp_path, spm_models):
   ref.write_spm(tmp_path, spm_models["t5"], "t5")
   tokenizer = transformers.T5Tokenizer.from_pretrained(tmp_path, extra_ids=0)
@@ -40,6 +41,7 @@ def test_mt5_hf_directory_encodes_like_transformers(tmp_path, spm_models):
   assert (np.sum(embeddings * expected, axis=-1) > 0.99999).all()
 
 
+@pytest.mark.slow
 def test_xlmr_hf_directory_encodes_like_transformers(tmp_path, spm_models):
   ref.write_spm(tmp_path, spm_models["xlmr"], "xlmr")
   tokenizer = transformers.XLMRobertaTokenizer.from_pretrained(tmp_path)
@@ -78,6 +80,7 @@ def test_long_texts_are_truncated_keeping_the_end_token(tmp_path, spm_models):
   assert encoder.encode([TEXTS[3]]).shape == (1, 16)
 
 
+@pytest.mark.slow
 def test_encoding_is_independent_of_batch_composition(tmp_path, spm_models):
   ref.write_spm(tmp_path, spm_models["t5"], "t5")
   ref.save_random_mt5(tmp_path, vocab_size=300)

@@ -63,6 +63,7 @@ def assert_matches_numpy(query, passage, **options):
   return metrics
 
 
+@pytest.mark.slow
 def test_loss_and_metrics_match_numpy():
   query, passage = random_embeddings()
   metrics = assert_matches_numpy(query, passage, temperature=1.0)
@@ -82,6 +83,7 @@ def test_passage_keys_remove_other_queries_positives_of_the_same_passage():
   assert metrics["num_masked"] == 2 + 6  # Item 0: 2 ordered pairs; item 2: 6.
 
 
+@pytest.mark.slow
 def test_masked_passage_has_no_effect_on_its_masked_query():
   query, passage = random_embeddings(seed=3)
   passage_keys = jnp.array([0, 0, 1, 2, 3, 4])

@@ -231,6 +231,7 @@ def _random_encoding(dataset, rng):
               candidate_emb={l: unit(len(items)) for l, items in dataset.candidates.items()})
 
 
+@pytest.mark.slow
 def test_matched_pools_make_a_random_encoders_in_and_out_of_domain_scores_equal(data_dir):
   import tasks
   languages = ["de", "en", "es"]
