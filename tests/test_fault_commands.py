@@ -54,6 +54,7 @@ def smoke(model_dir, vocabulary, *bindings, **options):
                  f"--gin.SPM_PATH='{vocabulary}'", *bindings, **options)
 
 
+@pytest.mark.slow
 def test_full_disk_at_setup_ends_in_one_line_naming_the_file_and_leaves_nothing(
     tmp_path, vocabulary):
   model_dir = tmp_path / "run"
@@ -63,6 +64,7 @@ def test_full_disk_at_setup_ends_in_one_line_naming_the_file_and_leaves_nothing(
   assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_indivisible_batch_is_refused_in_one_line_before_anything_is_written(tmp_path,
                                                                             vocabulary):
   status, stderr = smoke(tmp_path / "run", vocabulary, "--gin.BATCH_SIZE=12")

@@ -119,6 +119,7 @@ def test_checkpoint_whose_restore_fails_is_skipped_too(tmp_path, caplog):
   assert [h["step"] for h in resumed.history] == list(range(5, 11))
 
 
+@pytest.mark.slow
 def test_restoring_into_a_model_of_other_shape_names_the_parameter_and_both_shapes(tmp_path):
   run(tmp_path, 4)
   wider = test_trainer.dual_encoder.DualEncoder(test_trainer.t5.T5Config(
@@ -168,6 +169,7 @@ def test_checkpointer_drops_only_the_closed_event_loop_tracebacks_of_a_failed_sa
   assert [str(e) for e in printed] == ["other", "disk"]
 
 
+@pytest.mark.slow
 def test_a_resumed_run_shows_each_step_once_in_tensorboard_with_the_values_it_continued_with(
     tmp_path):
   # pylint: disable=g-import-not-at-top  # TensorBoard's own loader, only here.

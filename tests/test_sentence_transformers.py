@@ -233,6 +233,7 @@ def fine_tuned(minilm_dir, data_dir, tmp_path_factory):
   return result, artifact, str(folder / "hf")
 
 
+@pytest.mark.slow
 def test_fine_tune_starts_from_the_pretrained_weights_pooling_and_tokenizer(fine_tuned, real):
   (result, artifact, _), encoder = fine_tuned, real[0]
   assert len(result.history) == 2 and np.isfinite([h["loss"] for h in result.history]).all()
@@ -255,6 +256,7 @@ def round_trip(fine_tuned):
 @pytest.mark.parametrize("call,options", [
     ("encode", {}), ("encode", {"prompt_name": "document"}), ("encode_query", {}),
     ("encode_document", {})], ids=["default", "document", "encode_query", "encode_document"])
+@pytest.mark.slow
 def test_fine_tuned_export_round_trips_through_sentence_transformers(round_trip, call, options):
   """hybridir's artifact, hf_export's folder loaded by hybridir and by sentence-transformers give
   the same vectors for the same call: `encode(texts)` adds the query prompt in each, and queries
@@ -267,6 +269,7 @@ def test_fine_tuned_export_round_trips_through_sentence_transformers(round_trip,
     assert_same_vectors(method(TEXTS, **options), expected)
 
 
+@pytest.mark.slow
 def test_fine_tuned_export_states_its_prompts_and_lengths(round_trip):
   artifact, _, reference = round_trip
   assert reference.prompts == {"query": "Query: ", "document": "Passage: "} == artifact.prompts
@@ -275,6 +278,7 @@ def test_fine_tuned_export_states_its_prompts_and_lengths(round_trip):
       artifact.max_length, artifact.query_max_length)
 
 
+@pytest.mark.slow
 def test_fine_tuned_export_card_states_the_run_and_its_sample_runs_as_written(fine_tuned):
   import re
   import subprocess

@@ -308,6 +308,7 @@ def test_a_study_run_describes_itself_and_keeps_the_chosen_checkpoints_export(qu
   assert "| in_domain |" in card and "| mlqa_r |" in card  # XQuAD-R is the training corpus.
 
 
+@pytest.mark.slow
 def test_the_study_command_prints_a_line_per_run_the_answer_and_a_closing_line(quick_study,
                                                                               data_dir):
   output_dir, _ = quick_study  # Its runs are done: the command keeps them and reports again.

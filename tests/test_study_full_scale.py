@@ -109,6 +109,7 @@ def _table_rows(report, heading):
           if line.startswith("| ") and not line.startswith("| model") and "---" not in line}
 
 
+@pytest.mark.slow
 def test_the_gather_prints_the_papers_table_1_beside_the_xlmr_and_labse_rows(report):
   markdown, _ = report
   rows = _table_rows(markdown, "## Beside the paper's Table 1")

@@ -50,6 +50,7 @@ def test_a_pretrained_model_sweeps_its_zero_shot_row_first():
   assert study.run_name("MiniLM", "zero-shot", 0) == "minilm_zeroshot_seed0"
 
 
+@pytest.mark.slow
 def test_zero_shot_row_is_the_untrained_checkpoint_and_fine_tuning_starts_from_it(
     pretrained_study, minilm_dir):
   _, results = pretrained_study
@@ -70,6 +71,7 @@ def test_zero_shot_row_is_the_untrained_checkpoint_and_fine_tuning_starts_from_i
   assert zero_shot["evaluation"]["matched_pool_size"] == hybrid["evaluation"]["matched_pool_size"]
 
 
+@pytest.mark.slow
 def test_pretrained_report_shows_the_zero_shot_row_and_the_objective_check(pretrained_study):
   paths, results = pretrained_study
   report = open(paths["markdown"]).read()
