@@ -17,7 +17,6 @@ from hybridir import encoder as encoder_lib
 from hybridir import fs
 from hybridir import run_dir
 
-STUDY_RESULTS = "study_results.json"  # hybridir.study_run's, in MODEL_DIR.
 # config.gin macros the card shows: the data, then the settings.
 DATA_MACROS = ("CORPUS_DIR", "LANGUAGES", "TRAIN_SPLIT", "INIT_CHECKPOINT", "SPM_PATH")
 SETTING_MACROS = ("FAMILY", "TRAIN_STEPS", "BATCH_SIZE", "ALPHA", "LEARNING_RATE", "WARMUP_STEPS",
@@ -32,8 +31,9 @@ def training_run(source: str) -> dict:
     metadata = artifacts.read_manifest(source).get("metadata") or {}
     model_dir, step = metadata.get("training_checkpoint"), metadata.get("step")
   elif run_dir.is_run(source):
-    model_dir = source
-    step = run_dir.chosen_step(source) or max(checkpoints.training_steps(source), default=None)
+    model_dir, step = source, run_dir.chosen_step(source)
+    if step is None:  # No study chose one: the latest, as load_encoder takes.
+      step = max(checkpoints.training_steps(source), default=None)
   else:
     return {}
   if not model_dir:
@@ -77,7 +77,7 @@ def evaluation_rows(run: dict, summary_path: str | None = None) -> dict:
         setting, _, measure = key.partition("/")
         rows.setdefault((dataset, setting), {})[measure] = value
     return rows
-  path = os.path.join(run.get("model_dir") or "", STUDY_RESULTS)
+  path = os.path.join(run.get("model_dir") or "", run_dir.STUDY_RESULTS)
   if not run or not fs.exists(path):
     return {}
   with fs.open(path) as f:

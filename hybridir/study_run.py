@@ -43,13 +43,14 @@ from hybridir import retrieval_data
 from hybridir import run_dir
 from hybridir import study_eval
 from hybridir import study_stats
+from hybridir import study_tables
 from hybridir import text as text_lib
 from hybridir import train_step
 from hybridir import trainer
 
-IN_DOMAIN = "in_domain"  # The training corpus's held-out test split, LAReQA-style.
+IN_DOMAIN = study_tables.IN_DOMAIN  # The training corpus's held-out test split, LAReQA-style.
 STUDY_MIXTURE = "study_evaluation"  # In-domain, then the out-of-domain sets, then MIRACL.
-RESULTS_FILE = "study_results.json"
+RESULTS_FILE = run_dir.STUDY_RESULTS
 VALIDATION_SEED = 1  # The fit/validation split of the train articles (test/train uses seed 0).
 # Full-pool measures: every default one, and R@1 beside R@10 (trec_eval's recall_1, recall_10).
 MEASURES = (*metrics.DEFAULT_MEASURES, "recall_1")

@@ -13,10 +13,9 @@ from hybridir import reports
 from hybridir import study_stats
 
 SETTINGS = (("monolingual", "mono"), ("cross_lingual", "cross"), ("multilingual", "multi"))
-IN_DOMAIN, MIRACL = "in_domain", "miracl"  # study_run's in-domain set; MIRACL's comparison.
+IN_DOMAIN, MIRACL = "in_domain", "miracl"  # The in-domain set (study_run); MIRACL's comparison.
 PRIMARY = "mlqa_r"  # The comparison each effect's primary answer is on (study_report).
 LABELS = {IN_DOMAIN: "in-domain", "xquad_r": "XQuAD-R", "mlqa_r": "MLQA-R", MIRACL: "MIRACL"}
-ZERO_SHOT = "zero-shot"
 
 
 def mean_std(values) -> tuple[float, float]:
@@ -26,11 +25,9 @@ def mean_std(values) -> tuple[float, float]:
   return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
-
 def fmt(values, scale=100.0, digits=1) -> str:
   mean, std = mean_std(values)
   return "n/a" if math.isnan(mean) else f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
-
 
 
 def arms_of(results: dict) -> dict:
@@ -41,11 +38,9 @@ def arms_of(results: dict) -> dict:
   return arms
 
 
-
 def is_zero_shot(result: dict) -> bool:
-  """A pretrained model's zero-shot row: evaluated untrained (hybridir.study_run, ZERO_SHOT)."""
+  """A pretrained model's zero-shot row: evaluated untrained (hybridir.study_run, zero_shot)."""
   return bool(result["train"].get("zero_shot"))
-
 
 
 def objective_rows(results: dict) -> list:
@@ -63,7 +58,6 @@ def objective_rows(results: dict) -> list:
   return rows
 
 
-
 def objective_sentence(rows: list) -> str:
   """Whether every fine-tuned arm beat the pretrained model on its own training objective."""
   if not rows:
@@ -76,7 +70,6 @@ def objective_sentence(rows: list) -> str:
           "objective (held-out in-batch loss on batches of its own kind).")
 
 
-
 def training_rows(training: dict, results: dict) -> list:
   rows = []
   for (model, strategy), by_seed in arms_of(results).items():
@@ -87,7 +80,6 @@ def training_rows(training: dict, results: dict) -> list:
                  ", ".join(str(x["chosen_step"]) for x in t),
                  "yes" if all(x["learned"] for x in t) else "**no**"])
   return rows
-
 
 
 def average(result, dataset, setting, key="map"):
@@ -297,7 +289,6 @@ def miracl_scores(result: dict) -> dict:
           for d in datasets if d.startswith("miracl_")}
 
 
-
 def miracl_tables(arms: dict) -> list[str]:
   """nDCG@10 and Recall@100 per language and their mean over languages, mean ± std over seeds."""
   scores = {arm: [miracl_scores(r) for r in by_seed.values()] for arm, by_seed in arms.items()}
@@ -321,8 +312,6 @@ def miracl_tables(arms: dict) -> list[str]:
               + note, "",
               reports.markdown_table(["model", "batches"] + languages + ["mean"], rows), ""]
   return lines
-
-
 
 
 # The paper's Table 1 (Elmahdy et al. 2024; ../shared/PAPER.md): mAP mono, cross, multi on
