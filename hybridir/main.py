@@ -137,6 +137,7 @@ from hybridir import checkpoints
 from hybridir import corpora
 from hybridir import multihost
 from hybridir import run_dir
+from hybridir import study_results
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 # Exit status after SIGTERM (preemption) once the checkpoint is saved: 128 + SIGTERM, as a shell
@@ -159,7 +160,8 @@ OUTPUT_PARAMETERS = {
 EXPECTED_ERRORS = (corpora.CorpusError, fs.NotWritableError, FileNotFoundError, FileExistsError,
                    artifacts.ArtifactError, errors.SettingError, checkpoints.CheckpointSaveError,
                    checkpoints.NoGoodCheckpointError, checkpoints.CheckpointShapeError,
-                   checkpoints.CheckpointDamagedError, FloatingPointError)
+                   checkpoints.CheckpointDamagedError, FloatingPointError,
+                   study_results.ResultsError)
 
 
 def initialize_distributed() -> None:

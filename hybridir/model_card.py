@@ -16,6 +16,7 @@ from hybridir import checkpoints
 from hybridir import encoder as encoder_lib
 from hybridir import fs
 from hybridir import run_dir
+from hybridir import study_results
 
 # config.gin macros the card shows: the data, then the settings.
 DATA_MACROS = ("CORPUS_DIR", "LANGUAGES", "TRAIN_SPLIT", "INIT_CHECKPOINT", "SPM_PATH")
@@ -80,11 +81,9 @@ def evaluation_rows(run: dict, summary_path: str | None = None) -> dict:
   path = os.path.join(run.get("model_dir") or "", run_dir.STUDY_RESULTS)
   if not run or not fs.exists(path):
     return {}
-  with fs.open(path) as f:
-    datasets = json.load(f).get("evaluation", {}).get("datasets", {})
-  for dataset, results in datasets.items():
+  for dataset, results in study_results.read(path).evaluation.datasets.items():
     for setting in SETTINGS:
-      average = results.get("full", {}).get(setting, {}).get("average", {})
+      average = results.full.get(setting, {}).get("average", {})
       values = {k: v for k, v in average.items() if isinstance(v, (int, float))}
       if values:
         rows[(dataset, setting)] = values

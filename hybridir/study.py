@@ -15,7 +15,6 @@ Runs are resumable: a run whose study_results.json exists is kept and skipped on
 """
 import dataclasses
 import functools
-import json
 import os
 import sys
 import time
@@ -33,6 +32,7 @@ from hybridir import packaged_models
 from hybridir import spm
 from hybridir import study_layout
 from hybridir import study_report
+from hybridir import study_results
 from hybridir import study_run
 from hybridir import vocab
 from hybridir.models import families
@@ -141,13 +141,13 @@ def run_cell(gin_file: str, bindings: list[str]) -> dict:
   return main_lib.run_config([gin_file], bindings)
 
 
-def run_line(position: str, name: str, result: dict, seconds: float | None) -> str:
+def run_line(position: str, name: str, result: study_results.RunResults,
+             seconds: float | None) -> str:
   """The one line the study prints for a run: its chosen step, each dataset's multilingual mAP,
   and its time (None: done by an earlier invocation, kept)."""
-  maps = ", ".join(f"{dataset} {values['full']['multilingual']['average']['map']:.3f}"
-                   for dataset, values in result["evaluation"]["datasets"].items())
-  step = "zero-shot" if result["train"].get("zero_shot") else (
-      f"step {result['train']['chosen_step']} chosen")
+  maps = ", ".join(f"{dataset} {values.average('multilingual'):.3f}"
+                   for dataset, values in result.evaluation.datasets.items())
+  step = "zero-shot" if result.train.zero_shot else f"step {result.train.chosen_step} chosen"
   took = "done earlier, kept" if seconds is None else f"{seconds:.0f} s"
   return f"run {position} {name}: {step}; multilingual mAP {maps}; {took}"
 
@@ -182,8 +182,7 @@ def run_study(data_dir: str, output_dir: str, config: StudyConfig | None = None)
         sys.exit(main_lib.PREEMPTED_EXIT_CODE)
       seconds = time.time() - run_started
       durations.append(seconds)
-    with fs.open(results_path) as f:
-      results[model, strategy, seed] = json.load(f)
+    results[model, strategy, seed] = study_results.read(results_path)
     line = run_line(f"{number}/{len(sweep)}", f"{name} ({model}, {strategy}, seed {seed})",
                     results[model, strategy, seed], seconds)
     if durations and number < len(sweep):  # The runs made now tell how long the rest take.

@@ -3,13 +3,14 @@
 Each run directory is named `{model}_{mono|cross|hybrid}_seed{seed}` (as launch/study_sweep.sh
 makes them) and holds `study_results.json`, written by the study's run (hybridir.study_run), the
 same file the CPU demo's runs write, and, when the sweep ran the MIRACL stage,
-`miracl/<lang>/results.json` (hybridir.corpus_eval), read into the results' "miracl" entry with
+`miracl/<lang>/results.json` (hybridir.corpus_eval), read into the results' `miracl` field with
 each query's nDCG@10 above chance (from the stage's run.trec and qrels.trec): MIRACL's
 degradation. The report prints the paper's Table 1 beside the XLM-R and LaBSE rows. Local folders
 and gs:// both work.
 
   python -m hybridir.study_gather --runs_root gs://bucket/study --output_dir out/study_full
 """
+import dataclasses
 import json
 
 from absl import flags
@@ -23,6 +24,7 @@ from hybridir import miracl
 from hybridir import study_layout
 from hybridir import study_report
 from hybridir import study_eval
+from hybridir import study_results
 from hybridir import study_run
 from hybridir import trec
 from hybridir.models import families
@@ -86,7 +88,7 @@ def read_miracl(run_dir: str) -> dict:
 
 def check_miracl_languages(results: dict, runs_root: str) -> None:
   """Fails naming the runs and languages missing when runs' MIRACL languages differ."""
-  languages = {key: set(r.get("miracl", {})) for key, r in results.items()}
+  languages = {key: set(r.miracl) for key, r in results.items()}
   every = set().union(*languages.values())
   missing = {key: sorted(every - found) for key, found in languages.items() if every - found}
   if missing:
@@ -95,7 +97,8 @@ def check_miracl_languages(results: dict, runs_root: str) -> None:
 
 
 def read_runs(runs_root: str) -> dict:
-  """{(model, strategy, seed): study_results.json} for every run folder."""
+  """{(model, strategy, seed): study_results.RunResults, with the run's MIRACL stage} for every
+  run folder."""
   if not fs.isdir(runs_root):
     raise FileNotFoundError(f"--runs_root {runs_root}: no such folder")
   results = {}
@@ -107,10 +110,8 @@ def read_runs(runs_root: str) -> dict:
     path = f"{runs_root.rstrip('/')}/{name}/{study_run.RESULTS_FILE}"
     if not fs.exists(path):
       raise FileNotFoundError(f"{path}: run {name} has no results (did its study run finish?)")
-    with fs.open(path) as f:
-      result = json.load(f)
-    result["miracl"] = read_miracl(f"{runs_root.rstrip('/')}/{name}")
-    results[model_name(parsed[0]), parsed[1], parsed[2]] = result
+    results[model_name(parsed[0]), parsed[1], parsed[2]] = dataclasses.replace(
+        study_results.read(path), miracl=read_miracl(f"{runs_root.rstrip('/')}/{name}"))
   if not results:
     raise FileNotFoundError(f"{runs_root}: no run folders named MODEL_{{mono,cross,hybrid}}_seedN")
   return results

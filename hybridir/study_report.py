@@ -1,8 +1,10 @@
 """The study's report: the answer with confidence intervals, training against chance, plots.
 
-Input: `{(model, strategy, seed): study_results.json}` (hybridir.study_run). Every number in the
-report, its opening paragraph included, is computed here (and in study_tables) from those files.
+Input: `{(model, strategy, seed): study_results.RunResults}` (hybridir.study_run). Every number
+in the report, its opening paragraph included, is computed here (and in study_tables) from those
+files.
 """
+import dataclasses
 import datetime
 import math
 import os
@@ -16,6 +18,7 @@ import numpy as np  # noqa: E402
 from hybridir import console  # noqa: E402
 from hybridir import fs  # noqa: E402
 from hybridir import reports  # noqa: E402
+from hybridir import study_results  # noqa: E402
 from hybridir import study_stats  # noqa: E402
 from hybridir import study_tables  # noqa: E402
 from hybridir.study_tables import label, PRIMARY, SETTINGS  # noqa: E402
@@ -41,19 +44,19 @@ PRETRAINED_NOTE = (
     "question (`gin_configs/runs/study/`).")
 
 
-def training_summary(result: dict) -> dict:
+def training_summary(result: study_results.RunResults) -> dict:
   """Final loss and in-batch accuracy (last 10% of steps) against a random encoder's."""
-  history = result["train"]["history"]
-  batch_size = result["settings"]["batch_size"]
+  history = result.train.history
+  batch_size = result.settings.batch_size
   tail = history[-max(1, int(len(history) * TAIL)):] if history else []
-  loss = float(np.mean([h["loss"] for h in tail])) if tail else math.nan
-  accuracy = float(np.mean([h["accuracy"] for h in tail])) if tail else math.nan
+  loss = float(np.mean([h.loss for h in tail])) if tail else math.nan
+  accuracy = float(np.mean([h.accuracy for h in tail])) if tail else math.nan
   chance_loss, chance_accuracy = math.log(batch_size), 1.0 / batch_size
   learned = (loss < chance_loss - LEARNED_LOSS_MARGIN
              and accuracy > LEARNED_ACCURACY_FACTOR * chance_accuracy)
   return {"final_loss": loss, "final_accuracy": accuracy, "chance_loss": chance_loss,
           "chance_accuracy": chance_accuracy, "learned": bool(learned),
-          "chosen_step": result["train"]["chosen_step"]}
+          "chosen_step": result.train.chosen_step}
 
 
 def model_pairs(models) -> list[tuple[str, str]]:
@@ -211,11 +214,11 @@ def plot_loss_curves(path: str, results: dict) -> None:
       for j, result in enumerate(by_seed.values()):
         if study_tables.is_zero_shot(result):
           continue
-        history = result["train"]["history"]
-        steps = [h["step"] for h in history]
-        axes.plot(steps, [h["loss"] for h in history], color=colours.get(strategy, "grey"),
+        history = result.train.history
+        steps = [h.step for h in history]
+        axes.plot(steps, [h.loss for h in history], color=colours.get(strategy, "grey"),
                   alpha=0.6, linewidth=0.8, label=strategy if j == 0 else None)
-      batch = next(iter(by_seed.values()))["settings"]["batch_size"]
+      batch = next(iter(by_seed.values())).settings.batch_size
     axes.axhline(math.log(batch), color="black", linestyle="--", linewidth=0.8,
                  label=f"chance ln({batch})")
     axes.set_title(model)
@@ -267,34 +270,34 @@ def describe(results: dict, elapsed_seconds: float | None, kept_runs: int = 0) -
   """The set-up line of a demo report: when, where, which settings, how long (kept_runs: runs
   an earlier invocation finished, which that time leaves out)."""
   trained = {k: r for k, r in results.items() if not study_tables.is_zero_shot(r)} or results
-  settings = next(iter(trained.values()))["settings"]
+  settings = next(iter(trained.values())).settings
   seeds = sorted({seed for _, _, seed in trained})
-  learning_rates = {m: r["settings"]["learning_rate"] for (m, _, _), r in trained.items()}
+  learning_rates = {m: r.settings.learning_rate for (m, _, _), r in trained.items()}
   took = f" in {elapsed_seconds / 60:.0f} min" if elapsed_seconds else ""
   if took and kept_runs:
     took += f" ({kept_runs} of the {len(results)} runs kept from an earlier invocation)"
-  checkpoints = sorted({os.path.basename(str(r["settings"].get("init_checkpoint")).rstrip("/"))
-                        for r in results.values() if r["settings"].get("init_checkpoint")})
+  checkpoints = sorted({os.path.basename(r.settings.init_checkpoint.rstrip("/"))
+                        for r in results.values() if r.settings.init_checkpoint})
   note = PRETRAINED_NOTE.format(checkpoints=", ".join(checkpoints)) if checkpoints else NOTE
-  evaluation = next(iter(results.values()))["evaluation"]
-  sampled = [f"the first {evaluation['max_questions_per_language']} questions per language"
-             if evaluation.get("max_questions_per_language") else "",
-             f"{evaluation['max_candidates_per_language']} candidates per language (every "
+  evaluation = next(iter(results.values())).evaluation
+  sampled = [f"the first {evaluation.max_questions_per_language} questions per language"
+             if evaluation.max_questions_per_language else "",
+             f"{evaluation.max_candidates_per_language} candidates per language (every "
              "relevant one, then one seeded draw shared by all runs)"
-             if evaluation.get("max_candidates_per_language") else ""]
+             if evaluation.max_candidates_per_language else ""]
   sampled = " and ".join(part for part in sampled if part)
   sampled = (f" Evaluation on {sampled}, to fit the budget: the \"full\" pools below are these "
              "sampled pools." if sampled else "")
   return (f"Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on "
           f"{platform.node() or 'unknown host'} ({os.cpu_count()} CPU cores){took}: "
-          f"{len(results)} runs, seeds {', '.join(map(str, seeds))}; {settings['train_steps']} "
-          f"steps of batch {settings['batch_size']}, learning rate "
+          f"{len(results)} runs, seeds {', '.join(map(str, seeds))}; {settings.train_steps} "
+          f"steps of batch {settings.batch_size}, learning rate "
           + ", ".join(f"{m} {rate:g}" for m, rate in learning_rates.items())
           + f", temperature "
-          f"{settings['temperature']}, AdamW weight decay {settings['weight_decay']}, lengths "
-          f"query {settings['task_feature_lengths']['query']} and passage "
-          f"{settings['task_feature_lengths']['passage']} tokens; training languages "
-          f"{', '.join(settings['languages'])}.{sampled}\n\n{note}")
+          f"{settings.temperature}, AdamW weight decay {settings.weight_decay}, lengths "
+          f"query {settings.task_feature_lengths['query']} and passage "
+          f"{settings.task_feature_lengths['passage']} tokens; training languages "
+          f"{', '.join(settings.languages)}.{sampled}\n\n{note}")
 
 
 def write(output_dir: str, results: dict, description: str | None = None,
@@ -311,8 +314,8 @@ def write(output_dir: str, results: dict, description: str | None = None,
            "loss_plot": os.path.join(output_dir, "study_loss.png")}
   reports.write_json(paths["json"], {
       "effects": table, "training": {"/".join(map(str, k)): v for k, v in training.items()},
-      "objective": {"/".join(map(str, k)): r["train"]["objective"] for k, r in trained.items()
-                    if r["train"].get("objective")}})
+      "objective": {"/".join(map(str, k)): dataclasses.asdict(r.train.objective)
+                    for k, r in trained.items() if r.train.objective}})
   text = markdown(results, training, table, description or describe(results, elapsed_seconds, kept_runs),
                   beside_paper)
   fs.write_text_atomically(paths["markdown"], text)

@@ -17,7 +17,6 @@ MLQA-R whole, unless one is the training corpus; MIRACL when given): full pools
 the languages it shares with the in-domain set (study_eval).
 """
 import dataclasses
-import json
 import os
 import tempfile
 from typing import Callable, Sequence
@@ -42,6 +41,7 @@ from hybridir import partitioning
 from hybridir import retrieval_data
 from hybridir import run_dir
 from hybridir import study_eval
+from hybridir import study_results
 from hybridir import study_stats
 from hybridir import study_tables
 from hybridir import text as text_lib
@@ -291,10 +291,11 @@ def train_and_evaluate(*, train: Callable[[], trainer.TrainResult], model_dir: s
                        batch_size: int = 32, objective_steps: int = 0):
   """Trains (`train`: trainer.train with the run's settings bound), exports the checkpoint with
   the best `best_metric` (the lowest validation loss), evaluates it and writes
-  MODEL_DIR/study_results.json; returns what it wrote (or, stopped by SIGTERM, the TrainResult,
-  without evaluating).
+  MODEL_DIR/study_results.json; returns what it wrote (a study_results.RunResults; stopped by
+  SIGTERM, the TrainResult, without evaluating).
 
-  settings: the run's settings to record beside the results (the study's macros).
+  settings: the run's settings to record beside the results (the study's macros), checked as
+  study_results.Settings before training.
   validation_mixture: the validation corpus's record, checked with the training one to hold no
   in-domain test question. The evaluation is register_study_data's (study_datasets()).
   num_partitions: the training mesh's (NUM_PARTITIONS); evaluation splits each parameter over as
@@ -306,6 +307,7 @@ def train_and_evaluate(*, train: Callable[[], trainer.TrainResult], model_dir: s
   batches of the run's own kind (the record's `test` split, the run's ALPHA, `batch_size`): did
   fine-tuning improve the objective it trained on?
   """
+  study_results.settings_from(settings, "study_run.train_and_evaluate.settings")
   datasets = study_datasets()
   check_held_out(train_mixture, dict(datasets)[IN_DOMAIN], validation_mixture)
   if zero_shot and pretrained is None:
@@ -354,8 +356,9 @@ def train_and_evaluate(*, train: Callable[[], trainer.TrainResult], model_dir: s
         model, loss_config, {"pretrained": pretrained_params(pretrained, model),
                              "fine_tuned": checkpoints.restore_params(model_dir, step)[1]},
         held_out, objective_steps), steps=objective_steps, split="test")
-  out = {"settings": settings, "evaluation": evaluation, "train": train_record}
+  path = os.path.join(model_dir, RESULTS_FILE)
+  out = study_results.from_json(
+      {"settings": settings, "evaluation": evaluation, "train": train_record}, path)
   if jax.process_index() == 0:
-    fs.write_text_atomically(os.path.join(model_dir, RESULTS_FILE),
-                             json.dumps(out, allow_nan=True))
+    study_results.write(path, out)
   return out

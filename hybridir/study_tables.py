@@ -1,8 +1,8 @@
 """The study report's tables: mAP beside chance on full and size-matched pools, degradation,
 language bias, MIRACL, training against chance and fine-tuning against the pretrained model.
 
-Input: `{(model, strategy, seed): study_results.json}` (hybridir.study_run); an arm is a (model,
-strategy) with its seeds. Cells are mean ± std over seeds.
+Input: `{(model, strategy, seed): study_results.RunResults}` (hybridir.study_run writes them);
+an arm is a (model, strategy) with its seeds. Cells are mean ± std over seeds.
 """
 import math
 
@@ -10,6 +10,7 @@ import numpy as np
 
 from hybridir import miracl
 from hybridir import reports
+from hybridir import study_results
 from hybridir import study_stats
 
 SETTINGS = (("monolingual", "mono"), ("cross_lingual", "cross"), ("multilingual", "multi"))
@@ -38,9 +39,9 @@ def arms_of(results: dict) -> dict:
   return arms
 
 
-def is_zero_shot(result: dict) -> bool:
+def is_zero_shot(result: study_results.RunResults) -> bool:
   """A pretrained model's zero-shot row: evaluated untrained (hybridir.study_run, zero_shot)."""
-  return bool(result["train"].get("zero_shot"))
+  return result.train.zero_shot
 
 
 def objective_rows(results: dict) -> list:
@@ -48,12 +49,12 @@ def objective_rows(results: dict) -> list:
   batches of the arm's own kind (mean ± std over seeds), and whether every seed improved it."""
   rows = []
   for (model, strategy), by_seed in arms_of(results).items():
-    objectives = [r["train"].get("objective") for r in by_seed.values()]
+    objectives = [r.train.objective for r in by_seed.values()]
     if not objectives or any(o is None for o in objectives):
       continue
-    beats = all(o["fine_tuned"] < o["pretrained"] for o in objectives)
-    rows.append([model, strategy, fmt([o["pretrained"] for o in objectives], 1.0, 3),
-                 fmt([o["fine_tuned"] for o in objectives], 1.0, 3),
+    beats = all(o.fine_tuned < o.pretrained for o in objectives)
+    rows.append([model, strategy, fmt([o.pretrained for o in objectives], 1.0, 3),
+                 fmt([o.fine_tuned for o in objectives], 1.0, 3),
                  "yes" if beats else "**no**"])
   return rows
 
@@ -82,8 +83,8 @@ def training_rows(training: dict, results: dict) -> list:
   return rows
 
 
-def average(result, dataset, setting, key="map"):
-  return result["evaluation"]["datasets"][dataset]["full"][setting]["average"].get(key)
+def average(result: study_results.RunResults, dataset: str, setting: str, key: str = "map"):
+  return result.evaluation.datasets[dataset].average(setting, key)
 
 
 def label(dataset: str) -> str:
@@ -94,27 +95,27 @@ def label(dataset: str) -> str:
 def lareqa_datasets(results: dict) -> list[str]:
   """The LAReQA-style sets evaluated (in-domain first, then XQuAD-R, MLQA-R), as the runs have
   them."""
-  datasets = next(iter(results.values()))["evaluation"]["datasets"]
+  datasets = next(iter(results.values())).evaluation.datasets
   return [d for d in LABELS if d in datasets and d != MIRACL]
 
 
 def set_description(results: dict) -> str:
   """Which set is in-domain and which are out of domain, in which languages, and on which
   languages each degradation compares them."""
-  evaluation = next(iter(results.values()))["evaluation"]
-  datasets = evaluation["datasets"]
+  evaluation = next(iter(results.values())).evaluation
+  datasets = evaluation.datasets
 
   def languages(name):
-    return ", ".join(datasets[name]["languages"])
+    return ", ".join(datasets[name].languages)
 
   inside = datasets[IN_DOMAIN]
   parts = [f"**In domain**: the held-out test split (articles never trained or validated on) of "
-           f"the training corpus, `{evaluation.get('in_domain_corpus', '?')}`: "
-           f"{inside.get('questions', '?')} QA items in {languages(IN_DOMAIN)}; candidates: "
+           f"the training corpus, `{evaluation.in_domain_corpus}`: "
+           f"{inside.questions} QA items in {languages(IN_DOMAIN)}; candidates: "
            + ("answer sentences read in their passages, as LAReQA's"
-              if inside.get("candidate_unit", "sentence") == "sentence"
+              if inside.candidate_unit == "sentence"
               else "passages (the corpus gives no answer sentences)") + "."]
-  outside = [f"{label(d)} in {languages(d)} ({datasets[d].get('questions', '?')} questions)"
+  outside = [f"{label(d)} in {languages(d)} ({datasets[d].questions} questions)"
              for d in lareqa_datasets(results) if d != IN_DOMAIN]
   miracl_languages = sorted({x for r in results.values() for x in miracl_per_query(r)})
   if miracl_languages:
@@ -135,27 +136,27 @@ def set_description(results: dict) -> str:
   return " ".join(parts)
 
 
-def miracl_per_query(result: dict) -> dict:
+def miracl_per_query(result: study_results.RunResults) -> dict:
   """{language: {qid: nDCG@10 above chance}} of a run's MIRACL: the corpus-scale stage's
   (hybridir.study_gather), else the in-memory evaluation's (miracl_<lang>)."""
-  if result.get("miracl"):
-    return {x: r["ndcg_above_chance"] for x, r in result["miracl"].items()
+  if result.miracl:
+    return {x: r["ndcg_above_chance"] for x, r in result.miracl.items()
             if "ndcg_above_chance" in r}
-  datasets = result["evaluation"]["datasets"]
+  datasets = result.evaluation.datasets
   return {x: values for d in datasets if d.startswith("miracl_")
-          for x, values in datasets[d].get("ndcg_above_chance", {}).get("monolingual", {}).items()}
+          for x, values in (datasets[d].ndcg_above_chance or {}).get("monolingual", {}).items()}
 
 
-def comparison_scores(result: dict) -> dict:
+def comparison_scores(result: study_results.RunResults) -> dict:
   """{comparison: {"languages", "settings", IN_DOMAIN and OUT_OF_DOMAIN per-query scores ({setting:
   {group: {qid: value}}})}}: each out-of-domain LAReQA set's matched pools (study_run), then
   MIRACL against the in-domain set's nDCG@10 on the languages both have."""
-  evaluation = result["evaluation"]
-  out = {name: {"languages": c["languages"], "settings": [s for s, _ in SETTINGS],
-                **{side: c[side]["per_query_above_chance"] for side in study_stats.SIDES}}
-         for name, c in sorted(evaluation.get("comparisons", {}).items(),
+  evaluation = result.evaluation
+  out = {name: {"languages": list(c.languages), "settings": [s for s, _ in SETTINGS],
+                **{side: getattr(c, side).per_query_above_chance for side in study_stats.SIDES}}
+         for name, c in sorted(evaluation.comparisons.items(),
                                key=lambda item: item[0] != PRIMARY)}
-  inside = evaluation["datasets"][IN_DOMAIN].get("ndcg_above_chance", {}).get("monolingual", {})
+  inside = (evaluation.datasets[IN_DOMAIN].ndcg_above_chance or {}).get("monolingual", {})
   outside = miracl_per_query(result)
   shared = sorted(set(inside) & set(outside))
   if shared:
@@ -176,22 +177,22 @@ def degradation(scores: dict, setting: str) -> float:
 
 def _full_pool_table(arms: dict, dataset: str) -> list[str]:
   """mAP beside chance, R@1 and R@10 on one dataset's full pools, per setting."""
-  first = next(iter(next(iter(arms.values())).values()))["evaluation"]["datasets"][dataset]
+  first = next(iter(next(iter(arms.values())).values())).evaluation.datasets[dataset]
   header = ["model", "batches"] + [f"{short} {measure}" for _, short in SETTINGS
                                    for measure in ("mAP (chance)", "R@1", "R@10")]
   rows = []
   for (model, strategy), by_seed in arms.items():
     row = [model, strategy]
     for setting, _ in SETTINGS:
-      chance = first["full_chance"].get(setting, math.nan)
+      chance = first.full_chance.get(setting, math.nan)
       row += [f"{fmt([average(r, dataset, setting) for r in by_seed.values()])} "
               f"({100 * chance:.2f})",
               fmt([average(r, dataset, setting, "recall_1") for r in by_seed.values()]),
               fmt([average(r, dataset, setting, "recall_10") for r in by_seed.values()])]
     rows.append(row)
   name = label(dataset)
-  return [f"## {name[0].upper() + name[1:]}, full pools ({', '.join(first['languages'])}; "
-          f"{first.get('questions', '?')} questions): mAP x 100 beside a random ranking's "
+  return [f"## {name[0].upper() + name[1:]}, full pools ({', '.join(first.languages)}; "
+          f"{first.questions} questions): mAP x 100 beside a random ranking's "
           "(exact expected AP), R@1 and R@10 x 100 (trec_eval's recall_1, recall_10)", "",
           reports.markdown_table(header, rows), ""]
 
@@ -199,9 +200,9 @@ def _full_pool_table(arms: dict, dataset: str) -> list[str]:
 def score_tables(results: dict) -> list[str]:
   arms = arms_of(results)
   lines = [line for dataset in lareqa_datasets(results) for line in _full_pool_table(arms, dataset)]
-  first = next(iter(results.values()))["evaluation"]
+  first = next(iter(results.values())).evaluation
   compared = comparison_scores(next(iter(results.values())))
-  for name, comparison in first.get("comparisons", {}).items():
+  for name, comparison in first.comparisons.items():
     header = ["model", "batches"] + [f"{short} {side}" for side in (label(IN_DOMAIN), label(name))
                                      for _, short in SETTINGS]
     rows = []
@@ -209,13 +210,13 @@ def score_tables(results: dict) -> list[str]:
       row = [model, strategy]
       for side in study_stats.SIDES:
         for setting, _ in SETTINGS:
-          cells = [r["evaluation"]["comparisons"][name][side]["summary"][setting]
+          cells = [getattr(r.evaluation.comparisons[name], side).summary[setting]
                    for r in by_seed.values()]
           row.append(f"{fmt([c['map'] for c in cells])} ({100 * cells[0]['chance']:.2f})")
       rows.append(row)
     lines += [f"## In-domain against {label(name)} on size-matched pools, mAP x 100 "
-              f"({', '.join(comparison['languages'])}; {first['matched_pool_size']} candidates "
-              f"per pool language and query, relevant ones kept; {first['matched_draws']} seeded "
+              f"({', '.join(comparison.languages)}; {first.matched_pool_size} candidates "
+              f"per pool language and query, relevant ones kept; {first.matched_draws} seeded "
               "draws), beside chance", "",
               "Each cell: mean ± std over seeds (chance); the spread over draws is in "
               "`runs/*/study_results.json`.", "", reports.markdown_table(header, rows), ""]
@@ -253,21 +254,21 @@ def score_tables(results: dict) -> list[str]:
 def distractor_table(results: dict, arms: dict) -> list[str]:
   """Degradation on distractor-matched pools (study_eval: every query keeps k same-paragraph
   distractors in each set), beside which the answer's size-matched degradation is read."""
-  first = next(iter(results.values()))["evaluation"].get("comparisons", {})
-  names = [name for name, c in first.items() if c.get("distractor_matched")]
+  first = next(iter(results.values())).evaluation.comparisons
+  names = [name for name, c in first.items() if c.distractor_matched]
   if not names:
     return []
   columns = [(name, setting) for name in names for setting, _ in SETTINGS]
   rows = []
   for (model, strategy), by_seed in arms.items():
-    matched = [r["evaluation"]["comparisons"] for r in by_seed.values()]
+    matched = [r.evaluation.comparisons for r in by_seed.values()]
     rows.append([model, strategy] + [fmt([degradation(
-        {side: m[name]["distractor_matched"][side]["per_query_above_chance"]
+        {side: getattr(m[name].distractor_matched, side).per_query_above_chance
          for side in study_stats.SIDES}, setting) for m in matched]) for name, setting in columns])
   details = "; ".join(
-      f"{label(name)}: k = {first[name]['distractor_matched'][study_stats.IN_DOMAIN]['distractors']}"
-      f", {first[name]['distractor_matched'][study_stats.IN_DOMAIN]['pool_size']} candidates per "
-      "pool language" for name in names)
+      f"{label(name)}: k = {first[name].distractor_matched.in_domain.distractors}, "
+      f"{first[name].distractor_matched.in_domain.pool_size} candidates per pool language"
+      for name in names)
   return ["## Degradation on distractor-matched pools (x 100, mean ± std over seeds)", "",
           "Size-matched pools equalise pool size, not how many hard candidates a query meets. "
           "Here each query keeps exactly k same-paragraph distractors (candidates sharing its "
@@ -279,13 +280,13 @@ def distractor_table(results: dict, arms: dict) -> list[str]:
               f"{label(name)} {dict(SETTINGS)[setting]}" for name, setting in columns], rows), ""]
 
 
-def miracl_scores(result: dict) -> dict:
+def miracl_scores(result: study_results.RunResults) -> dict:
   """{language: {measure: value}} of a run's MIRACL results: the corpus-scale stage's (gathered
-  into "miracl" by hybridir.study_gather), else the in-memory evaluation's (miracl_<lang>)."""
-  if result.get("miracl"):
-    return result["miracl"]
-  datasets = result["evaluation"]["datasets"]
-  return {d[len("miracl_"):]: datasets[d]["full"]["monolingual"]["average"]
+  into `miracl` by hybridir.study_gather), else the in-memory evaluation's (miracl_<lang>)."""
+  if result.miracl:
+    return result.miracl
+  datasets = result.evaluation.datasets
+  return {d[len("miracl_"):]: datasets[d].full["monolingual"]["average"]
           for d in datasets if d.startswith("miracl_")}
 
 
@@ -340,20 +341,20 @@ def paper_table(results: dict) -> list[str]:
     for dataset, values in zip(PAPER_SETS, paper[:2]):
       for (setting, _), value in zip(SETTINGS, values):
         ours = [average(r, dataset, setting) for r in runs
-                if dataset in r["evaluation"]["datasets"]]
+                if dataset in r.evaluation.datasets]
         row.append(f"{fmt(ours)} ({100 * value:.1f})")
     for dataset, value in zip(PAPER_SETS, paper[2]):
       ours = [average(r, dataset, "multilingual", "rank_distance") for r in runs
-              if dataset in r["evaluation"]["datasets"]]
+              if dataset in r.evaluation.datasets]
       row.append(f"{fmt(ours, 1.0, 0)} ({value})")
     means = [float(np.mean([v["ndcg_cut_10"] for v in miracl_scores(r).values()]))
              if miracl_scores(r) else None for r in runs]
     rows.append(row + [f"{fmt(means)} ({100 * paper[3]:.1f})"])
   if not rows:
     return []
-  datasets = next(iter(results.values()))["evaluation"]["datasets"]
+  datasets = next(iter(results.values())).evaluation.datasets
   scope = "; ".join(
-      f"{label(d)}: ours {len(datasets[d]['languages'])} languages, {datasets[d]['questions']} "
+      f"{label(d)}: ours {len(datasets[d].languages)} languages, {datasets[d].questions} "
       f"questions (the paper's: all {n})" if d in datasets else f"{label(d)}: not evaluated"
       for d, n in PAPER_SETS.items())
   header = (["model", "batches"] + [f"{label(d)} {short}" for d in PAPER_SETS

@@ -1,4 +1,5 @@
 """The study: one run path for demo and gin runs, equal-terms scoring, intervals, the report."""
+import dataclasses
 import json
 import math
 import os
@@ -19,6 +20,7 @@ from hybridir import study
 from hybridir import study_eval
 from hybridir import study_gather
 from hybridir import study_report
+from hybridir import study_results
 from hybridir import study_run
 from hybridir import study_stats
 from tests import test_quiet
@@ -63,6 +65,19 @@ def test_demo_and_a_gin_run_give_identical_numbers_and_the_gin_run_keeps_its_exp
 
 
 @pytest.mark.slow
+def test_a_real_runs_results_file_is_the_schemas_json_and_reads_back_equal(quick_study, tmp_path):
+  output_dir, _ = quick_study
+  path = output_dir / "runs" / "t5_hybrid_seed0" / study_run.RESULTS_FILE
+  read = study_results.read(str(path))
+  assert read.to_json() == json.loads(path.read_text())  # Written through the schema, whole.
+  assert read.format_version == study_results.FORMAT_VERSION
+  assert set(read.evaluation.datasets) == {study_run.IN_DOMAIN, "mlqa_r"}
+  copy = str(tmp_path / study_run.RESULTS_FILE)
+  study_results.write(copy, read)
+  assert study_results.read(copy) == read
+
+
+@pytest.mark.slow
 def test_quick_study_writes_a_report_that_opens_with_the_computed_answer(quick_study):
   _, paths = quick_study
   report = open(paths["markdown"]).read()
@@ -85,12 +100,13 @@ def test_arms_that_stay_at_chance_are_flagged_and_left_out_of_the_answer(quick_s
   output_dir, _ = quick_study
   results = {}
   for strategy, slug in (("X-Y", "cross"), ("hybrid", "hybrid")):
-    with open(output_dir / "runs" / f"t5_{slug}_seed0" / study_run.RESULTS_FILE) as f:
-      results["mT5", strategy, 0] = json.load(f)
-  for key, result in results.items():
-    learned = key[1] == "hybrid"
-    for h in result["train"]["history"]:
-      h["loss"], h["accuracy"] = (1.0, 0.9) if learned else (math.log(8), 1 / 8)
+    result = study_results.read(str(output_dir / "runs" / f"t5_{slug}_seed0" /
+                                    study_run.RESULTS_FILE))
+    loss, accuracy = (1.0, 0.9) if strategy == "hybrid" else (math.log(8), 1 / 8)
+    history = tuple(dataclasses.replace(h, loss=loss, accuracy=accuracy)
+                    for h in result.train.history)
+    results["mT5", strategy, 0] = dataclasses.replace(
+        result, train=dataclasses.replace(result.train, history=history))
   training = {k: study_report.training_summary(r) for k, r in results.items()}
   assert [t["learned"] for t in training.values()] == [False, True]
   table = study_report.effects(results, {k: t["learned"] for k, t in training.items()})
@@ -352,10 +368,10 @@ def test_a_tiny_labse_demo_run_trains_a_wordpiece_bert_and_evaluates_it(tmp_path
   config = study.StudyConfig(models=("LaBSE",), strategies=("hybrid",), seeds=(0,),
                              bindings=TINY)
   paths = study.run_study(str(data_dir), str(tmp_path), config)
-  with open(tmp_path / "runs" / "bert_hybrid_seed0" / study_run.RESULTS_FILE) as f:
-    result = json.load(f)
-  assert result["settings"]["family"] == "bert" and result["settings"]["alpha"] == 0.5
+  result = study_results.read(str(tmp_path / "runs" / "bert_hybrid_seed0" /
+                                  study_run.RESULTS_FILE))
+  assert result.settings.family == "bert" and result.settings.alpha == 0.5
   assert (tmp_path / "vocab" / "bert.txt").exists()  # WordPiece, trained on the train articles.
-  assert len(result["train"]["history"]) == 6
+  assert len(result.train.history) == 6
   assert os.path.exists(paths["markdown"])
   assert study_gather.model_name("bert") == "LaBSE"

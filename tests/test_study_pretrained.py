@@ -1,6 +1,6 @@
 """The pretrained study: a real pretrained encoder (all-MiniLM-L6-v2) fine-tuned by the study's
 run, its zero-shot row, the objective check against it, and evaluation pools sampled to a budget."""
-import copy
+import dataclasses
 import json
 import os
 
@@ -8,6 +8,7 @@ import pytest
 
 from hybridir import retrieval_data
 from hybridir import study
+from hybridir import study_results
 from hybridir import study_run
 from hybridir import study_tables
 
@@ -35,10 +36,9 @@ def pretrained_study(tmp_path_factory, data_dir, minilm_dir):
       os.environ.pop("HYBRIDIR_MODEL_CACHE")
     else:
       os.environ["HYBRIDIR_MODEL_CACHE"] = previous
-  results = {}
-  for strategy, slug in (("zero-shot", "zeroshot"), ("hybrid", "hybrid")):
-    with open(output_dir / "runs" / f"minilm_{slug}_seed0" / study_run.RESULTS_FILE) as f:
-      results["MiniLM", strategy, 0] = json.load(f)
+  results = {("MiniLM", strategy, 0): study_results.read(str(
+      output_dir / "runs" / f"minilm_{slug}_seed0" / study_run.RESULTS_FILE))
+      for strategy, slug in (("zero-shot", "zeroshot"), ("hybrid", "hybrid"))}
   return paths, results
 
 
@@ -55,20 +55,20 @@ def test_zero_shot_row_is_the_untrained_checkpoint_and_fine_tuning_starts_from_i
     pretrained_study, minilm_dir):
   _, results = pretrained_study
   zero_shot, hybrid = results["MiniLM", "zero-shot", 0], results["MiniLM", "hybrid", 0]
-  assert zero_shot["train"]["zero_shot"] and not zero_shot["train"]["history"]
-  assert zero_shot["settings"]["init_checkpoint"] == hybrid["settings"]["init_checkpoint"]
-  assert os.path.samefile(hybrid["settings"]["init_checkpoint"], minilm_dir)
+  assert zero_shot.train.zero_shot and not zero_shot.train.history
+  assert zero_shot.settings.init_checkpoint == hybrid.settings.init_checkpoint
+  assert os.path.samefile(hybrid.settings.init_checkpoint, minilm_dir)
   # The objective check: both losses on the same held-out batch of the arm's own kind.
-  objective = hybrid["train"]["objective"]
-  assert objective["steps"] == 1 and objective["split"] == "test"
-  assert objective["pretrained"] != objective["fine_tuned"]
+  objective = hybrid.train.objective
+  assert objective.steps == 1 and objective.split == "test"
+  assert objective.pretrained != objective.fine_tuned
   # Both runs were evaluated on the same sampled pools.
-  assert list(zero_shot["evaluation"]["comparisons"]) == ["mlqa_r"]
+  assert list(zero_shot.evaluation.comparisons) == ["mlqa_r"]
   for side in ("in_domain", "out_of_domain"):
-    cells = [r["evaluation"]["comparisons"]["mlqa_r"][side]["per_query_above_chance"]
+    cells = [getattr(r.evaluation.comparisons["mlqa_r"], side).per_query_above_chance
              for r in (zero_shot, hybrid)]
     assert {s: set(g) for s, g in cells[0].items()} == {s: set(g) for s, g in cells[1].items()}
-  assert zero_shot["evaluation"]["matched_pool_size"] == hybrid["evaluation"]["matched_pool_size"]
+  assert zero_shot.evaluation.matched_pool_size == hybrid.evaluation.matched_pool_size
 
 
 @pytest.mark.slow
@@ -81,12 +81,13 @@ def test_pretrained_report_shows_the_zero_shot_row_and_the_objective_check(pretr
   # them and on distractor-matched pools, bias.
   assert report.count("| MiniLM | zero-shot |") == 6
   assert "## Degradation on distractor-matched pools" in report
-  comparison = results["MiniLM", "hybrid", 0]["evaluation"]["comparisons"]["mlqa_r"]
-  matched = [comparison["distractor_matched"][side] for side in ("in_domain", "out_of_domain")]
-  assert all(m["per_query_above_chance"]["monolingual"] for m in matched)
+  comparison = results["MiniLM", "hybrid", 0].evaluation.comparisons["mlqa_r"]
+  matched = [getattr(comparison.distractor_matched, side)
+             for side in ("in_domain", "out_of_domain")]
+  assert all(m.per_query_above_chance["monolingual"] for m in matched)
   # The same k and pool size on both sides (k is 0 here: 40 sampled candidates per language
   # leave few sentences of a relevant one's paragraph).
-  assert len({(m["distractors"], m["pool_size"]) for m in matched}) == 1
+  assert len({(m.distractors, m.pool_size) for m in matched}) == 1
   assert "all-MiniLM-L6-v2" in report and "to fit the budget" in report
   assert "## Fine-tuning against the pretrained model" in report
   with open(paths["json"]) as f:
@@ -94,9 +95,11 @@ def test_pretrained_report_shows_the_zero_shot_row_and_the_objective_check(pretr
   assert set(written["training"]) == {"MiniLM/hybrid/0"}  # The zero-shot row trains nothing.
   assert set(written["objective"]) == {"MiniLM/hybrid/0"}
   # An arm whose fine-tuned loss is not below the pretrained one in every seed is named.
-  worse = copy.deepcopy(results)
-  objective = worse["MiniLM", "hybrid", 0]["train"]["objective"]
-  objective["fine_tuned"] = objective["pretrained"] + 0.1
+  hybrid = results["MiniLM", "hybrid", 0]
+  objective = hybrid.train.objective
+  worse_objective = dataclasses.replace(objective, fine_tuned=objective.pretrained + 0.1)
+  worse = {**results, ("MiniLM", "hybrid", 0): dataclasses.replace(
+      hybrid, train=dataclasses.replace(hybrid.train, objective=worse_objective))}
   rows = study_tables.objective_rows(worse)
   assert rows[0][-1] == "**no**"
   assert "MiniLM hybrid did not" in study_tables.objective_sentence(rows)
