@@ -10,10 +10,10 @@ import dataclasses
 import json
 import types
 import typing
+
 from hybridir import fs
 
 FORMAT_VERSION = 1
-SETTINGS = ("monolingual", "cross_lingual", "multilingual")  # evaluate.evaluate_settings' keys.
 
 
 class ResultsError(ValueError):
@@ -146,6 +146,8 @@ class RunResults:
 
 
 def _to_json(value):
+  """A value of this module's types as JSON: a dataclass as an object, optional fields left unset
+  (None, {}) left out."""
   if dataclasses.is_dataclass(value):
     return {f.name: _to_json(getattr(value, f.name)) for f in dataclasses.fields(value)
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
