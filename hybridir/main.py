@@ -17,7 +17,6 @@ it, status 1; the last committed checkpoint is intact.
 """
 import contextlib
 import functools
-import inspect
 import os
 import sys
 import threading
@@ -31,7 +30,6 @@ import gin
 
 from hybridir import console
 from hybridir import errors
-from hybridir import fs
 from hybridir import gin_utils
 
 _GIN_FILE = flags.DEFINE_multi_string("gin_file", [], "Gin files, parsed in order.")
@@ -132,34 +130,10 @@ if __name__ == "__main__":
 # pylint: disable=g-import-not-at-top,wrong-import-position  (after check_command_line, on purpose)
 import jax
 
-from hybridir import artifacts
 from hybridir import checkpoints
-from hybridir import corpora
+from hybridir import gin_run
 from hybridir import multihost
-from hybridir import run_dir
 # pylint: enable=g-import-not-at-top,wrong-import-position
-
-# Exit status after SIGTERM (preemption) once the checkpoint is saved: 128 + SIGTERM, as a shell
-# reports a process ended by it, so schedulers treat the run as interrupted, not finished.
-PREEMPTED_EXIT_CODE = 143
-
-# Where each run function writes, by parameter ("directory": files go inside; "file": a file or
-# a file prefix); checked writable before SETUP and RUN start.
-OUTPUT_PARAMETERS = {
-    gin_utils.TRAINING_RUN: {"model_dir": "directory"},
-    "hybridir.study_run.train_and_evaluate": {"model_dir": "directory", "export_dir": "directory"},
-    "hybridir.eval_run.run_evaluation": {"output_dir": "directory"},
-    "hybridir.corpus_eval.run_corpus_evaluation": {"output_dir": "directory"},
-    "hybridir.corpus_eval.run_miracl_evaluation": {"output_dir": "directory"},
-    "hybridir.export.export_from_training_checkpoint": {"output_dir": "directory"},
-    "hybridir.spm.train": {"output": "file"},
-}
-# Errors that describe bad input or an unusable output (their message names the file, record or
-# parameter): reported as one line, not a traceback.
-EXPECTED_ERRORS = (corpora.CorpusError, fs.NotWritableError, FileNotFoundError, FileExistsError,
-                   artifacts.ArtifactError, errors.SettingError, checkpoints.CheckpointSaveError,
-                   checkpoints.NoGoodCheckpointError, checkpoints.CheckpointShapeError,
-                   checkpoints.CheckpointDamagedError, FloatingPointError)
 
 
 def initialize_distributed() -> None:
@@ -220,93 +194,10 @@ def told_to_peers():
     if isinstance(e, _PEER_FAILURES) and _PEER_LOST.wait(watchdog.timeout + 3 * watchdog.period):
       threading.Event().wait()  # _end_on_lost_peer is ending the process.
     watchdog.stop(done=False)
-    if isinstance(e, EXPECTED_ERRORS) or errors.is_storage_error(e):
+    if isinstance(e, gin_run.EXPECTED_ERRORS) or errors.is_storage_error(e):
       errors.exit_at_once(e)
     raise
   watchdog.stop(done=True)
-
-
-def _missing_required(fn) -> list[str]:
-  """Keyword arguments without a default that no gin binding supplies."""
-  bound = set(gin.get_bindings(fn))
-  return [name for name, p in inspect.signature(fn).parameters.items()
-          if p.default is inspect.Parameter.empty and name not in bound
-          and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
-
-
-def resolve_run():
-  """The function bound to RUN, checked for missing required settings."""
-  try:
-    reference = gin.query_parameter("%RUN")
-  except ValueError as e:
-    raise app.UsageError("no RUN bound: include a run file (gin_configs/runs/*.gin)") from e
-  fn = reference.configurable.wrapped
-  missing = _missing_required(fn)
-  if missing:
-    raise app.UsageError(
-        f"{reference.configurable.name} is missing required settings: "
-        + ", ".join(missing) + " (bind them in a gin file or with --gin.KEY=VALUE)")
-  return reference.scoped_configurable_fn
-
-
-def _macro_named(value) -> str | None:
-  """The macro a bound value came from (the first declared one holding it), for messages."""
-  for name in sorted(gin_utils.declared_macros()):
-    try:
-      if gin.query_parameter(f"%{name}") == value:
-        return name
-    except (ValueError, TypeError):
-      continue
-  return None
-
-
-def check_output_locations() -> None:
-  """Fails (fs.NotWritableError, one line naming the setting) unless every output location of
-  the configured run functions (OUTPUT_PARAMETERS) can be written."""
-  for configurable, parameters in OUTPUT_PARAMETERS.items():
-    try:
-      bindings = gin.get_bindings(configurable)
-    except ValueError:  # Not registered: this config does not use it.
-      continue
-    for parameter, kind in parameters.items():
-      value = bindings.get(parameter)
-      if isinstance(value, (str, os.PathLike)):
-        setting = ".".join(configurable.split(".")[-2:] + [parameter])  # trainer.train.model_dir
-        macro = _macro_named(value)
-        fs.check_writable(value, f"{macro} ({setting})" if macro else setting, kind)
-
-
-def write_run_config() -> None:
-  """A run that owns a MODEL_DIR (its RUN writes `model_dir`: training, a study run) keeps the gin
-  config it was started with there, as config.gin beside encoder.json."""
-  selector = gin_utils.run_selector()
-  if "model_dir" in OUTPUT_PARAMETERS.get(selector, {}) and jax.process_index() == 0:
-    run_dir.write_config(gin.get_bindings(selector)["model_dir"], gin.config_str())
-
-
-def run_parsed_config():
-  """Calls SETUP's functions, then RUN, of the parsed gin config; returns RUN's result."""
-  run = resolve_run()
-  check_output_locations()
-  if jax.process_index() == 0:  # A run owning a MODEL_DIR also writes it to MODEL_DIR/config.gin.
-    logging.debug("gin config:\n%s", gin.config_str())
-  model_dir = gin_utils.macro("MODEL_DIR", None)
-  with run_dir.undone_unless_trained(model_dir if isinstance(model_dir, str) else None):
-    for call in gin_utils.macro("SETUP", []):
-      call.scoped_configurable_fn()
-    write_run_config()
-    return run()
-
-
-def run_config(gin_files: Sequence[str], gin_bindings: Sequence[str]):
-  """Parses a config and runs it in this process, as `main` does; gin's config is cleared before
-  and after, so runs do not see each other's bindings."""
-  gin.clear_config()
-  gin_utils.parse(list(gin_files), list(gin_bindings))
-  try:
-    return run_parsed_config()
-  finally:
-    gin.clear_config()
 
 
 def parse_config(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> None:
@@ -316,13 +207,6 @@ def parse_config(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> None:
     gin_utils.parse(list(gin_files), list(gin_bindings))
   except (ValueError, NameError, SyntaxError, tokenize.TokenError, OSError) as e:
     raise app.UsageError(errors.one_line(e).removeprefix("error: ")) from None
-
-
-def one_line_errors():
-  """Ends the program with `error: MESSAGE` and status 1 on an expected error (EXPECTED_ERRORS,
-  or storage: errors.STORAGE_ERRNOS), without a traceback: its message names the file, record or
-  parameter."""
-  return errors.one_line_errors(EXPECTED_ERRORS)
 
 
 def closing_line_parts() -> tuple[str, str | None]:
@@ -347,14 +231,14 @@ def main(argv, gin_flag_bindings: Sequence[str] = ()):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   initialize_distributed()
   parse_config(_GIN_FILE.value, _GIN_BINDINGS.value + list(gin_flag_bindings))
-  with one_line_errors(), told_to_peers():
-    result = run_parsed_config()
+  with gin_run.one_line_errors(), told_to_peers():
+    result = gin_run.run_parsed_config()
   if jax.process_index() == 0 and not getattr(result, "stopped_early", False):
     console.finish(*closing_line_parts())
   if getattr(result, "stopped_early", False):
     logging.warning("preempted: checkpoint saved; exiting with status %d so a scheduler requeues "
-                    "the run (rerun the same command to resume)", PREEMPTED_EXIT_CODE)
-    sys.exit(PREEMPTED_EXIT_CODE)
+                    "the run (rerun the same command to resume)", errors.PREEMPTED_EXIT_CODE)
+    sys.exit(errors.PREEMPTED_EXIT_CODE)
 
 
 def console_main():

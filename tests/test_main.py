@@ -83,14 +83,14 @@ def test_misspelled_macro_fails_before_compute_naming_the_closest(tmp_path):
 
 @pytest.mark.slow
 def test_preempted_run_saves_then_exits_with_the_documented_status(tmp_path):
-  from hybridir import main
+  from hybridir import errors
   run_file = tmp_path / "preempted.gin"
   run_file.write_text("from __gin__ import dynamic_registration\n"
                       "from tests import test_trainer\n"
                       "RUN = @test_trainer.preempted_run\n"
                       f"test_trainer.preempted_run.model_dir = '{tmp_path}'\n")
   result = run_main(f"--gin_file={run_file}", timeout=300)
-  assert result.returncode == main.PREEMPTED_EXIT_CODE == 143, result.stderr[-2000:]
+  assert result.returncode == errors.PREEMPTED_EXIT_CODE == 143, result.stderr[-2000:]
   assert (tmp_path / "checkpoints" / "3").is_dir()
 
 
