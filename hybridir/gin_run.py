@@ -13,21 +13,27 @@ import jax
 from hybridir import artifacts
 from hybridir import checkpoints
 from hybridir import corpora
+from hybridir import corpus_eval
 from hybridir import errors
+from hybridir import eval_run
+from hybridir import export
 from hybridir import fs
 from hybridir import gin_utils
 from hybridir import run_dir
+from hybridir import spm
+from hybridir import study_run
+from hybridir import trainer
 
 # Where each run function writes, by parameter ("directory": files go inside; "file": a file or
 # a file prefix); checked writable before SETUP and RUN start.
 OUTPUT_PARAMETERS = {
-    gin_utils.TRAINING_RUN: {"model_dir": "directory"},
-    "hybridir.study_run.train_and_evaluate": {"model_dir": "directory", "export_dir": "directory"},
-    "hybridir.eval_run.run_evaluation": {"output_dir": "directory"},
-    "hybridir.corpus_eval.run_corpus_evaluation": {"output_dir": "directory"},
-    "hybridir.corpus_eval.run_miracl_evaluation": {"output_dir": "directory"},
-    "hybridir.export.export_from_training_checkpoint": {"output_dir": "directory"},
-    "hybridir.spm.train": {"output": "file"},
+    trainer.train: {"model_dir": "directory"},
+    study_run.train_and_evaluate: {"model_dir": "directory", "export_dir": "directory"},
+    eval_run.run_evaluation: {"output_dir": "directory"},
+    corpus_eval.run_corpus_evaluation: {"output_dir": "directory"},
+    corpus_eval.run_miracl_evaluation: {"output_dir": "directory"},
+    export.export_from_training_checkpoint: {"output_dir": "directory"},
+    spm.train: {"output": "file"},
 }
 # Errors that describe bad input or an unusable output (their message names the file, record or
 # parameter): reported as one line, not a traceback.
@@ -74,15 +80,16 @@ def _macro_named(value) -> str | None:
 def check_output_locations() -> None:
   """Fails (fs.NotWritableError, one line naming the setting) unless every output location of
   the configured run functions (OUTPUT_PARAMETERS) can be written."""
-  for configurable, parameters in OUTPUT_PARAMETERS.items():
+  for function, parameters in OUTPUT_PARAMETERS.items():
     try:
-      bindings = gin.get_bindings(configurable)
+      bindings = gin.get_bindings(function)
     except ValueError:  # Not registered: this config does not use it.
       continue
     for parameter, kind in parameters.items():
       value = bindings.get(parameter)
       if isinstance(value, (str, os.PathLike)):
-        setting = ".".join(configurable.split(".")[-2:] + [parameter])  # trainer.train.model_dir
+        module = function.__module__.rpartition(".")[2]
+        setting = f"{module}.{function.__name__}.{parameter}"  # trainer.train.model_dir
         macro = _macro_named(value)
         fs.check_writable(value, f"{macro} ({setting})" if macro else setting, kind)
 
@@ -90,9 +97,9 @@ def check_output_locations() -> None:
 def write_run_config() -> None:
   """A run that owns a MODEL_DIR (its RUN writes `model_dir`: training, a study run) keeps the gin
   config it was started with there, as config.gin beside encoder.json."""
-  selector = gin_utils.run_selector()
-  if "model_dir" in OUTPUT_PARAMETERS.get(selector, {}) and jax.process_index() == 0:
-    run_dir.write_config(gin.get_bindings(selector)["model_dir"], gin.config_str())
+  run = gin_utils.run_function()
+  if "model_dir" in OUTPUT_PARAMETERS.get(run, {}) and jax.process_index() == 0:
+    run_dir.write_config(gin.get_bindings(run)["model_dir"], gin.config_str())
 
 
 def run_parsed_config():

@@ -16,8 +16,7 @@ import gin
 from hybridir import errors
 from hybridir import fs
 
-# The training run's selector (RUN = @trainer.train): main keeps its config in MODEL_DIR, aot
-# compiles it.
+# The training run's selector (RUN = @trainer.train): aot compiles it.
 TRAINING_RUN = "hybridir.trainer.train"
 
 _PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
@@ -156,10 +155,11 @@ class LiteralConfig:
   """Gin files and bindings as written, read without importing anything: {macro NAME or
   'scope/selector.parameter': value, with `@f()` and `%NAME` as text}, the last binding winning,
   and where each was last bound; the keys whose last value was written with
-  `$HYBRIDIR_DATA_DIR`."""
+  `$HYBRIDIR_DATA_DIR`; the modules the files import, by the name they bind."""
   values: dict = dataclasses.field(default_factory=dict)
   origins: dict = dataclasses.field(default_factory=dict)
   naming_data_dir: set = dataclasses.field(default_factory=set)
+  imports: dict = dataclasses.field(default_factory=dict)
 
   def bind(self, statement: gin.config_parser.BindingStatement, origin: str) -> None:
     key = statement.selector
@@ -174,6 +174,13 @@ class LiteralConfig:
 
   def macros(self) -> set[str]:
     return {key for key in self.values if "." not in key and "/" not in key}
+
+  def selector(self, written: str) -> str:
+    """The complete selector of a configurable as a file writes it, through the files' imports
+    as gin resolves it ('export.export_from_training_checkpoint' after `from hybridir import
+    export`: 'hybridir.export.export_from_training_checkpoint'); else as written."""
+    head, dot, rest = written.partition(".")
+    return f"{self.imports[head]}.{rest}" if dot and head in self.imports else written
 
   def resolved(self, key: str):
     """The value bound to `key`, following `%NAME` to the macro's value; None when unbound."""
@@ -213,6 +220,8 @@ def _read_file(gin_file: str, config: LiteralConfig, named_by: str) -> None:
         where = f"{path}: line {statement.location.line_num}"
         if isinstance(statement, gin.config_parser.IncludeStatement):
           _read_file(statement.filename, config, f"{where}: include {statement.filename!r}")
+        elif isinstance(statement, gin.config_parser.ImportStatement):
+          config.imports[statement.bound_name()] = statement.module
         elif isinstance(statement, gin.config_parser.BindingStatement):
           config.bind(statement, where)
   except (SyntaxError, tokenize.TokenError) as e:
@@ -274,6 +283,15 @@ def run_selector() -> str | None:
   """The configurable RUN binds, e.g. 'hybridir.trainer.train'; None when no RUN is bound."""
   try:
     return gin.query_parameter("%RUN").configurable.selector
+  except ValueError:
+    return None
+
+
+def run_function():
+  """The function RUN binds (the library's function itself, as the gin files name it); None when
+  no RUN is bound."""
+  try:
+    return gin.query_parameter("%RUN").configurable.wrapped
   except ValueError:
     return None
 

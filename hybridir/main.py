@@ -48,7 +48,8 @@ _SHUTDOWN_TIMEOUT = flags.DEFINE_integer(
     "the others to finish too.")
 
 # What the run functions read, by parameter ("run": a training run's MODEL_DIR; "path": a file
-# or folder): checked to exist before anything is imported.
+# or folder): checked to exist before anything is imported, so by complete selector (as the gin
+# files' imports resolve what they call, LiteralConfig.selector).
 INPUT_PARAMETERS = {
     "hybridir.export.export_from_training_checkpoint": {"model_dir": "run"},
     "hybridir.eval_run.run_evaluation": {"encoder_path": "path"},
@@ -85,25 +86,22 @@ def check_inputs(config: gin_utils.LiteralConfig) -> None:
   """Fails (SettingError, one line naming the setting) when a local input of INPUT_PARAMETERS
   that the config's RUN or SETUP reads does not exist, or a MODEL_DIR to export holds no run."""
   for written in _called(config):
-    for selector, parameters in INPUT_PARAMETERS.items():
-      if selector != written and not selector.endswith("." + written):
+    for parameter, kind in INPUT_PARAMETERS.get(config.selector(written), {}).items():
+      key = f"{written}.{parameter}"
+      path, bound = config.resolved(key), config.values.get(key)
+      if not isinstance(path, str) or "://" in path or path.startswith(("@", "%")):
         continue
-      for parameter, kind in parameters.items():
-        key = f"{written}.{parameter}"
-        path, bound = config.resolved(key), config.values.get(key)
-        if not isinstance(path, str) or "://" in path or path.startswith(("@", "%")):
-          continue
-        macro = bound[1:] if isinstance(bound, str) and bound.startswith("%") else None
-        setting = f"{written.rpartition('.')[2]}.{parameter}"
-        name = f"{macro} ({setting})" if macro else setting
-        if not os.path.exists(path):
-          hint = ("; train a run there first (gin_configs/runs/train.gin or smoke.gin)"
-                  if kind == "run" else "")
-          raise errors.SettingError(f"{name}: {path}: no such file or folder{hint}")
-        if kind == "run" and not (os.path.isdir(path) and {"checkpoints", "encoder.json"} & set(
-            os.listdir(path))):
-          raise errors.SettingError(f"{name}: {path} holds no training run (no checkpoints/ or "
-                                    "encoder.json): give the MODEL_DIR a training run wrote")
+      macro = bound[1:] if isinstance(bound, str) and bound.startswith("%") else None
+      setting = f"{written.rpartition('.')[2]}.{parameter}"
+      name = f"{macro} ({setting})" if macro else setting
+      if not os.path.exists(path):
+        hint = ("; train a run there first (gin_configs/runs/train.gin or smoke.gin)"
+                if kind == "run" else "")
+        raise errors.SettingError(f"{name}: {path}: no such file or folder{hint}")
+      if kind == "run" and not (os.path.isdir(path) and {"checkpoints", "encoder.json"} & set(
+          os.listdir(path))):
+        raise errors.SettingError(f"{name}: {path} holds no training run (no checkpoints/ or "
+                                  "encoder.json): give the MODEL_DIR a training run wrote")
 
 
 def check_command_line(argv: list[str]) -> None:
@@ -131,8 +129,10 @@ if __name__ == "__main__":
 import jax
 
 from hybridir import checkpoints
+from hybridir import export
 from hybridir import gin_run
 from hybridir import multihost
+from hybridir import trainer
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
@@ -211,19 +211,19 @@ def parse_config(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> None:
 
 def closing_line_parts() -> tuple[str, str | None]:
   """(what the finished RUN wrote, the natural next command), from the run's directory macros."""
-  selector = gin_utils.run_selector()
+  run = gin_utils.run_function()
   model_dir, export_dir, eval_dir = (gin_utils.macro(name, None)
                                      for name in ("MODEL_DIR", "EXPORT_DIR", "EVAL_DIR"))
-  if selector.endswith("export_from_training_checkpoint") and export_dir:
+  if run is export.export_from_training_checkpoint and export_dir:
     return (f"the encoder {export_dir}", "python -m hybridir.evaluate --encoder "
             f"{export_dir} --corpus corpus.jsonl --queries queries.jsonl --qrels qrels.tsv")
   if eval_dir:
     return f"evaluation reports to {eval_dir} (summary.json)", None
-  if selector.endswith("train") and model_dir:
+  if run is trainer.train and model_dir:
     return (f"checkpoints, config.gin and the vocabulary to {model_dir}",
             "python -m hybridir.main --gin_file=gin_configs/runs/export.gin "
             f"--gin.MODEL_DIR=\"'{model_dir}'\" --gin.EXPORT_DIR=\"'{model_dir}/export'\"")
-  return f"the results of {selector.rpartition('.')[2]}", None
+  return f"the results of {run.__name__}", None
 
 
 def main(argv, gin_flag_bindings: Sequence[str] = ()):
