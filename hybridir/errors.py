@@ -19,6 +19,9 @@ from typing import Iterator
 # size limit, a read-only or unreadable place, a failing device. Their message names the file.
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES,
                             errno.EPERM, errno.EIO})
+# Exit status after SIGTERM (preemption) once the checkpoint is saved: 128 + SIGTERM, as a shell
+# reports a process ended by it, so schedulers treat the run as interrupted, not finished.
+PREEMPTED_EXIT_CODE = 143
 _ERRNO = re.compile(r"\[Errno (\d+)\]")
 # The note gin adds to an error raised inside a configurable: not part of what went wrong.
 _GIN_CALL_NOTE = re.compile(r"\s*In call to configurable '[^']*' \(<[^>]*>\)( in scope '[^']*')?")

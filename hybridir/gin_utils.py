@@ -16,8 +16,7 @@ import gin
 from hybridir import errors
 from hybridir import fs
 
-# The training run's selector (RUN = @trainer.train): main keeps its config in MODEL_DIR, aot
-# compiles it.
+# The training run's selector (RUN = @trainer.train): aot compiles it.
 TRAINING_RUN = "hybridir.trainer.train"
 
 _PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
@@ -25,14 +24,20 @@ _PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
 GIN_ROOTS = tuple(str(p) for p in (_PACKAGE_DIR, _PACKAGE_DIR.parent)
                   if (p / "gin_configs").is_dir())
 _DATA_DIR = re.compile(r"\$" + fs.DATA_DIR_VARIABLE + r"\b")
+# The folders `parse` has added to gin's file search path (gin has no public reader of it): each
+# is added once.
+_SEARCH_PATHS: set[str] = set()
 
 
 _MACRO_BINDING = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=")
 
 
 def declared_macros() -> set[str]:
-  """Names of the gin macros (`NAME = value`) parsed so far."""
-  return {name for name, selector in gin.config._CONFIG if selector == "gin.macro"}
+  """Names of the gin macros (`NAME = value`) parsed so far, read from gin.config_str()."""
+  config = LiteralConfig()
+  for statement in _binding_statements(gin.config_str()):
+    config.bind(statement, "gin.config_str()")
+  return config.macros()
 
 
 class UnknownMacroError(errors.SettingError):
@@ -71,15 +76,16 @@ def _quiet_search():
 def parse(gin_files: list[str], gin_bindings: list[str] = (), finalize: bool = True) -> None:
   """Parses files then bindings (later wins); a missing file, a syntax error, an unknown name or
   a macro no file declares fails here, with the file and line, before anything is computed."""
-  read_literal(gin_files, gin_bindings)  # Its messages name the file, line or binding.
+  written = read_literal(gin_files, gin_bindings)  # Its messages name the file, line or binding.
   for path in (os.getcwd(), *GIN_ROOTS):
-    if path not in gin.config._LOCATION_PREFIXES:  # Keep the search path free of duplicates.
+    if path not in _SEARCH_PATHS:
       gin.add_config_file_search_path(path)
+      _SEARCH_PATHS.add(path)
   with _quiet_search():
     gin.parse_config_files_and_bindings(list(gin_files), [], finalize_config=False)
   check_macro_bindings(list(gin_bindings), declared_macros())
   gin.parse_config_files_and_bindings([], list(gin_bindings), finalize_config=False)
-  _expand_data_dir()
+  _expand_data_dir(written)
   if finalize:
     gin.finalize()
 
@@ -96,14 +102,13 @@ def _expand_data(value):
   return value
 
 
-def _expand_data_dir() -> None:
-  """Rebinds every parsed value (macros and parameters) that names `$HYBRIDIR_DATA_DIR` to the
+def _expand_data_dir(written: "LiteralConfig") -> None:
+  """Rebinds every parsed value (macros and parameters) written with `$HYBRIDIR_DATA_DIR` to the
   real path, so the run and its written config.gin show the folder actually read."""
-  for (scope, selector), arguments in list(gin.config._CONFIG.items()):
-    for name, value in list(arguments.items()):
-      expanded = _expand_data(value)
-      if expanded != value:
-        gin.bind_parameter((scope, selector, name), expanded)
+  macros = written.macros()
+  for key in written.naming_data_dir:
+    binding_key = f"{key}/gin.macro.value" if key in macros else key
+    gin.bind_parameter(binding_key, _expand_data(gin.query_parameter(binding_key)))
 
 
 _REQUIRED = object()
@@ -149,9 +154,12 @@ def find_file(gin_file: str) -> str | None:
 class LiteralConfig:
   """Gin files and bindings as written, read without importing anything: {macro NAME or
   'scope/selector.parameter': value, with `@f()` and `%NAME` as text}, the last binding winning,
-  and where each was last bound."""
+  and where each was last bound; the keys whose last value was written with
+  `$HYBRIDIR_DATA_DIR`; the modules the files import, by the name they bind."""
   values: dict = dataclasses.field(default_factory=dict)
   origins: dict = dataclasses.field(default_factory=dict)
+  naming_data_dir: set = dataclasses.field(default_factory=set)
+  imports: dict = dataclasses.field(default_factory=dict)
 
   def bind(self, statement: gin.config_parser.BindingStatement, origin: str) -> None:
     key = statement.selector
@@ -159,9 +167,20 @@ class LiteralConfig:
       key = f"{statement.scope + '/' if statement.scope else ''}{key}.{statement.arg_name}"
     self.values[key] = _expand_data(statement.value)
     self.origins[key] = origin
+    if self.values[key] != statement.value:
+      self.naming_data_dir.add(key)
+    else:
+      self.naming_data_dir.discard(key)
 
   def macros(self) -> set[str]:
     return {key for key in self.values if "." not in key and "/" not in key}
+
+  def selector(self, written: str) -> str:
+    """The complete selector of a configurable as a file writes it, through the files' imports
+    as gin resolves it ('export.export_from_training_checkpoint' after `from hybridir import
+    export`: 'hybridir.export.export_from_training_checkpoint'); else as written."""
+    head, dot, rest = written.partition(".")
+    return f"{self.imports[head]}.{rest}" if dot and head in self.imports else written
 
   def resolved(self, key: str):
     """The value bound to `key`, following `%NAME` to the macro's value; None when unbound."""
@@ -174,6 +193,12 @@ class LiteralConfig:
 
 _MACRO_TEXT = re.compile(r"%[A-Za-z_][\w.]*")
 _SEARCHED = "looked in the working directory" + "".join(f" and {root}" for root in GIN_ROOTS)
+
+
+def _binding_statements(text: str) -> list[gin.config_parser.BindingStatement]:
+  """The bindings gin text makes, references and macros as text (nothing imported or bound)."""
+  return [statement for statement in gin.config_parser.ConfigParser(text, _LiteralDelegate())
+          if isinstance(statement, gin.config_parser.BindingStatement)]
 
 
 def _syntax_message(where: str, error: Exception) -> str:
@@ -195,6 +220,8 @@ def _read_file(gin_file: str, config: LiteralConfig, named_by: str) -> None:
         where = f"{path}: line {statement.location.line_num}"
         if isinstance(statement, gin.config_parser.IncludeStatement):
           _read_file(statement.filename, config, f"{where}: include {statement.filename!r}")
+        elif isinstance(statement, gin.config_parser.ImportStatement):
+          config.imports[statement.bound_name()] = statement.module
         elif isinstance(statement, gin.config_parser.BindingStatement):
           config.bind(statement, where)
   except (SyntaxError, tokenize.TokenError) as e:
@@ -221,9 +248,8 @@ def read_literal(gin_files: Sequence[str], gin_bindings: Sequence[str] = ()) -> 
     _read_file(gin_file, config, f"--gin_file={gin_file}")
   for binding in gin_bindings:
     try:
-      for statement in gin.config_parser.ConfigParser(binding, _LiteralDelegate()):
-        if isinstance(statement, gin.config_parser.BindingStatement):
-          config.bind(statement, f"gin binding {binding.strip()!r}")
+      for statement in _binding_statements(binding):
+        config.bind(statement, f"gin binding {binding.strip()!r}")
     except (SyntaxError, tokenize.TokenError) as e:
       raise errors.SettingError(_binding_message(binding, e)) from None
   return config
@@ -257,6 +283,15 @@ def run_selector() -> str | None:
   """The configurable RUN binds, e.g. 'hybridir.trainer.train'; None when no RUN is bound."""
   try:
     return gin.query_parameter("%RUN").configurable.selector
+  except ValueError:
+    return None
+
+
+def run_function():
+  """The function RUN binds (the library's function itself, as the gin files name it); None when
+  no RUN is bound."""
+  try:
+    return gin.query_parameter("%RUN").configurable.wrapped
   except ValueError:
     return None
 

@@ -17,7 +17,6 @@ it, status 1; the last committed checkpoint is intact.
 """
 import contextlib
 import functools
-import inspect
 import os
 import sys
 import threading
@@ -27,11 +26,9 @@ from typing import Sequence
 from absl import app
 from absl import flags
 from absl import logging
-import gin
 
 from hybridir import console
 from hybridir import errors
-from hybridir import fs
 from hybridir import gin_utils
 
 _GIN_FILE = flags.DEFINE_multi_string("gin_file", [], "Gin files, parsed in order.")
@@ -50,7 +47,8 @@ _SHUTDOWN_TIMEOUT = flags.DEFINE_integer(
     "the others to finish too.")
 
 # What the run functions read, by parameter ("run": a training run's MODEL_DIR; "path": a file
-# or folder): checked to exist before anything is imported.
+# or folder): checked to exist before anything is imported, so by complete selector (as the gin
+# files' imports resolve what they call, LiteralConfig.selector).
 INPUT_PARAMETERS = {
     "hybridir.export.export_from_training_checkpoint": {"model_dir": "run"},
     "hybridir.eval_run.run_evaluation": {"encoder_path": "path"},
@@ -87,25 +85,22 @@ def check_inputs(config: gin_utils.LiteralConfig) -> None:
   """Fails (SettingError, one line naming the setting) when a local input of INPUT_PARAMETERS
   that the config's RUN or SETUP reads does not exist, or a MODEL_DIR to export holds no run."""
   for written in _called(config):
-    for selector, parameters in INPUT_PARAMETERS.items():
-      if selector != written and not selector.endswith("." + written):
+    for parameter, kind in INPUT_PARAMETERS.get(config.selector(written), {}).items():
+      key = f"{written}.{parameter}"
+      path, bound = config.resolved(key), config.values.get(key)
+      if not isinstance(path, str) or "://" in path or path.startswith(("@", "%")):
         continue
-      for parameter, kind in parameters.items():
-        key = f"{written}.{parameter}"
-        path, bound = config.resolved(key), config.values.get(key)
-        if not isinstance(path, str) or "://" in path or path.startswith(("@", "%")):
-          continue
-        macro = bound[1:] if isinstance(bound, str) and bound.startswith("%") else None
-        setting = f"{written.rpartition('.')[2]}.{parameter}"
-        name = f"{macro} ({setting})" if macro else setting
-        if not os.path.exists(path):
-          hint = ("; train a run there first (gin_configs/runs/train.gin or smoke.gin)"
-                  if kind == "run" else "")
-          raise errors.SettingError(f"{name}: {path}: no such file or folder{hint}")
-        if kind == "run" and not (os.path.isdir(path) and {"checkpoints", "encoder.json"} & set(
-            os.listdir(path))):
-          raise errors.SettingError(f"{name}: {path} holds no training run (no checkpoints/ or "
-                                    "encoder.json): give the MODEL_DIR a training run wrote")
+      macro = bound[1:] if isinstance(bound, str) and bound.startswith("%") else None
+      setting = f"{written.rpartition('.')[2]}.{parameter}"
+      name = f"{macro} ({setting})" if macro else setting
+      if not os.path.exists(path):
+        hint = ("; train a run there first (gin_configs/runs/train.gin or smoke.gin)"
+                if kind == "run" else "")
+        raise errors.SettingError(f"{name}: {path}: no such file or folder{hint}")
+      if kind == "run" and not (os.path.isdir(path) and {"checkpoints", "encoder.json"} & set(
+          os.listdir(path))):
+        raise errors.SettingError(f"{name}: {path} holds no training run (no checkpoints/ or "
+                                  "encoder.json): give the MODEL_DIR a training run wrote")
 
 
 def check_command_line(argv: list[str]) -> None:
@@ -132,36 +127,12 @@ if __name__ == "__main__":
 # pylint: disable=g-import-not-at-top,wrong-import-position  (after check_command_line, on purpose)
 import jax
 
-from hybridir import artifacts
 from hybridir import checkpoints
-from hybridir import corpora
+from hybridir import export
+from hybridir import gin_run
 from hybridir import multihost
-from hybridir import run_dir
-from hybridir import study_results
+from hybridir import trainer
 # pylint: enable=g-import-not-at-top,wrong-import-position
-
-# Exit status after SIGTERM (preemption) once the checkpoint is saved: 128 + SIGTERM, as a shell
-# reports a process ended by it, so schedulers treat the run as interrupted, not finished.
-PREEMPTED_EXIT_CODE = 143
-
-# Where each run function writes, by parameter ("directory": files go inside; "file": a file or
-# a file prefix); checked writable before SETUP and RUN start.
-OUTPUT_PARAMETERS = {
-    gin_utils.TRAINING_RUN: {"model_dir": "directory"},
-    "hybridir.study_run.train_and_evaluate": {"model_dir": "directory", "export_dir": "directory"},
-    "hybridir.eval_run.run_evaluation": {"output_dir": "directory"},
-    "hybridir.corpus_eval.run_corpus_evaluation": {"output_dir": "directory"},
-    "hybridir.corpus_eval.run_miracl_evaluation": {"output_dir": "directory"},
-    "hybridir.export.export_from_training_checkpoint": {"output_dir": "directory"},
-    "hybridir.spm.train": {"output": "file"},
-}
-# Errors that describe bad input or an unusable output (their message names the file, record or
-# parameter): reported as one line, not a traceback.
-EXPECTED_ERRORS = (corpora.CorpusError, fs.NotWritableError, FileNotFoundError, FileExistsError,
-                   artifacts.ArtifactError, errors.SettingError, checkpoints.CheckpointSaveError,
-                   checkpoints.NoGoodCheckpointError, checkpoints.CheckpointShapeError,
-                   checkpoints.CheckpointDamagedError, FloatingPointError,
-                   study_results.ResultsError)
 
 
 def initialize_distributed() -> None:
@@ -222,93 +193,10 @@ def told_to_peers():
     if isinstance(e, _PEER_FAILURES) and _PEER_LOST.wait(watchdog.timeout + 3 * watchdog.period):
       threading.Event().wait()  # _end_on_lost_peer is ending the process.
     watchdog.stop(done=False)
-    if isinstance(e, EXPECTED_ERRORS) or errors.is_storage_error(e):
+    if isinstance(e, gin_run.EXPECTED_ERRORS) or errors.is_storage_error(e):
       errors.exit_at_once(e)
     raise
   watchdog.stop(done=True)
-
-
-def _missing_required(fn) -> list[str]:
-  """Keyword arguments without a default that no gin binding supplies."""
-  bound = set(gin.get_bindings(fn))
-  return [name for name, p in inspect.signature(fn).parameters.items()
-          if p.default is inspect.Parameter.empty and name not in bound
-          and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
-
-
-def resolve_run():
-  """The function bound to RUN, checked for missing required settings."""
-  try:
-    reference = gin.query_parameter("%RUN")
-  except ValueError as e:
-    raise app.UsageError("no RUN bound: include a run file (gin_configs/runs/*.gin)") from e
-  fn = reference.configurable.wrapped
-  missing = _missing_required(fn)
-  if missing:
-    raise app.UsageError(
-        f"{reference.configurable.name} is missing required settings: "
-        + ", ".join(missing) + " (bind them in a gin file or with --gin.KEY=VALUE)")
-  return reference.scoped_configurable_fn
-
-
-def _macro_named(value) -> str | None:
-  """The macro a bound value came from (the first declared one holding it), for messages."""
-  for name in sorted(gin_utils.declared_macros()):
-    try:
-      if gin.query_parameter(f"%{name}") == value:
-        return name
-    except (ValueError, TypeError):
-      continue
-  return None
-
-
-def check_output_locations() -> None:
-  """Fails (fs.NotWritableError, one line naming the setting) unless every output location of
-  the configured run functions (OUTPUT_PARAMETERS) can be written."""
-  for configurable, parameters in OUTPUT_PARAMETERS.items():
-    try:
-      bindings = gin.get_bindings(configurable)
-    except ValueError:  # Not registered: this config does not use it.
-      continue
-    for parameter, kind in parameters.items():
-      value = bindings.get(parameter)
-      if isinstance(value, (str, os.PathLike)):
-        setting = ".".join(configurable.split(".")[-2:] + [parameter])  # trainer.train.model_dir
-        macro = _macro_named(value)
-        fs.check_writable(value, f"{macro} ({setting})" if macro else setting, kind)
-
-
-def write_run_config() -> None:
-  """A run that owns a MODEL_DIR (its RUN writes `model_dir`: training, a study run) keeps the gin
-  config it was started with there, as config.gin beside encoder.json."""
-  selector = gin_utils.run_selector()
-  if "model_dir" in OUTPUT_PARAMETERS.get(selector, {}) and jax.process_index() == 0:
-    run_dir.write_config(gin.get_bindings(selector)["model_dir"], gin.config_str())
-
-
-def run_parsed_config():
-  """Calls SETUP's functions, then RUN, of the parsed gin config; returns RUN's result."""
-  run = resolve_run()
-  check_output_locations()
-  if jax.process_index() == 0:  # A run owning a MODEL_DIR also writes it to MODEL_DIR/config.gin.
-    logging.debug("gin config:\n%s", gin.config_str())
-  model_dir = gin_utils.macro("MODEL_DIR", None)
-  with run_dir.undone_unless_trained(model_dir if isinstance(model_dir, str) else None):
-    for call in gin_utils.macro("SETUP", []):
-      call.scoped_configurable_fn()
-    write_run_config()
-    return run()
-
-
-def run_config(gin_files: Sequence[str], gin_bindings: Sequence[str]):
-  """Parses a config and runs it in this process, as `main` does; gin's config is cleared before
-  and after, so runs do not see each other's bindings."""
-  gin.clear_config()
-  gin_utils.parse(list(gin_files), list(gin_bindings))
-  try:
-    return run_parsed_config()
-  finally:
-    gin.clear_config()
 
 
 def parse_config(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> None:
@@ -320,28 +208,21 @@ def parse_config(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> None:
     raise app.UsageError(errors.one_line(e).removeprefix("error: ")) from None
 
 
-def one_line_errors():
-  """Ends the program with `error: MESSAGE` and status 1 on an expected error (EXPECTED_ERRORS,
-  or storage: errors.STORAGE_ERRNOS), without a traceback: its message names the file, record or
-  parameter."""
-  return errors.one_line_errors(EXPECTED_ERRORS)
-
-
 def closing_line_parts() -> tuple[str, str | None]:
   """(what the finished RUN wrote, the natural next command), from the run's directory macros."""
-  selector = gin_utils.run_selector()
+  run = gin_utils.run_function()
   model_dir, export_dir, eval_dir = (gin_utils.macro(name, None)
                                      for name in ("MODEL_DIR", "EXPORT_DIR", "EVAL_DIR"))
-  if selector.endswith("export_from_training_checkpoint") and export_dir:
+  if run is export.export_from_training_checkpoint and export_dir:
     return (f"the encoder {export_dir}", "python -m hybridir.evaluate --encoder "
             f"{export_dir} --corpus corpus.jsonl --queries queries.jsonl --qrels qrels.tsv")
   if eval_dir:
     return f"evaluation reports to {eval_dir} (summary.json)", None
-  if selector.endswith("train") and model_dir:
+  if run is trainer.train and model_dir:
     return (f"checkpoints, config.gin and the vocabulary to {model_dir}",
             "python -m hybridir.main --gin_file=gin_configs/runs/export.gin "
             f"--gin.MODEL_DIR=\"'{model_dir}'\" --gin.EXPORT_DIR=\"'{model_dir}/export'\"")
-  return f"the results of {selector.rpartition('.')[2]}", None
+  return f"the results of {run.__name__}", None
 
 
 def main(argv, gin_flag_bindings: Sequence[str] = ()):
@@ -349,14 +230,14 @@ def main(argv, gin_flag_bindings: Sequence[str] = ()):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   initialize_distributed()
   parse_config(_GIN_FILE.value, _GIN_BINDINGS.value + list(gin_flag_bindings))
-  with one_line_errors(), told_to_peers():
-    result = run_parsed_config()
+  with gin_run.one_line_errors(), told_to_peers():
+    result = gin_run.run_parsed_config()
   if jax.process_index() == 0 and not getattr(result, "stopped_early", False):
     console.finish(*closing_line_parts())
   if getattr(result, "stopped_early", False):
     logging.warning("preempted: checkpoint saved; exiting with status %d so a scheduler requeues "
-                    "the run (rerun the same command to resume)", PREEMPTED_EXIT_CODE)
-    sys.exit(PREEMPTED_EXIT_CODE)
+                    "the run (rerun the same command to resume)", errors.PREEMPTED_EXIT_CODE)
+    sys.exit(errors.PREEMPTED_EXIT_CODE)
 
 
 def console_main():

@@ -25,9 +25,10 @@ from absl import logging
 
 from hybridir import console
 from hybridir import corpora
+from hybridir import errors
 from hybridir import fs
+from hybridir import gin_run
 from hybridir import gin_utils
-from hybridir import main as main_lib
 from hybridir import packaged_models
 from hybridir import spm
 from hybridir import study_layout
@@ -138,7 +139,7 @@ def cell_bindings(data_dir: str, model_dir: str, spm_path: str, family_name: str
 
 def run_cell(gin_file: str, bindings: list[str]) -> dict:
   """One run, exactly as `python -m hybridir.main --gin_file=FILE --gin.KEY=VALUE...` runs it."""
-  return main_lib.run_config([gin_file], bindings)
+  return gin_run.run_config([gin_file], bindings)
 
 
 def run_line(position: str, name: str, result: study_results.RunResults,
@@ -179,7 +180,7 @@ def run_study(data_dir: str, output_dir: str, config: StudyConfig | None = None)
           config.bindings, init_checkpoint, zero_shot=strategy == ZERO_SHOT))
       if getattr(out, "stopped_early", False):
         logging.warning("SIGTERM: %s saved its checkpoint; rerun the demo to resume", model_dir)
-        sys.exit(main_lib.PREEMPTED_EXIT_CODE)
+        sys.exit(errors.PREEMPTED_EXIT_CODE)
       seconds = time.time() - run_started
       durations.append(seconds)
     results[model, strategy, seed] = study_results.read(results_path)
@@ -222,7 +223,7 @@ def main(argv):
   del argv
   config = config_from_flags(flags.FLAGS)
   values = flags.FLAGS
-  with main_lib.one_line_errors():
+  with gin_run.one_line_errors():
     fs.check_writable(values.output_dir, "--output_dir")
     if not os.environ.get("JAX_COMPILATION_CACHE_DIR") and not fs.is_remote(values.output_dir):
       # The runs of a sweep compile the same programs (train step, encode buckets): once each.
@@ -243,5 +244,8 @@ if __name__ == "__main__":
                     "mT5 and XLM-R).")
   flags.DEFINE_list("strategies", None, f"Batch strategies, of {sorted(STRATEGIES)} (default: all).")
   flags.DEFINE_list("seeds", None, "Seeds (default: 0,1,2).")
-  # --gin_bindings (hybridir.main's flag): gin bindings for every run, e.g. 'TRAIN_STEPS = 20'.
+  flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings for every run, e.g. "
+                            "'TRAIN_STEPS = 20' (as hybridir.main takes them).")
+  flags.DEFINE_multi_string("gin_file", [], "Not taken: the demo runs its own gin files; pass "
+                            "bindings with --gin_bindings.")
   console.run_app(main)

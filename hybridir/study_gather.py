@@ -19,7 +19,7 @@ from hybridir import console
 from hybridir import corpus_eval
 from hybridir import evaluate
 from hybridir import fs
-from hybridir import main as main_lib
+from hybridir import gin_run
 from hybridir import miracl
 from hybridir import study_layout
 from hybridir import study_report
@@ -137,7 +137,7 @@ def gather(runs_root: str, output_dir: str) -> dict:
 
 def main(argv):
   del argv
-  with main_lib.one_line_errors():
+  with gin_run.one_line_errors():
     fs.check_writable(flags.FLAGS.output_dir, "--output_dir")
     paths = gather(flags.FLAGS.runs_root, flags.FLAGS.output_dir)
   print(f"Report: {paths['markdown']}")

@@ -3,9 +3,9 @@
 Three kinds (`KINDS`): 'sentencepiece' uses mT5's SentencePiece ids directly (pad 0, eos 1, unk 2)
 and appends EOS. 'fairseq_sentencepiece' is XLM-R's: <s>=0, <pad>=1, </s>=2, <unk>=3, every other
 SentencePiece id shifted by one, <mask> last; texts are wrapped as <s> ... </s>. 'wordpiece' is
-BERT's vocab.txt (cased or uncased), texts wrapped as [CLS] ... [SEP]. Each encoder family
-registers the kinds it reads (hybridir.vocab_families, from its record in hybridir.models), so
-code before the models (tasks) asks this module, by family name, without importing them.
+BERT's vocab.txt (cased or uncased), texts wrapped as [CLS] ... [SEP]. The kinds each encoder
+family reads are a table (hybridir.vocab_families), so code before the models (tasks) asks this
+module, by family name, without importing them.
 """
 import collections
 import dataclasses
@@ -351,11 +351,11 @@ KINDS = {kind.name: kind for kind in (
 
 
 def family_kinds(family: str) -> tuple[VocabularyKind, ...]:
-  """The kinds family `family` reads (as it registered them), else a ValueError."""
+  """The kinds family `family` reads (hybridir.vocab_families), else a ValueError."""
   names = vocab_families.kinds(family)
   unknown = [name for name in names if name not in KINDS]
   if unknown:
-    raise ValueError(f"family {family!r} registered unknown vocabulary kinds {unknown}; expected "
+    raise ValueError(f"family {family!r} reads unknown vocabulary kinds {unknown}; expected "
                      f"some of {sorted(KINDS)}")
   return tuple(KINDS[name] for name in names)
 

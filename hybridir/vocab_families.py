@@ -1,25 +1,22 @@
 """Which vocabulary kinds (`hybridir.vocab.KINDS`) each encoder family reads, by family name.
 
-The family records (hybridir.models) fill this table when imported; hybridir.vocab and tasks,
-which come before the models in the data flow, read it to build a family's vocabulary without
-importing them. No seqio or TensorFlow here: the encoders import it and must run without either.
+Plain data, read on demand: hybridir.vocab and tasks, which come before the models in the data
+flow, build a family's vocabulary from it without importing any model. A new family (a module of
+hybridir/models) adds its line here. No seqio or TensorFlow here.
 """
-from typing import Sequence
 
-_KINDS: dict[str, tuple[str, ...]] = {}
-
-
-def register(family: str, kinds: Sequence[str]) -> None:
-  """Records the vocabulary kinds an encoder family reads; it trains the first."""
-  if not kinds or not all(isinstance(kind, str) for kind in kinds):
-    raise ValueError(f"family {family!r}: vocabulary kinds must be names, found {kinds!r}")
-  _KINDS[family] = tuple(kinds)
+# Family name -> the kinds it reads (a vocabulary file's ending picks one); it trains the first.
+FAMILY_KINDS: dict[str, tuple[str, ...]] = {
+    "t5": ("sentencepiece",),
+    "xlmr": ("fairseq_sentencepiece",),
+    # WordPiece (LaBSE, mBERT cased or uncased); XLM-R's SentencePiece tokenizer for multilingual
+    # MiniLM-style models (a BERT body distilled from XLM-R; pad_id 1, as that tokenizer pads).
+    "bert": ("wordpiece", "fairseq_sentencepiece"),
+}
 
 
 def kinds(family: str) -> tuple[str, ...]:
   """The names of the kinds family `family` reads, else a ValueError listing the families."""
-  if family not in _KINDS:
-    raise ValueError(f"unknown encoder family {family!r}; expected one of {sorted(_KINDS)} (a "
-                     "family registers its vocabularies when its hybridir.models module is "
-                     "imported)")
-  return _KINDS[family]
+  if family not in FAMILY_KINDS:
+    raise ValueError(f"unknown encoder family {family!r}; expected one of {sorted(FAMILY_KINDS)}")
+  return FAMILY_KINDS[family]

@@ -10,8 +10,8 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGES = ("hybridir", "hybridir/models", "tasks")
 PARTITIONING = "hybridir.partitioning"
-# The gin edge: the entry point and its parser. The library is gin-free (issue 21).
-GIN_MODULES = frozenset({"hybridir.main", "hybridir.gin_utils"})
+# The gin edge: the entry point, its parser and its runner. The library is gin-free (issue 21).
+GIN_MODULES = frozenset({"hybridir.main", "hybridir.gin_utils", "hybridir.gin_run"})
 
 # (importer, imported) pairs against the stage order in files being rewritten elsewhere: being
 # removed (issue 21). None today. A new pair fails the test; a pair that disappears must leave here.
@@ -330,3 +330,45 @@ def test_nothing_imports_the_demo():
   names from study_layout."""
   importers = {module for module, deps in _project_imports().items() if "hybridir.study" in deps}
   assert importers == set()
+
+
+def test_nothing_imports_the_gin_entry_point():
+  """hybridir.main is a command line only: importing it defines its absl flags (--gin_file, ...);
+  the study and the gather run configs through gin_run."""
+  importers = {module for module, deps in _project_imports().items() if "hybridir.main" in deps}
+  assert importers == set()
+
+
+def gin_private_names(source: str) -> list[str]:
+  """The private names of gin (`gin.config._CONFIG`, `from gin.config import _CONFIG`) that
+  `source` uses: gin may change them in any release; its public API says the same."""
+  found = []
+  for node in ast.walk(ast.parse(source)):
+    if isinstance(node, ast.Attribute) and node.attr.startswith("_"):
+      root = node.value
+      while isinstance(root, ast.Attribute):
+        root = root.value
+      if isinstance(root, ast.Name) and root.id == "gin":
+        found.append(f"line {node.lineno}: .{node.attr}")
+    elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "gin":
+      found += [f"line {node.lineno}: imports {alias.name}" for alias in node.names
+                if alias.name.startswith("_") and alias.name != "__gin__"]
+  return found
+
+
+def test_no_module_uses_gin_private_names():
+  paths = source_files()
+  paths.update({f"bench.{p.stem}": p for p in sorted((ROOT / "bench").glob("*.py"))})
+  found = {name: gin_private_names(path.read_text()) for name, path in paths.items()}
+  assert {name: names for name, names in found.items() if names} == {}
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("import gin\nnames = gin.config._CONFIG", True),
+    ("import gin\ngin.config._LOCATION_PREFIXES.append('x')", True),
+    ("from gin.config import _CONFIG", True),
+    ("import gin\ngin.config_str()", False),
+    ("import gin\nx = gin.config.ConfigurableReference", False),
+    ("from __gin__ import dynamic_registration", False), ("x = other._private", False)])
+def test_gin_private_name_checker_sees_each_form(source, expected):
+  assert bool(gin_private_names(source)) is expected

@@ -83,14 +83,14 @@ def test_misspelled_macro_fails_before_compute_naming_the_closest(tmp_path):
 
 @pytest.mark.slow
 def test_preempted_run_saves_then_exits_with_the_documented_status(tmp_path):
-  from hybridir import main
+  from hybridir import errors
   run_file = tmp_path / "preempted.gin"
   run_file.write_text("from __gin__ import dynamic_registration\n"
                       "from tests import test_trainer\n"
                       "RUN = @test_trainer.preempted_run\n"
                       f"test_trainer.preempted_run.model_dir = '{tmp_path}'\n")
   result = run_main(f"--gin_file={run_file}", timeout=300)
-  assert result.returncode == main.PREEMPTED_EXIT_CODE == 143, result.stderr[-2000:]
+  assert result.returncode == errors.PREEMPTED_EXIT_CODE == 143, result.stderr[-2000:]
   assert (tmp_path / "checkpoints" / "3").is_dir()
 
 
@@ -108,6 +108,36 @@ def test_gin_flags_become_bindings():
   assert argv == ["prog", "--foo=1"] and bindings == ["TRAIN_STEPS = 5"]
   with pytest.raises(Exception, match="--gin.KEY=VALUE"):
     main.gin_flags_to_bindings(["prog", "--gin.TRAIN_STEPS"])
+
+
+def test_input_and_output_checks_name_parameters_of_real_run_functions():
+  """The checks find their functions exactly (by object, or by complete selector before anything
+  is imported): a renamed function or parameter fails here, not silently unchecked."""
+  import importlib
+  import inspect
+  from hybridir import gin_run
+  from hybridir import main
+  for selector, parameters in main.INPUT_PARAMETERS.items():
+    module, _, name = selector.rpartition(".")
+    function = getattr(importlib.import_module(module), name)
+    assert set(parameters) <= set(inspect.signature(function).parameters), selector
+  for function, parameters in gin_run.OUTPUT_PARAMETERS.items():
+    assert set(parameters) <= set(inspect.signature(function).parameters), function
+
+
+def test_the_pre_import_check_finds_what_a_run_calls_through_the_files_imports(tmp_path):
+  """An export run whose file imports the module under another name is still checked."""
+  from hybridir import errors
+  from hybridir import gin_utils
+  from hybridir import main
+  run_file = tmp_path / "run.gin"
+  run_file.write_text("from __gin__ import dynamic_registration\n"
+                      "from hybridir import export as exporting\n"
+                      "RUN = @exporting.export_from_training_checkpoint\n"
+                      f"exporting.export_from_training_checkpoint.model_dir = '{tmp_path}/none'\n")
+  with pytest.raises(errors.SettingError, match="export_from_training_checkpoint.model_dir: .*"
+                     "no such file or folder"):
+    main.check_inputs(gin_utils.read_literal([str(run_file)]))
 
 
 def heavy_imports(stderr: str) -> set[str]:

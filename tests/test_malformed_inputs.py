@@ -28,6 +28,7 @@ from hybridir import data as data_cli
 from hybridir import errors
 from hybridir import evaluate as evaluate_cli
 from hybridir import export
+from hybridir import gin_run as gin_run_lib
 from hybridir import gin_utils
 from hybridir import hf_export
 from hybridir import main as main_lib
@@ -90,7 +91,7 @@ def argparse_cli(main: Callable, argv) -> Callable:
 
 def absl_cli(body: Callable) -> Callable:
   """Runs an absl CLI's body as its main does (console.run_app): a UsageError as one line
-  `error: ...`, an expected error through main.one_line_errors."""
+  `error: ...`, an expected error through gin_run.one_line_errors."""
   def run():
     out, err = io.StringIO(), io.StringIO()
     status = 0
@@ -115,8 +116,8 @@ def gin_run(files, bindings, flags=()) -> Callable:
     gin.clear_config()
     try:
       main_lib.parse_config(files, bindings)
-      with main_lib.one_line_errors():
-        main_lib.run_parsed_config()
+      with gin_run_lib.one_line_errors():
+        gin_run_lib.run_parsed_config()
     finally:
       gin.clear_config()
   return absl_cli(body)
@@ -557,7 +558,7 @@ def load_encoder_other_dims(tmp):
 
 
 def _one_line(fn):
-  with main_lib.one_line_errors():
+  with gin_run_lib.one_line_errors():
     fn()
 
 

@@ -213,7 +213,7 @@ def fine_tuned(minilm_dir, data_dir, tmp_path_factory):
   import tasks
   from hybridir import export
   from hybridir import hf_export
-  from hybridir import main
+  from hybridir import gin_run
   folder = tmp_path_factory.mktemp("fine_tune")
   bindings = [f"MODEL_DIR = '{folder / RUN_NAME}'", f"CORPUS_DIR = '{data_dir / 'xquad-r'}'",
               f"SPM_PATH = '{minilm_dir}/tokenizer.json'", "FAMILY = 'bert'",
@@ -223,8 +223,8 @@ def fine_tuned(minilm_dir, data_dir, tmp_path_factory):
               "TRAIN_STEPS = 2", "CHECKPOINT_PERIOD = 2", "WARMUP_STEPS = 1",
               "LEARNING_RATE = 1e-5", "DROPOUT_RATE = 0.0", "KERNELS = 'cpu'"]
   try:
-    result = main.run_config(["gin_configs/runs/train.gin", "gin_configs/models/all_minilm_l6.gin"],
-                             bindings)
+    result = gin_run.run_config(
+        ["gin_configs/runs/train.gin", "gin_configs/models/all_minilm_l6.gin"], bindings)
   finally:
     tasks.unregister_parallel_qa(FINE_TUNE)
   artifact = export.export_from_training_checkpoint(str(folder / RUN_NAME),

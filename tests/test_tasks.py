@@ -1,5 +1,7 @@
 """SeqIO registrations: parallel QA tasks and mixtures, the hybrid mixture, evaluation mixtures."""
 import json
+import subprocess
+import sys
 
 import pytest
 import seqio
@@ -8,7 +10,9 @@ import tasks
 from hybridir import corpora
 from hybridir import retrieval_data
 from hybridir import vocab
+from hybridir import vocab_families
 from hybridir.models import families
+from tests.conftest import REPO_ROOT
 
 LANGUAGES = ("de", "en", "zh")
 LENGTHS = {"query": 16, "passage": 24}
@@ -72,6 +76,25 @@ def test_the_corpus_record_is_its_seqio_hybrid_mixture_and_its_tasks_point_to_it
               if n.startswith("xqrec_")]
   with pytest.raises(ValueError, match="no hybrid mixture 'xqrec_hybrid'"):
     tasks.get_hybrid_mixture("xqrec_hybrid")
+
+
+def test_every_family_and_only_families_have_vocabulary_kinds_it_can_read():
+  assert sorted(vocab_families.FAMILY_KINDS) == sorted(families.names())
+  assert all(kinds and set(kinds) <= set(vocab.KINDS)
+             for kinds in vocab_families.FAMILY_KINDS.values())
+
+
+@pytest.mark.slow
+def test_a_corpus_registers_in_a_process_that_imported_no_model(data_dir, spm_models):
+  """The vocabulary kinds are a table read on demand, not filled by importing hybridir.models."""
+  script = ("import sys, tasks\n"
+            f"tasks.register_parallel_qa('fresh', {str(data_dir / 'xquad-r')!r}, 't5', "
+            f"{str(spm_models['t5'])!r}, languages=('de', 'en'))\n"
+            "print(sorted(m for m in sys.modules if m.startswith('hybridir.models')))\n")
+  result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.splitlines()[-1] == "[]"
 
 
 def test_mono_example_has_one_language_and_t5_ids_end_in_eos(data_dir, spm_models, xquad):

@@ -125,8 +125,5 @@ FAMILY = families.EncoderFamily(
     name="bert", config_class=BertConfig, encoder_class=BertEncoder, hf_model_types=("bert",),
     config_from_hf=config_from_hf, hf_config=hf_config, hf_names=xlmr.hf_names,
     hf_name_prefixes=("bert.", "model.", ""),
-    # WordPiece (LaBSE, mBERT cased or uncased); XLM-R's SentencePiece tokenizer for multilingual
-    # MiniLM-style models (a BERT body distilled from XLM-R; pad_id 1, as that tokenizer pads).
-    vocabularies=("wordpiece", "fairseq_sentencepiece"),
     display_names={"labse": "LaBSE", "mbert": "mBERT", "minilm": "MiniLM", "bert": "BERT"},
     default_pooling="first_dense")

@@ -2,18 +2,16 @@
 
 The module `hybridir/models/{name}.py` of a family defines `FAMILY = EncoderFamily(...)`: its Flax
 encoder and config, the Hugging Face config mapping both ways, the tensor-name mapping used by
-import and export, the vocabulary kinds it reads (registered in hybridir.vocab_families;
-hybridir.vocab reads, finds and trains them) and the default pooling. Code outside
+import and export and the default pooling; the vocabulary kinds it reads are
+hybridir.vocab_families' line for it (tasks read them before the models). Code outside
 `hybridir/models` asks the record (`families.get(name)`, `families.of_config(config)`) instead of testing the name,
-so adding a family is one new module plus a gin model file.
+so adding a family is one new module, its line in vocab_families and a gin model file.
 """
 import dataclasses
 import functools
 import importlib
 import pkgutil
 from typing import Any, Callable, Iterable
-
-from hybridir import vocab_families
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,13 +27,8 @@ class EncoderFamily:
   # export both read this one table.
   hf_names: Callable[[Any], dict[str, tuple[str, bool]]]
   hf_name_prefixes: tuple[str, ...]  # Prefixes a task model puts before the encoder's names.
-  # hybridir.vocab.KINDS this family reads (a file's ending picks one); it trains the first.
-  vocabularies: tuple[str, ...]
   display_names: dict[str, str]  # Gin model-file prefix -> display name ('mt5' -> 'mT5').
   default_pooling: str = "mean"
-
-  def __post_init__(self):
-    vocab_families.register(self.name, self.vocabularies)
 
 
 @functools.lru_cache(maxsize=None)

@@ -226,5 +226,4 @@ def hf_names(cfg: T5Config) -> dict[str, tuple[str, bool]]:
 FAMILY = families.EncoderFamily(
     name="t5", config_class=T5Config, encoder_class=T5Encoder, hf_model_types=("t5", "mt5"),
     config_from_hf=config_from_hf, hf_config=hf_config, hf_names=hf_names,
-    hf_name_prefixes=("model.", ""), vocabularies=("sentencepiece",),
-    display_names={"mt5": "mT5"}, default_pooling="mean")
+    hf_name_prefixes=("model.", ""), display_names={"mt5": "mT5"}, default_pooling="mean")

@@ -203,5 +203,4 @@ FAMILY = families.EncoderFamily(
     name="xlmr", config_class=XLMRConfig, encoder_class=XLMREncoder,
     hf_model_types=("xlm-roberta", "roberta"), config_from_hf=config_from_hf,
     hf_config=hf_config, hf_names=hf_names, hf_name_prefixes=("roberta.", "model.", ""),
-    vocabularies=("fairseq_sentencepiece",), display_names={"xlmr": "XLM-R"},
-    default_pooling="mean")
+    display_names={"xlmr": "XLM-R"}, default_pooling="mean")
