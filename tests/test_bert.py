@@ -193,7 +193,7 @@ def test_hf_export_round_trip_and_sentence_transformers_load(tmp_path, wordpiece
 def test_tiny_bert_dual_encoder_loss_falls_on_hybrid_batches(tmp_path, data_dir):
   import tasks
   from hybridir import hybrid
-from hybridir import input_pipeline
+  from hybridir import input_pipeline
   from hybridir import optim
   from hybridir import partitioning
   from hybridir import spm
