@@ -6,7 +6,9 @@ is monolingual (X-X-mono: queries and passages in one language, drawn uniformly)
 `alpha`, else cross-lingual (X-Y: every example draws its own (x, y), x != y, so a batch mixes
 language pairs). The schedule is a pure function of (seed, step): every host computes the same
 global batch and keeps its own slice, and a run restarted at step N sees the batches an
-uninterrupted run would. No TensorFlow, no JAX.
+uninterrupted run would. A batch's settings are one `HybridSchedule`, checked when it is made (a
+gin run binds it beside BATCH_SIZE); `HybridSampler` draws a corpus's batches by it. No TensorFlow,
+no JAX.
 """
 import dataclasses
 import logging

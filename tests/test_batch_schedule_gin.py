@@ -3,6 +3,7 @@ through train.gin's hybrid.HybridSchedule, for a training run and a study run al
 import gin
 import pytest
 
+from hybridir import errors
 from hybridir import gin_utils
 from hybridir import hybrid
 from tests.test_tasks import spm_models  # noqa: F401  (the shared SentencePiece fixture)
@@ -55,7 +56,7 @@ def test_a_bad_alpha_fails_once_naming_the_parameter(data_dir, spm_models, tmp_p
     gin_utils.parse(RUN_FILES["train"], [f"MODEL_DIR = '{tmp_path}'", "CORPUS_DIR = '/nowhere'",
                                          f"SPM_PATH = '{spm_models['t5']}'", "ALPHA = 1.5"])
     train_input = gin_utils.bound_arguments("hybridir.trainer.train", ["train_input"])
-    with pytest.raises(ValueError, match=r"HybridSchedule.alpha must be in \[0, 1\].*found 1.5"):
+    with pytest.raises(errors.SettingError, match=r"HybridSchedule.alpha must be in \[0, 1\].*found 1.5"):
       train_input["train_input"](host_index=0, host_count=1)  # Before any data is read.
   finally:
     gin.clear_config()
