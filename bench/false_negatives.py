@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tasks  # noqa: E402
 from hybridir import fs  # noqa: E402
+from hybridir import hybrid  # noqa: E402
 from hybridir import input_pipeline  # noqa: E402
 from hybridir import spm  # noqa: E402
 from hybridir import text  # noqa: E402
@@ -76,7 +77,8 @@ def main() -> None:
       text_format = text.TextFormat(passage_unit=unit)
       mixture = tasks.register_parallel_qa(f"fn_{unit}", corpus_path, "t5", spm_path,
                                            text_format=text_format)
-      source = input_pipeline.HybridInput(mixture.name, lengths, args.batch_size, seed=0)
+      source = input_pipeline.HybridInput(mixture.name, lengths,
+                                          hybrid.HybridSchedule(batch_size=args.batch_size))
       groups = text_groups(mixture.corpus, text_format)
       totals = collections.defaultdict(list)
       for step in range(args.steps):

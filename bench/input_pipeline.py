@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tasks  # noqa: E402
 from hybridir import fs  # noqa: E402
+from hybridir import hybrid  # noqa: E402
 from hybridir import input_pipeline  # noqa: E402
 from hybridir import spm  # noqa: E402
 from hybridir.models import families  # noqa: E402
@@ -28,10 +29,11 @@ from hybridir.models import families  # noqa: E402
 REQUIRED_RATIO = 5.0
 
 
-def _measure(name: str, lengths: dict, batch_size: int, steps: int) -> tuple[float, float]:
+def _measure(name: str, lengths: dict, schedule: hybrid.HybridSchedule,
+             steps: int) -> tuple[float, float]:
   """(seconds to build the input, tokenisation included; batches/s over `steps`)."""
   start = time.perf_counter()
-  source = input_pipeline.HybridInput(name, lengths, batch_size, seed=0)
+  source = input_pipeline.HybridInput(name, lengths, schedule)
   source.batch(0)
   setup = time.perf_counter() - start
   start = time.perf_counter()
@@ -69,12 +71,13 @@ def main() -> None:
          dict(mono_mixed_languages=True, cross_pairs="per_example")),
         ("seqio example mixture bench_all_mix (tokens shared with row 1)", "bench", None)):
       if options is not None:
-        mixture = tasks.register_parallel_qa(name, corpus, args.family, spm_path, alpha=0.5,
-                                             **options)
+        mixture = tasks.register_parallel_qa(name, corpus, args.family, spm_path)
         target = mixture.name
       else:
         target = "bench_all_mix"
-      setup, rate = _measure(target, lengths, args.batch_size, args.steps)
+      schedule = hybrid.HybridSchedule(batch_size=args.batch_size, alpha=0.5, seed=0,
+                                       **(options or {}))
+      setup, rate = _measure(target, lengths, schedule, args.steps)
       rows.append((label, setup, rate))
 
   need = REQUIRED_RATIO / args.step_time

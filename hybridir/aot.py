@@ -34,6 +34,7 @@ from hybridir import encoder as encoder_lib  # noqa: E402
 from hybridir import errors  # noqa: E402
 from hybridir import flops as flops_lib  # noqa: E402
 from hybridir import gin_utils  # noqa: E402
+from hybridir import hybrid  # noqa: E402
 from hybridir import partitioning  # noqa: E402
 from hybridir import train_step as step_lib  # noqa: E402
 from hybridir import trainer  # noqa: E402
@@ -90,14 +91,15 @@ def train_run_from_gin(gin_files, gin_bindings=()) -> TrainRun:
     return parameters[name].default
 
   lengths = argument("task_feature_lengths")
-  input_arguments = gin_utils.referenced_arguments(train, "train_input", ("batch_size",))
-  if "batch_size" not in input_arguments:
+  schedule = gin_utils.referenced_arguments(train, "train_input", ("schedule",)).get("schedule")
+  if not isinstance(schedule, hybrid.HybridSchedule):
     raise AotError("no global batch size: bind trainer.train.train_input to a configurable "
-                   "with batch_size (input_pipeline.HybridInput.batch_size = %BATCH_SIZE)")
+                   "with a schedule (input_pipeline.HybridInput.schedule = "
+                   "@hybrid.HybridSchedule(), whose batch_size = %BATCH_SIZE)")
   optimizer = argument("optimizer_fn")(learning_rate_schedule=argument("learning_rate_schedule"))
   mesh_arguments = gin_utils.referenced_arguments(train, "mesh", ("num_partitions",))
   return TrainRun(model=argument("model"), query_length=lengths["query"],
-                  passage_length=lengths["passage"], batch_size=input_arguments["batch_size"],
+                  passage_length=lengths["passage"], batch_size=schedule.batch_size,
                   optimizer=optimizer, loss_config=argument("loss_config"),
                   rules=argument("logical_axis_rules") or partitioning.standard_logical_axis_rules(),
                   num_partitions=mesh_arguments.get("num_partitions", 1))

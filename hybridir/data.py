@@ -93,11 +93,12 @@ def _beir(args: argparse.Namespace) -> None:
 
 def _batches(args: argparse.Namespace) -> None:
   corpus = corpora.load_parallel_corpus(args.corpus, args.passage_unit, args.languages)
-  sampler = hybrid.HybridSampler(
-      corpus, args.batch_size, alpha=args.alpha, cross_pairs=args.cross_pairs,
+  schedule = hybrid.HybridSchedule(
+      batch_size=args.batch_size, alpha=args.alpha, cross_pairs=args.cross_pairs,
       mono_mixed_languages=args.mono_mixed_languages, language_sampling=args.language_sampling,
       language_temperature=args.language_temperature,
       source_temperature=args.source_temperature, seed=args.seed)
+  sampler = hybrid.HybridSampler(corpus, schedule)
   for step in range(args.start_step, args.start_step + args.steps):
     spec = sampler.batch(step, args.host_index, args.host_count)
     print(json.dumps({"step": spec.step, "kind": spec.kind, "source": spec.source,

@@ -6,7 +6,9 @@ is monolingual (X-X-mono: queries and passages in one language, drawn uniformly)
 `alpha`, else cross-lingual (X-Y: every example draws its own (x, y), x != y, so a batch mixes
 language pairs). The schedule is a pure function of (seed, step): every host computes the same
 global batch and keeps its own slice, and a run restarted at step N sees the batches an
-uninterrupted run would. No TensorFlow, no JAX.
+uninterrupted run would. A batch's settings are one `HybridSchedule`, checked when it is made (a
+gin run binds it beside BATCH_SIZE); `HybridSampler` draws a corpus's batches by it. No TensorFlow,
+no JAX.
 """
 import dataclasses
 import logging
@@ -14,6 +16,7 @@ import logging
 import numpy as np
 
 from hybridir import corpora
+from hybridir import errors
 
 MONO, CROSS, MIXED = "mono", "cross", "mixed"
 LANGUAGE_SAMPLINGS = ("uniform", "size")
@@ -88,11 +91,30 @@ def _make_source(name: str, rows: np.ndarray, language_rows: dict[str, np.ndarra
   return _Source(name, len(rows), (mono, cross), cumulative)
 
 
-class HybridSampler:
-  """Draws hybrid (X-X-mono / X-Y) batches of parallel QA pairs, one source dataset per batch.
+def check_hosts(batch_size: int, host_index: int, host_count: int) -> None:
+  """Fails unless this host is one of `host_count` and the global batch divides among them."""
+  if not isinstance(host_count, (int, np.integer)) or host_count < 1:
+    raise errors.SettingError(f"host_count must be a positive integer, found {host_count!r}")
+  if not isinstance(host_index, (int, np.integer)) or not 0 <= host_index < host_count:
+    raise errors.SettingError(f"host_index must be in [0, {host_count}), found {host_index!r}")
+  if batch_size % host_count:
+    raise errors.SettingError(f"batch_size {batch_size} is not divisible by host_count "
+                              f"{host_count}")
+
+
+def _is_integer(value) -> bool:
+  return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, (float, np.floating)) or _is_integer(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class HybridSchedule:
+  """The batch recipe, bound once beside BATCH_SIZE and given to the input; checked when made.
 
   Args:
-    corpus: the parallel training corpus (its pairs' `source` names their source dataset).
     batch_size: the global batch size, over all hosts.
     alpha: probability of a monolingual batch (the paper's best: 0.5).
     cross_pairs: "per_example" (the paper's X-Y: each example draws its own (x, y), x != y) or
@@ -104,45 +126,65 @@ class HybridSampler:
     seed: the schedule's seed.
     allow_parallel_duplicates: in per-example batches, let one pair id appear in different
       languages (translations of one item in one batch: false negatives unless masked).
+  """
+  batch_size: int
+  alpha: float = 0.5
+  cross_pairs: str = "per_example"
+  mono_mixed_languages: bool = False
+  language_sampling: str = "uniform"
+  language_temperature: float = 1.0
+  source_temperature: float = 1.0
+  seed: int = 0
+  allow_parallel_duplicates: bool = False
+
+  def __post_init__(self):
+    def fail(name: str, expected: str):
+      raise errors.SettingError(f"HybridSchedule.{name} must be {expected}, found "
+                                f"{getattr(self, name)!r}")
+
+    if not _is_integer(self.batch_size) or self.batch_size < 1:
+      fail("batch_size", "a positive integer")
+    if self.alpha == "by_size":
+      raise errors.SettingError(
+          "HybridSchedule.alpha='by_size' was removed: alpha is the probability of a monolingual "
+          "batch (a number in [0, 1]; the paper's 0.5), and every batch is drawn from one source "
+          "dataset by size (source_temperature)")
+    if not _is_number(self.alpha) or not 0 <= self.alpha <= 1:
+      fail("alpha", "in [0, 1] (the probability of a monolingual batch)")
+    if self.cross_pairs not in CROSS_PAIRS:
+      fail("cross_pairs", f"one of {CROSS_PAIRS}")
+    if self.language_sampling not in LANGUAGE_SAMPLINGS:
+      fail("language_sampling", f"one of {LANGUAGE_SAMPLINGS}")
+    for name in ("language_temperature", "source_temperature"):
+      if not _is_number(getattr(self, name)) or not getattr(self, name) > 0:
+        fail(name, "positive")
+    if not _is_integer(self.seed) or self.seed < 0:
+      fail("seed", "a non-negative integer")
+    for name in ("mono_mixed_languages", "allow_parallel_duplicates"):
+      if not isinstance(getattr(self, name), (bool, np.bool_)):
+        fail(name, "True or False")
+    for name, kind in (("batch_size", int), ("seed", int), ("alpha", float),
+                       ("language_temperature", float), ("source_temperature", float),
+                       ("mono_mixed_languages", bool), ("allow_parallel_duplicates", bool)):
+      object.__setattr__(self, name, kind(getattr(self, name)))
+
+
+class HybridSampler:
+  """Draws hybrid (X-X-mono / X-Y) batches of parallel QA pairs, one source dataset per batch.
+
+  Args:
+    corpus: the parallel training corpus (its pairs' `source` names their source dataset).
+    schedule: the batch recipe (checked when it was made); the sampler checks only that the
+      corpus can make its batches.
 
   The source is drawn among those that can make the batch kind drawn (an English-only source
   makes no X-Y batch); when every source can make both kinds, source and kind are independent.
   """
 
-  def __init__(self, corpus: corpora.ParallelCorpus, batch_size: int, alpha: float = 0.5,
-               cross_pairs: str = "per_example", mono_mixed_languages: bool = False,
-               language_sampling: str = "uniform", language_temperature: float = 1.0,
-               source_temperature: float = 1.0, seed: int = 0,
-               allow_parallel_duplicates: bool = False):
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-      raise ValueError(f"batch_size must be a positive integer, found {batch_size!r}")
-    if alpha == "by_size":
-      raise ValueError("alpha='by_size' was removed: alpha is the probability of a monolingual "
-                       "batch (a number in [0, 1]; the paper's 0.5), and every batch is drawn from "
-                       "one source dataset by size (source_temperature)")
-    if isinstance(alpha, (str, bool)) or not 0 <= alpha <= 1:
-      raise ValueError(f"alpha must be in [0, 1] (the probability of a monolingual batch), "
-                       f"found {alpha!r}")
-    if cross_pairs not in CROSS_PAIRS:
-      raise ValueError(f"cross_pairs must be one of {CROSS_PAIRS}, found {cross_pairs!r}")
-    if language_sampling not in LANGUAGE_SAMPLINGS:
-      raise ValueError(f"language_sampling must be one of {LANGUAGE_SAMPLINGS}, "
-                       f"found {language_sampling!r}")
-    for name, value in (("language_temperature", language_temperature),
-                        ("source_temperature", source_temperature)):
-      if not value > 0:
-        raise ValueError(f"{name} must be positive, found {value!r}")
-    if not isinstance(seed, (int, np.integer)) or seed < 0:
-      raise ValueError(f"seed must be a non-negative integer, found {seed!r}")
-    self.batch_size = int(batch_size)
-    self.seed = int(seed)
-    self.alpha_mono = float(alpha)
-    self.mono_mixed_languages = mono_mixed_languages
-    self.cross_pairs = cross_pairs
-    self.language_sampling = language_sampling
-    self.language_temperature = float(language_temperature)
-    self.source_temperature = float(source_temperature)
-    self.allow_parallel_duplicates = allow_parallel_duplicates
+  def __init__(self, corpus: corpora.ParallelCorpus, schedule: HybridSchedule):
+    if not isinstance(schedule, HybridSchedule):
+      raise errors.SettingError(f"schedule must be a hybrid.HybridSchedule, found {schedule!r}")
+    self.schedule = schedule
     self._pair_ids = np.asarray(corpus.pair_ids(), dtype=object)
     index = {pair_id: i for i, pair_id in enumerate(self._pair_ids)}
     sources = corpus.sources()
@@ -150,16 +192,18 @@ class HybridSampler:
                      for language in corpus.languages}
     self._sources = [
         _make_source(name, np.array([index[i] for i in ids], np.int64), language_rows,
-                     language_sampling, language_temperature, len(sources) > 1)
+                     schedule.language_sampling, schedule.language_temperature,
+                     len(sources) > 1)
         for name, ids in sources.items()]
     # Per kind: the sources that can make it and their cumulative draw probabilities.
     self._eligible, self._source_cumulative = [], []
-    for kind, needed in ((0, self.alpha_mono > 0), (1, self.alpha_mono < 1)):
+    for kind, needed in ((0, schedule.alpha > 0), (1, schedule.alpha < 1)):
       eligible = [i for i, s in enumerate(self._sources) if s.configs[kind]]
       if needed and not eligible:
-        raise ValueError(f"no {('language', 'language pair')[kind]} has any pair ids, so no batch "
-                         f"of this kind can be drawn; cross-lingual batches need two languages "
-                         f"sharing ids (or alpha=1)")
+        raise errors.SettingError(
+            f"no {('language', 'language pair')[kind]} has any pair ids, so no batch of this "
+            f"kind can be drawn; cross-lingual batches need two languages sharing ids "
+            f"(or alpha=1), found alpha={schedule.alpha}")
       if needed and len(eligible) < len(self._sources):
         left_out = sorted(set(s.name for s in self._sources) -
                           {self._sources[i].name for i in eligible})
@@ -169,13 +213,28 @@ class HybridSampler:
         self._check_pools(self._sources[i], kind, len(sources) > 1)
       self._eligible.append(eligible)
       self._source_cumulative.append(_cumulative(
-          [self._sources[i].size ** (1.0 / source_temperature) for i in eligible]
+          [self._sources[i].size ** (1.0 / schedule.source_temperature) for i in eligible]
       ) if eligible else np.ones(0))
     self._permutations = {}
     self._last_global = None
 
+  @property
+  def batch_size(self) -> int:
+    return self.schedule.batch_size
+
+  def settings(self) -> dict:
+    """The schedule under the names a run's identity has always stored (checkpoints resume)."""
+    s = self.schedule
+    return {"batch_size": s.batch_size, "seed": s.seed, "alpha_mono": s.alpha,
+            "mono_mixed_languages": s.mono_mixed_languages, "cross_pairs": s.cross_pairs,
+            "language_sampling": s.language_sampling,
+            "language_temperature": s.language_temperature,
+            "source_temperature": s.source_temperature,
+            "allow_parallel_duplicates": s.allow_parallel_duplicates}
+
   def _per_example(self, kind: int) -> bool:
-    return self.mono_mixed_languages if kind == 0 else self.cross_pairs == "per_example"
+    schedule = self.schedule
+    return schedule.mono_mixed_languages if kind == 0 else schedule.cross_pairs == "per_example"
 
   def _check_pools(self, source: _Source, kind: int, name_source: bool) -> None:
     """Fails early when no batch of this kind can be drawn without repeats."""
@@ -184,14 +243,15 @@ class HybridSampler:
     configs = source.configs[kind]
     if self._per_example(kind):
       union = len(set().union(*(c.pool.tolist() for c in configs)))
-      if union < self.batch_size and not self.allow_parallel_duplicates:
-        raise ValueError(f"batch_size {self.batch_size} is larger than the {union} pair ids "
-                         f"available over all {what}s{where}")
+      if union < self.batch_size and not self.schedule.allow_parallel_duplicates:
+        raise errors.SettingError(f"batch_size {self.batch_size} is larger than the {union} pair "
+                                  f"ids available over all {what}s{where}")
       return
     for c in configs:
       if len(c.pool) < self.batch_size:
-        raise ValueError(f"batch_size {self.batch_size} is larger than the {len(c.pool)} pair ids "
-                         f"available for {what} ({c.query_language}, {c.passage_language}){where}")
+        raise errors.SettingError(
+            f"batch_size {self.batch_size} is larger than the {len(c.pool)} pair ids available "
+            f"for {what} ({c.query_language}, {c.passage_language}){where}")
 
   def _epoch_slice(self, source: int, kind: int, config_index: int, step: int) -> np.ndarray:
     """Slice `step` of the pool's walk through per-epoch permutations: no repeats in an epoch."""
@@ -201,7 +261,7 @@ class HybridSampler:
     if key not in self._permutations:
       if len(self._permutations) > 1024:
         self._permutations.clear()
-      rng = np.random.default_rng([self.seed, kind, config_index, epoch, 1, source])
+      rng = np.random.default_rng([self.schedule.seed, kind, config_index, epoch, 1, source])
       self._permutations[key] = rng.permutation(pool)
     return self._permutations[key][slot * self.batch_size:(slot + 1) * self.batch_size]
 
@@ -210,7 +270,7 @@ class HybridSampler:
     """One pair id per example from its config's pool; a pair id once per batch by default."""
     picks = np.empty(len(choices), np.int64)
     seen = set()
-    key_of = lambda pick, c: (pick, c) if self.allow_parallel_duplicates else pick
+    key_of = lambda pick, c: (pick, c) if self.schedule.allow_parallel_duplicates else pick
     for slot, (c, u) in enumerate(zip(choices, rng.random(len(choices)))):
       pool = configs[c].pool
       pick = pool[int(u * len(pool))]
@@ -221,9 +281,9 @@ class HybridSampler:
       else:
         left = [p for p in pool if key_of(p, c) not in seen]
         if not left:
-          raise ValueError(f"step batch needs more distinct pair ids than the {len(pool)} of "
-                           f"({configs[c].query_language}, {configs[c].passage_language}); "
-                           "lower batch_size")
+          raise errors.SettingError(
+              f"step batch needs more distinct pair ids than the {len(pool)} of "
+              f"({configs[c].query_language}, {configs[c].passage_language}); lower batch_size")
         pick = left[rng.integers(len(left))]
       seen.add(key_of(pick, c))
       picks[slot] = pick
@@ -232,11 +292,11 @@ class HybridSampler:
   def global_batch(self, step: int) -> BatchSpec:
     """The whole batch at `step`, over all hosts."""
     if not isinstance(step, (int, np.integer)) or step < 0:
-      raise ValueError(f"step must be a non-negative integer, found {step!r}")
+      raise errors.SettingError(f"step must be a non-negative integer, found {step!r}")
     if self._last_global is not None and self._last_global.step == step:
       return self._last_global
-    rng = np.random.default_rng([self.seed, int(step)])
-    kind = 0 if rng.random() < self.alpha_mono else 1
+    rng = np.random.default_rng([self.schedule.seed, int(step)])
+    kind = 0 if rng.random() < self.schedule.alpha else 1
     eligible = self._eligible[kind]
     source_index = eligible[int(np.searchsorted(self._source_cumulative[kind], rng.random(),
                                                 side="right"))]
@@ -263,12 +323,7 @@ class HybridSampler:
 
   def batch(self, step: int, host_index: int = 0, host_count: int = 1) -> BatchSpec:
     """This host's share of the batch at `step`: slice `host_index` of the global batch."""
-    if host_count < 1 or not 0 <= host_index < host_count:
-      raise ValueError(f"host_index must be in [0, host_count), found {host_index} of "
-                       f"{host_count}")
-    if self.batch_size % host_count:
-      raise ValueError(f"batch_size {self.batch_size} is not divisible by host_count "
-                       f"{host_count}")
+    check_hosts(self.batch_size, host_index, host_count)
     spec = self.global_batch(step)
     if host_count == 1:
       return spec

@@ -5,8 +5,9 @@ into padded numpy arrays kept in memory (one table for all of a corpus's splits,
 is first asked for); a batch is then fancy indexing. Batches are a pure function of
 (seed, step, host): a run restarted at step N sees what an uninterrupted run would.
 
-  hybrid mixture (`{corpus}_hybrid`): `hybrid.HybridSampler` picks the kind, the languages and the
-    pair ids; hosts draw the same kind and languages and disjoint examples.
+  hybrid mixture (`{corpus}_hybrid`): `hybrid.HybridSampler`, following the input's
+    `hybrid.HybridSchedule`, picks the kind, the languages and the pair ids; hosts draw the same
+    kind and languages and disjoint examples.
   seqio task: one seeded permutation of its examples per epoch, sliced by step.
   seqio mixture: each example draws its task by mixing rate, then examples without repeats.
   Both are served from the corpus's mono-task tokens (a cross task's query_x, passage_y are the
@@ -104,35 +105,28 @@ class HybridInput:
     mixture_or_task_name: a `{corpus}_hybrid` mixture, or a task or mixture of one corpus's QA
       tasks (`{corpus}_mono_de`, `{corpus}_all_mix`, ...); see `tasks.register_parallel_qa`.
     task_feature_lengths: {'query': query_length, 'passage': passage_length}.
-    batch_size: the GLOBAL batch size; each host gets batch_size // host_count examples.
-    seed: the schedule's seed.
+    schedule: how batches are drawn (checked when it was made): its batch_size is GLOBAL, each
+      host gets batch_size // host_count examples. A seqio task or mixture uses only its
+      batch_size and seed; the rest (alpha, temperatures, ...) is a hybrid mixture's.
     host_index, host_count: this host and the number of hosts.
     split: the seqio split of the corpus to serve ('train', 'validation', ...).
   """
 
   def __init__(self, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
-               batch_size: int, seed: int = 0, host_index: int = 0, host_count: int = 1,
+               schedule: hybrid.HybridSchedule, host_index: int = 0, host_count: int = 1,
                split: str = qa.TRAIN):
     self.task_feature_lengths = _check_lengths(task_feature_lengths)
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-      raise errors.SettingError(f"batch_size must be a positive integer, found {batch_size!r}")
-    if not isinstance(host_count, (int, np.integer)) or host_count < 1:
-      raise errors.SettingError(f"host_count must be a positive integer, found {host_count!r}")
-    if not 0 <= host_index < host_count:
-      raise errors.SettingError(f"host_index must be in [0, {host_count}), found {host_index!r}")
-    if batch_size % host_count:
-      raise errors.SettingError(f"batch_size {batch_size} is not divisible by host_count "
-                                f"{host_count}")
-    if not isinstance(seed, (int, np.integer)) or seed < 0:
-      raise errors.SettingError(f"seed must be a non-negative integer, found {seed!r}")
-    self.name, self.split = mixture_or_task_name, split
-    self.batch_size, self.seed = int(batch_size), int(seed)
+    if not isinstance(schedule, hybrid.HybridSchedule):
+      raise errors.SettingError(f"schedule must be a hybrid.HybridSchedule, found {schedule!r}")
+    hybrid.check_hosts(schedule.batch_size, host_index, host_count)
+    self.name, self.split, self.schedule = mixture_or_task_name, split, schedule
+    self.batch_size, self.seed = schedule.batch_size, schedule.seed
     self.host_index, self.host_count = int(host_index), int(host_count)
     self.local_batch_size = self.batch_size // self.host_count
     if self.name in qa.hybrid_mixture_names():
       self._corpus = qa.get_hybrid_mixture(self.name)
       self._check_split(self._corpus)
-      self._sampler = self._corpus.sampler(self.batch_size, self.seed, split)
+      self._sampler = self._corpus.sampler(schedule, split)
     else:
       self._corpus = self._load_seqio(self.name)
       self._sampler = None
@@ -239,8 +233,7 @@ class HybridInput:
 
   def identity(self) -> dict:
     """What defines this data stream (stored with a run's checkpoints; see trainer.train)."""
-    settings = {k: v for k, v in vars(self._sampler).items()
-                if isinstance(v, (bool, int, float, str))} if self._sampler is not None else {}
+    settings = self._sampler.settings() if self._sampler is not None else {}
     vocabulary = getattr(self.vocabulary, "sp_model", None)
     identity = {"input": self.name, "batch_size": self.batch_size, "seed": self.seed,
                 "languages": sorted(self._corpus.languages), "sampler": settings,

@@ -34,6 +34,7 @@ from hybridir import eval_run
 from hybridir import evaluate
 from hybridir import export
 from hybridir import fs
+from hybridir import hybrid
 from hybridir import importers
 from hybridir import input_pipeline
 from hybridir import metrics
@@ -77,8 +78,8 @@ def _same_folder(a, b) -> bool:
 
 
 def register_study_data(*, corpus_name: str, corpus_dir: str, family: str, spm_path: str,
-                        languages: Sequence[str] | None, data_dir: str, alpha: float,
-                        validation_fraction: float = 0.1, validation_alpha: float = 1.0,
+                        languages: Sequence[str] | None, data_dir: str,
+                        validation_fraction: float = 0.1,
                         validation_languages: Sequence[str] | None = ("en",),
                         validation_file: str | None = None,
                         out_of_domain_languages: Sequence[str] | None = None,
@@ -94,7 +95,8 @@ def register_study_data(*, corpus_name: str, corpus_dir: str, family: str, spm_p
   `{corpus_name}_validation_hybrid`: the `validation_languages` part (the paper's: English only)
   of the validation articles, or of `validation_file` (a SQuAD-format file, e.g. SQuADShifts, read
   in the one validation language unless named after its language; every train article is then
-  fit), in batches of `validation_alpha` (1: monolingual).
+  fit). Only data is registered: the batches of training and validation are their inputs'
+  `hybrid.HybridSchedule`s (base.gin: the validation's alpha is VALIDATION_ALPHA).
   Out of domain, zero-shot and whole: data_dir's XQuAD-R and MLQA-R in `out_of_domain_languages`
   (None: all of each set's), less the one that is the training corpus (the CPU demo trains on
   XQuAD-R: its XQuAD-R is in-domain by construction), then MIRACL's languages given.
@@ -105,12 +107,12 @@ def register_study_data(*, corpus_name: str, corpus_dir: str, family: str, spm_p
             else article_splits(corpus_dir, languages, validation_fraction))
   splits["test"] = "test"
   record = tasks.register_parallel_qa(corpus_name, corpus_dir, family, spm_path, languages,
-                                      splits=splits, text_format=text_format, alpha=alpha)
+                                      splits=splits, text_format=text_format)
   tasks.register_parallel_qa(validation_record_name(corpus_name),
                              validation_file or corpus_dir, family, spm_path,
                              validation_languages or languages,
                              splits={"train": None if validation_file else splits["validation"]},
-                             text_format=text_format, alpha=validation_alpha)
+                             text_format=text_format)
   tasks.register_lareqa_split(IN_DOMAIN, record.name, "test", max_items=in_domain_max_items)
   logging.debug("in-domain test set: the test split of %s (%s)", record.name, corpus_dir)
   out_of_domain = []
@@ -278,7 +280,7 @@ def pretrained_params(pretrained: importers.Pretrained, model) -> dict:
 
 
 def train_and_evaluate(*, train: Callable[[], trainer.TrainResult], model_dir: str, model,
-                       spm_path: str, train_mixture: str,
+                       spm_path: str, train_mixture: str, schedule: hybrid.HybridSchedule,
                        task_feature_lengths: dict, seed: int, settings: dict,
                        validation_mixture: str | None = None, matched_draws: int = 5,
                        max_questions_per_language: int | None = None,
@@ -288,12 +290,13 @@ def train_and_evaluate(*, train: Callable[[], trainer.TrainResult], model_dir: s
                        pretrained: importers.Pretrained | None = None, zero_shot: bool = False,
                        text_format: text_lib.TextFormat = text_lib.TextFormat(),
                        loss_config: train_step.LossConfig = train_step.LossConfig(),
-                       batch_size: int = 32, objective_steps: int = 0):
+                       objective_steps: int = 0):
   """Trains (`train`: trainer.train with the run's settings bound), exports the checkpoint with
   the best `best_metric` (the lowest validation loss), evaluates it and writes
   MODEL_DIR/study_results.json; returns what it wrote (a study_results.RunResults; stopped by
   SIGTERM, the TrainResult, without evaluating).
 
+  schedule: the run's training batches (the HybridSchedule its training input is given).
   settings: the run's settings to record beside the results (the study's macros), checked as
   study_results.Settings before training.
   validation_mixture: the validation corpus's record, checked with the training one to hold no
@@ -304,7 +307,7 @@ def train_and_evaluate(*, train: Callable[[], trainer.TrainResult], model_dir: s
   pretrained, zero_shot: the run's INIT_CHECKPOINT; with zero_shot, that model is evaluated as it
   is, untrained (the study's zero-shot row), with `text_format` and the task lengths.
   objective_steps > 0: the pretrained and the chosen model's in-batch loss on that many held-out
-  batches of the run's own kind (the record's `test` split, the run's ALPHA, `batch_size`): did
+  batches of the run's own kind (the record's `test` split, drawn by `schedule` with seed 0): did
   fine-tuning improve the objective it trained on?
   """
   study_results.settings_from(settings, "study_run.train_and_evaluate.settings")
@@ -350,8 +353,8 @@ def train_and_evaluate(*, train: Callable[[], trainer.TrainResult], model_dir: s
                   "validation": [{k: e[k] for k in ("step", "eval/loss", "eval/accuracy")
                                   if k in e} for e in (result.eval_history if result else [])]}
   if objective_steps and not zero_shot and pretrained is not None and "test" in record.splits:
-    held_out = input_pipeline.HybridInput(train_mixture, task_feature_lengths, batch_size,
-                                          seed=0, split="test")
+    held_out = input_pipeline.HybridInput(train_mixture, task_feature_lengths,
+                                          dataclasses.replace(schedule, seed=0), split="test")
     train_record["objective"] = dict(objective_losses(
         model, loss_config, {"pretrained": pretrained_params(pretrained, model),
                              "fine_tuned": checkpoints.restore_params(model_dir, step)[1]},

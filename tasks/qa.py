@@ -9,11 +9,11 @@
                        whose batches are drawn whole, mono or cross (`HybridMixture.sampler`)
 
 seqio's registries are the only ones: each task (`ParallelQATask`) knows its languages and its
-corpus's `HybridMixture`, which holds the corpus, its vocabulary, text format and batch options.
-A corpus is registered once: its articles are parted into seqio splits (`train`, and e.g.
-`validation` and `test`, drawn by `corpora.ParallelCorpus.select_articles`), and every task and
-mixture serves each split; a split may have batch options of its own (the study's validation
-batches are monolingual).
+corpus's `HybridMixture`, which holds data only, as seqio's tasks do: the corpus, its vocabulary
+and text format. A corpus is registered once: its articles are parted into seqio splits (`train`,
+and e.g. `validation` and `test`, drawn by `corpora.ParallelCorpus.select_articles`), and every
+task and mixture serves each split. How batches are drawn (`hybrid.HybridSchedule`: alpha,
+temperatures, batch size, seed) is the input's, not the registration's.
 
 Every example holds `query` and `passage` (token ids of `hybridir.text.tokenize`: prefixes, the
 passage unit, truncation and the vocabulary's special tokens (T5's EOS, XLM-R's <s> ... </s>,
@@ -157,7 +157,7 @@ class HybridMixture(seqio.Mixture):
   A seqio Mixture, `{corpus name}_hybrid`, of the corpus's mono and cross tasks
   (`ParallelQATask`s, rates by training size: as a seqio Mixture it serves examples as
   `{name}_all_mix` does). Every task serves the record's splits. Batches of a split are drawn
-  whole by `sampler(split=...)`, the hybrid schedule the input pipeline serves.
+  whole by `sampler(schedule, split)`, with the schedule the input pipeline is given.
 
   Args:
     corpus_name: the name the corpus is registered under (task names start with it).
@@ -167,26 +167,15 @@ class HybridMixture(seqio.Mixture):
     family: an encoder family's name (its vocabulary kinds are registered in hybridir.vocab).
     spm_path: the SentencePiece model.
     text_format: prefixes and passage unit of every example (`text.TextFormat`).
-    split_options: {split: hybrid options} that replace the record's for that split's batches.
-    alpha, cross_pairs, mono_mixed_languages, language_sampling, language_temperature,
-      source_temperature: as `hybrid.HybridSampler` (its defaults are the paper's batches).
   """
 
   def __init__(self, corpus_name: str, corpus_path: str, corpus: corpora.ParallelCorpus,
                splits: dict[str, corpora.ParallelCorpus], family: str, spm_path: str,
-               alpha: float = 0.5, cross_pairs: str = "per_example",
-               mono_mixed_languages: bool = False, language_sampling: str = "uniform",
-               language_temperature: float = 1.0, source_temperature: float = 1.0,
-               text_format: text_lib.TextFormat | None = None,
-               split_options: dict[str, dict] | None = None):
+               text_format: text_lib.TextFormat | None = None):
     name = f"{corpus_name}_hybrid"
     if next(iter(splits), None) != TRAIN:
       raise ValueError(f"hybrid mixture {name!r}: the splits must start with {TRAIN!r}, "
                        f"found {list(splits)}")
-    unknown = sorted(set(split_options or {}) - set(splits))
-    if unknown:
-      raise ValueError(f"hybrid mixture {name!r}: split_options for unknown splits {unknown}; "
-                       f"splits: {list(splits)}")
     self.corpus_name, self.corpus_path = corpus_name, corpus_path
     self.text_format = text_format or text_lib.TextFormat()
     self.corpora = dict(splits)
@@ -198,18 +187,6 @@ class HybridMixture(seqio.Mixture):
     # and in every registration of the corpus.
     self.pair_ids = tuple(corpus.pair_ids())
     self.pair_index = {pair_id: i for i, pair_id in enumerate(self.pair_ids)}
-    options = dict(alpha=alpha, cross_pairs=cross_pairs,
-                   mono_mixed_languages=mono_mixed_languages,
-                   language_sampling=language_sampling,
-                   language_temperature=language_temperature,
-                   source_temperature=source_temperature)
-    self.options = {split: {**options, **(split_options or {}).get(split, {})}
-                    for split in self.splits}
-    for split in self.splits:  # Fail at registration, not at the first batch, on a bad option.
-      try:
-        self.sampler(batch_size=1, split=split)
-      except ValueError as e:
-        raise ValueError(f"hybrid mixture {name!r}, split {split!r}: {e}") from e
     features = output_features(family, str(spm_path))
     self.qa_tasks: list[ParallelQATask] = []
     for x in self.languages:
@@ -261,10 +238,10 @@ class HybridMixture(seqio.Mixture):
   def languages(self) -> tuple[str, ...]:
     return self.corpus.languages
 
-  def sampler(self, batch_size: int, seed: int = 0, split: str = TRAIN) -> hybrid.HybridSampler:
-    """The batch schedule over a split of this corpus with the split's options."""
-    return hybrid.HybridSampler(self.corpora[self.check_split(split)], batch_size, seed=seed,
-                                **self.options[split])
+  def sampler(self, schedule: hybrid.HybridSchedule,
+              split: str = TRAIN) -> hybrid.HybridSampler:
+    """The batches `schedule` draws from a split of this corpus."""
+    return hybrid.HybridSampler(self.corpora[self.check_split(split)], schedule)
 
 
 def get_hybrid_mixture(name: str) -> HybridMixture:
@@ -283,17 +260,15 @@ def hybrid_mixture_names() -> list[str]:
 def register_parallel_qa(name: str, corpus_path: str, family: str, spm_path: str,
                          languages: Sequence[str] | None = None,
                          splits: Mapping[str, object] | None = None,
-                         text_format: text_lib.TextFormat | None = None,
-                         split_options: Mapping[str, dict] | None = None,
-                         **hybrid_options) -> HybridMixture:
+                         text_format: text_lib.TextFormat | None = None) -> HybridMixture:
   """Registers a corpus's mono and cross tasks, mixtures and `{name}_hybrid`; returns the last.
 
   splits: {seqio split: the articles it holds, as `ParallelCorpus.select_articles` takes them
   (None: all; "train"/"test": the held-out split; a list of article titles)}, `train` first;
   default {"train": None}, the whole corpus. Splits must not share an article.
   Registering `name` again replaces what the earlier call registered. `text_format` (default:
-  `text.TextFormat()`) gives prefixes and passage unit; `hybrid_options` are `HybridMixture`'s
-  alpha, cross_pairs, ..., and `split_options` replace them for a split's batches.
+  `text.TextFormat()`) gives prefixes and passage unit. Only data is registered: how batches are
+  drawn is the input's `hybrid.HybridSchedule` (`input_pipeline.HybridInput`).
   """
   where = f"register_parallel_qa({name!r}, {str(corpus_path)!r})"
   try:
@@ -314,8 +289,7 @@ def register_parallel_qa(name: str, corpus_path: str, family: str, spm_path: str
         raise ValueError(f"{where}: article {article!r} is in splits {seen[article]!r} and "
                          f"{split!r}; splits must not share an article")
   mixture = HybridMixture(name, str(corpus_path), full, parts, family, str(spm_path),
-                          text_format=text_format, split_options=dict(split_options or {}),
-                          **hybrid_options)
+                          text_format=text_format)
   unregister_parallel_qa(name)
   for task in mixture.qa_tasks:
     seqio.TaskRegistry.add_provider(task.name, task)

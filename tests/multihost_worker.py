@@ -25,6 +25,7 @@ import numpy as np
 import tasks
 from tasks import qa
 from hybridir import checkpoints
+from hybridir import hybrid
 from hybridir import input_pipeline
 from hybridir import main as hybridir_main
 from hybridir import optim
@@ -68,13 +69,13 @@ def run(argv):
   hybridir_main.initialize_distributed()
   process = jax.process_index()
   tasks.register_parallel_qa(CORPUS, _CORPUS_DIR.value, "t5", _SPM_PATH.value,
-                             languages=LANGUAGES, alpha=0.5)
+                             languages=LANGUAGES)
   inputs = []  # The HybridInput the trainer builds for this host, kept to log its pair ids.
 
   def input_factory(host_index, host_count):
-    train_input = input_pipeline.HybridInput(
-        f"{CORPUS}_hybrid", LENGTHS, batch_size=_BATCH_SIZE.value, seed=0,
-        host_index=host_index, host_count=host_count)
+    schedule = hybrid.HybridSchedule(batch_size=_BATCH_SIZE.value, alpha=0.5)
+    train_input = input_pipeline.HybridInput(f"{CORPUS}_hybrid", LENGTHS, schedule,
+                                             host_index=host_index, host_count=host_count)
     inputs.append(train_input)
     if _SIGTERM_AT.value is None:
       return train_input

@@ -192,6 +192,7 @@ def test_hf_export_round_trip_and_sentence_transformers_load(tmp_path, wordpiece
 @pytest.mark.slow
 def test_tiny_bert_dual_encoder_loss_falls_on_hybrid_batches(tmp_path, data_dir):
   import tasks
+  from hybridir import hybrid
   from hybridir import input_pipeline
   from hybridir import optim
   from hybridir import partitioning
@@ -208,8 +209,9 @@ def test_tiny_bert_dual_encoder_loss_falls_on_hybrid_batches(tmp_path, data_dir)
                          languages=languages)
   assert vocab_path.endswith(".txt")
   tasks.register_parallel_qa("train_bert", str(data_dir / "xquad-r"), "bert", vocab_path,
-                             languages=languages, alpha=0.5)
-  train_input = input_pipeline.HybridInput("train_bert_hybrid", lengths, batch_size=16, seed=0)
+                             languages=languages)
+  train_input = input_pipeline.HybridInput("train_bert_hybrid", lengths,
+                                           hybrid.HybridSchedule(batch_size=16, alpha=0.5))
   vocabulary = train_input.vocabulary
   first = train_input.batch(0)["query_tokens"][0]
   assert first[0] == vocabulary.start_id and vocabulary.eos_id in first.tolist()

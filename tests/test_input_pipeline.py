@@ -1,4 +1,5 @@
 """HybridInput: host-local numpy batches of hybrid mixtures, seqio tasks and seqio mixtures."""
+import dataclasses
 import itertools
 
 import numpy as np
@@ -7,6 +8,8 @@ import seqio
 import tensorflow as tf
 
 import tasks
+from hybridir import errors
+from hybridir import hybrid
 from hybridir import input_pipeline
 from hybridir import text
 from hybridir import vocab
@@ -22,9 +25,19 @@ def mixture(data_dir, spm_models):  # noqa: F811
                                     languages=LANGUAGES)
 
 
+SCHEDULE = {field.name for field in dataclasses.fields(hybrid.HybridSchedule)}
+
+
+def make_input(name, lengths=LENGTHS, batch_size=8, **kwargs):
+  """HybridInput of `name` drawing by the schedule of `batch_size` and the schedule fields among
+  `kwargs` (the rest are HybridInput's)."""
+  settings = {key: kwargs.pop(key) for key in list(kwargs) if key in SCHEDULE}
+  return input_pipeline.HybridInput(name, lengths, hybrid.HybridSchedule(batch_size, **settings),
+                                    **kwargs)
+
+
 def hybrid_input(mixture, **kwargs):
-  kwargs.setdefault("batch_size", 8)
-  return input_pipeline.HybridInput(mixture.name, LENGTHS, **kwargs)
+  return make_input(mixture.name, **kwargs)
 
 
 def test_batch_is_host_local_int32_of_the_feature_lengths(mixture):
@@ -110,8 +123,8 @@ def test_cross_batch_passages_are_in_the_passage_language(mixture):
 @pytest.mark.slow
 def test_mixed_pair_batches_gather_each_examples_languages(data_dir, spm_models):  # noqa: F811
   mixed = tasks.register_parallel_qa("ipm", data_dir / "xquad-r", "t5", spm_models["t5"],
-                                     languages=LANGUAGES, alpha=0.0)
-  source = hybrid_input(mixed)
+                                     languages=LANGUAGES)
+  source = hybrid_input(mixed, alpha=0.0)
   spec, batch = source.batch_spec(0), source.batch(0)
   assert spec.query_language == "mixed" and len(set(spec.query_languages)) > 1
   for row, (pair_id, language) in enumerate(zip(spec.pair_ids, spec.query_languages)):
@@ -123,7 +136,7 @@ def test_mixed_pair_batches_gather_each_examples_languages(data_dir, spm_models)
 def test_xlmr_batches_pad_with_1_after_bos_0_and_eos_2(data_dir, spm_models):  # noqa: F811
   xlmr = tasks.register_parallel_qa("ipx", data_dir / "xquad-r", "xlmr", spm_models["xlmr"],
                                     languages=("de", "en"))
-  source = input_pipeline.HybridInput(xlmr.name, {"query": 64, "passage": 32}, batch_size=4)
+  source = make_input(xlmr.name, {"query": 64, "passage": 32}, batch_size=4)
   query = source.batch(0)["query_tokens"]
   assert source.family == "xlmr" and source.vocabulary.pad_id == 1
   assert np.all(query[:, 0] == 0) and np.all(query[:, -1] == 1)
@@ -132,8 +145,8 @@ def test_xlmr_batches_pad_with_1_after_bos_0_and_eos_2(data_dir, spm_models):  #
 
 
 def test_seqio_task_batches_are_deterministic_epochs_of_distinct_examples(mixture):
-  one = input_pipeline.HybridInput("ip_cross_en_de", LENGTHS, batch_size=8, seed=2)
-  two = input_pipeline.HybridInput("ip_cross_en_de", LENGTHS, batch_size=8, seed=2)
+  one = make_input("ip_cross_en_de", seed=2)
+  two = make_input("ip_cross_en_de", seed=2, alpha=0.0)  # A task's batches know no alpha.
   np.testing.assert_array_equal(one.batch(7)["passage_tokens"], two.batch(7)["passage_tokens"])
   epoch = np.concatenate([one.batch(step)["pair_ids"] for step in range(1190 // 8)])
   assert len(set(epoch.tolist())) == len(epoch)
@@ -143,7 +156,7 @@ def test_seqio_task_batches_are_deterministic_epochs_of_distinct_examples(mixtur
 
 
 def test_seqio_task_batches_hold_the_tasks_own_examples(mixture):
-  source = input_pipeline.HybridInput("ip_cross_zh_de", LENGTHS, batch_size=8)
+  source = make_input("ip_cross_zh_de")
   task = seqio.TaskRegistry.get("ip_cross_zh_de")
   examples = input_pipeline.task_to_numpy(task, LENGTHS)
   pair_ids = [ex["pair_id"] for ex in task.get_dataset(LENGTHS, shuffle=False).as_numpy_iterator()]
@@ -159,11 +172,9 @@ def test_each_split_serves_its_own_articles_from_one_token_table(data_dir,
                                                                  spm_models):  # noqa: F811
   corpus = tasks.register_parallel_qa("ips", data_dir / "xquad-r", "t5", spm_models["t5"],
                                       languages=LANGUAGES,
-                                      splits={"train": "train", "validation": "test"},
-                                      split_options={"validation": {"alpha": 1.0}})
-  train = input_pipeline.HybridInput("ips_hybrid", LENGTHS, batch_size=8)
-  validation = input_pipeline.HybridInput("ips_hybrid", LENGTHS, batch_size=8,
-                                          split="validation")
+                                      splits={"train": "train", "validation": "test"})
+  train = make_input("ips_hybrid")
+  validation = make_input("ips_hybrid", alpha=1.0, split="validation")
   validation_rows = set(corpus.rows(corpus.corpora["validation"].pair_ids()))
   for step in range(6):
     assert not set(train.batch(step)["pair_ids"]) & validation_rows
@@ -172,13 +183,12 @@ def test_each_split_serves_its_own_articles_from_one_token_table(data_dir,
     assert validation.batch_spec(step).kind == "mono"
   assert train._tokens is validation._tokens  # One table, each split tokenised once.
   # A seqio task serves the same split, and the identity names it.
-  task_input = input_pipeline.HybridInput("ips_mono_de", LENGTHS, batch_size=8,
-                                          split="validation")
+  task_input = make_input("ips_mono_de", split="validation")
   assert set(task_input.batch(0)["pair_ids"]) <= validation_rows
   assert "split" not in train.identity() and task_input.identity()["split"] == "validation"
   with pytest.raises(ValueError, match=r"split must be one of \['train', 'validation'\] .*"
                      r"found 'test'"):
-    input_pipeline.HybridInput("ips_mono_de", LENGTHS, batch_size=8, split="test")
+    make_input("ips_mono_de", split="test")
   tasks.unregister_parallel_qa("ips")
 
 
@@ -215,8 +225,8 @@ def test_feature_converter_never_packs():
 
 
 def test_example_mixture_batches_mix_tasks_on_each_host(mixture):
-  hosts = [input_pipeline.HybridInput("ip_mono_mix", LENGTHS, batch_size=16, seed=0,
-                                      host_index=i, host_count=2) for i in range(2)]
+  hosts = [make_input("ip_mono_mix", batch_size=16, seed=0, host_index=i, host_count=2)
+           for i in range(2)]
   specs = [host.batch_spec(0) for host in hosts]
   assert set(specs[0].query_languages + specs[1].query_languages) == set(LANGUAGES)
   assert all(s.query_languages == s.passage_languages for s in specs)
@@ -224,23 +234,32 @@ def test_example_mixture_batches_mix_tasks_on_each_host(mixture):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(mixture_or_task_name="nope_hybrid"), "unknown task or mixture 'nope_hybrid'"),
-    (dict(task_feature_lengths={"query": 1, "passage": 32}), r"\['query'\] must be .* >= 2"),
-    (dict(task_feature_lengths={"query": 16}), r"missing \['passage'\]"),
+    (dict(name="nope_hybrid"), "unknown task or mixture 'nope_hybrid'"),
+    (dict(lengths={"query": 1, "passage": 32}), r"\['query'\] must be .* >= 2"),
+    (dict(lengths={"query": 16}), r"missing \['passage'\]"),
     (dict(batch_size=6, host_count=4), "batch_size 6 is not divisible by host_count 4"),
     (dict(batch_size=4, host_index=2, host_count=2), r"host_index must be in \[0, 2\)"),
     (dict(batch_size=2000), "batch_size 2000 is larger than the 1190 pair ids"),
+    (dict(batch_size=0), "HybridSchedule.batch_size must be a positive integer, found 0"),
+    (dict(alpha=1.5), r"HybridSchedule.alpha must be in \[0, 1\]"),
 ])
 def test_invalid_settings_fail_early_and_say_why(mixture, kwargs, message):
-  settings = dict(mixture_or_task_name=mixture.name, task_feature_lengths=LENGTHS, batch_size=8)
-  with pytest.raises(ValueError, match=message):
-    input_pipeline.HybridInput(**{**settings, **kwargs})
+  with pytest.raises(errors.SettingError, match=message):
+    make_input(**{"name": mixture.name, **kwargs})
+
+
+def test_the_batch_size_comes_only_from_a_schedule(mixture):
+  with pytest.raises(errors.SettingError, match="schedule must be a hybrid.HybridSchedule, found"):
+    input_pipeline.HybridInput(mixture.name, LENGTHS, 8)
+  source = hybrid_input(mixture, batch_size=16, seed=4, alpha=1.0)
+  assert (source.batch_size, source.seed, source._sampler.schedule) == (
+      16, 4, hybrid.HybridSchedule(16, alpha=1.0, seed=4))
 
 
 def test_evaluation_task_is_refused_as_training_input(data_dir, spm_models):  # noqa: F811
   tasks.register_lareqa("xquad_r", data_dir, "t5", spm_models["t5"], languages=("en",))
   with pytest.raises(ValueError, match=r"'xquad_r_en_\w+' .* is not a parallel QA task"):
-    input_pipeline.HybridInput("lareqa_xquad_r", LENGTHS, batch_size=8)
+    make_input("lareqa_xquad_r")
 
 
 def same_passage_text(mixture, first, second):

@@ -9,6 +9,7 @@ import pytest
 
 import tasks
 from hybridir import corpora
+from hybridir import hybrid
 from hybridir import input_pipeline
 from hybridir import mmarco
 from hybridir import text as text_lib
@@ -170,7 +171,7 @@ def test_mmarco_beside_xquad_r_makes_batches_of_each_source_by_size(tmp_path, da
   mixture = tasks.register_parallel_qa("mm", str(corpus_dir), "t5", spm, languages=LANGUAGES)
   try:
     lengths = {"query": 16, "passage": 24}
-    served = input_pipeline.HybridInput("mm_hybrid", lengths, batch_size=8, seed=0)
+    served = input_pipeline.HybridInput("mm_hybrid", lengths, hybrid.HybridSchedule(8))
     step = next(s for s in range(steps) if served.batch_spec(s).source == "mmarco")
     spec, batch = served.batch_spec(step), served.batch(step)
     pair = mixture.corpus.pairs[spec.query_languages[0]][spec.pair_ids[0]]

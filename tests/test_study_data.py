@@ -9,6 +9,7 @@ import pytest
 
 import tasks
 from hybridir import corpora
+from hybridir import hybrid
 from hybridir import input_pipeline
 from hybridir import retrieval_data
 from hybridir import study_run
@@ -21,7 +22,7 @@ PAPER_LANGUAGES = ["ar", "zh", "en", "de", "hi", "ru", "es", "th", "tr"]
 def register(data_dir, spm_path, corpus_dir, languages, **options):
   study_run.register_study_data(corpus_name="study", corpus_dir=str(corpus_dir), family="t5",
                                 spm_path=spm_path, languages=languages, data_dir=str(data_dir),
-                                alpha=0.5, **options)
+                                **options)
   return tasks.get_hybrid_mixture("study_hybrid"), dict(study_run.study_datasets())
 
 
@@ -108,7 +109,7 @@ def test_validation_is_the_english_part_of_the_held_out_validation_articles(full
   assert validation.languages == ("en",)
   assert set(validation.corpus.pair_ids()) == set(record.corpora["validation"].pairs["en"])
   batches = input_pipeline.HybridInput("study_validation_hybrid", {"query": 16, "passage": 32},
-                                       8, split="train")
+                                       hybrid.HybridSchedule(8, alpha=1.0), split="train")
   specs = [batches.batch_spec(step) for step in range(4)]
   assert {(spec.kind, spec.query_language, spec.passage_language) for spec in specs} == {
       ("mono", "en", "en")}

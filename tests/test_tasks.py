@@ -8,6 +8,7 @@ import seqio
 
 import tasks
 from hybridir import corpora
+from hybridir import hybrid
 from hybridir import retrieval_data
 from hybridir import vocab
 from hybridir import vocab_families
@@ -157,23 +158,18 @@ def test_example_mixtures_are_rated_by_task_size(data_dir, spm_models):
   assert {mixture.get_rate(task) for task in mixture.tasks} == {1190}
 
 
-def test_hybrid_options_are_the_papers_batches_unless_given(data_dir, spm_models):
-  default = register(data_dir, spm_models, name="xqg")
-  explicit = register(data_dir, spm_models, name="xqg", alpha=0.3, cross_pairs="per_batch")
-  default, explicit = default.options["train"], explicit.options["train"]
-  assert default["alpha"] == 0.5 and default["cross_pairs"] == "per_example"
-  assert explicit["alpha"] == 0.3 and explicit["cross_pairs"] == "per_batch"
+def test_the_record_holds_data_only_and_draws_by_the_schedule_it_is_given(data_dir, spm_models):
+  with pytest.raises(TypeError, match="alpha"):  # No batch settings in a registration.
+    register(data_dir, spm_models, name="xqg", alpha=0.3)
+  mixture = register(data_dir, spm_models, name="xqg")
+  default = hybrid.HybridSchedule(8)  # The paper's batches.
+  assert (default.alpha, default.cross_pairs) == (0.5, "per_example")
+  for schedule in (default, hybrid.HybridSchedule(8, alpha=0.3, cross_pairs="per_batch")):
+    assert mixture.sampler(schedule).schedule is schedule
 
 
-def test_invalid_hybrid_option_fails_at_registration(data_dir, spm_models):
-  with pytest.raises(ValueError, match="xqa_hybrid.*alpha must be in"):
-    register(data_dir, spm_models, name="xqa", alpha=1.5)
-
-
-def test_one_record_serves_disjoint_seqio_splits_with_their_own_batch_options(data_dir,
-                                                                               spm_models):
-  mixture = register(data_dir, spm_models, name="xqsp", splits={"train": "train", "test": "test"},
-                     alpha=0.0, split_options={"test": {"alpha": 1.0}})
+def test_one_record_serves_disjoint_seqio_splits(data_dir, spm_models):
+  mixture = register(data_dir, spm_models, name="xqsp", splits={"train": "train", "test": "test"})
   train, test = mixture.corpora["train"], mixture.corpora["test"]
   assert mixture.splits == ("train", "test")
   assert train.article_ids().isdisjoint(test.article_ids())
@@ -184,13 +180,14 @@ def test_one_record_serves_disjoint_seqio_splits_with_their_own_batch_options(da
     ids = [mixture.pair_ids[e["pair_id"]] for e in task.get_dataset(
         LENGTHS, split=split, shuffle=False).as_numpy_iterator()]
     assert ids == task.pair_ids[split] and set(ids) == set(part.pair_ids())
-  # Batches of a split come from its articles, drawn with its options (X-Y train, mono test).
-  assert {mixture.sampler(8, split="train").batch(s).kind for s in range(5)} == {"cross"}
-  test_batches = [mixture.sampler(8, split="test").batch(s) for s in range(5)]
+  # Batches of a split come from its articles, drawn by the schedule given (X-Y, mono).
+  cross, mono = hybrid.HybridSchedule(8, alpha=0.0), hybrid.HybridSchedule(8, alpha=1.0)
+  assert {mixture.sampler(cross, split="train").batch(s).kind for s in range(5)} == {"cross"}
+  test_batches = [mixture.sampler(mono, split="test").batch(s) for s in range(5)]
   assert {b.kind for b in test_batches} == {"mono"}
   assert set().union(*(b.pair_ids for b in test_batches)) <= set(test.pair_ids())
   with pytest.raises(ValueError, match="no split 'validation'; splits: \\['train', 'test'\\]"):
-    mixture.sampler(8, split="validation")
+    mixture.sampler(mono, split="validation")
 
 
 def test_splits_that_share_an_article_or_lack_train_fail_at_registration(data_dir, spm_models):
@@ -198,11 +195,6 @@ def test_splits_that_share_an_article_or_lack_train_fail_at_registration(data_di
     register(data_dir, spm_models, name="xqov", splits={"train": None, "test": "test"})
   with pytest.raises(ValueError, match="splits must start with 'train'"):
     register(data_dir, spm_models, name="xqov", splits={"test": "test"})
-  with pytest.raises(ValueError, match="split_options for unknown splits \\['dev'\\]"):
-    register(data_dir, spm_models, name="xqov", split_options={"dev": {"alpha": 1.0}})
-  with pytest.raises(ValueError, match="split 'test': alpha must be in"):
-    register(data_dir, spm_models, name="xqov", splits={"train": "train", "test": "test"},
-             split_options={"test": {"alpha": 2.0}})
 
 
 def test_lareqa_of_a_corpus_split_is_lareqa_read_on_that_splits_articles(data_dir, spm_models):

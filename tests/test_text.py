@@ -8,6 +8,7 @@ import pytest
 import tasks
 from hybridir import corpora
 from hybridir import encoder as encoder_lib
+from hybridir import hybrid
 from hybridir import input_pipeline
 from hybridir import retrieval_data
 from hybridir import text
@@ -104,8 +105,9 @@ def tiny_encoder(family, vocabulary, max_length):
 def test_training_example_and_evaluation_candidate_of_one_record_are_the_same_tokens(
     data_dir, spm_models, family):  # noqa: F811
   mixture = tasks.register_parallel_qa(f"txt{family}", data_dir / "xquad-r", family,
-                                       spm_models[family], languages=("de", "en"), alpha=0.0)
-  source = input_pipeline.HybridInput(mixture.name, LENGTHS, batch_size=16)
+                                       spm_models[family], languages=("de", "en"))
+  source = input_pipeline.HybridInput(mixture.name, LENGTHS,
+                                      hybrid.HybridSchedule(batch_size=16, alpha=0.0))
   evaluation = retrieval_data.load_lareqa(data_dir, "xquad_r", ("de", "en"))
   questions = {(q.language, q.question_id): q for items in evaluation.questions.values()
                for q in items}
