@@ -413,7 +413,7 @@ def _check_family(train_input, model) -> None:
   if family is not None and family != model_family:
     raise errors.SettingError(
         f"the input {getattr(train_input, 'name', 'train_input')!r} was registered for family "
-        f"{family!r} but MODEL is a {model_family!r} model (FAMILY is the model file's: a binding "
+        f"{family!r}, MODEL is of family {model_family!r} (FAMILY is the model file's: a binding "
         "of it, or of a registration's family, must agree)")
 
 

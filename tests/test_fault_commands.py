@@ -77,12 +77,13 @@ def test_indivisible_batch_is_refused_in_one_line_before_anything_is_written(tmp
 @pytest.mark.slow
 def test_a_corpus_registered_for_another_family_than_the_models_is_refused_in_one_line(
     tmp_path, vocabulary):
-  """FAMILY is the model file's (mt5_tiny.gin: 't5'); a binding that contradicts it registers the
-  corpus for XLM-R, and the trainer refuses the pair before writing anything."""
-  status, stderr = smoke(tmp_path / "run", vocabulary, "--gin.FAMILY='xlmr'")
+  """FAMILY is the model file's (here xlmr_tiny.gin's, after smoke.gin's mT5); a binding that
+  contradicts it registers the corpus for T5, and the trainer refuses the pair before writing."""
+  status, stderr = smoke(tmp_path / "run", vocabulary,
+                         "--gin_file=gin_configs/models/xlmr_tiny.gin", "--gin.FAMILY='t5'")
   assert (status, error_line(stderr)) == (1, (
-      "error: the input 'xquad_r_hybrid' was registered for family 'xlmr' but MODEL is a 't5' "
-      "model (FAMILY is the model file's: a binding of it, or of a registration's family, must "
+      "error: the input 'xquad_r_hybrid' was registered for family 't5', MODEL is of family "
+      "'xlmr' (FAMILY is the model file's: a binding of it, or of a registration's family, must "
       "agree)"))
   assert os.listdir(tmp_path) == []
 

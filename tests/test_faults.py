@@ -273,7 +273,7 @@ def test_an_input_of_another_family_than_the_model_is_refused_before_anything_is
   pairs = SyntheticPairs()
   pairs.family = "xlmr"
   with pytest.raises(errors.SettingError, match=(
-      "^the input 'synthetic' was registered for family 'xlmr' but MODEL is a 't5' model ")):
+      "^the input 'synthetic' was registered for family 'xlmr', MODEL is of family 't5' ")):
     run(tmp_path / "run", 1, pairs, config_text="trainer.train.seed = 0\n")
   assert not (tmp_path / "run").exists()
 
