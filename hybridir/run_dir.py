@@ -145,6 +145,7 @@ def _holds(path: str, text: str) -> bool:
 
 
 def _write_if_changed(path: str, text: str) -> None:
+  """Writes `text` to `path` (atomically) unless the file already holds it."""
   if not _holds(path, text):
     fs.makedirs(os.path.dirname(path))
     fs.write_text_atomically(path, text)
