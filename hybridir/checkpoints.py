@@ -8,7 +8,7 @@ ignored on resume. Just before that commit, the sha256 of every file of the step
 `checksums.json` in it; restore verifies them and skips a damaged checkpoint (one warning naming
 the step and the file) for the newest good one. A failed save raises `CheckpointSaveError` at the
 next `check` (each step) and leaves the older checkpoints as they were. Outside the loop, a run's
-checkpoints are read as numpy (`training_steps`, `restore_params`, `run_identity`).
+checkpoints are read as numpy (`training_steps`, `restore_params`, `read_checkpoint_identity`).
 """
 import hashlib
 import json
@@ -440,8 +440,9 @@ def restore_params(model_dir: str, step: int | None = None) -> tuple[int, dict]:
   return step, params["model"]
 
 
-def run_identity(model_dir: str, step: int) -> tuple[str, dict]:
-  """(path, JSON) of the run identity a training checkpoint stores ({} if none)."""
+def read_checkpoint_identity(model_dir: str, step: int) -> tuple[str, dict]:
+  """(path, JSON) of the identity a training checkpoint stores (run_dir.RunDescription.
+  checkpoint_identity; {} if none)."""
   path = os.path.join(model_dir, "checkpoints", str(step), DATA)
   if not fs.isdir(path):
     return path, {}
@@ -451,8 +452,8 @@ def run_identity(model_dir: str, step: int) -> tuple[str, dict]:
 
 
 def training_text_format(model_dir: str, step: int) -> text_lib.TextFormat | None:
-  """The text format a training checkpoint's run identity records (None: it records none)."""
-  path, identity = run_identity(model_dir, step)
+  """The text format a training checkpoint's identity records (None: it records none)."""
+  path, identity = read_checkpoint_identity(model_dir, step)
   if "text_format" not in identity:
     return None
   return text_lib.TextFormat.from_json(identity["text_format"], path)

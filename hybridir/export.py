@@ -40,7 +40,7 @@ def export_from_training_checkpoint(model_dir: str, output_dir: str,
   step, params = checkpoints.restore_params(
       model_dir, run_dir.chosen_step(model_dir) if step is None else step)
   trained = checkpoints.training_text_format(model_dir, step)
-  lengths = checkpoints.run_identity(model_dir, step)[1].get("task_feature_lengths")
+  lengths = checkpoints.read_checkpoint_identity(model_dir, step)[1].get("task_feature_lengths")
   for option, feature in (("max_length", "passage"), ("query_max_length", "query")):
     trained_length = lengths.get(feature) if isinstance(lengths, dict) else None
     if export_options.get(option) is None and isinstance(trained_length, int):

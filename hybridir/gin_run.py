@@ -96,25 +96,29 @@ def check_output_locations() -> None:
         fs.check_writable(value, f"{macro} ({setting})" if macro else setting, kind)
 
 
-def write_run_config() -> None:
-  """A run that owns a MODEL_DIR (its RUN writes `model_dir`: training, a study run) keeps the gin
-  config it was started with there, as config.gin beside encoder.json."""
-  run = gin_utils.run_function()
-  if "model_dir" in OUTPUT_PARAMETERS.get(run, {}) and jax.process_index() == 0:
-    run_dir.write_config(gin.get_bindings(run)["model_dir"], gin.config_str())
+def give_config_to_training() -> None:
+  """A run that trains a MODEL_DIR (trainer.train, as RUN or inside it, as a study run's) keeps
+  the gin config it was started with: trainer.train gets its text (`config_text`) and writes it
+  as MODEL_DIR/config.gin with the run's description."""
+  config_text = gin.config_str()
+  with gin.unlock_config():
+    try:
+      gin.bind_parameter(f"{gin_utils.TRAINING_RUN}.config_text", config_text)
+    except ValueError:  # No trainer.train in this config: nothing trains.
+      pass
 
 
 def run_parsed_config():
   """Calls SETUP's functions, then RUN, of the parsed gin config; returns RUN's result."""
   run = resolve_run()
   check_output_locations()
-  if jax.process_index() == 0:  # A run owning a MODEL_DIR also writes it to MODEL_DIR/config.gin.
+  if jax.process_index() == 0:  # A run that trains also writes it to MODEL_DIR/config.gin.
     logging.debug("gin config:\n%s", gin.config_str())
   model_dir = gin_utils.macro("MODEL_DIR", None)
   with run_dir.undone_unless_trained(model_dir if isinstance(model_dir, str) else None):
     for call in gin_utils.macro("SETUP", []):
       call.scoped_configurable_fn()
-    write_run_config()
+    give_config_to_training()
     return run()
 
 

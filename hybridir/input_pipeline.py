@@ -131,6 +131,7 @@ class HybridInput:
       self._corpus = self._load_seqio(self.name)
       self._sampler = None
     self.vocabulary, self.family = self._corpus.vocabulary, self._corpus.family
+    self.vocabulary_path = self._corpus.spm_path  # The file a run copies (run_dir.describe).
     self.text_format = self._corpus.text_format  # What an encoder of this training must apply.
     self._tokens = _token_tables(self._corpus, self.task_feature_lengths, split)
     self.passage_keys = _passage_keys(self._corpus, self._tokens,

@@ -2,11 +2,13 @@
 with (`config.gin`), a copy of its vocabulary (`vocabulary/`) and `encoder.json` (the model, its
 text format, passage length and vocabulary file), so export and evaluation take just MODEL_DIR.
 
-`describe_run` is a SETUP call of `gin_configs/runs/train.gin` and `hybridir.main` writes the
-config (`write_config`); each leaves a file that already says the same untouched, so a rerun on a
-full disk gets to its checkpoints. `undone_unless_trained` puts them back as they were when a run
-is refused (or fails) before it commits a checkpoint. `read_description` and
-`model_from_description` serve `export.load_encoder(MODEL_DIR)`.
+The trainer describes its run once (`describe`: a `RunDescription` of the objects it holds) and
+writes it when training starts (`write_description`); `config.gin`, `encoder.json` and the
+identity stored with each checkpoint (`RunDescription.checkpoint_identity`) are views of it. A
+file that already says the same is left untouched, so a rerun on a full disk gets to its
+checkpoints. `undone_unless_trained` puts them back as they were when a run is refused (or fails)
+before it commits a checkpoint. `read_description` and `model_from_description` serve
+`export.load_encoder(MODEL_DIR)`.
 """
 import contextlib
 import dataclasses
@@ -54,32 +56,87 @@ def model_from_description(description: dict, where: str) -> dual_encoder.DualEn
     raise ValueError(f"{where}: bad model description: {e!r}") from e
 
 
-def describe_run(model_dir: str, model: dual_encoder.DualEncoder, spm_path: str,
-                 task_feature_lengths: dict,
-                 text_format: text_lib.TextFormat = text_lib.TextFormat()) -> str:
-  """Writes MODEL_DIR/vocabulary/<file> and encoder.json (process 0 only; each file atomically);
-  returns MODEL_DIR."""
+@dataclasses.dataclass(frozen=True)
+class RunDescription:
+  """What a training run is, as plain JSON values: its model (`model_description`), the input's
+  identity (corpus or mixture, split, batch size, seed, schedule), the run's seed and lengths,
+  the text format, the vocabulary file and the gin config it was started with (when given)."""
+  model: dict
+  input: dict
+  seed: int
+  task_feature_lengths: dict
+  text_format: dict | None = None
+  vocabulary: str | None = None  # The input's vocabulary file, copied into MODEL_DIR/vocabulary.
+  config_text: str | None = None
+
+  @property
+  def family(self) -> str:
+    return self.model["family"]
+
+  def checkpoint_identity(self) -> dict:
+    """The part stored with each checkpoint and compared on resume. The encoder's `kernels` is not
+    in it: it changes how the model is computed, not what, so a run may resume with the other."""
+    encoder = {k: v for k, v in self.model["encoder_config"].items() if k != "kernels"}
+    identity = {"seed": self.seed, "task_feature_lengths": self.task_feature_lengths,
+                "model": encoder, "input": self.input}
+    if self.text_format is not None:  # What an export must apply.
+      identity["text_format"] = self.text_format
+    return identity
+
+  def encoder_json(self, vocabulary_copy: str, vocabulary_bytes: bytes) -> dict:
+    """encoder.json: what rebuilds the encoder from MODEL_DIR (`read_description`)."""
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, **self.model,
+            "text_format": self.text_format or text_lib.TextFormat().to_json(),
+            "max_length": int(self.task_feature_lengths["passage"]),
+            "query_max_length": int(self.task_feature_lengths["query"]),
+            "vocabulary": {"file": vocabulary_copy, "source": fs.abspath(self.vocabulary),
+                           "sha256": hashlib.sha256(vocabulary_bytes).hexdigest()}}
+
+
+def _plain(value):
+  """`value` as JSON reads it back (tuples as lists; other objects as their str)."""
+  return json.loads(json.dumps(value, default=str))
+
+
+def describe(model: dual_encoder.DualEncoder, train_input, task_feature_lengths: dict, seed: int,
+             config_text: str | None = None) -> RunDescription:
+  """The run's description from the objects the trainer holds; an input without `identity()`
+  (a test's) is named by its `name` and `batch_size`."""
+  identity = getattr(train_input, "identity", None)
+  text_format = getattr(train_input, "text_format", None)
+  return RunDescription(
+      model=_plain(model_description(model)),
+      input=_plain(identity() if callable(identity) else {
+          "input": str(getattr(train_input, "name", "")),
+          "batch_size": getattr(train_input, "batch_size", None)}),
+      seed=seed, task_feature_lengths=_plain(dict(task_feature_lengths)),
+      text_format=None if text_format is None else _plain(text_format.to_json()),
+      vocabulary=getattr(train_input, "vocabulary_path", None), config_text=config_text)
+
+
+def write_description(model_dir: str, description: RunDescription) -> None:
+  """Writes the run's description into MODEL_DIR (process 0 only; each file atomically, and only
+  when it says something else): vocabulary/<file> and encoder.json when the input names its
+  vocabulary file, config.gin when the config text is given."""
   if jax.process_index() != 0:
-    return model_dir
-  family = model.encoder_config.family
-  kind = vocab.kind_of(family, spm_path)
-  copy = os.path.join(VOCABULARY_DIR, "sentencepiece.model" if spm_path.endswith(".model")
+    return
+  if description.config_text is not None:
+    _write_if_changed(os.path.join(model_dir, CONFIG), description.config_text)
+  if description.vocabulary is None:
+    return
+  source = description.vocabulary
+  kind = vocab.kind_of(description.family, source)
+  copy = os.path.join(VOCABULARY_DIR, "sentencepiece.model" if source.endswith(".model")
                       else kind.files[0])
-  description = {"format": FORMAT, "format_version": FORMAT_VERSION,
-                 **model_description(model), "text_format": text_format.to_json(),
-                 "max_length": int(task_feature_lengths["passage"]),
-                 "query_max_length": int(task_feature_lengths["query"]),
-                 "vocabulary": {"file": copy, "source": fs.abspath(spm_path),
-                                "sha256": hashlib.sha256(fs.read_bytes(spm_path)).hexdigest()}}
-  text = json.dumps(description, indent=2, sort_keys=True)
+  text = json.dumps(description.encoder_json(copy, fs.read_bytes(source)), indent=2,
+                    sort_keys=True)
   path = os.path.join(model_dir, DESCRIPTION)
   if _holds(path, text) and fs.exists(os.path.join(model_dir, copy)):
-    return model_dir  # Written by an earlier run of the same settings and vocabulary.
+    return  # Written by an earlier run of the same settings and vocabulary.
   fs.makedirs(os.path.join(model_dir, VOCABULARY_DIR))
   # As an export writes it: a WordPiece vocabulary with the tokenizer_config.json of its options.
-  vocab.write_vocabulary(kind.read(spm_path), spm_path, os.path.join(model_dir, copy))
+  vocab.write_vocabulary(kind.read(source), source, os.path.join(model_dir, copy))
   fs.write_text_atomically(path, text)
-  return model_dir
 
 
 def _holds(path: str, text: str) -> bool:
@@ -87,12 +144,11 @@ def _holds(path: str, text: str) -> bool:
   return fs.isfile(path) and fs.read_bytes(path) == text.encode("utf-8")
 
 
-def write_config(model_dir: str, config_text: str) -> None:
-  """Writes MODEL_DIR/config.gin, the configuration the run was started with (atomically)."""
-  if _holds(os.path.join(model_dir, CONFIG), config_text):
-    return
-  fs.makedirs(model_dir)
-  fs.write_text_atomically(os.path.join(model_dir, CONFIG), config_text)
+def _write_if_changed(path: str, text: str) -> None:
+  """Writes `text` to `path` (atomically) unless the file already holds it."""
+  if not _holds(path, text):
+    fs.makedirs(os.path.dirname(path))
+    fs.write_text_atomically(path, text)
 
 
 def _committed_steps(model_dir: str) -> set[str]:

@@ -2,7 +2,6 @@
 checkpoints with the data position, TensorBoard summaries, evaluation hook, progress with ETA."""
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import signal
@@ -19,6 +18,7 @@ from hybridir import checkpoints
 from hybridir import errors
 from hybridir import optim
 from hybridir import partitioning
+from hybridir import run_dir
 from hybridir import summaries
 from hybridir import train_step as step_lib
 from hybridir.models import dual_encoder
@@ -134,14 +134,18 @@ def train(*, model: dual_encoder.DualEncoder, train_input: Any, task_feature_len
           optimizer_fn: Callable = optim.create_optimizer,
           loss_config: step_lib.LossConfig = step_lib.LossConfig(), seed: int = 0,
           mesh=None, logical_axis_rules=None, checkpoint_cfg: CheckpointConfig = CheckpointConfig(),
-          eval_cfg: EvalConfig = EvalConfig(), log_period: int = 10) -> TrainResult:
+          eval_cfg: EvalConfig = EvalConfig(), log_period: int = 10,
+          config_text: str | None = None) -> TrainResult:
   """Trains `model` on batches from `train_input.batch(step)` for `train_steps` steps.
 
   Resumes from the latest checkpoint under `model_dir/checkpoints` (the data stream is a pure
-  function of (seed, step), so the step restores the data position too). The settings that define
-  the run (`run_identity`) are stored with each checkpoint; resuming with others is refused unless
-  `checkpoint_cfg.allow_changed_run`. A fresh run starts from `checkpoint_cfg.init_params`, or a
-  random initialisation.
+  function of (seed, step), so the step restores the data position too). The run is described
+  once (`run_dir.describe`, with the gin `config_text` when given): its checkpoint identity is
+  stored with each checkpoint, and resuming with another is refused unless
+  `checkpoint_cfg.allow_changed_run`; once the checkpoints agree, the description is written to
+  MODEL_DIR (config.gin, vocabulary/, encoder.json), and put back as it was when the run fails
+  before its first checkpoint. A fresh run starts from `checkpoint_cfg.init_params`, or a random
+  initialisation.
   """
   for name, config, kind in (("checkpoint_cfg", checkpoint_cfg, CheckpointConfig),
                              ("eval_cfg", eval_cfg, EvalConfig)):
@@ -156,9 +160,11 @@ def train(*, model: dual_encoder.DualEncoder, train_input: Any, task_feature_len
                               f"{task_feature_lengths}")
   # "cpu" kernels: the cheapest dropout bits on XLA:CPU (BENCHMARKS.md, "Layouts for XLA:CPU");
   # otherwise JAX's default. For this run only: the process's setting is left as it was.
-  with jax.threefry_partitionable(partitionable_threefry(model)):
+  with (jax.threefry_partitionable(partitionable_threefry(model)),
+        run_dir.undone_unless_trained(model_dir)):
     train_input = _host_input(train_input)
     eval_input = _host_input(eval_cfg.input) if eval_cfg.input is not None else None
+    _check_family(train_input, model)
     _check_vocabulary_fits(train_input, model)
     mesh = mesh or partitioning.create_mesh()
     # Before any state or checkpoint directory exists: the batch must split over the mesh.
@@ -169,7 +175,8 @@ def train(*, model: dual_encoder.DualEncoder, train_input: Any, task_feature_len
     optimizer = optimizer_fn(learning_rate_schedule=learning_rate_schedule)
     abstract_state, state_shardings = state_layout(model, optimizer, *lengths, mesh, rules)
 
-    identity = run_identity(model, train_input, task_feature_lengths, seed)
+    description = run_dir.describe(model, train_input, task_feature_lengths, seed, config_text)
+    identity = description.checkpoint_identity()
     checkpointer = checkpoint_cfg.checkpointer_fn(
         os.path.join(model_dir, "checkpoints"), best_metric=checkpoint_cfg.best_metric,
         best_mode=checkpoint_cfg.best_mode)
@@ -180,6 +187,7 @@ def train(*, model: dual_encoder.DualEncoder, train_input: Any, task_feature_len
         allow_unverified=checkpoint_cfg.allow_unverified)
     if start_step:
       logging.info("resumed from %s at step %d", model_dir, start_step)
+    run_dir.write_description(model_dir, description)
 
     compilations = [0]
     def counted(train_step):
@@ -242,10 +250,12 @@ def restore_or_initialize(checkpointer, abstract_state, state_shardings, identit
   """(step, state): the newest good checkpoint's (one without checksums only if
   `allow_unverified`), refused if written with another `identity` (unless `allow_changed_run`),
   else (0, initialize())."""
-  restored = checkpointer.restore_newest_good(
-      abstract_state, state_shardings, check_position=lambda step, position: _check_run_identity(
-          position.get("identity"), identity, allow_changed_run, checkpointer.step_dir(step)),
-      allow_unverified=allow_unverified)
+  def check_position(step, position):
+    _check_checkpoint_identity(position.get("identity"), identity, allow_changed_run,
+                               checkpointer.step_dir(step))
+  restored = checkpointer.restore_newest_good(abstract_state, state_shardings,
+                                              check_position=check_position,
+                                              allow_unverified=allow_unverified)
   if restored is None:
     return 0, initialize()
   step, state, _ = restored
@@ -333,22 +343,6 @@ def _closing(checkpointer):
   checkpointer.close()
 
 
-def run_identity(model, train_input, task_feature_lengths: dict, seed: int) -> dict:
-  """The settings that define a run's model and data stream, as plain JSON values. The encoder's
-  `kernels` is not one: it changes how the model is computed, not what, so a run may resume
-  with the other formulation (and checkpoints written before the field existed resume)."""
-  describe = getattr(train_input, "identity", None)
-  encoder = {k: v for k, v in dataclasses.asdict(model.encoder_config).items() if k != "kernels"}
-  identity = {"seed": seed, "task_feature_lengths": dict(task_feature_lengths),
-              "model": encoder,
-              "input": describe() if callable(describe) else {
-                  "input": str(getattr(train_input, "name", "")),
-                  "batch_size": getattr(train_input, "batch_size", None)}}
-  if getattr(train_input, "text_format", None) is not None:  # What an export must apply.
-    identity["text_format"] = train_input.text_format.to_json()
-  return json.loads(json.dumps(identity, default=str))
-
-
 def _flatten(tree: dict, prefix: str = "") -> dict:
   flat = {}
   for key, value in tree.items():
@@ -359,8 +353,8 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
   return flat
 
 
-def _check_run_identity(stored: dict | None, current: dict, allow_changed_run: bool,
-                        checkpoint: str) -> None:
+def _check_checkpoint_identity(stored: dict | None, current: dict, allow_changed_run: bool,
+                               checkpoint: str) -> None:
   """Refuses to resume a run whose data stream or model would mean something else."""
   if stored is None:
     logging.warning("%s records no run settings (written by an older version): resuming unchecked",
@@ -411,6 +405,16 @@ def sharded_train_step(model: dual_encoder.DualEncoder, optimizer, loss_config, 
                  in_shardings=(state_shardings, partitioning.batch_sharding(mesh), replicated),
                  out_shardings=(state_shardings, replicated), donate_argnums=0,
                  compiler_options=step_lib.compiler_options(platform))
+
+
+def _check_family(train_input, model) -> None:
+  """Refuses an input whose corpus was registered for another encoder family than the model's."""
+  family, model_family = getattr(train_input, "family", None), model.encoder_config.family
+  if family is not None and family != model_family:
+    raise errors.SettingError(
+        f"the input {getattr(train_input, 'name', 'train_input')!r} was registered for family "
+        f"{family!r}, MODEL is of family {model_family!r} (FAMILY is the model file's: a binding "
+        "of it, or of a registration's family, must agree)")
 
 
 def _check_vocabulary_fits(train_input, model) -> None:

@@ -75,6 +75,20 @@ def test_indivisible_batch_is_refused_in_one_line_before_anything_is_written(tmp
 
 
 @pytest.mark.slow
+def test_a_corpus_registered_for_another_family_than_the_models_is_refused_in_one_line(
+    tmp_path, vocabulary):
+  """FAMILY is the model file's (here xlmr_tiny.gin's, after smoke.gin's mT5); a binding that
+  contradicts it registers the corpus for T5, and the trainer refuses the pair before writing."""
+  status, stderr = smoke(tmp_path / "run", vocabulary,
+                         "--gin_file=gin_configs/models/xlmr_tiny.gin", "--gin.FAMILY='t5'")
+  assert (status, error_line(stderr)) == (1, (
+      "error: the input 'xquad_r_hybrid' was registered for family 't5', MODEL is of family "
+      "'xlmr' (FAMILY is the model file's: a binding of it, or of a registration's family, must "
+      "agree)"))
+  assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.slow
 def test_failed_save_and_unverifiable_checkpoint_each_end_in_one_line_keeping_the_checkpoint(
     tmp_path, vocabulary):
   """One run (step 1 saved), then two faults on it: its rerun on a full disk fails step 2's save,

@@ -16,6 +16,7 @@ from hybridir import checkpoints
 from hybridir import errors
 from hybridir import fs
 from hybridir import run_dir
+from hybridir import text
 from hybridir import trainer
 from hybridir.models import families
 from tests import reference_models
@@ -211,19 +212,25 @@ def tiny_vocabulary(tmp_path_factory, data_dir):
   return families.train_vocabulary("t5", texts, str(tmp_path_factory.mktemp("spm") / "spm"), 200)
 
 
+def described(config_text: str, vocabulary: str | None = None) -> run_dir.RunDescription:
+  """test_trainer's tiny run described with this config text (and vocabulary file)."""
+  pairs = SyntheticPairs()
+  pairs.vocabulary_path = vocabulary
+  return run_dir.describe(test_trainer.tiny_model(), pairs, test_trainer.LENGTHS, 0, config_text)
+
+
 def test_describing_a_run_again_the_same_way_writes_nothing(tmp_path, tiny_vocabulary,
                                                              monkeypatch):
   """So a rerun on a full disk gets past its setup to its checkpoints."""
-  model = test_trainer.tiny_model()
-  run_dir.describe_run(str(tmp_path), model, tiny_vocabulary, test_trainer.LENGTHS)
-  run_dir.write_config(str(tmp_path), "trainer.train.seed = 0\n")
+  run_dir.write_description(str(tmp_path), described("trainer.train.seed = 0\n", tiny_vocabulary))
+  assert sorted(os.listdir(tmp_path)) == [run_dir.CONFIG, run_dir.DESCRIPTION,
+                                          run_dir.VOCABULARY_DIR]
   def disk_full(path, data):
     raise OSError(errno.ENOSPC, "No space left on device", str(path))
   monkeypatch.setattr(fs, "write_bytes_atomically", disk_full)
-  run_dir.describe_run(str(tmp_path), model, tiny_vocabulary, test_trainer.LENGTHS)
-  run_dir.write_config(str(tmp_path), "trainer.train.seed = 0\n")
+  run_dir.write_description(str(tmp_path), described("trainer.train.seed = 0\n", tiny_vocabulary))
   with pytest.raises(OSError, match="No space left"):  # What differs is written.
-    run_dir.write_config(str(tmp_path), "trainer.train.seed = 1\n")
+    run_dir.write_description(str(tmp_path), described("trainer.train.seed = 1\n"))
 
 
 def test_a_run_refused_before_its_first_checkpoint_leaves_its_directory_as_it_was(tmp_path):
@@ -233,7 +240,7 @@ def test_a_run_refused_before_its_first_checkpoint_leaves_its_directory_as_it_wa
   for model_dir in (existing, fresh):
     with pytest.raises(errors.SettingError):
       with run_dir.undone_unless_trained(str(model_dir)):
-        run_dir.write_config(str(model_dir), "new")
+        run_dir.write_description(str(model_dir), described("new"))
         fs.write_text_atomically(str(model_dir / "vocabulary" / "spm.model"), "new")
         (model_dir / "checkpoints").mkdir(exist_ok=True)
         raise errors.SettingError("refused")
@@ -241,10 +248,46 @@ def test_a_run_refused_before_its_first_checkpoint_leaves_its_directory_as_it_wa
   assert (existing / "config.gin").read_text() == "old" and not fresh.exists()
   with pytest.raises(FloatingPointError):  # Failed after a checkpoint: what it wrote stays.
     with run_dir.undone_unless_trained(str(fresh)):
-      run_dir.write_config(str(fresh), "new")
+      run_dir.write_description(str(fresh), described("new"))
       (fresh / "checkpoints" / "4").mkdir(parents=True)
       raise FloatingPointError("loss is nan")
   assert (fresh / "config.gin").read_text() == "new"
+
+
+def test_a_run_is_described_once_and_config_gin_and_encoder_json_agree_with_its_checkpoint(
+    tmp_path, tiny_vocabulary):
+  pairs = SyntheticPairs()
+  pairs.vocabulary_path, pairs.family = tiny_vocabulary, "t5"
+  pairs.text_format = text.TextFormat("q: ", "p: ", "sentence")
+  run(tmp_path, 1, pairs, config_text="trainer.train.seed = 0\n",
+      checkpoint_cfg=trainer.CheckpointConfig(period=1))
+  assert (tmp_path / run_dir.CONFIG).read_text() == "trainer.train.seed = 0\n"
+  identity = test_trainer.check_description_agrees_with_checkpoint(tmp_path, 1)
+  assert identity["text_format"] == pairs.text_format.to_json()
+  assert run_dir.read_description(str(tmp_path))["vocabulary"] == str(
+      tmp_path / run_dir.VOCABULARY_DIR / "sentencepiece.model")
+
+
+def test_an_input_of_another_family_than_the_model_is_refused_before_anything_is_written(
+    tmp_path):
+  pairs = SyntheticPairs()
+  pairs.family = "xlmr"
+  with pytest.raises(errors.SettingError, match=(
+      "^the input 'synthetic' was registered for family 'xlmr', MODEL is of family 't5' ")):
+    run(tmp_path / "run", 1, pairs, config_text="trainer.train.seed = 0\n")
+  assert not (tmp_path / "run").exists()
+
+
+def test_a_training_run_failing_before_its_first_checkpoint_takes_its_description_back(
+    tmp_path, tiny_vocabulary):
+  """The trainer writes the description once the checkpoints agree, and undoes it when the run
+  fails before committing one (here a NaN loss at step 1 of a run checkpointing every 4)."""
+  pairs = SyntheticPairs()
+  pairs.vocabulary_path = tiny_vocabulary
+  with pytest.raises(FloatingPointError, match="loss is nan"):
+    run(tmp_path / "run", 4, pairs, learning_rate_schedule=float("nan"), config_text="seed = 0\n")
+  assert not {run_dir.CONFIG, run_dir.DESCRIPTION, run_dir.VOCABULARY_DIR} & set(
+      os.listdir(tmp_path / "run"))
 
 
 def test_asyncio_logs_a_failed_save_task_without_its_traceback(tmp_path, caplog):

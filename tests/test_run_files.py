@@ -48,6 +48,28 @@ def test_study_config_builds_its_published_model_from_a_checkpoint(path):
   gin.clear_config()
 
 
+MODEL_FILES = sorted(p for p in glob.glob(str(REPO_ROOT / "gin_configs/models/*.gin"))
+                     if not p.endswith("/dual_encoder.gin"))
+
+
+@pytest.mark.parametrize("path", MODEL_FILES, ids=os.path.basename)
+def test_each_model_file_sets_family_beside_the_encoder_config_it_names(path):
+  gin.clear_config()
+  gin_utils.parse([path], finalize=False)
+  assert gin_utils.evaluate("FAMILY") == gin_utils.evaluate("MODEL").encoder_config.family
+  gin.clear_config()
+
+
+def test_family_is_set_by_model_files_only_never_by_a_run_file_beside_them():
+  """The eval run has no model to derive it from: its FAMILY names SPM_PATH's kind."""
+  setters = []
+  for path in glob.glob(str(REPO_ROOT / "gin_configs/**/*.gin"), recursive=True):
+    with open(path) as f:
+      if any(line.startswith("FAMILY =") for line in f):
+        setters.append(path)
+  assert sorted(setters) == sorted(MODEL_FILES + [str(REPO_ROOT / "gin_configs/runs/eval.gin")])
+
+
 @pytest.mark.parametrize("path", [p for p in STUDY_FILES if not p.endswith("/base.gin")],
                          ids=os.path.basename)
 def test_full_scale_runs_train_on_the_papers_languages_and_validate_in_english(path):

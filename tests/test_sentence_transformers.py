@@ -216,7 +216,7 @@ def fine_tuned(minilm_dir, data_dir, tmp_path_factory):
   from hybridir import gin_run
   folder = tmp_path_factory.mktemp("fine_tune")
   bindings = [f"MODEL_DIR = '{folder / RUN_NAME}'", f"CORPUS_DIR = '{data_dir / 'xquad-r'}'",
-              f"SPM_PATH = '{minilm_dir}/tokenizer.json'", "FAMILY = 'bert'",
+              f"SPM_PATH = '{minilm_dir}/tokenizer.json'",
               f"INIT_CHECKPOINT = '{minilm_dir}'", f"CORPUS_NAME = '{FINE_TUNE}'",
               f"MIXTURE_OR_TASK_NAME = '{FINE_TUNE}_hybrid'", "LANGUAGES = ['en', 'de']",
               "TASK_FEATURE_LENGTHS = {'query': 16, 'passage': 32}", "BATCH_SIZE = 8",

@@ -13,7 +13,9 @@ import pytest
 
 import hybridir
 from hybridir import artifacts
+from hybridir import checkpoints
 from hybridir import miracl
+from hybridir import model_card
 from hybridir import retrieval_data
 from hybridir import run_dir
 from hybridir import study
@@ -24,6 +26,7 @@ from hybridir import study_results
 from hybridir import study_run
 from hybridir import study_stats
 from tests import test_quiet
+from tests import test_trainer
 from tests.conftest import REPO_ROOT
 
 TINY = ("TRAIN_STEPS = 6", "BATCH_SIZE = 8", "EVAL_PERIOD = 3", "VALIDATION_STEPS = 1",
@@ -305,7 +308,14 @@ def test_a_study_run_describes_itself_and_keeps_the_chosen_checkpoints_export(qu
   run = output_dir / "runs" / "t5_hybrid_seed0"
   assert {"checkpoints", "config.gin", "encoder.json", "vocabulary", "export"} <= set(
       os.listdir(run))
-  assert "ALPHA = 0.5" in (run / "config.gin").read_text()
+  # One run description (the trainer's): config.gin, encoder.json and the checkpoints agree.
+  identity = test_trainer.check_description_agrees_with_checkpoint(
+      run, checkpoints.training_steps(str(run))[-1])
+  config = model_card.config_macros(str(run / run_dir.CONFIG))
+  assert (config["ALPHA"], config["FAMILY"]) == (0.5, "t5")
+  assert (config["SEED"], config["TASK_FEATURE_LENGTHS"], config["MIXTURE_OR_TASK_NAME"],
+          config["BATCH_SIZE"]) == (identity["seed"], identity["task_feature_lengths"],
+                                    identity["input"]["input"], identity["input"]["batch_size"])
   with open(run / study_run.RESULTS_FILE) as f:
     chosen = json.load(f)["train"]["chosen_step"]
   assert artifacts.read_manifest(str(run / "export"))["metadata"]["step"] == chosen

@@ -1,4 +1,6 @@
 """The sharded trainer: mesh equivalence, GradCache, compile-once, resume, NaN stop, preemption."""
+import hashlib
+import json
 import os
 import re
 import signal
@@ -13,6 +15,7 @@ from jax.sharding import PartitionSpec
 from hybridir import checkpoints
 from hybridir import optim
 from hybridir import partitioning
+from hybridir import run_dir
 from hybridir import text
 from hybridir import train_step as step_lib
 from hybridir import trainer
@@ -197,7 +200,7 @@ def test_a_run_resumes_with_the_other_kernels_and_its_random_streams_follow_them
   assert jax.config.jax_threefry_partitionable == process_setting  # Set for the run only.
   resumed = run(tmp_path, 6, model=tiny_model(0.1, "portable"))
   assert [h["step"] for h in resumed.history] == [5, 6]
-  assert "kernels" not in checkpoints.run_identity(str(tmp_path), 6)[1]["model"]
+  assert "kernels" not in checkpoints.read_checkpoint_identity(str(tmp_path), 6)[1]["model"]
 
 
 @pytest.mark.parametrize("make, message", [
@@ -274,8 +277,24 @@ def test_checkpoint_records_the_inputs_text_format_and_passage_length_for_export
 
   run(tmp_path, 1, FormattedPairs(), checkpoint_cfg=trainer.CheckpointConfig(period=1))
   assert checkpoints.training_text_format(str(tmp_path), 1) == FormattedPairs.text_format
-  identity = checkpoints.run_identity(str(tmp_path), 1)[1]
+  identity = checkpoints.read_checkpoint_identity(str(tmp_path), 1)[1]
   assert identity["task_feature_lengths"]["passage"] == LENGTHS["passage"]
+
+
+def check_description_agrees_with_checkpoint(model_dir, step: int) -> dict:
+  """MODEL_DIR's encoder.json and vocabulary copy say what checkpoint `step`'s identity says (one
+  run description, two views); returns that identity."""
+  identity = checkpoints.read_checkpoint_identity(str(model_dir), step)[1]
+  with open(os.path.join(model_dir, run_dir.DESCRIPTION)) as f:
+    description = json.load(f)
+  assert {k: v for k, v in description["encoder_config"].items() if k != "kernels"} == (
+      identity["model"])
+  assert description["text_format"] == identity["text_format"]
+  assert {"query": description["query_max_length"], "passage": description["max_length"]} == (
+      identity["task_feature_lengths"])
+  with open(os.path.join(model_dir, description["vocabulary"]["file"]), "rb") as f:
+    assert hashlib.sha256(f.read()).hexdigest() == description["vocabulary"]["sha256"]
+  return identity
 
 
 def test_the_best_checkpoint_survives_a_restart_and_is_found_from_disk(tmp_path):
