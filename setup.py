@@ -24,7 +24,7 @@ INSTALL_REQUIRES = [
     "fsspec==2026.9.0",
     "gcsfs==2026.10.1",
     "numpy==2.4.6",
-    "scipy==1.17.1",  # hybridir.study_stats: t quantiles (also a jax requirement).
+    "scipy==1.17.1",  # hybridir.study.study_stats: t quantiles (also a jax requirement).
     "msgpack==1.2.4",
     "absl-py==2.5.1",
     "tqdm==4.70.1",

@@ -88,7 +88,8 @@ def export_encoder(out, data_dir):
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from hybridir import artifacts, spm  # pylint: disable=g-import-not-at-top
+  from hybridir.data import spm  # pylint: disable=g-import-not-at-top
+  from hybridir.export import artifacts
   from hybridir.models import dual_encoder, t5  # pylint: disable=g-import-not-at-top
   spm_path = spm.train(os.path.join(data_dir, "xquad-r"), "t5", 1000, os.path.join(out, "spm"),
                        languages=["en"])
@@ -143,7 +144,8 @@ def brute_force_check(args, folder, encoder_dir, model_dir):
   """--sample queries' top-k by a float32 NumPy matmul over the whole index (score descending,
   then position) against run.trec: identical, or equal up to near-ties within rounding."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from hybridir import corpus_index, export  # pylint: disable=g-import-not-at-top
+  from hybridir.evaluation import corpus_index
+  from hybridir.export import exporter  # pylint: disable=g-import-not-at-top
   index_dir = os.path.join(model_dir, "index")
   spec = corpus_index.read_spec(index_dir)
   ids, rows = [], []
@@ -152,7 +154,7 @@ def brute_force_check(args, folder, encoder_dir, model_dir):
     rows.extend(r for _, r in corpus_index.iter_shard_rows(index_dir, spec, shard, 1 << 20))
   passages, position = np.concatenate(rows), {docid: i for i, docid in enumerate(ids)}
   topics = [line.split("\t") for line in open(f"{folder}/topics.tsv").read().splitlines()]
-  encoder = export.load_encoder(encoder_dir, batch_size=args.batch_size)
+  encoder = exporter.load_encoder(encoder_dir, batch_size=args.batch_size)
   # All topics in one call with the run's batch size, as the run encoded them: the same batches.
   queries = encoder.encode([text for _, text in topics], tower="query")[:args.sample]
   topics = topics[:args.sample]

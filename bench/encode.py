@@ -20,7 +20,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 from hybridir import gin_utils  # noqa: E402
-from hybridir import importers  # noqa: E402
+from hybridir.training import importers  # noqa: E402
 
 
 def torch_model(cfg):

@@ -1,4 +1,4 @@
-"""Exact top-k search throughput: hybridir.retrieval.top_k against faiss IndexFlatIP, one process.
+"""Exact top-k search throughput: hybridir.evaluation.retrieval.top_k against faiss IndexFlatIP, one process.
 
     python bench/eval.py [--pool_size 1000000] [--num_queries 1000] [--dim 768] [--k 100]
 
@@ -14,7 +14,7 @@ import time
 import jax
 import numpy as np
 
-from hybridir import retrieval
+from hybridir.evaluation import retrieval
 
 
 def _random_rows(rng: np.random.Generator, rows: int, dim: int, aligned: bool = True,
@@ -62,9 +62,9 @@ def main() -> None:
                   query_block_size=args.query_block_size)
   index.search(queries[:8], args.k)
 
-  times = {"hybridir.retrieval.top_k": [], "faiss IndexFlatIP": []}
+  times = {"hybridir.evaluation.retrieval.top_k": [], "faiss IndexFlatIP": []}
   for _ in range(args.repeats):
-    for name, fn in (("hybridir.retrieval.top_k", run_jax), ("faiss IndexFlatIP", run_faiss)):
+    for name, fn in (("hybridir.evaluation.retrieval.top_k", run_jax), ("faiss IndexFlatIP", run_faiss)):
       start = time.perf_counter()
       result = fn()
       times[name].append(time.perf_counter() - start)
@@ -86,7 +86,7 @@ def main() -> None:
     print(f"{name:<26} {statistics.median(seconds):9.2f} {min(seconds):8.2f} {rates[name]:10.1f}  "
           + " ".join(f"{s:.2f}" for s in seconds))
   print(f"ratio (hybridir / faiss queries/s): "
-        f"{rates['hybridir.retrieval.top_k'] / rates['faiss IndexFlatIP']:.2f}")
+        f"{rates['hybridir.evaluation.retrieval.top_k'] / rates['faiss IndexFlatIP']:.2f}")
   print(f"top-{args.k} overlap between the two: {agreement:.4f}")
 
 

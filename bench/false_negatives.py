@@ -22,11 +22,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tasks  # noqa: E402
+from hybridir.data import hybrid  # noqa: E402
+from hybridir.data import input_pipeline  # noqa: E402
+from hybridir.data import spm  # noqa: E402
+from hybridir.data import text  # noqa: E402
 from hybridir import fs  # noqa: E402
-from hybridir import hybrid  # noqa: E402
-from hybridir import input_pipeline  # noqa: E402
-from hybridir import spm  # noqa: E402
-from hybridir import text  # noqa: E402
 
 
 def text_groups(corpus, text_format) -> dict[str, set[int]]:

@@ -32,7 +32,7 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from hybridir import checkpoints  # noqa: E402  pylint: disable=wrong-import-position
+from hybridir.training import checkpoints  # noqa: E402  pylint: disable=wrong-import-position
 
 STEPS, PERIOD = 12, 2  # A checkpoint every 2 steps, the last 3 kept.
 ROWS = []
@@ -330,11 +330,11 @@ def export_cases(work, reference_dir):
          run.text(), "ok" if status == 0 and not warnings else "FAILURE",
          f"{warnings} orbax warnings")
   beir = os.path.join(work, "beir")
-  Command("hybridir.data", ["beir", "--dataset", "xquad_r", "--languages", "en", "de",
+  Command("hybridir.data.describe", ["beir", "--dataset", "xquad_r", "--languages", "en", "de",
                             "--output", beir], beir + ".log").finish()
   files = ["--corpus", f"{beir}/corpus.jsonl", "--queries", f"{beir}/queries.jsonl",
            "--qrels", f"{beir}/qrels.tsv"]
-  run = Command("hybridir.evaluate", ["--encoder", export, "--output_dir", f"{work}/eval_good",
+  run = Command("hybridir.evaluation.evaluate", ["--encoder", export, "--output_dir", f"{work}/eval_good",
                                       *files], f"{work}/eval_good.log")
   status = run.finish()
   scores = (json.load(open(f"{work}/eval_good/metrics.json")) if status == 0 else {})
@@ -346,7 +346,7 @@ def export_cases(work, reference_dir):
   flip(max(params, key=os.path.getsize))
   one_line("export with 16 bytes flipped in a parameter file", "evaluate --encoder",
            "one line naming the file, exit 1; no report", Command(
-               "hybridir.evaluate", ["--encoder", damaged, "--output_dir", f"{work}/eval_bad",
+               "hybridir.evaluation.evaluate", ["--encoder", damaged, "--output_dir", f"{work}/eval_bad",
                                      *files], f"{work}/eval_bad.log"),
            files_ok=not os.path.exists(f"{work}/eval_bad"))
   miracl = os.path.join(REPO, "tests", "fixtures", "miracl", "en")

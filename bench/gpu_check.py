@@ -31,11 +31,11 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from hybridir import flops  # noqa: E402
 from hybridir import gin_utils  # noqa: E402
-from hybridir import optim  # noqa: E402
-from hybridir import partitioning  # noqa: E402
-from hybridir import trainer  # noqa: E402
+from hybridir.training import flops  # noqa: E402
+from hybridir.training import optim  # noqa: E402
+from hybridir.training import partitioning  # noqa: E402
+from hybridir.training import trainer  # noqa: E402
 import train_step as bench_step  # noqa: E402
 
 LEARNING_RATE, WEIGHT_DECAY = 1e-4, 0.01

@@ -20,10 +20,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tasks  # noqa: E402
+from hybridir.data import hybrid  # noqa: E402
+from hybridir.data import input_pipeline  # noqa: E402
+from hybridir.data import spm  # noqa: E402
 from hybridir import fs  # noqa: E402
-from hybridir import hybrid  # noqa: E402
-from hybridir import input_pipeline  # noqa: E402
-from hybridir import spm  # noqa: E402
 from hybridir.models import families  # noqa: E402
 
 REQUIRED_RATIO = 5.0

@@ -40,12 +40,12 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from hybridir import flops  # noqa: E402
 from hybridir import gin_utils  # noqa: E402
-from hybridir import optim  # noqa: E402
-from hybridir import train_step as step_lib  # noqa: E402
-from hybridir import trainer  # noqa: E402
 from hybridir.models import t5  # noqa: E402
+from hybridir.training import flops  # noqa: E402
+from hybridir.training import optim  # noqa: E402
+from hybridir.training import train_step as step_lib  # noqa: E402
+from hybridir.training import trainer  # noqa: E402
 import peak_matmul  # noqa: E402
 
 TEMPERATURE = 0.05

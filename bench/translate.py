@@ -19,7 +19,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from hybridir import translate  # noqa: E402
+from hybridir.translation import translate  # noqa: E402
 from tests import test_translate  # noqa: E402  (the random-model builders)
 from tests.conftest import shared_data_dir  # noqa: E402
 

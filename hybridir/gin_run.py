@@ -10,20 +10,20 @@ from absl import logging
 import gin
 import jax
 
-from hybridir import artifacts
-from hybridir import checkpoints
-from hybridir import corpora
-from hybridir import corpus_eval
+from hybridir.data import corpora
+from hybridir.data import spm
 from hybridir import errors
-from hybridir import eval_run
-from hybridir import export
+from hybridir.evaluation import corpus_eval
+from hybridir.evaluation import eval_run
+from hybridir.export import artifacts
+from hybridir.export import exporter
 from hybridir import fs
 from hybridir import gin_utils
-from hybridir import run_dir
-from hybridir import spm
-from hybridir import study_results
-from hybridir import study_run
-from hybridir import trainer
+from hybridir.study import study_results
+from hybridir.study import study_run
+from hybridir.training import checkpoints
+from hybridir.training import run_dir
+from hybridir.training import trainer
 
 # Where each run function writes, by parameter ("directory": files go inside; "file": a file or
 # a file prefix); checked writable before SETUP and RUN start.
@@ -33,7 +33,7 @@ OUTPUT_PARAMETERS = {
     eval_run.run_evaluation: {"output_dir": "directory"},
     corpus_eval.run_corpus_evaluation: {"output_dir": "directory"},
     corpus_eval.run_miracl_evaluation: {"output_dir": "directory"},
-    export.export_from_training_checkpoint: {"output_dir": "directory"},
+    exporter.export_from_training_checkpoint: {"output_dir": "directory"},
     spm.train: {"output": "file"},
 }
 # Errors that describe bad input or an unusable output (their message names the file, record or

@@ -17,7 +17,7 @@ from hybridir import errors
 from hybridir import fs
 
 # The training run's selector (RUN = @trainer.train): aot compiles it.
-TRAINING_RUN = "hybridir.trainer.train"
+TRAINING_RUN = "hybridir.training.trainer.train"
 
 _PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
 # Folders holding gin_configs/: the installed package (hybridir/gin_configs), else the checkout.
@@ -178,7 +178,7 @@ class LiteralConfig:
   def selector(self, written: str) -> str:
     """The complete selector of a configurable as a file writes it, through the files' imports
     as gin resolves it ('export.export_from_training_checkpoint' after `from hybridir import
-    export`: 'hybridir.export.export_from_training_checkpoint'); else as written."""
+    export`: 'hybridir.export.exporter.export_from_training_checkpoint'); else as written."""
     head, dot, rest = written.partition(".")
     return f"{self.imports[head]}.{rest}" if dot and head in self.imports else written
 
@@ -280,7 +280,7 @@ def file_macro(gin_file: str, name: str):
 
 
 def run_selector() -> str | None:
-  """The configurable RUN binds, e.g. 'hybridir.trainer.train'; None when no RUN is bound."""
+  """The configurable RUN binds, e.g. 'hybridir.training.trainer.train'; None when no RUN is bound."""
   try:
     return gin.query_parameter("%RUN").configurable.selector
   except ValueError:
@@ -304,7 +304,7 @@ def _as_received(value):
 
 
 def bound_arguments(selector: str, names) -> dict:
-  """The arguments among `names` that gin binds for `selector` ('hybridir.trainer.train'), as
+  """The arguments among `names` that gin binds for `selector` ('hybridir.training.trainer.train'), as
   the function receives them; unbound ones are absent."""
   bindings = gin.get_bindings(selector, resolve_references=False)
   return {name: _as_received(bindings[name]) for name in names if name in bindings}

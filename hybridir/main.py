@@ -50,11 +50,11 @@ _SHUTDOWN_TIMEOUT = flags.DEFINE_integer(
 # or folder): checked to exist before anything is imported, so by complete selector (as the gin
 # files' imports resolve what they call, LiteralConfig.selector).
 INPUT_PARAMETERS = {
-    "hybridir.export.export_from_training_checkpoint": {"model_dir": "run"},
-    "hybridir.eval_run.run_evaluation": {"encoder_path": "path"},
-    "hybridir.corpus_eval.run_corpus_evaluation": {"encoder_path": "path", "topics_tsv": "path",
+    "hybridir.export.exporter.export_from_training_checkpoint": {"model_dir": "run"},
+    "hybridir.evaluation.eval_run.run_evaluation": {"encoder_path": "path"},
+    "hybridir.evaluation.corpus_eval.run_corpus_evaluation": {"encoder_path": "path", "topics_tsv": "path",
                                                    "qrels_trec": "path"},
-    "hybridir.corpus_eval.run_miracl_evaluation": {"encoder_path": "path", "miracl_dir": "path"},
+    "hybridir.evaluation.corpus_eval.run_miracl_evaluation": {"encoder_path": "path", "miracl_dir": "path"},
     "tasks.register_parallel_qa": {"corpus_path": "path"},
 }
 
@@ -127,11 +127,11 @@ if __name__ == "__main__":
 # pylint: disable=g-import-not-at-top,wrong-import-position  (after check_command_line, on purpose)
 import jax
 
-from hybridir import checkpoints
-from hybridir import export
+from hybridir.cloud import multihost
+from hybridir.export import exporter
 from hybridir import gin_run
-from hybridir import multihost
-from hybridir import trainer
+from hybridir.training import checkpoints
+from hybridir.training import trainer
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
@@ -213,7 +213,7 @@ def closing_line_parts() -> tuple[str, str | None]:
   run = gin_utils.run_function()
   model_dir, export_dir, eval_dir = (gin_utils.macro(name, None)
                                      for name in ("MODEL_DIR", "EXPORT_DIR", "EVAL_DIR"))
-  if run is export.export_from_training_checkpoint and export_dir:
+  if run is exporter.export_from_training_checkpoint and export_dir:
     return (f"the encoder {export_dir}", "python -m hybridir.evaluate --encoder "
             f"{export_dir} --corpus corpus.jsonl --queries queries.jsonl --qrels qrels.tsv")
   if eval_dir:

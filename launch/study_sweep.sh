@@ -76,7 +76,7 @@ for model in $models; do
     for seed in $seeds; do
       # The run's folder name and ALPHA, as the demo and the gather name runs (standard library
       # only: no hybridir install needed here).
-      layout="$(python3 "$here/../hybridir/study_layout.py" --model "$model" \
+      layout="$(python3 "$here/../hybridir/study/study_layout.py" --model "$model" \
         --strategy "$strategy" --seed "$seed")"
       read -r run alpha <<<"$layout"
       name="hybridir-${run//_/-}"

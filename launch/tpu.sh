@@ -227,7 +227,7 @@ validate() {
 }
 
 # Compiles the run for the slice on this machine (libtpu's compile-only devices), from the checkout
-# the workers get; stops before anything is created unless it fits (hybridir.aot exits 0).
+# the workers get; stops before anything is created unless it fits (hybridir.cloud.aot exits 0).
 check_fits() {
   local args=(-m hybridir.aot "--accelerator_type=$accelerator_type") gin_file binding status=0
   for gin_file in "${gin_files[@]}"; do

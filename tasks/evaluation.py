@@ -18,9 +18,9 @@ from typing import Sequence
 import numpy as np
 import seqio
 
-from hybridir import corpora
+from hybridir.data import corpora
+from hybridir.data import retrieval_data
 from hybridir import fs
-from hybridir import retrieval_data
 from tasks import qa
 
 SPLIT = "test"  # The seqio split of every evaluation task.

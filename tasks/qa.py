@@ -15,7 +15,7 @@ and e.g. `validation` and `test`, drawn by `corpora.ParallelCorpus.select_articl
 task and mixture serves each split. How batches are drawn (`hybrid.HybridSchedule`: alpha,
 temperatures, batch size, seed) is the input's, not the registration's.
 
-Every example holds `query` and `passage` (token ids of `hybridir.text.tokenize`: prefixes, the
+Every example holds `query` and `passage` (token ids of `hybridir.data.text.tokenize`: prefixes, the
 passage unit, truncation and the vocabulary's special tokens (T5's EOS, XLM-R's <s> ... </s>,
 BERT's [CLS] ... [SEP]), as `encoder.Encoder.encode` gives them; the strings the model reads are
 kept as `*_pretokenized`), `pair_id` (the index of the string pair
@@ -29,11 +29,11 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from hybridir import corpora
+from hybridir.data import corpora
+from hybridir.data import hybrid
+from hybridir.data import text as text_lib
+from hybridir.data import vocab
 from hybridir import fs
-from hybridir import hybrid
-from hybridir import text as text_lib
-from hybridir import vocab
 
 TRAIN = "train"  # The split a corpus trains on; every registration has it.
 
@@ -41,7 +41,7 @@ TRAIN = "train"  # The split a corpus trains on; every registration has it.
 @functools.lru_cache(maxsize=None)
 def get_vocabulary(family: str, spm_path: str) -> seqio.Vocabulary:
   """The family's seqio vocabulary (the kind its file is, among those the family registered with
-  hybridir.vocab), loaded once per (family, path)."""
+  hybridir.data.vocab), loaded once per (family, path)."""
   vocab.family_kinds(family)  # An unknown family fails before a missing file.
   if not fs.isfile(spm_path):
     raise FileNotFoundError(f"spm_path {spm_path}: no such vocabulary file")
@@ -164,7 +164,7 @@ class HybridMixture(seqio.Mixture):
     corpus_path: the file or folder the corpus was read from.
     corpus: the parallel corpus the splits are drawn from.
     splits: {seqio split: its part of `corpus`}, `TRAIN` first.
-    family: an encoder family's name (its vocabulary kinds are registered in hybridir.vocab).
+    family: an encoder family's name (its vocabulary kinds are registered in hybridir.data.vocab).
     spm_path: the SentencePiece model.
     text_format: prefixes and passage unit of every example (`text.TextFormat`).
   """

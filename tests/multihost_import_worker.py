@@ -15,10 +15,10 @@ from absl import flags
 import jax
 import numpy as np
 
-from hybridir import importers
 from hybridir import main as hybridir_main
-from hybridir import partitioning
 from hybridir.models import dual_encoder
+from hybridir.training import importers
+from hybridir.training import partitioning
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "T5X checkpoint directory.", required=True)
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Where process_<i>.json goes.", required=True)

@@ -24,16 +24,16 @@ import numpy as np
 
 import tasks
 from tasks import qa
-from hybridir import checkpoints
-from hybridir import hybrid
-from hybridir import input_pipeline
+from hybridir.data import hybrid
+from hybridir.data import input_pipeline
 from hybridir import main as hybridir_main
-from hybridir import optim
-from hybridir import partitioning
-from hybridir import train_step
-from hybridir import trainer
 from hybridir.models import dual_encoder
 from hybridir.models import t5
+from hybridir.training import checkpoints
+from hybridir.training import optim
+from hybridir.training import partitioning
+from hybridir.training import train_step
+from hybridir.training import trainer
 from jax.experimental import multihost_utils
 
 _CORPUS_DIR = flags.DEFINE_string("corpus_dir", None, "XQuAD-R folder.", required=True)

@@ -8,8 +8,10 @@ import re
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-PACKAGES = ("hybridir", "hybridir/models", "tasks")
-PARTITIONING = "hybridir.partitioning"
+PACKAGES = ("hybridir", "tasks") + tuple(
+    f"hybridir/{p}" for p in ("data", "translation", "models", "training", "export",
+                              "evaluation", "study", "cloud"))
+PARTITIONING = "hybridir.training.partitioning"
 # The gin edge: the entry point, its parser and its runner. The library is gin-free (issue 21).
 GIN_MODULES = frozenset({"hybridir.main", "hybridir.gin_utils", "hybridir.gin_run"})
 
@@ -114,7 +116,7 @@ def _called_name(call: ast.Call) -> str:
 def sharding_violations(source: str, filename: str) -> list[str]:
   """Where `source` builds a mesh, a PartitionSpec or a NamedSharding, or names a mesh axis.
 
-  The rule, outside hybridir/partitioning.py: (1) no name or attribute in SHARDING_NAMES
+  The rule, outside hybridir/training/partitioning.py: (1) no name or attribute in SHARDING_NAMES
   (`jax.sharding.PartitionSpec(...)`, `P(...)`, `Mesh(...)`, `mesh_utils`,
   `partitioning.DATA_AXIS`, ...) and no import of one, except inside type annotations
   (`mesh: jax.sharding.Mesh`); (2) no string "data" or "model" among the arguments of a call in
@@ -196,8 +198,8 @@ def import_cycles(imports: dict[str, set[str]]) -> list[list[str]]:
 
 
 # The training loop and step: what evaluation and export never need, directly or through others.
-TRAINING_MODULES = frozenset({"hybridir.optim", "hybridir.train_step", "hybridir.trainer",
-                              "hybridir.flops", "hybridir.summaries"})
+TRAINING_MODULES = frozenset({"hybridir.training.optim", "hybridir.training.train_step", "hybridir.training.trainer",
+                              "hybridir.training.flops", "hybridir.training.summaries"})
 
 
 def reachable(imports: dict[str, set[str]], module: str) -> set[str]:
@@ -217,13 +219,13 @@ def test_no_module_imports_itself_through_others():
 
 
 def test_cycle_checker_catches_a_cycle_inside_a_stage():
-  imports = {"hybridir.evaluate": {"hybridir.beir_eval", "hybridir.metrics"},
-             "hybridir.beir_eval": {"hybridir.retrieval"}, "hybridir.retrieval": {"hybridir.fs"},
-             "hybridir.metrics": set(), "hybridir.fs": set()}
+  imports = {"hybridir.evaluation.evaluate": {"hybridir.evaluation.beir_eval", "hybridir.evaluation.metrics"},
+             "hybridir.evaluation.beir_eval": {"hybridir.evaluation.retrieval"}, "hybridir.evaluation.retrieval": {"hybridir.fs"},
+             "hybridir.evaluation.metrics": set(), "hybridir.fs": set()}
   assert import_cycles(imports) == []
-  imports["hybridir.retrieval"].add("hybridir.evaluate")  # evaluate -> beir_eval -> retrieval -> evaluate
-  assert import_cycles(imports) == [["hybridir.beir_eval", "hybridir.evaluate",
-                                     "hybridir.retrieval"]]
+  imports["hybridir.evaluation.retrieval"].add("hybridir.evaluation.evaluate")  # evaluate -> beir_eval -> retrieval -> evaluate
+  assert import_cycles(imports) == [["hybridir.evaluation.beir_eval", "hybridir.evaluation.evaluate",
+                                     "hybridir.evaluation.retrieval"]]
   assert import_cycles({"hybridir.fs": {"hybridir.fs"}}) == [["hybridir.fs"]]
 
 
@@ -236,30 +238,30 @@ def test_export_and_evaluation_do_not_import_training_code():
 
 
 def test_stage_checker_catches_an_import_of_a_later_stage():
-  stages = {"hybridir.fs": 0, "hybridir.corpora": 1, "hybridir.trainer": 7}
-  source = "def f():\n  from hybridir import trainer\n"  # Inside a function still counts.
-  imports = {"hybridir.corpora": imported_modules(source, "hybridir.corpora", set(stages)),
+  stages = {"hybridir.fs": 0, "hybridir.data.corpora": 1, "hybridir.training.trainer": 7}
+  source = "def f():\n  from hybridir.training import trainer\n"  # Inside a function still counts.
+  imports = {"hybridir.data.corpora": imported_modules(source, "hybridir.data.corpora", set(stages)),
              "hybridir.fs": set()}
-  assert stage_violations(stages, imports) == {("hybridir.corpora", "hybridir.trainer")}
+  assert stage_violations(stages, imports) == {("hybridir.data.corpora", "hybridir.training.trainer")}
 
 
 @pytest.mark.parametrize("source, imported", [
     ("import hybridir.fs", "hybridir.fs"),
     ("from hybridir.models import t5", "hybridir.models.t5"),
-    ("from hybridir.encoder import Encoder", "hybridir.encoder"),
+    ("from hybridir.export.encoder import Encoder", "hybridir.export.encoder"),
     ("import tasks", "tasks"),
     ("from tasks import qa", "tasks.qa"),
     ("from hybridir import __version__", "hybridir"),
 ])
 def test_every_import_form_is_counted(source, imported):
-  known = {"hybridir", "hybridir.fs", "hybridir.models.t5", "hybridir.encoder", "tasks", "tasks.qa"}
-  assert imported_modules(source, "hybridir.corpora", known) == {imported}
+  known = {"hybridir", "hybridir.fs", "hybridir.models.t5", "hybridir.export.encoder", "tasks", "tasks.qa"}
+  assert imported_modules(source, "hybridir.data.corpora", known) == {imported}
 
 
 def test_stage_checker_names_an_unlisted_module():
-  imports = {"hybridir.corpora": {"hybridir.newcomer"}}
+  imports = {"hybridir.data.corpora": {"hybridir.newcomer"}}
   with pytest.raises(ValueError, match="hybridir.newcomer"):
-    stage_violations({"hybridir.corpora": 1}, imports)
+    stage_violations({"hybridir.data.corpora": 1}, imports)
 
 
 def test_only_partitioning_names_mesh_axes():
@@ -271,11 +273,11 @@ def test_only_partitioning_names_mesh_axes():
 
 
 def test_sharding_checker_catches_a_partition_spec_added_to_the_trainer(tmp_path):
-  trainer = (ROOT / "hybridir" / "trainer.py").read_text()
-  assert sharding_violations(trainer, "hybridir/trainer.py") == []
+  trainer = (ROOT / "hybridir" / "training" / "trainer.py").read_text()
+  assert sharding_violations(trainer, "hybridir/training/trainer.py") == []
   edited = tmp_path / "trainer.py"
   edited.write_text(trainer + '\n\nBATCH_SPEC = jax.sharding.PartitionSpec("data")\n')
-  found = sharding_violations(edited.read_text(), "hybridir/trainer.py")
+  found = sharding_violations(edited.read_text(), "hybridir/training/trainer.py")
   assert len(found) == 1 and ".PartitionSpec" in found[0], found
 
 
@@ -326,9 +328,9 @@ def test_gin_checker_sees_every_import_form(source, expected):
 
 
 def test_nothing_imports_the_demo():
-  """The demo (hybridir.study) is imported by nothing; the gather and the study's run take run
+  """The demo (hybridir.study.demo) is imported by nothing; the gather and the study's run take run
   names from study_layout."""
-  importers = {module for module, deps in _project_imports().items() if "hybridir.study" in deps}
+  importers = {module for module, deps in _project_imports().items() if "hybridir.study.demo" in deps}
   assert importers == set()
 
 

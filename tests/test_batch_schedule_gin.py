@@ -3,9 +3,9 @@ through train.gin's hybrid.HybridSchedule, for a training run and a study run al
 import gin
 import pytest
 
+from hybridir.data import hybrid
 from hybridir import errors
 from hybridir import gin_utils
-from hybridir import hybrid
 from tests.test_tasks import spm_models  # noqa: F401  (the shared SentencePiece fixture)
 
 RUN_FILES = {"train": ["gin_configs/runs/train.gin", "gin_configs/models/mt5_tiny.gin"],
@@ -18,7 +18,7 @@ def built_inputs(gin_files, bindings) -> dict:
   gin_utils.parse(gin_files, bindings)
   for call in gin_utils.macro("SETUP", []):  # As hybridir.main runs it.
     call.scoped_configurable_fn()
-  configs = gin_utils.bound_arguments("hybridir.trainer.train", ["train_input", "eval_cfg"])
+  configs = gin_utils.bound_arguments("hybridir.training.trainer.train", ["train_input", "eval_cfg"])
   validation = configs["eval_cfg"].input
   build = lambda factory: factory(host_index=0, host_count=1)  # As trainer._host_input does.
   return {"train": build(configs["train_input"]),
@@ -43,7 +43,7 @@ def test_one_binding_of_alpha_reaches_the_sampler_of_train_gin_and_the_study(
       # Validation: the same road, scoped (monolingual, seed 0); the objective's batches are the
       # training input's schedule.
       assert inputs["validation"]._sampler.schedule == hybrid.HybridSchedule(8, alpha=1.0)
-      objective = gin_utils.bound_arguments("hybridir.study_run.train_and_evaluate",
+      objective = gin_utils.bound_arguments("hybridir.study.study_run.train_and_evaluate",
                                             ["schedule"])["schedule"]
       assert objective == schedule
   finally:
@@ -55,7 +55,7 @@ def test_a_bad_alpha_fails_once_naming_the_parameter(data_dir, spm_models, tmp_p
   try:
     gin_utils.parse(RUN_FILES["train"], [f"MODEL_DIR = '{tmp_path}'", "CORPUS_DIR = '/nowhere'",
                                          f"SPM_PATH = '{spm_models['t5']}'", "ALPHA = 1.5"])
-    train_input = gin_utils.bound_arguments("hybridir.trainer.train", ["train_input"])
+    train_input = gin_utils.bound_arguments("hybridir.training.trainer.train", ["train_input"])
     with pytest.raises(errors.SettingError, match=r"HybridSchedule.alpha must be in \[0, 1\].*found 1.5"):
       train_input["train_input"](host_index=0, host_count=1)  # Before any data is read.
   finally:

@@ -7,12 +7,12 @@ import pytest
 import transformers
 
 import hybridir
-from hybridir import encoder as encoder_lib
-from hybridir import hf_export
-from hybridir import importers
-from hybridir import text as text_lib
-from hybridir import vocab as vocab_lib
+from hybridir.data import text as text_lib
+from hybridir.data import vocab as vocab_lib
+from hybridir.export import encoder as encoder_lib
+from hybridir.export import hf_export
 from hybridir.models import families
+from hybridir.training import importers
 from tests import reference_models as ref
 from tests.test_load_encoder import TEXTS
 
@@ -192,15 +192,15 @@ def test_hf_export_round_trip_and_sentence_transformers_load(tmp_path, wordpiece
 @pytest.mark.slow
 def test_tiny_bert_dual_encoder_loss_falls_on_hybrid_batches(tmp_path, data_dir):
   import tasks
-  from hybridir import hybrid
-  from hybridir import input_pipeline
-  from hybridir import optim
-  from hybridir import partitioning
-  from hybridir import spm
-  from hybridir import train_step
-  from hybridir import trainer
+  from hybridir.data import hybrid
+  from hybridir.data import input_pipeline
+  from hybridir.data import spm
   from hybridir.models import bert
   from hybridir.models import dual_encoder
+  from hybridir.training import optim
+  from hybridir.training import partitioning
+  from hybridir.training import train_step
+  from hybridir.training import trainer
   # Latin-script languages: from scratch, X-Y batches learn from shared subwords (with zh, the
   # loss ratio below ranged 0.87-0.99 over seeds and CPUs: one CI run failed at 0.90).
   languages = ["en", "de", "es"]

@@ -5,8 +5,8 @@ import pathlib
 
 import pytest
 
-from hybridir import corpora
-from hybridir import retrieval_data
+from hybridir.data import corpora
+from hybridir.data import retrieval_data
 
 # LAReQA's published table (questions, candidates); see ../shared/data/README.md.
 XQUAD_R_CANDIDATES = {"ar": 1222, "de": 1276, "el": 1234, "en": 1180, "es": 1215, "hi": 1244,

@@ -11,11 +11,11 @@ import sys
 import numpy as np
 import pytest
 
-from hybridir import artifacts
-from hybridir import corpus_eval
-from hybridir import corpus_index
-from hybridir import export
-from hybridir import spm
+from hybridir.data import spm
+from hybridir.evaluation import corpus_eval
+from hybridir.evaluation import corpus_index
+from hybridir.export import artifacts
+from hybridir.export import exporter
 from hybridir.models import dual_encoder
 from hybridir.models import t5
 from tests.conftest import REPO_ROOT
@@ -138,7 +138,7 @@ def test_the_run_ranks_as_brute_force_over_the_encoded_corpus(runs):
   """Every query's top 20 in the 2-process run is NumPy's sort of title-and-text embeddings
   (scores descending, ties to the earlier passage), up to float32 rounding of near-ties."""
   two, _, root, encoder_dir = runs
-  encoder = export.load_encoder(encoder_dir, batch_size=16)
+  encoder = exporter.load_encoder(encoder_dir, batch_size=16)
   records = [json.loads(line) for line in (root / "corpus.jsonl").read_text().splitlines()]
   passages = encoder.encode([f"{r['title']} {r['text']}" for r in records], tower="passage")
   topics = [line.split("\t") for line in (root / "topics.tsv").read_text().splitlines()]
@@ -158,7 +158,8 @@ def test_the_run_ranks_as_brute_force_over_the_encoded_corpus(runs):
 
 EVALUATE_AND_REPORT_RSS_GROWTH = PEAK_RSS_GROWTH + """
 import functools, json, sys
-from hybridir import corpus_eval, export
+from hybridir.evaluation import corpus_eval
+from hybridir.export import exporter
 
 encoder_dir, folder, names = sys.argv[1], sys.argv[2], sys.argv[3:]
 encoder = export.load_encoder(encoder_dir, batch_size=64)

@@ -9,12 +9,12 @@ import re
 import numpy as np
 import pytest
 
-from hybridir import corpora
-from hybridir import corpus_eval
-from hybridir import corpus_files
-from hybridir import corpus_index
-from hybridir import export
-from hybridir import retrieval_data
+from hybridir.data import corpora
+from hybridir.data import corpus_files
+from hybridir.data import retrieval_data
+from hybridir.evaluation import corpus_eval
+from hybridir.evaluation import corpus_index
+from hybridir.export import exporter
 from tests.test_corpus_eval import tiny_encoder
 from tests.test_corpus_eval import write_gzip_shards
 from tests.test_corpus_index import encode_killed_after_two_shards
@@ -117,7 +117,7 @@ def test_ids_hash_alike_whatever_the_array_width():
 
 @pytest.fixture(scope="module")
 def encoder(tmp_path_factory, data_dir):
-  return export.load_encoder(tiny_encoder(tmp_path_factory.mktemp("encoder"), data_dir),
+  return exporter.load_encoder(tiny_encoder(tmp_path_factory.mktemp("encoder"), data_dir),
                              batch_size=16)
 
 

@@ -8,9 +8,9 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from hybridir import corpus_index
-from hybridir import corpus_search
-from hybridir import encoder as encoder_lib
+from hybridir.evaluation import corpus_index
+from hybridir.evaluation import corpus_search
+from hybridir.export import encoder as encoder_lib
 from hybridir import fs
 from hybridir.models import dual_encoder
 from hybridir.models import t5

@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from hybridir import corpus_index
-from hybridir import corpus_search
+from hybridir.evaluation import corpus_index
+from hybridir.evaluation import corpus_search
 from hybridir import fs
 from tests.conftest import REPO_ROOT
 
@@ -122,7 +122,7 @@ def peak_rss_growth(call):
 SEARCH_AND_REPORT_PEAK_RSS = PEAK_RSS_GROWTH + """
 import sys
 import numpy as np
-from hybridir import corpus_search
+from hybridir.evaluation import corpus_search
 
 queries = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
 def search():

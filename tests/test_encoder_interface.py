@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import hybridir
-from hybridir import retrieval_data
-from hybridir import text
+from hybridir.data import retrieval_data
+from hybridir.data import text
 from hybridir.models import families
 from tests import reference_models as ref
 
@@ -119,7 +119,7 @@ def _mteb_task(data_dir, language="en", num_questions=30, pool_size=200):
 @pytest.mark.slow
 def test_mteb_evaluates_a_hybridir_encoder_as_hybridir_does(encoder, data_dir, tmp_path):
   mteb = pytest.importorskip("mteb")
-  from hybridir import metrics
+  from hybridir.evaluation import metrics
   task, questions, candidates = _mteb_task(data_dir)
   result = mteb.evaluate(encoder, task, cache=None, show_progress_bar=False)
   scores = result.task_results[0].scores["test"][0]
@@ -147,8 +147,8 @@ def test_hf_export_cli_folder_is_a_sentence_transformer_equal_to_hybridir(family
   pytest.importorskip("sentence_transformers")
   import json
   import transformers
-  from hybridir import artifacts
-  from hybridir import hf_export
+  from hybridir.export import artifacts
+  from hybridir.export import hf_export
   encoder = request.getfixturevalue({"t5": "encoder", "xlmr": "xlmr_encoder"}[family])
   artifact = artifacts.export_encoder(str(tmp_path / "artifact"), encoder.model, encoder.params,
                                       hf_export.vocabulary_file(encoder), max_length=32,
@@ -178,8 +178,8 @@ def test_parameters_split_over_local_devices_encode_as_when_replicated(encoder):
   devices as the logical axis rules say, and encodes what the replicated encoder does."""
   import dataclasses  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
-  from hybridir import encoder as encoder_lib  # pylint: disable=import-outside-toplevel
-  from hybridir import train_step  # pylint: disable=import-outside-toplevel
+  from hybridir.export import encoder as encoder_lib  # pylint: disable=import-outside-toplevel
+  from hybridir.training import train_step  # pylint: disable=import-outside-toplevel
   model = encoder.model.clone(encoder_config=dataclasses.replace(
       encoder.model.encoder_config, num_heads=4))  # 4 heads, 300 ids, 24 mlp: split over 4.
   params = train_step.init_model_params(model, jax.random.PRNGKey(0), 8, 8)

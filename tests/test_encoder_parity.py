@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from hybridir import importers
+from hybridir.training import importers
 from tests import reference_models as ref
 
 T5_CONFIGS = {

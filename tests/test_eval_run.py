@@ -4,8 +4,8 @@ import json
 import pytest
 
 import tasks
-from hybridir import eval_run
-from hybridir import evaluate
+from hybridir.evaluation import eval_run
+from hybridir.evaluation import evaluate
 from hybridir.models import families
 from tests import reference_models as ref
 from tests.conftest import REPO_ROOT

@@ -1,4 +1,4 @@
-"""Specification of hybridir.evaluate: the three settings, TREC files and the CLI, degradation."""
+"""Specification of hybridir.evaluation.evaluate: the three settings, TREC files and the CLI, degradation."""
 import json
 import math
 import re
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import pytrec_eval
 
-from hybridir import evaluate
-from hybridir import trec
+from hybridir.evaluation import evaluate
+from hybridir.evaluation import trec
 
 MEASURES = ("map", "recip_rank", "recall_2", "ndcg_cut_3", "P_1")
 

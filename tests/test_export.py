@@ -12,19 +12,19 @@ import pytest
 import transformers
 
 import hybridir
-from hybridir import artifacts
-from hybridir import checkpoints
-from hybridir import encoder as encoder_lib
-from hybridir import export
-from hybridir import hf_export
-from hybridir import importers
-from hybridir import run_dir
-from hybridir import text
-from hybridir import train_step
+from hybridir.data import text
+from hybridir.export import artifacts
+from hybridir.export import encoder as encoder_lib
+from hybridir.export import exporter
+from hybridir.export import hf_export
 from hybridir.models import dual_encoder
 from hybridir.models import families
 from hybridir.models import t5
 from hybridir.models import xlmr
+from hybridir.training import checkpoints
+from hybridir.training import importers
+from hybridir.training import run_dir
+from hybridir.training import train_step
 from tests import reference_models as ref
 from tests.test_load_encoder import TEXTS, spm_models  # noqa: F401 (a fixture)
 
@@ -203,10 +203,10 @@ def test_export_from_training_checkpoint_takes_the_latest_or_given_step(
     tmp_path, spm_models, monkeypatch):
   model = dual_encoder.DualEncoder(CONFIGS["t5"])
   saved = write_training_checkpoints(str(tmp_path / "model"), model, steps=(10, 20))
-  latest = export.export_from_training_checkpoint(
+  latest = exporter.export_from_training_checkpoint(
       str(tmp_path / "model"), str(tmp_path / "latest"), model, spm_models["t5"])
   monkeypatch.chdir(tmp_path)  # Relative paths, as `make demo` passes them (orbax needs absolute).
-  first = export.export_from_training_checkpoint("model", "first", model, spm_models["t5"],
+  first = exporter.export_from_training_checkpoint("model", "first", model, spm_models["t5"],
                                                  step=10)
   assert_params_equal(hybridir.load_encoder(latest).params, saved[20])
   assert_params_equal(hybridir.load_encoder(first).params, saved[10])
@@ -225,7 +225,7 @@ def test_export_from_training_checkpoint_keeps_the_text_format_and_length_it_was
   identity = {"text_format": custom.to_json(), "task_feature_lengths": {"query": 8, "passage": 48}}
   checkpointer.save(5, state, {"step": 5, "identity": identity}, force=True)
   checkpointer.close()
-  artifact = export.export_from_training_checkpoint(model_dir, str(tmp_path / "out"), model,
+  artifact = exporter.export_from_training_checkpoint(model_dir, str(tmp_path / "out"), model,
                                                     spm_models["t5"])
   encoder = hybridir.load_encoder(artifact)
   assert (encoder.text_format, encoder.max_length, encoder.query_max_length) == (custom, 48, 8)
@@ -233,7 +233,7 @@ def test_export_from_training_checkpoint_keeps_the_text_format_and_length_it_was
   query, passage = (encoder.tokenize([long_text], tower)[0] for tower in ("query", "passage"))
   assert (len(query), len(passage)) == (8, 48)  # Each tower cut at its training length.
   with pytest.raises(ValueError, match="step 5 was trained with"):
-    export.export_from_training_checkpoint(model_dir, str(tmp_path / "other"), model,
+    exporter.export_from_training_checkpoint(model_dir, str(tmp_path / "other"), model,
                                            spm_models["t5"], text_format=text.TextFormat())
 
 
@@ -241,7 +241,7 @@ def test_missing_training_step_lists_the_available_ones(tmp_path, spm_models):
   model = dual_encoder.DualEncoder(CONFIGS["t5"])
   write_training_checkpoints(str(tmp_path / "model"), model, steps=(10,))
   with pytest.raises(FileNotFoundError, match=r"no checkpoint for step 5; found steps \[10\]"):
-    export.export_from_training_checkpoint(str(tmp_path / "model"), str(tmp_path / "out"),
+    exporter.export_from_training_checkpoint(str(tmp_path / "model"), str(tmp_path / "out"),
                                            model, spm_models["t5"], step=5)
 
 
@@ -303,7 +303,7 @@ def test_hf_export_encodes_like_transformers(tmp_path, spm_models, family):
 def test_mt5_export_card_names_the_encoder_class_automodel_does_not_build(tmp_path, spm_models):
   """config.json's architectures and the card name MT5EncoderModel; the card's line for AutoModel
   users says what AutoModel really builds from the export."""
-  from hybridir import model_card
+  from hybridir.export import model_card
   model = dual_encoder.DualEncoder(CONFIGS["t5"])
   params = random_params(model)
   output = hf_export.export_hf(str(tmp_path / "hf"), model, params, spm_models["t5"])

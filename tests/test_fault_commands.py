@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
-from hybridir import artifacts
-from hybridir import checkpoints
+from hybridir.export import artifacts
 from hybridir.models import families
+from hybridir.training import checkpoints
 from tests import reference_models
 from tests.conftest import REPO_ROOT
 from tests.test_faults import flip_bytes
@@ -140,7 +140,7 @@ def test_export_with_flipped_parameter_bytes_is_refused_by_evaluate_naming_the_f
   victim = max((p for p in (artifact / artifacts.PARAMS_DIR).rglob("*") if p.is_file()),
                key=lambda p: p.stat().st_size)
   flip_bytes(victim, victim.stat().st_size // 2)
-  status, stderr = command("hybridir.evaluate", "--encoder", artifact, "--output_dir",
+  status, stderr = command("hybridir.evaluation.evaluate", "--encoder", artifact, "--output_dir",
                            tmp_path / "eval", *beir_files(tmp_path / "beir"))
   line = error_line(stderr)
   assert status == 1 and line.startswith(f"error: {victim}: sha256 ") and line.endswith(

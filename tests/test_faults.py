@@ -12,13 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hybridir import checkpoints
+from hybridir.data import text
 from hybridir import errors
 from hybridir import fs
-from hybridir import run_dir
-from hybridir import text
-from hybridir import trainer
 from hybridir.models import families
+from hybridir.training import checkpoints
+from hybridir.training import run_dir
+from hybridir.training import trainer
 from tests import reference_models
 from tests import test_trainer
 from tests.test_trainer import SyntheticPairs, run

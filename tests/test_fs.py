@@ -7,9 +7,9 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 import pytest
 
-from hybridir import corpora
+from hybridir.data import corpora
 from hybridir import fs
-from hybridir import summaries
+from hybridir.training import summaries
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from hybridir import artifacts
-from hybridir import checkpoints
+from hybridir.export import artifacts
 from hybridir import fs
+from hybridir.training import checkpoints
 from tests.conftest import REPO_ROOT
 from tests.conftest import shared_titles
 

@@ -8,9 +8,9 @@ import logging
 import numpy as np
 import pytest
 
-from hybridir import corpora
+from hybridir.data import corpora
+from hybridir.data import hybrid
 from hybridir import errors
-from hybridir import hybrid
 
 STEPS = 10_000
 BATCH_SIZE = 32

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from hybridir import importers
 from hybridir.models import t5
+from hybridir.training import importers
 from tests import reference_models as ref
 
 T5X_DIR = "t5x-tiny-checkpoint/test_de_t5_tiny.checkpoint_1000"

@@ -8,11 +8,11 @@ import seqio
 import tensorflow as tf
 
 import tasks
+from hybridir.data import hybrid
+from hybridir.data import input_pipeline
+from hybridir.data import text
+from hybridir.data import vocab
 from hybridir import errors
-from hybridir import hybrid
-from hybridir import input_pipeline
-from hybridir import text
-from hybridir import vocab
 from tests.test_tasks import spm_models  # noqa: F401  (the shared SentencePiece fixture)
 
 LANGUAGES = ("de", "en", "zh")

@@ -6,7 +6,7 @@ import pytest
 import transformers
 
 import hybridir
-from hybridir import vocab as vocab_lib
+from hybridir.data import vocab as vocab_lib
 from hybridir.models import families
 from tests import reference_models as ref
 

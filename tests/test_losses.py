@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hybridir import losses
+from hybridir.training import losses
 
 
 def numpy_in_batch_loss(query, passage, temperature, passage_keys=None, hard_negatives=0,

@@ -49,7 +49,7 @@ def test_run_files_train_export_and_evaluate_end_to_end(tmp_path, data_dir):
   assert 0 < summary["mlqa_r"]["multilingual/map"] <= 1
   assert "monolingual/map" in summary["degradation"]["mlqa_r"]
   assert (tmp_path / "eval" / "xquad_r" / "xquad_r_cross_lingual.png").stat().st_size > 1000
-  # The TREC files agree with the report through an independent path: `hybridir.evaluate`'s CLI.
+  # The TREC files agree with the report through an independent path: `hybridir.evaluation.evaluate`'s CLI.
   folder = tmp_path / "eval" / "mlqa_r"
   cli = subprocess.run([sys.executable, "-m", "hybridir.evaluate", "--run",
                         str(folder / "multilingual.run"), "--qrels",
@@ -132,7 +132,7 @@ def test_the_pre_import_check_finds_what_a_run_calls_through_the_files_imports(t
   from hybridir import main
   run_file = tmp_path / "run.gin"
   run_file.write_text("from __gin__ import dynamic_registration\n"
-                      "from hybridir import export as exporting\n"
+                      "from hybridir.export import exporter as exporting\n"
                       "RUN = @exporting.export_from_training_checkpoint\n"
                       f"exporting.export_from_training_checkpoint.model_dir = '{tmp_path}/none'\n")
   with pytest.raises(errors.SettingError, match="export_from_training_checkpoint.model_dir: .*"

@@ -23,21 +23,21 @@ from absl import app
 import gin
 import pytest
 
-from hybridir import artifacts
-from hybridir import data as data_cli
+from hybridir.data import describe as data_cli
+from hybridir.data import retrieval_data
+from hybridir.data import spm as spm_cli
 from hybridir import errors
-from hybridir import evaluate as evaluate_cli
-from hybridir import export
+from hybridir.evaluation import evaluate as evaluate_cli
+from hybridir.export import artifacts
+from hybridir.export import exporter
+from hybridir.export import hf_export
 from hybridir import gin_run as gin_run_lib
 from hybridir import gin_utils
-from hybridir import hf_export
 from hybridir import main as main_lib
-from hybridir import retrieval_data
-from hybridir import spm as spm_cli
-from hybridir import study_gather
-from hybridir import translate as translate_cli
 from hybridir.models import dual_encoder
 from hybridir.models import families
+from hybridir.study import study_gather
+from hybridir.translation import translate as translate_cli
 from tests import reference_models
 from tests.conftest import REPO_ROOT
 from tests.conftest import shared_data_dir
@@ -300,7 +300,7 @@ def evaluate_missing_corpus(tmp):
       "--encoder", tmp / "encoder", "--corpus", tmp / "corpus.jsonl", "--queries",
       jsonl(tmp / "queries.jsonl", {"_id": "q1", "text": "Why?"}), "--qrels", tmp / "qrels.tsv"]),
       f"error: --corpus {tmp / 'corpus.jsonl'}: no such file or folder (python -m "
-      "hybridir.evaluate --help lists the options)", [])
+      "hybridir.evaluation.evaluate --help lists the options)", [])
 
 
 def beir_case(expected: str, **records) -> Callable:
@@ -498,7 +498,7 @@ def _artifact_copy(tmp) -> pathlib.Path:
 
 
 def _load(artifact) -> Callable:
-  return absl_cli(lambda: _one_line(lambda: export.load_encoder(str(artifact))))
+  return absl_cli(lambda: _one_line(lambda: exporter.load_encoder(str(artifact))))
 
 
 def _sha(path) -> str:

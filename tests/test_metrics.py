@@ -1,11 +1,11 @@
-"""Specification of hybridir.metrics: equal to pytrec_eval, and rank distance by hand."""
+"""Specification of hybridir.evaluation.metrics: equal to pytrec_eval, and rank distance by hand."""
 import math
 
 import numpy as np
 import pytest
 import pytrec_eval
 
-from hybridir import metrics
+from hybridir.evaluation import metrics
 
 MEASURES = ("map", "recip_rank", "recall_1", "recall_5", "recall_10", "recall_100", "ndcg_cut_1",
             "ndcg_cut_5", "ndcg_cut_10", "ndcg_cut_100", "P_1", "P_5", "P_10", "success_1",

@@ -11,12 +11,12 @@ import sys
 import numpy as np
 import pytest
 
-from hybridir import corpora
-from hybridir import corpus_eval
+from hybridir.cloud import miracl_plan
+from hybridir.data import corpora
+from hybridir.data import miracl
+from hybridir.data import retrieval_data
+from hybridir.evaluation import corpus_eval
 from hybridir import fs
-from hybridir import miracl
-from hybridir import miracl_plan
-from hybridir import retrieval_data
 from tests.conftest import REPO_ROOT
 from tests.test_corpus_eval import NUM_PASSAGES
 from tests.test_corpus_eval import NUM_TOPICS
@@ -176,8 +176,8 @@ def test_the_stage_loads_the_encoder_once_for_every_language_and_not_when_all_ar
     public, encoder_dir, tmp_path, monkeypatch):
   root, _ = public
   loads = []
-  load_encoder = corpus_eval.export.load_encoder
-  monkeypatch.setattr(corpus_eval.export, "load_encoder",
+  load_encoder = corpus_eval.exporter.load_encoder
+  monkeypatch.setattr(corpus_eval.exporter, "load_encoder",
                       lambda *args, **kwargs: loads.append(kwargs) or load_encoder(*args, **kwargs))
   for _ in range(2):  # The second run finds every language done.
     corpus_eval.run_miracl_evaluation(encoder_path=encoder_dir, miracl_dir=str(root),

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 import tasks
-from hybridir import corpora
-from hybridir import hybrid
-from hybridir import input_pipeline
-from hybridir import mmarco
-from hybridir import text as text_lib
+from hybridir.data import corpora
+from hybridir.data import hybrid
+from hybridir.data import input_pipeline
+from hybridir.data import mmarco
+from hybridir.data import text as text_lib
 from hybridir.models import families
 from tests.conftest import REPO_ROOT
 

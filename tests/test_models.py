@@ -10,10 +10,10 @@ import torch
 import transformers
 
 from hybridir import gin_utils
-from hybridir import importers
 from hybridir.models import dual_encoder
 from hybridir.models import t5
 from hybridir.models import xlmr
+from hybridir.training import importers
 
 # Published sizes: mT5 (Xue et al. 2021, HF google/mt5-*), XLM-R (Conneau et al. 2020).
 PUBLISHED = {

@@ -17,8 +17,8 @@ import time
 import numpy as np
 import pytest
 
-from hybridir import checkpoints
-from hybridir import spm
+from hybridir.data import spm
+from hybridir.training import checkpoints
 from tests.conftest import REPO_ROOT
 
 # Every test reads one run of two jax.distributed processes and its one-process reference.

@@ -5,8 +5,8 @@ import numpy as np
 import optax
 import pytest
 
-from hybridir import optim
-from hybridir import partitioning
+from hybridir.training import optim
+from hybridir.training import partitioning
 
 P = jax.sharding.PartitionSpec
 

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hybridir import losses
-from hybridir import partitioning
+from hybridir.training import losses
+from hybridir.training import partitioning
 
 P = jax.sharding.PartitionSpec
 MODEL_AXIS_NAMES = ("vocab", "embed", "heads", "relpos_buckets", "abspos", "token_types",

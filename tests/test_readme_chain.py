@@ -12,9 +12,9 @@ import sys
 import pytest
 import pytrec_eval
 
-from hybridir import artifacts
-from hybridir import export
-from hybridir import trec
+from hybridir.evaluation import trec
+from hybridir.export import artifacts
+from hybridir.export import exporter
 from hybridir.models import dual_encoder
 from hybridir.models import t5
 from tests import test_quiet
@@ -104,4 +104,4 @@ def test_readme_chain_runs_as_written_with_quiet_logs_and_closing_lines(tmp_path
   # A model file that contradicts the run is refused, naming what differs.
   small = dual_encoder.DualEncoder(t5.T5Config(vocab_size=3000))  # mT5-small's sizes.
   with pytest.raises(ValueError, match=r"trained with another model.*emb_dim=512"):
-    export.run_model_and_vocabulary(model_dir, small, None)
+    exporter.run_model_and_vocabulary(model_dir, small, None)

@@ -1,12 +1,12 @@
-"""Specification of hybridir.reports: every artefact is written, complete and readable."""
+"""Specification of hybridir.evaluation.reports: every artefact is written, complete and readable."""
 import json
 import math
 
 import numpy as np
 import pytest
 
-from hybridir import evaluate
-from hybridir import reports
+from hybridir.evaluation import evaluate
+from hybridir.evaluation import reports
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Specification of hybridir.retrieval: blocked exact search equals brute force, bounded memory."""
+"""Specification of hybridir.evaluation.retrieval: blocked exact search equals brute force, bounded memory."""
 import math
 
 import jax
@@ -6,7 +6,7 @@ import jax.extend
 import numpy as np
 import pytest
 
-from hybridir import retrieval
+from hybridir.evaluation import retrieval
 
 
 def _integer_embeddings(seed, num_queries, pool_size, dim=16):

@@ -7,7 +7,7 @@ import gin
 import pytest
 
 from hybridir import gin_utils
-from hybridir import study_run
+from hybridir.study import study_run
 from tests.conftest import REPO_ROOT
 
 # The full-scale files: not the CPU ones (demo_*, pretrained_*), nor the MIRACL stage (no training).
@@ -37,7 +37,7 @@ def test_study_config_builds_its_published_model_from_a_checkpoint(path):
   assert gin.query_parameter("optim.create_optimizer.name") == "adamw"
   # Early stopping: the checkpoint with the lowest validation loss, validated at each checkpoint;
   # the prefixes (after E5).
-  configs = gin_utils.bound_arguments("hybridir.trainer.train", ["checkpoint_cfg", "eval_cfg"])
+  configs = gin_utils.bound_arguments("hybridir.training.trainer.train", ["checkpoint_cfg", "eval_cfg"])
   checkpoint_cfg, eval_cfg = configs["checkpoint_cfg"], configs["eval_cfg"]
   assert (checkpoint_cfg.best_metric, checkpoint_cfg.best_mode) == ("eval/loss", "min")
   assert checkpoint_cfg.period == eval_cfg.period == gin_utils.evaluate("EVAL_PERIOD")
@@ -78,11 +78,11 @@ def test_full_scale_runs_train_on_the_papers_languages_and_validate_in_english(p
   gin.clear_config()
   gin_utils.parse([path], ["MODEL_DIR = '/tmp/x'", "CORPUS_DIR = '/tmp/corpus'"], finalize=False)
   assert gin_utils.evaluate("LANGUAGES") == ["ar", "zh", "en", "de", "hi", "ru", "es", "th", "tr"]
-  study = gin_utils.bound_arguments("hybridir.study_run.register_study_data", [
+  study = gin_utils.bound_arguments("hybridir.study.study_run.register_study_data", [
       "languages", "validation_languages", "validation_file", "out_of_domain_languages"])
   assert study["validation_languages"] == ["en"] and study["validation_file"] is None
   assert study["out_of_domain_languages"] is None
-  validation = gin_utils.bound_arguments("validation/hybridir.input_pipeline.HybridInput",
+  validation = gin_utils.bound_arguments("validation/hybridir.data.input_pipeline.HybridInput",
                                          ["mixture_or_task_name", "split"])
   assert validation == {"split": "train", "mixture_or_task_name": (
       f"{study_run.validation_record_name(gin_utils.evaluate('CORPUS_NAME'))}_hybrid")}
@@ -95,7 +95,7 @@ def test_cpu_studies_keep_their_four_languages_in_and_out_of_domain(name):
   gin_utils.parse([f"gin_configs/runs/study/{name}.gin"],
                   ["MODEL_DIR = '/tmp/x'", "SPM_PATH = '/tmp/spm.model'",
                    "INIT_CHECKPOINT = '/tmp/ckpt'"], finalize=False)
-  study = gin_utils.bound_arguments("hybridir.study_run.register_study_data", [
+  study = gin_utils.bound_arguments("hybridir.study.study_run.register_study_data", [
       "languages", "out_of_domain_languages", "corpus_dir", "data_dir"])
   assert study["languages"] == study["out_of_domain_languages"] == ["de", "en", "es", "vi"]
   assert study["corpus_dir"] == f"{study['data_dir']}/xquad-r"  # XQuAD-R: in-domain.
@@ -203,7 +203,7 @@ def test_train_file_macros_reach_the_trainers_checkpoint_config():
   gin.clear_config()
   gin_utils.parse(["gin_configs/runs/smoke.gin"], ["CHECKPOINT_PERIOD = 7",
                                                    "ALLOW_CHANGED_RUN = True"], finalize=False)
-  configs = gin_utils.bound_arguments("hybridir.trainer.train", ["checkpoint_cfg", "eval_cfg"])
+  configs = gin_utils.bound_arguments("hybridir.training.trainer.train", ["checkpoint_cfg", "eval_cfg"])
   checkpoint_cfg = configs["checkpoint_cfg"]
   assert (checkpoint_cfg.period, checkpoint_cfg.allow_changed_run) == (7, True)
   assert configs["eval_cfg"].input is None  # A plain training run does not evaluate.

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import hybridir
-from hybridir import importers
-from hybridir import sentence_transformers_folder as st_folder
 from hybridir.models import dual_encoder
+from hybridir.training import importers
+from hybridir.training import sentence_transformers_folder as st_folder
 
 sentence_transformers = pytest.importorskip("sentence_transformers")
 
@@ -211,8 +211,8 @@ def fine_tuned(minilm_dir, data_dir, tmp_path_factory):
   """A 2-step training run from the real folder (train.gin with all_minilm_l6.gin, INIT_CHECKPOINT
   the folder, SPM_PATH its tokenizer.json), its export and that export's Hugging Face folder."""
   import tasks
-  from hybridir import export
-  from hybridir import hf_export
+  from hybridir.export import exporter
+  from hybridir.export import hf_export
   from hybridir import gin_run
   folder = tmp_path_factory.mktemp("fine_tune")
   bindings = [f"MODEL_DIR = '{folder / RUN_NAME}'", f"CORPUS_DIR = '{data_dir / 'xquad-r'}'",
@@ -227,7 +227,7 @@ def fine_tuned(minilm_dir, data_dir, tmp_path_factory):
         ["gin_configs/runs/train.gin", "gin_configs/models/all_minilm_l6.gin"], bindings)
   finally:
     tasks.unregister_parallel_qa(FINE_TUNE)
-  artifact = export.export_from_training_checkpoint(str(folder / RUN_NAME),
+  artifact = exporter.export_from_training_checkpoint(str(folder / RUN_NAME),
                                                     str(folder / "artifact"))
   assert hf_export.main(["--encoder", artifact, "--output", str(folder / "hf")]) == 0
   return result, artifact, str(folder / "hf")
@@ -283,7 +283,7 @@ def test_fine_tuned_export_card_states_the_run_and_its_sample_runs_as_written(fi
   import re
   import subprocess
   import sys
-  from hybridir import model_card
+  from hybridir.export import model_card
   _, artifact, folder = fine_tuned
   card = open(os.path.join(folder, "README.md")).read()
   assert card.splitlines()[5] == f"# {RUN_NAME}"

@@ -2,8 +2,8 @@
 import pytest
 import sentencepiece as spm
 
-from hybridir import spm as spm_cli
-from hybridir import vocab
+from hybridir.data import spm as spm_cli
+from hybridir.data import vocab
 from hybridir.models import families
 
 

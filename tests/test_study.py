@@ -12,19 +12,19 @@ import numpy as np
 import pytest
 
 import hybridir
-from hybridir import artifacts
-from hybridir import checkpoints
-from hybridir import miracl
-from hybridir import model_card
-from hybridir import retrieval_data
-from hybridir import run_dir
-from hybridir import study
-from hybridir import study_eval
-from hybridir import study_gather
-from hybridir import study_report
-from hybridir import study_results
-from hybridir import study_run
-from hybridir import study_stats
+from hybridir.data import miracl
+from hybridir.data import retrieval_data
+from hybridir.export import artifacts
+from hybridir.export import model_card
+from hybridir.study import demo
+from hybridir.study import study_eval
+from hybridir.study import study_gather
+from hybridir.study import study_report
+from hybridir.study import study_results
+from hybridir.study import study_run
+from hybridir.study import study_stats
+from hybridir.training import checkpoints
+from hybridir.training import run_dir
 from tests import test_quiet
 from tests import test_trainer
 from tests.conftest import REPO_ROOT
@@ -33,14 +33,14 @@ TINY = ("TRAIN_STEPS = 6", "BATCH_SIZE = 8", "EVAL_PERIOD = 3", "VALIDATION_STEP
         "WARMUP_STEPS = 1", "LANGUAGES = ['en', 'de']", "SPM_VOCAB_SIZE = 1500",
         "MAX_QUESTIONS_PER_LANGUAGE = 30", "TASK_FEATURE_LENGTHS = {'query': 16, 'passage': 32}",
         "MATCHED_DRAWS = 2")
-QUICK = study.StudyConfig(models=("mT5",), strategies=("X-Y", "hybrid"), seeds=(0,),
+QUICK = demo.StudyConfig(models=("mT5",), strategies=("X-Y", "hybrid"), seeds=(0,),
                           bindings=TINY)
 
 
 @pytest.fixture(scope="module")
 def quick_study(tmp_path_factory, data_dir):
   output_dir = tmp_path_factory.mktemp("study")
-  return output_dir, study.run_study(str(data_dir), str(output_dir), QUICK)
+  return output_dir, demo.run_study(str(data_dir), str(output_dir), QUICK)
 
 
 @pytest.mark.slow
@@ -48,7 +48,7 @@ def test_demo_and_a_gin_run_give_identical_numbers_and_the_gin_run_keeps_its_exp
     quick_study, data_dir, tmp_path):
   output_dir, _ = quick_study
   spm_path = str(output_dir / "vocab" / "t5.model")
-  bindings = study.cell_bindings(str(data_dir), str(tmp_path / "run"), spm_path, "t5", 0.5, 0,
+  bindings = demo.cell_bindings(str(data_dir), str(tmp_path / "run"), spm_path, "t5", 0.5, 0,
                                  TINY)
   command = [sys.executable, "-m", "hybridir.main",
              "--gin_file=gin_configs/runs/study/demo_mt5.gin"]  # The export kept at run/export.
@@ -361,23 +361,23 @@ def test_the_sweep_comes_from_flags_and_bindings_apply_to_every_run():
   from absl import app
   flags = lambda **kw: types.SimpleNamespace(**{**dict(
       models=None, strategies=None, seeds=None, gin_file=[], gin_bindings=[]), **kw})
-  assert study.config_from_flags(flags()) == study.StudyConfig()
-  config = study.config_from_flags(flags(models=["XLM-R"], strategies=["hybrid"], seeds=["4"],
+  assert demo.config_from_flags(flags()) == demo.StudyConfig()
+  config = demo.config_from_flags(flags(models=["XLM-R"], strategies=["hybrid"], seeds=["4"],
                                          gin_bindings=["TRAIN_STEPS = 3"]))
-  assert config == study.StudyConfig(("XLM-R",), ("hybrid",), (4,), ("TRAIN_STEPS = 3",))
+  assert config == demo.StudyConfig(("XLM-R",), ("hybrid",), (4,), ("TRAIN_STEPS = 3",))
   with pytest.raises(app.UsageError, match="unknown 'mt5'"):
-    study.config_from_flags(flags(models=["mt5"]))
+    demo.config_from_flags(flags(models=["mt5"]))
   with pytest.raises(app.UsageError, match="--seeds must be integers"):
-    study.config_from_flags(flags(seeds=["one"]))
+    demo.config_from_flags(flags(seeds=["one"]))
   with pytest.raises(app.UsageError, match="--gin_bindings"):
-    study.config_from_flags(flags(gin_file=["x.gin"]))
+    demo.config_from_flags(flags(gin_file=["x.gin"]))
 
 
 @pytest.mark.slow
 def test_a_tiny_labse_demo_run_trains_a_wordpiece_bert_and_evaluates_it(tmp_path, data_dir):
-  config = study.StudyConfig(models=("LaBSE",), strategies=("hybrid",), seeds=(0,),
+  config = demo.StudyConfig(models=("LaBSE",), strategies=("hybrid",), seeds=(0,),
                              bindings=TINY)
-  paths = study.run_study(str(data_dir), str(tmp_path), config)
+  paths = demo.run_study(str(data_dir), str(tmp_path), config)
   result = study_results.read(str(tmp_path / "runs" / "bert_hybrid_seed0" /
                                   study_run.RESULTS_FILE))
   assert result.settings.family == "bert" and result.settings.alpha == 0.5

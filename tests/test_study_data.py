@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 import tasks
-from hybridir import corpora
-from hybridir import hybrid
-from hybridir import input_pipeline
-from hybridir import retrieval_data
-from hybridir import study_run
+from hybridir.data import corpora
+from hybridir.data import hybrid
+from hybridir.data import input_pipeline
+from hybridir.data import retrieval_data
+from hybridir.study import study_run
 from tests.test_tasks import spm_models  # noqa: F401  (the fixture)
 from tests.test_tasks import translated_corpus
 

@@ -3,9 +3,9 @@ import math
 
 import numpy as np
 
-from hybridir import retrieval_data
-from hybridir import study_eval
-from hybridir import study_run
+from hybridir.data import retrieval_data
+from hybridir.study import study_eval
+from hybridir.study import study_run
 from tests.test_study import _random_encoding
 
 LANGUAGES = ["de", "en"]

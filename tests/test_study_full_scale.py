@@ -7,9 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from hybridir import study_report
-from hybridir import study_run
-from hybridir import study_tables
+from hybridir.study import study_report
+from hybridir.study import study_run
+from hybridir.study import study_tables
 from tests.conftest import REPO_ROOT
 from tests.test_study import write_miracl_stage
 

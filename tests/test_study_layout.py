@@ -1,4 +1,4 @@
-"""Run names in one place (hybridir.study_layout): the demo, the gather and launch/study_sweep.sh
+"""Run names in one place (hybridir.study.study_layout): the demo, the gather and launch/study_sweep.sh
 name and read runs alike; its command line needs only the standard library."""
 import pathlib
 import subprocess
@@ -6,12 +6,12 @@ import sys
 
 import pytest
 
-from hybridir import study
-from hybridir import study_gather
-from hybridir import study_layout
+from hybridir.study import demo
+from hybridir.study import study_gather
+from hybridir.study import study_layout
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-LAYOUT = ROOT / "hybridir" / "study_layout.py"
+LAYOUT = ROOT / "hybridir" / "study" / "study_layout.py"
 
 
 @pytest.mark.parametrize("model, kind, seed, name", [
@@ -35,9 +35,9 @@ def test_other_folder_names_are_not_runs_and_bad_parts_are_named():
 
 
 def test_the_demo_and_the_gather_read_names_from_the_layout():
-  assert study.run_name("mT5", "hybrid", 1) == "t5_hybrid_seed1"
-  assert study.run_name("MiniLM", "zero-shot", 0) == "minilm_zeroshot_seed0"
-  assert study.STRATEGIES is study_layout.STRATEGIES
+  assert demo.run_name("mT5", "hybrid", 1) == "t5_hybrid_seed1"
+  assert demo.run_name("MiniLM", "zero-shot", 0) == "minilm_zeroshot_seed0"
+  assert demo.STRATEGIES is study_layout.STRATEGIES
   assert study_gather.model_name("t5") == "mT5" and study_gather.model_name("mt5_base") == "mT5 base"
 
 

@@ -6,11 +6,11 @@ import os
 
 import pytest
 
-from hybridir import retrieval_data
-from hybridir import study
-from hybridir import study_results
-from hybridir import study_run
-from hybridir import study_tables
+from hybridir.data import retrieval_data
+from hybridir.study import demo
+from hybridir.study import study_results
+from hybridir.study import study_run
+from hybridir.study import study_tables
 
 # One checkpoint, at step 2: warmup's first step has learning rate 0, so a step-1 checkpoint would
 # be the pretrained model itself, and the English validation loss may well choose it.
@@ -25,12 +25,12 @@ TINY = ("TRAIN_STEPS = 2", "WARMUP_STEPS = 1", "BATCH_SIZE = 8", "EVAL_PERIOD = 
 def pretrained_study(tmp_path_factory, data_dir, minilm_dir):
   """A tiny sweep from the real checkpoint: its zero-shot row and one hybrid seed."""
   output_dir = tmp_path_factory.mktemp("pretrained_study")
-  config = study.StudyConfig(models=("MiniLM",), strategies=("hybrid",), seeds=(0,),
+  config = demo.StudyConfig(models=("MiniLM",), strategies=("hybrid",), seeds=(0,),
                              bindings=TINY)
   previous = os.environ.get("HYBRIDIR_MODEL_CACHE")
   os.environ["HYBRIDIR_MODEL_CACHE"] = os.path.dirname(minilm_dir)  # The unpacked copy.
   try:
-    paths = study.run_study(str(data_dir), str(output_dir), config)
+    paths = demo.run_study(str(data_dir), str(output_dir), config)
   finally:
     if previous is None:
       os.environ.pop("HYBRIDIR_MODEL_CACHE")
@@ -43,11 +43,11 @@ def pretrained_study(tmp_path_factory, data_dir, minilm_dir):
 
 
 def test_a_pretrained_model_sweeps_its_zero_shot_row_first():
-  config = study.StudyConfig(models=("MiniLM", "mT5"), strategies=("X-Y", "hybrid"), seeds=(0, 1))
-  assert study.cells(config)[:3] == [("MiniLM", "zero-shot", 0), ("MiniLM", "X-Y", 0),
+  config = demo.StudyConfig(models=("MiniLM", "mT5"), strategies=("X-Y", "hybrid"), seeds=(0, 1))
+  assert demo.cells(config)[:3] == [("MiniLM", "zero-shot", 0), ("MiniLM", "X-Y", 0),
                                      ("MiniLM", "X-Y", 1)]
-  assert ("mT5", "zero-shot", 0) not in study.cells(config)  # Trained from scratch: none.
-  assert study.run_name("MiniLM", "zero-shot", 0) == "minilm_zeroshot_seed0"
+  assert ("mT5", "zero-shot", 0) not in demo.cells(config)  # Trained from scratch: none.
+  assert demo.run_name("MiniLM", "zero-shot", 0) == "minilm_zeroshot_seed0"
 
 
 @pytest.mark.slow

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from hybridir import gin_utils
-from hybridir import study_gather
-from hybridir import study_results
-from hybridir import study_run
+from hybridir.study import study_gather
+from hybridir.study import study_results
+from hybridir.study import study_run
 from tests import test_quiet
 from tests.conftest import REPO_ROOT
 from tests.test_study_full_scale import synthetic_result
@@ -102,7 +102,7 @@ def test_every_study_run_file_binds_the_settings_the_results_record(path):
       "pretrained_")  # As the demo binds it (study.cell_bindings).
   gin_utils.parse([path], ["MODEL_DIR = '/tmp/x'", "CORPUS_DIR = '/tmp/corpus'", *required],
                   finalize=False)
-  bound = gin_utils.bound_arguments("hybridir.study_run.train_and_evaluate", ["settings"])
+  bound = gin_utils.bound_arguments("hybridir.study.study_run.train_and_evaluate", ["settings"])
   settings = {name: value.scoped_configurable_fn()
               if isinstance(value, gin.config.ConfigurableReference) else value
               for name, value in bound["settings"].items()}

@@ -3,8 +3,8 @@ paired item bootstrap, seed-by-query noise counted once, primary and Holm-adjust
 import numpy as np
 import pytest
 
-from hybridir import study_report
-from hybridir import study_stats
+from hybridir.study import study_report
+from hybridir.study import study_stats
 
 SETTINGS = ("mono", "cross", "multi")
 MODELS, BASELINES = ("mT5", "XLM-R"), ("X-X-mono", "X-Y")

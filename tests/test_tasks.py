@@ -7,11 +7,11 @@ import pytest
 import seqio
 
 import tasks
-from hybridir import corpora
-from hybridir import hybrid
-from hybridir import retrieval_data
-from hybridir import vocab
-from hybridir import vocab_families
+from hybridir.data import corpora
+from hybridir.data import hybrid
+from hybridir.data import retrieval_data
+from hybridir.data import vocab
+from hybridir.data import vocab_families
 from hybridir.models import families
 from tests.conftest import REPO_ROOT
 
@@ -217,7 +217,7 @@ def test_lareqa_of_a_corpus_split_is_lareqa_read_on_that_splits_articles(data_di
 
 def translated_corpus(data_dir, folder, languages=("de", "en")):
   """XQuAD-R's de and en as a translated corpus: JSONL records with passage and answer sentence
-  (what hybridir.translate writes), under a folder that is not LAReQA's."""
+  (what hybridir.translation.translate writes), under a folder that is not LAReQA's."""
   folder.mkdir(exist_ok=True)
   for language in languages:
     pairs = corpora.read_squad(data_dir / "xquad-r" / f"{language}.json", language)
@@ -362,7 +362,7 @@ def test_missing_spm_model_is_named(data_dir, tmp_path):
 
 def test_the_held_out_split_is_one_function_for_training_evaluation_and_the_study(data_dir,
                                                                                  spm_models):
-  from hybridir import study_run
+  from hybridir.study import study_run
   from tasks import evaluation
   corpus = corpora.load_parallel_corpus(data_dir / "xquad-r")
   train, test = corpus.select_articles("train"), corpus.select_articles("test")

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 import tasks
-from hybridir import corpora
-from hybridir import encoder as encoder_lib
-from hybridir import hybrid
-from hybridir import input_pipeline
-from hybridir import retrieval_data
-from hybridir import text
-from hybridir import vocab
+from hybridir.data import corpora
+from hybridir.data import hybrid
+from hybridir.data import input_pipeline
+from hybridir.data import retrieval_data
+from hybridir.data import text
+from hybridir.data import vocab
+from hybridir.export import encoder as encoder_lib
 from hybridir.models import dual_encoder
 from hybridir.models import t5
 from hybridir.models import xlmr

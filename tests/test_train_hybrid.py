@@ -3,16 +3,16 @@ import numpy as np
 import pytest
 
 import tasks
-from hybridir import hybrid
-from hybridir import input_pipeline
-from hybridir import optim
-from hybridir import partitioning
-from hybridir import spm
-from hybridir import train_step
-from hybridir import trainer
+from hybridir.data import hybrid
+from hybridir.data import input_pipeline
+from hybridir.data import spm
 from hybridir.models import dual_encoder
 from hybridir.models import t5
 from hybridir.models import xlmr
+from hybridir.training import optim
+from hybridir.training import partitioning
+from hybridir.training import train_step
+from hybridir.training import trainer
 
 # Two SentencePiece models and dozens of training steps per model.
 pytestmark = pytest.mark.slow

@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
 
-from hybridir import checkpoints
-from hybridir import optim
-from hybridir import partitioning
-from hybridir import run_dir
-from hybridir import text
-from hybridir import train_step as step_lib
-from hybridir import trainer
+from hybridir.data import text
 from hybridir.models import dual_encoder
 from hybridir.models import t5
+from hybridir.training import checkpoints
+from hybridir.training import optim
+from hybridir.training import partitioning
+from hybridir.training import run_dir
+from hybridir.training import train_step as step_lib
+from hybridir.training import trainer
 
 LENGTHS = {"query": 8, "passage": 16}
 
@@ -237,7 +237,7 @@ def test_vocabulary_larger_than_the_embedding_fails_before_training(tmp_path):
 
 
 def test_init_from_imported_checkpoint_with_wrong_shapes_names_them(tmp_path, data_dir):
-  from hybridir import importers
+  from hybridir.training import importers
   with pytest.raises(importers.CheckpointMismatchError, match="token_embedder/embedding"):
     run(tmp_path, 2, checkpoint_cfg=trainer.CheckpointConfig(init_params=importers.pretrained(str(
         data_dir / "t5x-tiny-checkpoint/test_de_t5_tiny.checkpoint_1000"))))
@@ -257,7 +257,7 @@ def test_keeps_the_last_checkpoint_plus_the_best_by_eval_metric(tmp_path):
 
 @pytest.mark.slow
 def test_init_from_hugging_face_checkpoint_starts_from_its_weights(tmp_path):
-  from hybridir import importers
+  from hybridir.training import importers
   from tests import reference_models
   reference_models.save_random_mt5(
       tmp_path / "hf", vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_heads=2,

@@ -15,9 +15,9 @@ import sys
 
 import pytest
 
-from hybridir import corpora
-from hybridir import mt_engines
-from hybridir import translate
+from hybridir.data import corpora
+from hybridir.translation import mt_engines
+from hybridir.translation import translate
 from tests.conftest import REPO_ROOT
 
 transformers = pytest.importorskip("transformers")

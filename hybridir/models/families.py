@@ -3,7 +3,7 @@
 The module `hybridir/models/{name}.py` of a family defines `FAMILY = EncoderFamily(...)`: its Flax
 encoder and config, the Hugging Face config mapping both ways, the tensor-name mapping used by
 import and export and the default pooling; the vocabulary kinds it reads are
-hybridir.vocab_families' line for it (tasks read them before the models). Code outside
+hybridir.data.vocab_families' line for it (tasks read them before the models). Code outside
 `hybridir/models` asks the record (`families.get(name)`, `families.of_config(config)`) instead of testing the name,
 so adding a family is one new module, its line in vocab_families and a gin model file.
 """
@@ -68,14 +68,14 @@ def from_hf_model_type(model_type, source: str = "config.json") -> EncoderFamily
 
 def vocabulary(name: str, path: str):
   """The seqio vocabulary of family `name` from its vocabulary file."""
-  from hybridir import vocab  # Here: the encoders import without seqio or TensorFlow.
+  from hybridir.data import vocab  # Here: the encoders import without seqio or TensorFlow.
   return vocab.family_vocabulary(get(name).name, path)
 
 
 def train_vocabulary(name: str, texts: Iterable[str], prefix: str, vocab_size: int,
                      **options) -> str:
   """Trains family `name`'s kind of vocabulary on texts; returns the vocabulary file."""
-  from hybridir import vocab  # Here: the encoders import without seqio or TensorFlow.
+  from hybridir.data import vocab  # Here: the encoders import without seqio or TensorFlow.
   return vocab.train_family_vocabulary(get(name).name, texts, prefix, vocab_size, **options)
 
 

@@ -1,7 +1,7 @@
 """Building blocks shared by the encoders: dense layers, norms, embeddings, attention.
 
 Every parameter carries logical axis names (flax `nn.with_logical_partitioning`) and the main
-activations carry logical constraints, so that `hybridir.partitioning` can shard them by rules.
+activations carry logical constraints, so that `hybridir.training.partitioning` can shard them by rules.
 Dense projections run as 2-D matmuls ([tokens, features]); norms and MLP activations are recomputed
 from their inputs in the backward pass (BENCHMARKS.md, "Activation memory").
 
