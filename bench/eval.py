@@ -1,4 +1,5 @@
-"""Exact top-k search throughput: hybridir.evaluation.retrieval.top_k against faiss IndexFlatIP, one process.
+"""Exact top-k search throughput: hybridir.evaluation.retrieval.top_k against faiss
+IndexFlatIP, one process.
 
     python bench/eval.py [--pool_size 1000000] [--num_queries 1000] [--dim 768] [--k 100]
 
@@ -29,7 +30,7 @@ def _random_rows(rng: np.random.Generator, rows: int, dim: int, aligned: bool = 
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--pool_size", type=int, default=1_000_000)
   parser.add_argument("--num_queries", type=int, default=1000)
   parser.add_argument("--dim", type=int, default=768)
@@ -64,7 +65,8 @@ def main() -> None:
 
   times = {"hybridir.evaluation.retrieval.top_k": [], "faiss IndexFlatIP": []}
   for _ in range(args.repeats):
-    for name, fn in (("hybridir.evaluation.retrieval.top_k", run_jax), ("faiss IndexFlatIP", run_faiss)):
+    for name, fn in (("hybridir.evaluation.retrieval.top_k", run_jax),
+                     ("faiss IndexFlatIP", run_faiss)):
       start = time.perf_counter()
       result = fn()
       times[name].append(time.perf_counter() - start)

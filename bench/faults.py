@@ -334,8 +334,9 @@ def export_cases(work, reference_dir):
                             "--output", beir], beir + ".log").finish()
   files = ["--corpus", f"{beir}/corpus.jsonl", "--queries", f"{beir}/queries.jsonl",
            "--qrels", f"{beir}/qrels.tsv"]
-  run = Command("hybridir.evaluation.evaluate", ["--encoder", export, "--output_dir", f"{work}/eval_good",
-                                      *files], f"{work}/eval_good.log")
+  run = Command("hybridir.evaluation.evaluate",
+                ["--encoder", export, "--output_dir", f"{work}/eval_good", *files],
+                f"{work}/eval_good.log")
   status = run.finish()
   scores = (json.load(open(f"{work}/eval_good/metrics.json")) if status == 0 else {})
   record("evaluation of the export", "evaluate --encoder", "exit 0", status, run.text(),
@@ -346,8 +347,9 @@ def export_cases(work, reference_dir):
   flip(max(params, key=os.path.getsize))
   one_line("export with 16 bytes flipped in a parameter file", "evaluate --encoder",
            "one line naming the file, exit 1; no report", Command(
-               "hybridir.evaluation.evaluate", ["--encoder", damaged, "--output_dir", f"{work}/eval_bad",
-                                     *files], f"{work}/eval_bad.log"),
+               "hybridir.evaluation.evaluate",
+               ["--encoder", damaged, "--output_dir", f"{work}/eval_bad", *files],
+               f"{work}/eval_bad.log"),
            files_ok=not os.path.exists(f"{work}/eval_bad"))
   miracl = os.path.join(REPO, "tests", "fixtures", "miracl", "en")
   shards = os.path.join(work, "shards")

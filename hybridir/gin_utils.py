@@ -280,7 +280,8 @@ def file_macro(gin_file: str, name: str):
 
 
 def run_selector() -> str | None:
-  """The configurable RUN binds, e.g. 'hybridir.training.trainer.train'; None when no RUN is bound."""
+  """The configurable RUN binds, e.g. 'hybridir.training.trainer.train'; None when
+  no RUN is bound."""
   try:
     return gin.query_parameter("%RUN").configurable.selector
   except ValueError:
@@ -304,8 +305,8 @@ def _as_received(value):
 
 
 def bound_arguments(selector: str, names) -> dict:
-  """The arguments among `names` that gin binds for `selector` ('hybridir.training.trainer.train'), as
-  the function receives them; unbound ones are absent."""
+  """The arguments among `names` that gin binds for `selector` ('hybridir.training.trainer.train'),
+  as the function receives them; unbound ones are absent."""
   bindings = gin.get_bindings(selector, resolve_references=False)
   return {name: _as_received(bindings[name]) for name in names if name in bindings}
 

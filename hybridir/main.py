@@ -52,9 +52,11 @@ _SHUTDOWN_TIMEOUT = flags.DEFINE_integer(
 INPUT_PARAMETERS = {
     "hybridir.export.exporter.export_from_training_checkpoint": {"model_dir": "run"},
     "hybridir.evaluation.eval_run.run_evaluation": {"encoder_path": "path"},
-    "hybridir.evaluation.corpus_eval.run_corpus_evaluation": {"encoder_path": "path", "topics_tsv": "path",
-                                                   "qrels_trec": "path"},
-    "hybridir.evaluation.corpus_eval.run_miracl_evaluation": {"encoder_path": "path", "miracl_dir": "path"},
+    "hybridir.evaluation.corpus_eval.run_corpus_evaluation": {"encoder_path": "path",
+                                                              "topics_tsv": "path",
+                                                              "qrels_trec": "path"},
+    "hybridir.evaluation.corpus_eval.run_miracl_evaluation": {"encoder_path": "path",
+                                                              "miracl_dir": "path"},
     "tasks.register_parallel_qa": {"corpus_path": "path"},
 }
 

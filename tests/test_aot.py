@@ -88,15 +88,15 @@ def test_batch_that_cannot_fit_exits_3_with_the_memory_it_needed(capsys):
 def test_indivisible_batch_is_named_before_compiling(capsys):
   status, out, err = run_main(capsys, *TINY[:1], "--gin.BATCH_SIZE=10")
   assert status == aot.EXIT_ERROR and not out
-  assert err.strip() == ("hybridir.cloud.aot: error: BATCH_SIZE=10 does not split evenly: it must be a "
-                         "multiple of 4 (mesh {'data': 4, 'model': 1}: 4 data-parallel devices, "
-                         "1 hosts, LossConfig.grad_cache_chunks=1)")
+  assert err.strip() == ("hybridir.aot: error: BATCH_SIZE=10 does not split evenly: it "
+                         "must be a multiple of 4 (mesh {'data': 4, 'model': 1}: 4 data-parallel "
+                         "devices, 1 hosts, LossConfig.grad_cache_chunks=1)")
 
 
 def test_mesh_that_does_not_divide_the_slice_is_named(capsys):
   status, out, err = run_main(capsys, *TINY, "--gin.NUM_PARTITIONS=3")
   assert status == aot.EXIT_ERROR and not out
-  assert err.startswith("hybridir.cloud.aot: error: v4-8 (4 chips): num_partitions=3 must divide")
+  assert err.startswith("hybridir.aot: error: v4-8 (4 chips): num_partitions=3 must divide")
   assert len(err.strip().splitlines()) == 1
 
 
@@ -104,7 +104,8 @@ def test_non_training_run_is_refused(capsys):
   status = aot.main(["--accelerator_type", "v4-8", "--gin_file=gin_configs/runs/eval.gin"])
   _, err = capsys.readouterr()
   assert status == aot.EXIT_ERROR
-  assert "RUN is hybridir.evaluation.eval_run.run_evaluation; hybridir.cloud.aot compiles training runs" in err
+  assert ("RUN is hybridir.evaluation.eval_run.run_evaluation; hybridir.aot compiles "
+          "training runs" in err)
 
 
 def test_study_run_file_builds_its_training_run():

@@ -198,8 +198,9 @@ def import_cycles(imports: dict[str, set[str]]) -> list[list[str]]:
 
 
 # The training loop and step: what evaluation and export never need, directly or through others.
-TRAINING_MODULES = frozenset({"hybridir.training.optim", "hybridir.training.train_step", "hybridir.training.trainer",
-                              "hybridir.training.flops", "hybridir.training.summaries"})
+TRAINING_MODULES = frozenset({"hybridir.training.optim", "hybridir.training.train_step",
+                              "hybridir.training.trainer", "hybridir.training.flops",
+                              "hybridir.training.summaries"})
 
 
 def reachable(imports: dict[str, set[str]], module: str) -> set[str]:
@@ -219,12 +220,15 @@ def test_no_module_imports_itself_through_others():
 
 
 def test_cycle_checker_catches_a_cycle_inside_a_stage():
-  imports = {"hybridir.evaluation.evaluate": {"hybridir.evaluation.beir_eval", "hybridir.evaluation.metrics"},
-             "hybridir.evaluation.beir_eval": {"hybridir.evaluation.retrieval"}, "hybridir.evaluation.retrieval": {"hybridir.fs"},
+  imports = {"hybridir.evaluation.evaluate": {"hybridir.evaluation.beir_eval",
+                                              "hybridir.evaluation.metrics"},
+             "hybridir.evaluation.beir_eval": {"hybridir.evaluation.retrieval"},
+             "hybridir.evaluation.retrieval": {"hybridir.fs"},
              "hybridir.evaluation.metrics": set(), "hybridir.fs": set()}
   assert import_cycles(imports) == []
   imports["hybridir.evaluation.retrieval"].add("hybridir.evaluation.evaluate")  # evaluate -> beir_eval -> retrieval -> evaluate
-  assert import_cycles(imports) == [["hybridir.evaluation.beir_eval", "hybridir.evaluation.evaluate",
+  assert import_cycles(imports) == [["hybridir.evaluation.beir_eval",
+                                     "hybridir.evaluation.evaluate",
                                      "hybridir.evaluation.retrieval"]]
   assert import_cycles({"hybridir.fs": {"hybridir.fs"}}) == [["hybridir.fs"]]
 
@@ -240,9 +244,11 @@ def test_export_and_evaluation_do_not_import_training_code():
 def test_stage_checker_catches_an_import_of_a_later_stage():
   stages = {"hybridir.fs": 0, "hybridir.data.corpora": 1, "hybridir.training.trainer": 7}
   source = "def f():\n  from hybridir.training import trainer\n"  # Inside a function still counts.
-  imports = {"hybridir.data.corpora": imported_modules(source, "hybridir.data.corpora", set(stages)),
+  imports = {"hybridir.data.corpora": imported_modules(source, "hybridir.data.corpora",
+                                                       set(stages)),
              "hybridir.fs": set()}
-  assert stage_violations(stages, imports) == {("hybridir.data.corpora", "hybridir.training.trainer")}
+  assert stage_violations(stages, imports) == {("hybridir.data.corpora",
+                                                "hybridir.training.trainer")}
 
 
 @pytest.mark.parametrize("source, imported", [
@@ -254,7 +260,8 @@ def test_stage_checker_catches_an_import_of_a_later_stage():
     ("from hybridir import __version__", "hybridir"),
 ])
 def test_every_import_form_is_counted(source, imported):
-  known = {"hybridir", "hybridir.fs", "hybridir.models.t5", "hybridir.export.encoder", "tasks", "tasks.qa"}
+  known = {"hybridir", "hybridir.fs", "hybridir.models.t5", "hybridir.export.encoder", "tasks",
+           "tasks.qa"}
   assert imported_modules(source, "hybridir.data.corpora", known) == {imported}
 
 
@@ -330,7 +337,8 @@ def test_gin_checker_sees_every_import_form(source, expected):
 def test_nothing_imports_the_demo():
   """The demo (hybridir.study.demo) is imported by nothing; the gather and the study's run take run
   names from study_layout."""
-  importers = {module for module, deps in _project_imports().items() if "hybridir.study.demo" in deps}
+  importers = {module for module, deps in _project_imports().items()
+               if "hybridir.study.demo" in deps}
   assert importers == set()
 
 

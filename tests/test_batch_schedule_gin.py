@@ -18,7 +18,8 @@ def built_inputs(gin_files, bindings) -> dict:
   gin_utils.parse(gin_files, bindings)
   for call in gin_utils.macro("SETUP", []):  # As hybridir.main runs it.
     call.scoped_configurable_fn()
-  configs = gin_utils.bound_arguments("hybridir.training.trainer.train", ["train_input", "eval_cfg"])
+  configs = gin_utils.bound_arguments("hybridir.training.trainer.train",
+                                      ["train_input", "eval_cfg"])
   validation = configs["eval_cfg"].input
   build = lambda factory: factory(host_index=0, host_count=1)  # As trainer._host_input does.
   return {"train": build(configs["train_input"]),

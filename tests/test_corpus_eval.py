@@ -162,7 +162,7 @@ from hybridir.evaluation import corpus_eval
 from hybridir.export import exporter
 
 encoder_dir, folder, names = sys.argv[1], sys.argv[2], sys.argv[3:]
-encoder = export.load_encoder(encoder_dir, batch_size=64)
+encoder = exporter.load_encoder(encoder_dir, batch_size=64)
 def evaluate(name):
   corpus_eval.evaluate_corpus(
       encoder, topics_tsv=f"{folder}/topics.tsv", qrels_trec=f"{folder}/qrels.tsv",

@@ -1,4 +1,5 @@
-"""Specification of hybridir.evaluation.evaluate: the three settings, TREC files and the CLI, degradation."""
+"""Specification of hybridir.evaluation.evaluate: the three settings, TREC files and the
+CLI, degradation."""
 import json
 import math
 import re

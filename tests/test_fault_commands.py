@@ -117,7 +117,11 @@ def test_failed_save_and_unverifiable_checkpoint_each_end_in_one_line_keeping_th
       "the warnings above); they are left as they were: move them away to start afresh"))
   assert f"{step_1 / checkpoints.CHECKSUMS}: missing" in stderr
   assert "ALLOW_UNVERIFIED_CHECKPOINTS = True" in stderr
-  assert sorted(os.listdir(model_dir / "checkpoints")) == ["1"]
+  # Step 1 is kept; the failed save's half-written step 2 may or may not be gone yet (orbax
+  # removes such directories in the background when a manager starts).
+  kept = [name for name in os.listdir(model_dir / "checkpoints")
+          if "orbax-checkpoint-tmp" not in name]
+  assert kept == ["1"]
 
 
 def beir_files(folder, corpus_name="corpus.jsonl", corpus_bytes=None):

@@ -49,7 +49,8 @@ def test_run_files_train_export_and_evaluate_end_to_end(tmp_path, data_dir):
   assert 0 < summary["mlqa_r"]["multilingual/map"] <= 1
   assert "monolingual/map" in summary["degradation"]["mlqa_r"]
   assert (tmp_path / "eval" / "xquad_r" / "xquad_r_cross_lingual.png").stat().st_size > 1000
-  # The TREC files agree with the report through an independent path: `hybridir.evaluation.evaluate`'s CLI.
+  # The TREC files agree with the report through an independent path:
+  # `hybridir.evaluation.evaluate`'s CLI.
   folder = tmp_path / "eval" / "mlqa_r"
   cli = subprocess.run([sys.executable, "-m", "hybridir.evaluate", "--run",
                         str(folder / "multilingual.run"), "--qrels",

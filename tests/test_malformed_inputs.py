@@ -300,7 +300,7 @@ def evaluate_missing_corpus(tmp):
       "--encoder", tmp / "encoder", "--corpus", tmp / "corpus.jsonl", "--queries",
       jsonl(tmp / "queries.jsonl", {"_id": "q1", "text": "Why?"}), "--qrels", tmp / "qrels.tsv"]),
       f"error: --corpus {tmp / 'corpus.jsonl'}: no such file or folder (python -m "
-      "hybridir.evaluation.evaluate --help lists the options)", [])
+      "hybridir.evaluate --help lists the options)", [])
 
 
 def beir_case(expected: str, **records) -> Callable:

@@ -1,4 +1,5 @@
-"""Specification of hybridir.evaluation.reports: every artefact is written, complete and readable."""
+"""Specification of hybridir.evaluation.reports: every artefact is written,
+complete and readable."""
 import json
 import math
 

@@ -1,4 +1,5 @@
-"""Specification of hybridir.evaluation.retrieval: blocked exact search equals brute force, bounded memory."""
+"""Specification of hybridir.evaluation.retrieval: blocked exact search equals brute force,
+bounded memory."""
 import math
 
 import jax

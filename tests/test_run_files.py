@@ -37,7 +37,8 @@ def test_study_config_builds_its_published_model_from_a_checkpoint(path):
   assert gin.query_parameter("optim.create_optimizer.name") == "adamw"
   # Early stopping: the checkpoint with the lowest validation loss, validated at each checkpoint;
   # the prefixes (after E5).
-  configs = gin_utils.bound_arguments("hybridir.training.trainer.train", ["checkpoint_cfg", "eval_cfg"])
+  configs = gin_utils.bound_arguments("hybridir.training.trainer.train",
+                                      ["checkpoint_cfg", "eval_cfg"])
   checkpoint_cfg, eval_cfg = configs["checkpoint_cfg"], configs["eval_cfg"]
   assert (checkpoint_cfg.best_metric, checkpoint_cfg.best_mode) == ("eval/loss", "min")
   assert checkpoint_cfg.period == eval_cfg.period == gin_utils.evaluate("EVAL_PERIOD")
@@ -203,7 +204,8 @@ def test_train_file_macros_reach_the_trainers_checkpoint_config():
   gin.clear_config()
   gin_utils.parse(["gin_configs/runs/smoke.gin"], ["CHECKPOINT_PERIOD = 7",
                                                    "ALLOW_CHANGED_RUN = True"], finalize=False)
-  configs = gin_utils.bound_arguments("hybridir.training.trainer.train", ["checkpoint_cfg", "eval_cfg"])
+  configs = gin_utils.bound_arguments("hybridir.training.trainer.train",
+                                      ["checkpoint_cfg", "eval_cfg"])
   checkpoint_cfg = configs["checkpoint_cfg"]
   assert (checkpoint_cfg.period, checkpoint_cfg.allow_changed_run) == (7, True)
   assert configs["eval_cfg"].input is None  # A plain training run does not evaluate.

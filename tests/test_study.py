@@ -60,9 +60,9 @@ def test_demo_and_a_gin_run_give_identical_numbers_and_the_gin_run_keeps_its_exp
   with open(tmp_path / "run" / study_run.RESULTS_FILE) as f:
     gin_run = json.load(f)
   with open(output_dir / "runs" / "t5_hybrid_seed0" / study_run.RESULTS_FILE) as f:
-    demo = json.load(f)
-  assert gin_run["train"]["history"] == demo["train"]["history"]
-  assert gin_run["evaluation"] == demo["evaluation"]
+    demo_run = json.load(f)
+  assert gin_run["train"]["history"] == demo_run["train"]["history"]
+  assert gin_run["evaluation"] == demo_run["evaluation"]
   kept = artifacts.read_manifest(str(tmp_path / "run" / "export"))["metadata"]
   assert kept["step"] == gin_run["train"]["chosen_step"]
 
@@ -346,7 +346,7 @@ def test_the_study_command_prints_a_line_per_run_the_answer_and_a_closing_line(q
   assert result.returncode == 0, result.stderr[-3000:]
   lines = result.stderr.strip().splitlines()
   assert test_quiet.library_lines(result.stderr) == [], lines
-  runs = [line.split("] ", 1)[1] for line in lines if "study.py" in line and "] run " in line]
+  runs = [line.split("] ", 1)[1] for line in lines if "demo.py" in line and "] run " in line]
   assert [line.split(":")[0] for line in runs] == [
       "run 1/2 t5_cross_seed0 (mT5, X-Y, seed 0)", "run 2/2 t5_hybrid_seed0 (mT5, hybrid, seed 0)"]
   assert all(line.endswith("; done earlier, kept") and "multilingual mAP in_domain" in line

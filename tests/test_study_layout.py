@@ -1,5 +1,5 @@
-"""Run names in one place (hybridir.study.study_layout): the demo, the gather and launch/study_sweep.sh
-name and read runs alike; its command line needs only the standard library."""
+"""Run names in one place (hybridir.study.study_layout): the demo, the gather and
+launch/study_sweep.sh name and read runs alike; its command line needs only the standard library."""
 import pathlib
 import subprocess
 import sys

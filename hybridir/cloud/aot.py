@@ -75,7 +75,7 @@ def train_run_from_gin(gin_files, gin_bindings=()) -> TrainRun:
   if selector is None:
     raise AotError("no RUN bound: include a run file (gin_configs/runs/*.gin)")
   if selector not in TRAINING_RUNS:
-    raise AotError(f"RUN is {selector}; hybridir.cloud.aot compiles training runs "
+    raise AotError(f"RUN is {selector}; hybridir.aot compiles training runs "
                    f"(RUN = @{' or @'.join(s.split('.', 1)[1] for s in TRAINING_RUNS)})")
   train = gin_utils.TRAINING_RUN
   parameters = inspect.signature(trainer.train).parameters
@@ -121,7 +121,7 @@ def _compile(lowered, tpu_slice: accelerators.Slice, what: str, chips: int) -> d
   """Compiles for `chips` of the slice; per-chip bytes, FLOPs and `fits` (out of memory is a
   result: fits False)."""
   usable = tpu_slice.family.usable_hbm_bytes
-  print(f"hybridir.cloud.aot: compiling the {what} for {tpu_slice.accelerator_type} (minutes for a "
+  print(f"hybridir.aot: compiling the {what} for {tpu_slice.accelerator_type} (minutes for a "
         "large model)", file=sys.stderr, flush=True)
   started = time.time()
   try:
@@ -392,7 +392,7 @@ def main(argv=None) -> int:
     report = check(args.accelerator_type, args.gin_file, args.gin_bindings, args.max_batch,
                    args.batch_granularity)
   except (AotError, ValueError, RuntimeError, gin_utils.UnknownMacroError, IOError) as e:
-    print(f"hybridir.cloud.aot: {errors.one_line(e)}", file=sys.stderr)
+    print(f"hybridir.aot: {errors.one_line(e)}", file=sys.stderr)
     return EXIT_ERROR
   print(json.dumps(report, sort_keys=True))
   return EXIT_FITS if report["fits"] else EXIT_DOES_NOT_FIT

@@ -38,7 +38,8 @@ MAX_PASSAGES = 2**31 - 1  # Global passage positions travel between hosts as int
 READ_SIZE = 2048  # Passages read, tokenised and encoded at a time within a shard.
 COUNTS_DIR = "counts"
 # An encoder.Encoder (encode_ids, tokenize, dimension, params, model); not imported, so that a
-# search-only process (hybridir.evaluation.corpus_search) loads neither the models nor their vocabularies.
+# search-only process (hybridir.evaluation.corpus_search) loads neither the models
+# nor their vocabularies.
 Encoder = Any
 
 

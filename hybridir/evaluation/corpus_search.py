@@ -1,4 +1,5 @@
-"""Exact top-k search over a stored corpus index (hybridir.evaluation.corpus_index), in bounded memory.
+"""Exact top-k search over a stored corpus index (hybridir.evaluation.corpus_index), in
+bounded memory.
 
 Each process streams its own shards from storage, a bounded number of rows at a time, scores them
 against the queries with `retrieval.top_k` (all local devices) and keeps a running top-k; the

@@ -1,9 +1,9 @@
 """Building blocks shared by the encoders: dense layers, norms, embeddings, attention.
 
 Every parameter carries logical axis names (flax `nn.with_logical_partitioning`) and the main
-activations carry logical constraints, so that `hybridir.training.partitioning` can shard them by rules.
-Dense projections run as 2-D matmuls ([tokens, features]); norms and MLP activations are recomputed
-from their inputs in the backward pass (BENCHMARKS.md, "Activation memory").
+activations carry logical constraints, so that `hybridir.training.partitioning` can shard them by
+rules. Dense projections run as 2-D matmuls ([tokens, features]); norms and MLP activations are
+recomputed from their inputs in the backward pass (BENCHMARKS.md, "Activation memory").
 
 Two formulations, chosen by the encoder config's `kernels` (`KERNELS`):
 - "portable" (the default): what any backend compiles well. Dense matmuls are `jnp.dot` with

@@ -205,7 +205,7 @@ def config_from_flags(values) -> StudyConfig:
   """The sweep the command line asks for: --models, --strategies, --seeds (each defaulting to
   StudyConfig's), --gin_bindings applied to every run."""
   if values.gin_file:
-    raise app.UsageError("hybridir.study.demo runs the demo's own gin files; pass bindings for every run "
+    raise app.UsageError("hybridir.study runs the demo's own gin files; pass bindings for every run "
                          "with --gin_bindings (e.g. --gin_bindings='TRAIN_STEPS = 20')")
   try:
     seeds = tuple(int(seed) for seed in values.seeds or StudyConfig.seeds)

@@ -1,10 +1,10 @@
 """Gathers the runs of a full-scale sweep into the study report.
 
 Each run directory is named `{model}_{mono|cross|hybrid}_seed{seed}` (as launch/study_sweep.sh
-makes them) and holds `study_results.json`, written by the study's run (hybridir.study.study_run), the
-same file the CPU demo's runs write, and, when the sweep ran the MIRACL stage,
-`miracl/<lang>/results.json` (hybridir.evaluation.corpus_eval), read into the results' `miracl` field with
-each query's nDCG@10 above chance (from the stage's run.trec and qrels.trec): MIRACL's
+makes them) and holds `study_results.json`, written by the study's run (hybridir.study.study_run),
+the same file the CPU demo's runs write, and, when the sweep ran the MIRACL stage,
+`miracl/<lang>/results.json` (hybridir.evaluation.corpus_eval), read into the results' `miracl`
+field with each query's nDCG@10 above chance (from the stage's run.trec and qrels.trec): MIRACL's
 degradation. The report prints the paper's Table 1 beside the XLM-R and LaBSE rows. Local folders
 and gs:// both work.
 

@@ -1,7 +1,8 @@
 """The study's runs by name: batch kinds, their ALPHA, and run folder names, in one place for the
 CPU demo (hybridir.study.demo), the TPU sweep (launch/study_sweep.sh, through this command line) and
-the gather (hybridir.study.study_gather). The standard library only, so that the sweep script runs it
-as a file on a machine without hybridir's dependencies (`python3 hybridir/study/study_layout.py ...`).
+the gather (hybridir.study.study_gather). The standard library only, so that the sweep
+script runs it as a file on a machine without hybridir's dependencies
+(`python3 hybridir/study/study_layout.py ...`).
 
 A run folder is `{model}_{mono|cross|hybrid}_seed{seed}` (a pretrained model's untrained row:
 `{model}_zeroshot_seed0`); `{model}` is the sweep's model file name (`mt5_base`), or for the CPU

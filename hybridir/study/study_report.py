@@ -1,8 +1,8 @@
 """The study's report: the answer with confidence intervals, training against chance, plots.
 
-Input: `{(model, strategy, seed): study_results.RunResults}` (hybridir.study.study_run). Every number
-in the report, its opening paragraph included, is computed here (and in study_tables) from those
-files.
+Input: `{(model, strategy, seed): study_results.RunResults}` (hybridir.study.study_run). Every
+number in the report, its opening paragraph included, is computed here (and in study_tables) from
+those files.
 """
 import dataclasses
 import datetime

@@ -1,10 +1,10 @@
 """A study run's results (MODEL_DIR/study_results.json): their schema, written and read checked.
 
-hybridir.study.study_run writes them; the report (study_report, study_tables), the gather (study_gather),
-the demo (study) and the model card read them through `read`, by attribute. The file is the JSON
-of `RunResults.to_json()`; a file without `format_version` (written before it existed) has the
-same layout and is read as version 1. A missing field or another version is refused in one line
-naming the file and the field.
+hybridir.study.study_run writes them; the report (study_report, study_tables), the gather
+(study_gather), the demo (study) and the model card read them through `read`, by attribute. The file
+is the JSON of `RunResults.to_json()`; a file without `format_version` (written before it existed)
+has the same layout and is read as version 1. A missing field or another version is refused in one
+line naming the file and the field.
 """
 import dataclasses
 import json

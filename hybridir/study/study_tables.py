@@ -40,7 +40,8 @@ def arms_of(results: dict) -> dict:
 
 
 def is_zero_shot(result: study_results.RunResults) -> bool:
-  """A pretrained model's zero-shot row: evaluated untrained (hybridir.study.study_run, zero_shot)."""
+  """A pretrained model's zero-shot row: evaluated untrained
+  (hybridir.study.study_run, zero_shot)."""
   return result.train.zero_shot
 
 

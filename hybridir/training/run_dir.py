@@ -29,7 +29,8 @@ from hybridir.models import families
 
 CONFIG, DESCRIPTION, VOCABULARY_DIR = "config.gin", "encoder.json", "vocabulary"
 CHOSEN = "chosen_checkpoint.json"  # The step a study picked (its best validation metric).
-STUDY_RESULTS = "study_results.json"  # A study run's results (hybridir.study.study_run writes them).
+# A study run's results (hybridir.study.study_run writes them).
+STUDY_RESULTS = "study_results.json"
 FORMAT, FORMAT_VERSION = "hybridir-training-run", 1
 
 
