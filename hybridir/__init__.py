@@ -11,5 +11,5 @@ console.quiet_start()
 
 def load_encoder(path, **kwargs):
   """Loads a text encoder from a Hugging Face directory, a T5X checkpoint or an exported artifact."""
-  from hybridir.export import exporter  # Imported lazily: keeps `import hybridir` cheap.
+  from hybridir.export import exporter  # Lazily: keeps `import hybridir` cheap.
   return exporter.load_encoder(path, **kwargs)

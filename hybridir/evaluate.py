@@ -1,4 +1,6 @@
-"""`python -m hybridir.evaluate`: runs hybridir/evaluation/evaluate.py."""
+"""`python -m hybridir.evaluate` runs hybridir.evaluation.evaluate; imported, this entry point
+does nothing (import that module for its functions)."""
 import runpy
 
-runpy.run_module("hybridir.evaluation.evaluate", run_name="__main__", alter_sys=True)
+if __name__ == "__main__":
+  runpy.run_module("hybridir.evaluation.evaluate", run_name="__main__", alter_sys=True)

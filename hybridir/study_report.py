@@ -1,4 +1,6 @@
-"""`python -m hybridir.study_report`: runs hybridir/study/study_report.py."""
+"""`python -m hybridir.study_report` runs hybridir.study.study_report; imported, this entry point
+does nothing (import that module for its functions)."""
 import runpy
 
-runpy.run_module("hybridir.study.study_report", run_name="__main__", alter_sys=True)
+if __name__ == "__main__":
+  runpy.run_module("hybridir.study.study_report", run_name="__main__", alter_sys=True)
