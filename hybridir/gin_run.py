@@ -68,9 +68,9 @@ def resolve_run():
   return reference.scoped_configurable_fn
 
 
-def _macro_named(value) -> str | None:
-  """The macro a bound value came from (the first declared one holding it), for messages."""
-  for name in sorted(gin_utils.declared_macros()):
+def _macro_named(value, macros: list[str]) -> str | None:
+  """The macro a bound value came from (the first of `macros` holding it), for messages."""
+  for name in macros:
     try:
       if gin.query_parameter(f"%{name}") == value:
         return name
@@ -82,6 +82,7 @@ def _macro_named(value) -> str | None:
 def check_output_locations() -> None:
   """Fails (fs.NotWritableError, one line naming the setting) unless every output location of
   the configured run functions (OUTPUT_PARAMETERS) can be written."""
+  macros = sorted(gin_utils.declared_macros())  # Read from the config's text: once.
   for function, parameters in OUTPUT_PARAMETERS.items():
     try:
       bindings = gin.get_bindings(function)
@@ -92,15 +93,14 @@ def check_output_locations() -> None:
       if isinstance(value, (str, os.PathLike)):
         module = function.__module__.rpartition(".")[2]
         setting = f"{module}.{function.__name__}.{parameter}"  # trainer.train.model_dir
-        macro = _macro_named(value)
+        macro = _macro_named(value, macros)
         fs.check_writable(value, f"{macro} ({setting})" if macro else setting, kind)
 
 
-def give_config_to_training() -> None:
+def give_config_to_training(config_text: str) -> None:
   """A run that trains a MODEL_DIR (trainer.train, as RUN or inside it, as a study run's) keeps
   the gin config it was started with: trainer.train gets its text (`config_text`) and writes it
   as MODEL_DIR/config.gin with the run's description."""
-  config_text = gin.config_str()
   with gin.unlock_config():
     try:
       gin.bind_parameter(f"{gin_utils.TRAINING_RUN}.config_text", config_text)
@@ -112,13 +112,14 @@ def run_parsed_config():
   """Calls SETUP's functions, then RUN, of the parsed gin config; returns RUN's result."""
   run = resolve_run()
   check_output_locations()
+  config_text = gin.config_str()
   if jax.process_index() == 0:  # A run that trains also writes it to MODEL_DIR/config.gin.
-    logging.debug("gin config:\n%s", gin.config_str())
+    logging.debug("gin config:\n%s", config_text)
   model_dir = gin_utils.macro("MODEL_DIR", None)
   with run_dir.undone_unless_trained(model_dir if isinstance(model_dir, str) else None):
     for call in gin_utils.macro("SETUP", []):
       call.scoped_configurable_fn()
-    give_config_to_training()
+    give_config_to_training(config_text)
     return run()
 
 

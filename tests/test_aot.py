@@ -106,6 +106,7 @@ def test_non_training_run_is_refused(capsys):
   assert status == aot.EXIT_ERROR
   assert ("RUN is hybridir.evaluation.eval_run.run_evaluation; hybridir.aot compiles "
           "training runs" in err)
+  assert "(RUN = @trainer.train or @study_run.train_and_evaluate)" in err  # As run files name them.
 
 
 def test_study_run_file_builds_its_training_run():

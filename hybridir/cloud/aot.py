@@ -75,8 +75,9 @@ def train_run_from_gin(gin_files, gin_bindings=()) -> TrainRun:
   if selector is None:
     raise AotError("no RUN bound: include a run file (gin_configs/runs/*.gin)")
   if selector not in TRAINING_RUNS:
+    as_written = (".".join(s.split(".")[-2:]) for s in TRAINING_RUNS)  # trainer.train
     raise AotError(f"RUN is {selector}; hybridir.aot compiles training runs "
-                   f"(RUN = @{' or @'.join(s.split('.', 1)[1] for s in TRAINING_RUNS)})")
+                   f"(RUN = @{' or @'.join(as_written)})")
   train = gin_utils.TRAINING_RUN
   parameters = inspect.signature(trainer.train).parameters
   names = ("model", "task_feature_lengths", "optimizer_fn", "learning_rate_schedule",

@@ -145,13 +145,16 @@ class RunResults:
     return _to_json(self)
 
 
+def _required(field: dataclasses.Field) -> bool:
+  return field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+
+
 def _to_json(value):
   """A value of this module's types as JSON: a dataclass as an object, optional fields left unset
   (None, {}) left out."""
   if dataclasses.is_dataclass(value):
     return {f.name: _to_json(getattr(value, f.name)) for f in dataclasses.fields(value)
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-            or getattr(value, f.name) not in (None, {})}
+            if _required(f) or getattr(value, f.name) not in (None, {})}
   if isinstance(value, dict):
     return {key: _to_json(item) for key, item in value.items()}
   if isinstance(value, (list, tuple)):
@@ -178,7 +181,7 @@ def _from_json(kind, value, where: str, field: str):
       path = f"{field}.{f.name}" if field else f.name
       if f.name in value:
         values[f.name] = _from_json(hints[f.name], value[f.name], where, path)
-      elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+      elif _required(f):
         raise ResultsError(f"{where}: no field '{path}' (study results format {FORMAT_VERSION})")
     return kind(**values)
   expected = {tuple: (list, tuple), dict: dict}.get(origin, kind)
